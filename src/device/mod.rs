@@ -1,0 +1,79 @@
+//! Devices: `Cpu` (always there; the f32 reference), `Cuda(ordinal)` (cuBLAS + our kernels, when the
+//! CUDA backend is built and a GPU is present) and `Emu` (the same launchers as Cuda, kernels run by
+//! the CPU emulator of the CUDA execution model). Availability is checked here, once, and absence is
+//! an `Err` that says what is missing — never a panic.
+
+use crate::{Error, Result};
+use std::fmt;
+use std::str::FromStr;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Device {
+    Cpu,
+    Cuda(usize),
+    Emu,
+}
+
+impl Device {
+    /// Ok when this device can run ops in this build on this machine.
+    pub fn ensure_available(self) -> Result<()> {
+        match self {
+            Device::Cpu => Ok(()),
+            Device::Cuda(_) => Err(Error::BackendUnavailable {
+                device: self.to_string(),
+                reason: "the CUDA backend is not part of this build yet (it needs cudarc, cuBLAS \
+                         and the PTX compiled from kernels/*.cu by build.rs; see docs/gpu.md)"
+                    .into(),
+            }),
+            Device::Emu => Err(Error::BackendUnavailable {
+                device: self.to_string(),
+                reason: "the CUDA-kernel emulator (kernels/emu/) is not part of this build yet".into(),
+            }),
+        }
+    }
+
+    /// The best available device and a sentence saying why it was chosen.
+    pub fn auto() -> (Device, String) {
+        match Device::Cuda(0).ensure_available() {
+            Ok(()) => (Device::Cuda(0), "cuda:0 (GPU found and kernels built)".into()),
+            Err(e) => (Device::Cpu, format!("cpu ({e})")),
+        }
+    }
+
+    /// Threads the CPU backend uses (rayon's pool).
+    pub fn cpu_threads() -> usize {
+        rayon::current_num_threads()
+    }
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(i) => write!(f, "cuda:{i}"),
+            Device::Emu => f.write_str("emu"),
+        }
+    }
+}
+
+/// Parses `cpu`, `cuda`, `cuda:N`, `emu`. (`auto` is resolved by the caller with `Device::auto`.)
+impl FromStr for Device {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Device> {
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "emu" => Ok(Device::Emu),
+            "cuda" => Ok(Device::Cuda(0)),
+            _ => {
+                if let Some(n) = s.strip_prefix("cuda:") {
+                    if let Ok(i) = n.parse() {
+                        return Ok(Device::Cuda(i));
+                    }
+                }
+                Err(Error::Msg(format!(
+                    "unknown device '{s}': expected cpu, cuda, cuda:N, emu or auto"
+                )))
+            }
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! The autograd-lite graph.
+//!
+//! Forward code calls ops on a `Graph` (`g.matmul(&x, &w, false, true)?`); each op computes its
+//! output at once and, when recording and any input needs a gradient, pushes one `Node`: the op
+//! (an `Op` enum value with its non-tensor arguments), the ids of its inputs, and the tensors its
+//! backward rule needs (`saved`). `backward` walks the nodes in reverse, runs one explicit rule per
+//! op (`op::backward`), adds input gradients, and drops each node — and with it its saved
+//! activations — as soon as its rule has run. Parameter gradients are accumulated in place into
+//! the `Param`s.
+//!
+//! A `Var` holds its value directly, so values that backward does not need are freed by ordinary
+//! Rust ownership as forward code drops them; the graph holds only what backward needs. In
+//! inference mode (`Graph::inference()`) nothing is recorded at all.
+//!
+//! Checkpointing (`Graph::checkpoint`) runs a block without recording, saves only its inputs, and
+//! re-runs it on a fresh recording graph during backward.
+
+mod checkpoint;
+pub(crate) mod op;
+mod param;
+
+pub use op::Op;
+pub use param::Param;
+
+use crate::{Error, Result, Tensor};
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+pub(crate) type VarId = usize;
+
+/// A value in a computation: its tensor, plus an id when gradients flow to it.
+#[derive(Clone, Debug)]
+pub struct Var {
+    tensor: Tensor,
+    id: Option<VarId>,
+}
+
+impl Var {
+    pub fn tensor(&self) -> &Tensor {
+        &self.tensor
+    }
+    pub fn into_tensor(self) -> Tensor {
+        self.tensor
+    }
+    pub fn shape(&self) -> &[usize] {
+        self.tensor.shape()
+    }
+    /// Whether backward will compute a gradient for this value.
+    pub fn requires_grad(&self) -> bool {
+        self.id.is_some()
+    }
+}
+
+pub(crate) struct Node<'m> {
+    pub op: Op<'m>,
+    pub inputs: Vec<Option<VarId>>,
+    pub out: VarId,
+    pub saved: Vec<Tensor>,
+}
+
+#[derive(Default)]
+struct Tape<'m> {
+    nodes: Vec<Node<'m>>,
+    next_id: VarId,
+    params: Vec<(VarId, Param)>,
+    leaves: Vec<VarId>,
+}
+
+/// Records forward ops for one backward pass (or none, in inference mode). `'m` is the lifetime
+/// of what checkpointed closures borrow (usually the model).
+pub struct Graph<'m> {
+    recording: bool,
+    tape: RefCell<Tape<'m>>,
+}
+
+/// Gradients of the non-parameter leaves (`Graph::leaf`) after backward.
+#[derive(Default, Debug)]
+pub struct Grads {
+    map: HashMap<VarId, Tensor>,
+}
+
+impl Grads {
+    pub fn get(&self, v: &Var) -> Option<&Tensor> {
+        v.id.and_then(|id| self.map.get(&id))
+    }
+}
+
+impl<'m> Default for Graph<'m> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<'m> Graph<'m> {
+    /// A recording graph, for training.
+    pub fn new() -> Self {
+        Graph {
+            recording: true,
+            tape: RefCell::new(Tape::default()),
+        }
+    }
+
+    /// A graph that records nothing: ops just compute.
+    pub fn inference() -> Self {
+        Graph {
+            recording: false,
+            tape: RefCell::new(Tape::default()),
+        }
+    }
+
+    pub fn is_recording(&self) -> bool {
+        self.recording
+    }
+
+    fn new_id(&self) -> VarId {
+        let mut t = self.tape.borrow_mut();
+        t.next_id += 1;
+        t.next_id - 1
+    }
+
+    /// A value that needs no gradient (data, labels, masks).
+    pub fn constant(&self, t: Tensor) -> Var {
+        Var { tensor: t, id: None }
+    }
+
+    /// A value whose gradient backward returns in `Grads` (inputs of a gradient check, cached
+    /// features whose gradients are needed).
+    pub fn leaf(&self, t: Tensor) -> Var {
+        if !self.recording {
+            return self.constant(t);
+        }
+        let id = self.new_id();
+        self.tape.borrow_mut().leaves.push(id);
+        Var { tensor: t, id: Some(id) }
+    }
+
+    /// A model parameter: its gradient is accumulated into the `Param` by backward.
+    pub fn param(&self, p: &Param) -> Var {
+        if !self.recording || !p.requires_grad() {
+            return self.constant(p.value());
+        }
+        let id = self.new_id();
+        self.tape.borrow_mut().params.push((id, p.clone()));
+        Var {
+            tensor: p.value(),
+            id: Some(id),
+        }
+    }
+
+    /// Wrap an op's output, recording a node when any input needs a gradient.
+    pub(crate) fn record(&self, op: Op<'m>, inputs: &[&Var], saved: Vec<Tensor>, out: Tensor) -> Var {
+        if !self.recording || inputs.iter().all(|v| v.id.is_none()) {
+            return Var { tensor: out, id: None };
+        }
+        let id = self.new_id();
+        self.tape.borrow_mut().nodes.push(Node {
+            op,
+            inputs: inputs.iter().map(|v| v.id).collect(),
+            out: id,
+            saved,
+        });
+        Var {
+            tensor: out,
+            id: Some(id),
+        }
+    }
+
+    /// Bytes of tensors held by the graph for backward (each storage counted once).
+    pub fn saved_bytes(&self) -> usize {
+        let tape = self.tape.borrow();
+        let mut seen = std::collections::HashSet::new();
+        let mut bytes = 0;
+        for n in &tape.nodes {
+            for t in &n.saved {
+                if seen.insert(t.storage_id()) {
+                    bytes += t.storage_bytes();
+                }
+            }
+        }
+        bytes
+    }
+
+    /// Number of recorded nodes.
+    pub fn num_nodes(&self) -> usize {
+        self.tape.borrow().nodes.len()
+    }
+
+    /// Backward from a scalar loss (seed 1).
+    pub fn backward(&self, loss: &Var) -> Result<Grads> {
+        if loss.tensor.numel() != 1 {
+            return Err(Error::Graph(format!(
+                "backward needs a scalar loss, got shape {:?} (use backward_with for a seed)",
+                loss.shape()
+            )));
+        }
+        let seed = Tensor::full(1.0, loss.shape().to_vec());
+        self.backward_with(loss, seed)
+    }
+
+    /// Backward from any value with an explicit output gradient `seed` of the same shape.
+    /// Consumes the recorded tape: a second call is an error.
+    pub fn backward_with(&self, root: &Var, seed: Tensor) -> Result<Grads> {
+        if seed.shape() != root.shape() {
+            return Err(Error::Graph(format!(
+                "seed gradient {:?} does not match the root value {:?}",
+                seed.shape(),
+                root.shape()
+            )));
+        }
+        let Some(root_id) = root.id else {
+            return Err(Error::Graph(
+                "backward from a value that does not depend on any parameter or leaf".into(),
+            ));
+        };
+        let tape = std::mem::take(&mut *self.tape.borrow_mut());
+        if tape.nodes.is_empty() && tape.params.is_empty() && tape.leaves.is_empty() {
+            return Err(Error::Graph("nothing recorded (backward already ran?)".into()));
+        }
+        let mut grads: Vec<Option<Tensor>> = vec![None; tape.next_id];
+        grads[root_id] = Some(seed);
+        let mut nodes = tape.nodes;
+        while let Some(node) = nodes.pop() {
+            let Some(gout) = grads[node.out].take() else {
+                continue; // no gradient reaches this node; dropping it frees its saved tensors
+            };
+            let needs: Vec<bool> = node.inputs.iter().map(|i| i.is_some()).collect();
+            let gins = op::backward(&node.op, &node.saved, &gout, &needs)?;
+            let inputs = node.inputs;
+            drop(node.saved); // activations go as soon as their rule has used them
+            drop(gout);
+            for (inp, gin) in inputs.into_iter().zip(gins) {
+                if let (Some(id), Some(g)) = (inp, gin) {
+                    match grads[id].as_mut() {
+                        None => grads[id] = Some(g),
+                        Some(acc) => crate::ops::binary::add_assign(acc, &g)?,
+                    }
+                }
+            }
+        }
+        for (id, p) in tape.params {
+            if let Some(g) = grads[id].take() {
+                p.accumulate_grad(g)?;
+            }
+        }
+        let mut out = Grads::default();
+        for id in tape.leaves {
+            if let Some(g) = grads[id].take() {
+                out.map.insert(id, g);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The error for an op that has no implementation on a tensor's device yet.
+pub(crate) fn unsupported_device(op: &'static str, t: &Tensor) -> Error {
+    Error::Device {
+        op,
+        msg: format!("not implemented on device {} (this build runs it on cpu)", t.device()),
+    }
+}

@@ -1,0 +1,82 @@
+//! `Param`: a named, shared, mutable tensor owned by a model — a trainable weight (with a gradient
+//! accumulated in place by backward) or a buffer such as BatchNorm's running statistics.
+
+use crate::{Error, Result, Tensor};
+use std::sync::{Arc, RwLock};
+
+#[derive(Clone)]
+pub struct Param(Arc<ParamInner>);
+
+struct ParamInner {
+    name: String,
+    requires_grad: bool,
+    value: RwLock<Tensor>,
+    grad: RwLock<Option<Tensor>>,
+}
+
+impl std::fmt::Debug for Param {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Param({}, {:?})", self.0.name, self.value().shape())
+    }
+}
+
+impl Param {
+    /// A trainable parameter.
+    pub fn new(name: impl Into<String>, value: Tensor) -> Param {
+        Self::build(name.into(), value, true)
+    }
+    /// A buffer: saved with the model, never given a gradient.
+    pub fn buffer(name: impl Into<String>, value: Tensor) -> Param {
+        Self::build(name.into(), value, false)
+    }
+    fn build(name: String, value: Tensor, requires_grad: bool) -> Param {
+        Param(Arc::new(ParamInner {
+            name,
+            requires_grad,
+            value: RwLock::new(value),
+            grad: RwLock::new(None),
+        }))
+    }
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+    pub fn requires_grad(&self) -> bool {
+        self.0.requires_grad
+    }
+    /// The current value (a cheap shared handle).
+    pub fn value(&self) -> Tensor {
+        self.0.value.read().expect("param lock").clone()
+    }
+    /// Replace the value; the shape must stay the same.
+    pub fn set_value(&self, value: Tensor) -> Result<()> {
+        let mut v = self.0.value.write().expect("param lock");
+        if v.shape() != value.shape() {
+            return Err(Error::shape(
+                "Param::set_value",
+                format!("{}: new value {:?} does not match shape {:?}", self.0.name, value.shape(), v.shape()),
+            ));
+        }
+        *v = value;
+        Ok(())
+    }
+    /// The gradient accumulated since the last `zero_grad`.
+    pub fn grad(&self) -> Option<Tensor> {
+        self.0.grad.read().expect("param lock").clone()
+    }
+    pub fn zero_grad(&self) {
+        *self.0.grad.write().expect("param lock") = None;
+    }
+    /// `grad += g` in place (the first contribution is stored as is).
+    pub fn accumulate_grad(&self, g: Tensor) -> Result<()> {
+        let mut slot = self.0.grad.write().expect("param lock");
+        match slot.as_mut() {
+            None => *slot = Some(g),
+            Some(acc) => crate::ops::binary::add_assign(acc, &g)?,
+        }
+        Ok(())
+    }
+    /// Same parameter object (not just equal values).
+    pub fn ptr_eq(&self, other: &Param) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}

@@ -1,0 +1,68 @@
+//! LayerNorm over the last dim: `y = (x − μ)·rstd·w + b`, `rstd = 1/√(σ² + eps)` with the biased
+//! variance (PyTorch's). Saves x, w and the per-row μ and rstd; backward is the standard
+//! `dx = rstd·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂))` with `ĝ = dy·w`, and `dw = Σ dy·x̂`, `db = Σ dy` over rows.
+
+pub mod cpu;
+
+use crate::graph::{Graph, Op, Var};
+use crate::ops::{cpu_input, same_device};
+use crate::{bail_shape, Result, Tensor};
+
+pub struct LayerNormOp {
+    eps: f32,
+}
+
+fn check(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<usize> {
+    same_device("layer_norm", &[x, w, b])?;
+    let Some(&d) = x.shape().last() else {
+        bail_shape!("layer_norm", "input must have at least one dim, got a scalar");
+    };
+    if w.shape() != [d] || b.shape() != [d] {
+        bail_shape!("layer_norm", "weight {:?} and bias {:?} must both be [{d}] for input {:?}", w.shape(), b.shape(), x.shape());
+    }
+    Ok(d)
+}
+
+/// LayerNorm forward; returns (y, mean, rstd) with one mean/rstd per row.
+pub fn layer_norm_stats(x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<(Tensor, Tensor, Tensor)> {
+    let d = check(x, w, b)?;
+    let (x, w, b) = (cpu_input("layer_norm", x)?, cpu_input("layer_norm", w)?, cpu_input("layer_norm", b)?);
+    let rows = x.numel() / d.max(1);
+    let (y, mean, rstd) = cpu::forward(x.f32s("layer_norm")?, w.f32s("layer_norm")?, b.f32s("layer_norm")?, d, eps);
+    Ok((Tensor::from_f32(y, x.shape()), Tensor::from_f32(mean, &[rows]), Tensor::from_f32(rstd, &[rows])))
+}
+
+pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor> {
+    Ok(layer_norm_stats(x, w, b, eps)?.0)
+}
+
+impl<'m> Graph<'m> {
+    /// LayerNorm over the last dim with gain `w` and bias `b`.
+    pub fn layer_norm(&self, x: &Var, w: &Var, b: &Var, eps: f32) -> Result<Var> {
+        let (y, mean, rstd) = layer_norm_stats(x.tensor(), w.tensor(), b.tensor(), eps)?;
+        let saved = vec![x.tensor().clone(), w.tensor().clone(), mean, rstd];
+        Ok(self.record(Op::LayerNorm(LayerNormOp { eps }), &[x, w, b], saved, y))
+    }
+}
+
+impl LayerNormOp {
+    pub(crate) fn backward(&self, saved: &[Tensor], gout: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        let _ = self.eps; // rstd already holds it
+        let (x, w, mean, rstd) = (&saved[0], &saved[1], &saved[2], &saved[3]);
+        let g = cpu_input("layer_norm backward", gout)?;
+        let d = w.numel();
+        let (dx, dw, db) = cpu::backward(
+            x.f32s("layer_norm backward")?,
+            w.f32s("layer_norm backward")?,
+            mean.f32s("layer_norm backward")?,
+            rstd.f32s("layer_norm backward")?,
+            g.f32s("layer_norm backward")?,
+            d,
+        );
+        Ok(vec![
+            needs[0].then(|| Tensor::from_f32(dx, x.shape())),
+            needs[1].then(|| Tensor::from_f32(dw.clone(), &[d])),
+            needs[2].then(|| Tensor::from_f32(db, &[d])),
+        ])
+    }
+}

@@ -1,0 +1,74 @@
+//! CPU GEMM through the `gemm` crate (packed AVX2/AVX-512 micro-kernels, rayon over tiles). The
+//! crate takes arbitrary row/column strides, so transposed operands cost nothing.
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// Below this many multiply-adds a single GEMM runs on one thread: splitting it costs more than
+/// it saves. Batched calls of small matrices are then spread over the batch instead.
+const PARALLEL_MIN_FLOPS: usize = 1 << 18;
+
+/// `c = beta·c + a·b` for one row-major problem: `a` is [m,k] (stored [k,m] if `ta`), `b` is [k,n]
+/// (stored [n,k] if `tb`), `c` is [m,n]. `accumulate = false` overwrites `c` (beta = 0).
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm(ta: bool, tb: bool, m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32], accumulate: bool, threads: usize) {
+    debug_assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            c[..m * n].fill(0.0);
+        }
+        return;
+    }
+    // (column stride, row stride) of each operand as the gemm crate wants them.
+    let (a_cs, a_rs) = if ta { (m as isize, 1) } else { (1, k as isize) };
+    let (b_cs, b_rs) = if tb { (k as isize, 1) } else { (1, n as isize) };
+    let par = if threads > 1 && m * n * k >= PARALLEL_MIN_FLOPS {
+        Parallelism::Rayon(threads)
+    } else {
+        Parallelism::None
+    };
+    // SAFETY: the slices hold at least the m·k, k·n and m·n elements the strides address.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.as_ptr(),
+            a_cs,
+            a_rs,
+            b.as_ptr(),
+            b_cs,
+            b_rs,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+/// `batch` independent problems; `a_step`/`b_step` are the element offsets between consecutive
+/// operands (0 for an operand shared by the whole batch). Large problems use all threads inside
+/// each GEMM; small ones are spread over the batch.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_batched(ta: bool, tb: bool, batch: usize, m: usize, n: usize, k: usize, a: &[f32], a_step: usize, b: &[f32], b_step: usize, c: &mut [f32]) {
+    let threads = rayon::current_num_threads();
+    if batch == 1 || m * n * k >= PARALLEL_MIN_FLOPS * 4 {
+        for i in 0..batch {
+            sgemm(ta, tb, m, n, k, &a[i * a_step..], &b[i * b_step..], &mut c[i * m * n..(i + 1) * m * n], false, threads);
+        }
+    } else {
+        c.par_chunks_mut(m * n).enumerate().for_each(|(i, ci)| {
+            sgemm(ta, tb, m, n, k, &a[i * a_step..], &b[i * b_step..], ci, false, 1);
+        });
+    }
+}

@@ -1,0 +1,132 @@
+//! Batched matrix multiply with optional transposes: `C = op(A) · op(B)`, where `op(X)` is `X` or
+//! `Xᵀ` of the last two dims. Leading (batch) dims must match, or one side is 2-D and shared by
+//! the whole batch (a `Linear` weight). Backward:
+//! `dA = dC · op(B)ᵀ`, `dB = op(A)ᵀ · dC` (transposed back when the operand was stored transposed),
+//! summed over the batch for a shared operand.
+
+pub mod cpu;
+
+use crate::graph::{Graph, Op, Var};
+use crate::ops::{cpu_input, same_device};
+use crate::{bail_shape, Result, Tensor};
+
+pub struct MatMulOp {
+    ta: bool,
+    tb: bool,
+}
+
+struct Dims {
+    batch: Vec<usize>,
+    m: usize,
+    n: usize,
+    k: usize,
+    a_shared: bool,
+    b_shared: bool,
+}
+
+fn dims(a: &[usize], b: &[usize], ta: bool, tb: bool) -> Result<Dims> {
+    const OP: &str = "matmul";
+    if a.len() < 2 || b.len() < 2 {
+        bail_shape!(OP, "operands need rank ≥ 2, got {a:?} and {b:?}");
+    }
+    let (ra, ca) = (a[a.len() - 2], a[a.len() - 1]);
+    let (rb, cb) = (b[b.len() - 2], b[b.len() - 1]);
+    let (m, k) = if ta { (ca, ra) } else { (ra, ca) };
+    let (kb, n) = if tb { (cb, rb) } else { (rb, cb) };
+    if k != kb {
+        bail_shape!(OP, "inner dims differ: {a:?}{} · {b:?}{} (k {k} vs {kb})", if ta { "ᵀ" } else { "" }, if tb { "ᵀ" } else { "" });
+    }
+    let (ba, bb) = (&a[..a.len() - 2], &b[..b.len() - 2]);
+    let (batch, a_shared, b_shared) = if ba == bb {
+        (ba.to_vec(), false, false)
+    } else if bb.is_empty() {
+        (ba.to_vec(), false, true)
+    } else if ba.is_empty() {
+        (bb.to_vec(), true, false)
+    } else {
+        bail_shape!(OP, "batch dims differ: {a:?} vs {b:?}");
+    };
+    Ok(Dims { batch, m, n, k, a_shared, b_shared })
+}
+
+/// `op(a) · op(b)` as a new tensor.
+pub fn matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
+    same_device("matmul", &[a, b])?;
+    let d = dims(a.shape(), b.shape(), ta, tb)?;
+    let (a, b) = (cpu_input("matmul", a)?, cpu_input("matmul", b)?);
+    let nb: usize = d.batch.iter().product();
+    let mut out = vec![0f32; nb * d.m * d.n];
+    let a_step = if d.a_shared { 0 } else { d.m * d.k };
+    let b_step = if d.b_shared { 0 } else { d.k * d.n };
+    cpu::sgemm_batched(ta, tb, nb, d.m, d.n, d.k, a.f32s("matmul")?, a_step, b.f32s("matmul")?, b_step, &mut out);
+    let mut shape = d.batch;
+    shape.extend([d.m, d.n]);
+    Ok(Tensor::from_f32(out, &shape))
+}
+
+/// Flatten a batched row-major [.., r, c] (not transposed) operand to [batch·r, c].
+fn flatten_rows(t: &Tensor) -> Result<Tensor> {
+    let c = t.shape()[t.rank() - 1];
+    t.reshape(vec![t.numel() / c.max(1), c])
+}
+
+impl<'m> Graph<'m> {
+    /// `op(a) · op(b)`; see the module doc.
+    pub fn matmul(&self, a: &Var, b: &Var, ta: bool, tb: bool) -> Result<Var> {
+        let out = matmul(a.tensor(), b.tensor(), ta, tb)?;
+        Ok(self.record(
+            Op::MatMul(MatMulOp { ta, tb }),
+            &[a, b],
+            vec![a.tensor().clone(), b.tensor().clone()],
+            out,
+        ))
+    }
+}
+
+impl MatMulOp {
+    pub(crate) fn backward(&self, saved: &[Tensor], gout: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        let (a, b) = (&saved[0], &saved[1]);
+        let (ta, tb) = (self.ta, self.tb);
+        let d = dims(a.shape(), b.shape(), ta, tb)?;
+        let da = if needs[0] {
+            let per = if !ta { matmul(gout, b, false, !tb)? } else { matmul(b, gout, tb, true)? };
+            Some(if d.a_shared { sum_leading(&per, a.shape())? } else { per })
+        } else {
+            None
+        };
+        let db = if needs[1] {
+            Some(if d.b_shared && !ta && !d.batch.is_empty() {
+                // Shared weight, untransposed A: fold the batch into the rows of one big GEMM.
+                let (a2, g2) = (flatten_rows(a)?, flatten_rows(gout)?);
+                if !tb {
+                    matmul(&a2, &g2, true, false)?
+                } else {
+                    matmul(&g2, &a2, true, false)?
+                }
+            } else {
+                let per = if !tb { matmul(a, gout, !ta, false)? } else { matmul(gout, a, true, ta)? };
+                if d.b_shared {
+                    sum_leading(&per, b.shape())?
+                } else {
+                    per
+                }
+            })
+        } else {
+            None
+        };
+        Ok(vec![da, db])
+    }
+}
+
+/// Sum a [batch.., r, c] tensor over its batch dims to `target` = [r, c], in batch order.
+fn sum_leading(t: &Tensor, target: &[usize]) -> Result<Tensor> {
+    let inner: usize = target.iter().product();
+    let data = t.f32s("matmul backward")?;
+    let mut acc = vec![0f32; inner];
+    for chunk in data.chunks(inner.max(1)) {
+        for (x, y) in acc.iter_mut().zip(chunk) {
+            *x += y;
+        }
+    }
+    Ok(Tensor::from_f32(acc, target))
+}

@@ -1,0 +1,69 @@
+//! L2 normalisation over the last dim, as `torch.nn.functional.normalize`: `y = x / max(‖x‖, eps)`.
+//! Backward (when ‖x‖ > eps): `dx = (dy − y·(y·dy)) / ‖x‖`; below eps the map is `x/eps`, linear.
+
+use crate::graph::{Graph, Op, Var};
+use crate::ops::cpu_input;
+use crate::{bail_shape, Result, Tensor};
+use rayon::prelude::*;
+
+/// F.normalize's default epsilon.
+pub const L2_EPS: f32 = 1e-12;
+
+pub struct L2NormalizeOp {}
+
+/// Returns (y, per-row norm).
+fn forward(x: &Tensor) -> Result<(Tensor, Tensor)> {
+    let Some(&d) = x.shape().last() else {
+        bail_shape!("l2_normalize", "input must have at least one dim");
+    };
+    let x = cpu_input("l2_normalize", x)?;
+    let xs = x.f32s("l2_normalize")?;
+    let rows = xs.len() / d.max(1);
+    let mut y = vec![0f32; xs.len()];
+    let mut norms = vec![0f32; rows];
+    y.par_chunks_mut(d.max(1)).zip(xs.par_chunks(d.max(1))).zip(norms.par_iter_mut()).for_each(|((y, x), n)| {
+        let norm = x.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>().sqrt() as f32;
+        let inv = 1.0 / norm.max(L2_EPS);
+        for (y, x) in y.iter_mut().zip(x) {
+            *y = x * inv;
+        }
+        *n = norm;
+    });
+    Ok((Tensor::from_f32(y, x.shape()), Tensor::from_f32(norms, &[rows])))
+}
+
+pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
+    Ok(forward(x)?.0)
+}
+
+impl<'m> Graph<'m> {
+    /// Unit L2 norm along the last dim.
+    pub fn l2_normalize(&self, x: &Var) -> Result<Var> {
+        let (y, norms) = forward(x.tensor())?;
+        Ok(self.record(Op::L2Normalize(L2NormalizeOp {}), &[x], vec![y.clone(), norms], y))
+    }
+}
+
+impl L2NormalizeOp {
+    pub(crate) fn backward(&self, saved: &[Tensor], gout: &Tensor, _needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        let (y, norms) = (saved[0].f32s("l2_normalize backward")?, saved[1].f32s("l2_normalize backward")?);
+        let g = cpu_input("l2_normalize backward", gout)?;
+        let gs = g.f32s("l2_normalize backward")?;
+        let d = *saved[0].shape().last().unwrap_or(&1);
+        let mut dx = vec![0f32; y.len()];
+        dx.par_chunks_mut(d.max(1)).enumerate().for_each(|(r, dx)| {
+            let (yr, gr, n) = (&y[r * d..(r + 1) * d], &gs[r * d..(r + 1) * d], norms[r]);
+            if n > L2_EPS {
+                let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
+                for i in 0..d {
+                    dx[i] = (gr[i] - yr[i] * dot) / n;
+                }
+            } else {
+                for i in 0..d {
+                    dx[i] = gr[i] / L2_EPS;
+                }
+            }
+        });
+        Ok(vec![Some(Tensor::from_f32(dx, saved[0].shape()))])
+    }
+}

@@ -1,0 +1,166 @@
+//! Sums and means over one axis or over everything, and `sum_to_shape` (the reduction that
+//! broadcasting backward needs). Reductions add in a fixed order that does not depend on the
+//! number of threads, so results are reproducible.
+
+use crate::graph::{Graph, Op, Var};
+use crate::ops::cpu_input;
+use crate::tensor::{broadcast_shape, broadcast_strides, for_each_offset, resolve_axis};
+use crate::{Error, Result, Tensor};
+use rayon::prelude::*;
+
+pub struct ReduceOp {
+    in_shape: Vec<usize>,
+    /// `None` reduces everything to a scalar.
+    axis: Option<usize>,
+    mean: bool,
+}
+
+/// Sum over `axis` (removed from the shape), or over everything when `axis` is `None` (shape `[]`).
+pub fn sum(x: &Tensor, axis: Option<isize>) -> Result<Tensor> {
+    reduce(x, axis, false)
+}
+
+/// Mean over `axis`, or over everything.
+pub fn mean(x: &Tensor, axis: Option<isize>) -> Result<Tensor> {
+    reduce(x, axis, true)
+}
+
+fn reduce(x: &Tensor, axis: Option<isize>, mean: bool) -> Result<Tensor> {
+    let op = if mean { "mean" } else { "sum" };
+    let x = cpu_input(op, x)?;
+    let xs = x.f32s(op)?;
+    match axis {
+        None => {
+            // Fixed chunks summed in f64, then combined in order.
+            let total: f64 = xs.par_chunks(1 << 14).map(|c| c.iter().map(|&v| v as f64).sum::<f64>()).collect::<Vec<_>>().iter().sum();
+            let n = xs.len().max(1) as f64;
+            Ok(Tensor::from_f32(vec![(if mean { total / n } else { total }) as f32], &[]))
+        }
+        Some(a) => {
+            let ax = resolve_axis(op, a, x.rank())?;
+            let (outer, len, inner) = split3(x.shape(), ax);
+            let mut out = vec![0f32; outer * inner];
+            let scale = if mean { 1.0 / len.max(1) as f32 } else { 1.0 };
+            out.par_chunks_mut(inner.max(1)).enumerate().for_each(|(o, row)| {
+                for l in 0..len {
+                    let src = &xs[(o * len + l) * inner..(o * len + l + 1) * inner];
+                    for (r, s) in row.iter_mut().zip(src) {
+                        *r += s;
+                    }
+                }
+                if mean {
+                    row.iter_mut().for_each(|r| *r *= scale);
+                }
+            });
+            let mut shape = x.shape().to_vec();
+            shape.remove(ax);
+            Ok(Tensor::from_f32(out, &shape))
+        }
+    }
+}
+
+/// (product of dims before `ax`, dim `ax`, product of dims after `ax`).
+pub(crate) fn split3(shape: &[usize], ax: usize) -> (usize, usize, usize) {
+    (shape[..ax].iter().product(), shape[ax], shape[ax + 1..].iter().product())
+}
+
+/// Sum `t` down to `target`, a shape that broadcasts to `t`'s shape (the gradient of a broadcast).
+pub fn sum_to_shape(t: &Tensor, target: &[usize]) -> Result<Tensor> {
+    if t.shape() == target {
+        return Ok(t.clone());
+    }
+    let bs = broadcast_shape("sum_to_shape", target, t.shape())?;
+    if bs != t.shape() {
+        return Err(Error::shape("sum_to_shape", format!("{target:?} does not broadcast to {:?}", t.shape())));
+    }
+    let t = cpu_input("sum_to_shape", t)?;
+    let ts = t.f32s("sum_to_shape")?;
+    let n: usize = target.iter().product();
+    let trimmed: Vec<usize> = target.iter().copied().skip_while(|&d| d == 1).collect();
+    let shape = t.shape();
+    let mut out = vec![0f32; n];
+    if trimmed.len() <= shape.len() && shape[shape.len() - trimmed.len()..] == trimmed[..] {
+        // target repeats along leading dims (bias, scalar): row sums over fixed row chunks.
+        let rows = ts.len() / n.max(1);
+        let chunk_rows = crate::ops::ROW_CHUNK;
+        let partials: Vec<Vec<f32>> = (0..rows.div_ceil(chunk_rows))
+            .into_par_iter()
+            .map(|c| {
+                let mut acc = vec![0f32; n];
+                for r in c * chunk_rows..((c + 1) * chunk_rows).min(rows) {
+                    for (a, v) in acc.iter_mut().zip(&ts[r * n..(r + 1) * n]) {
+                        *a += v;
+                    }
+                }
+                acc
+            })
+            .collect();
+        for p in partials {
+            for (o, v) in out.iter_mut().zip(p) {
+                *o += v;
+            }
+        }
+    } else {
+        let strides = broadcast_strides(target, shape);
+        let mut i = 0;
+        for_each_offset(shape, &strides, 0, |o| {
+            out[o] += ts[i];
+            i += 1;
+        });
+    }
+    Ok(Tensor::from_f32(out, target))
+}
+
+/// Repeat `g` (shape of `in_shape` with `axis` removed) along `axis`, times `scale`.
+fn expand_axis(g: &Tensor, in_shape: &[usize], axis: usize, scale: f32) -> Result<Tensor> {
+    let g = cpu_input("reduce backward", g)?;
+    let gs = g.f32s("reduce backward")?;
+    let (outer, len, inner) = split3(in_shape, axis);
+    let mut out = vec![0f32; outer * len * inner];
+    out.par_chunks_mut((len * inner).max(1)).enumerate().for_each(|(o, block)| {
+        for row in block.chunks_mut(inner.max(1)) {
+            for (r, v) in row.iter_mut().zip(&gs[o * inner..(o + 1) * inner]) {
+                *r = v * scale;
+            }
+        }
+    });
+    Ok(Tensor::from_f32(out, in_shape))
+}
+
+impl<'m> Graph<'m> {
+    /// Sum over `axis` (negative counts from the end), or everything with `None`.
+    pub fn sum(&self, x: &Var, axis: Option<isize>) -> Result<Var> {
+        self.reduce(x, axis, false)
+    }
+    /// Mean over `axis`, or everything with `None`.
+    pub fn mean(&self, x: &Var, axis: Option<isize>) -> Result<Var> {
+        self.reduce(x, axis, true)
+    }
+    fn reduce(&self, x: &Var, axis: Option<isize>, mean: bool) -> Result<Var> {
+        let out = reduce(x.tensor(), axis, mean)?;
+        let axis = axis.map(|a| resolve_axis("reduce", a, x.tensor().rank())).transpose()?;
+        let op = ReduceOp {
+            in_shape: x.shape().to_vec(),
+            axis,
+            mean,
+        };
+        Ok(self.record(Op::Reduce(op), &[x], vec![], out))
+    }
+}
+
+impl ReduceOp {
+    pub(crate) fn backward(&self, _saved: &[Tensor], gout: &Tensor, _needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        let g = match self.axis {
+            None => {
+                let n = self.in_shape.iter().product::<usize>();
+                let v = gout.item()? * if self.mean { 1.0 / n.max(1) as f32 } else { 1.0 };
+                Tensor::full(v, self.in_shape.clone())
+            }
+            Some(ax) => {
+                let scale = if self.mean { 1.0 / self.in_shape[ax].max(1) as f32 } else { 1.0 };
+                expand_axis(gout, &self.in_shape, ax, scale)?
+            }
+        };
+        Ok(vec![Some(g)])
+    }
+}

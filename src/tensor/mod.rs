@@ -1,0 +1,483 @@
+//! `Tensor`: an immutable, reference-counted n-d array with a shape, strides (so `permute`,
+//! `narrow` and `transpose` are free views), a dtype and a device. Ops read contiguous data; call
+//! `contiguous()` (a no-op when already contiguous) before taking a slice.
+//!
+//! Storage is shared through an `Arc`; writes go through copy-on-write (`f32s_mut`), so a tensor
+//! that the autograd graph saved is never changed under it.
+
+mod dtype;
+mod shape;
+
+pub use dtype::DType;
+pub use shape::{broadcast_shape, broadcast_strides, contiguous_strides, resolve_axis, Shape};
+
+use crate::{Device, Error, Result};
+use half::{bf16, f16};
+use rand::{Rng, SeedableRng};
+use std::sync::Arc;
+
+/// Host memory in one of the supported element types.
+#[derive(Clone, Debug)]
+pub enum CpuStorage {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    BF16(Vec<bf16>),
+}
+
+impl CpuStorage {
+    fn len(&self) -> usize {
+        match self {
+            CpuStorage::F32(v) => v.len(),
+            CpuStorage::F16(v) => v.len(),
+            CpuStorage::BF16(v) => v.len(),
+        }
+    }
+    fn dtype(&self) -> DType {
+        match self {
+            CpuStorage::F32(_) => DType::F32,
+            CpuStorage::F16(_) => DType::F16,
+            CpuStorage::BF16(_) => DType::BF16,
+        }
+    }
+}
+
+/// Where the bytes live. The Cuda backend adds its own variant; `Emu` keeps host memory because
+/// the emulator runs kernels on the CPU.
+#[derive(Clone, Debug)]
+pub enum Storage {
+    Cpu(CpuStorage),
+}
+
+#[derive(Clone)]
+pub struct Tensor {
+    storage: Arc<Storage>,
+    shape: Vec<usize>,
+    strides: Vec<usize>,
+    offset: usize,
+    device: Device,
+}
+
+impl std::fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Tensor({:?}, {}, {})",
+            self.shape,
+            self.dtype(),
+            self.device
+        )
+    }
+}
+
+impl Tensor {
+    // ---- construction -------------------------------------------------------------------------
+
+    fn from_storage(storage: CpuStorage, shape: Vec<usize>) -> Tensor {
+        debug_assert_eq!(storage.len(), shape.iter().product::<usize>());
+        Tensor {
+            strides: contiguous_strides(&shape),
+            storage: Arc::new(Storage::Cpu(storage)),
+            shape,
+            offset: 0,
+            device: Device::Cpu,
+        }
+    }
+
+    /// A CPU f32 tensor owning `data`; errors when `data.len()` is not the product of `shape`.
+    pub fn from_vec(data: Vec<f32>, shape: impl Into<Shape>) -> Result<Tensor> {
+        let shape = shape.into();
+        if data.len() != shape.numel() {
+            return Err(Error::shape(
+                "Tensor::from_vec",
+                format!(
+                    "{} values do not fill shape {shape} ({} elements)",
+                    data.len(),
+                    shape.numel()
+                ),
+            ));
+        }
+        Ok(Self::from_storage(CpuStorage::F32(data), shape.0))
+    }
+
+    /// Internal constructor for op outputs whose length is known to match.
+    pub(crate) fn from_f32(data: Vec<f32>, shape: &[usize]) -> Tensor {
+        assert_eq!(data.len(), shape.iter().product::<usize>(), "op output size");
+        Self::from_storage(CpuStorage::F32(data), shape.to_vec())
+    }
+
+    pub fn from_f16(data: Vec<f16>, shape: impl Into<Shape>) -> Result<Tensor> {
+        let shape = shape.into();
+        if data.len() != shape.numel() {
+            return Err(Error::shape("Tensor::from_f16", format!("{} values for shape {shape}", data.len())));
+        }
+        Ok(Self::from_storage(CpuStorage::F16(data), shape.0))
+    }
+
+    pub fn from_bf16(data: Vec<bf16>, shape: impl Into<Shape>) -> Result<Tensor> {
+        let shape = shape.into();
+        if data.len() != shape.numel() {
+            return Err(Error::shape("Tensor::from_bf16", format!("{} values for shape {shape}", data.len())));
+        }
+        Ok(Self::from_storage(CpuStorage::BF16(data), shape.0))
+    }
+
+    /// Build from raw little-endian bytes of `dtype` (safetensors payloads).
+    pub fn from_le_bytes(bytes: &[u8], dtype: DType, shape: impl Into<Shape>) -> Result<Tensor> {
+        let shape = shape.into();
+        if bytes.len() != shape.numel() * dtype.size_in_bytes() {
+            return Err(Error::shape(
+                "Tensor::from_le_bytes",
+                format!("{} bytes do not hold {dtype} shape {shape}", bytes.len()),
+            ));
+        }
+        let storage = match dtype {
+            DType::F32 => CpuStorage::F32(bytemuck::pod_collect_to_vec(bytes)),
+            DType::F16 => CpuStorage::F16(bytemuck::pod_collect_to_vec(bytes)),
+            DType::BF16 => CpuStorage::BF16(bytemuck::pod_collect_to_vec(bytes)),
+        };
+        Ok(Self::from_storage(storage, shape.0))
+    }
+
+    pub fn full(value: f32, shape: impl Into<Shape>) -> Tensor {
+        let shape = shape.into();
+        Self::from_storage(CpuStorage::F32(vec![value; shape.numel()]), shape.0)
+    }
+
+    pub fn zeros(shape: impl Into<Shape>) -> Tensor {
+        Self::full(0.0, shape)
+    }
+
+    pub fn ones(shape: impl Into<Shape>) -> Tensor {
+        Self::full(1.0, shape)
+    }
+
+    pub fn scalar(value: f32) -> Tensor {
+        Self::full(value, Shape(vec![]))
+    }
+
+    /// Normal(0, std²) values from a seeded generator (Box–Muller).
+    pub fn randn(shape: impl Into<Shape>, std: f32, seed: u64) -> Tensor {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        Self::randn_with(shape, std, &mut rng)
+    }
+
+    pub fn randn_with(shape: impl Into<Shape>, std: f32, rng: &mut impl Rng) -> Tensor {
+        let shape = shape.into();
+        let data = (0..shape.numel()).map(|_| normal(rng) * std).collect();
+        Self::from_storage(CpuStorage::F32(data), shape.0)
+    }
+
+    /// Uniform values in `[lo, hi)` from a seeded generator.
+    pub fn rand_uniform(shape: impl Into<Shape>, lo: f32, hi: f32, seed: u64) -> Tensor {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let shape = shape.into();
+        let data = (0..shape.numel()).map(|_| rng.random_range(lo..hi)).collect();
+        Self::from_storage(CpuStorage::F32(data), shape.0)
+    }
+
+    // ---- metadata -----------------------------------------------------------------------------
+
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    pub fn dims(&self) -> Shape {
+        Shape(self.shape.clone())
+    }
+    pub fn rank(&self) -> usize {
+        self.shape.len()
+    }
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+    pub fn strides(&self) -> &[usize] {
+        &self.strides
+    }
+    pub fn dtype(&self) -> DType {
+        match &*self.storage {
+            Storage::Cpu(s) => s.dtype(),
+        }
+    }
+    pub fn device(&self) -> Device {
+        self.device
+    }
+    pub fn is_contiguous(&self) -> bool {
+        self.strides == contiguous_strides(&self.shape) || self.numel() <= 1
+    }
+    /// Bytes of the underlying storage (shared by all views of it).
+    pub fn storage_bytes(&self) -> usize {
+        match &*self.storage {
+            Storage::Cpu(s) => s.len() * s.dtype().size_in_bytes(),
+        }
+    }
+    /// Identity of the underlying storage, to count shared buffers once.
+    pub fn storage_id(&self) -> usize {
+        Arc::as_ptr(&self.storage) as *const u8 as usize
+    }
+    /// Size of dim `axis` (negative counts from the end).
+    pub fn dim(&self, axis: isize) -> Result<usize> {
+        Ok(self.shape[resolve_axis("Tensor::dim", axis, self.rank())?])
+    }
+
+    // ---- data access --------------------------------------------------------------------------
+
+    /// The elements of a contiguous CPU f32 tensor. `op` names the caller in the error.
+    pub fn f32s(&self, op: &'static str) -> Result<&[f32]> {
+        if !self.is_contiguous() {
+            return Err(Error::shape(op, "expected a contiguous tensor (call .contiguous())"));
+        }
+        match &*self.storage {
+            Storage::Cpu(CpuStorage::F32(v)) => Ok(&v[self.offset..self.offset + self.numel()]),
+            Storage::Cpu(_) => Err(Error::DType {
+                op,
+                got: self.dtype(),
+                expected: "f32 on the CPU backend (convert with to_dtype(DType::F32))",
+            }),
+        }
+    }
+
+    /// Mutable elements, copying the storage first if it is shared or this is a view.
+    pub fn f32s_mut(&mut self, op: &'static str) -> Result<&mut [f32]> {
+        if self.dtype() != DType::F32 {
+            return Err(Error::DType {
+                op,
+                got: self.dtype(),
+                expected: "f32",
+            });
+        }
+        if !self.is_contiguous() || self.offset != 0 || self.storage_len() != self.numel() {
+            *self = self.copy_contiguous();
+        }
+        match Arc::make_mut(&mut self.storage) {
+            Storage::Cpu(CpuStorage::F32(v)) => Ok(&mut v[..]),
+            _ => unreachable!("dtype checked above"),
+        }
+    }
+
+    fn storage_len(&self) -> usize {
+        match &*self.storage {
+            Storage::Cpu(s) => s.len(),
+        }
+    }
+
+    /// All elements as f32 in row-major order, whatever the dtype or layout.
+    pub fn to_vec(&self) -> Vec<f32> {
+        let t = self.to_dtype(DType::F32).contiguous();
+        t.f32s("Tensor::to_vec").expect("f32 contiguous").to_vec()
+    }
+
+    /// The single value of a one-element tensor.
+    pub fn item(&self) -> Result<f32> {
+        if self.numel() != 1 {
+            return Err(Error::shape("Tensor::item", format!("expected one element, shape is {:?}", self.shape)));
+        }
+        Ok(self.to_vec()[0])
+    }
+
+    /// Raw little-endian bytes of the contiguous data (for safetensors).
+    pub fn to_le_bytes(&self) -> Vec<u8> {
+        let t = self.contiguous();
+        let n = t.numel();
+        match &*t.storage {
+            Storage::Cpu(CpuStorage::F32(v)) => bytemuck::cast_slice(&v[t.offset..t.offset + n]).to_vec(),
+            Storage::Cpu(CpuStorage::F16(v)) => bytemuck::cast_slice(&v[t.offset..t.offset + n]).to_vec(),
+            Storage::Cpu(CpuStorage::BF16(v)) => bytemuck::cast_slice(&v[t.offset..t.offset + n]).to_vec(),
+        }
+    }
+
+    // ---- layout -------------------------------------------------------------------------------
+
+    /// This tensor with row-major contiguous storage (shares storage when already contiguous).
+    pub fn contiguous(&self) -> Tensor {
+        if self.is_contiguous() {
+            self.clone()
+        } else {
+            self.copy_contiguous()
+        }
+    }
+
+    fn copy_contiguous(&self) -> Tensor {
+        fn gather<T: Copy>(v: &[T], t: &Tensor) -> Vec<T> {
+            let mut out = Vec::with_capacity(t.numel());
+            for_each_offset(&t.shape, &t.strides, t.offset, |o| out.push(v[o]));
+            out
+        }
+        let storage = match &*self.storage {
+            Storage::Cpu(CpuStorage::F32(v)) => CpuStorage::F32(gather(v, self)),
+            Storage::Cpu(CpuStorage::F16(v)) => CpuStorage::F16(gather(v, self)),
+            Storage::Cpu(CpuStorage::BF16(v)) => CpuStorage::BF16(gather(v, self)),
+        };
+        let mut t = Self::from_storage(storage, self.shape.clone());
+        t.device = self.device;
+        t
+    }
+
+    /// Same elements, new shape (one dim may be `usize::MAX`... no: all dims explicit). A view
+    /// when contiguous, a copy otherwise.
+    pub fn reshape(&self, shape: impl Into<Shape>) -> Result<Tensor> {
+        let shape = shape.into();
+        if shape.numel() != self.numel() {
+            return Err(Error::shape(
+                "reshape",
+                format!("cannot reshape {:?} ({} elements) to {shape}", self.shape, self.numel()),
+            ));
+        }
+        let mut t = self.contiguous();
+        t.strides = contiguous_strides(&shape.0);
+        t.shape = shape.0;
+        Ok(t)
+    }
+
+    /// A view with dims reordered: output dim i is input dim `axes[i]`.
+    pub fn permute(&self, axes: &[usize]) -> Result<Tensor> {
+        let mut seen = vec![false; self.rank()];
+        if axes.len() != self.rank() || axes.iter().any(|&a| a >= self.rank() || std::mem::replace(&mut seen[a], true)) {
+            return Err(Error::shape(
+                "permute",
+                format!("{axes:?} is not a permutation of the dims of {:?}", self.shape),
+            ));
+        }
+        let mut t = self.clone();
+        t.shape = axes.iter().map(|&a| self.shape[a]).collect();
+        t.strides = axes.iter().map(|&a| self.strides[a]).collect();
+        Ok(t)
+    }
+
+    /// A view with two dims swapped.
+    pub fn transpose(&self, a: isize, b: isize) -> Result<Tensor> {
+        let a = resolve_axis("transpose", a, self.rank())?;
+        let b = resolve_axis("transpose", b, self.rank())?;
+        let mut axes: Vec<usize> = (0..self.rank()).collect();
+        axes.swap(a, b);
+        self.permute(&axes)
+    }
+
+    /// A view of `len` entries of dim `axis` starting at `start`.
+    pub fn narrow(&self, axis: isize, start: usize, len: usize) -> Result<Tensor> {
+        let ax = resolve_axis("narrow", axis, self.rank())?;
+        if start + len > self.shape[ax] {
+            return Err(Error::shape(
+                "narrow",
+                format!("range {start}..{} exceeds dim {ax} of {:?}", start + len, self.shape),
+            ));
+        }
+        let mut t = self.clone();
+        t.offset += start * self.strides[ax];
+        t.shape[ax] = len;
+        Ok(t)
+    }
+
+    // ---- conversion ---------------------------------------------------------------------------
+
+    pub fn to_dtype(&self, dtype: DType) -> Tensor {
+        if dtype == self.dtype() {
+            return self.clone();
+        }
+        let t = self.contiguous();
+        let n = t.numel();
+        let o = t.offset;
+        let Storage::Cpu(s) = &*t.storage;
+        let f: Vec<f32> = match s {
+            CpuStorage::F32(v) => v[o..o + n].to_vec(),
+            CpuStorage::F16(v) => v[o..o + n].iter().map(|x| x.to_f32()).collect(),
+            CpuStorage::BF16(v) => v[o..o + n].iter().map(|x| x.to_f32()).collect(),
+        };
+        let storage = match dtype {
+            DType::F32 => CpuStorage::F32(f),
+            DType::F16 => CpuStorage::F16(f.iter().map(|&x| f16::from_f32(x)).collect()),
+            DType::BF16 => CpuStorage::BF16(f.iter().map(|&x| bf16::from_f32(x)).collect()),
+        };
+        let mut out = Self::from_storage(storage, t.shape.clone());
+        out.device = self.device;
+        out
+    }
+
+    /// A copy on `device`. Host-memory devices (Cpu, Emu) share the data layout; Cuda needs the
+    /// CUDA backend.
+    pub fn to_device(&self, device: Device) -> Result<Tensor> {
+        if device == self.device {
+            return Ok(self.clone());
+        }
+        device.ensure_available()?;
+        match device {
+            Device::Cpu | Device::Emu => {
+                let mut t = self.contiguous();
+                if t.storage_id() == self.storage_id() {
+                    t = self.copy_contiguous();
+                }
+                t.device = device;
+                Ok(t)
+            }
+            Device::Cuda(_) => Err(Error::Device {
+                op: "to_device",
+                msg: "host ↔ CUDA copies need the CUDA backend".into(),
+            }),
+        }
+    }
+
+    // ---- comparison helpers (tests, benches) --------------------------------------------------
+
+    /// ‖self − reference‖₂ / ‖reference‖₂ accumulated in f64; NaN anywhere gives NaN (never passes).
+    pub fn rel_err(&self, reference: &Tensor) -> f64 {
+        let a = self.to_vec();
+        let b = reference.to_vec();
+        if a.len() != b.len() {
+            return f64::INFINITY;
+        }
+        let (mut num, mut den) = (0f64, 0f64);
+        for (x, y) in a.iter().zip(&b) {
+            let d = *x as f64 - *y as f64;
+            num += d * d;
+            den += (*y as f64) * (*y as f64);
+        }
+        if den == 0.0 {
+            num.sqrt()
+        } else {
+            (num / den).sqrt()
+        }
+    }
+}
+
+/// Visit the storage offset of every element of a strided view in row-major order.
+pub(crate) fn for_each_offset(shape: &[usize], strides: &[usize], offset: usize, mut f: impl FnMut(usize)) {
+    let n: usize = shape.iter().product();
+    if n == 0 {
+        return;
+    }
+    let rank = shape.len();
+    if rank == 0 {
+        f(offset);
+        return;
+    }
+    let mut idx = vec![0usize; rank];
+    let mut off = offset;
+    let last = rank - 1;
+    loop {
+        // Inner dim as a tight loop.
+        let (len, st) = (shape[last], strides[last]);
+        for i in 0..len {
+            f(off + i * st);
+        }
+        // Carry into the outer dims.
+        let mut d = last;
+        loop {
+            if d == 0 {
+                return;
+            }
+            d -= 1;
+            idx[d] += 1;
+            off += strides[d];
+            if idx[d] < shape[d] {
+                break;
+            }
+            off -= strides[d] * shape[d];
+            idx[d] = 0;
+        }
+    }
+}
+
+/// One standard-normal sample (Box–Muller; the second value is discarded for simplicity).
+pub fn normal(rng: &mut impl Rng) -> f32 {
+    let u1: f64 = rng.random_range(f64::EPSILON..1.0);
+    let u2: f64 = rng.random();
+    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+}
