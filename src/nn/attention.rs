@@ -1,0 +1,47 @@
+//! Multi-head self-attention as `torch.nn.MultiheadAttention` stores it: one packed
+//! `in_proj_weight` [3D, D] (q, k, v rows) with `in_proj_bias`, and `out_proj`.
+
+use super::{join, normal_param, Linear, Module};
+use crate::{Graph, Param, Result, Tensor, Var};
+use rand::Rng;
+
+pub struct MultiheadAttention {
+    pub in_proj_weight: Param,
+    pub in_proj_bias: Param,
+    pub out_proj: Linear,
+    pub heads: usize,
+}
+
+impl MultiheadAttention {
+    pub fn new(prefix: &str, width: usize, heads: usize, in_std: f32, out_std: f32, rng: &mut impl Rng) -> MultiheadAttention {
+        MultiheadAttention {
+            in_proj_weight: normal_param(join(prefix, "in_proj_weight"), &[3 * width, width], in_std, rng),
+            in_proj_bias: Param::new(join(prefix, "in_proj_bias"), Tensor::zeros([3 * width])),
+            out_proj: Linear::new(&join(prefix, "out_proj"), width, width, true, out_std, rng),
+            heads,
+        }
+    }
+
+    /// x [B, T, D] → [B, T, D]; `causal` for the text tower.
+    pub fn forward(&self, g: &Graph<'_>, x: &Var, causal: bool) -> Result<Var> {
+        let (b, t, d) = (x.shape()[0], x.shape()[1], x.shape()[2]);
+        let (h, dh) = (self.heads, d / self.heads);
+        let x2 = g.reshape(x, [b * t, d])?;
+        let qkv = g.add(&g.matmul(&x2, &g.param(&self.in_proj_weight), false, true)?, &g.param(&self.in_proj_bias))?;
+        // [B·T, 3D] → [3, B, H, T, Dh]: split heads
+        let qkv = g.permute(&g.reshape(&qkv, [b, t, 3, h, dh])?, &[2, 0, 3, 1, 4])?;
+        let split = |i| g.reshape(&g.narrow(&qkv, 0, i, 1)?, [b, h, t, dh]);
+        let o = g.attention(&split(0)?, &split(1)?, &split(2)?, causal)?;
+        // merge heads: [B, H, T, Dh] → [B, T, D]
+        let o = g.reshape(&g.permute(&o, &[0, 2, 1, 3])?, [b, t, d])?;
+        self.out_proj.forward(g, &o)
+    }
+}
+
+impl Module for MultiheadAttention {
+    fn visit_params(&self, f: &mut dyn FnMut(&Param)) {
+        f(&self.in_proj_weight);
+        f(&self.in_proj_bias);
+        self.out_proj.visit_params(f);
+    }
+}
