@@ -28,6 +28,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod bench;
 pub mod device;
 pub mod error;
 pub mod graph;

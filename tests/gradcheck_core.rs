@@ -12,7 +12,12 @@ fn matmul_all_transposes() {
             for tb in [false, true] {
                 let a = randn(&if ta { [k, m] } else { [m, k] });
                 let b = randn(&if tb { [n, k] } else { [k, n] });
-                gradcheck(&format!("matmul {m}x{k}x{n} ta={ta} tb={tb}"), &[a, b], Check::default(), |g, x| g.matmul(&x[0], &x[1], ta, tb));
+                gradcheck(
+                    &format!("matmul {m}x{k}x{n} ta={ta} tb={tb}"),
+                    &[a, b],
+                    Check::default(),
+                    |g, x| g.matmul(&x[0], &x[1], ta, tb),
+                );
             }
         }
     }
@@ -25,14 +30,29 @@ fn matmul_batched_and_shared_operands() {
             let (bt, m, k, n) = (3, 7, 13, 5);
             let a = randn(&if ta { [bt, k, m] } else { [bt, m, k] });
             let b = randn(&if tb { [bt, n, k] } else { [bt, k, n] });
-            gradcheck(&format!("bmm ta={ta} tb={tb}"), &[a.clone(), b], Check::default(), |g, x| g.matmul(&x[0], &x[1], ta, tb));
+            gradcheck(
+                &format!("bmm ta={ta} tb={tb}"),
+                &[a.clone(), b],
+                Check::default(),
+                |g, x| g.matmul(&x[0], &x[1], ta, tb),
+            );
             // 2-D right operand shared over the batch (a Linear weight)
             let w = randn(&if tb { [n, k] } else { [k, n] });
-            gradcheck(&format!("bmm shared b ta={ta} tb={tb}"), &[a, w], Check::default(), |g, x| g.matmul(&x[0], &x[1], ta, tb));
+            gradcheck(
+                &format!("bmm shared b ta={ta} tb={tb}"),
+                &[a, w],
+                Check::default(),
+                |g, x| g.matmul(&x[0], &x[1], ta, tb),
+            );
             // 2-D left operand shared over the batch
             let a2 = randn(&if ta { [k, m] } else { [m, k] });
             let b2 = randn(&if tb { [2, 1, n, k] } else { [2, 1, k, n] });
-            gradcheck(&format!("bmm shared a ta={ta} tb={tb}"), &[a2, b2], Check::default(), |g, x| g.matmul(&x[0], &x[1], ta, tb));
+            gradcheck(
+                &format!("bmm shared a ta={ta} tb={tb}"),
+                &[a2, b2],
+                Check::default(),
+                |g, x| g.matmul(&x[0], &x[1], ta, tb),
+            );
         }
     }
 }
@@ -48,7 +68,9 @@ fn matmul_forward_matches_naive() {
     for z in 0..bt {
         for i in 0..m {
             for j in 0..n {
-                let s: f64 = (0..k).map(|l| av[z * m * k + i * k + l] as f64 * bv[z * k * n + l * n + j] as f64).sum();
+                let s: f64 = (0..k)
+                    .map(|l| av[z * m * k + i * k + l] as f64 * bv[z * k * n + l * n + j] as f64)
+                    .sum();
                 naive[z * m * n + i * n + j] = s as f32;
             }
         }
@@ -59,30 +81,56 @@ fn matmul_forward_matches_naive() {
 
 #[test]
 fn matmul_shape_errors_name_the_op() {
-    let e = clipcu::ops::matmul::matmul(&randn(&[2, 3]), &randn(&[4, 5]), false, false).unwrap_err();
+    let e =
+        clipcu::ops::matmul::matmul(&randn(&[2, 3]), &randn(&[4, 5]), false, false).unwrap_err();
     let msg = e.to_string();
-    assert!(msg.contains("matmul") && msg.contains("[2, 3]") && msg.contains("[4, 5]"), "{msg}");
+    assert!(
+        msg.contains("matmul") && msg.contains("[2, 3]") && msg.contains("[4, 5]"),
+        "{msg}"
+    );
     assert!(clipcu::ops::matmul::matmul(&randn(&[3]), &randn(&[3, 2]), false, false).is_err());
-    assert!(clipcu::ops::matmul::matmul(&randn(&[2, 3, 4]), &randn(&[3, 4, 5]), false, false).is_err());
+    assert!(
+        clipcu::ops::matmul::matmul(&randn(&[2, 3, 4]), &randn(&[3, 4, 5]), false, false).is_err()
+    );
 }
 
 #[test]
 fn binary_ops_with_broadcasting() {
-    let cases: &[(&[usize], &[usize])] = &[(&[7, 13], &[7, 13]), (&[2, 7, 13], &[13]), (&[13], &[2, 7, 13]), (&[2, 7, 1], &[1, 1, 5]), (&[7, 1], &[1]), (&[1], &[1]), (&[3, 1, 5], &[3, 4, 1])];
+    let cases: &[(&[usize], &[usize])] = &[
+        (&[7, 13], &[7, 13]),
+        (&[2, 7, 13], &[13]),
+        (&[13], &[2, 7, 13]),
+        (&[2, 7, 1], &[1, 1, 5]),
+        (&[7, 1], &[1]),
+        (&[1], &[1]),
+        (&[3, 1, 5], &[3, 4, 1]),
+    ];
     for (sa, sb) in cases {
         for name in ["add", "sub", "mul", "div"] {
             let a = randn(sa);
             let mut b = randn(sb);
             if name == "div" {
                 // keep the divisor away from 0 so the finite difference is well-conditioned
-                b = Tensor::from_vec(b.to_vec().iter().map(|v| v.signum() * (1.0 + v.abs())).collect(), sb.to_vec()).unwrap();
+                b = Tensor::from_vec(
+                    b.to_vec()
+                        .iter()
+                        .map(|v| v.signum() * (1.0 + v.abs()))
+                        .collect(),
+                    sb.to_vec(),
+                )
+                .unwrap();
             }
-            gradcheck(&format!("{name} {sa:?} {sb:?}"), &[a, b], Check::default(), |g, x| match name {
-                "add" => g.add(&x[0], &x[1]),
-                "sub" => g.sub(&x[0], &x[1]),
-                "mul" => g.mul(&x[0], &x[1]),
-                _ => g.div(&x[0], &x[1]),
-            });
+            gradcheck(
+                &format!("{name} {sa:?} {sb:?}"),
+                &[a, b],
+                Check::default(),
+                |g, x| match name {
+                    "add" => g.add(&x[0], &x[1]),
+                    "sub" => g.sub(&x[0], &x[1]),
+                    "mul" => g.mul(&x[0], &x[1]),
+                    _ => g.div(&x[0], &x[1]),
+                },
+            );
         }
     }
     assert!(clipcu::ops::binary::add(&randn(&[2, 3]), &randn(&[4])).is_err());
@@ -91,16 +139,37 @@ fn binary_ops_with_broadcasting() {
 #[test]
 fn unary_ops() {
     for &n in &[1usize, 7, 50, 77] {
-        for kind in [UnaryKind::Gelu, UnaryKind::QuickGelu, UnaryKind::Relu, UnaryKind::Exp, UnaryKind::Log, UnaryKind::Sigmoid, UnaryKind::Scale(-1.7)] {
+        for kind in [
+            UnaryKind::Gelu,
+            UnaryKind::QuickGelu,
+            UnaryKind::Relu,
+            UnaryKind::Exp,
+            UnaryKind::Log,
+            UnaryKind::Sigmoid,
+            UnaryKind::Scale(-1.7),
+        ] {
             let mut x = randn(&[n, 3]);
             if kind == UnaryKind::Log {
-                x = Tensor::from_vec(x.to_vec().iter().map(|v| 0.5 + v.abs()).collect(), [n, 3]).unwrap();
+                x = Tensor::from_vec(x.to_vec().iter().map(|v| 0.5 + v.abs()).collect(), [n, 3])
+                    .unwrap();
             }
             if kind == UnaryKind::Relu {
                 // stay away from the kink at 0, where the finite difference is meaningless
-                x = Tensor::from_vec(x.to_vec().iter().map(|v| v.signum() * (0.1 + v.abs())).collect(), [n, 3]).unwrap();
+                x = Tensor::from_vec(
+                    x.to_vec()
+                        .iter()
+                        .map(|v| v.signum() * (0.1 + v.abs()))
+                        .collect(),
+                    [n, 3],
+                )
+                .unwrap();
             }
-            gradcheck(&format!("{kind:?} n={n}"), &[x], Check::default(), |g, x| g.unary(kind, &x[0]));
+            gradcheck(
+                &format!("{kind:?} n={n}"),
+                &[x],
+                Check::default(),
+                |g, x| g.unary(kind, &x[0]),
+            );
         }
     }
 }
@@ -115,8 +184,16 @@ fn unary_forward_values() {
         let v = *v as f64;
         let exact = 0.5 * v * (1.0 + erf64(v / std::f64::consts::SQRT_2));
         let quick = v / (1.0 + (-1.702 * v).exp());
-        assert!((gelu[i] as f64 - exact).abs() < 1e-6, "gelu({v}) = {} vs {exact}", gelu[i]);
-        assert!((qg[i] as f64 - quick).abs() < 1e-6, "quick_gelu({v}) = {} vs {quick}", qg[i]);
+        assert!(
+            (gelu[i] as f64 - exact).abs() < 1e-6,
+            "gelu({v}) = {} vs {exact}",
+            gelu[i]
+        );
+        assert!(
+            (qg[i] as f64 - quick).abs() < 1e-6,
+            "quick_gelu({v}) = {} vs {quick}",
+            qg[i]
+        );
     }
 }
 
@@ -144,12 +221,24 @@ fn layer_norm() {
         let b = randn(&[d]);
         if d == 1 {
             // x̂ is identically 0 for one feature: only the bias gets a gradient worth checking
-            gradcheck_some("layer_norm d=1", &[x, w, b], &[2], Check::default(), |g, x| g.layer_norm(&x[0], &x[1], &x[2], 1e-5));
+            gradcheck_some(
+                "layer_norm d=1",
+                &[x, w, b],
+                &[2],
+                Check::default(),
+                |g, x| g.layer_norm(&x[0], &x[1], &x[2], 1e-5),
+            );
             continue;
         }
-        gradcheck(&format!("layer_norm {rows}x{d}"), &[x, w, b], Check::default(), |g, x| g.layer_norm(&x[0], &x[1], &x[2], 1e-5));
+        gradcheck(
+            &format!("layer_norm {rows}x{d}"),
+            &[x, w, b],
+            Check::default(),
+            |g, x| g.layer_norm(&x[0], &x[1], &x[2], 1e-5),
+        );
     }
-    let e = clipcu::ops::layernorm::layer_norm(&randn(&[2, 5]), &randn(&[4]), &randn(&[4]), 1e-5).unwrap_err();
+    let e = clipcu::ops::layernorm::layer_norm(&randn(&[2, 5]), &randn(&[4]), &randn(&[4]), 1e-5)
+        .unwrap_err();
     assert!(e.to_string().contains("layer_norm"), "{e}");
 }
 
@@ -159,7 +248,9 @@ fn layer_norm_forward_matches_formula() {
     let x = randn(&[rows, d]);
     let w = randn(&[d]);
     let b = randn(&[d]);
-    let y = clipcu::ops::layernorm::layer_norm(&x, &w, &b, 1e-5).unwrap().to_vec();
+    let y = clipcu::ops::layernorm::layer_norm(&x, &w, &b, 1e-5)
+        .unwrap()
+        .to_vec();
     let (xv, wv, bv) = (x.to_vec(), w.to_vec(), b.to_vec());
     for r in 0..rows {
         let row = &xv[r * d..(r + 1) * d];
@@ -175,12 +266,29 @@ fn layer_norm_forward_matches_formula() {
 #[test]
 fn softmax_plain_and_causal() {
     for &t in &[1usize, 7, 13] {
-        gradcheck(&format!("softmax t={t}"), &[randn(&[2, t, t])], Check::default(), |g, x| g.softmax(&x[0], false));
-        gradcheck(&format!("causal softmax t={t}"), &[randn(&[2, t, t])], Check::default(), |g, x| g.softmax(&x[0], true));
+        gradcheck(
+            &format!("softmax t={t}"),
+            &[randn(&[2, t, t])],
+            Check::default(),
+            |g, x| g.softmax(&x[0], false),
+        );
+        gradcheck(
+            &format!("causal softmax t={t}"),
+            &[randn(&[2, t, t])],
+            Check::default(),
+            |g, x| g.softmax(&x[0], true),
+        );
     }
-    gradcheck("softmax rows of 77", &[randn(&[3, 77])], Check::default(), |g, x| g.softmax(&x[0], false));
+    gradcheck(
+        "softmax rows of 77",
+        &[randn(&[3, 77])],
+        Check::default(),
+        |g, x| g.softmax(&x[0], false),
+    );
     // causal: row i sums to 1 over columns ≤ i and is exactly 0 after
-    let y = clipcu::ops::softmax::softmax(&randn(&[13, 13]), true).unwrap().to_vec();
+    let y = clipcu::ops::softmax::softmax(&randn(&[13, 13]), true)
+        .unwrap()
+        .to_vec();
     for i in 0..13 {
         let row = &y[i * 13..(i + 1) * 13];
         assert!((row[..=i].iter().sum::<f32>() - 1.0).abs() < 1e-5);
@@ -192,14 +300,24 @@ fn softmax_plain_and_causal() {
 #[test]
 fn embedding_lookup() {
     let (v, d) = (50, 7);
-    let ids: Vec<u32> = (0..13).map(|i| (i * 17 % 50) as u32).chain([3, 3, 3]).collect();
+    let ids: Vec<u32> = (0..13)
+        .map(|i| (i * 17 % 50) as u32)
+        .chain([3, 3, 3])
+        .collect();
     let w = randn(&[v, d]);
     let ids2 = ids.clone();
-    gradcheck("embedding", &[w.clone()], Check::default(), move |g, x| g.embedding(&x[0], &ids2, &[2, 8]));
-    let out = clipcu::ops::embedding::embedding(&w, &ids, &[16]).unwrap().to_vec();
+    gradcheck("embedding", &[w.clone()], Check::default(), move |g, x| {
+        g.embedding(&x[0], &ids2, &[2, 8])
+    });
+    let out = clipcu::ops::embedding::embedding(&w, &ids, &[16])
+        .unwrap()
+        .to_vec();
     let wv = w.to_vec();
     for (k, &i) in ids.iter().enumerate() {
-        assert_eq!(&out[k * d..(k + 1) * d], &wv[i as usize * d..(i as usize + 1) * d]);
+        assert_eq!(
+            &out[k * d..(k + 1) * d],
+            &wv[i as usize * d..(i as usize + 1) * d]
+        );
     }
     let e = clipcu::ops::embedding::embedding(&w, &[50], &[1]).unwrap_err();
     assert!(e.to_string().contains("50"), "{e}");
@@ -208,20 +326,39 @@ fn embedding_lookup() {
 #[test]
 fn layout_ops() {
     let x = randn(&[2, 7, 13]);
-    gradcheck("reshape", &[x.clone()], Check::default(), |g, x| g.reshape(&x[0], [14, 13]));
+    gradcheck("reshape", &[x.clone()], Check::default(), |g, x| {
+        g.reshape(&x[0], [14, 13])
+    });
     gradcheck("permute", &[x.clone()], Check::default(), |g, x| {
         // follow the permute with a non-linear op so that its layout matters to the gradient
         let p = g.permute(&x[0], &[2, 0, 1])?;
         let r = g.reshape(&p, [13, 14])?;
         g.softmax(&r, false)
     });
-    gradcheck("narrow", &[x.clone()], Check::default(), |g, x| g.narrow(&x[0], 1, 2, 4));
-    gradcheck("narrow then matmul", &[x.clone(), randn(&[13, 5])], Check::default(), |g, x| {
-        let n = g.narrow(&x[0], 1, 0, 1)?;
-        g.matmul(&n, &x[1], false, false)
+    gradcheck("narrow", &[x.clone()], Check::default(), |g, x| {
+        g.narrow(&x[0], 1, 2, 4)
     });
-    gradcheck("concat", &[randn(&[2, 3, 5]), randn(&[2, 1, 5]), randn(&[2, 7, 5])], Check::default(), |g, x| g.concat(&[&x[0], &x[1], &x[2]], 1));
-    gradcheck("concat last", &[randn(&[3, 2]), randn(&[3, 5])], Check::default(), |g, x| g.concat(&[&x[0], &x[1]], -1));
+    gradcheck(
+        "narrow then matmul",
+        &[x.clone(), randn(&[13, 5])],
+        Check::default(),
+        |g, x| {
+            let n = g.narrow(&x[0], 1, 0, 1)?;
+            g.matmul(&n, &x[1], false, false)
+        },
+    );
+    gradcheck(
+        "concat",
+        &[randn(&[2, 3, 5]), randn(&[2, 1, 5]), randn(&[2, 7, 5])],
+        Check::default(),
+        |g, x| g.concat(&[&x[0], &x[1], &x[2]], 1),
+    );
+    gradcheck(
+        "concat last",
+        &[randn(&[3, 2]), randn(&[3, 5])],
+        Check::default(),
+        |g, x| g.concat(&[&x[0], &x[1]], -1),
+    );
     assert!(clipcu::ops::layout::concat(&[&randn(&[2, 3]), &randn(&[3, 3])], 1).is_err());
     // permute values against hand indexing
     let p = x.permute(&[2, 0, 1]).unwrap().contiguous().to_vec();
@@ -238,11 +375,25 @@ fn layout_ops() {
 #[test]
 fn reductions() {
     for axis in [0isize, 1, -1] {
-        gradcheck(&format!("sum axis {axis}"), &[randn(&[7, 13, 3])], Check::default(), |g, x| g.sum(&x[0], Some(axis)));
-        gradcheck(&format!("mean axis {axis}"), &[randn(&[7, 13, 3])], Check::default(), |g, x| g.mean(&x[0], Some(axis)));
+        gradcheck(
+            &format!("sum axis {axis}"),
+            &[randn(&[7, 13, 3])],
+            Check::default(),
+            |g, x| g.sum(&x[0], Some(axis)),
+        );
+        gradcheck(
+            &format!("mean axis {axis}"),
+            &[randn(&[7, 13, 3])],
+            Check::default(),
+            |g, x| g.mean(&x[0], Some(axis)),
+        );
     }
-    gradcheck("mean all", &[randn(&[7, 13])], Check::default(), |g, x| g.mean(&x[0], None));
-    gradcheck("sum all", &[randn(&[50])], Check::default(), |g, x| g.sum(&x[0], None));
+    gradcheck("mean all", &[randn(&[7, 13])], Check::default(), |g, x| {
+        g.mean(&x[0], None)
+    });
+    gradcheck("sum all", &[randn(&[50])], Check::default(), |g, x| {
+        g.sum(&x[0], None)
+    });
     let x = randn(&[7, 13]);
     let m = clipcu::ops::reduce::mean(&x, Some(0)).unwrap().to_vec();
     let xv = x.to_vec();
@@ -255,9 +406,16 @@ fn reductions() {
 #[test]
 fn l2_normalize() {
     for &(n, d) in &[(1, 1), (7, 13), (3, 77)] {
-        gradcheck(&format!("l2_normalize {n}x{d}"), &[randn(&[n, d])], Check::default(), |g, x| g.l2_normalize(&x[0]));
+        gradcheck(
+            &format!("l2_normalize {n}x{d}"),
+            &[randn(&[n, d])],
+            Check::default(),
+            |g, x| g.l2_normalize(&x[0]),
+        );
     }
-    let y = clipcu::ops::normalize::l2_normalize(&randn(&[5, 50])).unwrap().to_vec();
+    let y = clipcu::ops::normalize::l2_normalize(&randn(&[5, 50]))
+        .unwrap()
+        .to_vec();
     for r in y.chunks(50) {
         let n: f32 = r.iter().map(|v| v * v).sum::<f32>().sqrt();
         assert!((n - 1.0).abs() < 1e-5);
@@ -268,17 +426,28 @@ fn l2_normalize() {
 fn cross_entropy() {
     for &(n, c) in &[(1, 1), (7, 13), (13, 7), (5, 77)] {
         let t: Vec<u32> = (0..n).map(|i| ((i * 5 + 3) % c) as u32).collect();
-        gradcheck(&format!("cross_entropy {n}x{c}"), &[randn(&[n, c])], Check::default(), move |g, x| g.cross_entropy(&x[0], &t));
+        gradcheck(
+            &format!("cross_entropy {n}x{c}"),
+            &[randn(&[n, c])],
+            Check::default(),
+            move |g, x| g.cross_entropy(&x[0], &t),
+        );
     }
     // value against logsumexp in f64
     let z = randn(&[4, 9]);
     let t = [0u32, 8, 3, 3];
-    let l = clipcu::ops::cross_entropy::cross_entropy(&z, &t).unwrap().item().unwrap() as f64;
+    let l = clipcu::ops::cross_entropy::cross_entropy(&z, &t)
+        .unwrap()
+        .item()
+        .unwrap() as f64;
     let zv = z.to_vec();
-    let want: f64 = (0..4).map(|i| {
-        let row = &zv[i * 9..(i + 1) * 9];
-        row.iter().map(|&v| (v as f64).exp()).sum::<f64>().ln() - row[t[i] as usize] as f64
-    }).sum::<f64>() / 4.0;
+    let want: f64 = (0..4)
+        .map(|i| {
+            let row = &zv[i * 9..(i + 1) * 9];
+            row.iter().map(|&v| (v as f64).exp()).sum::<f64>().ln() - row[t[i] as usize] as f64
+        })
+        .sum::<f64>()
+        / 4.0;
     assert!((l - want).abs() < 1e-5, "{l} vs {want}");
     assert!(clipcu::ops::cross_entropy::cross_entropy(&z, &[0, 1, 2, 9]).is_err());
 }
@@ -287,13 +456,28 @@ fn cross_entropy() {
 fn attention_plain_and_causal() {
     for &(b, h, t, dh) in &[(1, 1, 1, 1), (2, 3, 7, 5), (1, 2, 13, 8)] {
         for causal in [false, true] {
-            let xs = [randn(&[b, h, t, dh]), randn(&[b, h, t, dh]), randn(&[b, h, t, dh])];
-            gradcheck(&format!("attention {b}x{h}x{t}x{dh} causal={causal}"), &xs, Check::default(), |g, x| g.attention(&x[0], &x[1], &x[2], causal));
+            let xs = [
+                randn(&[b, h, t, dh]),
+                randn(&[b, h, t, dh]),
+                randn(&[b, h, t, dh]),
+            ];
+            gradcheck(
+                &format!("attention {b}x{h}x{t}x{dh} causal={causal}"),
+                &xs,
+                Check::default(),
+                |g, x| g.attention(&x[0], &x[1], &x[2], causal),
+            );
         }
     }
     // one query over 7 keys (the attention-pool pattern), Dv ≠ Dh
-    let xs = [randn(&[2, 2, 1, 4]), randn(&[2, 2, 7, 4]), randn(&[2, 2, 7, 3])];
-    gradcheck("attention tq=1", &xs, Check::default(), |g, x| g.attention(&x[0], &x[1], &x[2], false));
+    let xs = [
+        randn(&[2, 2, 1, 4]),
+        randn(&[2, 2, 7, 4]),
+        randn(&[2, 2, 7, 3]),
+    ];
+    gradcheck("attention tq=1", &xs, Check::default(), |g, x| {
+        g.attention(&x[0], &x[1], &x[2], false)
+    });
 }
 
 #[test]
@@ -305,9 +489,18 @@ fn attention_equals_composed_ops() {
     let v = randn(&[b, h, t, dh]);
     for causal in [false, true] {
         let g = Graph::inference();
-        let (qv, kv, vv) = (g.constant(q.clone()), g.constant(k.clone()), g.constant(v.clone()));
+        let (qv, kv, vv) = (
+            g.constant(q.clone()),
+            g.constant(k.clone()),
+            g.constant(v.clone()),
+        );
         let fused = g.attention(&qv, &kv, &vv, causal).unwrap();
-        let s = g.scale(&g.matmul(&qv, &kv, false, true).unwrap(), 1.0 / (dh as f32).sqrt()).unwrap();
+        let s = g
+            .scale(
+                &g.matmul(&qv, &kv, false, true).unwrap(),
+                1.0 / (dh as f32).sqrt(),
+            )
+            .unwrap();
         let p = g.softmax(&s, causal).unwrap();
         let composed = g.matmul(&p, &vv, false, false).unwrap();
         let err = fused.tensor().rel_err(composed.tensor());

@@ -9,11 +9,23 @@ use rand::SeedableRng;
 
 fn stack(layers: usize, width: usize, seed: u64) -> Transformer {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    Transformer::new("transformer", width, layers, width / 8, Activation::Gelu, &mut rng)
+    Transformer::new(
+        "transformer",
+        width,
+        layers,
+        width / 8,
+        Activation::Gelu,
+        &mut rng,
+    )
 }
 
 /// Runs forward+backward of a 12-block stack; returns (loss, saved bytes after forward, grads).
-fn run(model: &Transformer, x: &Tensor, r: &Tensor, causal: bool) -> (Vec<f32>, usize, Vec<(String, Vec<f32>)>, Vec<f32>) {
+fn run(
+    model: &Transformer,
+    x: &Tensor,
+    r: &Tensor,
+    causal: bool,
+) -> (Vec<f32>, usize, Vec<(String, Vec<f32>)>, Vec<f32>) {
     for p in model.parameters() {
         p.zero_grad();
     }
@@ -23,7 +35,11 @@ fn run(model: &Transformer, x: &Tensor, r: &Tensor, causal: bool) -> (Vec<f32>, 
     let saved = g.saved_bytes();
     let grads = g.backward_with(&y, r.clone()).unwrap();
     let gx = grads.get(&xv).unwrap().to_vec();
-    let pg = model.parameters().iter().map(|p| (p.name().to_string(), p.grad().unwrap().to_vec())).collect();
+    let pg = model
+        .parameters()
+        .iter()
+        .map(|p| (p.name().to_string(), p.grad().unwrap().to_vec()))
+        .collect();
     (y.tensor().to_vec(), saved, pg, gx)
 }
 
@@ -39,15 +55,24 @@ fn checkpointing_is_bit_identical_and_saves_memory() {
         model.checkpointing = true;
         let (y1, bytes1, pg1, gx1) = run(&model, &x, &r, causal);
         assert_eq!(y0, y1, "forward differs with checkpointing (seed {seed})");
-        assert_eq!(gx0, gx1, "input gradient differs with checkpointing (seed {seed})");
+        assert_eq!(
+            gx0, gx1,
+            "input gradient differs with checkpointing (seed {seed})"
+        );
         assert_eq!(pg0.len(), 12 * 12);
         for ((n0, g0), (n1, g1)) in pg0.iter().zip(&pg1) {
             assert_eq!(n0, n1);
-            assert!(g0.iter().zip(g1).all(|(a, b)| a.to_bits() == b.to_bits()), "{n0}: gradient differs (seed {seed})");
+            assert!(
+                g0.iter().zip(g1).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{n0}: gradient differs (seed {seed})"
+            );
         }
         let ratio = bytes0 as f64 / bytes1 as f64;
         eprintln!("causal={causal}: saved bytes {bytes0} without, {bytes1} with checkpointing ({ratio:.1}x)");
-        assert!(ratio >= 3.0, "checkpointing saves only {ratio:.2}x ({bytes0} vs {bytes1})");
+        assert!(
+            ratio >= 3.0,
+            "checkpointing saves only {ratio:.2}x ({bytes0} vs {bytes1})"
+        );
     }
 }
 
@@ -81,7 +106,9 @@ fn inference_mode_records_nothing() {
     assert!(!y.requires_grad());
     // same values as a recording graph
     let g2 = Graph::new();
-    let y2 = model.forward(&g2, &g2.leaf(x.tensor().clone()), true).unwrap();
+    let y2 = model
+        .forward(&g2, &g2.leaf(x.tensor().clone()), true)
+        .unwrap();
     assert_eq!(y.tensor().to_vec(), y2.tensor().to_vec());
 }
 
@@ -93,7 +120,8 @@ fn parameter_gradients_accumulate_in_place() {
     let grad_once = |lin: &Linear| {
         let g = Graph::new();
         let y = lin.forward(&g, &g.constant(x.clone())).unwrap();
-        g.backward(&g.sum(&g.exp(&y).unwrap(), None).unwrap()).unwrap();
+        g.backward(&g.sum(&g.exp(&y).unwrap(), None).unwrap())
+            .unwrap();
     };
     grad_once(&lin);
     let g1 = lin.weight.grad().unwrap().to_vec();
@@ -122,9 +150,16 @@ fn param_gradcheck(name: &str, p: &Param, f: &dyn Fn(&Graph) -> clipcu::Var) {
     let base = p.value();
     let rv = r.to_vec();
     let probe = |v: Vec<f32>| -> f64 {
-        p.set_value(Tensor::from_vec(v, base.shape().to_vec()).unwrap()).unwrap();
+        p.set_value(Tensor::from_vec(v, base.shape().to_vec()).unwrap())
+            .unwrap();
         let g = Graph::inference();
-        f(&g).tensor().to_vec().iter().zip(&rv).map(|(a, b)| *a as f64 * *b as f64).sum()
+        f(&g)
+            .tensor()
+            .to_vec()
+            .iter()
+            .zip(&rv)
+            .map(|(a, b)| *a as f64 * *b as f64)
+            .sum()
     };
     let h = 1e-2f32;
     let (mut num2, mut den2) = (0f64, 0f64);
@@ -140,7 +175,10 @@ fn param_gradcheck(name: &str, p: &Param, f: &dyn Fn(&Graph) -> clipcu::Var) {
     }
     p.set_value(base).unwrap();
     let rel = num2.sqrt() / den2.sqrt().max(1e-12);
-    assert!(rel < 2e-2, "{name}: parameter gradient off by {rel:.3e} (seed {seed})");
+    assert!(
+        rel < 2e-2,
+        "{name}: parameter gradient off by {rel:.3e} (seed {seed})"
+    );
 }
 
 #[test]
@@ -149,10 +187,17 @@ fn residual_block_gradients_inputs_and_parameters() {
     for (act, causal) in [(Activation::Gelu, false), (Activation::QuickGelu, true)] {
         let block = ResidualAttentionBlock::new("blk", 16, 2, 1, act, &mut rng);
         let x = randn(&[2, 7, 16]);
-        gradcheck(&format!("block input {act:?}"), &[x.clone()], Check::default(), |g, xs| block.forward(g, &xs[0], causal));
+        gradcheck(
+            &format!("block input {act:?}"),
+            &[x.clone()],
+            Check::default(),
+            |g, xs| block.forward(g, &xs[0], causal),
+        );
         for p in block.parameters() {
             let xc = x.clone();
-            param_gradcheck(p.name(), &p, &|g| block.forward(g, &g.constant(xc.clone()), causal).unwrap());
+            param_gradcheck(p.name(), &p, &|g| {
+                block.forward(g, &g.constant(xc.clone()), causal).unwrap()
+            });
         }
     }
 }
@@ -162,7 +207,9 @@ fn checkpoint_with_constant_input_still_trains_parameters() {
     let mut model = stack(2, 16, fresh_seed());
     model.checkpointing = true;
     let g = Graph::new();
-    let y = model.forward(&g, &g.constant(randn(&[1, 7, 16])), false).unwrap();
+    let y = model
+        .forward(&g, &g.constant(randn(&[1, 7, 16])), false)
+        .unwrap();
     g.backward(&g.mean(&y, None).unwrap()).unwrap();
     assert!(model.parameters().iter().all(|p| p.grad().is_some()));
 }

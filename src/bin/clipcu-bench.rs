@@ -1,1 +1,120 @@
-fn main() {}
+//! clipcu-bench: throughput of the workloads in `clipcu::bench` on a chosen device.
+//!
+//!     clipcu-bench                 # all workloads on the best device
+//!     clipcu-bench gemm --iters 20 --device cpu
+//!
+//! Prints one line per workload: median and best time per iteration and GFLOP/s (from the median).
+
+use clap::{Parser, ValueEnum};
+use clipcu::bench::{BlockCase, GemmCase};
+use clipcu::Device;
+use std::time::Instant;
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Workload {
+    All,
+    Gemm,
+    Block,
+}
+
+#[derive(Parser)]
+#[command(
+    name = "clipcu-bench",
+    about = "Throughput of clipcu kernels and training steps"
+)]
+struct Args {
+    /// Which workload to run.
+    #[arg(value_enum, default_value = "all")]
+    workload: Workload,
+    /// Device: auto, cpu, cuda, cuda:N, emu.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Timed iterations per workload (after one warm-up).
+    #[arg(long, default_value_t = 10)]
+    iters: usize,
+}
+
+/// Runs `f` once to warm up, then `iters` times; returns (median, best) seconds.
+fn time(iters: usize, mut f: impl FnMut()) -> (f64, f64) {
+    f();
+    let mut t: Vec<f64> = (0..iters.max(1))
+        .map(|_| {
+            let s = Instant::now();
+            f();
+            s.elapsed().as_secs_f64()
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    (t[t.len() / 2], t[0])
+}
+
+fn report(name: &str, flops: f64, (median, best): (f64, f64)) {
+    println!(
+        "{name:<34} {:>9.2} ms {:>9.2} ms {:>9.1} GFLOP/s",
+        median * 1e3,
+        best * 1e3,
+        flops / median / 1e9
+    );
+}
+
+fn main() {
+    let args = Args::parse();
+    let device = match args.device.as_str() {
+        "auto" => {
+            let (d, why) = Device::auto();
+            eprintln!("device: {why}");
+            d
+        }
+        s => match s
+            .parse::<Device>()
+            .and_then(|d| d.ensure_available().map(|_| d))
+        {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::exit(2);
+            }
+        },
+    };
+    println!(
+        "clipcu-bench on {device} ({} CPU threads)",
+        Device::cpu_threads()
+    );
+    println!(
+        "{:<34} {:>12} {:>12} {:>17}",
+        "workload", "median", "best", "throughput"
+    );
+    let run = || -> clipcu::Result<()> {
+        if matches!(args.workload, Workload::All | Workload::Gemm) {
+            let c = GemmCase::new(4096, 768, 3072, device)?;
+            let mut err = None;
+            let t = time(args.iters, || {
+                if let Err(e) = c.run() {
+                    err = Some(e)
+                }
+            });
+            if let Some(e) = err {
+                return Err(e);
+            }
+            report("gemm f32 4096x768x3072", c.flops(), t);
+        }
+        if matches!(args.workload, Workload::All | Workload::Block) {
+            let c = BlockCase::new(16, 50, 768, device)?;
+            let mut err = None;
+            let t = time(args.iters, || {
+                if let Err(e) = c.run() {
+                    err = Some(e)
+                }
+            });
+            if let Some(e) = err {
+                return Err(e);
+            }
+            report("block fwd+bwd w768 t50 b16", c.flops(), t);
+        }
+        Ok(())
+    };
+    if let Err(e) = run() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}

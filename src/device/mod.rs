@@ -27,7 +27,8 @@ impl Device {
             }),
             Device::Emu => Err(Error::BackendUnavailable {
                 device: self.to_string(),
-                reason: "the CUDA-kernel emulator (kernels/emu/) is not part of this build yet".into(),
+                reason: "the CUDA-kernel emulator (kernels/emu/) is not part of this build yet"
+                    .into(),
             }),
         }
     }
@@ -35,7 +36,10 @@ impl Device {
     /// The best available device and a sentence saying why it was chosen.
     pub fn auto() -> (Device, String) {
         match Device::Cuda(0).ensure_available() {
-            Ok(()) => (Device::Cuda(0), "cuda:0 (GPU found and kernels built)".into()),
+            Ok(()) => (
+                Device::Cuda(0),
+                "cuda:0 (GPU found and kernels built)".into(),
+            ),
             Err(e) => (Device::Cpu, format!("cpu ({e})")),
         }
     }

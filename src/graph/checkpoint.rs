@@ -25,11 +25,21 @@ impl<'m> Graph<'m> {
             return block(self, &xs);
         }
         let quiet = Graph::inference();
-        let xs: Vec<Var> = inputs.iter().map(|v| quiet.constant(v.tensor().clone())).collect();
+        let xs: Vec<Var> = inputs
+            .iter()
+            .map(|v| quiet.constant(v.tensor().clone()))
+            .collect();
         let out = block(&quiet, &xs)?.into_tensor();
         let saved = inputs.iter().map(|v| v.tensor().clone()).collect();
         // The block always gets a node: even with constant inputs its parameters need gradients.
-        Ok(self.record_always(Op::Checkpoint(Checkpoint { block: Box::new(block) }), inputs, saved, out))
+        Ok(self.record_always(
+            Op::Checkpoint(Checkpoint {
+                block: Box::new(block),
+            }),
+            inputs,
+            saved,
+            out,
+        ))
     }
 
     fn record_always(&self, op: Op<'m>, inputs: &[&Var], saved: Vec<Tensor>, out: Tensor) -> Var {
@@ -48,12 +58,23 @@ impl<'m> Graph<'m> {
 }
 
 impl<'m> Checkpoint<'m> {
-    pub(crate) fn backward(&self, saved: &[Tensor], gout: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+    pub(crate) fn backward(
+        &self,
+        saved: &[Tensor],
+        gout: &Tensor,
+        needs: &[bool],
+    ) -> Result<Vec<Option<Tensor>>> {
         let g: Graph<'m> = Graph::new();
         let xs: Vec<Var> = saved
             .iter()
             .zip(needs)
-            .map(|(t, &need)| if need { g.leaf(t.clone()) } else { g.constant(t.clone()) })
+            .map(|(t, &need)| {
+                if need {
+                    g.leaf(t.clone())
+                } else {
+                    g.constant(t.clone())
+                }
+            })
             .collect();
         let out = (self.block)(&g, &xs)?;
         if !out.requires_grad() {

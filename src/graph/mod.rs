@@ -120,7 +120,10 @@ impl<'m> Graph<'m> {
 
     /// A value that needs no gradient (data, labels, masks).
     pub fn constant(&self, t: Tensor) -> Var {
-        Var { tensor: t, id: None }
+        Var {
+            tensor: t,
+            id: None,
+        }
     }
 
     /// A value whose gradient backward returns in `Grads` (inputs of a gradient check, cached
@@ -131,7 +134,10 @@ impl<'m> Graph<'m> {
         }
         let id = self.new_id();
         self.tape.borrow_mut().leaves.push(id);
-        Var { tensor: t, id: Some(id) }
+        Var {
+            tensor: t,
+            id: Some(id),
+        }
     }
 
     /// A model parameter: its gradient is accumulated into the `Param` by backward.
@@ -148,9 +154,18 @@ impl<'m> Graph<'m> {
     }
 
     /// Wrap an op's output, recording a node when any input needs a gradient.
-    pub(crate) fn record(&self, op: Op<'m>, inputs: &[&Var], saved: Vec<Tensor>, out: Tensor) -> Var {
+    pub(crate) fn record(
+        &self,
+        op: Op<'m>,
+        inputs: &[&Var],
+        saved: Vec<Tensor>,
+        out: Tensor,
+    ) -> Var {
         if !self.recording || inputs.iter().all(|v| v.id.is_none()) {
-            return Var { tensor: out, id: None };
+            return Var {
+                tensor: out,
+                id: None,
+            };
         }
         let id = self.new_id();
         self.tape.borrow_mut().nodes.push(Node {
@@ -165,10 +180,15 @@ impl<'m> Graph<'m> {
         }
     }
 
-    /// Bytes of tensors held by the graph for backward (each storage counted once).
+    /// Bytes of activations held by the graph for backward: saved tensors, each storage counted
+    /// once, not counting parameter values (the model holds those anyway).
     pub fn saved_bytes(&self) -> usize {
         let tape = self.tape.borrow();
-        let mut seen = std::collections::HashSet::new();
+        let mut seen: std::collections::HashSet<usize> = tape
+            .params
+            .iter()
+            .map(|(_, p)| p.value().storage_id())
+            .collect();
         let mut bytes = 0;
         for n in &tape.nodes {
             for t in &n.saved {
@@ -214,7 +234,9 @@ impl<'m> Graph<'m> {
         };
         let tape = std::mem::take(&mut *self.tape.borrow_mut());
         if tape.nodes.is_empty() && tape.params.is_empty() && tape.leaves.is_empty() {
-            return Err(Error::Graph("nothing recorded (backward already ran?)".into()));
+            return Err(Error::Graph(
+                "nothing recorded (backward already ran?)".into(),
+            ));
         }
         let mut grads: Vec<Option<Tensor>> = vec![None; tape.next_id];
         grads[root_id] = Some(seed);
@@ -256,6 +278,9 @@ impl<'m> Graph<'m> {
 pub(crate) fn unsupported_device(op: &'static str, t: &Tensor) -> Error {
     Error::Device {
         op,
-        msg: format!("not implemented on device {} (this build runs it on cpu)", t.device()),
+        msg: format!(
+            "not implemented on device {} (this build runs it on cpu)",
+            t.device()
+        ),
     }
 }

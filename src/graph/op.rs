@@ -31,7 +31,12 @@ pub enum Op<'m> {
 
 /// Gradients of the inputs of one node, given the gradient of its output. `needs[i]` says whether
 /// input i wants a gradient; a rule may skip the work for the others (returning `None`).
-pub(crate) fn backward(op: &Op<'_>, saved: &[Tensor], gout: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+pub(crate) fn backward(
+    op: &Op<'_>,
+    saved: &[Tensor],
+    gout: &Tensor,
+    needs: &[bool],
+) -> Result<Vec<Option<Tensor>>> {
     match op {
         Op::MatMul(o) => o.backward(saved, gout, needs),
         Op::Binary(o) => o.backward(saved, gout, needs),

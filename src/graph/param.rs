@@ -53,7 +53,12 @@ impl Param {
         if v.shape() != value.shape() {
             return Err(Error::shape(
                 "Param::set_value",
-                format!("{}: new value {:?} does not match shape {:?}", self.0.name, value.shape(), v.shape()),
+                format!(
+                    "{}: new value {:?} does not match shape {:?}",
+                    self.0.name,
+                    value.shape(),
+                    v.shape()
+                ),
             ));
         }
         *v = value;

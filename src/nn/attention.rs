@@ -13,9 +13,21 @@ pub struct MultiheadAttention {
 }
 
 impl MultiheadAttention {
-    pub fn new(prefix: &str, width: usize, heads: usize, in_std: f32, out_std: f32, rng: &mut impl Rng) -> MultiheadAttention {
+    pub fn new(
+        prefix: &str,
+        width: usize,
+        heads: usize,
+        in_std: f32,
+        out_std: f32,
+        rng: &mut impl Rng,
+    ) -> MultiheadAttention {
         MultiheadAttention {
-            in_proj_weight: normal_param(join(prefix, "in_proj_weight"), &[3 * width, width], in_std, rng),
+            in_proj_weight: normal_param(
+                join(prefix, "in_proj_weight"),
+                &[3 * width, width],
+                in_std,
+                rng,
+            ),
             in_proj_bias: Param::new(join(prefix, "in_proj_bias"), Tensor::zeros([3 * width])),
             out_proj: Linear::new(&join(prefix, "out_proj"), width, width, true, out_std, rng),
             heads,
@@ -27,7 +39,10 @@ impl MultiheadAttention {
         let (b, t, d) = (x.shape()[0], x.shape()[1], x.shape()[2]);
         let (h, dh) = (self.heads, d / self.heads);
         let x2 = g.reshape(x, [b * t, d])?;
-        let qkv = g.add(&g.matmul(&x2, &g.param(&self.in_proj_weight), false, true)?, &g.param(&self.in_proj_bias))?;
+        let qkv = g.add(
+            &g.matmul(&x2, &g.param(&self.in_proj_weight), false, true)?,
+            &g.param(&self.in_proj_bias),
+        )?;
         // [B·T, 3D] → [3, B, H, T, Dh]: split heads
         let qkv = g.permute(&g.reshape(&qkv, [b, t, 3, h, dh])?, &[2, 0, 3, 1, 4])?;
         let split = |i| g.reshape(&g.narrow(&qkv, 0, i, 1)?, [b, h, t, dh]);

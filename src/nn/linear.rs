@@ -11,7 +11,14 @@ pub struct Linear {
 
 impl Linear {
     /// Weight N(0, std²), bias zero (when `bias`).
-    pub fn new(prefix: &str, d_in: usize, d_out: usize, bias: bool, std: f32, rng: &mut impl Rng) -> Linear {
+    pub fn new(
+        prefix: &str,
+        d_in: usize,
+        d_out: usize,
+        bias: bool,
+        std: f32,
+        rng: &mut impl Rng,
+    ) -> Linear {
         Linear {
             weight: normal_param(join(prefix, "weight"), &[d_out, d_in], std, rng),
             bias: bias.then(|| Param::new(join(prefix, "bias"), Tensor::zeros([d_out]))),

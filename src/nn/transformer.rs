@@ -32,17 +32,45 @@ pub struct ResidualAttentionBlock {
 }
 
 impl ResidualAttentionBlock {
-    pub fn new(prefix: &str, width: usize, heads: usize, layers: usize, act: Activation, rng: &mut impl Rng) -> Self {
+    pub fn new(
+        prefix: &str,
+        width: usize,
+        heads: usize,
+        layers: usize,
+        act: Activation,
+        rng: &mut impl Rng,
+    ) -> Self {
         let attn_std = (width as f32).powf(-0.5);
         let proj_std = attn_std * ((2 * layers) as f32).powf(-0.5);
         let fc_std = ((2 * width) as f32).powf(-0.5);
         ResidualAttentionBlock {
             ln_1: LayerNorm::new(&join(prefix, "ln_1"), width),
-            attn: MultiheadAttention::new(&join(prefix, "attn"), width, heads, attn_std, proj_std, rng),
+            attn: MultiheadAttention::new(
+                &join(prefix, "attn"),
+                width,
+                heads,
+                attn_std,
+                proj_std,
+                rng,
+            ),
             ln_2: LayerNorm::new(&join(prefix, "ln_2"), width),
             mlp: Mlp {
-                c_fc: Linear::new(&join(prefix, "mlp.c_fc"), width, 4 * width, true, fc_std, rng),
-                c_proj: Linear::new(&join(prefix, "mlp.c_proj"), 4 * width, width, true, proj_std, rng),
+                c_fc: Linear::new(
+                    &join(prefix, "mlp.c_fc"),
+                    width,
+                    4 * width,
+                    true,
+                    fc_std,
+                    rng,
+                ),
+                c_proj: Linear::new(
+                    &join(prefix, "mlp.c_proj"),
+                    4 * width,
+                    width,
+                    true,
+                    proj_std,
+                    rng,
+                ),
                 act,
             },
         }
@@ -73,10 +101,26 @@ pub struct Transformer {
 
 impl Transformer {
     /// `prefix` is e.g. `"transformer"` (blocks are `{prefix}.resblocks.{i}`).
-    pub fn new(prefix: &str, width: usize, layers: usize, heads: usize, act: Activation, rng: &mut impl Rng) -> Transformer {
+    pub fn new(
+        prefix: &str,
+        width: usize,
+        layers: usize,
+        heads: usize,
+        act: Activation,
+        rng: &mut impl Rng,
+    ) -> Transformer {
         Transformer {
             resblocks: (0..layers)
-                .map(|i| ResidualAttentionBlock::new(&join(prefix, &format!("resblocks.{i}")), width, heads, layers, act, rng))
+                .map(|i| {
+                    ResidualAttentionBlock::new(
+                        &join(prefix, &format!("resblocks.{i}")),
+                        width,
+                        heads,
+                        layers,
+                        act,
+                        rng,
+                    )
+                })
                 .collect(),
             checkpointing: false,
         }

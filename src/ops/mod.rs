@@ -39,7 +39,11 @@ pub(crate) fn same_device(op: &'static str, ts: &[&Tensor]) -> Result<()> {
             if t.device() != first.device() {
                 return Err(crate::Error::Device {
                     op,
-                    msg: format!("operands on different devices ({} and {})", first.device(), t.device()),
+                    msg: format!(
+                        "operands on different devices ({} and {})",
+                        first.device(),
+                        t.device()
+                    ),
                 });
             }
         }

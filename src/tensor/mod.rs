@@ -101,14 +101,21 @@ impl Tensor {
 
     /// Internal constructor for op outputs whose length is known to match.
     pub(crate) fn from_f32(data: Vec<f32>, shape: &[usize]) -> Tensor {
-        assert_eq!(data.len(), shape.iter().product::<usize>(), "op output size");
+        assert_eq!(
+            data.len(),
+            shape.iter().product::<usize>(),
+            "op output size"
+        );
         Self::from_storage(CpuStorage::F32(data), shape.to_vec())
     }
 
     pub fn from_f16(data: Vec<f16>, shape: impl Into<Shape>) -> Result<Tensor> {
         let shape = shape.into();
         if data.len() != shape.numel() {
-            return Err(Error::shape("Tensor::from_f16", format!("{} values for shape {shape}", data.len())));
+            return Err(Error::shape(
+                "Tensor::from_f16",
+                format!("{} values for shape {shape}", data.len()),
+            ));
         }
         Ok(Self::from_storage(CpuStorage::F16(data), shape.0))
     }
@@ -116,7 +123,10 @@ impl Tensor {
     pub fn from_bf16(data: Vec<bf16>, shape: impl Into<Shape>) -> Result<Tensor> {
         let shape = shape.into();
         if data.len() != shape.numel() {
-            return Err(Error::shape("Tensor::from_bf16", format!("{} values for shape {shape}", data.len())));
+            return Err(Error::shape(
+                "Tensor::from_bf16",
+                format!("{} values for shape {shape}", data.len()),
+            ));
         }
         Ok(Self::from_storage(CpuStorage::BF16(data), shape.0))
     }
@@ -171,7 +181,9 @@ impl Tensor {
     pub fn rand_uniform(shape: impl Into<Shape>, lo: f32, hi: f32, seed: u64) -> Tensor {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let shape = shape.into();
-        let data = (0..shape.numel()).map(|_| rng.random_range(lo..hi)).collect();
+        let data = (0..shape.numel())
+            .map(|_| rng.random_range(lo..hi))
+            .collect();
         Self::from_storage(CpuStorage::F32(data), shape.0)
     }
 
@@ -223,7 +235,10 @@ impl Tensor {
     /// The elements of a contiguous CPU f32 tensor. `op` names the caller in the error.
     pub fn f32s(&self, op: &'static str) -> Result<&[f32]> {
         if !self.is_contiguous() {
-            return Err(Error::shape(op, "expected a contiguous tensor (call .contiguous())"));
+            return Err(Error::shape(
+                op,
+                "expected a contiguous tensor (call .contiguous())",
+            ));
         }
         match &*self.storage {
             Storage::Cpu(CpuStorage::F32(v)) => Ok(&v[self.offset..self.offset + self.numel()]),
@@ -268,7 +283,10 @@ impl Tensor {
     /// The single value of a one-element tensor.
     pub fn item(&self) -> Result<f32> {
         if self.numel() != 1 {
-            return Err(Error::shape("Tensor::item", format!("expected one element, shape is {:?}", self.shape)));
+            return Err(Error::shape(
+                "Tensor::item",
+                format!("expected one element, shape is {:?}", self.shape),
+            ));
         }
         Ok(self.to_vec()[0])
     }
@@ -278,9 +296,15 @@ impl Tensor {
         let t = self.contiguous();
         let n = t.numel();
         match &*t.storage {
-            Storage::Cpu(CpuStorage::F32(v)) => bytemuck::cast_slice(&v[t.offset..t.offset + n]).to_vec(),
-            Storage::Cpu(CpuStorage::F16(v)) => bytemuck::cast_slice(&v[t.offset..t.offset + n]).to_vec(),
-            Storage::Cpu(CpuStorage::BF16(v)) => bytemuck::cast_slice(&v[t.offset..t.offset + n]).to_vec(),
+            Storage::Cpu(CpuStorage::F32(v)) => {
+                bytemuck::cast_slice(&v[t.offset..t.offset + n]).to_vec()
+            }
+            Storage::Cpu(CpuStorage::F16(v)) => {
+                bytemuck::cast_slice(&v[t.offset..t.offset + n]).to_vec()
+            }
+            Storage::Cpu(CpuStorage::BF16(v)) => {
+                bytemuck::cast_slice(&v[t.offset..t.offset + n]).to_vec()
+            }
         }
     }
 
@@ -318,7 +342,11 @@ impl Tensor {
         if shape.numel() != self.numel() {
             return Err(Error::shape(
                 "reshape",
-                format!("cannot reshape {:?} ({} elements) to {shape}", self.shape, self.numel()),
+                format!(
+                    "cannot reshape {:?} ({} elements) to {shape}",
+                    self.shape,
+                    self.numel()
+                ),
             ));
         }
         let mut t = self.contiguous();
@@ -330,10 +358,17 @@ impl Tensor {
     /// A view with dims reordered: output dim i is input dim `axes[i]`.
     pub fn permute(&self, axes: &[usize]) -> Result<Tensor> {
         let mut seen = vec![false; self.rank()];
-        if axes.len() != self.rank() || axes.iter().any(|&a| a >= self.rank() || std::mem::replace(&mut seen[a], true)) {
+        if axes.len() != self.rank()
+            || axes
+                .iter()
+                .any(|&a| a >= self.rank() || std::mem::replace(&mut seen[a], true))
+        {
             return Err(Error::shape(
                 "permute",
-                format!("{axes:?} is not a permutation of the dims of {:?}", self.shape),
+                format!(
+                    "{axes:?} is not a permutation of the dims of {:?}",
+                    self.shape
+                ),
             ));
         }
         let mut t = self.clone();
@@ -357,7 +392,11 @@ impl Tensor {
         if start + len > self.shape[ax] {
             return Err(Error::shape(
                 "narrow",
-                format!("range {start}..{} exceeds dim {ax} of {:?}", start + len, self.shape),
+                format!(
+                    "range {start}..{} exceeds dim {ax} of {:?}",
+                    start + len,
+                    self.shape
+                ),
             ));
         }
         let mut t = self.clone();
@@ -438,7 +477,12 @@ impl Tensor {
 }
 
 /// Visit the storage offset of every element of a strided view in row-major order.
-pub(crate) fn for_each_offset(shape: &[usize], strides: &[usize], offset: usize, mut f: impl FnMut(usize)) {
+pub(crate) fn for_each_offset(
+    shape: &[usize],
+    strides: &[usize],
+    offset: usize,
+    mut f: impl FnMut(usize),
+) {
     let n: usize = shape.iter().product();
     if n == 0 {
         return;

@@ -39,31 +39,58 @@ pub fn fresh_seed() -> u64 {
 fn probe(f: &dyn Fn(&Graph, &[Var]) -> Result<Var>, xs: &[Tensor], r: &[f32]) -> f64 {
     let g = Graph::inference();
     let vars: Vec<Var> = xs.iter().map(|t| g.constant(t.clone())).collect();
-    let out = f(&g, &vars).expect("forward in gradcheck").into_tensor().to_vec();
+    let out = f(&g, &vars)
+        .expect("forward in gradcheck")
+        .into_tensor()
+        .to_vec();
     out.iter().zip(r).map(|(a, b)| *a as f64 * *b as f64).sum()
 }
 
 /// Checks the backward rules used by `f` against central differences of `L = Σ f(xs)·R` for a
 /// random `R`, on every input in `grad_inputs` (indices into `xs`); the other inputs are constants.
-pub fn gradcheck_some(name: &str, xs: &[Tensor], grad_inputs: &[usize], opts: Check, f: impl Fn(&Graph, &[Var]) -> Result<Var>) {
+pub fn gradcheck_some(
+    name: &str,
+    xs: &[Tensor],
+    grad_inputs: &[usize],
+    opts: Check,
+    f: impl Fn(&Graph, &[Var]) -> Result<Var>,
+) {
     let seed = fresh_seed();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let g = Graph::new();
     let vars: Vec<Var> = xs
         .iter()
         .enumerate()
-        .map(|(i, t)| if grad_inputs.contains(&i) { g.leaf(t.clone()) } else { g.constant(t.clone()) })
+        .map(|(i, t)| {
+            if grad_inputs.contains(&i) {
+                g.leaf(t.clone())
+            } else {
+                g.constant(t.clone())
+            }
+        })
         .collect();
     let out = f(&g, &vars).unwrap_or_else(|e| panic!("{name}: forward failed: {e}"));
     let r = Tensor::randn(out.shape().to_vec(), 1.0, rng.random());
     let rv = r.to_vec();
-    let grads = g.backward_with(&out, r).unwrap_or_else(|e| panic!("{name}: backward failed: {e}"));
+    let grads = g
+        .backward_with(&out, r)
+        .unwrap_or_else(|e| panic!("{name}: backward failed: {e}"));
     for &i in grad_inputs {
-        let analytic = grads.get(&vars[i]).unwrap_or_else(|| panic!("{name}: no gradient for input {i}"));
-        assert_eq!(analytic.shape(), xs[i].shape(), "{name}: gradient shape of input {i}");
+        let analytic = grads
+            .get(&vars[i])
+            .unwrap_or_else(|| panic!("{name}: no gradient for input {i}"));
+        assert_eq!(
+            analytic.shape(),
+            xs[i].shape(),
+            "{name}: gradient shape of input {i}"
+        );
         let a = analytic.to_vec();
         let n = xs[i].numel();
-        let idx: Vec<usize> = if n <= opts.samples { (0..n).collect() } else { (0..opts.samples).map(|_| rng.random_range(0..n)).collect() };
+        let idx: Vec<usize> = if n <= opts.samples {
+            (0..n).collect()
+        } else {
+            (0..opts.samples).map(|_| rng.random_range(0..n)).collect()
+        };
         let (mut num2, mut den2) = (0f64, 0f64);
         let mut rows = Vec::new();
         for &j in &idx {
@@ -76,7 +103,10 @@ pub fn gradcheck_some(name: &str, xs: &[Tensor], grad_inputs: &[usize], opts: Ch
             plus[i] = Tensor::from_vec(vp, xs[i].shape().to_vec()).unwrap();
             minus[i] = Tensor::from_vec(vm, xs[i].shape().to_vec()).unwrap();
             let numeric = (probe(&f, &plus, &rv) - probe(&f, &minus, &rv)) / (2.0 * opts.h as f64);
-            assert!(a[j].is_finite(), "{name}: non-finite analytic gradient of input {i}[{j}] (seed {seed})");
+            assert!(
+                a[j].is_finite(),
+                "{name}: non-finite analytic gradient of input {i}[{j}] (seed {seed})"
+            );
             num2 += (a[j] as f64 - numeric).powi(2);
             den2 += numeric.powi(2);
             rows.push((j, a[j], numeric));
@@ -92,7 +122,12 @@ pub fn gradcheck_some(name: &str, xs: &[Tensor], grad_inputs: &[usize], opts: Ch
 }
 
 /// `gradcheck_some` on every input.
-pub fn gradcheck(name: &str, xs: &[Tensor], opts: Check, f: impl Fn(&Graph, &[Var]) -> Result<Var>) {
+pub fn gradcheck(
+    name: &str,
+    xs: &[Tensor],
+    opts: Check,
+    f: impl Fn(&Graph, &[Var]) -> Result<Var>,
+) {
     let all: Vec<usize> = (0..xs.len()).collect();
     gradcheck_some(name, xs, &all, opts, f);
 }

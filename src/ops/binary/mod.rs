@@ -63,7 +63,10 @@ pub fn div(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// `acc += g` in place (same shape); copies `acc` first only if its storage is shared.
 pub fn add_assign(acc: &mut Tensor, g: &Tensor) -> Result<()> {
     if acc.shape() != g.shape() {
-        return Err(Error::shape("add_assign", format!("{:?} += {:?}", acc.shape(), g.shape())));
+        return Err(Error::shape(
+            "add_assign",
+            format!("{:?} += {:?}", acc.shape(), g.shape()),
+        ));
     }
     let g = cpu_input("add_assign", g)?;
     let gs = g.f32s("add_assign")?;
@@ -105,10 +108,20 @@ impl<'m> Graph<'m> {
 }
 
 impl BinaryOp {
-    pub(crate) fn backward(&self, saved: &[Tensor], gout: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+    pub(crate) fn backward(
+        &self,
+        saved: &[Tensor],
+        gout: &Tensor,
+        needs: &[bool],
+    ) -> Result<Vec<Option<Tensor>>> {
         let (ga, gb) = match self.kind {
             BinaryKind::Add => (Some(gout.clone()), Some(gout.clone())),
-            BinaryKind::Sub => (Some(gout.clone()), needs[1].then(|| crate::ops::unary::scale(gout, -1.0)).transpose()?),
+            BinaryKind::Sub => (
+                Some(gout.clone()),
+                needs[1]
+                    .then(|| crate::ops::unary::scale(gout, -1.0))
+                    .transpose()?,
+            ),
             BinaryKind::Mul => (
                 needs[0].then(|| mul(gout, &saved[1])).transpose()?,
                 needs[1].then(|| mul(gout, &saved[0])).transpose()?,
@@ -118,7 +131,12 @@ impl BinaryOp {
                 let ga = needs[0].then(|| div(gout, b)).transpose()?;
                 // d(a/b)/db = −a/b²
                 let gb = if needs[1] {
-                    let t = cpu::broadcast_map("div backward", &cpu_input("div", a)?, &cpu_input("div", b)?, |x, y| -x / (y * y))?;
+                    let t = cpu::broadcast_map(
+                        "div backward",
+                        &cpu_input("div", a)?,
+                        &cpu_input("div", b)?,
+                        |x, y| -x / (y * y),
+                    )?;
                     Some(mul(gout, &t)?)
                 } else {
                     None
@@ -126,8 +144,16 @@ impl BinaryOp {
                 (ga, gb)
             }
         };
-        let ga = if needs[0] { ga.map(|g| sum_to_shape(&g, &self.a_shape)).transpose()? } else { None };
-        let gb = if needs[1] { gb.map(|g| sum_to_shape(&g, &self.b_shape)).transpose()? } else { None };
+        let ga = if needs[0] {
+            ga.map(|g| sum_to_shape(&g, &self.a_shape)).transpose()?
+        } else {
+            None
+        };
+        let gb = if needs[1] {
+            gb.map(|g| sum_to_shape(&g, &self.b_shape)).transpose()?
+        } else {
+            None
+        };
         Ok(vec![ga, gb])
     }
 }

@@ -14,14 +14,25 @@ pub struct CrossEntropyOp {
 /// Returns (mean loss, probabilities).
 fn forward(logits: &Tensor, targets: &[u32]) -> Result<(Tensor, Tensor)> {
     if logits.rank() != 2 {
-        bail_shape!("cross_entropy", "logits must be [N, C], got {:?}", logits.shape());
+        bail_shape!(
+            "cross_entropy",
+            "logits must be [N, C], got {:?}",
+            logits.shape()
+        );
     }
     let (n, c) = (logits.shape()[0], logits.shape()[1]);
     if targets.len() != n {
-        bail_shape!("cross_entropy", "{} targets for {n} rows of logits", targets.len());
+        bail_shape!(
+            "cross_entropy",
+            "{} targets for {n} rows of logits",
+            targets.len()
+        );
     }
     if let Some(t) = targets.iter().find(|&&t| t as usize >= c) {
-        bail_shape!("cross_entropy", "target {t} is out of range for {c} classes");
+        bail_shape!(
+            "cross_entropy",
+            "target {t} is out of range for {c} classes"
+        );
     }
     let z = cpu_input("cross_entropy", logits)?;
     let zs = z.f32s("cross_entropy")?;
@@ -41,7 +52,10 @@ fn forward(logits: &Tensor, targets: &[u32]) -> Result<(Tensor, Tensor)> {
         })
         .collect();
     let loss = losses.iter().sum::<f64>() / n.max(1) as f64;
-    Ok((Tensor::from_f32(vec![loss as f32], &[]), Tensor::from_f32(p, &[n, c])))
+    Ok((
+        Tensor::from_f32(vec![loss as f32], &[]),
+        Tensor::from_f32(p, &[n, c]),
+    ))
 }
 
 pub fn cross_entropy(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
@@ -60,7 +74,12 @@ impl<'m> Graph<'m> {
 }
 
 impl CrossEntropyOp {
-    pub(crate) fn backward(&self, saved: &[Tensor], gout: &Tensor, _needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+    pub(crate) fn backward(
+        &self,
+        saved: &[Tensor],
+        gout: &Tensor,
+        _needs: &[bool],
+    ) -> Result<Vec<Option<Tensor>>> {
         let p = &saved[0];
         let (n, c) = (p.shape()[0], p.shape()[1]);
         let scale = gout.item()? / n.max(1) as f32;

@@ -15,14 +15,25 @@ pub struct EmbeddingOp {
 /// Rows of `weight` [V, D] picked by `ids` (any shape `ids_shape`); output `ids_shape + [D]`.
 pub fn embedding(weight: &Tensor, ids: &[u32], ids_shape: &[usize]) -> Result<Tensor> {
     if weight.rank() != 2 {
-        bail_shape!("embedding", "weight must be [vocab, dim], got {:?}", weight.shape());
+        bail_shape!(
+            "embedding",
+            "weight must be [vocab, dim], got {:?}",
+            weight.shape()
+        );
     }
     if ids.len() != ids_shape.iter().product::<usize>() {
-        bail_shape!("embedding", "{} ids do not fill shape {ids_shape:?}", ids.len());
+        bail_shape!(
+            "embedding",
+            "{} ids do not fill shape {ids_shape:?}",
+            ids.len()
+        );
     }
     let (v, d) = (weight.shape()[0], weight.shape()[1]);
     if let Some(bad) = ids.iter().find(|&&i| i as usize >= v) {
-        bail_shape!("embedding", "id {bad} is out of range for a table of {v} rows");
+        bail_shape!(
+            "embedding",
+            "id {bad} is out of range for a table of {v} rows"
+        );
     }
     let w = cpu_input("embedding", weight)?;
     let ws = w.f32s("embedding")?;
@@ -48,7 +59,12 @@ impl<'m> Graph<'m> {
 }
 
 impl EmbeddingOp {
-    pub(crate) fn backward(&self, _saved: &[Tensor], gout: &Tensor, _needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+    pub(crate) fn backward(
+        &self,
+        _saved: &[Tensor],
+        gout: &Tensor,
+        _needs: &[bool],
+    ) -> Result<Vec<Option<Tensor>>> {
         let g = cpu_input("embedding backward", gout)?;
         let gs = g.f32s("embedding backward")?;
         let d = *gout.shape().last().unwrap_or(&0);

@@ -5,7 +5,13 @@
 use crate::ops::ROW_CHUNK;
 use rayon::prelude::*;
 
-pub fn forward(x: &[f32], w: &[f32], b: &[f32], d: usize, eps: f32) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+pub fn forward(
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    d: usize,
+    eps: f32,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let rows = x.len() / d.max(1);
     let mut y = vec![0f32; x.len()];
     let mut mean = vec![0f32; rows];
@@ -27,7 +33,14 @@ pub fn forward(x: &[f32], w: &[f32], b: &[f32], d: usize, eps: f32) -> (Vec<f32>
     (y, mean, rstd)
 }
 
-pub fn backward(x: &[f32], w: &[f32], mean: &[f32], rstd: &[f32], g: &[f32], d: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+pub fn backward(
+    x: &[f32],
+    w: &[f32],
+    mean: &[f32],
+    rstd: &[f32],
+    g: &[f32],
+    d: usize,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let rows = x.len() / d.max(1);
     let mut dx = vec![0f32; x.len()];
     let partials: Vec<(Vec<f32>, Vec<f32>)> = dx

@@ -15,21 +15,49 @@ pub struct LayerNormOp {
 fn check(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<usize> {
     same_device("layer_norm", &[x, w, b])?;
     let Some(&d) = x.shape().last() else {
-        bail_shape!("layer_norm", "input must have at least one dim, got a scalar");
+        bail_shape!(
+            "layer_norm",
+            "input must have at least one dim, got a scalar"
+        );
     };
     if w.shape() != [d] || b.shape() != [d] {
-        bail_shape!("layer_norm", "weight {:?} and bias {:?} must both be [{d}] for input {:?}", w.shape(), b.shape(), x.shape());
+        bail_shape!(
+            "layer_norm",
+            "weight {:?} and bias {:?} must both be [{d}] for input {:?}",
+            w.shape(),
+            b.shape(),
+            x.shape()
+        );
     }
     Ok(d)
 }
 
 /// LayerNorm forward; returns (y, mean, rstd) with one mean/rstd per row.
-pub fn layer_norm_stats(x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<(Tensor, Tensor, Tensor)> {
+pub fn layer_norm_stats(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    eps: f32,
+) -> Result<(Tensor, Tensor, Tensor)> {
     let d = check(x, w, b)?;
-    let (x, w, b) = (cpu_input("layer_norm", x)?, cpu_input("layer_norm", w)?, cpu_input("layer_norm", b)?);
+    let (x, w, b) = (
+        cpu_input("layer_norm", x)?,
+        cpu_input("layer_norm", w)?,
+        cpu_input("layer_norm", b)?,
+    );
     let rows = x.numel() / d.max(1);
-    let (y, mean, rstd) = cpu::forward(x.f32s("layer_norm")?, w.f32s("layer_norm")?, b.f32s("layer_norm")?, d, eps);
-    Ok((Tensor::from_f32(y, x.shape()), Tensor::from_f32(mean, &[rows]), Tensor::from_f32(rstd, &[rows])))
+    let (y, mean, rstd) = cpu::forward(
+        x.f32s("layer_norm")?,
+        w.f32s("layer_norm")?,
+        b.f32s("layer_norm")?,
+        d,
+        eps,
+    );
+    Ok((
+        Tensor::from_f32(y, x.shape()),
+        Tensor::from_f32(mean, &[rows]),
+        Tensor::from_f32(rstd, &[rows]),
+    ))
 }
 
 pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor> {
@@ -46,7 +74,12 @@ impl<'m> Graph<'m> {
 }
 
 impl LayerNormOp {
-    pub(crate) fn backward(&self, saved: &[Tensor], gout: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+    pub(crate) fn backward(
+        &self,
+        saved: &[Tensor],
+        gout: &Tensor,
+        needs: &[bool],
+    ) -> Result<Vec<Option<Tensor>>> {
         let _ = self.eps; // rstd already holds it
         let (x, w, mean, rstd) = (&saved[0], &saved[1], &saved[2], &saved[3]);
         let g = cpu_input("layer_norm backward", gout)?;

@@ -8,10 +8,21 @@ use crate::tensor::resolve_axis;
 use crate::{bail_shape, Result, Shape, Tensor};
 
 pub enum LayoutOp {
-    Reshape { in_shape: Vec<usize> },
-    Permute { axes: Vec<usize> },
-    Concat { axis: usize, sizes: Vec<usize> },
-    Narrow { in_shape: Vec<usize>, axis: usize, start: usize },
+    Reshape {
+        in_shape: Vec<usize>,
+    },
+    Permute {
+        axes: Vec<usize>,
+    },
+    Concat {
+        axis: usize,
+        sizes: Vec<usize>,
+    },
+    Narrow {
+        in_shape: Vec<usize>,
+        axis: usize,
+        start: usize,
+    },
 }
 
 /// Join tensors along `axis`; all other dims must agree.
@@ -21,12 +32,21 @@ pub fn concat(xs: &[&Tensor], axis: isize) -> Result<Tensor> {
     };
     let ax = resolve_axis("concat", axis, first.rank())?;
     for x in xs {
-        let same = x.rank() == first.rank() && (0..x.rank()).all(|d| d == ax || x.shape()[d] == first.shape()[d]);
+        let same = x.rank() == first.rank()
+            && (0..x.rank()).all(|d| d == ax || x.shape()[d] == first.shape()[d]);
         if !same {
-            bail_shape!("concat", "shapes {:?} and {:?} differ outside axis {ax}", first.shape(), x.shape());
+            bail_shape!(
+                "concat",
+                "shapes {:?} and {:?} differ outside axis {ax}",
+                first.shape(),
+                x.shape()
+            );
         }
     }
-    let parts: Vec<Tensor> = xs.iter().map(|x| cpu_input("concat", x)).collect::<Result<_>>()?;
+    let parts: Vec<Tensor> = xs
+        .iter()
+        .map(|x| cpu_input("concat", x))
+        .collect::<Result<_>>()?;
     let total: usize = parts.iter().map(|p| p.shape()[ax]).sum();
     let (outer, _, inner) = split3(first.shape(), ax);
     let mut out = Vec::with_capacity(outer * total * inner);
@@ -58,19 +78,26 @@ fn pad_axis(g: &Tensor, shape: &[usize], axis: usize, start: usize) -> Result<Te
 impl<'m> Graph<'m> {
     pub fn reshape(&self, x: &Var, shape: impl Into<Shape>) -> Result<Var> {
         let out = x.tensor().reshape(shape)?;
-        let op = LayoutOp::Reshape { in_shape: x.shape().to_vec() };
+        let op = LayoutOp::Reshape {
+            in_shape: x.shape().to_vec(),
+        };
         Ok(self.record(Op::Layout(op), &[x], vec![], out))
     }
     /// Output dim i is input dim `axes[i]` (a view).
     pub fn permute(&self, x: &Var, axes: &[usize]) -> Result<Var> {
         let out = x.tensor().permute(axes)?;
-        let op = LayoutOp::Permute { axes: axes.to_vec() };
+        let op = LayoutOp::Permute {
+            axes: axes.to_vec(),
+        };
         Ok(self.record(Op::Layout(op), &[x], vec![], out))
     }
     /// Swap two dims (a view).
     pub fn transpose(&self, x: &Var, a: isize, b: isize) -> Result<Var> {
         let r = x.tensor().rank();
-        let (a, b) = (resolve_axis("transpose", a, r)?, resolve_axis("transpose", b, r)?);
+        let (a, b) = (
+            resolve_axis("transpose", a, r)?,
+            resolve_axis("transpose", b, r)?,
+        );
         let mut axes: Vec<usize> = (0..r).collect();
         axes.swap(a, b);
         self.permute(x, &axes)
@@ -99,7 +126,12 @@ impl<'m> Graph<'m> {
 }
 
 impl LayoutOp {
-    pub(crate) fn backward(&self, _saved: &[Tensor], gout: &Tensor, _needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+    pub(crate) fn backward(
+        &self,
+        _saved: &[Tensor],
+        gout: &Tensor,
+        _needs: &[bool],
+    ) -> Result<Vec<Option<Tensor>>> {
         Ok(match self {
             LayoutOp::Reshape { in_shape } => vec![Some(gout.reshape(in_shape.clone())?)],
             LayoutOp::Permute { axes } => {
@@ -118,7 +150,11 @@ impl LayoutOp {
                 }
                 gs
             }
-            LayoutOp::Narrow { in_shape, axis, start } => vec![Some(pad_axis(gout, in_shape, *axis, *start)?)],
+            LayoutOp::Narrow {
+                in_shape,
+                axis,
+                start,
+            } => vec![Some(pad_axis(gout, in_shape, *axis, *start)?)],
         })
     }
 }

@@ -11,7 +11,18 @@ const PARALLEL_MIN_FLOPS: usize = 1 << 18;
 /// `c = beta·c + a·b` for one row-major problem: `a` is [m,k] (stored [k,m] if `ta`), `b` is [k,n]
 /// (stored [n,k] if `tb`), `c` is [m,n]. `accumulate = false` overwrites `c` (beta = 0).
 #[allow(clippy::too_many_arguments)]
-pub fn sgemm(ta: bool, tb: bool, m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32], accumulate: bool, threads: usize) {
+pub fn sgemm(
+    ta: bool,
+    tb: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    b: &[f32],
+    c: &mut [f32],
+    accumulate: bool,
+    threads: usize,
+) {
     debug_assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
     if m == 0 || n == 0 {
         return;
@@ -60,15 +71,49 @@ pub fn sgemm(ta: bool, tb: bool, m: usize, n: usize, k: usize, a: &[f32], b: &[f
 /// operands (0 for an operand shared by the whole batch). Large problems use all threads inside
 /// each GEMM; small ones are spread over the batch.
 #[allow(clippy::too_many_arguments)]
-pub fn sgemm_batched(ta: bool, tb: bool, batch: usize, m: usize, n: usize, k: usize, a: &[f32], a_step: usize, b: &[f32], b_step: usize, c: &mut [f32]) {
+pub fn sgemm_batched(
+    ta: bool,
+    tb: bool,
+    batch: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    a_step: usize,
+    b: &[f32],
+    b_step: usize,
+    c: &mut [f32],
+) {
     let threads = rayon::current_num_threads();
     if batch == 1 || m * n * k >= PARALLEL_MIN_FLOPS * 4 {
         for i in 0..batch {
-            sgemm(ta, tb, m, n, k, &a[i * a_step..], &b[i * b_step..], &mut c[i * m * n..(i + 1) * m * n], false, threads);
+            sgemm(
+                ta,
+                tb,
+                m,
+                n,
+                k,
+                &a[i * a_step..],
+                &b[i * b_step..],
+                &mut c[i * m * n..(i + 1) * m * n],
+                false,
+                threads,
+            );
         }
     } else {
         c.par_chunks_mut(m * n).enumerate().for_each(|(i, ci)| {
-            sgemm(ta, tb, m, n, k, &a[i * a_step..], &b[i * b_step..], ci, false, 1);
+            sgemm(
+                ta,
+                tb,
+                m,
+                n,
+                k,
+                &a[i * a_step..],
+                &b[i * b_step..],
+                ci,
+                false,
+                1,
+            );
         });
     }
 }

@@ -34,7 +34,12 @@ fn dims(a: &[usize], b: &[usize], ta: bool, tb: bool) -> Result<Dims> {
     let (m, k) = if ta { (ca, ra) } else { (ra, ca) };
     let (kb, n) = if tb { (cb, rb) } else { (rb, cb) };
     if k != kb {
-        bail_shape!(OP, "inner dims differ: {a:?}{} · {b:?}{} (k {k} vs {kb})", if ta { "ᵀ" } else { "" }, if tb { "ᵀ" } else { "" });
+        bail_shape!(
+            OP,
+            "inner dims differ: {a:?}{} · {b:?}{} (k {k} vs {kb})",
+            if ta { "ᵀ" } else { "" },
+            if tb { "ᵀ" } else { "" }
+        );
     }
     let (ba, bb) = (&a[..a.len() - 2], &b[..b.len() - 2]);
     let (batch, a_shared, b_shared) = if ba == bb {
@@ -46,7 +51,14 @@ fn dims(a: &[usize], b: &[usize], ta: bool, tb: bool) -> Result<Dims> {
     } else {
         bail_shape!(OP, "batch dims differ: {a:?} vs {b:?}");
     };
-    Ok(Dims { batch, m, n, k, a_shared, b_shared })
+    Ok(Dims {
+        batch,
+        m,
+        n,
+        k,
+        a_shared,
+        b_shared,
+    })
 }
 
 /// `op(a) · op(b)` as a new tensor.
@@ -58,7 +70,19 @@ pub fn matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
     let mut out = vec![0f32; nb * d.m * d.n];
     let a_step = if d.a_shared { 0 } else { d.m * d.k };
     let b_step = if d.b_shared { 0 } else { d.k * d.n };
-    cpu::sgemm_batched(ta, tb, nb, d.m, d.n, d.k, a.f32s("matmul")?, a_step, b.f32s("matmul")?, b_step, &mut out);
+    cpu::sgemm_batched(
+        ta,
+        tb,
+        nb,
+        d.m,
+        d.n,
+        d.k,
+        a.f32s("matmul")?,
+        a_step,
+        b.f32s("matmul")?,
+        b_step,
+        &mut out,
+    );
     let mut shape = d.batch;
     shape.extend([d.m, d.n]);
     Ok(Tensor::from_f32(out, &shape))
@@ -84,13 +108,26 @@ impl<'m> Graph<'m> {
 }
 
 impl MatMulOp {
-    pub(crate) fn backward(&self, saved: &[Tensor], gout: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+    pub(crate) fn backward(
+        &self,
+        saved: &[Tensor],
+        gout: &Tensor,
+        needs: &[bool],
+    ) -> Result<Vec<Option<Tensor>>> {
         let (a, b) = (&saved[0], &saved[1]);
         let (ta, tb) = (self.ta, self.tb);
         let d = dims(a.shape(), b.shape(), ta, tb)?;
         let da = if needs[0] {
-            let per = if !ta { matmul(gout, b, false, !tb)? } else { matmul(b, gout, tb, true)? };
-            Some(if d.a_shared { sum_leading(&per, a.shape())? } else { per })
+            let per = if !ta {
+                matmul(gout, b, false, !tb)?
+            } else {
+                matmul(b, gout, tb, true)?
+            };
+            Some(if d.a_shared {
+                sum_leading(&per, a.shape())?
+            } else {
+                per
+            })
         } else {
             None
         };
@@ -104,7 +141,11 @@ impl MatMulOp {
                     matmul(&g2, &a2, true, false)?
                 }
             } else {
-                let per = if !tb { matmul(a, gout, !ta, false)? } else { matmul(gout, a, true, ta)? };
+                let per = if !tb {
+                    matmul(a, gout, !ta, false)?
+                } else {
+                    matmul(gout, a, true, ta)?
+                };
                 if d.b_shared {
                     sum_leading(&per, b.shape())?
                 } else {

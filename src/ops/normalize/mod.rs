@@ -21,15 +21,25 @@ fn forward(x: &Tensor) -> Result<(Tensor, Tensor)> {
     let rows = xs.len() / d.max(1);
     let mut y = vec![0f32; xs.len()];
     let mut norms = vec![0f32; rows];
-    y.par_chunks_mut(d.max(1)).zip(xs.par_chunks(d.max(1))).zip(norms.par_iter_mut()).for_each(|((y, x), n)| {
-        let norm = x.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>().sqrt() as f32;
-        let inv = 1.0 / norm.max(L2_EPS);
-        for (y, x) in y.iter_mut().zip(x) {
-            *y = x * inv;
-        }
-        *n = norm;
-    });
-    Ok((Tensor::from_f32(y, x.shape()), Tensor::from_f32(norms, &[rows])))
+    y.par_chunks_mut(d.max(1))
+        .zip(xs.par_chunks(d.max(1)))
+        .zip(norms.par_iter_mut())
+        .for_each(|((y, x), n)| {
+            let norm = x
+                .iter()
+                .map(|&v| (v as f64) * (v as f64))
+                .sum::<f64>()
+                .sqrt() as f32;
+            let inv = 1.0 / norm.max(L2_EPS);
+            for (y, x) in y.iter_mut().zip(x) {
+                *y = x * inv;
+            }
+            *n = norm;
+        });
+    Ok((
+        Tensor::from_f32(y, x.shape()),
+        Tensor::from_f32(norms, &[rows]),
+    ))
 }
 
 pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
@@ -40,13 +50,26 @@ impl<'m> Graph<'m> {
     /// Unit L2 norm along the last dim.
     pub fn l2_normalize(&self, x: &Var) -> Result<Var> {
         let (y, norms) = forward(x.tensor())?;
-        Ok(self.record(Op::L2Normalize(L2NormalizeOp {}), &[x], vec![y.clone(), norms], y))
+        Ok(self.record(
+            Op::L2Normalize(L2NormalizeOp {}),
+            &[x],
+            vec![y.clone(), norms],
+            y,
+        ))
     }
 }
 
 impl L2NormalizeOp {
-    pub(crate) fn backward(&self, saved: &[Tensor], gout: &Tensor, _needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
-        let (y, norms) = (saved[0].f32s("l2_normalize backward")?, saved[1].f32s("l2_normalize backward")?);
+    pub(crate) fn backward(
+        &self,
+        saved: &[Tensor],
+        gout: &Tensor,
+        _needs: &[bool],
+    ) -> Result<Vec<Option<Tensor>>> {
+        let (y, norms) = (
+            saved[0].f32s("l2_normalize backward")?,
+            saved[1].f32s("l2_normalize backward")?,
+        );
         let g = cpu_input("l2_normalize backward", gout)?;
         let gs = g.f32s("l2_normalize backward")?;
         let d = *saved[0].shape().last().unwrap_or(&1);

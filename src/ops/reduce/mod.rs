@@ -32,26 +32,36 @@ fn reduce(x: &Tensor, axis: Option<isize>, mean: bool) -> Result<Tensor> {
     match axis {
         None => {
             // Fixed chunks summed in f64, then combined in order.
-            let total: f64 = xs.par_chunks(1 << 14).map(|c| c.iter().map(|&v| v as f64).sum::<f64>()).collect::<Vec<_>>().iter().sum();
+            let total: f64 = xs
+                .par_chunks(1 << 14)
+                .map(|c| c.iter().map(|&v| v as f64).sum::<f64>())
+                .collect::<Vec<_>>()
+                .iter()
+                .sum();
             let n = xs.len().max(1) as f64;
-            Ok(Tensor::from_f32(vec![(if mean { total / n } else { total }) as f32], &[]))
+            Ok(Tensor::from_f32(
+                vec![(if mean { total / n } else { total }) as f32],
+                &[],
+            ))
         }
         Some(a) => {
             let ax = resolve_axis(op, a, x.rank())?;
             let (outer, len, inner) = split3(x.shape(), ax);
             let mut out = vec![0f32; outer * inner];
             let scale = if mean { 1.0 / len.max(1) as f32 } else { 1.0 };
-            out.par_chunks_mut(inner.max(1)).enumerate().for_each(|(o, row)| {
-                for l in 0..len {
-                    let src = &xs[(o * len + l) * inner..(o * len + l + 1) * inner];
-                    for (r, s) in row.iter_mut().zip(src) {
-                        *r += s;
+            out.par_chunks_mut(inner.max(1))
+                .enumerate()
+                .for_each(|(o, row)| {
+                    for l in 0..len {
+                        let src = &xs[(o * len + l) * inner..(o * len + l + 1) * inner];
+                        for (r, s) in row.iter_mut().zip(src) {
+                            *r += s;
+                        }
                     }
-                }
-                if mean {
-                    row.iter_mut().for_each(|r| *r *= scale);
-                }
-            });
+                    if mean {
+                        row.iter_mut().for_each(|r| *r *= scale);
+                    }
+                });
             let mut shape = x.shape().to_vec();
             shape.remove(ax);
             Ok(Tensor::from_f32(out, &shape))
@@ -61,7 +71,11 @@ fn reduce(x: &Tensor, axis: Option<isize>, mean: bool) -> Result<Tensor> {
 
 /// (product of dims before `ax`, dim `ax`, product of dims after `ax`).
 pub(crate) fn split3(shape: &[usize], ax: usize) -> (usize, usize, usize) {
-    (shape[..ax].iter().product(), shape[ax], shape[ax + 1..].iter().product())
+    (
+        shape[..ax].iter().product(),
+        shape[ax],
+        shape[ax + 1..].iter().product(),
+    )
 }
 
 /// Sum `t` down to `target`, a shape that broadcasts to `t`'s shape (the gradient of a broadcast).
@@ -71,7 +85,10 @@ pub fn sum_to_shape(t: &Tensor, target: &[usize]) -> Result<Tensor> {
     }
     let bs = broadcast_shape("sum_to_shape", target, t.shape())?;
     if bs != t.shape() {
-        return Err(Error::shape("sum_to_shape", format!("{target:?} does not broadcast to {:?}", t.shape())));
+        return Err(Error::shape(
+            "sum_to_shape",
+            format!("{target:?} does not broadcast to {:?}", t.shape()),
+        ));
     }
     let t = cpu_input("sum_to_shape", t)?;
     let ts = t.f32s("sum_to_shape")?;
@@ -117,13 +134,15 @@ fn expand_axis(g: &Tensor, in_shape: &[usize], axis: usize, scale: f32) -> Resul
     let gs = g.f32s("reduce backward")?;
     let (outer, len, inner) = split3(in_shape, axis);
     let mut out = vec![0f32; outer * len * inner];
-    out.par_chunks_mut((len * inner).max(1)).enumerate().for_each(|(o, block)| {
-        for row in block.chunks_mut(inner.max(1)) {
-            for (r, v) in row.iter_mut().zip(&gs[o * inner..(o + 1) * inner]) {
-                *r = v * scale;
+    out.par_chunks_mut((len * inner).max(1))
+        .enumerate()
+        .for_each(|(o, block)| {
+            for row in block.chunks_mut(inner.max(1)) {
+                for (r, v) in row.iter_mut().zip(&gs[o * inner..(o + 1) * inner]) {
+                    *r = v * scale;
+                }
             }
-        }
-    });
+        });
     Ok(Tensor::from_f32(out, in_shape))
 }
 
@@ -138,7 +157,9 @@ impl<'m> Graph<'m> {
     }
     fn reduce(&self, x: &Var, axis: Option<isize>, mean: bool) -> Result<Var> {
         let out = reduce(x.tensor(), axis, mean)?;
-        let axis = axis.map(|a| resolve_axis("reduce", a, x.tensor().rank())).transpose()?;
+        let axis = axis
+            .map(|a| resolve_axis("reduce", a, x.tensor().rank()))
+            .transpose()?;
         let op = ReduceOp {
             in_shape: x.shape().to_vec(),
             axis,
@@ -149,15 +170,29 @@ impl<'m> Graph<'m> {
 }
 
 impl ReduceOp {
-    pub(crate) fn backward(&self, _saved: &[Tensor], gout: &Tensor, _needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+    pub(crate) fn backward(
+        &self,
+        _saved: &[Tensor],
+        gout: &Tensor,
+        _needs: &[bool],
+    ) -> Result<Vec<Option<Tensor>>> {
         let g = match self.axis {
             None => {
                 let n = self.in_shape.iter().product::<usize>();
-                let v = gout.item()? * if self.mean { 1.0 / n.max(1) as f32 } else { 1.0 };
+                let v = gout.item()?
+                    * if self.mean {
+                        1.0 / n.max(1) as f32
+                    } else {
+                        1.0
+                    };
                 Tensor::full(v, self.in_shape.clone())
             }
             Some(ax) => {
-                let scale = if self.mean { 1.0 / self.in_shape[ax].max(1) as f32 } else { 1.0 };
+                let scale = if self.mean {
+                    1.0 / self.in_shape[ax].max(1) as f32
+                } else {
+                    1.0
+                };
                 expand_axis(gout, &self.in_shape, ax, scale)?
             }
         };

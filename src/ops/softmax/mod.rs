@@ -24,33 +24,42 @@ pub fn softmax(x: &Tensor, causal: bool) -> Result<Tensor> {
         bail_shape!("softmax", "input must have at least one dim");
     };
     if causal && (x.rank() < 2 || x.shape()[x.rank() - 2] != n) {
-        bail_shape!("softmax", "a causal mask needs square [.., T, T] scores, got {:?}", x.shape());
+        bail_shape!(
+            "softmax",
+            "a causal mask needs square [.., T, T] scores, got {:?}",
+            x.shape()
+        );
     }
     let x = cpu_input("softmax", x)?;
     let xs = x.f32s("softmax")?;
     let mut y = vec![0f32; xs.len()];
-    y.par_chunks_mut(n.max(1)).zip(xs.par_chunks(n.max(1))).enumerate().for_each(|(r, (y, x))| {
-        let v = visible(r, n, causal);
-        let m = x[..v].iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-        let mut s = 0f32;
-        for i in 0..v {
-            y[i] = (x[i] - m).exp();
-            s += y[i];
-        }
-        let inv = 1.0 / s;
-        y[..v].iter_mut().for_each(|e| *e *= inv);
-    });
+    y.par_chunks_mut(n.max(1))
+        .zip(xs.par_chunks(n.max(1)))
+        .enumerate()
+        .for_each(|(r, (y, x))| {
+            let v = visible(r, n, causal);
+            let m = x[..v].iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            let mut s = 0f32;
+            for i in 0..v {
+                y[i] = (x[i] - m).exp();
+                s += y[i];
+            }
+            let inv = 1.0 / s;
+            y[..v].iter_mut().for_each(|e| *e *= inv);
+        });
     Ok(Tensor::from_f32(y, x.shape()))
 }
 
 /// `dx = y·(dy − Σ dy·y)` row by row (shared with the attention op).
 pub(crate) fn softmax_backward_rows(y: &[f32], g: &[f32], dx: &mut [f32], n: usize) {
-    dx.par_chunks_mut(n.max(1)).zip(y.par_chunks(n.max(1)).zip(g.par_chunks(n.max(1)))).for_each(|(dx, (y, g))| {
-        let dot: f32 = y.iter().zip(g).map(|(a, b)| a * b).sum();
-        for i in 0..n {
-            dx[i] = y[i] * (g[i] - dot);
-        }
-    });
+    dx.par_chunks_mut(n.max(1))
+        .zip(y.par_chunks(n.max(1)).zip(g.par_chunks(n.max(1))))
+        .for_each(|(dx, (y, g))| {
+            let dot: f32 = y.iter().zip(g).map(|(a, b)| a * b).sum();
+            for i in 0..n {
+                dx[i] = y[i] * (g[i] - dot);
+            }
+        });
 }
 
 impl<'m> Graph<'m> {
@@ -62,12 +71,22 @@ impl<'m> Graph<'m> {
 }
 
 impl SoftmaxOp {
-    pub(crate) fn backward(&self, saved: &[Tensor], gout: &Tensor, _needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+    pub(crate) fn backward(
+        &self,
+        saved: &[Tensor],
+        gout: &Tensor,
+        _needs: &[bool],
+    ) -> Result<Vec<Option<Tensor>>> {
         let y = &saved[0];
         let n = *y.shape().last().unwrap_or(&1);
         let g = cpu_input("softmax backward", gout)?;
         let mut dx = vec![0f32; y.numel()];
-        softmax_backward_rows(y.f32s("softmax backward")?, g.f32s("softmax backward")?, &mut dx, n);
+        softmax_backward_rows(
+            y.f32s("softmax backward")?,
+            g.f32s("softmax backward")?,
+            &mut dx,
+            n,
+        );
         Ok(vec![Some(Tensor::from_f32(dx, y.shape()))])
     }
 }

@@ -56,27 +56,35 @@ fn derivative(kind: UnaryKind, s: f32, g: f32) -> f32 {
 
 pub fn forward(kind: UnaryKind, x: &[f32], shape: &[usize]) -> Tensor {
     let mut out = vec![0f32; x.len()];
-    out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(o, x)| {
-        for (o, x) in o.iter_mut().zip(x) {
-            *o = apply(kind, *x);
-        }
-    });
+    out.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(o, x)| {
+            for (o, x) in o.iter_mut().zip(x) {
+                *o = apply(kind, *x);
+            }
+        });
     Tensor::from_f32(out, shape)
 }
 
 pub fn backward(kind: UnaryKind, saved: Option<&[f32]>, g: &[f32], shape: &[usize]) -> Tensor {
     let mut out = vec![0f32; g.len()];
     match saved {
-        Some(s) => out.par_chunks_mut(CHUNK).zip(s.par_chunks(CHUNK).zip(g.par_chunks(CHUNK))).for_each(|(o, (s, g))| {
-            for ((o, s), g) in o.iter_mut().zip(s).zip(g) {
-                *o = derivative(kind, *s, *g);
-            }
-        }),
-        None => out.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).for_each(|(o, g)| {
-            for (o, g) in o.iter_mut().zip(g) {
-                *o = derivative(kind, 0.0, *g);
-            }
-        }),
+        Some(s) => out
+            .par_chunks_mut(CHUNK)
+            .zip(s.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
+            .for_each(|(o, (s, g))| {
+                for ((o, s), g) in o.iter_mut().zip(s).zip(g) {
+                    *o = derivative(kind, *s, *g);
+                }
+            }),
+        None => out
+            .par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .for_each(|(o, g)| {
+                for (o, g) in o.iter_mut().zip(g) {
+                    *o = derivative(kind, 0.0, *g);
+                }
+            }),
     }
     Tensor::from_f32(out, shape)
 }

@@ -100,10 +100,18 @@ impl<'m> Graph<'m> {
 }
 
 impl UnaryOp {
-    pub(crate) fn backward(&self, saved: &[Tensor], gout: &Tensor, _needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+    pub(crate) fn backward(
+        &self,
+        saved: &[Tensor],
+        gout: &Tensor,
+        _needs: &[bool],
+    ) -> Result<Vec<Option<Tensor>>> {
         let g = cpu_input("unary backward", gout)?;
         let gs = g.f32s("unary backward")?;
-        let s = saved.first().map(|t| t.f32s("unary backward")).transpose()?;
+        let s = saved
+            .first()
+            .map(|t| t.f32s("unary backward"))
+            .transpose()?;
         Ok(vec![Some(cpu::backward(self.kind, s, gs, gout.shape()))])
     }
 }

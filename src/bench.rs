@@ -1,0 +1,79 @@
+//! Benchmark workloads shared by the Criterion benches (`benches/`) and `clipcu-bench`, so both
+//! measure exactly the same thing. Each workload knows its FLOP count for GFLOP/s figures.
+
+use crate::nn::{Activation, Module, ResidualAttentionBlock};
+use crate::{Device, Graph, Result, Tensor};
+use rand::SeedableRng;
+
+/// A GEMM `[m, k] · [k, n]` on f32 inputs.
+pub struct GemmCase {
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    a: Tensor,
+    b: Tensor,
+}
+
+impl GemmCase {
+    pub fn new(m: usize, k: usize, n: usize, device: Device) -> Result<GemmCase> {
+        Ok(GemmCase {
+            m,
+            k,
+            n,
+            a: Tensor::randn([m, k], 1.0, 1).to_device(device)?,
+            b: Tensor::randn([k, n], 1.0, 2).to_device(device)?,
+        })
+    }
+    pub fn flops(&self) -> f64 {
+        2.0 * (self.m * self.k * self.n) as f64
+    }
+    pub fn run(&self) -> Result<Tensor> {
+        crate::ops::matmul::matmul(&self.a, &self.b, false, false)
+    }
+}
+
+/// One pre-LN transformer block, forward and backward (parameter and input gradients).
+pub struct BlockCase {
+    pub batch: usize,
+    pub tokens: usize,
+    pub width: usize,
+    block: ResidualAttentionBlock,
+    x: Tensor,
+    seed_grad: Tensor,
+}
+
+impl BlockCase {
+    pub fn new(batch: usize, tokens: usize, width: usize, device: Device) -> Result<BlockCase> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let block =
+            ResidualAttentionBlock::new("blk", width, width / 64, 12, Activation::Gelu, &mut rng);
+        Ok(BlockCase {
+            batch,
+            tokens,
+            width,
+            block,
+            x: Tensor::randn([batch, tokens, width], 1.0, 4).to_device(device)?,
+            seed_grad: Tensor::randn([batch, tokens, width], 1.0, 5).to_device(device)?,
+        })
+    }
+    /// Forward FLOPs (GEMMs: qkv 6D², out 2D², MLP 16D² per token, plus 4TD for q·kᵀ and P·v)
+    /// times 3 for forward + backward.
+    pub fn flops(&self) -> f64 {
+        let (bt, t, d) = (
+            (self.batch * self.tokens) as f64,
+            self.tokens as f64,
+            self.width as f64,
+        );
+        3.0 * bt * (24.0 * d * d + 4.0 * t * d)
+    }
+    pub fn run(&self) -> Result<()> {
+        for p in self.block.parameters() {
+            p.zero_grad();
+        }
+        let g = Graph::new();
+        let x = g.leaf(self.x.clone());
+        let y = self.block.forward(&g, &x, false)?;
+        g.backward_with(&y, self.seed_grad.clone())?;
+        Ok(())
+    }
+}
