@@ -354,10 +354,13 @@ impl Tensor {
     /// A view of `len` entries of dim `axis` starting at `start`.
     pub fn narrow(&self, axis: isize, start: usize, len: usize) -> Result<Tensor> {
         let ax = resolve_axis("narrow", axis, self.rank())?;
-        if start + len > self.shape[ax] {
+        if start.checked_add(len).is_none_or(|end| end > self.shape[ax]) {
             return Err(Error::shape(
                 "narrow",
-                format!("range {start}..{} exceeds dim {ax} of {:?}", start + len, self.shape),
+                format!(
+                    "{len} entries from {start} exceed dim {ax} (size {}) of {:?}",
+                    self.shape[ax], self.shape
+                ),
             ));
         }
         let mut t = self.clone();
