@@ -1,1 +1,5 @@
 //! Reading and writing tensors: safetensors.
+
+pub mod safetensors;
+
+pub use self::safetensors::{load, save, SafeTensorsFile};

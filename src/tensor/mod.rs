@@ -212,8 +212,19 @@ impl Tensor {
     pub fn device(&self) -> Device {
         self.device
     }
+    /// Row-major dense: elements are `numel` consecutive storage slots from the offset. Strides
+    /// of size-1 dims do not matter.
     pub fn is_contiguous(&self) -> bool {
-        self.strides == contiguous_strides(&self.shape) || self.numel() <= 1
+        let mut expected = 1;
+        for (&d, &s) in self.shape.iter().zip(&self.strides).rev() {
+            if d != 1 {
+                if s != expected {
+                    return false;
+                }
+                expected *= d;
+            }
+        }
+        true
     }
     /// Bytes of the underlying storage (shared by all views of it).
     pub fn storage_bytes(&self) -> usize {
@@ -335,8 +346,7 @@ impl Tensor {
         t
     }
 
-    /// Same elements, new shape (one dim may be `usize::MAX`... no: all dims explicit). A view
-    /// when contiguous, a copy otherwise.
+    /// Same elements, new shape (all dims explicit). A view when contiguous, a copy otherwise.
     pub fn reshape(&self, shape: impl Into<Shape>) -> Result<Tensor> {
         let shape = shape.into();
         if shape.numel() != self.numel() {
@@ -389,13 +399,15 @@ impl Tensor {
     /// A view of `len` entries of dim `axis` starting at `start`.
     pub fn narrow(&self, axis: isize, start: usize, len: usize) -> Result<Tensor> {
         let ax = resolve_axis("narrow", axis, self.rank())?;
-        if start + len > self.shape[ax] {
+        if start
+            .checked_add(len)
+            .is_none_or(|end| end > self.shape[ax])
+        {
             return Err(Error::shape(
                 "narrow",
                 format!(
-                    "range {start}..{} exceeds dim {ax} of {:?}",
-                    start + len,
-                    self.shape
+                    "{len} entries from {start} exceed dim {ax} (size {}) of {:?}",
+                    self.shape[ax], self.shape
                 ),
             ));
         }
