@@ -30,7 +30,13 @@ fn check(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<(usize, usize, usize)> {
         bail_shape!(OP, "input must be [N, C, H, W], got {s:?}");
     }
     if w.shape() != [s[1]] || b.shape() != [s[1]] {
-        bail_shape!(OP, "weight {:?} and bias {:?} must both be [{}] for input {s:?}", w.shape(), b.shape(), s[1]);
+        bail_shape!(
+            OP,
+            "weight {:?} and bias {:?} must both be [{}] for input {s:?}",
+            w.shape(),
+            b.shape(),
+            s[1]
+        );
     }
     Ok((s[0], s[1], s[2] * s[3]))
 }
@@ -39,7 +45,13 @@ fn check_running(x: &Tensor, rm: &Tensor, rv: &Tensor) -> Result<()> {
     same_device(OP, &[x, rm, rv])?;
     let c = x.shape()[1];
     if rm.shape() != [c] || rv.shape() != [c] {
-        bail_shape!(OP, "running mean {:?} and running var {:?} must both be [{c}] for input {:?}", rm.shape(), rv.shape(), x.shape());
+        bail_shape!(
+            OP,
+            "running mean {:?} and running var {:?} must both be [{c}] for input {:?}",
+            rm.shape(),
+            rv.shape(),
+            x.shape()
+        );
     }
     Ok(())
 }
@@ -50,28 +62,61 @@ fn f32v(v: &[f64]) -> Vec<f32> {
 
 /// Normalises x with per-channel `mean` and `rstd` (f64) and applies weight/bias; returns
 /// (y, mean, rstd) with the statistics as f32 [C] tensors.
-fn apply(x: &Tensor, w: &Tensor, b: &Tensor, mean: &[f64], rstd: &[f64], hw: usize) -> Result<(Tensor, Tensor, Tensor)> {
+fn apply(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    mean: &[f64],
+    rstd: &[f64],
+    hw: usize,
+) -> Result<(Tensor, Tensor, Tensor)> {
     let (wv, bv) = (w.f32s(OP)?, b.f32s(OP)?);
-    let scale: Vec<f32> = wv.iter().zip(rstd).map(|(&w, &r)| (w as f64 * r) as f32).collect();
+    let scale: Vec<f32> = wv
+        .iter()
+        .zip(rstd)
+        .map(|(&w, &r)| (w as f64 * r) as f32)
+        .collect();
     let (mean, rstd) = (f32v(mean), f32v(rstd));
     let y = cpu::normalize(x.f32s(OP)?, &mean, &scale, bv, hw);
     let c = mean.len();
-    Ok((Tensor::from_f32(y, x.shape()), Tensor::from_f32(mean, &[c]), Tensor::from_f32(rstd, &[c])))
+    Ok((
+        Tensor::from_f32(y, x.shape()),
+        Tensor::from_f32(mean, &[c]),
+        Tensor::from_f32(rstd, &[c]),
+    ))
 }
 
 /// Training-mode forward on batch statistics; returns (y, batch mean [C], biased batch variance
 /// [C]) and updates nothing.
-pub fn batch_norm2d_train(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> Result<(Tensor, Tensor, Tensor)> {
+pub fn batch_norm2d_train(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f32,
+) -> Result<(Tensor, Tensor, Tensor)> {
     let (y, mean, var, _) = train_forward(x, weight, bias, eps)?;
     let c = mean.len();
-    Ok((y, Tensor::from_f32(f32v(&mean), &[c]), Tensor::from_f32(f32v(&var), &[c])))
+    Ok((
+        y,
+        Tensor::from_f32(f32v(&mean), &[c]),
+        Tensor::from_f32(f32v(&var), &[c]),
+    ))
 }
 
 /// (y, mean, biased var, rstd as f32 tensor) of a training-mode forward.
-fn train_forward(x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<(Tensor, Vec<f64>, Vec<f64>, Tensor)> {
+fn train_forward(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    eps: f32,
+) -> Result<(Tensor, Vec<f64>, Vec<f64>, Tensor)> {
     let (n, c, hw) = check(x, w, b)?;
     if n * hw < 2 {
-        bail_shape!(OP, "training needs more than one value per channel, got input {:?}", x.shape());
+        bail_shape!(
+            OP,
+            "training needs more than one value per channel, got input {:?}",
+            x.shape()
+        );
     }
     let (x, w, b) = (cpu_input(OP, x)?, cpu_input(OP, w)?, cpu_input(OP, b)?);
     let (mean, var) = cpu::batch_stats(x.f32s(OP)?, c, hw);
@@ -81,18 +126,36 @@ fn train_forward(x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<(Tensor
 }
 
 /// Eval-mode forward with the running statistics; returns (y, mean, rstd).
-fn eval_forward(x: &Tensor, w: &Tensor, b: &Tensor, rm: &Tensor, rv: &Tensor, eps: f32) -> Result<(Tensor, Tensor, Tensor)> {
+fn eval_forward(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    rm: &Tensor,
+    rv: &Tensor,
+    eps: f32,
+) -> Result<(Tensor, Tensor, Tensor)> {
     let (_, _, hw) = check(x, w, b)?;
     check_running(x, rm, rv)?;
     let (x, w, b) = (cpu_input(OP, x)?, cpu_input(OP, w)?, cpu_input(OP, b)?);
     let (rm, rv) = (cpu_input(OP, rm)?, cpu_input(OP, rv)?);
     let mean: Vec<f64> = rm.f32s(OP)?.iter().map(|&v| v as f64).collect();
-    let rstd: Vec<f64> = rv.f32s(OP)?.iter().map(|&v| 1.0 / (v as f64 + eps as f64).sqrt()).collect();
+    let rstd: Vec<f64> = rv
+        .f32s(OP)?
+        .iter()
+        .map(|&v| 1.0 / (v as f64 + eps as f64).sqrt())
+        .collect();
     apply(&x, &w, &b, &mean, &rstd, hw)
 }
 
 /// Inference BatchNorm2d: normalise with the running statistics, then weight and bias.
-pub fn batch_norm2d(x: &Tensor, weight: &Tensor, bias: &Tensor, running_mean: &Tensor, running_var: &Tensor, eps: f32) -> Result<Tensor> {
+pub fn batch_norm2d(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    eps: f32,
+) -> Result<Tensor> {
     Ok(eval_forward(x, weight, bias, running_mean, running_var, eps)?.0)
 }
 
@@ -122,9 +185,18 @@ impl<'m> Graph<'m> {
             let n = (s[0] * s[2] * s[3]) as f64;
             let m = momentum as f64;
             let (rm, rv) = (cpu_input(OP, &rm)?, cpu_input(OP, &rv)?);
-            let new_rm: Vec<f32> = rm.f32s(OP)?.iter().zip(&mean).map(|(&r, &mu)| ((1.0 - m) * r as f64 + m * mu) as f32).collect();
-            let new_rv: Vec<f32> =
-                rv.f32s(OP)?.iter().zip(&var).map(|(&r, &v)| ((1.0 - m) * r as f64 + m * v * n / (n - 1.0)) as f32).collect();
+            let new_rm: Vec<f32> = rm
+                .f32s(OP)?
+                .iter()
+                .zip(&mean)
+                .map(|(&r, &mu)| ((1.0 - m) * r as f64 + m * mu) as f32)
+                .collect();
+            let new_rv: Vec<f32> = rv
+                .f32s(OP)?
+                .iter()
+                .zip(&var)
+                .map(|(&r, &v)| ((1.0 - m) * r as f64 + m * v * n / (n - 1.0)) as f32)
+                .collect();
             let c = mean.len();
             running_mean.set_value(Tensor::from_f32(new_rm, &[c]))?;
             running_var.set_value(Tensor::from_f32(new_rv, &[c]))?;
@@ -133,32 +205,71 @@ impl<'m> Graph<'m> {
             eval_forward(xt, wt, bt, &rm, &rv, eps)?
         };
         let saved = vec![cpu_input(OP, xt)?, cpu_input(OP, wt)?, mean, rstd];
-        Ok(self.record(Op::BatchNorm2d(BatchNorm2dOp { training }), &[x, weight, bias], saved, y))
+        Ok(self.record(
+            Op::BatchNorm2d(BatchNorm2dOp { training }),
+            &[x, weight, bias],
+            saved,
+            y,
+        ))
     }
 }
 
 impl BatchNorm2dOp {
-    pub(crate) fn backward(&self, saved: &[Tensor], gout: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+    pub(crate) fn backward(
+        &self,
+        saved: &[Tensor],
+        gout: &Tensor,
+        needs: &[bool],
+    ) -> Result<Vec<Option<Tensor>>> {
         const BOP: &str = "batch_norm2d backward";
         let (x, w, mean, rstd) = (&saved[0], &saved[1], &saved[2], &saved[3]);
         if gout.shape() != x.shape() {
-            bail_shape!(BOP, "output gradient {:?} does not match the input {:?}", gout.shape(), x.shape());
+            bail_shape!(
+                BOP,
+                "output gradient {:?} does not match the input {:?}",
+                gout.shape(),
+                x.shape()
+            );
         }
         let s = x.shape();
         let (c, hw) = (s[1], s[2] * s[3]);
         let m = (s[0] * hw) as f64;
         let g = cpu_input(BOP, gout)?;
-        let (xs, gs, ms, rs, ws) = (x.f32s(BOP)?, g.f32s(BOP)?, mean.f32s(BOP)?, rstd.f32s(BOP)?, w.f32s(BOP)?);
+        let (xs, gs, ms, rs, ws) = (
+            x.f32s(BOP)?,
+            g.f32s(BOP)?,
+            mean.f32s(BOP)?,
+            rstd.f32s(BOP)?,
+            w.f32s(BOP)?,
+        );
         let want_sums = needs[1] || needs[2] || (needs[0] && self.training);
-        let (sum_dy, sum_dy_xhat) = if want_sums { cpu::grad_sums(xs, gs, ms, rs, hw) } else { (vec![0.0; c], vec![0.0; c]) };
+        let (sum_dy, sum_dy_xhat) = if want_sums {
+            cpu::grad_sums(xs, gs, ms, rs, hw)
+        } else {
+            (vec![0.0; c], vec![0.0; c])
+        };
         let dx = if needs[0] {
-            let a: Vec<f64> = ws.iter().zip(rs).map(|(&w, &r)| w as f64 * r as f64).collect();
+            let a: Vec<f64> = ws
+                .iter()
+                .zip(rs)
+                .map(|(&w, &r)| w as f64 * r as f64)
+                .collect();
             let (b, k): (Vec<f32>, Vec<f32>) = if self.training {
-                (0..c).map(|i| ((-a[i] * sum_dy[i] / m) as f32, (-a[i] * sum_dy_xhat[i] / m) as f32)).unzip()
+                (0..c)
+                    .map(|i| {
+                        (
+                            (-a[i] * sum_dy[i] / m) as f32,
+                            (-a[i] * sum_dy_xhat[i] / m) as f32,
+                        )
+                    })
+                    .unzip()
             } else {
                 (vec![0.0; c], vec![0.0; c])
             };
-            Some(Tensor::from_f32(cpu::input_grad(xs, gs, ms, rs, &f32v(&a), &b, &k, hw), s))
+            Some(Tensor::from_f32(
+                cpu::input_grad(xs, gs, ms, rs, &f32v(&a), &b, &k, hw),
+                s,
+            ))
         } else {
             None
         };

@@ -68,7 +68,11 @@ fn gemm_threads(tasks: usize) -> usize {
 /// as a range `lo..hi`.
 fn valid_range(k: usize, pad: usize, s: usize, len_in: usize, len_out: usize) -> (usize, usize) {
     let lo = if k >= pad { 0 } else { (pad - k).div_ceil(s) };
-    let hi = if len_in + pad > k { (len_in + pad - k - 1) / s + 1 } else { 0 };
+    let hi = if len_in + pad > k {
+        (len_in + pad - k - 1) / s + 1
+    } else {
+        0
+    };
     let lo = lo.min(len_out);
     (lo, hi.min(len_out).max(lo))
 }
@@ -77,37 +81,39 @@ fn valid_range(k: usize, pad: usize, s: usize, len_in: usize, len_out: usize) ->
 fn im2col(x_g: &[f32], gi: usize, g: &Geom, col: &mut [f32]) {
     let (p, ld, hw) = (g.p(), gi * g.p(), g.h * g.w);
     let (s, pad, ow) = (g.stride, g.pad, g.ow);
-    col.par_chunks_mut(g.kh * g.kw * ld).enumerate().for_each(|(c, rows)| {
-        for j in 0..gi {
-            let plane = &x_g[(j * g.c + c) * hw..][..hw];
-            for ki in 0..g.kh {
-                let (ylo, yhi) = valid_range(ki, pad, s, g.h, g.oh);
-                for kj in 0..g.kw {
-                    let (xlo, xhi) = valid_range(kj, pad, s, g.w, ow);
-                    let row = &mut rows[(ki * g.kw + kj) * ld + j * p..][..p];
-                    row[..ylo * ow].fill(0.0);
-                    row[yhi * ow..].fill(0.0);
-                    for oy in ylo..yhi {
-                        let src = &plane[(oy * s + ki - pad) * g.w..][..g.w];
-                        let dst = &mut row[oy * ow..][..ow];
-                        dst[..xlo].fill(0.0);
-                        dst[xhi..].fill(0.0);
-                        if xlo == xhi {
-                            continue;
-                        }
-                        let x0 = xlo * s + kj - pad;
-                        if s == 1 {
-                            dst[xlo..xhi].copy_from_slice(&src[x0..x0 + xhi - xlo]);
-                        } else {
-                            for (t, d) in dst[xlo..xhi].iter_mut().enumerate() {
-                                *d = src[x0 + t * s];
+    col.par_chunks_mut(g.kh * g.kw * ld)
+        .enumerate()
+        .for_each(|(c, rows)| {
+            for j in 0..gi {
+                let plane = &x_g[(j * g.c + c) * hw..][..hw];
+                for ki in 0..g.kh {
+                    let (ylo, yhi) = valid_range(ki, pad, s, g.h, g.oh);
+                    for kj in 0..g.kw {
+                        let (xlo, xhi) = valid_range(kj, pad, s, g.w, ow);
+                        let row = &mut rows[(ki * g.kw + kj) * ld + j * p..][..p];
+                        row[..ylo * ow].fill(0.0);
+                        row[yhi * ow..].fill(0.0);
+                        for oy in ylo..yhi {
+                            let src = &plane[(oy * s + ki - pad) * g.w..][..g.w];
+                            let dst = &mut row[oy * ow..][..ow];
+                            dst[..xlo].fill(0.0);
+                            dst[xhi..].fill(0.0);
+                            if xlo == xhi {
+                                continue;
+                            }
+                            let x0 = xlo * s + kj - pad;
+                            if s == 1 {
+                                dst[xlo..xhi].copy_from_slice(&src[x0..x0 + xhi - xlo]);
+                            } else {
+                                for (t, d) in dst[xlo..xhi].iter_mut().enumerate() {
+                                    *d = src[x0 + t * s];
+                                }
                             }
                         }
                     }
                 }
             }
-        }
-    });
+        });
 }
 
 /// col2im: add the columns `dcol` [K, gi·P] back into the zeroed images `dx_g` [gi, C, H, W].
@@ -183,18 +189,20 @@ pub fn forward(x: &[f32], w: &[f32], g: &Geom) -> Vec<f32> {
         return out;
     }
     let threads = gemm_threads(g.n.div_ceil(gs));
-    out.par_chunks_mut(gs * g.out_img()).zip(x.par_chunks(gs * g.in_img())).for_each(|(out_g, x_g)| {
-        let gi = x_g.len() / g.in_img();
-        let mut buf = Vec::new();
-        let col = columns(x_g, gi, g, &mut buf);
-        if gi == 1 {
-            sgemm(false, false, o, p, k, w, col, out_g, false, threads);
-        } else {
-            let mut tmp = vec![0f32; o * gi * p];
-            sgemm(false, false, o, gi * p, k, w, col, &mut tmp, false, threads);
-            scatter_rows(&tmp, gi, o, p, out_g);
-        }
-    });
+    out.par_chunks_mut(gs * g.out_img())
+        .zip(x.par_chunks(gs * g.in_img()))
+        .for_each(|(out_g, x_g)| {
+            let gi = x_g.len() / g.in_img();
+            let mut buf = Vec::new();
+            let col = columns(x_g, gi, g, &mut buf);
+            if gi == 1 {
+                sgemm(false, false, o, p, k, w, col, out_g, false, threads);
+            } else {
+                let mut tmp = vec![0f32; o * gi * p];
+                sgemm(false, false, o, gi * p, k, w, col, &mut tmp, false, threads);
+                scatter_rows(&tmp, gi, o, p, out_g);
+            }
+        });
     out
 }
 
@@ -208,19 +216,25 @@ pub fn backward_x(gout: &[f32], w: &[f32], g: &Geom) -> Vec<f32> {
         return dx;
     }
     let threads = gemm_threads(g.n.div_ceil(gs));
-    dx.par_chunks_mut(gs * g.in_img()).enumerate().for_each(|(grp, dx_g)| {
-        let gi = dx_g.len() / g.in_img();
-        let go_g = &gout[grp * gs * g.out_img()..][..gi * g.out_img()];
-        let mut gbuf = Vec::new();
-        let dy = if gi == 1 { go_g } else { gather_rows(go_g, gi, o, p, &mut gbuf) };
-        if g.pointwise() && gi == 1 {
-            sgemm(true, false, k, p, o, w, dy, dx_g, false, threads);
-            return;
-        }
-        let mut dcol = vec![0f32; k * gi * p];
-        sgemm(true, false, k, gi * p, o, w, dy, &mut dcol, false, threads);
-        col2im(&dcol, gi, g, dx_g);
-    });
+    dx.par_chunks_mut(gs * g.in_img())
+        .enumerate()
+        .for_each(|(grp, dx_g)| {
+            let gi = dx_g.len() / g.in_img();
+            let go_g = &gout[grp * gs * g.out_img()..][..gi * g.out_img()];
+            let mut gbuf = Vec::new();
+            let dy = if gi == 1 {
+                go_g
+            } else {
+                gather_rows(go_g, gi, o, p, &mut gbuf)
+            };
+            if g.pointwise() && gi == 1 {
+                sgemm(true, false, k, p, o, w, dy, dx_g, false, threads);
+                return;
+            }
+            let mut dcol = vec![0f32; k * gi * p];
+            sgemm(true, false, k, gi * p, o, w, dy, &mut dcol, false, threads);
+            col2im(&dcol, gi, g, dx_g);
+        });
     dx
 }
 
@@ -245,7 +259,11 @@ pub fn backward_w(x: &[f32], gout: &[f32], g: &Geom) -> Vec<f32> {
                 let x_g = &x[i0 * g.in_img()..][..gi * g.in_img()];
                 let go_g = &gout[i0 * g.out_img()..][..gi * g.out_img()];
                 let col = columns(x_g, gi, g, &mut xbuf);
-                let dy = if gi == 1 { go_g } else { gather_rows(go_g, gi, o, p, &mut gbuf) };
+                let dy = if gi == 1 {
+                    go_g
+                } else {
+                    gather_rows(go_g, gi, o, p, &mut gbuf)
+                };
                 sgemm(false, true, o, k, gi * p, dy, col, &mut acc, t > 0, threads);
             }
             acc

@@ -35,13 +35,19 @@ fn geom(x: &[usize], w: &[usize], stride: usize, padding: usize) -> Result<Geom>
     let (n, c, h, wd) = (x[0], x[1], x[2], x[3]);
     let (o, cw, kh, kw) = (w[0], w[1], w[2], w[3]);
     if c != cw {
-        bail_shape!(OP, "input {x:?} has {c} channels but weight {w:?} expects {cw}");
+        bail_shape!(
+            OP,
+            "input {x:?} has {c} channels but weight {w:?} expects {cw}"
+        );
     }
     if stride == 0 {
         bail_shape!(OP, "stride must be at least 1 (input {x:?}, weight {w:?})");
     }
     if c == 0 || h == 0 || wd == 0 || kh == 0 || kw == 0 {
-        bail_shape!(OP, "channels, spatial size and kernel must be non-empty (input {x:?}, weight {w:?})");
+        bail_shape!(
+            OP,
+            "channels, spatial size and kernel must be non-empty (input {x:?}, weight {w:?})"
+        );
     }
     if h + 2 * padding < kh || wd + 2 * padding < kw {
         bail_shape!(
@@ -80,28 +86,52 @@ impl<'m> Graph<'m> {
     pub fn conv2d(&self, x: &Var, w: &Var, stride: usize, padding: usize) -> Result<Var> {
         let out = conv2d(x.tensor(), w.tensor(), stride, padding)?;
         let saved = vec![x.tensor().clone(), w.tensor().clone()];
-        Ok(self.record(Op::Conv2d(Conv2dOp { stride, padding }), &[x, w], saved, out))
+        Ok(self.record(
+            Op::Conv2d(Conv2dOp { stride, padding }),
+            &[x, w],
+            saved,
+            out,
+        ))
     }
 }
 
 impl Conv2dOp {
-    pub(crate) fn backward(&self, saved: &[Tensor], gout: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+    pub(crate) fn backward(
+        &self,
+        saved: &[Tensor],
+        gout: &Tensor,
+        needs: &[bool],
+    ) -> Result<Vec<Option<Tensor>>> {
         const BOP: &str = "conv2d backward";
         let (x, w) = (&saved[0], &saved[1]);
         let g = geom(x.shape(), w.shape(), self.stride, self.padding)?;
         if gout.shape() != [g.n, g.o, g.oh, g.ow] {
-            bail_shape!(BOP, "output gradient {:?} does not match the output [{}, {}, {}, {}]", gout.shape(), g.n, g.o, g.oh, g.ow);
+            bail_shape!(
+                BOP,
+                "output gradient {:?} does not match the output [{}, {}, {}, {}]",
+                gout.shape(),
+                g.n,
+                g.o,
+                g.oh,
+                g.ow
+            );
         }
         let gout = cpu_input(BOP, gout)?;
         let dx = if needs[0] {
             let w = cpu_input(BOP, w)?;
-            Some(Tensor::from_f32(cpu::backward_x(gout.f32s(BOP)?, w.f32s(BOP)?, &g), x.shape()))
+            Some(Tensor::from_f32(
+                cpu::backward_x(gout.f32s(BOP)?, w.f32s(BOP)?, &g),
+                x.shape(),
+            ))
         } else {
             None
         };
         let dw = if needs[1] {
             let x = cpu_input(BOP, x)?;
-            Some(Tensor::from_f32(cpu::backward_w(x.f32s(BOP)?, gout.f32s(BOP)?, &g), w.shape()))
+            Some(Tensor::from_f32(
+                cpu::backward_w(x.f32s(BOP)?, gout.f32s(BOP)?, &g),
+                w.shape(),
+            ))
         } else {
             None
         };

@@ -22,17 +22,19 @@ pub fn forward(x: &[f32], g: &Geom) -> Vec<f32> {
         return out;
     }
     let inv = 1.0 / (g.k * g.k) as f32;
-    out.par_chunks_mut(ohw).zip(x.par_chunks(hw)).for_each(|(o, plane)| {
-        for (oy, orow) in o.chunks_mut(g.ow).enumerate() {
-            for ky in 0..g.k {
-                let src = &plane[(oy * g.s + ky) * g.w..][..g.w];
-                for (ox, acc) in orow.iter_mut().enumerate() {
-                    *acc += src[ox * g.s..ox * g.s + g.k].iter().sum::<f32>();
+    out.par_chunks_mut(ohw)
+        .zip(x.par_chunks(hw))
+        .for_each(|(o, plane)| {
+            for (oy, orow) in o.chunks_mut(g.ow).enumerate() {
+                for ky in 0..g.k {
+                    let src = &plane[(oy * g.s + ky) * g.w..][..g.w];
+                    for (ox, acc) in orow.iter_mut().enumerate() {
+                        *acc += src[ox * g.s..ox * g.s + g.k].iter().sum::<f32>();
+                    }
                 }
+                orow.iter_mut().for_each(|v| *v *= inv);
             }
-            orow.iter_mut().for_each(|v| *v *= inv);
-        }
-    });
+        });
     out
 }
 
@@ -44,16 +46,20 @@ pub fn backward(gout: &[f32], g: &Geom) -> Vec<f32> {
         return dx;
     }
     let inv = 1.0 / (g.k * g.k) as f32;
-    dx.par_chunks_mut(hw).zip(gout.par_chunks(ohw)).for_each(|(plane, go)| {
-        for (oy, grow) in go.chunks(g.ow).enumerate() {
-            for ky in 0..g.k {
-                let dst = &mut plane[(oy * g.s + ky) * g.w..][..g.w];
-                for (ox, &gv) in grow.iter().enumerate() {
-                    let v = gv * inv;
-                    dst[ox * g.s..ox * g.s + g.k].iter_mut().for_each(|d| *d += v);
+    dx.par_chunks_mut(hw)
+        .zip(gout.par_chunks(ohw))
+        .for_each(|(plane, go)| {
+            for (oy, grow) in go.chunks(g.ow).enumerate() {
+                for ky in 0..g.k {
+                    let dst = &mut plane[(oy * g.s + ky) * g.w..][..g.w];
+                    for (ox, &gv) in grow.iter().enumerate() {
+                        let v = gv * inv;
+                        dst[ox * g.s..ox * g.s + g.k]
+                            .iter_mut()
+                            .for_each(|d| *d += v);
+                    }
                 }
             }
-        }
-    });
+        });
     dx
 }

@@ -23,11 +23,17 @@ fn geom(x: &[usize], kernel: usize, stride: usize) -> Result<cpu::Geom> {
         bail_shape!(OP, "input must be [N, C, H, W], got {x:?}");
     }
     if kernel == 0 || stride == 0 {
-        bail_shape!(OP, "kernel ({kernel}) and stride ({stride}) must be at least 1 (input {x:?})");
+        bail_shape!(
+            OP,
+            "kernel ({kernel}) and stride ({stride}) must be at least 1 (input {x:?})"
+        );
     }
     let (h, w) = (x[2], x[3]);
     if h < kernel || w < kernel {
-        bail_shape!(OP, "kernel {kernel}×{kernel} is larger than the input {h}×{w} (input {x:?})");
+        bail_shape!(
+            OP,
+            "kernel {kernel}×{kernel} is larger than the input {h}×{w} (input {x:?})"
+        );
     }
     Ok(cpu::Geom {
         h,
@@ -44,7 +50,10 @@ pub fn avg_pool2d(x: &Tensor, kernel: usize, stride: usize) -> Result<Tensor> {
     let g = geom(x.shape(), kernel, stride)?;
     let (n, c) = (x.shape()[0], x.shape()[1]);
     let x = cpu_input(OP, x)?;
-    Ok(Tensor::from_f32(cpu::forward(x.f32s(OP)?, &g), &[n, c, g.oh, g.ow]))
+    Ok(Tensor::from_f32(
+        cpu::forward(x.f32s(OP)?, &g),
+        &[n, c, g.oh, g.ow],
+    ))
 }
 
 impl<'m> Graph<'m> {
@@ -62,14 +71,28 @@ impl<'m> Graph<'m> {
 }
 
 impl AvgPool2dOp {
-    pub(crate) fn backward(&self, _saved: &[Tensor], gout: &Tensor, _needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+    pub(crate) fn backward(
+        &self,
+        _saved: &[Tensor],
+        gout: &Tensor,
+        _needs: &[bool],
+    ) -> Result<Vec<Option<Tensor>>> {
         const BOP: &str = "avg_pool2d backward";
         let g = geom(&self.in_shape, self.kernel, self.stride)?;
         let [n, c, ..] = self.in_shape;
         if gout.shape() != [n, c, g.oh, g.ow] {
-            bail_shape!(BOP, "output gradient {:?} does not match the output [{n}, {c}, {}, {}]", gout.shape(), g.oh, g.ow);
+            bail_shape!(
+                BOP,
+                "output gradient {:?} does not match the output [{n}, {c}, {}, {}]",
+                gout.shape(),
+                g.oh,
+                g.ow
+            );
         }
         let gout = cpu_input(BOP, gout)?;
-        Ok(vec![Some(Tensor::from_f32(cpu::backward(gout.f32s(BOP)?, &g), &self.in_shape))])
+        Ok(vec![Some(Tensor::from_f32(
+            cpu::backward(gout.f32s(BOP)?, &g),
+            &self.in_shape,
+        ))])
     }
 }
