@@ -1,16 +1,282 @@
-//! (placeholder while the op is written)
+//! BatchNorm2d over NCHW with PyTorch semantics: per channel c,
+//! `y = (x − μ_c)/√(σ²_c + eps) · weight_c + bias_c`.
+//!
+//! Training: μ and σ² are the batch mean and biased variance over (N, H, W), computed in f64
+//! (two passes); the running statistics are updated in place as
+//! `rm ← (1−m)·rm + m·μ`, `rv ← (1−m)·rv + m·σ²·n/(n−1)` (unbiased, n = N·H·W), and backward goes
+//! through the batch statistics:
+//! `dx = w·rstd·(dy − mean(dy) − x̂·mean(dy·x̂))`, `dweight = Σ dy·x̂`, `dbias = Σ dy`
+//! (means and sums per channel over (N, H, W), `x̂ = (x − μ)·rstd`, `rstd = 1/√(σ² + eps)`).
+//! Eval: μ and σ² are the running statistics, the op is a per-channel affine map, and backward is
+//! `dx = w·rstd·dy` with the same weight and bias gradients. Both modes save x, weight, μ, rstd.
 
-use crate::{Error, Result, Tensor};
+pub mod cpu;
 
-pub struct BatchNorm2dOp {}
+use crate::graph::{Graph, Op, Param, Var};
+use crate::ops::{cpu_input, same_device};
+use crate::{bail_shape, Result, Tensor};
+
+const OP: &str = "batch_norm2d";
+
+pub struct BatchNorm2dOp {
+    training: bool,
+}
+
+/// Checks x [N, C, H, W] against weight and bias [C]; returns (N, C, H·W).
+fn check(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<(usize, usize, usize)> {
+    same_device(OP, &[x, w, b])?;
+    let s = x.shape();
+    if s.len() != 4 {
+        bail_shape!(OP, "input must be [N, C, H, W], got {s:?}");
+    }
+    if w.shape() != [s[1]] || b.shape() != [s[1]] {
+        bail_shape!(
+            OP,
+            "weight {:?} and bias {:?} must both be [{}] for input {s:?}",
+            w.shape(),
+            b.shape(),
+            s[1]
+        );
+    }
+    Ok((s[0], s[1], s[2] * s[3]))
+}
+
+fn check_running(x: &Tensor, rm: &Tensor, rv: &Tensor) -> Result<()> {
+    same_device(OP, &[x, rm, rv])?;
+    let c = x.shape()[1];
+    if rm.shape() != [c] || rv.shape() != [c] {
+        bail_shape!(
+            OP,
+            "running mean {:?} and running var {:?} must both be [{c}] for input {:?}",
+            rm.shape(),
+            rv.shape(),
+            x.shape()
+        );
+    }
+    Ok(())
+}
+
+fn f32v(v: &[f64]) -> Vec<f32> {
+    v.iter().map(|&x| x as f32).collect()
+}
+
+/// Normalises x with per-channel `mean` and `rstd` (f64) and applies weight/bias; returns
+/// (y, mean, rstd) with the statistics as f32 [C] tensors.
+fn apply(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    mean: &[f64],
+    rstd: &[f64],
+    hw: usize,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let (wv, bv) = (w.f32s(OP)?, b.f32s(OP)?);
+    let scale: Vec<f32> = wv
+        .iter()
+        .zip(rstd)
+        .map(|(&w, &r)| (w as f64 * r) as f32)
+        .collect();
+    let (mean, rstd) = (f32v(mean), f32v(rstd));
+    let y = cpu::normalize(x.f32s(OP)?, &mean, &scale, bv, hw);
+    let c = mean.len();
+    Ok((
+        Tensor::from_f32(y, x.shape()),
+        Tensor::from_f32(mean, &[c]),
+        Tensor::from_f32(rstd, &[c]),
+    ))
+}
+
+/// Training-mode forward on batch statistics; returns (y, batch mean [C], biased batch variance
+/// [C]) and updates nothing.
+pub fn batch_norm2d_train(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f32,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let (y, mean, var, _) = train_forward(x, weight, bias, eps)?;
+    let c = mean.len();
+    Ok((
+        y,
+        Tensor::from_f32(f32v(&mean), &[c]),
+        Tensor::from_f32(f32v(&var), &[c]),
+    ))
+}
+
+/// (y, mean, biased var, rstd as f32 tensor) of a training-mode forward.
+fn train_forward(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    eps: f32,
+) -> Result<(Tensor, Vec<f64>, Vec<f64>, Tensor)> {
+    let (n, c, hw) = check(x, w, b)?;
+    if n * hw < 2 {
+        bail_shape!(
+            OP,
+            "training needs more than one value per channel, got input {:?}",
+            x.shape()
+        );
+    }
+    let (x, w, b) = (cpu_input(OP, x)?, cpu_input(OP, w)?, cpu_input(OP, b)?);
+    let (mean, var) = cpu::batch_stats(x.f32s(OP)?, c, hw);
+    let rstd: Vec<f64> = var.iter().map(|&v| 1.0 / (v + eps as f64).sqrt()).collect();
+    let (y, _, rstd_t) = apply(&x, &w, &b, &mean, &rstd, hw)?;
+    Ok((y, mean, var, rstd_t))
+}
+
+/// Eval-mode forward with the running statistics; returns (y, mean, rstd).
+fn eval_forward(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    rm: &Tensor,
+    rv: &Tensor,
+    eps: f32,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let (_, _, hw) = check(x, w, b)?;
+    check_running(x, rm, rv)?;
+    let (x, w, b) = (cpu_input(OP, x)?, cpu_input(OP, w)?, cpu_input(OP, b)?);
+    let (rm, rv) = (cpu_input(OP, rm)?, cpu_input(OP, rv)?);
+    let mean: Vec<f64> = rm.f32s(OP)?.iter().map(|&v| v as f64).collect();
+    let rstd: Vec<f64> = rv
+        .f32s(OP)?
+        .iter()
+        .map(|&v| 1.0 / (v as f64 + eps as f64).sqrt())
+        .collect();
+    apply(&x, &w, &b, &mean, &rstd, hw)
+}
+
+/// Inference BatchNorm2d: normalise with the running statistics, then weight and bias.
+pub fn batch_norm2d(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    eps: f32,
+) -> Result<Tensor> {
+    Ok(eval_forward(x, weight, bias, running_mean, running_var, eps)?.0)
+}
+
+impl<'m> Graph<'m> {
+    /// BatchNorm2d (PyTorch semantics; see the module doc). In training mode the running
+    /// statistics are updated in place — whether or not this graph records — as PyTorch does for
+    /// a module in `train()` mode; in eval mode they are only read.
+    #[allow(clippy::too_many_arguments)]
+    pub fn batch_norm2d(
+        &self,
+        x: &Var,
+        weight: &Var,
+        bias: &Var,
+        running_mean: &Param,
+        running_var: &Param,
+        training: bool,
+        momentum: f32,
+        eps: f32,
+    ) -> Result<Var> {
+        let (xt, wt, bt) = (x.tensor(), weight.tensor(), bias.tensor());
+        let (rm, rv) = (running_mean.value(), running_var.value());
+        let (y, mean, rstd) = if training {
+            check(xt, wt, bt)?;
+            check_running(xt, &rm, &rv)?;
+            let (y, mean, var, rstd) = train_forward(xt, wt, bt, eps)?;
+            let s = xt.shape();
+            let n = (s[0] * s[2] * s[3]) as f64;
+            let m = momentum as f64;
+            let (rm, rv) = (cpu_input(OP, &rm)?, cpu_input(OP, &rv)?);
+            let new_rm: Vec<f32> = rm
+                .f32s(OP)?
+                .iter()
+                .zip(&mean)
+                .map(|(&r, &mu)| ((1.0 - m) * r as f64 + m * mu) as f32)
+                .collect();
+            let new_rv: Vec<f32> = rv
+                .f32s(OP)?
+                .iter()
+                .zip(&var)
+                .map(|(&r, &v)| ((1.0 - m) * r as f64 + m * v * n / (n - 1.0)) as f32)
+                .collect();
+            let c = mean.len();
+            running_mean.set_value(Tensor::from_f32(new_rm, &[c]))?;
+            running_var.set_value(Tensor::from_f32(new_rv, &[c]))?;
+            (y, Tensor::from_f32(f32v(&mean), &[c]), rstd)
+        } else {
+            eval_forward(xt, wt, bt, &rm, &rv, eps)?
+        };
+        let saved = vec![cpu_input(OP, xt)?, cpu_input(OP, wt)?, mean, rstd];
+        Ok(self.record(
+            Op::BatchNorm2d(BatchNorm2dOp { training }),
+            &[x, weight, bias],
+            saved,
+            y,
+        ))
+    }
+}
 
 impl BatchNorm2dOp {
     pub(crate) fn backward(
         &self,
-        _saved: &[Tensor],
-        _gout: &Tensor,
-        _needs: &[bool],
+        saved: &[Tensor],
+        gout: &Tensor,
+        needs: &[bool],
     ) -> Result<Vec<Option<Tensor>>> {
-        Err(Error::Msg("batchnorm: backward not written yet".into()))
+        const BOP: &str = "batch_norm2d backward";
+        let (x, w, mean, rstd) = (&saved[0], &saved[1], &saved[2], &saved[3]);
+        if gout.shape() != x.shape() {
+            bail_shape!(
+                BOP,
+                "output gradient {:?} does not match the input {:?}",
+                gout.shape(),
+                x.shape()
+            );
+        }
+        let s = x.shape();
+        let (c, hw) = (s[1], s[2] * s[3]);
+        let m = (s[0] * hw) as f64;
+        let g = cpu_input(BOP, gout)?;
+        let (xs, gs, ms, rs, ws) = (
+            x.f32s(BOP)?,
+            g.f32s(BOP)?,
+            mean.f32s(BOP)?,
+            rstd.f32s(BOP)?,
+            w.f32s(BOP)?,
+        );
+        let want_sums = needs[1] || needs[2] || (needs[0] && self.training);
+        let (sum_dy, sum_dy_xhat) = if want_sums {
+            cpu::grad_sums(xs, gs, ms, rs, hw)
+        } else {
+            (vec![0.0; c], vec![0.0; c])
+        };
+        let dx = if needs[0] {
+            let a: Vec<f64> = ws
+                .iter()
+                .zip(rs)
+                .map(|(&w, &r)| w as f64 * r as f64)
+                .collect();
+            let (b, k): (Vec<f32>, Vec<f32>) = if self.training {
+                (0..c)
+                    .map(|i| {
+                        (
+                            (-a[i] * sum_dy[i] / m) as f32,
+                            (-a[i] * sum_dy_xhat[i] / m) as f32,
+                        )
+                    })
+                    .unzip()
+            } else {
+                (vec![0.0; c], vec![0.0; c])
+            };
+            Some(Tensor::from_f32(
+                cpu::input_grad(xs, gs, ms, rs, &f32v(&a), &b, &k, hw),
+                s,
+            ))
+        } else {
+            None
+        };
+        Ok(vec![
+            dx,
+            needs[1].then(|| Tensor::from_f32(f32v(&sum_dy_xhat), &[c])),
+            needs[2].then(|| Tensor::from_f32(f32v(&sum_dy), &[c])),
+        ])
     }
 }

@@ -1,16 +1,140 @@
-//! (placeholder while the op is written)
+//! 2-D convolution, NCHW, no bias (CLIP's convs have none; add one with a broadcasting `add`):
+//! `out[n, o, y, x] = Σ_{c, i, j} w[o, c, i, j] · x[n, c, y·s + i − p, x·s + j − p]`, with zeros
+//! outside the input. x [N, C, H, W], w [O, C, kh, kw] (any kernel size), out [N, O, OH, OW] with
+//! `OH = (H + 2p − kh)/s + 1` and `OW = (W + 2p − kw)/s + 1` (floor), as PyTorch's `Conv2d`.
+//!
+//! How: im2col + GEMM. With K = C·kh·kw and P = OH·OW, the columns of an image are col [K, P]
+//! and its output is `W[O, K] · col`; images are grouped so that one GEMM covers several small
+//! maps (`cpu.rs`). A 1×1, stride-1, unpadded conv skips im2col: the image is its own col.
+//! Saves x and w (col is rebuilt in backward rather than held). Backward:
+//! `dcol = Wᵀ · dOut` then col2im (scatter-add) for dx; `dW = Σ_n dOut_n · col_nᵀ`, summed in an
+//! order fixed by the shape alone, so results do not depend on the thread count.
 
-use crate::{Error, Result, Tensor};
+pub mod cpu;
 
-pub struct Conv2dOp {}
+use crate::graph::{Graph, Op, Var};
+use crate::ops::{cpu_input, same_device};
+use crate::{bail_shape, Result, Tensor};
+use cpu::Geom;
+
+const OP: &str = "conv2d";
+
+pub struct Conv2dOp {
+    stride: usize,
+    padding: usize,
+}
+
+/// Checks the shapes of a convolution and derives its output size.
+fn geom(x: &[usize], w: &[usize], stride: usize, padding: usize) -> Result<Geom> {
+    if x.len() != 4 {
+        bail_shape!(OP, "input must be [N, C, H, W], got {x:?} (weight {w:?})");
+    }
+    if w.len() != 4 {
+        bail_shape!(OP, "weight must be [O, C, kh, kw], got {w:?} (input {x:?})");
+    }
+    let (n, c, h, wd) = (x[0], x[1], x[2], x[3]);
+    let (o, cw, kh, kw) = (w[0], w[1], w[2], w[3]);
+    if c != cw {
+        bail_shape!(
+            OP,
+            "input {x:?} has {c} channels but weight {w:?} expects {cw}"
+        );
+    }
+    if stride == 0 {
+        bail_shape!(OP, "stride must be at least 1 (input {x:?}, weight {w:?})");
+    }
+    if c == 0 || h == 0 || wd == 0 || kh == 0 || kw == 0 {
+        bail_shape!(
+            OP,
+            "channels, spatial size and kernel must be non-empty (input {x:?}, weight {w:?})"
+        );
+    }
+    if h + 2 * padding < kh || wd + 2 * padding < kw {
+        bail_shape!(
+            OP,
+            "kernel {kh}×{kw} is larger than the padded input {}×{} (input {x:?}, weight {w:?}, padding {padding})",
+            h + 2 * padding,
+            wd + 2 * padding
+        );
+    }
+    Ok(Geom {
+        n,
+        c,
+        h,
+        w: wd,
+        o,
+        kh,
+        kw,
+        stride,
+        pad: padding,
+        oh: (h + 2 * padding - kh) / stride + 1,
+        ow: (wd + 2 * padding - kw) / stride + 1,
+    })
+}
+
+/// `conv2d(x, w)` with the given stride and zero padding (same on both axes); see the module doc.
+pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+    same_device(OP, &[x, w])?;
+    let g = geom(x.shape(), w.shape(), stride, padding)?;
+    let (x, w) = (cpu_input(OP, x)?, cpu_input(OP, w)?);
+    let out = cpu::forward(x.f32s(OP)?, w.f32s(OP)?, &g);
+    Ok(Tensor::from_f32(out, &[g.n, g.o, g.oh, g.ow]))
+}
+
+impl<'m> Graph<'m> {
+    /// 2-D convolution of x [N, C, H, W] with w [O, C, kh, kw], no bias; see the module doc.
+    pub fn conv2d(&self, x: &Var, w: &Var, stride: usize, padding: usize) -> Result<Var> {
+        let out = conv2d(x.tensor(), w.tensor(), stride, padding)?;
+        let saved = vec![x.tensor().clone(), w.tensor().clone()];
+        Ok(self.record(
+            Op::Conv2d(Conv2dOp { stride, padding }),
+            &[x, w],
+            saved,
+            out,
+        ))
+    }
+}
 
 impl Conv2dOp {
     pub(crate) fn backward(
         &self,
-        _saved: &[Tensor],
-        _gout: &Tensor,
-        _needs: &[bool],
+        saved: &[Tensor],
+        gout: &Tensor,
+        needs: &[bool],
     ) -> Result<Vec<Option<Tensor>>> {
-        Err(Error::Msg("conv2d: backward not written yet".into()))
+        const BOP: &str = "conv2d backward";
+        let (x, w) = (&saved[0], &saved[1]);
+        let g = geom(x.shape(), w.shape(), self.stride, self.padding)?;
+        if gout.shape() != [g.n, g.o, g.oh, g.ow] {
+            bail_shape!(
+                BOP,
+                "output gradient {:?} does not match the output [{}, {}, {}, {}]",
+                gout.shape(),
+                g.n,
+                g.o,
+                g.oh,
+                g.ow
+            );
+        }
+        let gout = cpu_input(BOP, gout)?;
+        let dx = if needs[0] {
+            let w = cpu_input(BOP, w)?;
+            Some(Tensor::from_f32(
+                cpu::backward_x(gout.f32s(BOP)?, w.f32s(BOP)?, &g),
+                x.shape(),
+            ))
+        } else {
+            None
+        };
+        let dw = if needs[1] {
+            let x = cpu_input(BOP, x)?;
+            Some(Tensor::from_f32(
+                cpu::backward_w(x.f32s(BOP)?, gout.f32s(BOP)?, &g),
+                w.shape(),
+            ))
+        } else {
+            None
+        };
+        Ok(vec![dx, dw])
     }
 }
