@@ -213,3 +213,64 @@ fn checkpoint_with_constant_input_still_trains_parameters() {
     g.backward(&g.mean(&y, None).unwrap()).unwrap();
     assert!(model.parameters().iter().all(|p| p.grad().is_some()));
 }
+
+/// conv → BatchNorm (training) → ReLU → avg-pool, as a ModifiedResNet stem.
+struct Stem {
+    conv: clipcu::nn::Conv2d,
+    bn: clipcu::nn::BatchNorm2d,
+}
+
+impl Stem {
+    fn forward(&self, g: &Graph<'_>, x: &clipcu::Var) -> clipcu::Result<clipcu::Var> {
+        let h = g.relu(&self.bn.forward(g, &self.conv.forward(g, x)?)?)?;
+        g.avg_pool2d(&h, 2, 2)
+    }
+}
+
+#[test]
+fn checkpointed_batchnorm_updates_running_stats_once() {
+    let seed = fresh_seed();
+    let x = Tensor::randn([2, 3, 9, 9], 1.0, seed);
+    let mut results = Vec::new();
+    for checkpointing in [false, true] {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let stem = Stem {
+            conv: clipcu::nn::Conv2d::new("conv1", 3, 5, 3, 1, 1, false, &mut rng),
+            bn: clipcu::nn::BatchNorm2d::new("bn1", 5),
+        };
+        let g = Graph::new();
+        let xv = g.leaf(x.clone());
+        let y = if checkpointing {
+            g.checkpoint(&[&xv], |g, xs| stem.forward(g, &xs[0]))
+                .unwrap()
+        } else {
+            stem.forward(&g, &xv).unwrap()
+        };
+        let grads = g
+            .backward(&g.mean(&g.mul(&y, &y).unwrap(), None).unwrap())
+            .unwrap();
+        results.push((
+            grads.get(&xv).unwrap().to_vec(),
+            stem.conv.weight.grad().unwrap().to_vec(),
+            stem.bn.running_mean.value().to_vec(),
+            stem.bn.running_var.value().to_vec(),
+        ));
+    }
+    assert_eq!(results[0].0, results[1].0, "input gradient (seed {seed})");
+    assert_eq!(
+        results[0].1, results[1].1,
+        "conv weight gradient (seed {seed})"
+    );
+    assert_eq!(
+        results[0].2, results[1].2,
+        "running mean updated more than once under checkpointing"
+    );
+    assert_eq!(
+        results[0].3, results[1].3,
+        "running var updated more than once under checkpointing"
+    );
+    assert!(
+        results[0].2.iter().any(|&v| v != 0.0),
+        "running mean never updated"
+    );
+}

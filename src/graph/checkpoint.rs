@@ -64,7 +64,8 @@ impl<'m> Checkpoint<'m> {
         gout: &Tensor,
         needs: &[bool],
     ) -> Result<Vec<Option<Tensor>>> {
-        let g: Graph<'m> = Graph::new();
+        let mut g: Graph<'m> = Graph::new();
+        g.recomputing = true;
         let xs: Vec<Var> = saved
             .iter()
             .zip(needs)

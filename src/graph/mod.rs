@@ -70,6 +70,8 @@ struct Tape<'m> {
 /// of what checkpointed closures borrow (usually the model).
 pub struct Graph<'m> {
     recording: bool,
+    /// Set on the graph that re-runs a checkpointed block in backward.
+    recomputing: bool,
     tape: RefCell<Tape<'m>>,
 }
 
@@ -96,6 +98,7 @@ impl<'m> Graph<'m> {
     pub fn new() -> Self {
         Graph {
             recording: true,
+            recomputing: false,
             tape: RefCell::new(Tape::default()),
         }
     }
@@ -104,12 +107,19 @@ impl<'m> Graph<'m> {
     pub fn inference() -> Self {
         Graph {
             recording: false,
+            recomputing: false,
             tape: RefCell::new(Tape::default()),
         }
     }
 
     pub fn is_recording(&self) -> bool {
         self.recording
+    }
+
+    /// True while a checkpointed block is being re-run in backward. Ops with side effects
+    /// (BatchNorm's running statistics) skip them then, so a step applies them once.
+    pub fn is_recomputing(&self) -> bool {
+        self.recomputing
     }
 
     fn new_id(&self) -> VarId {

@@ -2,11 +2,13 @@
 //! `forward(&Graph, &Var)`. `Module` lets optimizers and checkpoint code visit the parameters.
 
 mod attention;
+mod conv;
 mod linear;
 mod norm;
 mod transformer;
 
 pub use attention::MultiheadAttention;
+pub use conv::{BatchNorm2d, Conv2d};
 pub use linear::Linear;
 pub use norm::LayerNorm;
 pub use transformer::{Mlp, ResidualAttentionBlock, Transformer};

@@ -198,8 +198,12 @@ impl<'m> Graph<'m> {
                 .map(|(&r, &v)| ((1.0 - m) * r as f64 + m * v * n / (n - 1.0)) as f32)
                 .collect();
             let c = mean.len();
-            running_mean.set_value(Tensor::from_f32(new_rm, &[c]))?;
-            running_var.set_value(Tensor::from_f32(new_rv, &[c]))?;
+            // A checkpointed block runs twice (forward, then recompute in backward): the
+            // statistics of one training step must be folded in once.
+            if !self.is_recomputing() {
+                running_mean.set_value(Tensor::from_f32(new_rm, &[c]))?;
+                running_var.set_value(Tensor::from_f32(new_rv, &[c]))?;
+            }
             (y, Tensor::from_f32(f32v(&mean), &[c]), rstd)
         } else {
             eval_forward(xt, wt, bt, &rm, &rv, eps)?
