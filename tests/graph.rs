@@ -19,13 +19,11 @@ fn stack(layers: usize, width: usize, seed: u64) -> Transformer {
     )
 }
 
+/// (output, saved bytes after forward, parameter gradients by name, input gradient)
+type RunResult = (Vec<f32>, usize, Vec<(String, Vec<f32>)>, Vec<f32>);
+
 /// Runs forward+backward of a 12-block stack; returns (loss, saved bytes after forward, grads).
-fn run(
-    model: &Transformer,
-    x: &Tensor,
-    r: &Tensor,
-    causal: bool,
-) -> (Vec<f32>, usize, Vec<(String, Vec<f32>)>, Vec<f32>) {
+fn run(model: &Transformer, x: &Tensor, r: &Tensor, causal: bool) -> RunResult {
     for p in model.parameters() {
         p.zero_grad();
     }
@@ -189,7 +187,7 @@ fn residual_block_gradients_inputs_and_parameters() {
         let x = randn(&[2, 7, 16]);
         gradcheck(
             &format!("block input {act:?}"),
-            &[x.clone()],
+            std::slice::from_ref(&x),
             Check::default(),
             |g, xs| block.forward(g, &xs[0], causal),
         );

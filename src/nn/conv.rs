@@ -13,6 +13,7 @@ pub struct Conv2d {
 }
 
 impl Conv2d {
+    #[allow(clippy::too_many_arguments)]
     /// Weight [out, in, k, k] drawn as PyTorch's default, U(−1/√fan_in, 1/√fan_in).
     pub fn new(
         prefix: &str,

@@ -41,7 +41,7 @@ pub fn broadcast_map(
                 }
             });
     } else if a.shape() == &shape[..] && is_trailing_block(b.shape(), &shape) {
-        repeat_map(&mut out, xa, xb, |x, y| f(x, y));
+        repeat_map(&mut out, xa, xb, &f);
     } else if b.shape() == &shape[..] && is_trailing_block(a.shape(), &shape) {
         repeat_map(&mut out, xb, xa, |y, x| f(x, y));
     } else {
