@@ -1,7 +1,7 @@
 //! Benchmark workloads shared by the Criterion benches (`benches/`) and `clipcu-bench`, so both
 //! measure exactly the same thing. Each workload knows its FLOP count for GFLOP/s figures.
 
-use crate::nn::{Activation, Module, ResidualAttentionBlock};
+use crate::nn::{Activation, BlockDims, BlockInit, Module, ResidualAttentionBlock};
 use crate::{Device, Graph, Result, Tensor};
 use rand::SeedableRng;
 
@@ -45,8 +45,18 @@ pub struct BlockCase {
 impl BlockCase {
     pub fn new(batch: usize, tokens: usize, width: usize, device: Device) -> Result<BlockCase> {
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-        let block =
-            ResidualAttentionBlock::new("blk", width, width / 64, 12, Activation::Gelu, &mut rng);
+        let block = ResidualAttentionBlock::new(
+            "blk",
+            BlockDims {
+                width,
+                heads: width / 64,
+                mlp_width: 4 * width,
+                layers: 12,
+            },
+            Activation::Gelu,
+            BlockInit::ClipText,
+            &mut rng,
+        );
         Ok(BlockCase {
             batch,
             tokens,

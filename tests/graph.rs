@@ -2,7 +2,9 @@
 //! parameter gradient accumulation, inference mode, misuse errors, and gradchecks through whole
 //! nn layers (inputs and parameters).
 mod common;
-use clipcu::nn::{Activation, Linear, Module, ResidualAttentionBlock, Transformer};
+use clipcu::nn::{
+    Activation, BlockDims, BlockInit, Init, Linear, Module, ResidualAttentionBlock, Transformer,
+};
 use clipcu::{Graph, Param, Tensor};
 use common::*;
 use rand::SeedableRng;
@@ -15,6 +17,7 @@ fn stack(layers: usize, width: usize, seed: u64) -> Transformer {
         layers,
         width / 8,
         Activation::Gelu,
+        BlockInit::ClipText,
         &mut rng,
     )
 }
@@ -113,7 +116,14 @@ fn inference_mode_records_nothing() {
 #[test]
 fn parameter_gradients_accumulate_in_place() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(fresh_seed());
-    let lin = Linear::new("fc", 7, 5, true, 0.3, &mut rng);
+    let lin = Linear::new(
+        "fc",
+        7,
+        5,
+        Init::Normal(0.3),
+        Some(Init::Normal(0.3)),
+        &mut rng,
+    );
     let x = randn(&[13, 7]);
     let grad_once = |lin: &Linear| {
         let g = Graph::new();
@@ -183,7 +193,15 @@ fn param_gradcheck(name: &str, p: &Param, f: &dyn Fn(&Graph) -> clipcu::Var) {
 fn residual_block_gradients_inputs_and_parameters() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(fresh_seed());
     for (act, causal) in [(Activation::Gelu, false), (Activation::QuickGelu, true)] {
-        let block = ResidualAttentionBlock::new("blk", 16, 2, 1, act, &mut rng);
+        let dims = BlockDims {
+            width: 16,
+            heads: 2,
+            mlp_width: 64,
+            layers: 1,
+        };
+        // the vision init (uniform, non-zero MLP biases) exercises every parameter's path
+        let block =
+            ResidualAttentionBlock::new("blk", dims, act, BlockInit::TorchDefault, &mut rng);
         let x = randn(&[2, 7, 16]);
         gradcheck(
             &format!("block input {act:?}"),

@@ -5,7 +5,7 @@
 //!     clipcu info       # devices and build facts
 
 use clap::{Parser, Subcommand};
-use clipcu::nn::{Activation, Module, Transformer};
+use clipcu::nn::{Activation, BlockInit, Module, Transformer};
 use clipcu::ops::{binary, unary};
 use clipcu::{Device, Graph, Param, Result, Tensor};
 use rand::{Rng, SeedableRng};
@@ -82,6 +82,7 @@ fn demo(
         layers,
         (width / 64).max(1),
         Activation::Gelu,
+        BlockInit::ClipText,
         &mut rng,
     );
     model.checkpointing = checkpointing;

@@ -1,7 +1,7 @@
 //! Multi-head self-attention as `torch.nn.MultiheadAttention` stores it: one packed
 //! `in_proj_weight` [3D, D] (q, k, v rows) with `in_proj_bias`, and `out_proj`.
 
-use super::{join, normal_param, Linear, Module};
+use super::{join, Init, Linear, Module};
 use crate::{Graph, Param, Result, Tensor, Var};
 use rand::Rng;
 
@@ -13,23 +13,26 @@ pub struct MultiheadAttention {
 }
 
 impl MultiheadAttention {
+    /// Projection weights filled as given; both biases zero (as PyTorch's `_reset_parameters`).
     pub fn new(
         prefix: &str,
         width: usize,
         heads: usize,
-        in_std: f32,
-        out_std: f32,
+        in_proj: Init,
+        out_proj: Init,
         rng: &mut impl Rng,
     ) -> MultiheadAttention {
         MultiheadAttention {
-            in_proj_weight: normal_param(
-                join(prefix, "in_proj_weight"),
-                &[3 * width, width],
-                in_std,
+            in_proj_weight: in_proj.param(join(prefix, "in_proj_weight"), &[3 * width, width], rng),
+            in_proj_bias: Param::new(join(prefix, "in_proj_bias"), Tensor::zeros([3 * width])),
+            out_proj: Linear::new(
+                &join(prefix, "out_proj"),
+                width,
+                width,
+                out_proj,
+                Some(Init::Zeros),
                 rng,
             ),
-            in_proj_bias: Param::new(join(prefix, "in_proj_bias"), Tensor::zeros([3 * width])),
-            out_proj: Linear::new(&join(prefix, "out_proj"), width, width, true, out_std, rng),
             heads,
         }
     }

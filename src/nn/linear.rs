@@ -1,7 +1,7 @@
 //! `y = x·Wᵀ + b` over the last dim, with W [out, in] as PyTorch stores it.
 
-use super::{join, normal_param, Module};
-use crate::{Graph, Param, Result, Tensor, Var};
+use super::{join, Init, Module};
+use crate::{Graph, Param, Result, Var};
 use rand::Rng;
 
 pub struct Linear {
@@ -10,19 +10,31 @@ pub struct Linear {
 }
 
 impl Linear {
-    /// Weight N(0, std²), bias zero (when `bias`).
+    /// Weight [d_out, d_in] and optional bias [d_out], filled as given.
     pub fn new(
         prefix: &str,
         d_in: usize,
         d_out: usize,
-        bias: bool,
-        std: f32,
+        weight: Init,
+        bias: Option<Init>,
         rng: &mut impl Rng,
     ) -> Linear {
         Linear {
-            weight: normal_param(join(prefix, "weight"), &[d_out, d_in], std, rng),
-            bias: bias.then(|| Param::new(join(prefix, "bias"), Tensor::zeros([d_out]))),
+            weight: weight.param(join(prefix, "weight"), &[d_out, d_in], rng),
+            bias: bias.map(|b| b.param(join(prefix, "bias"), &[d_out], rng)),
         }
+    }
+
+    /// PyTorch's `nn.Linear` initialisation: weight and bias U(±1/√d_in).
+    pub fn torch_default(
+        prefix: &str,
+        d_in: usize,
+        d_out: usize,
+        bias: bool,
+        rng: &mut impl Rng,
+    ) -> Linear {
+        let init = Init::torch_default(d_in);
+        Self::new(prefix, d_in, d_out, init, bias.then_some(init), rng)
     }
 
     pub fn forward(&self, g: &Graph<'_>, x: &Var) -> Result<Var> {

@@ -11,7 +11,7 @@ pub use attention::MultiheadAttention;
 pub use conv::{BatchNorm2d, Conv2d};
 pub use linear::Linear;
 pub use norm::LayerNorm;
-pub use transformer::{Mlp, ResidualAttentionBlock, Transformer};
+pub use transformer::{BlockDims, BlockInit, Mlp, ResidualAttentionBlock, Transformer};
 
 use crate::{Param, Tensor};
 use rand::Rng;
@@ -56,7 +56,51 @@ pub(crate) fn join(prefix: &str, name: &str) -> String {
     }
 }
 
-/// A parameter drawn from N(0, std²).
-pub(crate) fn normal_param(name: String, shape: &[usize], std: f32, rng: &mut impl Rng) -> Param {
-    Param::new(name, Tensor::randn_with(shape.to_vec(), std, rng))
+/// How a parameter is filled at construction.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Init {
+    Zeros,
+    Ones,
+    /// N(0, std²)
+    Normal(f32),
+    /// U(−bound, bound)
+    Uniform(f32),
+}
+
+impl Init {
+    /// PyTorch's default for Linear/Conv weights and biases (kaiming-uniform with a = √5):
+    /// U(±1/√fan_in).
+    pub fn torch_default(fan_in: usize) -> Init {
+        Init::Uniform(1.0 / (fan_in.max(1) as f32).sqrt())
+    }
+
+    /// Xavier-uniform: U(±√(6/(fan_in + fan_out))) (PyTorch's MultiheadAttention in-projection).
+    pub fn xavier_uniform(fan_in: usize, fan_out: usize) -> Init {
+        Init::Uniform((6.0 / (fan_in + fan_out).max(1) as f32).sqrt())
+    }
+
+    pub fn tensor(self, shape: &[usize], rng: &mut impl Rng) -> Tensor {
+        match self {
+            Init::Zeros => Tensor::zeros(shape.to_vec()),
+            Init::Ones => Tensor::ones(shape.to_vec()),
+            Init::Normal(std) => Tensor::randn_with(shape.to_vec(), std, rng),
+            Init::Uniform(b) => {
+                let n = shape.iter().product::<usize>();
+                let v = (0..n)
+                    .map(|_| {
+                        if b > 0.0 {
+                            rng.random_range(-b..b)
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect();
+                Tensor::from_vec(v, shape.to_vec()).expect("sized above")
+            }
+        }
+    }
+
+    pub fn param(self, name: String, shape: &[usize], rng: &mut impl Rng) -> Param {
+        Param::new(name, self.tensor(shape, rng))
+    }
 }

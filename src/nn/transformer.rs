@@ -1,11 +1,21 @@
 //! The pre-LN transformer of both CLIP towers:
-//! `x += attn(ln_1(x)); x += mlp(ln_2(x))`, MLP = c_fc (D→4D) → GELU/QuickGELU → c_proj.
-//! Initialisation follows open_clip: attention in-proj std D^-½, out-proj and c_proj
-//! D^-½·(2L)^-½, c_fc (2D)^-½, biases 0, LayerNorm 1/0.
+//! `x += attn(ln_1(x)); x += mlp(ln_2(x))`, MLP = c_fc (D→rD) → GELU/QuickGELU → c_proj.
+//!
+//! Two initialisations, as open_clip does them: the text tower's (`ClipText`: in-proj N(0, D^-½),
+//! out-proj and c_proj N(0, D^-½·(2L)^-½), c_fc N(0, (2D)^-½), attention biases 0, MLP biases
+//! PyTorch's default), and PyTorch's defaults for the vision tower, which open_clip leaves alone
+//! (`TorchDefault`: in-proj xavier-uniform, Linear layers U(±1/√fan_in), attention biases 0).
 
-use super::{join, Activation, LayerNorm, Linear, Module, MultiheadAttention};
+use super::{join, Activation, Init, LayerNorm, Linear, Module, MultiheadAttention};
 use crate::{Graph, Param, Result, Var};
 use rand::Rng;
+
+/// Which initialisation the blocks get (see the module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockInit {
+    ClipText,
+    TorchDefault,
+}
 
 pub struct Mlp {
     pub c_fc: Linear,
@@ -31,44 +41,70 @@ pub struct ResidualAttentionBlock {
     pub mlp: Mlp,
 }
 
+/// Shape of a block.
+#[derive(Clone, Copy, Debug)]
+pub struct BlockDims {
+    pub width: usize,
+    pub heads: usize,
+    /// Hidden width of the MLP.
+    pub mlp_width: usize,
+    /// Blocks in the stack (scales the projection init).
+    pub layers: usize,
+}
+
 impl ResidualAttentionBlock {
     pub fn new(
         prefix: &str,
-        width: usize,
-        heads: usize,
-        layers: usize,
+        d: BlockDims,
         act: Activation,
+        init: BlockInit,
         rng: &mut impl Rng,
     ) -> Self {
-        let attn_std = (width as f32).powf(-0.5);
-        let proj_std = attn_std * ((2 * layers) as f32).powf(-0.5);
-        let fc_std = ((2 * width) as f32).powf(-0.5);
+        let (w, h) = (d.width, d.mlp_width);
+        let (in_proj, out_proj, fc, proj) = match init {
+            BlockInit::ClipText => {
+                let attn_std = (w as f32).powf(-0.5);
+                let proj_std = attn_std * ((2 * d.layers) as f32).powf(-0.5);
+                (
+                    Init::Normal(attn_std),
+                    Init::Normal(proj_std),
+                    Init::Normal(((2 * w) as f32).powf(-0.5)),
+                    Init::Normal(proj_std),
+                )
+            }
+            BlockInit::TorchDefault => (
+                Init::xavier_uniform(w, 3 * w),
+                Init::torch_default(w),
+                Init::torch_default(w),
+                Init::torch_default(h),
+            ),
+        };
         ResidualAttentionBlock {
-            ln_1: LayerNorm::new(&join(prefix, "ln_1"), width),
+            ln_1: LayerNorm::new(&join(prefix, "ln_1"), w),
             attn: MultiheadAttention::new(
                 &join(prefix, "attn"),
-                width,
-                heads,
-                attn_std,
-                proj_std,
+                w,
+                d.heads,
+                in_proj,
+                out_proj,
                 rng,
             ),
-            ln_2: LayerNorm::new(&join(prefix, "ln_2"), width),
+            ln_2: LayerNorm::new(&join(prefix, "ln_2"), w),
             mlp: Mlp {
                 c_fc: Linear::new(
                     &join(prefix, "mlp.c_fc"),
-                    width,
-                    4 * width,
-                    true,
-                    fc_std,
+                    w,
+                    h,
+                    fc,
+                    Some(Init::torch_default(w)),
                     rng,
                 ),
                 c_proj: Linear::new(
                     &join(prefix, "mlp.c_proj"),
-                    4 * width,
-                    width,
-                    true,
-                    proj_std,
+                    h,
+                    w,
+                    proj,
+                    Some(Init::torch_default(h)),
                     rng,
                 ),
                 act,
@@ -100,24 +136,40 @@ pub struct Transformer {
 }
 
 impl Transformer {
-    /// `prefix` is e.g. `"transformer"` (blocks are `{prefix}.resblocks.{i}`).
+    /// `prefix` is e.g. `"transformer"` (blocks are `{prefix}.resblocks.{i}`); MLP ratio 4.
     pub fn new(
         prefix: &str,
         width: usize,
         layers: usize,
         heads: usize,
         act: Activation,
+        init: BlockInit,
+        rng: &mut impl Rng,
+    ) -> Transformer {
+        let dims = BlockDims {
+            width,
+            heads,
+            mlp_width: 4 * width,
+            layers,
+        };
+        Self::with_dims(prefix, dims, act, init, rng)
+    }
+
+    pub fn with_dims(
+        prefix: &str,
+        dims: BlockDims,
+        act: Activation,
+        init: BlockInit,
         rng: &mut impl Rng,
     ) -> Transformer {
         Transformer {
-            resblocks: (0..layers)
+            resblocks: (0..dims.layers)
                 .map(|i| {
                     ResidualAttentionBlock::new(
                         &join(prefix, &format!("resblocks.{i}")),
-                        width,
-                        heads,
-                        layers,
+                        dims,
                         act,
+                        init,
                         rng,
                     )
                 })
