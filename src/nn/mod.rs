@@ -48,7 +48,7 @@ pub enum Activation {
 }
 
 /// `"{prefix}.{name}"`, or `name` when the prefix is empty.
-pub(crate) fn join(prefix: &str, name: &str) -> String {
+pub fn join(prefix: &str, name: &str) -> String {
     if prefix.is_empty() {
         name.to_string()
     } else {

@@ -157,3 +157,19 @@ impl BinaryOp {
         Ok(vec![ga, gb])
     }
 }
+
+impl<'m> Graph<'m> {
+    /// `x` repeated to `shape` by broadcasting (an add of zeros, so its gradient is the sum over
+    /// the repeated dims).
+    pub fn broadcast_to(&self, x: &Var, shape: &[usize]) -> Result<Var> {
+        let zeros = self.constant(Tensor::zeros(shape.to_vec()));
+        let y = self.add(&zeros, x)?;
+        if y.shape() != shape {
+            return Err(Error::shape(
+                "broadcast_to",
+                format!("{:?} does not broadcast to {shape:?}", x.shape()),
+            ));
+        }
+        Ok(y)
+    }
+}

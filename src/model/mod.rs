@@ -1,0 +1,16 @@
+//! CLIP models, each file reading like its paper: `vit.rs` (ViT), `resnet.rs` (ModifiedResNet with
+//! attention pooling), `text.rs` (the text transformer), `clip.rs` (both towers and the
+//! temperature), `config.rs` (open_clip JSON configs), `weights.rs` (safetensors with open_clip,
+//! OpenAI and Hugging Face key names).
+
+pub mod clip;
+pub mod config;
+pub mod resize;
+pub mod resnet;
+pub mod text;
+pub mod vit;
+pub mod weights;
+
+pub use clip::{Clip, VisionTower};
+pub use config::{ClipConfig, TextConfig, VisionConfig, VisionLayers};
+pub use weights::{load_clip, load_into, save_clip};

@@ -1,0 +1,372 @@
+//! CLIP models against open_clip: fixtures from `tools/make_fixtures.py` (random weights, fixed
+//! seeds) in tests/fixtures/models. Embeddings must match open_clip's fp32 outputs within 1e-5
+//! relative error; weights load under open_clip and Hugging Face names alike.
+mod common;
+use clipcu::io::safetensors as st;
+use clipcu::model::{load_clip, load_into, save_clip, Clip, ClipConfig};
+use clipcu::nn::Module;
+use clipcu::{DType, Graph, Tensor};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/models")
+        .join(name)
+}
+
+fn io(name: &str) -> st::SafeTensorsFile {
+    st::load(fixture(&format!("{name}-io.safetensors"))).unwrap()
+}
+
+fn ids_of(t: &Tensor) -> Vec<u32> {
+    t.to_vec().iter().map(|&v| v as u32).collect()
+}
+
+fn embeds(model: &Clip, images: &Tensor, ids: &Tensor) -> (Tensor, Tensor) {
+    let g = Graph::inference();
+    let img = model
+        .encode_image(&g, &g.constant(images.clone()))
+        .unwrap()
+        .into_tensor();
+    let txt = model
+        .encode_text(&g, &ids_of(ids), ids.shape()[0])
+        .unwrap()
+        .into_tensor();
+    (img, txt)
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "clipcu-models-{}-{}",
+        std::process::id(),
+        common::fresh_seed()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn check(what: &str, got: &Tensor, want: &Tensor, tol: f64) {
+    assert_eq!(got.shape(), want.shape(), "{what}: shape");
+    let err = got.rel_err(want);
+    assert!(err <= tol, "{what}: relative error {err:.3e} > {tol:.0e}");
+}
+
+#[test]
+fn vit_matches_open_clip_gelu_and_quickgelu() {
+    let f = io("tiny-vit");
+    let (images, ids) = (f.get("images").unwrap(), f.get("text_ids").unwrap());
+    let mut cfg = ClipConfig::load("tiny-vit").unwrap();
+    for (suffix, quick) in [("", false), ("-quickgelu", true)] {
+        cfg.quick_gelu = quick;
+        let model = Clip::new(&cfg, 1);
+        load_into(&model, fixture("tiny-vit.safetensors")).unwrap();
+        let (img, txt) = embeds(&model, images, ids);
+        check(
+            &format!("image{suffix}"),
+            &img,
+            f.get(&format!("image_embeds{suffix}")).unwrap(),
+            1e-5,
+        );
+        check(
+            &format!("text{suffix}"),
+            &txt,
+            f.get(&format!("text_embeds{suffix}")).unwrap(),
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn resnet_matches_open_clip() {
+    let f = io("tiny-rn");
+    let cfg = ClipConfig::load("tiny-rn").unwrap();
+    let mut model = Clip::new(&cfg, 1);
+    model.set_training(false); // open_clip's fixture ran in eval mode: BatchNorm uses running stats
+    load_into(&model, fixture("tiny-rn.safetensors")).unwrap();
+    let (img, txt) = embeds(&model, f.get("images").unwrap(), f.get("text_ids").unwrap());
+    check("resnet image", &img, f.get("image_embeds").unwrap(), 1e-5);
+    check("resnet text", &txt, f.get("text_embeds").unwrap(), 1e-5);
+}
+
+#[test]
+fn hugging_face_names_give_the_same_embeddings() {
+    let f = io("tiny-vit");
+    let cfg = ClipConfig::load("tiny-vit").unwrap();
+    let (a, b) = (Clip::new(&cfg, 1), Clip::new(&cfg, 2));
+    load_into(&a, fixture("tiny-vit.safetensors")).unwrap();
+    load_into(&b, fixture("tiny-vit-hf.safetensors")).unwrap();
+    let (ia, ta) = embeds(&a, f.get("images").unwrap(), f.get("text_ids").unwrap());
+    let (ib, tb) = embeds(&b, f.get("images").unwrap(), f.get("text_ids").unwrap());
+    check("HF vs open_clip image", &ib, &ia, 1e-6);
+    check("HF vs open_clip text", &tb, &ta, 1e-6);
+    check(
+        "HF image vs open_clip output",
+        &ib,
+        f.get("image_embeds").unwrap(),
+        1e-5,
+    );
+}
+
+#[test]
+fn open_clip_preprocessed_image_files() {
+    let f = st::load(fixture("tiny-vit-files.safetensors")).unwrap();
+    let model = Clip::new(&ClipConfig::load("tiny-vit").unwrap(), 1);
+    load_into(&model, fixture("tiny-vit.safetensors")).unwrap();
+    let g = Graph::inference();
+    let img = model
+        .encode_image(&g, &g.constant(f.get("pixels").unwrap().clone()))
+        .unwrap();
+    check(
+        "file images",
+        img.tensor(),
+        f.get("image_embeds").unwrap(),
+        1e-5,
+    );
+}
+
+#[test]
+fn text_truncation_is_exact() {
+    let cfg = ClipConfig::load("tiny-vit").unwrap();
+    let mut model = Clip::new(&cfg, common::fresh_seed());
+    let ctx = cfg.text_cfg.context_length;
+    // random rows with the EOT (largest id) at random positions, zero padding after
+    let seed = common::fresh_seed();
+    let mut state = seed;
+    let mut next = |n: u64| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) % n
+    };
+    let mut ids = vec![0u32; 5 * ctx];
+    for r in 0..5 {
+        let end = 1 + next(ctx as u64 / 2) as usize;
+        for i in 0..end {
+            ids[r * ctx + i] = 1 + next(990) as u32;
+        }
+        ids[r * ctx + end] = 999;
+    }
+    let run = |m: &Clip| {
+        let g = Graph::inference();
+        m.encode_text(&g, &ids, 5).unwrap().into_tensor()
+    };
+    let cut = run(&model);
+    model.text.truncate = false;
+    let full = run(&model);
+    check(
+        &format!("truncated vs full (seed {seed})"),
+        &cut,
+        &full,
+        1e-6,
+    );
+}
+
+#[test]
+fn checkpoint_round_trip_carries_the_config() {
+    let mut cfg = ClipConfig::load("tiny-rn").unwrap();
+    cfg.quick_gelu = true;
+    let model = Clip::new(&cfg, common::fresh_seed());
+    let path = tmp("rn.safetensors");
+    save_clip(&model, &path, &BTreeMap::new()).unwrap();
+    let meta = st::load(&path).unwrap().metadata;
+    assert_eq!(
+        meta.get("clipcu.activation").map(String::as_str),
+        Some("quick_gelu")
+    );
+    let back = load_clip(&path, None).unwrap();
+    assert_eq!(back.config, cfg);
+    for ((n1, p1), (n2, p2)) in model.named_params().iter().zip(back.named_params()) {
+        assert_eq!(*n1, n2);
+        assert_eq!(p1.value().to_vec(), p2.value().to_vec(), "{n1}");
+    }
+    // buffers are saved too
+    assert!(
+        meta.len() >= 3
+            && model
+                .named_params()
+                .iter()
+                .any(|(n, _)| n.ends_with("running_var"))
+    );
+    std::fs::remove_dir_all(path.parent().unwrap()).ok();
+}
+
+#[test]
+fn module_prefix_half_precision_and_scalar_shapes_load() {
+    let file = st::load(fixture("tiny-vit.safetensors")).unwrap();
+    let path = tmp("ddp-f16.safetensors");
+    let mut renamed = Vec::new();
+    for (n, t) in &file.tensors {
+        let t = if n == "logit_scale" {
+            t.reshape([1]).unwrap()
+        } else {
+            t.to_dtype(DType::F16)
+        };
+        renamed.push((format!("module.{n}"), t));
+    }
+    renamed.push((
+        "module.visual.bn.num_batches_tracked".into(),
+        Tensor::zeros([1]),
+    ));
+    let refs: Vec<(&str, &Tensor)> = renamed.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    st::save(&path, &refs, &BTreeMap::new()).unwrap();
+    let cfg = ClipConfig::load("tiny-vit").unwrap();
+    let (a, b) = (Clip::new(&cfg, 3), Clip::new(&cfg, 4));
+    load_into(&a, fixture("tiny-vit.safetensors")).unwrap();
+    load_into(&b, &path).unwrap();
+    for ((n, p), (_, q)) in a.named_params().iter().zip(b.named_params()) {
+        let want = if n == "logit_scale" {
+            p.value()
+        } else {
+            p.value().to_dtype(DType::F16).to_dtype(DType::F32)
+        };
+        assert_eq!(
+            q.value().to_vec(),
+            want.to_vec(),
+            "{n} after f16 round trip"
+        );
+    }
+    std::fs::remove_dir_all(path.parent().unwrap()).ok();
+}
+
+#[test]
+fn bad_weights_are_listed_in_one_error() {
+    let file = st::load(fixture("tiny-vit.safetensors")).unwrap();
+    let path = tmp("bad.safetensors");
+    let mut ts: Vec<(String, Tensor)> = file
+        .tensors
+        .into_iter()
+        .filter(|(n, _)| n != "ln_final.bias")
+        .collect();
+    for (n, t) in ts.iter_mut() {
+        if n == "visual.proj" {
+            *t = Tensor::zeros([3, 3]);
+        }
+    }
+    ts.push(("visual.extra_head.weight".into(), Tensor::zeros([2])));
+    let refs: Vec<(&str, &Tensor)> = ts.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    st::save(&path, &refs, &BTreeMap::new()).unwrap();
+    let model = Clip::new(&ClipConfig::load("tiny-vit").unwrap(), 0);
+    let msg = load_into(&model, &path).unwrap_err().to_string();
+    for needle in [
+        "bad.safetensors",
+        "1 missing: ln_final.bias",
+        "1 unexpected: visual.extra_head.weight",
+        "visual.proj: file [3, 3], model [64, 32]",
+    ] {
+        assert!(msg.contains(needle), "error lacks `{needle}`: {msg}");
+    }
+    // no config anywhere: a clear error, not a guess
+    let e = load_clip(&path, None)
+        .err()
+        .expect("no config: an error")
+        .to_string();
+    assert!(e.contains("--config"), "{e}");
+    std::fs::remove_dir_all(path.parent().unwrap()).ok();
+}
+
+#[test]
+fn positional_embedding_resize_matches_open_clip() {
+    let want = st::load(fixture("tiny-vit-posembed.safetensors")).unwrap();
+    for size in [48usize, 24] {
+        let mut cfg = ClipConfig::load("tiny-vit").unwrap();
+        cfg.vision_cfg.image_size = size;
+        let model = Clip::new(&cfg, 0);
+        load_into(&model, fixture("tiny-vit.safetensors")).unwrap();
+        let got = model
+            .named_params()
+            .into_iter()
+            .find(|(n, _)| n == "visual.positional_embedding")
+            .unwrap()
+            .1
+            .value();
+        check(
+            &format!("pos embed {size}"),
+            &got,
+            want.get(&format!("positional_embedding_{size}")).unwrap(),
+            1e-6,
+        );
+    }
+}
+
+#[test]
+fn initialisation_follows_open_clip() {
+    let stats: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("init-stats.json")).unwrap())
+            .unwrap();
+    for name in ["tiny-vit", "tiny-rn"] {
+        let model = Clip::new(&ClipConfig::load(name).unwrap(), common::fresh_seed());
+        let ours: BTreeMap<String, Tensor> = model
+            .named_params()
+            .into_iter()
+            .map(|(n, p)| (n, p.value()))
+            .collect();
+        let theirs = stats[name].as_object().unwrap();
+        let mut expected_names: Vec<&String> = theirs
+            .keys()
+            .filter(|k| !k.ends_with("num_batches_tracked"))
+            .collect();
+        expected_names.sort();
+        assert_eq!(
+            ours.keys().collect::<Vec<_>>(),
+            expected_names,
+            "{name}: parameter names differ from open_clip's"
+        );
+        for (k, v) in theirs {
+            let Some(t) = ours.get(k) else { continue };
+            let (mean, std, n) = (
+                v[0].as_f64().unwrap(),
+                v[1].as_f64().unwrap(),
+                v[2].as_u64().unwrap() as usize,
+            );
+            assert_eq!(t.numel(), n, "{name} {k}: size");
+            let x = t.to_vec();
+            let m = x.iter().map(|&a| a as f64).sum::<f64>() / n as f64;
+            let s = (x.iter().map(|&a| (a as f64 - m).powi(2)).sum::<f64>()
+                / (n.max(2) - 1) as f64)
+                .sqrt();
+            if std == 0.0 {
+                assert!(
+                    x.iter().all(|&a| (a as f64 - mean).abs() < 1e-6),
+                    "{name} {k}: open_clip fills it with {mean}"
+                );
+            } else if n >= 64 {
+                // open_clip's figure is a mean over 8 models; ours is one sample of n values
+                assert!(
+                    (s / std - 1.0).abs() < 0.25,
+                    "{name} {k}: std {s:.4} vs open_clip's {std:.4}"
+                );
+                assert!(
+                    (m - mean).abs() < 4.0 * std / (n as f64).sqrt() + 1e-3,
+                    "{name} {k}: mean {m:.4} vs {mean:.4}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn configs_load_and_bad_ones_are_refused() {
+    for name in ClipConfig::builtin_names() {
+        let cfg = ClipConfig::load(name).unwrap();
+        assert_eq!(cfg.quick_gelu, name.ends_with("quickgelu"), "{name}");
+    }
+    let rn50 = Clip::new(&ClipConfig::load("RN50").unwrap(), 0);
+    let vit = Clip::new(&ClipConfig::load("ViT-B-32").unwrap(), 0);
+    // parameter counts of open_clip's models (sum of numel over parameters, buffers excluded)
+    assert_eq!(vit.num_trainable(), 151_277_313);
+    assert_eq!(rn50.num_trainable(), 102_007_137);
+    let e = ClipConfig::from_json(r#"{"embed_dim": 8, "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "ls_init_value": 0.1}, "text_cfg": {}}"#, "x.json").unwrap_err();
+    assert!(e.to_string().contains("vision_cfg.ls_init_value"), "{e}");
+    let e = ClipConfig::from_json(r#"{"embed_dim": 8, "vision_cfg": {"image_size": 30, "layers": 2, "width": 64, "patch_size": 8}, "text_cfg": {}}"#, "y.json").unwrap_err();
+    assert!(
+        e.to_string().contains("y.json") && e.to_string().contains("patch_size"),
+        "{e}"
+    );
+    let e = ClipConfig::load("/nonexistent/model.json").unwrap_err();
+    assert!(e.to_string().contains("/nonexistent/model.json"), "{e}");
+    assert!(ClipConfig::load("ViT-Q-99")
+        .unwrap_err()
+        .to_string()
+        .contains("ViT-B-32"));
+}
