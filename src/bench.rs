@@ -87,3 +87,34 @@ impl BlockCase {
         Ok(())
     }
 }
+
+/// `encode_image` of a batch of random 224-px images through a freshly initialised model
+/// (inference graph: nothing recorded).
+pub struct EncodeImageCase {
+    pub config_name: String,
+    pub batch: usize,
+    model: crate::model::Clip,
+    images: Tensor,
+}
+
+impl EncodeImageCase {
+    pub fn new(config_name: &str, batch: usize, device: Device) -> Result<EncodeImageCase> {
+        let cfg = crate::model::ClipConfig::load(config_name)?;
+        let mut model = crate::model::Clip::new(&cfg, 0);
+        model.set_training(false);
+        let s = cfg.vision_cfg.image_size;
+        Ok(EncodeImageCase {
+            config_name: config_name.to_string(),
+            batch,
+            model,
+            images: Tensor::randn([batch, 3, s, s], 1.0, 6).to_device(device)?,
+        })
+    }
+    pub fn run(&self) -> Result<Tensor> {
+        let g = Graph::inference();
+        Ok(self
+            .model
+            .encode_image(&g, &g.constant(self.images.clone()))?
+            .into_tensor())
+    }
+}

@@ -521,3 +521,20 @@ fn attention_equals_composed_ops() {
         assert!(err < 1e-5, "causal={causal}: {err}");
     }
 }
+
+#[test]
+fn fast_erf_is_accurate() {
+    // a dense grid plus the tails, against the f64 series
+    let mut worst = 0f64;
+    for i in -60000..=60000 {
+        let x = i as f32 * 1e-4;
+        let e = (clipcu::ops::unary::cpu::erf(x) as f64 - erf64(x as f64)).abs();
+        worst = worst.max(e);
+    }
+    for x in [-10.0f32, -4.5, 4.5, 7.0, 1e-30, -1e-30, 0.0] {
+        let e = (clipcu::ops::unary::cpu::erf(x) as f64 - erf64(x as f64)).abs();
+        worst = worst.max(e);
+    }
+    eprintln!("fast erf: max abs error {worst:e}");
+    assert!(worst < 5e-7, "erf max abs error {worst:e}");
+}

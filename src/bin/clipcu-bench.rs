@@ -6,7 +6,7 @@
 //! Prints one line per workload: median and best time per iteration and GFLOP/s (from the median).
 
 use clap::{Parser, ValueEnum};
-use clipcu::bench::{BlockCase, GemmCase};
+use clipcu::bench::{BlockCase, EncodeImageCase, GemmCase};
 use clipcu::Device;
 use std::time::Instant;
 
@@ -15,6 +15,10 @@ enum Workload {
     All,
     Gemm,
     Block,
+    /// ViT-B/32 encode_image, batch 16, fp32
+    VitB32,
+    /// RN50 encode_image, batch 16, fp32
+    Rn50,
 }
 
 #[derive(Parser)]
@@ -110,6 +114,27 @@ fn main() {
                 return Err(e);
             }
             report("block fwd+bwd w768 t50 b16", c.flops(), t);
+        }
+        for (w, name) in [(Workload::VitB32, "ViT-B-32"), (Workload::Rn50, "RN50")] {
+            if args.workload == w || args.workload == Workload::All {
+                let c = EncodeImageCase::new(name, 16, device)?;
+                let mut err = None;
+                let (med, best) = time(args.iters, || {
+                    if let Err(e) = c.run() {
+                        err = Some(e)
+                    }
+                });
+                if let Some(e) = err {
+                    return Err(e);
+                }
+                println!(
+                    "{:<34} {:>9.2} ms {:>9.2} ms {:>9.1} img/s",
+                    format!("{name} encode_image b16"),
+                    med * 1e3,
+                    best * 1e3,
+                    16.0 / med
+                );
+            }
         }
         Ok(())
     };
