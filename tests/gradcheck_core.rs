@@ -538,3 +538,33 @@ fn fast_erf_is_accurate() {
     eprintln!("fast erf: max abs error {worst:e}");
     assert!(worst < 5e-7, "erf max abs error {worst:e}");
 }
+
+#[test]
+fn linear_fused_bias() {
+    for &(rows, din, dout) in &[(1, 1, 1), (7, 13, 5), (50, 7, 77)] {
+        let xs = [randn(&[rows, din]), randn(&[dout, din]), randn(&[dout])];
+        gradcheck(
+            &format!("linear {rows}x{din}->{dout}"),
+            &xs,
+            Check::default(),
+            |g, x| g.linear(&x[0], &x[1], Some(&x[2])),
+        );
+        gradcheck(
+            &format!("linear no bias {rows}x{din}->{dout}"),
+            &xs[..2],
+            Check::default(),
+            |g, x| g.linear(&x[0], &x[1], None),
+        );
+        // equals matmul + broadcast add
+        let g = Graph::inference();
+        let v: Vec<_> = xs.iter().map(|t| g.constant(t.clone())).collect();
+        let fused = g.linear(&v[0], &v[1], Some(&v[2])).unwrap();
+        let composed = g
+            .add(&g.matmul(&v[0], &v[1], false, true).unwrap(), &v[2])
+            .unwrap();
+        assert!(fused.tensor().rel_err(composed.tensor()) < 1e-6);
+    }
+    assert!(
+        clipcu::ops::matmul::linear(&randn(&[2, 3]), &randn(&[4, 3]), Some(&randn(&[3]))).is_err()
+    );
+}

@@ -6,13 +6,14 @@ use super::checkpoint::Checkpoint;
 use crate::ops::{
     attention::AttentionOp, batchnorm::BatchNorm2dOp, binary::BinaryOp, conv2d::Conv2dOp,
     cross_entropy::CrossEntropyOp, embedding::EmbeddingOp, layernorm::LayerNormOp,
-    layout::LayoutOp, matmul::MatMulOp, normalize::L2NormalizeOp, pool::AvgPool2dOp,
-    reduce::ReduceOp, softmax::SoftmaxOp, unary::UnaryOp,
+    layout::LayoutOp, matmul::LinearOp, matmul::MatMulOp, normalize::L2NormalizeOp,
+    pool::AvgPool2dOp, reduce::ReduceOp, softmax::SoftmaxOp, unary::UnaryOp,
 };
 use crate::{Result, Tensor};
 
 pub enum Op<'m> {
     MatMul(MatMulOp),
+    Linear(LinearOp),
     Binary(BinaryOp),
     Unary(UnaryOp),
     LayerNorm(LayerNormOp),
@@ -39,6 +40,7 @@ pub(crate) fn backward(
 ) -> Result<Vec<Option<Tensor>>> {
     match op {
         Op::MatMul(o) => o.backward(saved, gout, needs),
+        Op::Linear(o) => o.backward(saved, gout, needs),
         Op::Binary(o) => o.backward(saved, gout, needs),
         Op::Unary(o) => o.backward(saved, gout, needs),
         Op::LayerNorm(o) => o.backward(saved, gout, needs),

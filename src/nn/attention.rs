@@ -42,9 +42,10 @@ impl MultiheadAttention {
         let (b, t, d) = (x.shape()[0], x.shape()[1], x.shape()[2]);
         let (h, dh) = (self.heads, d / self.heads);
         let x2 = g.reshape(x, [b * t, d])?;
-        let qkv = g.add(
-            &g.matmul(&x2, &g.param(&self.in_proj_weight), false, true)?,
-            &g.param(&self.in_proj_bias),
+        let qkv = g.linear(
+            &x2,
+            &g.param(&self.in_proj_weight),
+            Some(&g.param(&self.in_proj_bias)),
         )?;
         // [B·T, 3D] → [3, B, H, T, Dh]: split heads
         let qkv = g.permute(&g.reshape(&qkv, [b, t, 3, h, dh])?, &[2, 0, 3, 1, 4])?;

@@ -42,10 +42,8 @@ impl Linear {
         let d_in = *shape.last().unwrap_or(&0);
         let rows = x.tensor().numel() / d_in.max(1);
         let x2 = g.reshape(x, [rows, d_in])?;
-        let mut y = g.matmul(&x2, &g.param(&self.weight), false, true)?;
-        if let Some(b) = &self.bias {
-            y = g.add(&y, &g.param(b))?;
-        }
+        let b = self.bias.as_ref().map(|b| g.param(b));
+        let y = g.linear(&x2, &g.param(&self.weight), b.as_ref())?;
         let mut out_shape = shape;
         *out_shape.last_mut().expect("rank ≥ 1") = self.weight.value().shape()[0];
         g.reshape(&y, out_shape)

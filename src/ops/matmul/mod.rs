@@ -171,3 +171,97 @@ fn sum_leading(t: &Tensor, target: &[usize]) -> Result<Tensor> {
     }
     Ok(Tensor::from_f32(acc, target))
 }
+
+/// `y = x·Wᵀ + b` fused: the output starts as the broadcast bias and the GEMM accumulates onto it,
+/// saving a pass over the output. x [rows, in], W [out, in], b [out].
+pub struct LinearOp {
+    has_bias: bool,
+}
+
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    const OP: &str = "linear";
+    if x.rank() != 2 || w.rank() != 2 || x.shape()[1] != w.shape()[1] {
+        bail_shape!(
+            OP,
+            "expected x [rows, in] and W [out, in], got {:?} and {:?}",
+            x.shape(),
+            w.shape()
+        );
+    }
+    let (rows, d_in, d_out) = (x.shape()[0], x.shape()[1], w.shape()[0]);
+    if let Some(b) = b {
+        if b.shape() != [d_out] {
+            bail_shape!(
+                OP,
+                "bias {:?} must be [{d_out}] for W {:?}",
+                b.shape(),
+                w.shape()
+            );
+        }
+        same_device(OP, &[x, w, b])?;
+    }
+    same_device(OP, &[x, w])?;
+    let (x, w) = (cpu_input(OP, x)?, cpu_input(OP, w)?);
+    let mut out = vec![0f32; rows * d_out];
+    if let Some(b) = b {
+        let b = cpu_input(OP, b)?;
+        let bs = b.f32s(OP)?;
+        for row in out.chunks_mut(d_out.max(1)) {
+            row.copy_from_slice(bs);
+        }
+    }
+    cpu::sgemm(
+        false,
+        true,
+        rows,
+        d_out,
+        d_in,
+        x.f32s(OP)?,
+        w.f32s(OP)?,
+        &mut out,
+        b.is_some(),
+        rayon::current_num_threads(),
+    );
+    Ok(Tensor::from_f32(out, &[rows, d_out]))
+}
+
+impl<'m> Graph<'m> {
+    /// `x·Wᵀ + b` for x [rows, in], W [out, in], b [out] (PyTorch's `F.linear`).
+    pub fn linear(&self, x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
+        let out = linear(x.tensor(), w.tensor(), b.map(|b| b.tensor()))?;
+        let saved = vec![x.tensor().clone(), w.tensor().clone()];
+        let op = Op::Linear(LinearOp {
+            has_bias: b.is_some(),
+        });
+        Ok(match b {
+            Some(b) => self.record(op, &[x, w, b], saved, out),
+            None => self.record(op, &[x, w], saved, out),
+        })
+    }
+}
+
+impl LinearOp {
+    pub(crate) fn backward(
+        &self,
+        saved: &[Tensor],
+        gout: &Tensor,
+        needs: &[bool],
+    ) -> Result<Vec<Option<Tensor>>> {
+        let (x, w) = (&saved[0], &saved[1]);
+        let mut grads = vec![
+            needs[0]
+                .then(|| matmul(gout, w, false, false))
+                .transpose()?,
+            needs[1].then(|| matmul(gout, x, true, false)).transpose()?,
+        ];
+        if self.has_bias {
+            let d_out = w.shape()[0];
+            grads.push(
+                needs[2]
+                    .then(|| crate::ops::reduce::sum_to_shape(gout, &[d_out]))
+                    .transpose()?,
+            );
+        }
+        Ok(grads)
+    }
+}
