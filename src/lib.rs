@@ -33,9 +33,11 @@ pub mod device;
 pub mod error;
 pub mod graph;
 pub mod io;
+pub mod loss;
 pub mod model;
 pub mod nn;
 pub mod ops;
+pub mod optim;
 pub mod tensor;
 
 pub use device::Device;

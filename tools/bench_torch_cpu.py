@@ -11,6 +11,7 @@ Needs torch (pip install torch); nothing else. Run beside `clipcu-bench` in one 
 (tools/bench_cpu.sh does both) so that both see the same machine state.
 """
 import argparse
+import os
 import statistics
 import time
 
@@ -75,6 +76,27 @@ def main():
 
     flops = 3.0 * bs * t * (24.0 * d * d + 4.0 * t * d)
     report("block fwd+bwd w768 t50 b16", flops, timeit(step, args.iters))
+
+    try:
+        import open_clip
+    except ImportError:
+        print("(open_clip not installed: skipping the model workloads)")
+        return
+    for name in ["ViT-B-32", "RN50"]:
+        model = open_clip.create_model(name).eval()
+        images = torch.randn(16, 3, 224, 224)
+        with torch.inference_mode():
+            med, best = timeit(lambda: model.encode_image(images), max(3, args.iters // 2))
+        print(f"{name + ' encode_image b16':<34} {med * 1e3:>9.2f} ms {best * 1e3:>9.2f} ms {16 / med:>9.1f} img/s")
+    model = open_clip.create_model("ViT-B-32").eval()
+    tok = open_clip.get_tokenizer("ViT-B-32")
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+    with open(os.path.join(root, "assets", "bench_captions.txt")) as f:
+        captions = [line.strip() for line in f if line.strip()][:16]
+    ids = tok(captions)
+    with torch.inference_mode():
+        med, best = timeit(lambda: model.encode_text(ids), args.iters)
+    print(f"{'text b16 (77 tokens)':<34} {med * 1e3:>9.2f} ms {best * 1e3:>9.2f} ms {16 / med:>9.1f} texts/s")
 
 
 if __name__ == "__main__":

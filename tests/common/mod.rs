@@ -136,3 +136,40 @@ pub fn gradcheck(
 pub fn randn(shape: &[usize]) -> Tensor {
     Tensor::randn(shape.to_vec(), 1.0, fresh_seed())
 }
+
+/// splitmix64, the generator `tools/make_train_fixture.py` uses for its batches.
+pub fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The training batch of `step` exactly as `tools/make_train_fixture.py` makes it: images
+/// [batch, 3, s, s] with 24-bit uniform values in [-1, 1), and token rows [batch, ctx] with 998 at
+/// the start, ids in 1..=997, and the EOT 999 at a random end.
+pub fn train_batch(step: u64, batch: usize, image_size: usize, ctx: usize) -> (Tensor, Vec<u32>) {
+    let n = batch * 3 * image_size * image_size;
+    let images: Vec<f32> = (0..n as u64)
+        .map(|i| {
+            let bits = splitmix64(i + (1 << 40) + (step << 24)) >> 40;
+            (bits as f64 / (1u64 << 24) as f64 * 2.0 - 1.0) as f32
+        })
+        .collect();
+    let r: Vec<u64> = (0..(batch * ctx) as u64)
+        .map(|i| splitmix64(i + (2 << 40) + (step << 24)))
+        .collect();
+    let mut ids = vec![0u32; batch * ctx];
+    for i in 0..batch {
+        let end = 2 + (r[i * ctx] % (ctx as u64 - 2)) as usize;
+        ids[i * ctx] = 998;
+        for j in 1..end {
+            ids[i * ctx + j] = 1 + (r[i * ctx + j] % 997) as u32;
+        }
+        ids[i * ctx + end] = 999;
+    }
+    (
+        Tensor::from_vec(images, [batch, 3, image_size, image_size]).unwrap(),
+        ids,
+    )
+}
