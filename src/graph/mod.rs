@@ -230,18 +230,28 @@ impl<'m> Graph<'m> {
     /// Backward from any value with an explicit output gradient `seed` of the same shape.
     /// Consumes the recorded tape: a second call is an error.
     pub fn backward_with(&self, root: &Var, seed: Tensor) -> Result<Grads> {
-        if seed.shape() != root.shape() {
-            return Err(Error::Graph(format!(
-                "seed gradient {:?} does not match the root value {:?}",
-                seed.shape(),
-                root.shape()
-            )));
+        self.backward_multi(&[(root, seed)])
+    }
+
+    /// Backward from several values at once (e.g. the image and text features of one
+    /// micro-batch), each with its output gradient; contributions add up.
+    pub fn backward_multi(&self, roots: &[(&Var, Tensor)]) -> Result<Grads> {
+        let mut seeds = Vec::with_capacity(roots.len());
+        for (root, seed) in roots {
+            if seed.shape() != root.shape() {
+                return Err(Error::Graph(format!(
+                    "seed gradient {:?} does not match the root value {:?}",
+                    seed.shape(),
+                    root.shape()
+                )));
+            }
+            let Some(id) = root.id else {
+                return Err(Error::Graph(
+                    "backward from a value that does not depend on any parameter or leaf".into(),
+                ));
+            };
+            seeds.push((id, seed.clone()));
         }
-        let Some(root_id) = root.id else {
-            return Err(Error::Graph(
-                "backward from a value that does not depend on any parameter or leaf".into(),
-            ));
-        };
         let tape = std::mem::take(&mut *self.tape.borrow_mut());
         if tape.nodes.is_empty() && tape.params.is_empty() && tape.leaves.is_empty() {
             return Err(Error::Graph(
@@ -249,7 +259,12 @@ impl<'m> Graph<'m> {
             ));
         }
         let mut grads: Vec<Option<Tensor>> = vec![None; tape.next_id];
-        grads[root_id] = Some(seed);
+        for (id, seed) in seeds {
+            match grads[id].as_mut() {
+                None => grads[id] = Some(seed),
+                Some(acc) => crate::ops::binary::add_assign(acc, &seed)?,
+            }
+        }
         let mut nodes = tape.nodes;
         while let Some(node) = nodes.pop() {
             let Some(gout) = grads[node.out].take() else {
