@@ -212,9 +212,12 @@ impl CudaBackend {
         let driver_version = probe_libraries()?;
         let what = format!("initialising cuda:{ordinal}");
         let backend = catch(&what, || CudaBackend::init(ordinal, driver_version))??;
-        catch("the start-up self-test", || backend.self_test())?
-            .map_err(|e| format!("the start-up self-test failed: {e}"))?;
-        Ok(backend)
+        // On failure the backend is dropped inside the closure too: cudarc's handle destructors
+        // unwrap their status.
+        catch("the start-up self-test", move || {
+            backend.self_test().map(|()| backend)
+        })?
+        .map_err(|e| format!("the start-up self-test failed: {e}"))
     }
 
     fn init(ordinal: usize, driver_version: i32) -> std::result::Result<CudaBackend, String> {
