@@ -164,7 +164,18 @@ fn main() {
             );
             for d in [Device::Cpu, Device::Cuda(0), Device::Emu] {
                 match d.ensure_available() {
-                    Ok(()) => println!("{d}: available"),
+                    Ok(()) => match d {
+                        Device::Cuda(i) => {
+                            use clipcu::device::cuda;
+                            if let Ok(b) = cuda::CudaBackend::get(i) {
+                                println!("{d}: available: {}", b.info());
+                            }
+                            if !cuda::kernels_built() {
+                                println!("{d}: {}", cuda::NO_KERNELS);
+                            }
+                        }
+                        _ => println!("{d}: available"),
+                    },
                     Err(e) => println!("{d}: {e}"),
                 }
             }

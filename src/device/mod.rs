@@ -3,6 +3,8 @@
 //! the CPU emulator of the CUDA execution model). Availability is checked here, once, and absence is
 //! an `Err` that says what is missing — never a panic.
 
+pub mod cuda;
+
 use crate::{Error, Result};
 use std::fmt;
 use std::str::FromStr;
@@ -19,12 +21,8 @@ impl Device {
     pub fn ensure_available(self) -> Result<()> {
         match self {
             Device::Cpu => Ok(()),
-            Device::Cuda(_) => Err(Error::BackendUnavailable {
-                device: self.to_string(),
-                reason: "the CUDA backend is not part of this build yet (it needs cudarc, cuBLAS \
-                         and the PTX compiled from kernels/*.cu by build.rs; see docs/gpu.md)"
-                    .into(),
-            }),
+            // The real probe (libraries, driver version, the GPU, a self-test); see device/cuda.rs.
+            Device::Cuda(i) => cuda::CudaBackend::get(i).map(|_| ()),
             Device::Emu => Err(Error::BackendUnavailable {
                 device: self.to_string(),
                 reason: "the CUDA-kernel emulator (kernels/emu/) is not part of this build yet"
@@ -33,12 +31,17 @@ impl Device {
         }
     }
 
-    /// The best available device and a sentence saying why it was chosen.
+    /// The best available device and a sentence saying why it was chosen: cuda:0 when the
+    /// probe finds a working GPU *and* this build has the CUDA kernels, else cpu.
     pub fn auto() -> (Device, String) {
-        match Device::Cuda(0).ensure_available() {
-            Ok(()) => (
+        match cuda::CudaBackend::get(0) {
+            Ok(_) if !cuda::kernels_built() => (
+                Device::Cpu,
+                format!("cpu (cuda:0 has a GPU, but {})", cuda::NO_KERNELS),
+            ),
+            Ok(b) => (
                 Device::Cuda(0),
-                "cuda:0 (GPU found and kernels built)".into(),
+                format!("cuda:0 ({}; kernels built)", b.info()),
             ),
             Err(e) => (Device::Cpu, format!("cpu ({e})")),
         }

@@ -4,6 +4,11 @@
 //!
 //! Storage is shared through an `Arc`; writes go through copy-on-write (`f32s_mut`), so a tensor
 //! that the autograd graph saved is never changed under it.
+//!
+//! A Cuda tensor's storage is device memory ([`CudaStorage`]); move data with
+//! [`Tensor::to_device`]. Until the CUDA kernels for them exist, layout copies (`contiguous` of a
+//! view), `to_dtype` and the byte/value readers go through the host for Cuda tensors; those
+//! infallible methods panic only if the device itself fails during that copy.
 
 mod dtype;
 mod shape;
@@ -11,6 +16,7 @@ mod shape;
 pub use dtype::DType;
 pub use shape::{broadcast_shape, broadcast_strides, contiguous_strides, resolve_axis, Shape};
 
+use crate::device::cuda::{CudaBackend, CudaStorage};
 use crate::{Device, Error, Result};
 use half::{bf16, f16};
 use rand::{Rng, SeedableRng};
@@ -25,14 +31,14 @@ pub enum CpuStorage {
 }
 
 impl CpuStorage {
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         match self {
             CpuStorage::F32(v) => v.len(),
             CpuStorage::F16(v) => v.len(),
             CpuStorage::BF16(v) => v.len(),
         }
     }
-    fn dtype(&self) -> DType {
+    pub(crate) fn dtype(&self) -> DType {
         match self {
             CpuStorage::F32(_) => DType::F32,
             CpuStorage::F16(_) => DType::F16,
@@ -41,11 +47,11 @@ impl CpuStorage {
     }
 }
 
-/// Where the bytes live. The Cuda backend adds its own variant; `Emu` keeps host memory because
-/// the emulator runs kernels on the CPU.
-#[derive(Clone, Debug)]
+/// Where the bytes live. `Emu` keeps host memory because the emulator runs kernels on the CPU.
+#[derive(Debug)]
 pub enum Storage {
     Cpu(CpuStorage),
+    Cuda(CudaStorage),
 }
 
 #[derive(Clone)]
@@ -207,6 +213,7 @@ impl Tensor {
     pub fn dtype(&self) -> DType {
         match &*self.storage {
             Storage::Cpu(s) => s.dtype(),
+            Storage::Cuda(s) => s.dtype(),
         }
     }
     pub fn device(&self) -> Device {
@@ -230,6 +237,7 @@ impl Tensor {
     pub fn storage_bytes(&self) -> usize {
         match &*self.storage {
             Storage::Cpu(s) => s.len() * s.dtype().size_in_bytes(),
+            Storage::Cuda(s) => s.len() * s.dtype().size_in_bytes(),
         }
     }
     /// Identity of the underlying storage, to count shared buffers once.
@@ -258,7 +266,44 @@ impl Tensor {
                 got: self.dtype(),
                 expected: "f32 on the CPU backend (convert with to_dtype(DType::F32))",
             }),
+            Storage::Cuda(_) => Err(self.on_device_error(op)),
         }
+    }
+
+    fn on_device_error(&self, op: &'static str) -> Error {
+        Error::Device {
+            op,
+            msg: format!(
+                "the data is in {} memory; copy it to the host with to_device(Device::Cpu)",
+                self.device
+            ),
+        }
+    }
+
+    /// The device storage of a Cuda tensor and the element offset of this view in it (for
+    /// kernel launchers); `None` for host tensors.
+    pub fn cuda_storage(&self) -> Option<(&CudaStorage, usize)> {
+        match &*self.storage {
+            Storage::Cuda(s) => Some((s, self.offset)),
+            Storage::Cpu(_) => None,
+        }
+    }
+
+    /// A contiguous Cuda tensor of `shape` owning `storage` (for op outputs).
+    pub fn from_cuda(storage: CudaStorage, shape: &[usize]) -> Result<Tensor> {
+        if storage.len() != shape.iter().product::<usize>() {
+            return Err(Error::shape(
+                "Tensor::from_cuda",
+                format!("{} elements do not fill shape {shape:?}", storage.len()),
+            ));
+        }
+        Ok(Tensor {
+            device: Device::Cuda(storage.backend().ordinal()),
+            storage: Arc::new(Storage::Cuda(storage)),
+            shape: shape.to_vec(),
+            strides: contiguous_strides(shape),
+            offset: 0,
+        })
     }
 
     /// Mutable elements, copying the storage first if it is shared or this is a view.
@@ -270,23 +315,77 @@ impl Tensor {
                 expected: "f32",
             });
         }
-        if !self.is_contiguous() || self.offset != 0 || self.storage_len() != self.numel() {
+        if let Storage::Cuda(_) = &*self.storage {
+            return Err(self.on_device_error(op));
+        }
+        if !self.is_contiguous()
+            || self.offset != 0
+            || self.storage_len() != self.numel()
+            || Arc::get_mut(&mut self.storage).is_none()
+        {
+            // Shared or a view: write to a fresh copy (copy-on-write).
             *self = self.copy_contiguous();
         }
-        match Arc::make_mut(&mut self.storage) {
-            Storage::Cpu(CpuStorage::F32(v)) => Ok(&mut v[..]),
-            _ => unreachable!("dtype checked above"),
+        match Arc::get_mut(&mut self.storage) {
+            Some(Storage::Cpu(CpuStorage::F32(v))) => Ok(&mut v[..]),
+            _ => unreachable!("a fresh f32 host copy is unique"),
         }
     }
 
     fn storage_len(&self) -> usize {
         match &*self.storage {
             Storage::Cpu(s) => s.len(),
+            Storage::Cuda(s) => s.len(),
         }
+    }
+
+    /// For the infallible readers of a Cuda tensor: this tensor copied to the host (same shape,
+    /// strides and offset). Panics only when the device fails during the copy.
+    fn host_view(&self, op: &str) -> Tensor {
+        self.cuda_to_host_view().unwrap_or_else(|e| {
+            panic!(
+                "{op}: copying a {} tensor through the host failed: {e}",
+                self.device
+            )
+        })
+    }
+
+    /// The whole storage of a Cuda tensor copied to the host, with this view's layout.
+    fn cuda_to_host_view(&self) -> Result<Tensor> {
+        let Storage::Cuda(s) = &*self.storage else {
+            return Ok(self.clone());
+        };
+        let host = if self.is_contiguous() {
+            // Only the elements of the view.
+            let mut t =
+                Self::from_storage(s.download(self.offset, self.numel())?, self.shape.clone());
+            t.strides = self.strides.clone();
+            t
+        } else {
+            let mut t = Self::from_storage(s.download(0, s.len())?, vec![s.len()]);
+            t.shape = self.shape.clone();
+            t.strides = self.strides.clone();
+            t.offset = self.offset;
+            t
+        };
+        Ok(host)
+    }
+
+    /// A contiguous host tensor on `device` (Cpu or Emu) copied to a new Cuda tensor.
+    fn host_to_cuda(&self, backend: &Arc<CudaBackend>) -> Result<Tensor> {
+        let t = self.contiguous();
+        let Storage::Cpu(s) = &*t.storage else {
+            unreachable!("host_to_cuda is called on host tensors")
+        };
+        let storage = CudaStorage::upload(backend, s, t.offset, t.numel())?;
+        Tensor::from_cuda(storage, &t.shape)
     }
 
     /// All elements as f32 in row-major order, whatever the dtype or layout.
     pub fn to_vec(&self) -> Vec<f32> {
+        if let Storage::Cuda(_) = &*self.storage {
+            return self.host_view("to_vec").to_vec();
+        }
         let t = self.to_dtype(DType::F32).contiguous();
         t.f32s("Tensor::to_vec").expect("f32 contiguous").to_vec()
     }
@@ -304,9 +403,13 @@ impl Tensor {
 
     /// Raw little-endian bytes of the contiguous data (for safetensors).
     pub fn to_le_bytes(&self) -> Vec<u8> {
+        if let Storage::Cuda(_) = &*self.storage {
+            return self.host_view("to_le_bytes").to_le_bytes();
+        }
         let t = self.contiguous();
         let n = t.numel();
         match &*t.storage {
+            Storage::Cuda(_) => unreachable!("host tensor"),
             Storage::Cpu(CpuStorage::F32(v)) => {
                 bytemuck::cast_slice(&v[t.offset..t.offset + n]).to_vec()
             }
@@ -336,7 +439,19 @@ impl Tensor {
             for_each_offset(&t.shape, &t.strides, t.offset, |o| out.push(v[o]));
             out
         }
+        if let Storage::Cuda(s) = &*self.storage {
+            // No strided-copy kernel yet: gather on the host, copy back.
+            let backend = s.backend().clone();
+            let host = self.host_view("contiguous").copy_contiguous();
+            return host.host_to_cuda(&backend).unwrap_or_else(|e| {
+                panic!(
+                    "contiguous: copying a {} tensor back failed: {e}",
+                    self.device
+                )
+            });
+        }
         let storage = match &*self.storage {
+            Storage::Cuda(_) => unreachable!("handled above"),
             Storage::Cpu(CpuStorage::F32(v)) => CpuStorage::F32(gather(v, self)),
             Storage::Cpu(CpuStorage::F16(v)) => CpuStorage::F16(gather(v, self)),
             Storage::Cpu(CpuStorage::BF16(v)) => CpuStorage::BF16(gather(v, self)),
@@ -423,10 +538,23 @@ impl Tensor {
         if dtype == self.dtype() {
             return self.clone();
         }
+        if let Storage::Cuda(s) = &*self.storage {
+            // No cast kernel yet: convert on the host, copy back.
+            let backend = s.backend().clone();
+            let host = self.host_view("to_dtype").to_dtype(dtype);
+            return host.host_to_cuda(&backend).unwrap_or_else(|e| {
+                panic!(
+                    "to_dtype: copying a {} tensor back failed: {e}",
+                    self.device
+                )
+            });
+        }
         let t = self.contiguous();
         let n = t.numel();
         let o = t.offset;
-        let Storage::Cpu(s) = &*t.storage;
+        let Storage::Cpu(s) = &*t.storage else {
+            unreachable!("handled above")
+        };
         let f: Vec<f32> = match s {
             CpuStorage::F32(v) => v[o..o + n].to_vec(),
             CpuStorage::F16(v) => v[o..o + n].iter().map(|x| x.to_f32()).collect(),
@@ -442,26 +570,34 @@ impl Tensor {
         out
     }
 
-    /// A copy on `device`. Host-memory devices (Cpu, Emu) share the data layout; Cuda needs the
-    /// CUDA backend.
+    /// A contiguous copy on `device`, same dtype. Host-memory devices (Cpu, Emu) share the data
+    /// layout; copies to and from a GPU go through the CUDA backend (an `Err`, never a panic,
+    /// when it is unavailable).
     pub fn to_device(&self, device: Device) -> Result<Tensor> {
         if device == self.device {
             return Ok(self.clone());
         }
         device.ensure_available()?;
+        let host = match (&*self.storage, device) {
+            (Storage::Cpu(_), Device::Cuda(i)) => return self.host_to_cuda(&CudaBackend::get(i)?),
+            (Storage::Cpu(_), _) => {
+                let t = self.contiguous();
+                if t.storage_id() == self.storage_id() {
+                    self.copy_contiguous()
+                } else {
+                    t
+                }
+            }
+            // GPU → host, or GPU → another GPU through the host.
+            (Storage::Cuda(_), _) => self.cuda_to_host_view()?.contiguous(),
+        };
         match device {
             Device::Cpu | Device::Emu => {
-                let mut t = self.contiguous();
-                if t.storage_id() == self.storage_id() {
-                    t = self.copy_contiguous();
-                }
+                let mut t = host;
                 t.device = device;
                 Ok(t)
             }
-            Device::Cuda(_) => Err(Error::Device {
-                op: "to_device",
-                msg: "host ↔ CUDA copies need the CUDA backend".into(),
-            }),
+            Device::Cuda(i) => host.host_to_cuda(&CudaBackend::get(i)?),
         }
     }
 

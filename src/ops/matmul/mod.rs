@@ -3,12 +3,15 @@
 //! the whole batch (a `Linear` weight). Backward:
 //! `dA = dC · op(B)ᵀ`, `dB = op(A)ᵀ · dC` (transposed back when the operand was stored transposed),
 //! summed over the batch for a shared operand.
+//!
+//! Backends: `cpu.rs` (the `gemm` crate) and `gpu.rs` (cuBLAS/cuBLASLt for Cuda tensors).
 
 pub mod cpu;
+pub mod gpu;
 
 use crate::graph::{Graph, Op, Var};
 use crate::ops::{cpu_input, same_device};
-use crate::{bail_shape, Result, Tensor};
+use crate::{bail_shape, Device, Result, Tensor};
 
 pub struct MatMulOp {
     ta: bool,
@@ -65,6 +68,9 @@ fn dims(a: &[usize], b: &[usize], ta: bool, tb: bool) -> Result<Dims> {
 pub fn matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
     same_device("matmul", &[a, b])?;
     let d = dims(a.shape(), b.shape(), ta, tb)?;
+    if let Device::Cuda(_) = a.device() {
+        return gpu::matmul(a, b, ta, tb, &d, &gpu::GemmOptions::default());
+    }
     let (a, b) = (cpu_input("matmul", a)?, cpu_input("matmul", b)?);
     let nb: usize = d.batch.iter().product();
     let mut out = vec![0f32; nb * d.m * d.n];

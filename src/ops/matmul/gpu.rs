@@ -1,0 +1,132 @@
+//! The Cuda path of `matmul`: one cuBLAS (or cuBLASLt) call per product, through the row-major ↔
+//! column-major mapping of `device::cuda::gemm`. Inputs f32, f16 or bf16 (both the same), f32
+//! accumulation, output in the input dtype unless asked otherwise.
+//!
+//! Operands are read in place when contiguous, and also when they are a transposed view of
+//! contiguous storage (`x.transpose(-1, -2)`): the view's storage is then the other layout of the
+//! same matrix and only the transpose flag flips. Other views are made contiguous first.
+
+use super::{dims, Dims};
+use crate::device::cuda::gemm::{self, GemmArgs, RowMajorGemm};
+use crate::device::cuda::CudaStorage;
+use crate::{DType, Error, Result, Tensor};
+
+/// What a device GEMM may do beyond `op(a)·op(b)`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GemmOptions<'a> {
+    /// Output dtype: f32 or the input dtype (the default).
+    pub out_dtype: Option<DType>,
+    /// A 1-D bias of `n` entries (in the output dtype, on the same GPU) added to every output row
+    /// in the cuBLASLt epilogue. Implies `lt`.
+    pub bias: Option<&'a Tensor>,
+    /// Use cuBLASLt instead of cuBLAS.
+    pub lt: bool,
+}
+
+/// `op(a)·op(b)` (+ bias) on the GPU both operands are on.
+pub fn gemm(a: &Tensor, b: &Tensor, ta: bool, tb: bool, opts: &GemmOptions) -> Result<Tensor> {
+    crate::ops::same_device("matmul", &[a, b])?;
+    let d = dims(a.shape(), b.shape(), ta, tb)?;
+    matmul(a, b, ta, tb, &d, opts)
+}
+
+/// The stored operand to hand to cuBLAS and its effective transpose flag.
+fn operand(t: &Tensor, trans: bool) -> Result<(Tensor, bool)> {
+    if t.is_contiguous() {
+        return Ok((t.clone(), trans));
+    }
+    let swapped = t.transpose(-1, -2)?;
+    if swapped.is_contiguous() {
+        return Ok((swapped, !trans));
+    }
+    Ok((t.contiguous(), trans))
+}
+
+fn on_gpu_err(what: &str, t: &Tensor) -> Error {
+    Error::Device {
+        op: "matmul",
+        msg: format!("{what} is on {}, expected a CUDA device", t.device()),
+    }
+}
+
+pub(super) fn matmul(
+    a: &Tensor,
+    b: &Tensor,
+    ta: bool,
+    tb: bool,
+    d: &Dims,
+    opts: &GemmOptions,
+) -> Result<Tensor> {
+    if a.dtype() != b.dtype() {
+        return Err(Error::DType {
+            op: "matmul",
+            got: b.dtype(),
+            expected: "the dtype of the other operand",
+        });
+    }
+    let input = a.dtype();
+    let output = opts.out_dtype.unwrap_or(input);
+    gemm::check_dtypes(input, output)?;
+    let (a, ta) = operand(a, ta)?;
+    let (b, tb) = operand(b, tb)?;
+    let (sa, oa) = a.cuda_storage().ok_or_else(|| on_gpu_err("a", &a))?;
+    let (sb, ob) = b.cuda_storage().ok_or_else(|| on_gpu_err("b", &b))?;
+    let backend = sa.backend().clone();
+
+    let batch: usize = d.batch.iter().product();
+    let plan = gemm::plan(&RowMajorGemm {
+        ta,
+        tb,
+        batch,
+        m: d.m,
+        n: d.n,
+        k: d.k,
+        a_shared: d.a_shared,
+        b_shared: d.b_shared,
+    })?;
+    let out = CudaStorage::uninit(&backend, output, batch * d.m * d.n)?;
+    let args = GemmArgs {
+        a: sa.address_at(oa),
+        b: sb.address_at(ob),
+        c: out.address(),
+        input,
+        output,
+        tf32: backend.tf32(),
+    };
+    let bias = match opts.bias {
+        None => None,
+        Some(bias) => {
+            let bias = bias.contiguous();
+            if bias.shape() != [d.n] || bias.dtype() != output || bias.device() != a.device() {
+                return Err(Error::shape(
+                    "matmul",
+                    format!(
+                        "bias must be [{}] {output} on {}, got {:?} {} on {}",
+                        d.n,
+                        a.device(),
+                        bias.shape(),
+                        bias.dtype(),
+                        bias.device()
+                    ),
+                ));
+            }
+            let (s, o) = bias
+                .cuda_storage()
+                .ok_or_else(|| on_gpu_err("bias", &bias))?;
+            Some((bias.clone(), s.address_at(o)))
+        }
+    };
+    // SAFETY: the addresses point into live device buffers holding the operands the plan
+    // describes (contiguous, checked dtypes and shapes); `a`, `b` and `bias` stay alive until the
+    // call is queued, and the stream orders any later reuse of their blocks after it.
+    unsafe {
+        if opts.lt || bias.is_some() {
+            backend.gemm_lt(&plan, &args, bias.as_ref().map(|b| b.1))?;
+        } else {
+            backend.gemm(&plan, &args)?;
+        }
+    }
+    let mut shape = d.batch.clone();
+    shape.extend([d.m, d.n]);
+    Tensor::from_cuda(out, &shape)
+}
