@@ -39,6 +39,7 @@ pub mod nn;
 pub mod ops;
 pub mod optim;
 pub mod tensor;
+pub mod train;
 
 pub use device::Device;
 pub use error::{Error, Result};

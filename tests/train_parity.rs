@@ -116,3 +116,53 @@ fn twenty_steps_match_open_clip() {
         assert!(err < 1e-4, "{name}: final parameter off by {err:.2e}");
     }
 }
+
+#[test]
+fn micro_batches_give_the_full_batch_gradient() {
+    for name in ["tiny-vit", "tiny-rn"] {
+        let cfg = ClipConfig::load(name).unwrap();
+        let seed = common::fresh_seed();
+        let mut model = Clip::new(&cfg, seed);
+        // BatchNorm in training mode normalises with each micro-batch's own statistics (as PyTorch
+        // does under accumulation), which is a different function of the batch: compare the
+        // ResNet with running statistics.
+        model.set_training(false);
+        let s = cfg.vision_cfg.image_size;
+        let (images, ids) = common::train_batch(seed % 1000, 8, s, 16);
+        let run = |micro: usize| {
+            for p in clipcu::nn::Module::parameters(&model) {
+                p.zero_grad();
+            }
+            let stats =
+                clipcu::train::contrastive_forward_backward(&model, &images, &ids, micro).unwrap();
+            let grads: Vec<(String, Tensor)> = model
+                .named_params()
+                .into_iter()
+                .filter_map(|(n, p)| p.grad().map(|g| (n, g)))
+                .collect();
+            (stats, grads)
+        };
+        let (full, g_full) = run(8);
+        for micro in [3, 4] {
+            let (acc, g_acc) = run(micro);
+            assert!(
+                (acc.loss - full.loss).abs() <= 1e-5 * full.loss.abs(),
+                "{name} micro {micro}: loss {} vs {}",
+                acc.loss,
+                full.loss
+            );
+            assert_eq!(
+                g_acc.len(),
+                g_full.len(),
+                "{name}: same parameters get gradients"
+            );
+            for ((n, a), (_, b)) in g_acc.iter().zip(&g_full) {
+                let err = a.rel_err(b);
+                assert!(
+                    err <= 1e-5,
+                    "{name} micro {micro}: {n} gradient off by {err:.2e} (seed {seed})"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! One contrastive training step's forward and backward, optionally over micro-batches.
+//!
+//! Gradient accumulation without a second forward: each micro-batch runs forward once on its own
+//! recording graph and keeps it; the features of all micro-batches are joined and the loss is taken
+//! over the full batch (so every image still competes against every caption of the batch, unlike
+//! plain accumulation of per-micro-batch losses); the loss's gradients with respect to those
+//! features are then fed into each micro-batch's graph. The parameter gradients equal the
+//! full-batch ones. Memory: the micro-batch graphs are alive together, so pair this with
+//! activation checkpointing to bound what they hold.
+
+use crate::loss::contrastive_loss;
+use crate::model::Clip;
+use crate::ops::layout::concat;
+use crate::{bail_shape, Graph, Result, Tensor, Var};
+
+/// What a step reports.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepStats {
+    pub loss: f32,
+    pub image_to_text_acc: f32,
+    pub text_to_image_acc: f32,
+}
+
+/// Forward + backward of the contrastive loss on `images` [N, 3, S, S] and token rows `ids`
+/// [N, T] in micro-batches of `micro` pairs (`micro ≥ N`: one pass). Gradients are accumulated
+/// into the model's parameters; the optimizer step is the caller's.
+pub fn contrastive_forward_backward(
+    model: &Clip,
+    images: &Tensor,
+    ids: &[u32],
+    micro: usize,
+) -> Result<StepStats> {
+    let n = images.shape()[0];
+    if n == 0 || ids.len() % n != 0 {
+        bail_shape!("train step", "{} token ids for {n} images", ids.len());
+    }
+    let t = ids.len() / n;
+    let micro = micro.clamp(1, n);
+    struct Micro<'m> {
+        graph: Graph<'m>,
+        image: Var,
+        text: Var,
+    }
+    let mut parts = Vec::new();
+    for start in (0..n).step_by(micro) {
+        let len = micro.min(n - start);
+        let graph = Graph::new();
+        let imgs = graph.constant(images.narrow(0, start, len)?.contiguous());
+        let image = model.encode_image(&graph, &imgs)?;
+        let text = model.encode_text(&graph, &ids[start * t..(start + len) * t], len)?;
+        parts.push(Micro { graph, image, text });
+    }
+    let lg = Graph::new();
+    let images_f: Vec<&Tensor> = parts.iter().map(|p| p.image.tensor()).collect();
+    let texts_f: Vec<&Tensor> = parts.iter().map(|p| p.text.tensor()).collect();
+    let img = lg.leaf(concat(&images_f, 0)?);
+    let txt = lg.leaf(concat(&texts_f, 0)?);
+    let out = contrastive_loss(&lg, &img, &txt, &lg.param(&model.logit_scale))?;
+    let stats = StepStats {
+        loss: out.loss.tensor().item()?,
+        image_to_text_acc: out.image_to_text_acc,
+        text_to_image_acc: out.text_to_image_acc,
+    };
+    let grads = lg.backward(&out.loss)?;
+    let (gi, gt) = (grads.get(&img).cloned(), grads.get(&txt).cloned());
+    let (Some(gi), Some(gt)) = (gi, gt) else {
+        return Err(crate::Error::Graph(
+            "the loss did not reach the features".into(),
+        ));
+    };
+    let mut start = 0;
+    for p in parts {
+        let len = p.image.shape()[0];
+        let seeds = [
+            (&p.image, gi.narrow(0, start, len)?.contiguous()),
+            (&p.text, gt.narrow(0, start, len)?.contiguous()),
+        ];
+        p.graph.backward_multi(&seeds)?;
+        start += len;
+    }
+    Ok(stats)
+}
