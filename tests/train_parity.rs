@@ -156,12 +156,29 @@ fn micro_batches_give_the_full_batch_gradient() {
                 g_full.len(),
                 "{name}: same parameters get gradients"
             );
+            // Relative to each gradient, with a floor at 1e-6 of the global gradient norm: the
+            // key biases of attention have an exactly zero true gradient (softmax is invariant to
+            // them), so their computed values are rounding noise in both runs.
+            let global: f64 = g_full
+                .iter()
+                .map(|(_, g)| g.to_vec().iter().map(|&v| (v as f64).powi(2)).sum::<f64>())
+                .sum::<f64>()
+                .sqrt();
             for ((n, a), (_, b)) in g_acc.iter().zip(&g_full) {
-                let err = a.rel_err(b);
-                assert!(
-                    err <= 1e-5,
-                    "{name} micro {micro}: {n} gradient off by {err:.2e} (seed {seed})"
-                );
+                let norm_b = b
+                    .to_vec()
+                    .iter()
+                    .map(|&v| (v as f64).powi(2))
+                    .sum::<f64>()
+                    .sqrt();
+                let diff = a
+                    .to_vec()
+                    .iter()
+                    .zip(b.to_vec())
+                    .map(|(x, y)| (*x as f64 - y as f64).powi(2))
+                    .sum::<f64>()
+                    .sqrt();
+                assert!(diff <= 1e-5 * norm_b + 1e-6 * global, "{name} micro {micro}: {n} gradient off by {diff:.2e} (norm {norm_b:.2e}, seed {seed})");
             }
         }
     }
