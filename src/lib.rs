@@ -36,6 +36,7 @@ pub mod io;
 pub mod nn;
 pub mod ops;
 pub mod tensor;
+pub mod tokenizer;
 
 pub use device::Device;
 pub use error::{Error, Result};
