@@ -21,9 +21,19 @@
 //! assert_eq!(tok.decode(&row[1..7]), "a photo of a cat . ");
 //! ```
 //!
-//! Differences from the Python reference are listed in `tests/tokenizer.rs` (none on its corpus)
-//! and in [`ftfy`]'s notes. BPE results are cached per word, as in the reference, but the cache is
-//! bounded (it is emptied shard by shard when full), so memory stays flat on endless text.
+//! `tests/tokenizer.rs` checks every id of a 1,600-text corpus (mojibake, entities, scripts, emoji,
+//! odd whitespace, long texts...) against open_clip 3.3: all match. What can still differ:
+//! - characters assigned in recent Unicode versions. The reference mixes Python 3.11's Unicode 14
+//!   (`str.lower`, NFC, ftfy's classes — the ftfy tables here are generated from it) with the
+//!   `regex` module's newer tables (letter/number classes); here the `regex` crate and `std` bring
+//!   Unicode 16. Over all code points: 17,480 are a letter on one side and not the other, 336 a
+//!   number, 55 lower-case differently, all from blocks added after Unicode 14 (none in
+//!   everyday text); NFC agrees everywhere;
+//! - lone surrogates (Python strings can hold them; a Rust `str` cannot);
+//! - `decode` skips ids outside the vocabulary (Python raises `KeyError`).
+//!
+//! BPE results are cached per word, as in the reference, but the cache is bounded (a shard is
+//! emptied when full), so memory stays flat on endless text.
 
 mod bpe;
 mod clean;
