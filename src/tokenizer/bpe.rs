@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 /// How many merges CLIP takes from the vocab file (`merges[1:49152-256-2+1]`).
 pub const N_MERGES: usize = 49152 - 256 - 2;
 
-/// rustc's FxHash: fast, fine for keys an attacker does not choose.
+/// rustc's FxHash: fast, fine for keys nobody crafts to collide.
 #[derive(Default, Clone, Copy)]
 pub(super) struct FxHasher(u64);
 
@@ -48,9 +48,11 @@ impl Hasher for FxHasher {
     fn write_usize(&mut self, x: usize) {
         self.add(x as u64);
     }
+    /// Rotated (as rustc-hash 2 does) so that the low bits hashbrown indexes with depend on all
+    /// of the input: the product's low bits see only the input's low bits.
     #[inline]
     fn finish(&self) -> u64 {
-        self.0
+        self.0.rotate_left(26)
     }
 }
 

@@ -171,7 +171,9 @@ impl Tokenizer {
         }
         let mut h = FxHasher::default();
         std::hash::Hasher::write(&mut h, word);
-        let shard = &inner.cache[(std::hash::Hasher::finish(&h) >> 58) as usize % CACHE_SHARDS];
+        // Bits 32.. pick the shard: hashbrown uses the low bits (bucket) and the top 7 (tag),
+        // which must still vary within a shard.
+        let shard = &inner.cache[(std::hash::Hasher::finish(&h) >> 32) as usize % CACHE_SHARDS];
         if let Some(ids) = shard.read().unwrap().get(word) {
             out.extend_from_slice(ids);
             return;
