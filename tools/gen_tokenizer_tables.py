@@ -9,7 +9,9 @@ characters ftfy 6.3 and Python's html module use:
   Python's verbose syntax into Rust `regex` syntax with every non-alphanumeric character escaped
   (Python's `\\s` and `\\w` become explicit classes of the characters Python counts);
 - Python's HTML5 named character references (`html.entities.html5`);
-- ftfy's full-width/half-width map.
+- ftfy's full-width/half-width map;
+- the letter, number and other-character classes of open_clip's word regex, from the `regex`
+  module (whose Unicode tables are newer than Python's and than the `regex` crate's).
 
 Run it with a Python that has ftfy installed (see tools/README.md), then `cargo fmt`:
 
@@ -192,6 +194,15 @@ def main():
     lines.append("/// `len(ftfy.chardata.HTML_ENTITIES)`, checked by a unit test.")
     lines.append("#[cfg(test)]")
     lines.append("pub(super) const FTFY_HTML_ENTITY_COUNT: usize = %d;" % len(chardata.HTML_ENTITIES))
+
+    # The tokenizer's word classes, as Python's `regex` module (open_clip's) has them, IGNORECASE.
+    import regex
+
+    lines.append("/// The word classes of open_clip's pattern as the `regex` module %s sees them (with" % regex.__version__)
+    lines.append("/// IGNORECASE): `[\\p{L}]`, `[\\p{N}]`, `[^\\s\\p{L}\\p{N}]`, as class bodies.")
+    for name, pat in [("WORD_LETTER", r"[\p{L}]"), ("WORD_NUMBER", r"[\p{N}]"), ("WORD_OTHER", r"[^\s\p{L}\p{N}]")]:
+        rx = regex.compile(pat, regex.IGNORECASE)
+        lines.append("pub(super) const %s: &str = %s;" % (name, rust_raw(class_body(ranges_of(lambda c: bool(rx.match(c)))))))
 
     with open(OUT, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")

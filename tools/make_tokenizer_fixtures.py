@@ -53,6 +53,8 @@ HAND = [
     # CESU-8 and Java's C0 80 (ftfy's utf-8-variants), a C0 before a final newline
     "í\xa0½í¸\x80 emoji", "Ã©í\xa0½í¸\x80", "cafÃ©À\x80ok", "Ã©À\nnext line", "Ã©À\n",
     "ÃƒÂ¢Ã¢â€šÂ¬Ã…â€œ", "Ã¢â‚¬Å\x93", "ÃÂ", "Ã Ã", "a Ã© b Ã", "Â Â Â",
+    # letters newer than the regex crate's Unicode tables (U+0558 is from Unicode 17), one made by ftfy
+    "x\u0558y", "Ý\x96ĸŞŅÕ\x98æśį",
     # whitespace
     "a\tb", "a\nb", "a\r\nb", "a\rb", "a\u00a0b", "a\u2028b", "a\u2029b", "a\u3000b", "a\u200bb",
     "a\ufeffb", "a\u200db", "a\x0bb", "a\x0cb", "a\x1cb", "a\x1fb", "a\x85b", "a\u2009b", "  lead", "trail  ",

@@ -23,12 +23,10 @@
 //!
 //! `tests/tokenizer.rs` checks every id of a 1,600-text corpus (mojibake, entities, scripts, emoji,
 //! odd whitespace, long texts...) against open_clip 3.3: all match. What can still differ:
-//! - characters assigned in recent Unicode versions. The reference mixes Python 3.11's Unicode 14
-//!   (`str.lower`, NFC, ftfy's classes — the ftfy tables here are generated from it) with the
-//!   `regex` module's newer tables (letter/number classes); here the `regex` crate and `std` bring
-//!   Unicode 16. Over all code points: 17,480 are a letter on one side and not the other, 336 a
-//!   number, 55 lower-case differently, all from blocks added after Unicode 14 (none in
-//!   everyday text); NFC agrees everywhere;
+//! - lower case of characters assigned after Unicode 14: Python 3.11's `str.lower` knows Unicode
+//!   14, Rust's `to_lowercase` Unicode 16 (55 code points differ, none in everyday text). ftfy's
+//!   classes and the word classes are generated from the Python side (`tables.rs`), so they agree
+//!   everywhere; so does NFC;
 //! - lone surrogates (Python strings can hold them; a Rust `str` cannot);
 //! - `decode` skips ids outside the vocabulary (Python raises `KeyError`).
 //!
@@ -57,10 +55,18 @@ use bpe::{FxHasher, FxMap, Vocab};
 /// The vocab file OpenAI CLIP and open_clip ship, gzip-compressed, embedded in the binary.
 pub const CLIP_VOCAB_GZ: &[u8] = include_bytes!("../../assets/bpe_simple_vocab_16e6.txt.gz");
 
-/// The pre-tokenization regex. Python's `regex` module applies IGNORECASE to the classes too, but
-/// that only changes U+0345 (whose case variant ι is a letter): it belongs to no alternative there,
-/// so it is kept out of the last class here.
-const WORD_PATTERN: &str = r"(?i:<start_of_text>|<end_of_text>|'s|'t|'re|'ve|'m|'ll|'d)|\p{L}+|\p{N}|[^\s\p{L}\p{N}\x{345}]+";
+/// The pre-tokenization regex, `<start_of_text>|<end_of_text>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|
+/// [\p{N}]|[^\s\p{L}\p{N}]+` with IGNORECASE. The classes are spelled out as the Python `regex`
+/// module has them (`tables.rs`): its Unicode tables are newer than the `regex` crate's, and with
+/// IGNORECASE it puts U+0345 (whose case variant ι is a letter) in no class at all.
+fn word_pattern() -> String {
+    format!(
+        r"(?i:<start_of_text>|<end_of_text>|'s|'t|'re|'ve|'m|'ll|'d)|[{}]+|[{}]|[{}]+",
+        tables::WORD_LETTER,
+        tables::WORD_NUMBER,
+        tables::WORD_OTHER
+    )
+}
 
 const CACHE_SHARDS: usize = 64;
 /// Words kept per cache shard before the shard is emptied (64 × 4096 ≈ 262k words in all).
@@ -131,7 +137,7 @@ impl Tokenizer {
         Ok(Tokenizer(Arc::new(Inner {
             vocab,
             cache: (0..CACHE_SHARDS).map(|_| RwLock::default()).collect(),
-            words: Regex::new(WORD_PATTERN).expect("word regex"),
+            words: Regex::new(&word_pattern()).expect("word regex"),
         })))
     }
 
