@@ -40,6 +40,7 @@ pub mod ops;
 pub mod optim;
 pub mod tensor;
 pub mod train;
+pub mod tokenizer;
 
 pub use device::Device;
 pub use error::{Error, Result};
