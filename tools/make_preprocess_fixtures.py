@@ -17,7 +17,7 @@ Nothing is downloaded. Run with the venv described in tools/README.md:
     /tmp/torchenv/bin/python tools/make_preprocess_fixtures.py
 """
 
-import io
+import json
 import os
 import struct
 import zlib
@@ -28,7 +28,6 @@ import PIL
 import torch
 import torchvision
 from PIL import Image
-from safetensors.numpy import save_file
 from torchvision import transforms as T
 
 SEED = 20240611
@@ -72,6 +71,24 @@ def png16_rgb(path, rgb16):
         f.write(chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)))
         f.write(chunk(b"IDAT", zlib.compress(raw, 9)))
         f.write(chunk(b"IEND", b""))
+
+
+def save_safetensors(path, tensors, metadata):
+    """safetensors with a deterministic header (sorted names, sorted keys), so that regenerating
+    the fixtures with the same library versions gives the same bytes."""
+    dtypes = {np.dtype(np.uint8): "U8", np.dtype(np.float32): "F32"}
+    header, offset, blobs = {"__metadata__": metadata}, 0, []
+    for name in sorted(tensors):
+        t = np.ascontiguousarray(tensors[name])
+        data = t.astype(t.dtype.newbyteorder("<"), copy=False).tobytes()
+        header[name] = {"dtype": dtypes[t.dtype], "shape": list(t.shape),
+                        "data_offsets": [offset, offset + len(data)]}
+        offset += len(data)
+        blobs.append(data)
+    head = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(head)) + head + b"".join(blobs))
 
 
 def make_images(rng):
@@ -160,8 +177,7 @@ def main():
         "open_clip": open_clip.__version__,
         "torch": torch.__version__,
     }
-    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()},
-              os.path.join(OUT, "expected.safetensors"), metadata=meta)
+    save_safetensors(os.path.join(OUT, "expected.safetensors"), tensors, meta)
     total = sum(os.path.getsize(os.path.join(OUT, f)) for f in os.listdir(OUT))
     print(f"{len(tensors)} tensors, {len(os.listdir(OUT))} files, {total} bytes in {OUT}")
 
