@@ -10,7 +10,8 @@
 //!   which `convert("RGB")` ignores). 16-bit RGB, RGBA and grey+alpha keep the high byte of each
 //!   sample, as PIL's unpackers do.
 //! - JPEG: grey → `L`, colour → `Rgb`. The EXIF orientation is not applied (PIL's `Image.open`
-//!   does not apply it either).
+//!   does not apply it either). A stream that ends before its end-of-image marker is an error, as
+//!   in PIL ("image file is truncated"); zune-jpeg alone would pad it with grey.
 //! - WebP: `Rgb`, or `Rgba` when the file has alpha.
 //!
 //! Where we differ from PIL (documented, not fixed):
@@ -19,8 +20,11 @@
 //!   case).
 //! - CMYK/YCCK JPEGs: PIL resizes in CMYK and converts afterwards; the decoder here converts to RGB
 //!   first.
-//! - Lossy JPEG/WebP pixels come from different decoders (zune-jpeg and image-webp here,
-//!   libjpeg-turbo and libwebp in PIL); see `tests/preprocess.rs` for how far apart they are.
+//! - JPEG pixels: zune-jpeg here, libjpeg-turbo in PIL. The IDCTs round differently (±1–2 levels
+//!   on ~1% of values) and zune-jpeg upsamples 4:2:0 chroma in two rounded steps where
+//!   libjpeg-turbo rounds once (up to 4 levels on about a quarter of the values). Lossy WebP
+//!   (image-webp vs libwebp) decodes identically on our fixtures. `tests/preprocess.rs` measures
+//!   both.
 
 use crate::{Error, Result};
 use image::{DynamicImage, ImageFormat};
