@@ -1,0 +1,23 @@
+//! Images in: decoding (JPEG, PNG, WebP) and CLIP's evaluation preprocessing, matching open_clip's
+//! PIL + torchvision transform byte for byte.
+//!
+//! ```no_run
+//! use clipcu::data::{load_image, Preprocess};
+//! # fn main() -> clipcu::Result<()> {
+//! let pre = Preprocess::clip(224);
+//! let img = load_image("cat.jpg")?;
+//! let x = pre.apply(&img)?; // [3, 224, 224], normalised with OpenAI's mean and std
+//! # Ok(()) }
+//! ```
+//!
+//! - [`decode`]: bytes → [`Image`] in the mode PIL would open the file in.
+//! - [`resample`]: PIL's antialiased bicubic `Image.resize`, reproduced exactly.
+//! - [`preprocess`]: resize short side, center crop, RGB, `ToTensor`, `Normalize`.
+
+pub mod decode;
+pub mod preprocess;
+pub mod resample;
+
+pub use decode::{decode_image, load_image, Image, Mode};
+pub use preprocess::{center_crop_offset, resized_size, Preprocess, OPENAI_MEAN, OPENAI_STD};
+pub use resample::resize;
