@@ -40,8 +40,8 @@ pub mod nn;
 pub mod ops;
 pub mod optim;
 pub mod tensor;
-pub mod train;
 pub mod tokenizer;
+pub mod train;
 
 pub use device::Device;
 pub use error::{Error, Result};

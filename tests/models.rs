@@ -370,3 +370,49 @@ fn configs_load_and_bad_ones_are_refused() {
         .to_string()
         .contains("ViT-B-32"));
 }
+
+#[test]
+fn image_files_through_our_preprocessing() {
+    // PNG decodes exactly as PIL does; the JPEG decoder differs by a few levels, hence the looser
+    // bound on the embeddings than for preprocessed tensors.
+    let f = st::load(fixture("tiny-vit-files.safetensors")).unwrap();
+    let model = Clip::new(&ClipConfig::load("tiny-vit").unwrap(), 1);
+    load_into(&model, fixture("tiny-vit.safetensors")).unwrap();
+    let pre = clipcu::data::Preprocess::clip(32);
+    let imgs: Vec<clipcu::data::Image> = ["photo-80x60.png", "photo-50x70.jpg"]
+        .iter()
+        .map(|n| clipcu::data::load_image(fixture(n)).unwrap())
+        .collect();
+    let pixels = pre.batch(&imgs).unwrap();
+    let want_px = f.get("pixels").unwrap();
+    check(
+        "png pixels",
+        &pixels.narrow(0, 0, 1).unwrap().contiguous(),
+        &want_px.narrow(0, 0, 1).unwrap().contiguous(),
+        1e-6,
+    );
+    check(
+        "jpeg pixels",
+        &pixels.narrow(0, 1, 1).unwrap().contiguous(),
+        &want_px.narrow(0, 1, 1).unwrap().contiguous(),
+        2e-2,
+    );
+    let g = Graph::inference();
+    let emb = model
+        .encode_image(&g, &g.constant(pixels))
+        .unwrap()
+        .into_tensor();
+    let want = f.get("image_embeds").unwrap();
+    check(
+        "png embedding",
+        &emb.narrow(0, 0, 1).unwrap().contiguous(),
+        &want.narrow(0, 0, 1).unwrap().contiguous(),
+        1e-5,
+    );
+    check(
+        "jpeg embedding",
+        &emb.narrow(0, 1, 1).unwrap().contiguous(),
+        &want.narrow(0, 1, 1).unwrap().contiguous(),
+        2e-2,
+    );
+}

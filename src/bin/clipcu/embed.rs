@@ -1,0 +1,163 @@
+//! `clipcu tokenize` and `clipcu embed` (a contract other tools rely on: keep the flag names).
+
+use clipcu::data::{load_image, Preprocess};
+use clipcu::io::safetensors as st;
+use clipcu::model::{load_into, weights::config_in, Clip, ClipConfig};
+use clipcu::ops::normalize::l2_normalize;
+use clipcu::tokenizer::Tokenizer;
+use clipcu::{Error, Graph, Result, Tensor};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct TokenizeArgs {
+    /// Print a JSON array with one array of context-length ids per text.
+    #[arg(long)]
+    pub json: bool,
+    /// Context length (77 for CLIP).
+    #[arg(long, default_value_t = 77)]
+    pub context_length: usize,
+    /// The texts.
+    #[arg(required = true)]
+    pub texts: Vec<String>,
+}
+
+pub fn tokenize(a: &TokenizeArgs) -> Result<()> {
+    let tok = Tokenizer::clip();
+    let rows: Vec<Vec<u32>> = a
+        .texts
+        .iter()
+        .map(|t| tok.tokenize(t, a.context_length))
+        .collect();
+    if a.json {
+        println!("{}", serde_json::to_string(&rows).expect("ids serialise"));
+    } else {
+        for (t, r) in a.texts.iter().zip(&rows) {
+            let used: Vec<String> = r
+                .iter()
+                .take_while(|&&i| i != 0)
+                .map(|i| i.to_string())
+                .collect();
+            println!("{t}\t{}", used.join(" "));
+        }
+    }
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct EmbedArgs {
+    /// Model config: a shipped name (ViT-B-32, RN50, ...) or a JSON file. Optional when the
+    /// weights are a clipcu checkpoint (which carries its config).
+    #[arg(long)]
+    pub config: Option<String>,
+    /// Weights (safetensors, open_clip/OpenAI or Hugging Face names). Without: a seeded random init.
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// Seed of the random init when no weights are given.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// An image file (JPEG, PNG, WebP); repeat for more.
+    #[arg(long = "image")]
+    pub images: Vec<PathBuf>,
+    /// A text; repeat for more.
+    #[arg(long = "text")]
+    pub texts: Vec<String>,
+    /// L2-normalise the embeddings.
+    #[arg(long)]
+    pub normalize: bool,
+    /// Output safetensors file (image_embeds, text_embeds).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Device: auto, cpu, cuda, cuda:N, emu.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+}
+
+/// The model the flags describe: config from `--config` or the checkpoint, weights or seeded init.
+pub fn model_from_flags(
+    config: Option<&str>,
+    weights: Option<&PathBuf>,
+    seed: u64,
+) -> Result<Clip> {
+    let cfg = match (config, weights) {
+        (Some(c), _) => ClipConfig::load(c)?,
+        (None, Some(w)) => config_in(w)?.ok_or_else(|| {
+            Error::format(w, "has no clipcu config in its metadata: give --config")
+        })?,
+        (None, None) => {
+            return Err(Error::Msg(
+                "give --config (a model name or JSON file) or --weights of a clipcu checkpoint"
+                    .into(),
+            ))
+        }
+    };
+    let mut model = Clip::new(&cfg, seed);
+    model.set_training(false);
+    if let Some(w) = weights {
+        load_into(&model, w)?;
+    }
+    Ok(model)
+}
+
+pub fn embed(a: &EmbedArgs) -> Result<()> {
+    crate::pick_device(&a.device)?;
+    let model = model_from_flags(a.config.as_deref(), a.weights.as_ref(), a.seed)?;
+    let cfg = &model.config;
+    let d = cfg.embed_dim;
+    let pre = Preprocess::clip(cfg.vision_cfg.image_size);
+    let mut image_rows = Vec::with_capacity(a.images.len() * d);
+    for chunk in a.images.chunks(a.batch_size.max(1)) {
+        let pixels = pre.batch_from(chunk.len(), |i| load_image(&chunk[i]))?;
+        let g = Graph::inference();
+        image_rows.extend(
+            model
+                .encode_image(&g, &g.constant(pixels))?
+                .into_tensor()
+                .to_vec(),
+        );
+    }
+    let mut text_rows = Vec::with_capacity(a.texts.len() * d);
+    if !a.texts.is_empty() {
+        let ctx = cfg.text_cfg.context_length;
+        let ids = Tokenizer::clip().tokenize_batch(&a.texts, ctx);
+        for chunk in ids.chunks(ctx * a.batch_size.max(1)) {
+            let g = Graph::inference();
+            text_rows.extend(
+                model
+                    .encode_text(&g, chunk, chunk.len() / ctx)?
+                    .into_tensor()
+                    .to_vec(),
+            );
+        }
+    }
+    let mut image_embeds = Tensor::from_vec(image_rows, [a.images.len(), d])?;
+    let mut text_embeds = Tensor::from_vec(text_rows, [a.texts.len(), d])?;
+    if a.normalize {
+        if !a.images.is_empty() {
+            image_embeds = l2_normalize(&image_embeds)?;
+        }
+        if !a.texts.is_empty() {
+            text_embeds = l2_normalize(&text_embeds)?;
+        }
+    }
+    let mut meta = BTreeMap::new();
+    meta.insert("normalized".to_string(), a.normalize.to_string());
+    st::save(
+        &a.out,
+        &[
+            ("image_embeds", &image_embeds),
+            ("text_embeds", &text_embeds),
+        ],
+        &meta,
+    )?;
+    eprintln!(
+        "wrote {} ({} image and {} text embeddings of dim {d})",
+        a.out.display(),
+        a.images.len(),
+        a.texts.len()
+    );
+    Ok(())
+}

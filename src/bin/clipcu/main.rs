@@ -1,0 +1,79 @@
+//! clipcu: the command-line face of the engine.
+//!
+//!     clipcu                      # the main job (for now: `demo`)
+//!     clipcu demo                 # train a small transformer for a few steps on the best device
+//!     clipcu tokenize --json TEXT...
+//!     clipcu embed --config ViT-B-32 [--weights W] [--image P]... [--text S]... --out E.safetensors
+//!     clipcu info                 # devices and build facts
+
+mod demo;
+mod embed;
+
+use clap::{Parser, Subcommand};
+use clipcu::{Device, Result};
+
+#[derive(Parser)]
+#[command(
+    name = "clipcu",
+    version,
+    about = "CLIP training and zero-shot transfer in Rust"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a small causal transformer on a copy task: shows forward, backward, checkpointing.
+    Demo(demo::DemoArgs),
+    /// Tokenize texts with CLIP's tokenizer.
+    Tokenize(embed::TokenizeArgs),
+    /// Embed images and texts with a CLIP model; writes image_embeds and text_embeds.
+    Embed(embed::EmbedArgs),
+    /// Print the devices this build can use.
+    Info,
+}
+
+/// `auto` picks the best device and says why; anything else must be available.
+pub fn pick_device(s: &str) -> Result<Device> {
+    if s == "auto" {
+        let (d, why) = Device::auto();
+        eprintln!("device: {why}");
+        return Ok(d);
+    }
+    let d: Device = s.parse()?;
+    d.ensure_available()?;
+    eprintln!("device: {d}");
+    Ok(d)
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli
+        .command
+        .unwrap_or(Command::Demo(demo::DemoArgs::default()))
+    {
+        Command::Demo(a) => demo::run(&a),
+        Command::Tokenize(a) => embed::tokenize(&a),
+        Command::Embed(a) => embed::embed(&a),
+        Command::Info => {
+            println!(
+                "clipcu {} — CPU threads: {}",
+                env!("CARGO_PKG_VERSION"),
+                Device::cpu_threads()
+            );
+            for d in [Device::Cpu, Device::Cuda(0), Device::Emu] {
+                match d.ensure_available() {
+                    Ok(()) => println!("{d}: available"),
+                    Err(e) => println!("{d}: {e}"),
+                }
+            }
+            Ok(())
+        }
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
