@@ -118,3 +118,35 @@ impl EncodeImageCase {
             .into_tensor())
     }
 }
+
+/// `encode_text` of 16 realistic captions (`assets/bench_captions.txt`), tokenized to 77 and run
+/// with or without the exact EOT truncation.
+pub struct EncodeTextCase {
+    pub truncate: bool,
+    model: crate::model::Clip,
+    ids: Vec<u32>,
+}
+
+impl EncodeTextCase {
+    pub fn new(config_name: &str, truncate: bool) -> Result<EncodeTextCase> {
+        let cfg = crate::model::ClipConfig::load(config_name)?;
+        let mut model = crate::model::Clip::new(&cfg, 0);
+        model.text.truncate = truncate;
+        let captions: Vec<&str> = include_str!("../assets/bench_captions.txt")
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .take(16)
+            .collect();
+        let ids = crate::tokenizer::Tokenizer::clip()
+            .tokenize_batch(&captions, cfg.text_cfg.context_length);
+        Ok(EncodeTextCase {
+            truncate,
+            model,
+            ids,
+        })
+    }
+    pub fn run(&self) -> Result<Tensor> {
+        let g = Graph::inference();
+        Ok(self.model.encode_text(&g, &self.ids, 16)?.into_tensor())
+    }
+}

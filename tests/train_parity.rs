@@ -52,6 +52,7 @@ fn twenty_steps_match_open_clip() {
         total: 20,
     };
     let want = f.get("losses").unwrap().to_vec();
+    #[allow(clippy::needless_range_loop)] // step is also the schedule and batch index
     for step in 0..20 {
         let (images, ids) = common::train_batch(step as u64, 8, 32, 16);
         let g = Graph::new();

@@ -6,7 +6,7 @@
 //! Prints one line per workload: median and best time per iteration and GFLOP/s (from the median).
 
 use clap::{Parser, ValueEnum};
-use clipcu::bench::{BlockCase, EncodeImageCase, GemmCase};
+use clipcu::bench::{BlockCase, EncodeImageCase, EncodeTextCase, GemmCase};
 use clipcu::Device;
 use std::time::Instant;
 
@@ -19,6 +19,8 @@ enum Workload {
     VitB32,
     /// RN50 encode_image, batch 16, fp32
     Rn50,
+    /// ViT-B-32 text tower on 16 captions, with and without EOT truncation
+    Text,
 }
 
 #[derive(Parser)]
@@ -130,6 +132,31 @@ fn main() {
                 println!(
                     "{:<34} {:>9.2} ms {:>9.2} ms {:>9.1} img/s",
                     format!("{name} encode_image b16"),
+                    med * 1e3,
+                    best * 1e3,
+                    16.0 / med
+                );
+            }
+        }
+        if matches!(args.workload, Workload::All | Workload::Text) {
+            for truncate in [false, true] {
+                let c = EncodeTextCase::new("ViT-B-32", truncate)?;
+                let mut err = None;
+                let (med, best) = time(args.iters, || {
+                    if let Err(e) = c.run() {
+                        err = Some(e)
+                    }
+                });
+                if let Some(e) = err {
+                    return Err(e);
+                }
+                let name = if truncate {
+                    "text b16 (truncated at EOT)"
+                } else {
+                    "text b16 (77 tokens)"
+                };
+                println!(
+                    "{name:<34} {:>9.2} ms {:>9.2} ms {:>9.1} texts/s",
                     med * 1e3,
                     best * 1e3,
                     16.0 / med

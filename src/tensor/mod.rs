@@ -667,9 +667,7 @@ pub(crate) fn for_each_offset(
     }
 }
 
-/// One standard-normal sample (Box–Muller; the second value is discarded for simplicity).
+/// One standard-normal sample (Ziggurat, `rand_distr`).
 pub fn normal(rng: &mut impl Rng) -> f32 {
-    let u1: f64 = rng.random_range(f64::EPSILON..1.0);
-    let u2: f64 = rng.random();
-    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+    rng.sample(rand_distr::StandardNormal)
 }

@@ -31,7 +31,7 @@ pub fn contrastive_forward_backward(
     micro: usize,
 ) -> Result<StepStats> {
     let n = images.shape()[0];
-    if n == 0 || ids.len() % n != 0 {
+    if n == 0 || !ids.len().is_multiple_of(n) {
         bail_shape!("train step", "{} token ids for {n} images", ids.len());
     }
     let t = ids.len() / n;
