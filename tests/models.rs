@@ -332,9 +332,12 @@ fn initialisation_follows_open_clip() {
                 );
             } else if n >= 64 {
                 // open_clip's figure is a mean over 8 models; ours is one sample of n values
+                // the sample std of n values has a relative spread of about 1/√(2n): allow 5 of
+                // those (plus a little for open_clip's own estimate)
+                let tol = 5.0 / (2.0 * n as f64).sqrt() + 0.02;
                 assert!(
-                    (s / std - 1.0).abs() < 0.25,
-                    "{name} {k}: std {s:.4} vs open_clip's {std:.4}"
+                    (s / std - 1.0).abs() < tol,
+                    "{name} {k}: std {s:.4} vs open_clip's {std:.4} (n {n}, tol {tol:.2})"
                 );
                 assert!(
                     (m - mean).abs() < 4.0 * std / (n as f64).sqrt() + 1e-3,
