@@ -1,5 +1,5 @@
-//! Images in: decoding (JPEG, PNG, WebP) and CLIP's evaluation preprocessing, matching open_clip's
-//! PIL + torchvision transform byte for byte.
+//! Data in: image decoding (JPEG, PNG, WebP) and CLIP's evaluation preprocessing, matching
+//! open_clip's PIL + torchvision transform byte for byte; the synthetic captioned dataset.
 //!
 //! ```no_run
 //! use clipcu::data::{load_image, Preprocess};
@@ -13,10 +13,14 @@
 //! - [`decode`]: bytes → [`Image`] in the mode PIL would open the file in.
 //! - [`resample`]: PIL's antialiased bicubic `Image.resize`, reproduced exactly.
 //! - [`preprocess`]: resize short side, center crop, RGB, `ToTensor`, `Normalize`.
+//! - [`synthetic`]: the embedded synthetic captioned-image dataset (coloured shapes with
+//!   attributes, generated on the fly, deterministic by seed, with held-out colour–shape
+//!   combinations for zero-shot evaluation).
 
 pub mod decode;
 pub mod preprocess;
 pub mod resample;
+pub mod synthetic;
 
 pub use decode::{decode_image, load_image, Image, Mode};
 pub use preprocess::{center_crop_offset, resized_size, Preprocess, OPENAI_MEAN, OPENAI_STD};
