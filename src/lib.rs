@@ -33,6 +33,7 @@ pub mod device;
 pub mod error;
 pub mod graph;
 pub mod io;
+pub mod kernels;
 pub mod nn;
 pub mod ops;
 pub mod tensor;
