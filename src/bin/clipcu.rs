@@ -3,6 +3,7 @@
 //!     clipcu            # the main job (for now: `demo`)
 //!     clipcu demo       # train a small transformer for a few steps on the best device
 //!     clipcu info       # devices and build facts
+//!     clipcu kernels    # the CUDA kernels in this build: PTX modules, ptxas report, emulator
 
 use clap::{Parser, Subcommand};
 use clipcu::nn::{Activation, Module, Transformer};
@@ -43,6 +44,8 @@ enum Command {
     },
     /// Print the devices this build can use.
     Info,
+    /// List the CUDA kernels of this build (PTX modules, emulator) and print the ptxas report.
+    Kernels,
 }
 
 fn pick_device(s: &str) -> Result<Device> {
@@ -167,6 +170,36 @@ fn main() {
                     Err(e) => println!("{d}: {e}"),
                 }
             }
+            match clipcu::kernels::missing_reason() {
+                None => println!(
+                    "kernels: PTX for {} ({} modules)",
+                    clipcu::kernels::PTX_ARCH,
+                    clipcu::kernels::MODULES.len()
+                ),
+                Some(why) => println!("kernels: {why}"),
+            }
+            Ok(())
+        }
+        Command::Kernels => {
+            use clipcu::kernels;
+            match kernels::NVCC_VERSION {
+                Some(v) => println!("PTX for {} built by {v}:", kernels::PTX_ARCH),
+                None => println!("{}", kernels::missing_reason().unwrap_or("")),
+            }
+            for m in kernels::MODULES {
+                println!(
+                    "  {:<16} {:>7} bytes  {}",
+                    m.name,
+                    m.ptx.len(),
+                    m.kernels.join(" ")
+                );
+            }
+            let emu = clipcu::device::emu::kernels();
+            println!(
+                "\nemulator: {} kernels (incl. emutest_* self-tests)",
+                emu.len()
+            );
+            println!("\n{}", kernels::PTXAS_REPORT);
             Ok(())
         }
     };
