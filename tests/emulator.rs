@@ -996,8 +996,8 @@ fn build_asan_runner() -> std::path::PathBuf {
         .unwrap_or_else(|e| panic!("could not run {cxx}: {e}"));
     assert!(
         out.status.success(),
-        "building the ASan emulator failed (is libasan installed? `apt-get install libasan8` \
-         or the gcc package's libasan):\n{}",
+        "building the ASan emulator with {cxx} failed (it needs libasan: on Debian \
+         `apt-get install libasan8`):\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     std::fs::rename(&tmp, &exe).unwrap();
