@@ -51,8 +51,8 @@ pub fn unary(kind: UnaryKind, x: &Tensor) -> Result<Tensor> {
     Ok(cpu::forward(kind, x.f32s(kind.name())?, x.shape()))
 }
 
-/// `dx = dy·f'(x)` for an op whose backward reads its input (GELU, QuickGELU, ReLU, Log);
-/// the tensor-level form of the rule the graph runs.
+/// `dx = dy·f'(x)`, the tensor-level form of the rule the graph runs, for the kinds whose
+/// derivative is a function of the input (GELU, QuickGELU, ReLU, Log, Scale).
 pub fn unary_backward(kind: UnaryKind, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
     let op = "unary backward";
     same_device(op, &[x, dy])?;
@@ -64,9 +64,9 @@ pub fn unary_backward(kind: UnaryKind, x: &Tensor, dy: &Tensor) -> Result<Tensor
             dy.shape()
         );
     }
-    if kind.saves_output() || matches!(kind, UnaryKind::Scale(_)) {
+    if kind.saves_output() {
         return Err(crate::Error::Msg(format!(
-            "{}: backward is computed from the output, not the input",
+            "{}: backward is computed from the output, not the input (use the graph)",
             kind.name()
         )));
     }
@@ -74,12 +74,12 @@ pub fn unary_backward(kind: UnaryKind, x: &Tensor, dy: &Tensor) -> Result<Tensor
         return gpu::gelu_bwd(x, dy);
     }
     let (x, g) = (cpu_input(op, x)?, cpu_input(op, dy)?);
-    Ok(cpu::backward(
-        kind,
-        Some(x.f32s(op)?),
-        g.f32s(op)?,
-        g.shape(),
-    ))
+    // Scale's derivative is the constant: it reads no input.
+    let saved = match kind {
+        UnaryKind::Scale(_) => None,
+        _ => Some(x.f32s(op)?),
+    };
+    Ok(cpu::backward(kind, saved, g.f32s(op)?, g.shape()))
 }
 
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
