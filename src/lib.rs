@@ -34,6 +34,7 @@ pub mod device;
 pub mod error;
 pub mod graph;
 pub mod io;
+pub mod kernels;
 pub mod loss;
 pub mod model;
 pub mod nn;

@@ -4,6 +4,10 @@
 //! an `Err` that says what is missing — never a panic.
 
 pub mod cuda;
+pub mod emu;
+mod launch;
+
+pub use launch::LaunchConfig;
 
 use crate::{Error, Result};
 use std::fmt;
@@ -23,11 +27,8 @@ impl Device {
             Device::Cpu => Ok(()),
             // The real probe (libraries, driver version, the GPU, a self-test); see device/cuda.rs.
             Device::Cuda(i) => cuda::CudaBackend::get(i).map(|_| ()),
-            Device::Emu => Err(Error::BackendUnavailable {
-                device: self.to_string(),
-                reason: "the CUDA-kernel emulator (kernels/emu/) is not part of this build yet"
-                    .into(),
-            }),
+            // The emulator is always built (build.rs compiles kernels/*.cu with g++).
+            Device::Emu => Ok(()),
         }
     }
 

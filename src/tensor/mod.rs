@@ -115,6 +115,13 @@ impl Tensor {
         Self::from_storage(CpuStorage::F32(data), shape.to_vec())
     }
 
+    /// Internal constructor for outputs of kernels run on a host-memory device (Cpu, Emu).
+    pub(crate) fn from_f32_on(data: Vec<f32>, shape: &[usize], device: Device) -> Tensor {
+        let mut t = Self::from_f32(data, shape);
+        t.device = device;
+        t
+    }
+
     pub fn from_f16(data: Vec<f16>, shape: impl Into<Shape>) -> Result<Tensor> {
         let shape = shape.into();
         if data.len() != shape.numel() {

@@ -5,6 +5,7 @@
 //!     clipcu tokenize --json TEXT...
 //!     clipcu embed --config ViT-B-32 [--weights W] [--image P]... [--text S]... --out E.safetensors
 //!     clipcu info                 # devices and build facts
+//!     clipcu kernels              # the CUDA kernels in this build: PTX modules, ptxas report
 
 mod demo;
 mod embed;
@@ -33,6 +34,8 @@ enum Command {
     Embed(embed::EmbedArgs),
     /// Print the devices this build can use.
     Info,
+    /// List the CUDA kernels of this build (PTX modules, emulator) and print the ptxas report.
+    Kernels,
 }
 
 /// `auto` picks the best device and says why; anything else must be available.
@@ -69,6 +72,28 @@ fn main() {
                     Err(e) => println!("{d}: {e}"),
                 }
             }
+            Ok(())
+        }
+        Command::Kernels => {
+            use clipcu::kernels;
+            match kernels::NVCC_VERSION {
+                Some(v) => println!("PTX for {} built by {v}:", kernels::PTX_ARCH),
+                None => println!("{}", kernels::missing_reason().unwrap_or("")),
+            }
+            for m in kernels::MODULES {
+                println!(
+                    "  {:<16} {:>7} bytes  {}",
+                    m.name,
+                    m.ptx.len(),
+                    m.kernels.join(" ")
+                );
+            }
+            let emu = clipcu::device::emu::kernels();
+            println!(
+                "\nemulator: {} kernels (incl. emutest_* self-tests)",
+                emu.len()
+            );
+            println!("\n{}", kernels::PTXAS_REPORT);
             Ok(())
         }
     };

@@ -3,10 +3,11 @@
 //! output where the derivative is cheaper from it (exp, sigmoid).
 
 pub mod cpu;
+pub(crate) mod gpu;
 
 use crate::graph::{Graph, Op, Var};
-use crate::ops::cpu_input;
-use crate::{Result, Tensor};
+use crate::ops::{cpu_input, same_device};
+use crate::{Device, Result, Tensor};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum UnaryKind {
@@ -43,8 +44,42 @@ pub struct UnaryOp {
 
 /// `f(x)` elementwise.
 pub fn unary(kind: UnaryKind, x: &Tensor) -> Result<Tensor> {
+    if x.device() == Device::Emu && kind == UnaryKind::Gelu {
+        return gpu::gelu_fwd(x);
+    }
     let x = cpu_input(kind.name(), x)?;
     Ok(cpu::forward(kind, x.f32s(kind.name())?, x.shape()))
+}
+
+/// `dx = dy·f'(x)`, the tensor-level form of the rule the graph runs, for the kinds whose
+/// derivative is a function of the input (GELU, QuickGELU, ReLU, Log, Scale).
+pub fn unary_backward(kind: UnaryKind, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    let op = "unary backward";
+    same_device(op, &[x, dy])?;
+    if x.shape() != dy.shape() {
+        crate::bail_shape!(
+            op,
+            "input {:?} and gradient {:?} differ",
+            x.shape(),
+            dy.shape()
+        );
+    }
+    if kind.saves_output() {
+        return Err(crate::Error::Msg(format!(
+            "{}: backward is computed from the output, not the input (use the graph)",
+            kind.name()
+        )));
+    }
+    if x.device() == Device::Emu && kind == UnaryKind::Gelu {
+        return gpu::gelu_bwd(x, dy);
+    }
+    let (x, g) = (cpu_input(op, x)?, cpu_input(op, dy)?);
+    // Scale's derivative is the constant: it reads no input.
+    let saved = match kind {
+        UnaryKind::Scale(_) => None,
+        _ => Some(x.f32s(op)?),
+    };
+    Ok(cpu::backward(kind, saved, g.f32s(op)?, g.shape()))
 }
 
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
@@ -106,6 +141,9 @@ impl UnaryOp {
         gout: &Tensor,
         _needs: &[bool],
     ) -> Result<Vec<Option<Tensor>>> {
+        if self.kind == UnaryKind::Gelu && gout.device() == Device::Emu {
+            return Ok(vec![Some(gpu::gelu_bwd(&saved[0], gout)?)]);
+        }
         let g = cpu_input("unary backward", gout)?;
         let gs = g.f32s("unary backward")?;
         let s = saved

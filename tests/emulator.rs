@@ -1,0 +1,1104 @@
+//! Tests of the CUDA-kernel emulator itself (kernels/emu/), through the test-only kernels of
+//! kernels/emu/tests/selftest.cu: each part of the execution model against a reference computed
+//! here on fresh random data (seeds printed on failure), and each failure mode the emulator exists
+//! to catch — deadlock, device assert, a planted missing `__syncthreads` (reverse lane order) and a
+//! planted out-of-bounds write (the AddressSanitizer build).
+
+mod common;
+
+use clipcu::device::emu::{self, EmuArg, EmuOptions};
+use clipcu::device::LaunchConfig;
+use half::{bf16, f16};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const FWD: EmuOptions = EmuOptions { reverse: false };
+const REV: EmuOptions = EmuOptions { reverse: true };
+
+fn cfg(grid: (u32, u32, u32), block: (u32, u32, u32), shared_bytes: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid,
+        block,
+        shared_bytes,
+    }
+}
+
+fn run(kernel: &str, c: LaunchConfig, args: &[EmuArg], opts: EmuOptions) -> clipcu::Result<()> {
+    // SAFETY: every test sizes its buffers for the geometry it launches (see each kernel).
+    unsafe { emu::launch_with(kernel, c, args, opts) }
+}
+
+fn rng() -> (StdRng, u64) {
+    let seed = common::fresh_seed();
+    (StdRng::seed_from_u64(seed), seed)
+}
+
+/// Integer-valued floats: sums of a few thousand are exact in f32, whatever the order.
+fn int_floats(rng: &mut StdRng, n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|_| rng.random_range(-1000..=1000) as f32)
+        .collect()
+}
+
+#[test]
+fn registry_lists_production_and_test_kernels() {
+    let k = emu::kernels();
+    for name in [
+        "gelu_fwd_f32",
+        "gelu_bwd_f32",
+        "emutest_ids",
+        "emutest_mma_gemm",
+    ] {
+        assert!(k.iter().any(|n| n == name), "{name} missing from {k:?}");
+    }
+}
+
+#[test]
+fn launch_geometry_covers_every_thread_once() {
+    for (grid, block) in [
+        ((3, 2, 2), (5, 3, 2)),
+        ((7, 1, 1), (33, 1, 1)),
+        ((1, 1, 1), (1024, 1, 1)),
+        ((2, 3, 1), (4, 4, 4)),
+    ] {
+        let blocks = (grid.0 * grid.1 * grid.2) as usize;
+        let threads = (block.0 * block.1 * block.2) as usize;
+        let mut out = vec![u32::MAX; 12 * blocks * threads];
+        run(
+            "emutest_ids",
+            cfg(grid, block, 0),
+            &[EmuArg::slice_mut(&mut out)],
+            FWD,
+        )
+        .unwrap();
+        for b in 0..blocks {
+            let (bx, by, bz) = (
+                b as u32 % grid.0,
+                b as u32 / grid.0 % grid.1,
+                b as u32 / (grid.0 * grid.1),
+            );
+            for t in 0..threads {
+                let (tx, ty, tz) = (
+                    t as u32 % block.0,
+                    t as u32 / block.0 % block.1,
+                    t as u32 / (block.0 * block.1),
+                );
+                let want = [
+                    tx, ty, tz, bx, by, bz, block.0, block.1, block.2, grid.0, grid.1, grid.2,
+                ];
+                let at = 12 * (b * threads + t);
+                assert_eq!(
+                    &out[at..at + 12],
+                    &want,
+                    "grid {grid:?} block {block:?}: block {b} thread {t}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn block_sum_in_dynamic_shared_memory_equals_cpu_sum() {
+    for threads in [1u32, 32, 96, 256, 1000] {
+        for opts in [FWD, REV] {
+            let (mut r, seed) = rng();
+            let n = threads as usize * 3 + r.random_range(0..threads as usize);
+            let x = int_floats(&mut r, n);
+            let blocks = n.div_ceil(threads as usize);
+            let mut out = vec![f32::NAN; blocks];
+            run(
+                "emutest_block_sum",
+                cfg((blocks as u32, 1, 1), (threads, 1, 1), threads * 4),
+                &[
+                    EmuArg::slice(&x),
+                    EmuArg::slice_mut(&mut out),
+                    EmuArg::I32(n as i32),
+                ],
+                opts,
+            )
+            .unwrap();
+            for (b, got) in out.iter().enumerate() {
+                let want: f32 = x[b * threads as usize..((b + 1) * threads as usize).min(n)]
+                    .iter()
+                    .sum();
+                assert_eq!(
+                    *got, want,
+                    "threads {threads} {opts:?} block {b} seed {seed}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn block_sum_with_static_shared_memory_and_shuffles() {
+    for opts in [FWD, REV] {
+        let (mut r, seed) = rng();
+        let n = 256 * 4 + 17;
+        let x = int_floats(&mut r, n);
+        let mut out = vec![f32::NAN; 5];
+        run(
+            "emutest_block_sum_static",
+            cfg((5, 1, 1), (256, 1, 1), 0),
+            &[
+                EmuArg::slice(&x),
+                EmuArg::slice_mut(&mut out),
+                EmuArg::I32(n as i32),
+            ],
+            opts,
+        )
+        .unwrap();
+        for (b, got) in out.iter().enumerate() {
+            let want: f32 = x[b * 256..((b + 1) * 256).min(n)].iter().sum();
+            assert_eq!(*got, want, "{opts:?} block {b} seed {seed}");
+        }
+    }
+}
+
+/// Why reverse mode exists: a kernel that forgets the barrier after thread 0 publishes a value
+/// in shared memory passes when thread 0 runs first (normal order) and fails in reverse order.
+#[test]
+fn planted_missing_syncthreads_fails_only_in_reverse_order() {
+    let (mut r, seed) = rng();
+    let (blocks, threads) = (3u32, 64u32);
+    let n = (blocks * threads) as usize - 5;
+    let scale: Vec<f32> = (0..blocks).map(|_| r.random_range(0.5..2.0)).collect();
+    let x: Vec<f32> = (0..n).map(|_| r.random_range(-1.0..1.0)).collect();
+    let want: Vec<f32> = (0..n).map(|i| scale[i / threads as usize] * x[i]).collect();
+    let launch = |sync: i32, opts| {
+        let mut out = vec![f32::NAN; n];
+        run(
+            "emutest_missing_sync",
+            cfg((blocks, 1, 1), (threads, 1, 1), 0),
+            &[
+                EmuArg::slice(&scale),
+                EmuArg::slice(&x),
+                EmuArg::slice_mut(&mut out),
+                EmuArg::I32(n as i32),
+                EmuArg::I32(sync),
+            ],
+            opts,
+        )
+        .unwrap();
+        out
+    };
+    // The correct kernel passes in both orders.
+    assert_eq!(launch(1, FWD), want, "seed {seed}");
+    assert_eq!(launch(1, REV), want, "seed {seed}");
+    // The planted bug hides in normal order...
+    assert_eq!(launch(0, FWD), want, "seed {seed}");
+    // ...and shows in reverse order: threads read the poisoned, unpublished scale.
+    let bad = launch(0, REV);
+    let wrong = bad.iter().zip(&want).filter(|(a, b)| a != b).count();
+    assert!(
+        wrong > 0,
+        "reverse order did not expose the missing barrier (seed {seed})"
+    );
+    assert!(
+        bad.iter().any(|v| v.is_nan()),
+        "expected poisoned (NaN) reads, got {bad:?}"
+    );
+}
+
+#[test]
+fn shared_memory_is_poisoned_before_each_block() {
+    let (blocks, threads) = (3usize, 64usize);
+    let mut dyn_out = vec![0f32; blocks * threads];
+    let mut static_out = vec![0f32; blocks * threads];
+    run(
+        "emutest_poison",
+        cfg(
+            (blocks as u32, 1, 1),
+            (threads as u32, 1, 1),
+            threads as u32 * 4,
+        ),
+        &[
+            EmuArg::slice_mut(&mut dyn_out),
+            EmuArg::slice_mut(&mut static_out),
+        ],
+        FWD,
+    )
+    .unwrap();
+    for t in 0..threads {
+        assert_eq!(dyn_out[t], 1.0 + t as f32);
+        assert_eq!(static_out[t], 2.0 + t as f32);
+    }
+    // Blocks 1 and 2 never wrote: they read the poison, all-ones bytes (a NaN).
+    for v in dyn_out[threads..].iter().chain(&static_out[threads..]) {
+        assert_eq!(v.to_bits(), 0xffff_ffff, "unwritten shared memory read {v}");
+    }
+}
+
+/// The CUDA programming guide's definition of each shuffle, lane by lane; `None` where the
+/// source lane is not in the mask (undefined on the GPU; the emulator returns all-ones).
+fn shfl_source(op: i32, lane: usize, arg: i32, width: usize) -> usize {
+    let base = lane / width * width;
+    let a = arg as usize;
+    match op {
+        0 => base + a % width,
+        1 => {
+            if lane - base >= a {
+                lane - a
+            } else {
+                lane
+            }
+        }
+        2 => {
+            if lane - base + a < width {
+                lane + a
+            } else {
+                lane
+            }
+        }
+        _ => {
+            // Later groups are out of reach (own value); earlier ones are not.
+            let s = lane ^ a;
+            if s >= base + width {
+                lane
+            } else {
+                s
+            }
+        }
+    }
+}
+
+#[test]
+fn warp_collectives_match_scalar_reference_with_partial_masks() {
+    let (mut r, seed) = rng();
+    let skip = 0x5eed_5eed_u32 as i32;
+    for round in 0..6 {
+        let masks: [u32; 2] = match round {
+            0 => [u32::MAX, u32::MAX],
+            1 => [0x0000_ffff, 0x5555_5555],
+            2 => [1 << r.random_range(0..32), 0xffff_0000],
+            _ => {
+                let mut m = || (0..32).fold(0u32, |m, b| m | ((r.random_bool(0.7) as u32) << b));
+                [m() | 1, m() | 2]
+            }
+        };
+        for op in 0..10 {
+            let widths: &[i32] = if op < 4 { &[32, 16, 8, 4, 2, 1] } else { &[32] };
+            for &width in widths {
+                let input: Vec<i32> = (0..64).map(|_| r.random_range(-1000..1000)).collect();
+                let args: Vec<i32> = (0..64)
+                    .map(|_| {
+                        if op == 0 {
+                            r.random_range(0..64)
+                        } else {
+                            r.random_range(0..32)
+                        }
+                    })
+                    .collect();
+                let mut out = vec![0i32; 64];
+                run(
+                    "emutest_warp",
+                    cfg((1, 1, 1), (64, 1, 1), 0),
+                    &[
+                        EmuArg::slice(&input),
+                        EmuArg::slice(&args),
+                        EmuArg::slice(&masks),
+                        EmuArg::slice_mut(&mut out),
+                        EmuArg::I32(op),
+                        EmuArg::I32(width),
+                        EmuArg::I32(skip),
+                    ],
+                    if round % 2 == 0 { FWD } else { REV },
+                )
+                .unwrap();
+                for t in 0..64 {
+                    let (w, lane, m) = (t / 32, t % 32, masks[t / 32]);
+                    let in_mask = |l: usize| m >> l & 1 == 1;
+                    let lanes = (0..32).filter(|&l| in_mask(l)).map(|l| input[32 * w + l]);
+                    let want = if !in_mask(lane) {
+                        skip
+                    } else {
+                        match op {
+                            0..=3 => {
+                                let s = shfl_source(op, lane, args[t], width as usize);
+                                if in_mask(s) {
+                                    input[32 * w + s]
+                                } else {
+                                    -1
+                                }
+                            }
+                            4 => (0..32)
+                                .filter(|&l| in_mask(l) && input[32 * w + l] > 0)
+                                .fold(0u32, |b, l| b | 1 << l)
+                                as i32,
+                            5 => lanes.clone().any(|v| v > 0) as i32,
+                            6 => lanes.clone().all(|v| v > 0) as i32,
+                            7 => lanes.clone().fold(0i32, |a, v| a.wrapping_add(v)),
+                            8 => lanes.clone().min().unwrap(),
+                            _ => lanes.clone().max().unwrap(),
+                        }
+                    };
+                    assert_eq!(
+                        out[t], want,
+                        "op {op} width {width} masks {masks:08x?} thread {t} arg {} seed {seed}",
+                        args[t]
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn shuffle_moves_64_bit_values_whole() {
+    let (mut r, seed) = rng();
+    let input: Vec<f64> = (0..32).map(|_| r.random_range(-1e300..1e300)).collect();
+    let delta = r.random_range(1..8);
+    let mut out = vec![0f64; 32];
+    run(
+        "emutest_shfl_f64",
+        cfg((1, 1, 1), (32, 1, 1), 0),
+        &[
+            EmuArg::slice(&input),
+            EmuArg::slice_mut(&mut out),
+            EmuArg::I32(delta as i32),
+        ],
+        FWD,
+    )
+    .unwrap();
+    for lane in 0..32 {
+        let want = if lane + delta < 32 {
+            input[lane + delta]
+        } else {
+            input[lane]
+        };
+        assert_eq!(
+            out[lane].to_bits(),
+            want.to_bits(),
+            "lane {lane} delta {delta} seed {seed}"
+        );
+    }
+}
+
+#[test]
+fn syncthreads_count_and_or() {
+    let (mut r, seed) = rng();
+    let (blocks, threads) = (4usize, 96usize);
+    let mut x: Vec<f32> = (0..blocks * threads)
+        .map(|_| r.random_range(-1.0..1.0))
+        .collect();
+    x[..threads].iter_mut().for_each(|v| *v = v.abs() + 0.5); // block 0: all positive
+    x[threads..2 * threads]
+        .iter_mut()
+        .for_each(|v| *v = -v.abs() - 0.5); // block 1: none
+    let mut out = vec![-7i32; 3 * blocks];
+    run(
+        "emutest_sync_votes",
+        cfg((blocks as u32, 1, 1), (threads as u32, 1, 1), 0),
+        &[EmuArg::slice(&x), EmuArg::slice_mut(&mut out)],
+        REV,
+    )
+    .unwrap();
+    for b in 0..blocks {
+        let pos = x[b * threads..(b + 1) * threads]
+            .iter()
+            .filter(|v| **v > 0.0)
+            .count() as i32;
+        let want = [pos, (pos == threads as i32) as i32, (pos > 0) as i32];
+        assert_eq!(&out[3 * b..3 * b + 3], &want, "block {b} seed {seed}");
+    }
+}
+
+#[test]
+fn half_and_bf16_conversions_are_bit_exact_with_the_half_crate() {
+    let (mut r, seed) = rng();
+    // Random bit patterns cover every exponent (subnormals, overflow, NaN); the edges follow.
+    let mut x: Vec<f32> = (0..6000).map(|_| f32::from_bits(r.random())).collect();
+    // Random values in the f16 range, where rounding decides the last bit.
+    x.extend(
+        (0..3000).map(|_| r.random_range(-70000.0f32..70000.0) * 2f32.powi(r.random_range(-30..1))),
+    );
+    let tiny = 2f32.powi(-24);
+    x.extend([
+        0.0,
+        -0.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        65504.0,
+        65519.99,
+        65520.0,
+        -65520.0,
+        tiny,
+        tiny / 2.0,
+        tiny / 2.0 * 1.000_001,
+        tiny * 1.5,
+        tiny * 2.5,
+        2f32.powi(-14),
+        2f32.powi(-14) * 0.999_99,
+        f32::MAX,
+        f32::MIN_POSITIVE,
+        1.0 + 2f32.powi(-11),
+        1.0 + 3.0 * 2f32.powi(-11),
+        f32::NAN,
+    ]);
+    let n = x.len();
+    let bits: Vec<u16> = (0..n).map(|_| r.random()).collect();
+    let (mut h, mut b) = (vec![0u16; n], vec![0u16; n]);
+    let (mut hf, mut bf) = (vec![0f32; n], vec![0f32; n]);
+    let (mut hsum, mut hprod, mut bsum, mut bprod) =
+        (vec![0u16; n], vec![0u16; n], vec![0u16; n], vec![0u16; n]);
+    run(
+        "emutest_half",
+        LaunchConfig::for_elements(n, 128),
+        &[
+            EmuArg::slice(&x),
+            EmuArg::slice(&bits),
+            EmuArg::slice_mut(&mut h),
+            EmuArg::slice_mut(&mut b),
+            EmuArg::slice_mut(&mut hf),
+            EmuArg::slice_mut(&mut bf),
+            EmuArg::slice_mut(&mut hsum),
+            EmuArg::slice_mut(&mut hprod),
+            EmuArg::slice_mut(&mut bsum),
+            EmuArg::slice_mut(&mut bprod),
+            EmuArg::I32(n as i32),
+        ],
+        FWD,
+    )
+    .unwrap();
+    // NaN payloads differ by design (CUDA makes every NaN 0x7fff): only NaN-ness is compared.
+    let f16_nan = |u: u16| u & 0x7c00 == 0x7c00 && u & 0x3ff != 0;
+    let bf16_nan = |u: u16| u & 0x7f80 == 0x7f80 && u & 0x7f != 0;
+    for i in 0..n {
+        let want_h = f16::from_f32(x[i]).to_bits();
+        let want_b = bf16::from_f32(x[i]).to_bits();
+        if x[i].is_nan() {
+            assert!(
+                f16_nan(h[i]) && bf16_nan(b[i]),
+                "NaN {:#x} → {:#x} / {:#x}",
+                x[i].to_bits(),
+                h[i],
+                b[i]
+            );
+        } else {
+            assert_eq!(
+                h[i],
+                want_h,
+                "f32→f16 of {:e} ({:#010x}) seed {seed}",
+                x[i],
+                x[i].to_bits()
+            );
+            assert_eq!(
+                b[i],
+                want_b,
+                "f32→bf16 of {:e} ({:#010x}) seed {seed}",
+                x[i],
+                x[i].to_bits()
+            );
+        }
+        let (wh, wb) = (
+            f16::from_bits(bits[i]).to_f32(),
+            bf16::from_bits(bits[i]).to_f32(),
+        );
+        assert!(
+            hf[i].to_bits() == wh.to_bits() || (wh.is_nan() && hf[i].is_nan()),
+            "f16 {:#06x} → {}",
+            bits[i],
+            hf[i]
+        );
+        assert!(
+            bf[i].to_bits() == wb.to_bits() || (wb.is_nan() && bf[i].is_nan()),
+            "bf16 {:#06x} → {}",
+            bits[i],
+            bf[i]
+        );
+        // __hadd/__hmul against the correctly rounded result (exact in f64, rounded once).
+        let j = (i + 1) % n;
+        let (a, c) = (
+            f16::from_bits(bits[i]).to_f64(),
+            f16::from_bits(bits[j]).to_f64(),
+        );
+        for (got, want) in [
+            (hsum[i], f16::from_f64(a + c)),
+            (hprod[i], f16::from_f64(a * c)),
+        ] {
+            let same = if want.is_nan() {
+                f16_nan(got)
+            } else {
+                got == want.to_bits()
+            };
+            assert!(
+                same,
+                "f16 op of {:#06x}, {:#06x}: {got:#06x} vs {want:?} seed {seed}",
+                bits[i], bits[j]
+            );
+        }
+        let (a, c) = (
+            bf16::from_bits(bits[i]).to_f64(),
+            bf16::from_bits(bits[j]).to_f64(),
+        );
+        for (got, want) in [
+            (bsum[i], bf16::from_f64(a + c)),
+            (bprod[i], bf16::from_f64(a * c)),
+        ] {
+            let same = if want.is_nan() {
+                bf16_nan(got)
+            } else {
+                got == want.to_bits()
+            };
+            assert!(
+                same,
+                "bf16 op of {:#06x}, {:#06x}: {got:#06x} vs {want:?} seed {seed}",
+                bits[i], bits[j]
+            );
+        }
+    }
+}
+
+/// ldmatrix per the PTX ISA: matrix m's row r comes from the address in lane 8m + r; lane L
+/// receives (row L/4, cols 2(L%4), 2(L%4)+1), or with .trans (rows 2(L%4), +1, col L/4).
+#[test]
+fn ldmatrix_matches_the_ptx_fragment_layout() {
+    let (mut r, seed) = rng();
+    for num in [1, 2, 4] {
+        for trans in [false, true] {
+            let stride = [8, 16, 24][r.random_range(0..3)];
+            let src: Vec<u16> = (0..32 * 8).map(|_| r.random()).collect();
+            let mut rows: Vec<i32> = (0..32).collect();
+            for i in (1..32).rev() {
+                rows.swap(i, r.random_range(0..=i));
+            }
+            let sentinel = 0xdead_beef_u32;
+            let mut out = vec![sentinel; 128];
+            run(
+                "emutest_ldmatrix",
+                cfg((1, 1, 1), (32, 1, 1), 32 * stride as u32 * 2),
+                &[
+                    EmuArg::slice(&src),
+                    EmuArg::slice(&rows),
+                    EmuArg::slice_mut(&mut out),
+                    EmuArg::I32(num),
+                    EmuArg::I32(trans as i32),
+                    EmuArg::I32(stride),
+                ],
+                FWD,
+            )
+            .unwrap();
+            // Element (row, col) of matrix m: the staged row whose address lane 8m + row gave.
+            let elem =
+                |m: usize, row: usize, col: usize| src[rows[8 * m + row] as usize * 8 + col] as u32;
+            for lane in 0..32 {
+                for m in 0..4 {
+                    let got = out[4 * lane + m];
+                    if m >= num as usize {
+                        assert_eq!(got, sentinel);
+                        continue;
+                    }
+                    let (q, p) = (lane / 4, 2 * (lane % 4));
+                    let want = if trans {
+                        elem(m, p, q) | elem(m, p + 1, q) << 16
+                    } else {
+                        elem(m, q, p) | elem(m, q, p + 1) << 16
+                    };
+                    assert_eq!(
+                        got, want,
+                        "x{num} trans={trans} lane {lane} matrix {m} seed {seed}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// 16-bit bits of random normals in f16 or bf16.
+fn half_bits(r: &mut StdRng, n: usize, bf: bool) -> Vec<u16> {
+    (0..n)
+        .map(|_| {
+            let v = clipcu::tensor::normal(r);
+            if bf {
+                bf16::from_f32(v).to_bits()
+            } else {
+                f16::from_f32(v).to_bits()
+            }
+        })
+        .collect()
+}
+
+fn to_f32(bits: u16, bf: bool) -> f32 {
+    if bf {
+        bf16::from_bits(bits).to_f32()
+    } else {
+        f16::from_bits(bits).to_f32()
+    }
+}
+
+/// D = C + A·B with products of 16-bit values (exact in f32) added in k order: the order the
+/// emulator documents, so the comparison is bit-exact.
+fn mma_reference(a: &[u16], b: &[u16], c: &[f32], k: usize, bf: bool) -> Vec<f32> {
+    let mut d = c.to_vec();
+    for row in 0..16 {
+        for col in 0..8 {
+            let mut acc = c[row * 8 + col];
+            for kk in 0..k {
+                acc += to_f32(a[row * k + kk], bf) * to_f32(b[kk * 8 + col], bf);
+            }
+            d[row * 8 + col] = acc;
+        }
+    }
+    d
+}
+
+#[test]
+fn mma_m16n8k16_matches_scalar_reference() {
+    let (mut r, seed) = rng();
+    for bf in [false, true] {
+        for _ in 0..3 {
+            let a = half_bits(&mut r, 256, bf);
+            let b = half_bits(&mut r, 128, bf);
+            let c: Vec<f32> = (0..128).map(|_| r.random_range(-4.0..4.0)).collect();
+            let mut d = vec![f32::NAN; 128];
+            run(
+                "emutest_mma",
+                cfg((1, 1, 1), (32, 1, 1), 0),
+                &[
+                    EmuArg::slice(&a),
+                    EmuArg::slice(&b),
+                    EmuArg::slice(&c),
+                    EmuArg::slice_mut(&mut d),
+                    EmuArg::I32(bf as i32),
+                ],
+                FWD,
+            )
+            .unwrap();
+            let want = mma_reference(&a, &b, &c, 16, bf);
+            for i in 0..128 {
+                assert_eq!(
+                    d[i].to_bits(),
+                    want[i].to_bits(),
+                    "bf16={bf} D[{}][{}] seed {seed}",
+                    i / 8,
+                    i % 8
+                );
+            }
+        }
+    }
+}
+
+/// ldmatrix + mma together, as a GEMM kernel uses them: A fragments by ldmatrix_x4 from a
+/// row-major tile, B fragments by ldmatrix_x2_trans from a row-major k×n tile.
+#[test]
+fn mma_gemm_through_ldmatrix_matches_scalar_reference() {
+    let (mut r, seed) = rng();
+    for bf in [false, true] {
+        for k in [16usize, 48, 64] {
+            let a = half_bits(&mut r, 16 * k, bf);
+            let b = half_bits(&mut r, k * 8, bf);
+            let mut d = vec![f32::NAN; 128];
+            run(
+                "emutest_mma_gemm",
+                cfg((1, 1, 1), (32, 1, 1), 2 * 16 * 24 * 2),
+                &[
+                    EmuArg::slice(&a),
+                    EmuArg::slice(&b),
+                    EmuArg::slice_mut(&mut d),
+                    EmuArg::I32(k as i32),
+                    EmuArg::I32(bf as i32),
+                ],
+                REV,
+            )
+            .unwrap();
+            let want = mma_reference(&a, &b, &[0.0; 128], k, bf);
+            for i in 0..128 {
+                assert_eq!(
+                    d[i].to_bits(),
+                    want[i].to_bits(),
+                    "bf16={bf} K={k} D[{}][{}] seed {seed}",
+                    i / 8,
+                    i % 8
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn cp_async_copies_into_shared_memory() {
+    let (mut r, seed) = rng();
+    let (blocks, threads) = (2usize, 32usize);
+    let x: Vec<f32> = (0..blocks * threads * 4).map(|_| r.random()).collect();
+    let mut out = vec![f32::NAN; x.len()];
+    run(
+        "emutest_cp_async",
+        cfg(
+            (blocks as u32, 1, 1),
+            (threads as u32, 1, 1),
+            threads as u32 * 16,
+        ),
+        &[EmuArg::slice(&x), EmuArg::slice_mut(&mut out)],
+        REV,
+    )
+    .unwrap();
+    for b in 0..blocks {
+        for t in 0..threads {
+            for k in 0..4 {
+                let want = x[4 * (b * threads + threads - 1 - t) + k];
+                assert_eq!(
+                    out[4 * (b * threads + t) + k],
+                    want,
+                    "block {b} thread {t} seed {seed}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn atomics_accumulate_over_the_grid() {
+    let (mut r, seed) = rng();
+    let n = 250;
+    let v: Vec<i32> = (0..n).map(|_| r.random_range(-100_000..100_000)).collect();
+    let x: Vec<f32> = int_floats(&mut r, n);
+    let (mut count, mut vmax, mut sum) = (vec![0i32], vec![i32::MIN], vec![0f32]);
+    run(
+        "emutest_atomics",
+        LaunchConfig::for_elements(n, 64),
+        &[
+            EmuArg::slice(&v),
+            EmuArg::slice(&x),
+            EmuArg::slice_mut(&mut count),
+            EmuArg::slice_mut(&mut vmax),
+            EmuArg::slice_mut(&mut sum),
+            EmuArg::I32(n as i32),
+        ],
+        FWD,
+    )
+    .unwrap();
+    assert_eq!(
+        count[0],
+        v.iter().filter(|&&a| a > 0).count() as i32,
+        "seed {seed}"
+    );
+    assert_eq!(vmax[0], *v.iter().max().unwrap(), "seed {seed}");
+    assert_eq!(sum[0], x.iter().sum::<f32>(), "seed {seed}");
+}
+
+#[test]
+fn deadlock_is_an_error_naming_kernel_and_block() {
+    let mut out = vec![0f32; 64];
+    let e = run(
+        "emutest_deadlock",
+        cfg((2, 1, 1), (64, 1, 1), 0),
+        &[EmuArg::slice_mut(&mut out)],
+        FWD,
+    )
+    .unwrap_err()
+    .to_string();
+    for part in [
+        "emutest_deadlock",
+        "block (0,0,0)",
+        "deadlock",
+        "32 wait at __syncthreads (threads 0..31)",
+        "32 have exited (threads 32..63)",
+    ] {
+        assert!(e.contains(part), "'{part}' missing from: {e}");
+    }
+    // The emulator is usable again after an aborted launch.
+    let mut y = vec![f32::NAN; 3];
+    run(
+        "gelu_fwd_f32",
+        LaunchConfig::for_elements(3, 256),
+        &[
+            EmuArg::slice_mut(&mut y),
+            EmuArg::slice(&[0.0f32, 1.0, -1.0]),
+            EmuArg::I32(3),
+        ],
+        FWD,
+    )
+    .unwrap();
+    assert!(y.iter().all(|v| v.is_finite()));
+}
+
+#[test]
+fn warp_deadlock_names_the_collective_and_lanes() {
+    let mut out = vec![0f32; 32];
+    let e = run(
+        "emutest_deadlock_warp",
+        cfg((1, 1, 1), (32, 1, 1), 0),
+        &[EmuArg::slice_mut(&mut out)],
+        REV,
+    )
+    .unwrap_err()
+    .to_string();
+    for part in [
+        "emutest_deadlock_warp",
+        "deadlock",
+        "lanes 0..15 wait at __shfl_xor_sync",
+        "exited (threads 16..31)",
+    ] {
+        assert!(e.contains(part), "'{part}' missing from: {e}");
+    }
+}
+
+#[test]
+fn device_assert_is_an_error_naming_the_thread() {
+    let mut out = vec![0i32; 64];
+    let e = run(
+        "emutest_trap",
+        cfg((1, 1, 1), (64, 1, 1), 0),
+        &[EmuArg::slice_mut(&mut out), EmuArg::I32(37)],
+        FWD,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("thread (37,0,0)") && e.contains("assertion") && e.contains("selftest.cu"),
+        "{e}"
+    );
+    run(
+        "emutest_trap",
+        cfg((1, 1, 1), (64, 1, 1), 0),
+        &[EmuArg::slice_mut(&mut out), EmuArg::I32(64)],
+        FWD,
+    )
+    .unwrap();
+    assert!(out.iter().all(|&v| v == 1));
+}
+
+#[test]
+fn bad_launches_are_errors_not_crashes() {
+    let mut y = vec![0f32; 4];
+    let x = [0f32; 4];
+    let ok_args = [EmuArg::slice_mut(&mut y), EmuArg::slice(&x), EmuArg::I32(4)];
+    let one = cfg((1, 1, 1), (32, 1, 1), 0);
+    let cases: Vec<(&str, LaunchConfig, Vec<EmuArg>, &str)> = vec![
+        (
+            "no_such_kernel",
+            one,
+            ok_args.to_vec(),
+            "no kernel named 'no_such_kernel'",
+        ),
+        (
+            "gelu_fwd_f32",
+            one,
+            ok_args[..2].to_vec(),
+            "takes 3 arguments, got 2",
+        ),
+        (
+            "gelu_fwd_f32",
+            one,
+            vec![ok_args[0], ok_args[1], EmuArg::F32(4.0)],
+            "argument 2: expected i32 (4 bytes), got f32",
+        ),
+        (
+            "gelu_fwd_f32",
+            one,
+            vec![ok_args[0], ok_args[1], EmuArg::U32(4)],
+            "expected i32 (4 bytes), got u32",
+        ),
+        (
+            "gelu_fwd_f32",
+            one,
+            vec![ok_args[0], EmuArg::I64(0), ok_args[2]],
+            "argument 1: expected pointer",
+        ),
+        (
+            "gelu_fwd_f32",
+            cfg((1, 1, 1), (0, 1, 1), 0),
+            ok_args.to_vec(),
+            "must not be empty",
+        ),
+        (
+            "gelu_fwd_f32",
+            cfg((0, 1, 1), (32, 1, 1), 0),
+            ok_args.to_vec(),
+            "must not be empty",
+        ),
+        (
+            "gelu_fwd_f32",
+            cfg((1, 1, 1), (2048, 1, 1), 0),
+            ok_args.to_vec(),
+            "exceeds CUDA's limits",
+        ),
+        (
+            "gelu_fwd_f32",
+            cfg((1, 1, 1), (32, 1, 1), 300 << 10),
+            ok_args.to_vec(),
+            "227 KiB",
+        ),
+        ("gelu\0", one, ok_args.to_vec(), "bad kernel name"),
+    ];
+    for (name, c, args, want) in cases {
+        let e = run(name, c, &args, FWD).unwrap_err().to_string();
+        assert!(e.contains(want), "{name} {c:?}: '{want}' missing from: {e}");
+    }
+}
+
+// ---- the AddressSanitizer build ---------------------------------------------------------------
+
+/// Builds (once per test process, and only when a source changed since the cached binary in the
+/// test scratch folder) the ASan variant of the emulator: the same generated wrappers, runtime
+/// and kernels compiled with -fsanitize=address, plus the launcher kernels/emu/asan_main.cpp.
+fn asan_runner() -> std::path::PathBuf {
+    static EXE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    EXE.get_or_init(build_asan_runner).clone()
+}
+
+fn build_asan_runner() -> std::path::PathBuf {
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let gen = Path::new(env!("CLIPCU_EMU_GEN_DIR"));
+    let exe = Path::new(env!("CARGO_TARGET_TMPDIR")).join("emu_asan");
+    let mut sources: Vec<PathBuf> = std::fs::read_dir(gen)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "cpp"))
+        .collect();
+    sources.sort();
+    sources.push(root.join("kernels/emu/emu.cpp"));
+    sources.push(root.join("kernels/emu/emu_warp.cpp"));
+    sources.push(root.join("kernels/emu/asan_main.cpp"));
+    let mut inputs = sources.clone();
+    for dir in [
+        "kernels",
+        "kernels/emu",
+        "kernels/emu/tests",
+        "kernels/emu/include",
+    ] {
+        inputs.extend(
+            std::fs::read_dir(root.join(dir))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.is_file()),
+        );
+    }
+    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let newest = inputs.iter().filter_map(|p| mtime(p)).max();
+    if mtime(&exe).is_some() && mtime(&exe) >= newest {
+        return exe;
+    }
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".into());
+    let tmp = exe.with_extension("tmp");
+    let out = Command::new(&cxx)
+        .args([
+            "-std=c++17",
+            "-O1",
+            "-g",
+            "-fsanitize=address",
+            "-fno-omit-frame-pointer",
+            "-fno-strict-aliasing",
+        ])
+        .args(["-Wno-unknown-pragmas", "-Wno-unused-parameter"])
+        .arg("-I")
+        .arg(root.join("kernels/emu"))
+        .arg("-I")
+        .arg(root.join("kernels/emu/include"))
+        .arg("-I")
+        .arg(root.join("kernels"))
+        .args(&sources)
+        .arg("-o")
+        .arg(&tmp)
+        .output()
+        .unwrap_or_else(|e| panic!("could not run {cxx}: {e}"));
+    assert!(
+        out.status.success(),
+        "building the ASan emulator with {cxx} failed (it needs libasan: on Debian \
+         `apt-get install libasan8`):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::rename(&tmp, &exe).unwrap();
+    exe
+}
+
+fn asan_run(exe: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(exe)
+        .args(args)
+        // Fiber stacks live for the process: not leaks worth reporting.
+        .env("ASAN_OPTIONS", "detect_leaks=0:abort_on_error=0")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn sanitizer_build_catches_a_planted_out_of_bounds_write() {
+    let exe = asan_runner();
+    // 200 floats, 256 threads: in bounds without the planted bug...
+    let (ok, log) = asan_run(
+        &exe,
+        &[
+            "emutest_oob_write",
+            "1,1,1",
+            "256,1,1",
+            "0",
+            "f32buf:200",
+            "i32:200",
+            "i32:0",
+        ],
+    );
+    assert!(
+        ok && log.contains("ok"),
+        "clean launch failed under ASan:\n{log}"
+    );
+    // ...and the write to out[200] is caught.
+    let (ok, log) = asan_run(
+        &exe,
+        &[
+            "emutest_oob_write",
+            "1,1,1",
+            "256,1,1",
+            "0",
+            "f32buf:200",
+            "i32:200",
+            "i32:1",
+        ],
+    );
+    assert!(
+        !ok,
+        "the planted out-of-bounds write went unnoticed:\n{log}"
+    );
+    assert!(
+        log.contains("AddressSanitizer: heap-buffer-overflow") && log.contains("WRITE of size 4"),
+        "{log}"
+    );
+    assert!(
+        log.contains("emutest_oob_write"),
+        "the report should name the kernel:\n{log}"
+    );
+}
+
+#[test]
+fn sanitizer_build_runs_production_kernels_cleanly() {
+    let exe = asan_runner();
+    for n in [1usize, 7, 197, 1000] {
+        let (buf, cnt) = (format!("f32buf:{n}"), format!("i32:{n}"));
+        let blocks = format!("{},1,1", n.div_ceil(256));
+        for rev in [false, true] {
+            let mut fwd = vec!["gelu_fwd_f32", &blocks, "256,1,1", "0"];
+            let mut bwd = vec!["gelu_bwd_f32", &blocks, "256,1,1", "0"];
+            if rev {
+                fwd.push("--reverse");
+                bwd.push("--reverse");
+            }
+            fwd.extend([buf.as_str(), &buf, &cnt]);
+            bwd.extend([buf.as_str(), &buf, &buf, &cnt]);
+            for args in [fwd, bwd] {
+                let (ok, log) = asan_run(&exe, &args);
+                assert!(ok && log.contains("ok"), "{args:?}:\n{log}");
+            }
+        }
+    }
+    // The barrier-heavy and warp-collective kernels too: the fiber switches under ASan.
+    let (ok, log) = asan_run(
+        &exe,
+        &[
+            "emutest_block_sum",
+            "3,1,1",
+            "96,1,1",
+            "384",
+            "f32buf:250",
+            "f32buf:3",
+            "i32:250",
+        ],
+    );
+    assert!(ok && log.contains("ok"), "{log}");
+}

@@ -1,0 +1,100 @@
+//! Kernel regression tests: each CUDA kernel against the CPU reference (DESIGN §7) on fresh
+//! random data, through the same tensor-level call a model makes. They run on every device that
+//! can run kernels here: always the emulator (`Device::Emu`), and Cuda when a GPU and the CUDA
+//! backend are present — otherwise Cuda is reported as skipped, never as passed.
+//!
+//! Outputs start poisoned (NaN) on Emu, so an element the launch geometry misses fails; and
+//! `rel_err` is NaN when any element is NaN, which never passes a `<` comparison.
+
+mod common;
+
+use clipcu::ops::unary::{gelu, unary_backward, UnaryKind};
+use clipcu::{Device, Tensor};
+
+/// Sizes from DESIGN's kernel checklist: 1 and odd sizes (partial blocks), 77 (text context),
+/// 197 (ViT-B/16 tokens), and more than one 256-thread block.
+const SIZES: [usize; 6] = [1, 7, 50, 77, 197, 1000];
+/// f32 tolerance (DESIGN §7): ‖out − ref‖ / ‖ref‖.
+const TOL_F32: f64 = 1e-5;
+
+fn kernel_devices() -> Vec<Device> {
+    let mut devices = vec![Device::Emu];
+    match Device::Cuda(0).ensure_available() {
+        Ok(()) => devices.push(Device::Cuda(0)),
+        Err(e) => eprintln!("kernel tests: cuda:0 SKIPPED ({e})"),
+    }
+    devices
+}
+
+#[test]
+fn gelu_fwd_matches_cpu() {
+    for device in kernel_devices() {
+        for n in SIZES {
+            let seed = common::fresh_seed();
+            // std 2: both tails of the erf and the region near 0 are exercised.
+            let x = Tensor::randn([n], 2.0, seed);
+            let reference = gelu(&x).unwrap();
+            let out = gelu(&x.to_device(device).unwrap()).unwrap();
+            assert_eq!(out.device(), device);
+            assert_eq!(out.shape(), &[n]);
+            let err = out.rel_err(&reference);
+            assert!(
+                err < TOL_F32,
+                "gelu_fwd_f32 on {device}, n={n}, seed={seed}: rel err {err}"
+            );
+        }
+    }
+}
+
+#[test]
+fn gelu_bwd_matches_cpu() {
+    for device in kernel_devices() {
+        for n in SIZES {
+            let seed = common::fresh_seed();
+            let x = Tensor::randn([n], 2.0, seed);
+            let dy = Tensor::randn([n], 1.0, seed ^ 0x9e37_79b9);
+            let reference = unary_backward(UnaryKind::Gelu, &x, &dy).unwrap();
+            let (xd, dyd) = (x.to_device(device).unwrap(), dy.to_device(device).unwrap());
+            let out = unary_backward(UnaryKind::Gelu, &xd, &dyd).unwrap();
+            assert_eq!(out.device(), device);
+            let err = out.rel_err(&reference);
+            assert!(
+                err < TOL_F32,
+                "gelu_bwd_f32 on {device}, n={n}, seed={seed}: rel err {err}"
+            );
+        }
+    }
+}
+
+#[test]
+fn gelu_on_emu_keeps_shape_of_nd_and_strided_inputs() {
+    let seed = common::fresh_seed();
+    let x = Tensor::randn([3, 5, 7], 1.5, seed);
+    let t = x.transpose(0, 2).unwrap(); // a non-contiguous view
+    let reference = gelu(&t).unwrap();
+    let out = gelu(&t.to_device(Device::Emu).unwrap()).unwrap();
+    assert_eq!(out.shape(), &[7, 5, 3]);
+    let err = out.rel_err(&reference);
+    assert!(err < TOL_F32, "seed={seed}: rel err {err}");
+}
+
+#[test]
+fn ops_without_kernels_say_so_on_emu() {
+    let x = Tensor::randn([4], 1.0, 1).to_device(Device::Emu).unwrap();
+    let e = clipcu::ops::unary::relu(&x).unwrap_err().to_string();
+    assert!(e.contains("not implemented on device emu"), "{e}");
+    let e = clipcu::ops::binary::add(&x, &x).unwrap_err().to_string();
+    assert!(e.contains("not implemented on device emu"), "{e}");
+}
+
+#[test]
+fn gelu_backward_rejects_mismatched_operands() {
+    let x = Tensor::randn([4], 1.0, 1).to_device(Device::Emu).unwrap();
+    let dy = Tensor::randn([5], 1.0, 2).to_device(Device::Emu).unwrap();
+    assert!(unary_backward(UnaryKind::Gelu, &x, &dy).is_err());
+    let cpu = Tensor::randn([4], 1.0, 2);
+    let e = unary_backward(UnaryKind::Gelu, &x, &cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("different devices"), "{e}");
+}
