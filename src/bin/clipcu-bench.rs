@@ -63,6 +63,10 @@ fn report(name: &str, flops: f64, (median, best): (f64, f64)) {
     );
 }
 
+/// See Cargo.toml: reuse of large buffers across ops.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let args = Args::parse();
     let device = match args.device.as_str() {

@@ -51,6 +51,10 @@ pub fn pick_device(s: &str) -> Result<Device> {
     Ok(d)
 }
 
+/// See Cargo.toml: reuse of large buffers across ops.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = Cli::parse();
     let result = match cli
