@@ -64,6 +64,25 @@ impl Param {
         *v = value;
         Ok(())
     }
+    /// Change the value in place (no copy when nothing else holds its storage, as after a
+    /// step's graph is dropped); `f` must keep the shape.
+    pub fn update<R>(&self, f: impl FnOnce(&mut Tensor) -> Result<R>) -> Result<R> {
+        let mut v = self.0.value.write().expect("param lock");
+        let shape = v.shape().to_vec();
+        let r = f(&mut v)?;
+        if v.shape() != shape {
+            return Err(Error::shape(
+                "Param::update",
+                format!(
+                    "{}: shape changed from {shape:?} to {:?}",
+                    self.0.name,
+                    v.shape()
+                ),
+            ));
+        }
+        Ok(r)
+    }
+
     /// The gradient accumulated since the last `zero_grad`.
     pub fn grad(&self) -> Option<Tensor> {
         self.0.grad.read().expect("param lock").clone()

@@ -133,6 +133,10 @@ const BUILTIN: &[(&str, &str)] = &[
         include_str!("../../assets/models/tiny-vit.json"),
     ),
     ("tiny-rn", include_str!("../../assets/models/tiny-rn.json")),
+    (
+        "synthetic-tiny",
+        include_str!("../../assets/models/synthetic-tiny.json"),
+    ),
 ];
 
 /// Keys (per section) whose non-default values change the architecture in ways not implemented.

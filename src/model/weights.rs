@@ -9,7 +9,8 @@
 //! - f32, f16 and bf16 (converted to f32), `logit_scale` 0-d or `[1]`;
 //! - a ViT positional embedding of another grid size, resized (bicubic, as open_clip does).
 //!
-//! `num_batches_tracked`, `position_ids`, `attn_mask` and the OpenAI JIT scalars are skipped.
+//! `num_batches_tracked`, `position_ids`, `attn_mask`, the OpenAI JIT scalars and the optimizer
+//! state of training checkpoints (`optim.*`) are skipped.
 //! Missing, unexpected and wrong-shaped keys are collected and reported in one error.
 
 use super::clip::{Clip, VisionTower};
@@ -29,7 +30,8 @@ pub const ACTIVATION_KEY: &str = "clipcu.activation";
 
 /// Keys that carry no weights for us.
 fn ignorable(name: &str) -> bool {
-    name.ends_with("num_batches_tracked")
+    name.starts_with("optim.")
+        || name.ends_with("num_batches_tracked")
         || name.ends_with("position_ids")
         || matches!(
             name,

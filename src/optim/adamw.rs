@@ -91,15 +91,15 @@ impl AdamW {
         let (b1, b2, eps) = (c.beta1 as f32, c.beta2 as f32, c.eps as f32);
         for s in &mut self.slots {
             let Some(g) = s.param.grad() else { continue };
-            let mut p = s.param.value();
-            if g.shape() != p.shape() {
+            let p_shape = s.param.value().shape().to_vec();
+            if g.shape() != p_shape {
                 return Err(Error::shape(
                     "AdamW::step",
                     format!(
                         "{}: gradient {:?} for a parameter {:?}",
                         s.param.name(),
                         g.shape(),
-                        p.shape()
+                        p_shape
                     ),
                 ));
             }
@@ -110,20 +110,23 @@ impl AdamW {
             } else {
                 1.0
             };
-            let ps = p.f32s_mut("AdamW::step")?;
-            ps.par_chunks_mut(4096)
-                .zip(s.m.par_chunks_mut(4096))
-                .zip(s.v.par_chunks_mut(4096).zip(gs.par_chunks(4096)))
-                .for_each(|((p, m), (v, g))| {
-                    for i in 0..p.len() {
-                        p[i] *= decay;
-                        m[i] = b1 * m[i] + (1.0 - b1) * g[i];
-                        v[i] = b2 * v[i] + (1.0 - b2) * g[i] * g[i];
-                        let denom = v[i].sqrt() / bc2_sqrt + eps;
-                        p[i] -= step_size * m[i] / denom;
-                    }
-                });
-            s.param.set_value(p)?;
+            let (m, v) = (&mut s.m, &mut s.v);
+            s.param.update(|p| {
+                let ps = p.f32s_mut("AdamW::step")?;
+                ps.par_chunks_mut(4096)
+                    .zip(m.par_chunks_mut(4096))
+                    .zip(v.par_chunks_mut(4096).zip(gs.par_chunks(4096)))
+                    .for_each(|((p, m), (v, g))| {
+                        for i in 0..p.len() {
+                            p[i] *= decay;
+                            m[i] = b1 * m[i] + (1.0 - b1) * g[i];
+                            v[i] = b2 * v[i] + (1.0 - b2) * g[i] * g[i];
+                            let denom = v[i].sqrt() / bc2_sqrt + eps;
+                            p[i] -= step_size * m[i] / denom;
+                        }
+                    });
+                Ok(())
+            })?;
             s.param.zero_grad();
         }
         Ok(())

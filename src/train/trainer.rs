@@ -1,0 +1,374 @@
+//! The training loop: batches → contrastive forward/backward (optionally over micro-batches) →
+//! gradient clipping → AdamW with the learning-rate schedule → logit-scale clamp; metrics as JSON
+//! lines, zero-shot evaluation every `eval_every` steps, atomic checkpoints that hold everything a
+//! bit-exact resume needs (weights, optimizer moments, step, data position), and a PNG plot at the
+//! end.
+
+use super::{contrastive_forward_backward, eval, images_to_tensor, plot};
+use crate::data::synthetic::{Split, Synthetic, SyntheticConfig, Task};
+use crate::io::safetensors as st;
+use crate::model::{weights, Clip, ClipConfig};
+use crate::nn::Module;
+use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, LrSchedule};
+use crate::tokenizer::Tokenizer;
+use crate::{Error, Result, Tensor};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Everything that decides a run's numbers (saved in checkpoints).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub batch_size: usize,
+    /// Micro-batch size for gradient accumulation (0: the whole batch at once).
+    pub micro_batch: usize,
+    pub steps: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub warmup: usize,
+    /// Constant learning rate after warmup instead of cosine decay.
+    pub constant_lr: bool,
+    /// Clip the global gradient norm to this (none when absent).
+    pub grad_clip: Option<f64>,
+    pub seed: u64,
+    /// Activation checkpointing of the transformer blocks.
+    pub checkpointing: bool,
+}
+
+/// Where and how often a run writes and evaluates.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub out: PathBuf,
+    pub checkpoint_every: usize,
+    pub eval_every: usize,
+    /// Held-out samples per zero-shot evaluation.
+    pub eval_samples: usize,
+    pub progress: bool,
+}
+
+/// The training data: for now the embedded synthetic dataset (index-based, so its position is the
+/// number of samples consumed).
+pub struct SyntheticStream {
+    pub data: Synthetic,
+    pub next_index: u64,
+}
+
+impl SyntheticStream {
+    fn next_batch(&mut self, n: usize, ctx: usize) -> Result<(Tensor, Vec<u32>)> {
+        let samples = self.data.batch(Split::Train, self.next_index, n);
+        self.next_index += n as u64;
+        let images = images_to_tensor(
+            samples
+                .iter()
+                .map(|s| &s.image)
+                .collect::<Vec<_>>()
+                .as_slice(),
+        )?;
+        let captions: Vec<&str> = samples.iter().map(|s| s.caption.as_str()).collect();
+        Ok((images, Tokenizer::clip().tokenize_batch(&captions, ctx)))
+    }
+}
+
+/// A run in progress.
+pub struct Trainer {
+    pub model: Clip,
+    pub config: TrainConfig,
+    pub opt: AdamW,
+    pub step: usize,
+    pub data: SyntheticStream,
+}
+
+/// What one step reports (a metrics line).
+#[derive(Clone, Debug, Serialize)]
+pub struct StepLog {
+    pub step: usize,
+    pub loss: f32,
+    pub lr: f64,
+    pub logit_scale: f32,
+    pub i2t_acc: f32,
+    pub t2i_acc: f32,
+    pub grad_norm: Option<f64>,
+    pub pairs_per_s: f64,
+}
+
+const CHECKPOINT: &str = "checkpoint.safetensors";
+
+impl Trainer {
+    /// A fresh run: model initialised from `seed`.
+    pub fn new(model_config: &ClipConfig, config: TrainConfig) -> Result<Trainer> {
+        let mut model = Clip::new(model_config, config.seed);
+        model.set_checkpointing(config.checkpointing);
+        let opt = AdamW::new(
+            &model.parameters(),
+            AdamWConfig {
+                lr: config.lr,
+                weight_decay: config.weight_decay,
+                ..AdamWConfig::default()
+            },
+        );
+        let data = Synthetic::new(SyntheticConfig {
+            seed: config.seed,
+            image_size: model_config.vision_cfg.image_size as u32,
+        });
+        Ok(Trainer {
+            model,
+            config,
+            opt,
+            step: 0,
+            data: SyntheticStream {
+                data,
+                next_index: 0,
+            },
+        })
+    }
+
+    pub fn schedule(&self) -> LrSchedule {
+        let c = &self.config;
+        if c.constant_lr {
+            LrSchedule::Constant {
+                base: c.lr,
+                warmup: c.warmup,
+            }
+        } else {
+            LrSchedule::Cosine {
+                base: c.lr,
+                warmup: c.warmup,
+                total: c.steps,
+            }
+        }
+    }
+
+    /// One optimisation step.
+    pub fn train_step(&mut self) -> Result<StepLog> {
+        let start = Instant::now();
+        let ctx = self.model.config.text_cfg.context_length;
+        let (images, ids) = self.data.next_batch(self.config.batch_size, ctx)?;
+        let micro = if self.config.micro_batch == 0 {
+            self.config.batch_size
+        } else {
+            self.config.micro_batch
+        };
+        let stats = contrastive_forward_backward(&self.model, &images, &ids, micro)?;
+        if !stats.loss.is_finite() {
+            return Err(Error::Msg(format!(
+                "step {}: the loss is {} — lower --lr or add --grad-clip",
+                self.step, stats.loss
+            )));
+        }
+        let params = self.model.parameters();
+        let grad_norm = self
+            .config
+            .grad_clip
+            .map(|max| clip_grad_norm(&params, max))
+            .transpose()?;
+        let lr = self.schedule().lr(self.step);
+        self.opt.step(lr)?;
+        // CLIP clamps the temperature in place after every step: exp(logit_scale) ≤ 100.
+        let s = self.model.logit_scale.value().item()?;
+        self.model
+            .logit_scale
+            .set_value(Tensor::scalar(s.clamp(0.0, 100f32.ln())))?;
+        self.step += 1;
+        Ok(StepLog {
+            step: self.step,
+            loss: stats.loss,
+            lr,
+            logit_scale: self.model.logit_scale.value().item()?.exp(),
+            i2t_acc: stats.image_to_text_acc,
+            t2i_acc: stats.text_to_image_acc,
+            grad_norm,
+            pairs_per_s: self.config.batch_size as f64 / start.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Save weights, optimizer state, step and data position to `path`, atomically.
+    pub fn save_checkpoint(&self, path: &Path) -> Result<()> {
+        let mut tensors: Vec<(String, Tensor)> = self
+            .model
+            .named_params()
+            .into_iter()
+            .map(|(n, p)| (n, p.value()))
+            .collect();
+        tensors.extend(
+            self.opt
+                .state()
+                .into_iter()
+                .map(|(n, t)| (format!("optim.{n}"), t)),
+        );
+        let refs: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        let mut meta = BTreeMap::new();
+        meta.insert("format".into(), "clipcu".into());
+        meta.insert(weights::CONFIG_KEY.into(), self.model.config.to_json());
+        meta.insert(
+            weights::ACTIVATION_KEY.into(),
+            if self.model.config.quick_gelu {
+                "quick_gelu"
+            } else {
+                "gelu"
+            }
+            .into(),
+        );
+        meta.insert("clipcu.step".into(), self.step.to_string());
+        meta.insert(
+            "clipcu.train".into(),
+            serde_json::to_string(&self.config).expect("config serialises"),
+        );
+        meta.insert(
+            "clipcu.data".into(),
+            serde_json::json!({ "source": "synthetic", "next_index": self.data.next_index })
+                .to_string(),
+        );
+        st::save(path, &refs, &meta)
+    }
+
+    /// Continue a run from a checkpoint written by `save_checkpoint`.
+    pub fn resume(path: &Path, config: TrainConfig) -> Result<Trainer> {
+        let file = st::load(path)?;
+        let meta = |k: &str| {
+            file.metadata.get(k).cloned().ok_or_else(|| {
+                Error::format(
+                    path,
+                    format!("not a clipcu training checkpoint: metadata `{k}` missing"),
+                )
+            })
+        };
+        let model_config =
+            ClipConfig::from_json(&meta(weights::CONFIG_KEY)?, &path.display().to_string())?;
+        let saved: TrainConfig = serde_json::from_str(&meta("clipcu.train")?)
+            .map_err(|e| Error::format(path, format!("clipcu.train: {e}")))?;
+        if saved.seed != config.seed || saved.batch_size != config.batch_size {
+            eprintln!("warning: resuming with seed/batch size {}/{} over a run made with {}/{}: data order and numbers will differ from an uninterrupted run", config.seed, config.batch_size, saved.seed, saved.batch_size);
+        }
+        let mut t = Trainer::new(&model_config, config)?;
+        weights::load_into(&t.model, path)?;
+        let state: HashMap<String, Tensor> = file
+            .tensors
+            .into_iter()
+            .filter_map(|(n, v)| n.strip_prefix("optim.").map(|k| (k.to_string(), v)))
+            .collect();
+        t.opt.load_state(&state)?;
+        t.step = meta("clipcu.step")?
+            .parse()
+            .map_err(|_| Error::format(path, "clipcu.step is not a number"))?;
+        let data: serde_json::Value = serde_json::from_str(&meta("clipcu.data")?)
+            .map_err(|e| Error::format(path, format!("clipcu.data: {e}")))?;
+        t.data.next_index = data["next_index"]
+            .as_u64()
+            .ok_or_else(|| Error::format(path, "clipcu.data lacks next_index"))?;
+        Ok(t)
+    }
+
+    /// Train to `config.steps`, writing metrics, checkpoints, evaluations and the plot under
+    /// `opts.out`. Returns the last evaluation (single-template, ensembled top-1 on shapes).
+    pub fn run(&mut self, opts: &RunOptions) -> Result<Option<(f32, f32)>> {
+        std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
+        let metrics_path = opts.out.join("metrics.jsonl");
+        let mut metrics = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&metrics_path)
+            .map_err(|e| Error::io(&metrics_path, e))?;
+        let bar = progress_bar(opts.progress, self.config.steps as u64, self.step as u64);
+        let started = Instant::now();
+        let mut last_eval = None;
+        let mut recent = Vec::new();
+        while self.step < self.config.steps {
+            let log = self.train_step()?;
+            recent.push(log.pairs_per_s);
+            let line = serde_json::to_string(&log).expect("serialises");
+            writeln!(metrics, "{line}").map_err(|e| Error::io(&metrics_path, e))?;
+            let rate = recent.iter().rev().take(20).sum::<f64>() / recent.len().min(20) as f64;
+            bar.set_message(format!(
+                "loss {:.3} · scale {:.1} · {:.0} pairs/s",
+                log.loss, log.logit_scale, rate
+            ));
+            bar.set_position(self.step as u64);
+            if !opts.progress && (self.step % 25 == 0 || self.step == 1) {
+                eprintln!(
+                    "step {:>6}/{}  loss {:.4}  scale {:.1}  {:.0} pairs/s  {:.0}s",
+                    self.step,
+                    self.config.steps,
+                    log.loss,
+                    log.logit_scale,
+                    rate,
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            let at_end = self.step == self.config.steps;
+            if opts.eval_every > 0 && (self.step % opts.eval_every == 0 || at_end) {
+                let (single, ens) =
+                    eval::zero_shot(&self.model, &self.data.data, Task::Shape, opts.eval_samples)?;
+                let (c_single, c_ens) = eval::zero_shot(
+                    &self.model,
+                    &self.data.data,
+                    Task::Colour,
+                    opts.eval_samples,
+                )?;
+                let line = serde_json::json!({ "step": self.step, "eval": "zeroshot-heldout", "shape_single": single, "shape_ensemble": ens, "colour_single": c_single, "colour_ensemble": c_ens });
+                writeln!(metrics, "{line}").map_err(|e| Error::io(&metrics_path, e))?;
+                let msg = format!("step {}: held-out zero-shot top-1 — shape {:.1}% single template, {:.1}% ensembled; colour {:.1}% / {:.1}%", self.step, 100.0 * single, 100.0 * ens, 100.0 * c_single, 100.0 * c_ens);
+                if opts.progress {
+                    bar.println(msg);
+                } else {
+                    eprintln!("{msg}");
+                }
+                last_eval = Some((single, ens));
+            }
+            if (opts.checkpoint_every > 0 && self.step % opts.checkpoint_every == 0) || at_end {
+                self.save_checkpoint(&opts.out.join(CHECKPOINT))?;
+            }
+        }
+        bar.finish_and_clear();
+        weights::save_clip(
+            &self.model,
+            opts.out.join("model.safetensors"),
+            &BTreeMap::new(),
+        )?;
+        plot_metrics(&metrics_path, &opts.out.join("training.png"))?;
+        Ok(last_eval)
+    }
+}
+
+fn progress_bar(visible: bool, len: u64, pos: u64) -> indicatif::ProgressBar {
+    if !visible {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} · {msg} · ETA {eta}")
+            .expect("template"),
+    );
+    bar.set_position(pos);
+    bar
+}
+
+/// The plot of a run from its metrics file (so a resumed run plots its whole history).
+fn plot_metrics(metrics: &Path, png: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(metrics).map_err(|e| Error::io(metrics, e))?;
+    let mut loss = Vec::new();
+    let mut acc: Vec<(&str, Vec<(f64, f64)>)> = vec![
+        ("shape, 1 template", vec![]),
+        ("shape, ensembled", vec![]),
+        ("colour, ensembled", vec![]),
+    ];
+    for line in text.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let step = v["step"].as_f64().unwrap_or(0.0);
+        if let Some(l) = v["loss"].as_f64() {
+            loss.push((step, l));
+        }
+        for (i, key) in ["shape_single", "shape_ensemble", "colour_ensemble"]
+            .iter()
+            .enumerate()
+        {
+            if let Some(a) = v[key].as_f64() {
+                acc[i].1.push((step, a));
+            }
+        }
+    }
+    plot::plot_training(png, &loss, &acc)
+}

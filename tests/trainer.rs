@@ -1,0 +1,167 @@
+//! The trainer as a user runs it: metrics, checkpoints, the plot, and bit-exact resume.
+mod common;
+use clipcu::io::safetensors as st;
+use clipcu::model::ClipConfig;
+use clipcu::train::{RunOptions, TrainConfig, Trainer};
+use std::path::{Path, PathBuf};
+
+fn tiny() -> ClipConfig {
+    ClipConfig::from_json(
+        r#"{"embed_dim": 16,
+            "vision_cfg": {"image_size": 16, "layers": 1, "width": 32, "patch_size": 8, "head_width": 32},
+            "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 1, "layers": 1}}"#,
+        "tiny-train",
+    )
+    .unwrap()
+}
+
+fn config(steps: usize, seed: u64) -> TrainConfig {
+    TrainConfig {
+        batch_size: 8,
+        micro_batch: 0,
+        steps,
+        lr: 1e-3,
+        weight_decay: 0.1,
+        warmup: 2,
+        constant_lr: false,
+        grad_clip: Some(1.0),
+        seed,
+        checkpointing: false,
+    }
+}
+
+fn opts(out: &Path) -> RunOptions {
+    RunOptions {
+        out: out.to_path_buf(),
+        checkpoint_every: 2,
+        eval_every: 0,
+        eval_samples: 16,
+        progress: false,
+    }
+}
+
+fn tmpdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "clipcu-trainer-{tag}-{}-{}",
+        std::process::id(),
+        common::fresh_seed()
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn losses(metrics: &Path) -> Vec<f64> {
+    std::fs::read_to_string(metrics)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["loss"].as_f64())
+        .collect()
+}
+
+fn params(path: &Path) -> Vec<(String, Vec<u32>)> {
+    st::load(path)
+        .unwrap()
+        .tensors
+        .into_iter()
+        .map(|(n, t)| (n, t.to_vec().iter().map(|v| v.to_bits()).collect()))
+        .collect()
+}
+
+#[test]
+fn resume_is_bit_exact() {
+    let seed = common::fresh_seed() % 1000;
+    let (k, total) = (3, 6);
+    let straight = tmpdir("straight");
+    let mut t = Trainer::new(&tiny(), config(total, seed)).unwrap();
+    t.run(&opts(&straight)).unwrap();
+
+    let split = tmpdir("split");
+    let mut t = Trainer::new(&tiny(), config(k, seed)).unwrap();
+    t.run(&opts(&split)).unwrap();
+    // a new process would do this: read the checkpoint, continue to the full length
+    let mut t =
+        Trainer::resume(&split.join("checkpoint.safetensors"), config(total, seed)).unwrap();
+    assert_eq!(t.step, k);
+    t.run(&opts(&split)).unwrap();
+
+    let (a, b) = (
+        losses(&straight.join("metrics.jsonl")),
+        losses(&split.join("metrics.jsonl")),
+    );
+    assert_eq!(a.len(), total);
+    assert_eq!(
+        a, b,
+        "losses differ between a straight and a resumed run (seed {seed})"
+    );
+    assert_eq!(
+        params(&straight.join("checkpoint.safetensors")),
+        params(&split.join("checkpoint.safetensors")),
+        "final parameters and optimizer state differ (seed {seed})"
+    );
+    for d in [straight, split] {
+        std::fs::remove_dir_all(d).ok();
+    }
+}
+
+#[test]
+fn a_run_writes_metrics_checkpoints_model_and_plot() {
+    let out = tmpdir("files");
+    let mut t = Trainer::new(&tiny(), config(4, 1)).unwrap();
+    let mut o = opts(&out);
+    o.eval_every = 2;
+    let last = t.run(&o).unwrap();
+    let (single, ens) = last.expect("an evaluation at the end");
+    assert!((0.0..=1.0).contains(&single) && (0.0..=1.0).contains(&ens));
+    let l = losses(&out.join("metrics.jsonl"));
+    assert_eq!(l.len(), 4);
+    assert!(l.iter().all(|v| v.is_finite() && *v > 0.0));
+    let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.contains("zeroshot-heldout"))
+            .count(),
+        2
+    );
+    // the model file loads on its own (config in its metadata) and the checkpoint is a training one
+    let m = clipcu::model::load_clip(out.join("model.safetensors"), None).unwrap();
+    assert_eq!(m.config, tiny());
+    let ck = st::load(out.join("checkpoint.safetensors")).unwrap();
+    assert_eq!(
+        ck.metadata.get("clipcu.step").map(String::as_str),
+        Some("4")
+    );
+    assert!(ck.tensors.iter().any(|(n, _)| n.starts_with("optim.")));
+    let png = std::fs::read(out.join("training.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    // no temporary files left behind by the atomic writes
+    let leftovers: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.contains("tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    std::fs::remove_dir_all(out).ok();
+}
+
+#[test]
+fn resume_from_a_non_checkpoint_is_a_clear_error() {
+    let out = tmpdir("bad");
+    let p = out.join("model.safetensors");
+    clipcu::model::save_clip(
+        &clipcu::model::Clip::new(&tiny(), 0),
+        &p,
+        &Default::default(),
+    )
+    .unwrap();
+    let e = Trainer::resume(&p, config(2, 0))
+        .err()
+        .expect("not a training checkpoint")
+        .to_string();
+    assert!(
+        e.contains("model.safetensors") && e.contains("clipcu.train"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(out).ok();
+}
