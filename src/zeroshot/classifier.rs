@@ -334,7 +334,7 @@ pub(crate) fn pessimistic_rank(
     Some(
         row.iter()
             .enumerate()
-            .filter(|&(j, &s)| !positive(j) && !(s < score))
+            .filter(|&(j, &s)| !positive(j) && (s >= score || s.is_nan()))
             .count(),
     )
 }
