@@ -43,6 +43,7 @@ pub mod optim;
 pub mod tensor;
 pub mod tokenizer;
 pub mod train;
+pub mod zeroshot;
 
 pub use device::Device;
 pub use error::{Error, Result};
