@@ -25,19 +25,6 @@ pub struct DemoArgs {
     pub checkpointing: bool,
 }
 
-impl Default for DemoArgs {
-    fn default() -> Self {
-        DemoArgs {
-            device: "auto".into(),
-            steps: 30,
-            layers: 4,
-            width: 128,
-            seed: 0,
-            checkpointing: false,
-        }
-    }
-}
-
 pub fn run(a: &DemoArgs) -> Result<()> {
     let (device, steps, layers, width, seed, checkpointing) = (
         a.device.as_str(),

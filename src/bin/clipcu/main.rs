@@ -1,6 +1,7 @@
 //! clipcu: the command-line face of the engine.
 //!
-//!     clipcu                      # the main job (for now: `demo`)
+//!     clipcu                      # the main job: `clipcu train` on the synthetic dataset
+//!     clipcu train [--data D] ...  # train a CLIP from scratch, zero-shot eval on held-out data
 //!     clipcu demo                 # train a small transformer for a few steps on the best device
 //!     clipcu tokenize --json TEXT...
 //!     clipcu embed --config ViT-B-32 [--weights W] [--image P]... [--text S]... --out E.safetensors
@@ -71,10 +72,13 @@ fn keep_freed_memory() {
 fn main() {
     keep_freed_memory();
     let cli = Cli::parse();
-    let result = match cli
-        .command
-        .unwrap_or(Command::Demo(demo::DemoArgs::default()))
-    {
+    // No subcommand: the main job, `clipcu train` with its defaults (synthetic data, zero-shot).
+    let command = cli.command.unwrap_or_else(|| {
+        Cli::parse_from(["clipcu", "train"])
+            .command
+            .expect("train parses")
+    });
+    let result = match command {
         Command::Train(a) => train::run(&a),
         Command::Demo(a) => demo::run(&a),
         Command::Tokenize(a) => embed::tokenize(&a),

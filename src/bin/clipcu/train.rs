@@ -23,7 +23,7 @@ pub struct TrainArgs {
     /// Micro-batch size for gradient accumulation (the loss still spans the whole batch).
     #[arg(long, default_value_t = 0)]
     pub micro_batch: usize,
-    #[arg(long, default_value_t = 1200)]
+    #[arg(long, default_value_t = 1000)]
     pub steps: usize,
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
@@ -49,7 +49,7 @@ pub struct TrainArgs {
     pub device: String,
     #[arg(long, default_value_t = 200)]
     pub checkpoint_every: usize,
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 250)]
     pub eval_every: usize,
     #[arg(long, default_value_t = 1000)]
     pub eval_samples: usize,
