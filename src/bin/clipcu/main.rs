@@ -3,6 +3,7 @@
 //!     clipcu                      # the main job: `clipcu train` on the synthetic dataset
 //!     clipcu train [--data D] ...  # train a CLIP from scratch, zero-shot eval on held-out data
 //!     clipcu demo                 # train a small transformer for a few steps on the best device
+//!     clipcu zeroshot --weights W --data FOLDER [--templates openai|simple|FILE]
 //!     clipcu tokenize --json TEXT...
 //!     clipcu embed --config ViT-B-32 [--weights W] [--image P]... [--text S]... --out E.safetensors
 //!     clipcu info                 # devices and build facts
@@ -10,6 +11,7 @@
 
 mod demo;
 mod embed;
+mod evaluate;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -32,6 +34,8 @@ enum Command {
     Train(train::TrainArgs),
     /// Train a small causal transformer on a copy task: shows forward, backward, checkpointing.
     Demo(demo::DemoArgs),
+    /// Zero-shot classification of an ImageFolder (top-1/top-5) with prompt ensembling.
+    Zeroshot(evaluate::ZeroShotArgs),
     /// Tokenize texts with CLIP's tokenizer.
     Tokenize(embed::TokenizeArgs),
     /// Embed images and texts with a CLIP model; writes image_embeds and text_embeds.
@@ -81,6 +85,7 @@ fn main() {
     let result = match command {
         Command::Train(a) => train::run(&a),
         Command::Demo(a) => demo::run(&a),
+        Command::Zeroshot(a) => evaluate::zeroshot(&a),
         Command::Tokenize(a) => embed::tokenize(&a),
         Command::Embed(a) => embed::embed(&a),
         Command::Info => {
