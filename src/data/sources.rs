@@ -71,8 +71,10 @@ fn expand_one(s: &str, whole: &str, out: &mut Vec<String>) -> Result<()> {
         )));
     }
     let (head, tail) = (&s[..open], &s[close + 1..]);
+    let mut rest = Vec::new();
+    expand_one(tail, whole, &mut rest)?;
     for alt in brace_alternatives(body, whole)? {
-        expand_one(&format!("{head}{alt}{tail}"), whole, out)?;
+        out.extend(rest.iter().map(|r| format!("{head}{alt}{r}")));
     }
     Ok(())
 }
