@@ -58,7 +58,10 @@ fn shard_entries(prefix: &str, n: usize, base: u8) -> Vec<(String, Vec<u8>)> {
     for i in 0..n {
         let key = format!("{prefix}{i:04}");
         e.push((format!("{key}.png"), solid_png(base + i as u8, 20, 14)));
-        e.push((format!("{key}.txt"), format!("a photo of {key}").into_bytes()));
+        e.push((
+            format!("{key}.txt"),
+            format!("a photo of {key}").into_bytes(),
+        ));
         e.push((format!("{key}.json"), b"{\"url\": null}".to_vec()));
     }
     e
@@ -102,18 +105,27 @@ fn assert_same(a: &[Batch], b: &[Batch]) {
         assert_eq!(x.position, y.position, "batch {i} position");
         assert_eq!(x.images.shape(), y.images.shape());
         let bits = |t: &clipcu::Tensor| t.to_vec().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-        assert!(bits(&x.images) == bits(&y.images), "batch {i} images differ");
+        assert!(
+            bits(&x.images) == bits(&y.images),
+            "batch {i} images differ"
+        );
     }
 }
 
 #[test]
 fn brace_expansion() {
     let e = |p: &str| expand_braces(p).unwrap();
-    assert_eq!(e("data/{00000..00002}.tar"), ["data/00000.tar", "data/00001.tar", "data/00002.tar"]);
+    assert_eq!(
+        e("data/{00000..00002}.tar"),
+        ["data/00000.tar", "data/00001.tar", "data/00002.tar"]
+    );
     assert_eq!(e("{8..10}"), ["8", "9", "10"]);
     assert_eq!(e("{098..100}"), ["098", "099", "100"]);
     assert_eq!(e("{3..1}"), ["3", "2", "1"]);
-    assert_eq!(e("{a,b}/{0..1}.tar"), ["a/0.tar", "a/1.tar", "b/0.tar", "b/1.tar"]);
+    assert_eq!(
+        e("{a,b}/{0..1}.tar"),
+        ["a/0.tar", "a/1.tar", "b/0.tar", "b/1.tar"]
+    );
     assert_eq!(e("x/{a,}.tar"), ["x/a.tar", "x/.tar"]);
     assert_eq!(e("one.tar"), ["one.tar"]);
     assert_eq!(e("a.tar::b/{1..2}.tar"), ["a.tar", "b/1.tar", "b/2.tar"]);
@@ -132,7 +144,10 @@ fn webdataset_yields_pairs_by_key() {
     let pattern = format!("{}/s-{{0..1}}.tar", dir.path().display());
     let mut loader = Loader::new(Source::webdataset(&pattern).unwrap(), cfg(4, 2), None).unwrap();
     let batches = drain(&mut loader);
-    assert_eq!(batches.iter().map(Batch::len).collect::<Vec<_>>(), [4, 4, 4, 1]);
+    assert_eq!(
+        batches.iter().map(Batch::len).collect::<Vec<_>>(),
+        [4, 4, 4, 1]
+    );
     let mut seen = BTreeSet::new();
     for b in &batches {
         assert_eq!(b.images.shape(), [b.len(), 3, 8, 8]);
@@ -220,7 +235,11 @@ fn truncated_tar_gives_its_readable_samples_then_moves_on() {
 #[test]
 fn a_file_that_is_not_a_tar_is_counted_not_fatal() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("0.tar"), b"this is not a tar archive at all").unwrap();
+    std::fs::write(
+        dir.path().join("0.tar"),
+        b"this is not a tar archive at all",
+    )
+    .unwrap();
     write_tar(&dir.path().join("1.tar"), &shard_entries("k", 3, 50));
     let pattern = format!("{}/{{0..1}}.tar", dir.path().display());
     let mut loader = Loader::new(Source::webdataset(&pattern).unwrap(), cfg(2, 1), None).unwrap();
@@ -244,7 +263,11 @@ fn csv_and_tsv_sources() {
     std::fs::create_dir(dir.path().join("img")).unwrap();
     let mut rows = String::from("id,filepath,title\n");
     for i in 0..6u8 {
-        std::fs::write(dir.path().join(format!("img/{i}.png")), solid_png(20 + i, 9, 12)).unwrap();
+        std::fs::write(
+            dir.path().join(format!("img/{i}.png")),
+            solid_png(20 + i, 9, 12),
+        )
+        .unwrap();
         rows += &format!("{i},img/{i}.png,\"caption {i}, with a comma\"\n");
     }
     rows += "6,img/missing.png,not there\n";
@@ -266,7 +289,11 @@ fn csv_and_tsv_sources() {
     }
     assert_eq!(n, 6);
     let s = loader.skips();
-    assert_eq!((s.missing_image, s.empty_caption, s.corrupt_image), (1, 1, 1), "{s:?}");
+    assert_eq!(
+        (s.missing_image, s.empty_caption, s.corrupt_image),
+        (1, 1, 1),
+        "{s:?}"
+    );
 
     // TSV: tab inferred from the extension, other column names
     let tsv = dir.path().join("t.tsv");
@@ -282,8 +309,13 @@ fn csv_and_tsv_sources() {
     assert!(loader.next_batch().unwrap().is_none());
 
     // wrong columns: the error lists the ones found
-    let err = Source::csv(&tsv, &CsvOptions::default()).unwrap_err().to_string();
-    assert!(err.contains("filepath") && err.contains("[\"caption\", \"path\"]"), "{err}");
+    let err = Source::csv(&tsv, &CsvOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("filepath") && err.contains("[\"caption\", \"path\"]"),
+        "{err}"
+    );
     let err = Source::csv(dir.path().join("nope.csv"), &CsvOptions::default())
         .unwrap_err()
         .to_string();
@@ -302,7 +334,10 @@ fn noise_shards(dir: &Path, r: &mut impl RngCore) -> String {
                 img.truncate(img.len() - 30);
             }
             e.push((format!("{key}.jpg"), img));
-            e.push((format!("{key}.txt"), format!("noise sample {key}").into_bytes()));
+            e.push((
+                format!("{key}.txt"),
+                format!("noise sample {key}").into_bytes(),
+            ));
         }
         write_tar(&dir.join(format!("n{s}.tar")), &e);
     }
@@ -343,21 +378,30 @@ fn resume_from_a_position_continues_exactly() {
     };
     let source = Source::webdataset(&pattern).unwrap();
     let mut full = Loader::new(source.clone(), c(2), None).unwrap();
-    let all: Vec<Batch> = (0..20).map(|_| full.next_batch().unwrap().unwrap()).collect();
+    let all: Vec<Batch> = (0..20)
+        .map(|_| full.next_batch().unwrap().unwrap())
+        .collect();
     assert!(all.last().unwrap().position.epoch >= 2);
     for k in [1, 7, 8, 13] {
         let mut first = Loader::new(source.clone(), c(3), None).unwrap();
-        let head: Vec<Batch> = (0..k).map(|_| first.next_batch().unwrap().unwrap()).collect();
+        let head: Vec<Batch> = (0..k)
+            .map(|_| first.next_batch().unwrap().unwrap())
+            .collect();
         assert_same(&head, &all[..k]);
         let saved = serde_json::to_string(&first.position()).unwrap();
         let pos: DataPosition = serde_json::from_str(&saved).unwrap();
         assert_eq!(pos, all[k - 1].position);
         let mut resumed = Loader::new(source.clone(), c(1), Some(pos)).unwrap();
-        let tail: Vec<Batch> = (k..20).map(|_| resumed.next_batch().unwrap().unwrap()).collect();
+        let tail: Vec<Batch> = (k..20)
+            .map(|_| resumed.next_batch().unwrap().unwrap())
+            .collect();
         assert_same(&tail, &all[k..]);
         // skips are counted once: before the position by the first, after it by the second
         let (a, b) = (first.skips(), resumed.skips());
-        assert_eq!(a.corrupt_image + b.corrupt_image, full.skips().corrupt_image);
+        assert_eq!(
+            a.corrupt_image + b.corrupt_image,
+            full.skips().corrupt_image
+        );
     }
     assert!(full.skips().corrupt_image >= 2);
 }
@@ -385,9 +429,13 @@ fn resume_in_a_csv_and_the_synthetic_source() {
             ..cfg(3, 2)
         };
         let mut full = Loader::new(source.clone(), c.clone(), None).unwrap();
-        let all: Vec<Batch> = (0..9).map(|_| full.next_batch().unwrap().unwrap()).collect();
+        let all: Vec<Batch> = (0..9)
+            .map(|_| full.next_batch().unwrap().unwrap())
+            .collect();
         let mut resumed = Loader::new(source.clone(), c, Some(all[3].position)).unwrap();
-        let tail: Vec<Batch> = (4..9).map(|_| resumed.next_batch().unwrap().unwrap()).collect();
+        let tail: Vec<Batch> = (4..9)
+            .map(|_| resumed.next_batch().unwrap().unwrap())
+            .collect();
         assert_same(&tail, &all[4..]);
     }
 }
@@ -398,7 +446,9 @@ fn synthetic_source_batches() {
         seed: 9,
         image_size: 32,
     });
-    let want: Vec<String> = (0..6).map(|i| data.sample(Split::Train, i).caption).collect();
+    let want: Vec<String> = (0..6)
+        .map(|i| data.sample(Split::Train, i).caption)
+        .collect();
     let mut loader = Loader::new(
         Source::synthetic(data, Split::Train),
         LoaderConfig {
@@ -435,7 +485,11 @@ fn image_folder_classes() {
     for (class, n) in [("zebra", 2), ("ant", 3), ("cat", 1)] {
         std::fs::create_dir_all(root.join(class)).unwrap();
         for i in 0..n {
-            std::fs::write(root.join(class).join(format!("{i}.PNG")), solid_png(i, 4, 4)).unwrap();
+            std::fs::write(
+                root.join(class).join(format!("{i}.PNG")),
+                solid_png(i, 4, 4),
+            )
+            .unwrap();
         }
         std::fs::write(root.join(class).join("notes.txt"), "not an image").unwrap();
     }
@@ -446,6 +500,8 @@ fn image_folder_classes() {
     assert_eq!(labels, [0, 0, 0, 1, 2, 2]);
     let names: Vec<PathBuf> = f.samples.iter().map(|(p, _)| p.clone()).collect();
     assert_eq!(names[3], root.join("cat/0.PNG"));
-    let err = ImageFolder::open(dir.path().join("nope")).unwrap_err().to_string();
+    let err = ImageFolder::open(dir.path().join("nope"))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("nope"), "{err}");
 }

@@ -46,7 +46,7 @@ use crate::tokenizer::Tokenizer;
 use crate::{Error, Result, Tensor};
 use crossbeam_channel::{Receiver, Sender};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -246,6 +246,7 @@ pub struct Loader {
     current: VecDeque<Outcome>,
     position: DataPosition,
     skips: SkipStats,
+    warned: HashMap<SkipKind, Vec<String>>,
     since_ok: u64,
     finished: bool,
 }
@@ -314,6 +315,7 @@ impl Loader {
             current: VecDeque::new(),
             position: start,
             skips: SkipStats::default(),
+            warned: HashMap::new(),
             since_ok: 0,
             finished: false,
             cfg,
@@ -395,14 +397,24 @@ impl Loader {
         }
     }
 
+    /// Counts a skip; names it on stderr if it is one of the first [`WARN_NAMES`] distinct
+    /// names of its kind (a sample skipped again in a later epoch is not named again).
     fn count(&mut self, skip: &Skip) {
-        let n = self.skips.bump(skip.kind);
+        self.skips.bump(skip.kind);
         let what = skip.kind.describe();
-        if n <= WARN_NAMES {
-            eprintln!("clipcu data: skipping {what} {}: {}", skip.name, skip.reason);
+        let named = self.warned.entry(skip.kind).or_default();
+        if named.contains(&skip.name) {
+            return;
         }
-        if n == WARN_NAMES {
-            eprintln!("clipcu data: further {what} skips are counted (Loader::skips), not named");
+        if (named.len() as u64) < WARN_NAMES {
+            eprintln!(
+                "clipcu data: skipping {what} {}: {}",
+                skip.name, skip.reason
+            );
+            named.push(skip.name.clone());
+        } else if named.len() as u64 == WARN_NAMES {
+            eprintln!("clipcu data: more {what} skips are counted (Loader::skips), not named");
+            named.push(String::new()); // said once
         }
     }
 
@@ -505,6 +517,14 @@ fn run_item(ctx: &Context, item: Item) -> Outcome {
     }
 }
 
+/// The message of a decode error without the file name it starts with (the skip names it).
+fn reason(e: Error) -> String {
+    match e {
+        Error::Format { msg, .. } => msg,
+        e => e.to_string(),
+    }
+}
+
 fn skip(kind: SkipKind, name: &str, reason: impl Into<String>) -> Skip {
     Skip {
         kind,
@@ -547,7 +567,7 @@ fn load(ctx: &Context, work: Work) -> std::result::Result<Option<Ready>, Skip> {
             let bytes = read_span(&file, img_span)
                 .map_err(|e| skip(SkipKind::MissingImage, &name, e.to_string()))?;
             let img = decode_image(&bytes, &name)
-                .map_err(|e| skip(SkipKind::CorruptImage, &name, e.to_string()))?;
+                .map_err(|e| skip(SkipKind::CorruptImage, &name, reason(e)))?;
             (img, caption, name)
         }
         Work::File { path, caption } => {
@@ -562,7 +582,7 @@ fn load(ctx: &Context, work: Work) -> std::result::Result<Option<Ready>, Skip> {
             let bytes = std::fs::read(&path)
                 .map_err(|e| skip(SkipKind::MissingImage, &name, e.to_string()))?;
             let img = decode_image(&bytes, &name)
-                .map_err(|e| skip(SkipKind::CorruptImage, &name, e.to_string()))?;
+                .map_err(|e| skip(SkipKind::CorruptImage, &name, reason(e)))?;
             (img, caption, name)
         }
     };
@@ -570,7 +590,7 @@ fn load(ctx: &Context, work: Work) -> std::result::Result<Option<Ready>, Skip> {
     let mut out = vec![0f32; 3 * s * s];
     ctx.pre
         .apply_into(&image, &mut out)
-        .map_err(|e| skip(SkipKind::CorruptImage, &name, e.to_string()))?;
+        .map_err(|e| skip(SkipKind::CorruptImage, &name, reason(e)))?;
     let ids = ctx.tokenizer.tokenize(&caption, ctx.context_length);
     Ok(Some(Ready {
         image: out,

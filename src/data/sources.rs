@@ -82,8 +82,7 @@ fn expand_one(s: &str, whole: &str, out: &mut Vec<String>) -> Result<()> {
 fn brace_alternatives(body: &str, whole: &str) -> Result<Vec<String>> {
     if let Some((a, b)) = body.split_once("..") {
         let bad = || Error::Msg(format!("shard pattern {whole:?}: bad range {{{body}}}"));
-        if a.is_empty() || b.is_empty() || !a.bytes().chain(b.bytes()).all(|c| c.is_ascii_digit())
-        {
+        if a.is_empty() || b.is_empty() || !a.bytes().chain(b.bytes()).all(|c| c.is_ascii_digit()) {
             return Err(bad());
         }
         let (x, y): (u64, u64) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
@@ -373,7 +372,10 @@ pub enum Source {
     /// WebDataset tar shards, in the order the pattern lists them (the loader shuffles them).
     WebDataset { shards: Vec<PathBuf> },
     /// Rows of a CSV/TSV.
-    Csv { path: PathBuf, rows: Arc<Vec<CsvRow>> },
+    Csv {
+        path: PathBuf,
+        rows: Arc<Vec<CsvRow>>,
+    },
     /// The synthetic dataset: infinite, sample `i` is a pure function of `i`.
     Synthetic { data: Arc<Synthetic>, split: Split },
 }
