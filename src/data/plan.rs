@@ -88,7 +88,7 @@ struct CurrentShard {
 }
 
 pub(crate) struct Planner {
-    source: Source,
+    source: Arc<Source>,
     seed: u64,
     shuffle: bool,
     epochs: Option<u64>,
@@ -112,7 +112,7 @@ impl Planner {
         start: DataPosition,
     ) -> Planner {
         Planner {
-            source,
+            source: Arc::new(source),
             seed,
             shuffle,
             epochs,
@@ -151,7 +151,8 @@ impl Planner {
             if self.epochs.is_some_and(|n| self.pos.epoch >= n) {
                 return Ok(None);
             }
-            let item = match &self.source {
+            let source = Arc::clone(&self.source);
+            let item = match &*source {
                 Source::Synthetic { .. } => {
                     let index = self.pos.sample;
                     self.pos.sample += 1;
@@ -161,14 +162,8 @@ impl Planner {
                         next: self.pos,
                     })
                 }
-                Source::Csv { rows, .. } => {
-                    let rows = Arc::clone(rows);
-                    self.next_row(&rows)?
-                }
-                Source::WebDataset { shards } => {
-                    let shards = shards.clone();
-                    self.next_shard_item(&shards)?
-                }
+                Source::Csv { rows, .. } => self.next_row(rows)?,
+                Source::WebDataset { shards } => self.next_shard_item(shards)?,
             };
             if let Some(item) = item {
                 self.epoch_items += 1;
@@ -255,9 +250,9 @@ impl Planner {
         }))
     }
 
-    fn load_shard(&self, path: &PathBuf, j: usize, epoch: u64, slot: u64) -> CurrentShard {
+    fn load_shard(&self, path: &std::path::Path, j: usize, epoch: u64, slot: u64) -> CurrentShard {
         let name = path.display().to_string();
-        let path = Arc::new(path.clone());
+        let path = Arc::new(path.to_path_buf());
         match index_shard(&path) {
             Err(e) => CurrentShard {
                 epoch,
