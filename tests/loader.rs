@@ -223,6 +223,23 @@ fn truncated_tar_gives_its_readable_samples_then_moves_on() {
         .count();
     assert!(readable > 0 && readable < 12, "{readable}");
 
+    // cut exactly after a whole sample: every entry reads, the end-of-archive blocks are gone
+    let clean = dir.path().join("clean.tar");
+    write_tar(&clean, &shard_entries("e", 3, 0));
+    let whole = index_shard(&clean).unwrap();
+    assert!(whole.truncated.is_none());
+    let last = whole.samples[1].caption.unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&clean)
+        .unwrap();
+    f.set_len(whole.samples[2].image.unwrap().offset - 512)
+        .unwrap();
+    let cut_clean = index_shard(&clean).unwrap();
+    assert!(cut_clean.truncated.is_some());
+    assert_eq!(cut_clean.samples.len(), 2);
+    assert_eq!(cut_clean.samples[1].caption, Some(last));
+
     let pattern = format!("{}/{{cut,ok}}.tar", dir.path().display());
     let mut loader = Loader::new(Source::webdataset(&pattern).unwrap(), cfg(5, 3), None).unwrap();
     let got: BTreeSet<String> = captions(&drain(&mut loader)).into_iter().collect();

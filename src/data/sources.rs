@@ -153,6 +153,7 @@ pub fn index_shard(path: &Path) -> Result<ShardIndex> {
     let mut samples: Vec<ShardSample> = Vec::new();
     let mut by_key: HashMap<String, usize> = HashMap::new();
     let mut truncated = None;
+    let mut end = 0u64; // where the last entry's padded data ends
     let mut archive = tar::Archive::new(&file);
     match archive.entries_with_seek() {
         Err(e) => truncated = Some(e.to_string()),
@@ -177,6 +178,7 @@ pub fn index_shard(path: &Path) -> Result<ShardIndex> {
                     ));
                     break;
                 }
+                end = (span.offset + span.len).div_ceil(512) * 512;
                 if !entry.header().entry_type().is_file() {
                     continue;
                 }
@@ -205,6 +207,13 @@ pub fn index_shard(path: &Path) -> Result<ShardIndex> {
                 }
             }
         }
+    }
+    // A tar cut exactly between two entries reads cleanly; the two zero blocks that end every
+    // archive (tar, Python's tarfile, the tar crate) are then missing.
+    if truncated.is_none() && file_len < end + 1024 {
+        truncated = Some(format!(
+            "no end-of-archive marker after byte {end} (the file has {file_len} bytes)"
+        ));
     }
     Ok(ShardIndex {
         file: Arc::new(file),
