@@ -169,6 +169,7 @@ fn webdataset_yields_pairs_by_key() {
     assert_eq!(seen.len(), 13);
     assert_eq!(loader.skips().samples(), 0);
     // the default order is shuffled: not the file order
+    assert!(batches.iter().all(|b| b.labels.is_empty()));
     let in_file_order: Vec<String> = (0..7).map(|i| format!("a photo of a{i:04}")).collect();
     assert_ne!(captions(&batches)[..7], in_file_order[..]);
 }
@@ -517,6 +518,28 @@ fn image_folder_classes() {
     assert_eq!(labels, [0, 0, 0, 1, 2, 2]);
     let names: Vec<PathBuf> = f.samples.iter().map(|(p, _)| p.clone()).collect();
     assert_eq!(names[3], root.join("cat/0.PNG"));
+
+    // as a loader source (evaluation: file order, one pass): class names as captions, labels
+    std::fs::write(root.join("cat/9.png"), b"\x89PNG\r\n\x1a\nbroken").unwrap();
+    let c = LoaderConfig {
+        shuffle: false,
+        ..cfg(4, 2)
+    };
+    let mut loader = Loader::new(Source::image_folder(&root).unwrap(), c, None).unwrap();
+    let batches = drain(&mut loader);
+    let labels: Vec<u32> = batches.iter().flat_map(|b| b.labels.clone()).collect();
+    assert_eq!(labels, [0, 0, 0, 1, 2, 2]);
+    assert_eq!(
+        captions(&batches),
+        ["ant", "ant", "ant", "cat", "zebra", "zebra"]
+    );
+    let reds: Vec<u8> = batches
+        .iter()
+        .flat_map(|b| (0..b.len()).map(|i| red(b, i)))
+        .collect();
+    assert_eq!(reds, [0, 1, 2, 0, 0, 1]);
+    assert_eq!(loader.skips().corrupt_image, 1);
+
     let err = ImageFolder::open(dir.path().join("nope"))
         .unwrap_err()
         .to_string();

@@ -182,8 +182,10 @@ pub struct Batch {
     pub images: Tensor,
     /// `B × context_length` token ids, row-major.
     pub ids: Vec<u32>,
-    /// The captions as read (trimmed).
+    /// The captions as read (trimmed); the class names for an ImageFolder source.
     pub captions: Vec<String>,
+    /// The class index of each image for an ImageFolder source; empty for the others.
+    pub labels: Vec<u32>,
     /// The position just after this batch: resume here to get the next one.
     pub position: DataPosition,
 }
@@ -202,6 +204,7 @@ struct Ready {
     image: Vec<f32>,
     ids: Vec<u32>,
     caption: String,
+    label: Option<u32>,
 }
 
 /// What a worker made of one item.
@@ -429,6 +432,7 @@ impl Loader {
         let mut images = Vec::with_capacity(b * 3 * s * s);
         let mut ids = Vec::with_capacity(b * self.cfg.context_length);
         let mut captions = Vec::with_capacity(b);
+        let mut labels = Vec::new();
         let mut position = self.position;
         while captions.len() < b {
             let Some(o) = self.next_outcome()? else {
@@ -445,6 +449,7 @@ impl Loader {
                     images.extend_from_slice(&r.image);
                     ids.extend_from_slice(&r.ids);
                     captions.push(r.caption);
+                    labels.extend(r.label);
                 }
                 None => {
                     self.since_ok += 1;
@@ -471,6 +476,7 @@ impl Loader {
             images: Tensor::from_vec(images, [n, 3, s, s])?,
             ids,
             captions,
+            labels,
             position,
         }))
     }
@@ -535,6 +541,7 @@ fn skip(kind: SkipKind, name: &str, reason: impl Into<String>) -> Skip {
 
 /// Reads, decodes, preprocesses and tokenizes one item (`Ok(None)` for markers).
 fn load(ctx: &Context, work: Work) -> std::result::Result<Option<Ready>, Skip> {
+    let mut label = None;
     let (image, caption, name) = match work {
         Work::Marker => return Ok(None),
         Work::Synthetic { index } => {
@@ -570,7 +577,12 @@ fn load(ctx: &Context, work: Work) -> std::result::Result<Option<Ready>, Skip> {
                 .map_err(|e| skip(SkipKind::CorruptImage, &name, reason(e)))?;
             (img, caption, name)
         }
-        Work::File { path, caption } => {
+        Work::File {
+            path,
+            caption,
+            label: l,
+        } => {
+            label = l;
             let name = path.display().to_string();
             let caption = caption.trim().to_string();
             if caption.is_empty() {
@@ -596,5 +608,6 @@ fn load(ctx: &Context, work: Work) -> std::result::Result<Option<Ready>, Skip> {
         image: out,
         ids,
         caption,
+        label,
     }))
 }

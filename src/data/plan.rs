@@ -4,7 +4,8 @@
 //! - WebDataset: epoch `e` visits the shards in a permutation keyed by `(seed, e)`; inside the
 //!   shard with list index `j`, the keys in a permutation keyed by `(seed, e, j)` (so a shard's
 //!   inner order does not depend on where it falls in the epoch).
-//! - CSV: epoch `e` visits the rows in a permutation keyed by `(seed, e)`.
+//! - CSV and ImageFolder: epoch `e` visits the rows (files) in a permutation keyed by
+//!   `(seed, e)`.
 //! - Synthetic: sample `0, 1, 2, ...` (the dataset is already random per index).
 //!
 //! A [`DataPosition`] `(epoch, shard, sample)` names the next item: `shard` is the slot in the
@@ -13,7 +14,7 @@
 //! written out here so a position stays valid across versions of any RNG crate.
 
 use super::loader::{DataPosition, SkipKind};
-use super::sources::{index_shard, CsvRow, ShardSample, Source};
+use super::sources::{index_shard, ShardSample, Source};
 use super::synthetic::splitmix64;
 use crate::{Error, Result};
 use std::fs::File;
@@ -60,8 +61,13 @@ pub(crate) enum Work {
         shard: Arc<PathBuf>,
         sample: ShardSample,
     },
-    /// An image file and its caption (CSV rows).
-    File { path: PathBuf, caption: String },
+    /// An image file and its caption (CSV rows), or its class (ImageFolder: the class name is
+    /// the caption).
+    File {
+        path: PathBuf,
+        caption: String,
+        label: Option<u32>,
+    },
     /// Synthetic sample `index`.
     Synthetic { index: u64 },
     /// Nothing to load: carries only shard-level skips (an empty or unreadable shard).
@@ -162,7 +168,16 @@ impl Planner {
                         next: self.pos,
                     })
                 }
-                Source::Csv { rows, .. } => self.next_row(rows)?,
+                Source::Csv { rows, .. } => self.next_listed(rows.len(), |i| Work::File {
+                    path: rows[i].image.clone(),
+                    caption: rows[i].caption.clone(),
+                    label: None,
+                })?,
+                Source::ImageFolder(f) => self.next_listed(f.samples.len(), |i| Work::File {
+                    path: f.samples[i].0.clone(),
+                    caption: f.classes[f.samples[i].1].clone(),
+                    label: Some(f.samples[i].1 as u32),
+                })?,
                 Source::WebDataset { shards } => self.next_shard_item(shards)?,
             };
             if let Some(item) = item {
@@ -172,24 +187,23 @@ impl Planner {
         }
     }
 
-    fn next_row(&mut self, rows: &[CsvRow]) -> Result<Option<Item>> {
-        if self.pos.shard > 0 || self.pos.sample >= rows.len() as u64 {
+    /// The next item of a listed source (CSV rows, ImageFolder files): `n` entries, entry `i`
+    /// made by `make(i)`.
+    fn next_listed(&mut self, n: usize, make: impl Fn(usize) -> Work) -> Result<Option<Item>> {
+        if self.pos.shard > 0 || self.pos.sample >= n as u64 {
             self.next_epoch()?;
             return Ok(None);
         }
         let epoch = self.pos.epoch;
         if self.row_order.as_ref().is_none_or(|(e, _)| *e != epoch) {
             let k = key(self.seed, TAG_ROWS, epoch, 0);
-            self.row_order = Some((epoch, permutation(rows.len(), k, self.shuffle)));
+            self.row_order = Some((epoch, permutation(n, k, self.shuffle)));
         }
         let order = &self.row_order.as_ref().unwrap().1;
-        let row = &rows[order[self.pos.sample as usize]];
+        let work = make(order[self.pos.sample as usize]);
         self.pos.sample += 1;
         Ok(Some(Item {
-            work: Work::File {
-                path: row.image.clone(),
-                caption: row.caption.clone(),
-            },
+            work,
             notes: Vec::new(),
             next: self.pos,
         }))

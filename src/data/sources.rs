@@ -387,6 +387,9 @@ pub enum Source {
     },
     /// The synthetic dataset: infinite, sample `i` is a pure function of `i`.
     Synthetic { data: Arc<Synthetic>, split: Split },
+    /// An ImageFolder tree (for evaluation): each image's caption is its class name and the
+    /// batches carry class indices in [`Batch::labels`](super::loader::Batch::labels).
+    ImageFolder(Arc<ImageFolder>),
 }
 
 impl Source {
@@ -418,6 +421,11 @@ impl Source {
             path: path.to_path_buf(),
             rows: Arc::new(read_csv(path, opts)?),
         })
+    }
+
+    /// An ImageFolder tree (see [`ImageFolder::open`]).
+    pub fn image_folder(root: impl AsRef<Path>) -> Result<Source> {
+        Ok(Source::ImageFolder(Arc::new(ImageFolder::open(root)?)))
     }
 
     /// The synthetic dataset's `split` (its own seed decides every sample; the loader's seed
