@@ -16,12 +16,20 @@
 //! - [`synthetic`]: the embedded synthetic captioned-image dataset (coloured shapes with
 //!   attributes, generated on the fly, deterministic by seed, with held-out colour–shape
 //!   combinations for zero-shot evaluation).
+//! - [`sources`]: WebDataset tar shards (brace patterns), CSV/TSV, ImageFolder trees.
+//! - [`loader`]: the multi-threaded training loader: ready batches, deterministic by seed,
+//!   resumable from a [`DataPosition`], bad input skipped and counted ([`SkipStats`]).
 
 pub mod decode;
+pub mod loader;
+mod plan;
 pub mod preprocess;
 pub mod resample;
+pub mod sources;
 pub mod synthetic;
 
 pub use decode::{decode_image, load_image, Image, Mode};
+pub use loader::{Batch, DataPosition, Loader, LoaderConfig, SkipKind, SkipStats};
 pub use preprocess::{center_crop_offset, resized_size, Preprocess, OPENAI_MEAN, OPENAI_STD};
 pub use resample::resize;
+pub use sources::{expand_braces, CsvOptions, ImageFolder, Source};
