@@ -2,7 +2,7 @@
 mod common;
 use clipcu::io::safetensors as st;
 use clipcu::model::ClipConfig;
-use clipcu::train::{RunOptions, TrainConfig, Trainer};
+use clipcu::train::{DataSpec, RunOptions, TrainConfig, Trainer};
 use std::path::{Path, PathBuf};
 
 fn tiny() -> ClipConfig {
@@ -73,15 +73,19 @@ fn resume_is_bit_exact() {
     let seed = common::fresh_seed() % 1000;
     let (k, total) = (3, 6);
     let straight = tmpdir("straight");
-    let mut t = Trainer::new(&tiny(), config(total, seed)).unwrap();
+    let mut t = Trainer::new(&tiny(), config(total, seed), DataSpec::Synthetic).unwrap();
     t.run(&opts(&straight)).unwrap();
 
     let split = tmpdir("split");
-    let mut t = Trainer::new(&tiny(), config(k, seed)).unwrap();
+    let mut t = Trainer::new(&tiny(), config(k, seed), DataSpec::Synthetic).unwrap();
     t.run(&opts(&split)).unwrap();
     // a new process would do this: read the checkpoint, continue to the full length
-    let mut t =
-        Trainer::resume(&split.join("checkpoint.safetensors"), config(total, seed)).unwrap();
+    let mut t = Trainer::resume(
+        &split.join("checkpoint.safetensors"),
+        config(total, seed),
+        DataSpec::Synthetic,
+    )
+    .unwrap();
     assert_eq!(t.step, k);
     t.run(&opts(&split)).unwrap();
 
@@ -107,7 +111,7 @@ fn resume_is_bit_exact() {
 #[test]
 fn a_run_writes_metrics_checkpoints_model_and_plot() {
     let out = tmpdir("files");
-    let mut t = Trainer::new(&tiny(), config(4, 1)).unwrap();
+    let mut t = Trainer::new(&tiny(), config(4, 1), DataSpec::Synthetic).unwrap();
     let mut o = opts(&out);
     o.eval_every = 2;
     let last = t.run(&o).unwrap();
@@ -155,7 +159,7 @@ fn resume_from_a_non_checkpoint_is_a_clear_error() {
         &Default::default(),
     )
     .unwrap();
-    let e = Trainer::resume(&p, config(2, 0))
+    let e = Trainer::resume(&p, config(2, 0), DataSpec::Synthetic)
         .err()
         .expect("not a training checkpoint")
         .to_string();
@@ -164,4 +168,72 @@ fn resume_from_a_non_checkpoint_is_a_clear_error() {
         "{e}"
     );
     std::fs::remove_dir_all(out).ok();
+}
+
+/// A WebDataset shard of `n` PNG samples (random pixels) with captions, plus the given extra
+/// entries, written with the `tar` crate.
+fn shard(path: &Path, n: usize, seed: u64, extra: &[(&str, Vec<u8>)]) {
+    let mut b = tar::Builder::new(std::fs::File::create(path).unwrap());
+    let mut add = |name: &str, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, name, data).unwrap();
+    };
+    for i in 0..n {
+        let img = image::RgbImage::from_fn(20, 20, |x, y| {
+            let v = common::splitmix64(seed ^ (i as u64) << 16 ^ (x as u64) << 8 ^ y as u64);
+            image::Rgb([v as u8, (v >> 8) as u8, (v >> 16) as u8])
+        });
+        let mut png = Vec::new();
+        img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        add(&format!("{i:05}.png"), &png);
+        add(
+            &format!("{i:05}.txt"),
+            format!("a photo of thing number {i}").as_bytes(),
+        );
+    }
+    for (name, data) in extra {
+        add(name, data);
+    }
+    b.finish().unwrap();
+}
+
+#[test]
+fn training_on_shards_skips_and_counts_bad_samples() {
+    let dir = tmpdir("shards");
+    let seed = common::fresh_seed();
+    shard(
+        &dir.join("00000.tar"),
+        10,
+        seed,
+        &[
+            ("bad.jpg", b"\xff\xd8\xff\xe0 not really a jpeg".to_vec()),
+            ("bad.txt", b"a broken image".to_vec()),
+            ("empty.png", vec![0u8; 3]),
+            ("empty.txt", b"   ".to_vec()),
+        ],
+    );
+    shard(&dir.join("00001.tar"), 10, seed ^ 1, &[]);
+    // a truncated shard: cut in the middle of an entry
+    let full = std::fs::read(dir.join("00001.tar")).unwrap();
+    std::fs::write(dir.join("00001.tar"), &full[..full.len() / 2 + 100]).unwrap();
+    let pattern = format!("{}/{{00000..00001}}.tar", dir.display());
+    let cfg = config(4, 3);
+    let mut t = Trainer::new(&tiny(), cfg, DataSpec::Files(pattern)).unwrap();
+    let mut o = opts(&dir.join("run"));
+    o.eval_every = 0;
+    t.run(&o).unwrap();
+    assert_eq!(t.step, 4, "the run completes");
+    // the stream loops over the two shards, so each bad entry is counted each time it comes round
+    let skips = t.data.skips().unwrap();
+    assert!(
+        skips.corrupt_image >= 1 && skips.empty_caption >= 1 && skips.truncated_shard >= 1,
+        "{skips:?}"
+    );
+    assert_eq!(skips.missing_image + skips.unreadable_shard, 0, "{skips:?}");
+    assert_eq!(losses(&dir.join("run/metrics.jsonl")).len(), 4);
+    std::fs::remove_dir_all(dir).ok();
 }

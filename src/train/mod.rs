@@ -8,7 +8,9 @@ mod step;
 mod trainer;
 
 pub use step::{contrastive_forward_backward, StepStats};
-pub use trainer::{RunOptions, StepLog, SyntheticStream, TrainConfig, Trainer};
+pub use trainer::{
+    DataSpec, DataStream, RunOptions, StepLog, SyntheticStream, TrainConfig, Trainer,
+};
 
 use crate::data::{OPENAI_MEAN, OPENAI_STD};
 use crate::{bail_shape, Result, Tensor};

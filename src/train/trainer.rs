@@ -6,6 +6,7 @@
 
 use super::{contrastive_forward_backward, eval, images_to_tensor, plot};
 use crate::data::synthetic::{Split, Synthetic, SyntheticConfig, Task};
+use crate::data::{CsvOptions, DataPosition, Loader, LoaderConfig, SkipStats, Source};
 use crate::io::safetensors as st;
 use crate::model::{weights, Clip, ClipConfig};
 use crate::nn::Module;
@@ -48,8 +49,7 @@ pub struct RunOptions {
     pub progress: bool,
 }
 
-/// The training data: for now the embedded synthetic dataset (index-based, so its position is the
-/// number of samples consumed).
+/// The embedded synthetic dataset, index-based: its position is the number of samples consumed.
 pub struct SyntheticStream {
     pub data: Synthetic,
     pub next_index: u64,
@@ -71,13 +71,95 @@ impl SyntheticStream {
     }
 }
 
+/// Where training pairs come from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum DataSpec {
+    /// The embedded synthetic dataset (seeded by the run's seed).
+    Synthetic,
+    /// WebDataset shards (a path or brace pattern) or a CSV/TSV file (by extension).
+    Files(String),
+}
+
+/// The stream of batches of a run.
+pub enum DataStream {
+    Synthetic(SyntheticStream),
+    Files(Box<Loader>),
+}
+
+impl DataStream {
+    fn open(
+        spec: &DataSpec,
+        cfg: &TrainConfig,
+        model: &ClipConfig,
+        start: Option<DataPosition>,
+    ) -> Result<DataStream> {
+        let image_size = model.vision_cfg.image_size;
+        Ok(match spec {
+            DataSpec::Synthetic => DataStream::Synthetic(SyntheticStream {
+                data: Synthetic::new(SyntheticConfig {
+                    seed: cfg.seed,
+                    image_size: image_size as u32,
+                }),
+                next_index: 0,
+            }),
+            DataSpec::Files(d) => {
+                let source = if d.ends_with(".csv") || d.ends_with(".tsv") {
+                    Source::csv(d, &CsvOptions::default())?
+                } else {
+                    Source::webdataset(d)?
+                };
+                let mut lc = LoaderConfig::new(cfg.batch_size, image_size);
+                lc.context_length = model.text_cfg.context_length;
+                lc.seed = cfg.seed;
+                lc.drop_last = true;
+                DataStream::Files(Box::new(Loader::new(source, lc, start)?))
+            }
+        })
+    }
+
+    fn next_batch(&mut self, n: usize, ctx: usize) -> Result<(Tensor, Vec<u32>)> {
+        match self {
+            DataStream::Synthetic(s) => s.next_batch(n, ctx),
+            DataStream::Files(l) => {
+                let b = l
+                    .next_batch()?
+                    .ok_or_else(|| Error::Msg("the training data ran out".into()))?;
+                Ok((b.images, b.ids))
+            }
+        }
+    }
+
+    /// The position to store in a checkpoint (JSON).
+    fn position(&self) -> serde_json::Value {
+        match self {
+            DataStream::Synthetic(s) => {
+                serde_json::json!({ "source": "synthetic", "next_index": s.next_index })
+            }
+            DataStream::Files(l) => {
+                serde_json::json!({ "source": "files", "position": l.position() })
+            }
+        }
+    }
+
+    /// Samples skipped and counted so far (files only).
+    pub fn skips(&self) -> Option<SkipStats> {
+        match self {
+            DataStream::Synthetic(_) => None,
+            DataStream::Files(l) => Some(l.skips()),
+        }
+    }
+}
+
 /// A run in progress.
 pub struct Trainer {
     pub model: Clip,
     pub config: TrainConfig,
     pub opt: AdamW,
     pub step: usize,
-    pub data: SyntheticStream,
+    pub data: DataStream,
+    pub data_spec: DataSpec,
+    /// For zero-shot evaluation on the held-out split (also when training on files).
+    pub eval_data: Synthetic,
 }
 
 /// What one step reports (a metrics line).
@@ -97,7 +179,16 @@ const CHECKPOINT: &str = "checkpoint.safetensors";
 
 impl Trainer {
     /// A fresh run: model initialised from `seed`.
-    pub fn new(model_config: &ClipConfig, config: TrainConfig) -> Result<Trainer> {
+    pub fn new(model_config: &ClipConfig, config: TrainConfig, data: DataSpec) -> Result<Trainer> {
+        Self::build(model_config, config, data, None)
+    }
+
+    fn build(
+        model_config: &ClipConfig,
+        config: TrainConfig,
+        data_spec: DataSpec,
+        start: Option<DataPosition>,
+    ) -> Result<Trainer> {
         let mut model = Clip::new(model_config, config.seed);
         model.set_checkpointing(config.checkpointing);
         let opt = AdamW::new(
@@ -108,7 +199,8 @@ impl Trainer {
                 ..AdamWConfig::default()
             },
         );
-        let data = Synthetic::new(SyntheticConfig {
+        let data = DataStream::open(&data_spec, &config, model_config, start)?;
+        let eval_data = Synthetic::new(SyntheticConfig {
             seed: config.seed,
             image_size: model_config.vision_cfg.image_size as u32,
         });
@@ -117,10 +209,9 @@ impl Trainer {
             config,
             opt,
             step: 0,
-            data: SyntheticStream {
-                data,
-                next_index: 0,
-            },
+            data,
+            data_spec,
+            eval_data,
         })
     }
 
@@ -215,16 +306,12 @@ impl Trainer {
             "clipcu.train".into(),
             serde_json::to_string(&self.config).expect("config serialises"),
         );
-        meta.insert(
-            "clipcu.data".into(),
-            serde_json::json!({ "source": "synthetic", "next_index": self.data.next_index })
-                .to_string(),
-        );
+        meta.insert("clipcu.data".into(), self.data.position().to_string());
         st::save(path, &refs, &meta)
     }
 
     /// Continue a run from a checkpoint written by `save_checkpoint`.
-    pub fn resume(path: &Path, config: TrainConfig) -> Result<Trainer> {
+    pub fn resume(path: &Path, config: TrainConfig, data_spec: DataSpec) -> Result<Trainer> {
         let file = st::load(path)?;
         let meta = |k: &str| {
             file.metadata.get(k).cloned().ok_or_else(|| {
@@ -241,7 +328,19 @@ impl Trainer {
         if saved.seed != config.seed || saved.batch_size != config.batch_size {
             eprintln!("warning: resuming with seed/batch size {}/{} over a run made with {}/{}: data order and numbers will differ from an uninterrupted run", config.seed, config.batch_size, saved.seed, saved.batch_size);
         }
-        let mut t = Trainer::new(&model_config, config)?;
+        let data: serde_json::Value = serde_json::from_str(&meta("clipcu.data")?)
+            .map_err(|e| Error::format(path, format!("clipcu.data: {e}")))?;
+        let files_position = match data["source"].as_str() {
+            Some("files") => Some(
+                serde_json::from_value::<DataPosition>(data["position"].clone())
+                    .map_err(|e| Error::format(path, format!("clipcu.data position: {e}")))?,
+            ),
+            _ => None,
+        };
+        if files_position.is_some() != matches!(data_spec, DataSpec::Files(_)) {
+            return Err(Error::format(path, "the checkpoint was trained on other data (synthetic vs files): give the same --data"));
+        }
+        let mut t = Trainer::build(&model_config, config, data_spec, files_position)?;
         weights::load_into(&t.model, path)?;
         let state: HashMap<String, Tensor> = file
             .tensors
@@ -252,11 +351,11 @@ impl Trainer {
         t.step = meta("clipcu.step")?
             .parse()
             .map_err(|_| Error::format(path, "clipcu.step is not a number"))?;
-        let data: serde_json::Value = serde_json::from_str(&meta("clipcu.data")?)
-            .map_err(|e| Error::format(path, format!("clipcu.data: {e}")))?;
-        t.data.next_index = data["next_index"]
-            .as_u64()
-            .ok_or_else(|| Error::format(path, "clipcu.data lacks next_index"))?;
+        if let DataStream::Synthetic(s) = &mut t.data {
+            s.next_index = data["next_index"]
+                .as_u64()
+                .ok_or_else(|| Error::format(path, "clipcu.data lacks next_index"))?;
+        }
         Ok(t)
     }
 
@@ -299,10 +398,10 @@ impl Trainer {
             let at_end = self.step == self.config.steps;
             if opts.eval_every > 0 && (self.step % opts.eval_every == 0 || at_end) {
                 let (single, ens) =
-                    eval::zero_shot(&self.model, &self.data.data, Task::Shape, opts.eval_samples)?;
+                    eval::zero_shot(&self.model, &self.eval_data, Task::Shape, opts.eval_samples)?;
                 let (c_single, c_ens) = eval::zero_shot(
                     &self.model,
-                    &self.data.data,
+                    &self.eval_data,
                     Task::Colour,
                     opts.eval_samples,
                 )?;

@@ -3,8 +3,8 @@
 //! them.
 
 use clipcu::model::ClipConfig;
-use clipcu::train::{RunOptions, TrainConfig, Trainer};
-use clipcu::{Error, Result};
+use clipcu::train::{DataSpec, RunOptions, TrainConfig, Trainer};
+use clipcu::Result;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -63,9 +63,10 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     if device != clipcu::Device::Cpu {
         eprintln!("note: training runs on the cpu backend in this build (kernels for {device} cover only part of a step so far)");
     }
-    if let Some(d) = &a.data {
-        return Err(Error::Msg(format!("--data {d}: training from files is not wired into the trainer yet; leave --data out for the synthetic dataset")));
-    }
+    let data = match &a.data {
+        None => DataSpec::Synthetic,
+        Some(d) => DataSpec::Files(d.clone()),
+    };
     let config = TrainConfig {
         batch_size: a.batch_size,
         micro_batch: a.micro_batch,
@@ -85,19 +86,20 @@ pub fn run(a: &TrainArgs) -> Result<()> {
             } else {
                 PathBuf::from(p)
             };
-            let t = Trainer::resume(&path, config)?;
+            let t = Trainer::resume(&path, config, data.clone())?;
             eprintln!("resumed {} at step {}", path.display(), t.step);
             t
         }
-        None => Trainer::new(&ClipConfig::load(&a.config)?, config)?,
+        None => Trainer::new(&ClipConfig::load(&a.config)?, config, data.clone())?,
     };
     let m = &trainer.model.config;
     eprintln!(
-        "training {} ({}×{} px, {} params) on synthetic shapes: {} steps × {} pairs → {}",
+        "training {} ({}×{} px, {} params) on {}: {} steps × {} pairs → {}",
         a.config,
         m.vision_cfg.image_size,
         m.vision_cfg.image_size,
         clipcu::nn::Module::num_trainable(&trainer.model),
+        a.data.as_deref().unwrap_or("synthetic shapes"),
         a.steps,
         a.batch_size,
         a.out.display()
@@ -125,6 +127,12 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         );
         println!("  single template  {:>5.1}%", 100.0 * single);
         println!("  ensembled        {:>5.1}%", 100.0 * ens);
+    }
+    if let Some(skips) = trainer.data.skips() {
+        println!(
+            "data: skipped and counted {} corrupt and {} missing images, {} missing and {} empty captions, {} truncated and {} unreadable shards",
+            skips.corrupt_image, skips.missing_image, skips.missing_caption, skips.empty_caption, skips.truncated_shard, skips.unreadable_shard
+        );
     }
     println!("wrote {0}/model.safetensors, {0}/checkpoint.safetensors, {0}/metrics.jsonl, {0}/training.png", a.out.display());
     Ok(())
