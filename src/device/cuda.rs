@@ -35,16 +35,10 @@ pub const MIN_DRIVER_VERSION: i32 = 13000;
 /// A device buffer from the backend's caching allocator.
 pub type DeviceBlock = Block<CudaRawAlloc>;
 
-/// The PTX modules build.rs embedded, as `(module name, PTX text)`; empty when nvcc was not found.
-pub fn embedded_ptx() -> &'static [(&'static str, &'static str)] {
-    #[cfg(clipcu_ptx)]
-    {
-        crate::kernels::PTX
-    }
-    #[cfg(not(clipcu_ptx))]
-    {
-        &[]
-    }
+/// The PTX modules build.rs embedded (`crate::kernels::MODULES`), as `(module name, PTX text)`;
+/// empty when nvcc was not found.
+pub fn embedded_ptx() -> Vec<(&'static str, &'static str)> {
+    crate::kernels::MODULES.iter().map(|m| (m.name, m.ptx)).collect()
 }
 
 /// Whether build.rs compiled the CUDA kernels into this build.
@@ -249,7 +243,7 @@ impl CudaBackend {
         let lt_workspace = alloc
             .alloc(ws)
             .map_err(|e| format!("allocating the cuBLASLt workspace: {e}"))?;
-        let modules = load_modules(&ctx, embedded_ptx())?;
+        let modules = load_modules(&ctx, &embedded_ptx())?;
         let info = DeviceInfo {
             ordinal,
             name: ctx.name().unwrap_or_else(|e| format!("unknown ({e:?})")),
