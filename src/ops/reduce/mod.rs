@@ -90,6 +90,11 @@ pub fn sum_to_shape(t: &Tensor, target: &[usize]) -> Result<Tensor> {
             format!("{target:?} does not broadcast to {:?}", t.shape()),
         ));
     }
+    if crate::device::kernel::runs_kernels(t.device()) {
+        if let Some(r) = crate::ops::binary::gpu::sum_rows_to(t, target)? {
+            return Ok(r);
+        }
+    }
     let t = cpu_input("sum_to_shape", t)?;
     let ts = t.f32s("sum_to_shape")?;
     let n: usize = target.iter().product();
