@@ -21,7 +21,8 @@ fn runs() -> Vec<(Device, bool)> {
 }
 
 /// (N, C, H, W, kh, kw, stride, pad)
-const CASES: [(usize, usize, usize, usize, usize, usize, usize, usize); 6] = [
+type Case = (usize, usize, usize, usize, usize, usize, usize, usize);
+const CASES: [Case; 6] = [
     (1, 1, 1, 1, 1, 1, 1, 0),
     (2, 3, 7, 7, 3, 3, 1, 1),
     (1, 3, 14, 14, 7, 7, 2, 3),

@@ -47,7 +47,8 @@ fn unary_fwd_bwd_match_cpu() {
             let x = Tensor::randn([n], 2.0, seed);
             let dy = Tensor::randn([n], 1.0, seed ^ 0x5bd1);
             let (xd, dyd) = (x.to_device(device).unwrap(), dy.to_device(device).unwrap());
-            let fwd: [(&str, fn(&Tensor) -> clipcu::Result<Tensor>); 2] =
+            type Fwd = fn(&Tensor) -> clipcu::Result<Tensor>;
+            let fwd: [(&str, Fwd); 2] =
                 [("quick_gelu_fwd_f32", quick_gelu), ("relu_fwd_f32", relu)];
             for (name, f) in fwd {
                 let out = f(&xd).unwrap();

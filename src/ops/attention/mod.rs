@@ -100,7 +100,12 @@ fn forward(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Result<(Tensor, 
 /// `softmax(q·kᵀ/√Dh [+ causal mask])·v`.
 /// Checks `x` is `[B·T, S·H·Dh]` and returns `[B, T, H, Dh, S]`.
 fn head_dims(op: &'static str, x: &Tensor, b: usize, h: usize, s: usize) -> Result<[usize; 5]> {
-    if x.rank() != 2 || b == 0 || h == 0 || x.shape()[0] % b != 0 || x.shape()[1] % (s * h) != 0 {
+    if x.rank() != 2
+        || b == 0
+        || h == 0
+        || !x.shape()[0].is_multiple_of(b)
+        || !x.shape()[1].is_multiple_of(s * h)
+    {
         bail_shape!(
             op,
             "expected [B·T, {s}·H·Dh] with B = {b}, H = {h}, got {:?}",

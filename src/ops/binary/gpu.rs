@@ -58,7 +58,7 @@ pub(crate) fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
         });
     };
     let d = bias.numel();
-    let rows = if d == 0 { 0 } else { x.numel() / d };
+    let rows = x.numel().checked_div(d).unwrap_or(0);
     kernel::i32_len(op, x.numel())?;
     let mut out = DeviceBuf::like(x)?;
     // SAFETY: out and x hold rows·d elements, bias d; the kernel touches indices < rows·d.
@@ -89,7 +89,7 @@ pub(crate) fn sum_rows_to(g: &Tensor, target: &[usize]) -> Result<Option<Tensor>
     }
     let g = kernel::f32_input(op, g)?;
     let d: usize = target.iter().product();
-    let rows = if d == 0 { 0 } else { g.numel() / d };
+    let rows = g.numel().checked_div(d).unwrap_or(0);
     kernel::i32_len(op, g.numel())?;
     let mut db = DeviceBuf::f32(g.device(), target)?;
     let cfg = LaunchConfig {

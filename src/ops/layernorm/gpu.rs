@@ -29,7 +29,7 @@ pub(crate) fn forward(
         kernel::f32_input(op, b)?,
     );
     let d = w.numel();
-    let rows = if d == 0 { 0 } else { x.numel() / d };
+    let rows = x.numel().checked_div(d).unwrap_or(0);
     kernel::i32_len(op, x.numel())?;
     let mut y = DeviceBuf::like(&x)?;
     let mut mean = DeviceBuf::f32(device, &[rows])?;
@@ -74,7 +74,7 @@ pub(crate) fn residual_forward(
         kernel::f32_input(op, b)?,
     );
     let d = w.numel();
-    let rows = if d == 0 { 0 } else { x.numel() / d };
+    let rows = x.numel().checked_div(d).unwrap_or(0);
     kernel::i32_len(op, x.numel())?;
     let mut y = DeviceBuf::like(&x)?;
     let mut s = DeviceBuf::like(&x)?;
@@ -136,7 +136,7 @@ pub(crate) fn backward(
         );
     }
     let d = w.numel();
-    let rows = if d == 0 { 0 } else { x.numel() / d };
+    let rows = x.numel().checked_div(d).unwrap_or(0);
     kernel::i32_len(op, x.numel())?;
     let mut dx = DeviceBuf::like(&x)?;
     // SAFETY: dx, dy, x hold rows·d elements, w d, mean/rstd rows.
