@@ -83,13 +83,35 @@ pub struct EmuOptions {
 impl EmuOptions {
     /// The defaults of this process: `CLIPCU_EMU_REVERSE=1` in the environment turns on reverse
     /// order for every launch that does not choose (e.g. a whole test run).
+    /// [`with_reverse`] overrides it for the calling thread.
     pub fn from_env() -> EmuOptions {
+        if let Some(reverse) = REVERSE_OVERRIDE.with(|c| c.get()) {
+            return EmuOptions { reverse };
+        }
         static REVERSE: OnceLock<bool> = OnceLock::new();
         let reverse = *REVERSE.get_or_init(|| {
             std::env::var("CLIPCU_EMU_REVERSE").is_ok_and(|v| !v.is_empty() && v != "0")
         });
         EmuOptions { reverse }
     }
+}
+
+thread_local! {
+    static REVERSE_OVERRIDE: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` with every emulator launch of this thread in reverse lane order (`reverse = true`)
+/// or forced normal order, whatever the environment says — for tests that go through
+/// tensor-level ops and want both schedules. Restores the previous setting afterwards.
+pub fn with_reverse<T>(reverse: bool, f: impl FnOnce() -> T) -> T {
+    struct Restore(Option<bool>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            REVERSE_OVERRIDE.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(REVERSE_OVERRIDE.with(|c| c.replace(Some(reverse))));
+    f()
 }
 
 #[repr(C)]

@@ -22,4 +22,18 @@ impl LaunchConfig {
             shared_bytes: 0,
         }
     }
+
+    /// One warp per row: blocks of (32, 8) threads handle 8 rows, `ceil(rows / 8)` blocks (the
+    /// row kernels: LayerNorm, softmax, L2 normalize). `rows = 0` still launches one block.
+    pub fn warp_per_row(rows: usize) -> LaunchConfig {
+        LaunchConfig {
+            grid: (
+                u32::try_from(rows.div_ceil(8).max(1)).unwrap_or(u32::MAX),
+                1,
+                1,
+            ),
+            block: (32, 8, 1),
+            shared_bytes: 0,
+        }
+    }
 }

@@ -5,6 +5,7 @@
 
 pub mod cuda;
 pub mod emu;
+pub mod kernel;
 mod launch;
 
 pub use launch::LaunchConfig;

@@ -183,15 +183,8 @@ pub fn clip_grad_norm(params: &[Param], max_norm: f64) -> Result<f64> {
         .iter()
         .filter_map(|p| p.grad().map(|g| (p.clone(), g)))
         .collect();
-    let mut total = 0f64;
-    for (_, g) in &grads {
-        total += g
-            .to_vec()
-            .iter()
-            .map(|&v| (v as f64) * (v as f64))
-            .sum::<f64>();
-    }
-    let norm = total.sqrt();
+    let norm =
+        crate::ops::reduce::global_l2_norm(&grads.iter().map(|(_, g)| g).collect::<Vec<_>>())?;
     let coef = max_norm / (norm + 1e-6);
     if coef < 1.0 {
         for (p, g) in grads {

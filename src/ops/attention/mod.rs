@@ -4,6 +4,8 @@
 //! `dv = Pᵀ·dout`, `dP = dout·vᵀ`, `dS = P∘(dP − rowsum(dP∘P))`, `dq = dS·k/√Dh`, `dk = dSᵀ·q/√Dh`.
 //! Every (batch, head) is an independent GEMM problem, batched over B·H.
 
+pub(crate) mod gpu;
+
 use crate::graph::{Graph, Op, Var};
 use crate::ops::matmul::cpu::sgemm_batched;
 use crate::ops::softmax::{softmax, softmax_backward_rows};
@@ -96,6 +98,78 @@ fn forward(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Result<(Tensor, 
 }
 
 /// `softmax(q·kᵀ/√Dh [+ causal mask])·v`.
+/// Checks `x` is `[B·T, S·H·Dh]` and returns `[B, T, H, Dh, S]`.
+fn head_dims(op: &'static str, x: &Tensor, b: usize, h: usize, s: usize) -> Result<[usize; 5]> {
+    if x.rank() != 2
+        || b == 0
+        || h == 0
+        || !x.shape()[0].is_multiple_of(b)
+        || !x.shape()[1].is_multiple_of(s * h)
+    {
+        bail_shape!(
+            op,
+            "expected [B·T, {s}·H·Dh] with B = {b}, H = {h}, got {:?}",
+            x.shape()
+        );
+    }
+    Ok([b, x.shape()[0] / b, h, x.shape()[1] / (s * h), s])
+}
+
+/// The fused qkv projection `[B·T, 3·D]` split into heads `[3, B, H, T, Dh]` (D = H·Dh):
+/// `out[s, b, h, t, e] = qkv[b·T + t, s·D + h·Dh + e]`; `out.narrow(0, s, 1)` is q, k or v.
+pub fn split_qkv_heads(qkv: &Tensor, b: usize, h: usize) -> Result<Tensor> {
+    let dims = head_dims("split_qkv_heads", qkv, b, h, 3)?;
+    if crate::device::kernel::runs_kernels(qkv.device()) {
+        return gpu::split(qkv, dims);
+    }
+    let [b, t, h, dh, s] = dims;
+    Ok(qkv
+        .reshape([b, t, s, h, dh])?
+        .permute(&[2, 0, 3, 1, 4])?
+        .contiguous())
+}
+
+/// The backward of [`split_qkv_heads`]: `[3, B, H, T, Dh]` → `[B·T, 3·D]`.
+pub fn split_qkv_heads_backward(d: &Tensor) -> Result<Tensor> {
+    let op = "split_qkv_heads backward";
+    if d.rank() != 5 || d.shape()[0] != 3 {
+        bail_shape!(op, "expected [3, B, H, T, Dh], got {:?}", d.shape());
+    }
+    let (b, h, t, dh) = (d.shape()[1], d.shape()[2], d.shape()[3], d.shape()[4]);
+    if crate::device::kernel::runs_kernels(d.device()) {
+        return gpu::unsplit(d, [b, t, h, dh, 3]);
+    }
+    d.permute(&[1, 3, 0, 2, 4])?
+        .contiguous()
+        .reshape([b * t, 3 * h * dh])
+}
+
+/// Attention output heads `[B, H, T, Dh]` merged back to rows `[B·T, H·Dh]`.
+pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
+    if x.rank() != 4 {
+        bail_shape!("merge_heads", "expected [B, H, T, Dh], got {:?}", x.shape());
+    }
+    let (b, h, t, dh) = (x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]);
+    if crate::device::kernel::runs_kernels(x.device()) {
+        // the merge is the backward of a one-tensor split (S = 1)
+        return gpu::unsplit(x, [b, t, h, dh, 1]);
+    }
+    x.permute(&[0, 2, 1, 3])?
+        .contiguous()
+        .reshape([b * t, h * dh])
+}
+
+/// The backward of [`merge_heads`]: `[B·T, H·Dh]` → `[B, H, T, Dh]`.
+pub fn merge_heads_backward(g: &Tensor, b: usize, h: usize) -> Result<Tensor> {
+    let [b, t, h, dh, s] = head_dims("merge_heads backward", g, b, h, 1)?;
+    if crate::device::kernel::runs_kernels(g.device()) {
+        return gpu::split(g, [b, t, h, dh, s]).and_then(|o| o.reshape([b, h, t, dh]));
+    }
+    Ok(g.reshape([b, t, h, dh])?
+        .permute(&[0, 2, 1, 3])?
+        .contiguous())
+}
+
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Result<Tensor> {
     Ok(forward(q, k, v, causal)?.0)
 }

@@ -11,7 +11,9 @@
 //! `dx = w·rstd·dy` with the same weight and bias gradients. Both modes save x, weight, μ, rstd.
 
 pub mod cpu;
+pub(crate) mod gpu;
 
+use crate::device::kernel::runs_kernels;
 use crate::graph::{Graph, Op, Param, Var};
 use crate::ops::{cpu_input, same_device};
 use crate::{bail_shape, Result, Tensor};
@@ -98,8 +100,8 @@ pub fn batch_norm2d_train(
     let c = mean.len();
     Ok((
         y,
-        Tensor::from_f32(f32v(&mean), &[c]),
-        Tensor::from_f32(f32v(&var), &[c]),
+        Tensor::from_f32(f32v(&mean), &[c]).to_device(x.device())?,
+        Tensor::from_f32(f32v(&var), &[c]).to_device(x.device())?,
     ))
 }
 
@@ -117,6 +119,12 @@ fn train_forward(
             "training needs more than one value per channel, got input {:?}",
             x.shape()
         );
+    }
+    if runs_kernels(x.device()) {
+        // statistics in f32 on the device; the host copies (tiny, [C]) feed the running stats
+        let (y, mean, var, rstd) = gpu::train_forward(x, w, b, eps)?;
+        let f64v = |t: &Tensor| t.to_vec().iter().map(|&v| v as f64).collect::<Vec<f64>>();
+        return Ok((y, f64v(&mean), f64v(&var), rstd));
     }
     let (x, w, b) = (cpu_input(OP, x)?, cpu_input(OP, w)?, cpu_input(OP, b)?);
     let (mean, var) = cpu::batch_stats(x.f32s(OP)?, c, hw);
@@ -136,6 +144,19 @@ fn eval_forward(
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let (_, _, hw) = check(x, w, b)?;
     check_running(x, rm, rv)?;
+    if runs_kernels(x.device()) {
+        // rstd from the running variance as the CPU computes it (f64), then the apply kernel
+        let c = rv.numel();
+        let rstd: Vec<f32> = rv
+            .to_vec()
+            .iter()
+            .map(|&v| (1.0 / (v as f64 + eps as f64).sqrt()) as f32)
+            .collect();
+        let rstd = Tensor::from_f32(rstd, &[c]).to_device(x.device())?;
+        let mean = rm.contiguous();
+        let y = gpu::apply(x, &mean, &rstd, w, b)?;
+        return Ok((y, mean, rstd));
+    }
     let (x, w, b) = (cpu_input(OP, x)?, cpu_input(OP, w)?, cpu_input(OP, b)?);
     let (rm, rv) = (cpu_input(OP, rm)?, cpu_input(OP, rv)?);
     let mean: Vec<f64> = rm.f32s(OP)?.iter().map(|&v| v as f64).collect();
@@ -184,7 +205,10 @@ impl<'m> Graph<'m> {
             let s = xt.shape();
             let n = (s[0] * s[2] * s[3]) as f64;
             let m = momentum as f64;
-            let (rm, rv) = (cpu_input(OP, &rm)?, cpu_input(OP, &rv)?);
+            let (rm, rv) = (
+                cpu_input(OP, &rm.to_device(crate::Device::Cpu)?)?,
+                cpu_input(OP, &rv.to_device(crate::Device::Cpu)?)?,
+            );
             let new_rm: Vec<f32> = rm
                 .f32s(OP)?
                 .iter()
@@ -200,15 +224,20 @@ impl<'m> Graph<'m> {
             let c = mean.len();
             // A checkpointed block runs twice (forward, then recompute in backward): the
             // statistics of one training step must be folded in once.
+            let dev = xt.device();
             if !self.is_recomputing() {
-                running_mean.set_value(Tensor::from_f32(new_rm, &[c]))?;
-                running_var.set_value(Tensor::from_f32(new_rv, &[c]))?;
+                running_mean.set_value(Tensor::from_f32(new_rm, &[c]).to_device(dev)?)?;
+                running_var.set_value(Tensor::from_f32(new_rv, &[c]).to_device(dev)?)?;
             }
-            (y, Tensor::from_f32(f32v(&mean), &[c]), rstd)
+            (y, Tensor::from_f32(f32v(&mean), &[c]).to_device(dev)?, rstd)
         } else {
             eval_forward(xt, wt, bt, &rm, &rv, eps)?
         };
-        let saved = vec![cpu_input(OP, xt)?, cpu_input(OP, wt)?, mean, rstd];
+        let saved = if runs_kernels(xt.device()) {
+            vec![xt.contiguous(), wt.contiguous(), mean, rstd]
+        } else {
+            vec![cpu_input(OP, xt)?, cpu_input(OP, wt)?, mean, rstd]
+        };
         Ok(self.record(
             Op::BatchNorm2d(BatchNorm2dOp { training }),
             &[x, weight, bias],
@@ -234,6 +263,14 @@ impl BatchNorm2dOp {
                 gout.shape(),
                 x.shape()
             );
+        }
+        if runs_kernels(gout.device()) {
+            let (dx, dw, db) = gpu::backward(x, w, mean, rstd, gout, self.training)?;
+            return Ok(vec![
+                needs[0].then_some(dx),
+                needs[1].then_some(dw),
+                needs[2].then_some(db),
+            ]);
         }
         let s = x.shape();
         let (c, hw) = (s[1], s[2] * s[3]);

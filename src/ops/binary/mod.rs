@@ -3,7 +3,9 @@
 //! down to each operand's shape over the stretched dims.
 
 pub mod cpu;
+pub(crate) mod gpu;
 
+use crate::device::kernel;
 use crate::graph::{Graph, Op, Var};
 use crate::ops::reduce::sum_to_shape;
 use crate::ops::{cpu_input, same_device};
@@ -38,6 +40,9 @@ pub struct BinaryOp {
 pub fn binary(kind: BinaryKind, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let op = kind.name();
     same_device(op, &[a, b])?;
+    if kind == BinaryKind::Add && kernel::runs_kernels(a.device()) {
+        return gpu::add(a, b);
+    }
     let (a, b) = (cpu_input(op, a)?, cpu_input(op, b)?);
     match kind {
         BinaryKind::Add => cpu::broadcast_map(op, &a, &b, |x, y| x + y),

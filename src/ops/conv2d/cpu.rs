@@ -78,7 +78,7 @@ fn valid_range(k: usize, pad: usize, s: usize, len_in: usize, len_out: usize) ->
 }
 
 /// im2col of `gi` images `x_g` [gi, C, H, W] into `col` [K, gi·P] (every element written).
-fn im2col(x_g: &[f32], gi: usize, g: &Geom, col: &mut [f32]) {
+pub(crate) fn im2col(x_g: &[f32], gi: usize, g: &Geom, col: &mut [f32]) {
     let (p, ld, hw) = (g.p(), gi * g.p(), g.h * g.w);
     let (s, pad, ow) = (g.stride, g.pad, g.ow);
     col.par_chunks_mut(g.kh * g.kw * ld)
@@ -118,7 +118,7 @@ fn im2col(x_g: &[f32], gi: usize, g: &Geom, col: &mut [f32]) {
 
 /// col2im: add the columns `dcol` [K, gi·P] back into the zeroed images `dx_g` [gi, C, H, W].
 /// One task per (image, channel) plane; within a plane the order is fixed.
-fn col2im(dcol: &[f32], gi: usize, g: &Geom, dx_g: &mut [f32]) {
+pub(crate) fn col2im(dcol: &[f32], gi: usize, g: &Geom, dx_g: &mut [f32]) {
     let (p, ld, hw) = (g.p(), gi * g.p(), g.h * g.w);
     let (s, pad, ow) = (g.stride, g.pad, g.ow);
     dx_g.par_chunks_mut(hw).enumerate().for_each(|(q, plane)| {

@@ -11,6 +11,7 @@
 //! order fixed by the shape alone, so results do not depend on the thread count.
 
 pub mod cpu;
+pub(crate) mod gpu;
 
 use crate::graph::{Graph, Op, Var};
 use crate::ops::{cpu_input, same_device};
@@ -70,6 +71,50 @@ fn geom(x: &[usize], w: &[usize], stride: usize, padding: usize) -> Result<Geom>
         oh: (h + 2 * padding - kh) / stride + 1,
         ow: (wd + 2 * padding - kw) / stride + 1,
     })
+}
+
+/// The column matrix of conv2d: `x [N, C, H, W]` → `col [C·kh·kw, N·OH·OW]`, row
+/// `(c·kh + ki)·kw + kj`, column `j·OH·OW + oy·OW + ox` holding `x[j, c, oy·s + ki − p, ox·s + kj − p]`
+/// (0 in the padding). `W [O, C·kh·kw] · col` is the convolution of the whole batch.
+pub fn im2col(x: &Tensor, kh: usize, kw: usize, stride: usize, padding: usize) -> Result<Tensor> {
+    let c = x.shape().get(1).copied().unwrap_or(0);
+    let g = geom(x.shape(), &[1, c, kh, kw], stride, padding)?;
+    if crate::device::kernel::runs_kernels(x.device()) {
+        return gpu::im2col(x, &g);
+    }
+    let x = cpu_input("im2col", x)?;
+    let mut col = vec![0f32; g.k() * g.n * g.p()];
+    cpu::im2col(x.f32s("im2col")?, g.n, &g, &mut col);
+    Ok(Tensor::from_f32(col, &[g.k(), g.n * g.p()]))
+}
+
+/// The adjoint of [`im2col`] (the input gradient): `dcol [C·kh·kw, N·OH·OW]` → `dx` of
+/// `in_shape = [N, C, H, W]`, overlapping taps added.
+pub fn col2im(
+    dcol: &Tensor,
+    in_shape: [usize; 4],
+    kh: usize,
+    kw: usize,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    let g = geom(&in_shape, &[1, in_shape[1], kh, kw], stride, padding)?;
+    if dcol.shape() != [g.k(), g.n * g.p()] {
+        bail_shape!(
+            "col2im",
+            "columns {:?} do not match [{}, {}] for input {in_shape:?}",
+            dcol.shape(),
+            g.k(),
+            g.n * g.p()
+        );
+    }
+    if crate::device::kernel::runs_kernels(dcol.device()) {
+        return gpu::col2im(dcol, &g);
+    }
+    let d = cpu_input("col2im", dcol)?;
+    let mut dx = vec![0f32; g.n * g.c * g.h * g.w];
+    cpu::col2im(d.f32s("col2im")?, g.n, &g, &mut dx);
+    Ok(Tensor::from_f32(dx, &in_shape))
 }
 
 /// `conv2d(x, w)` with the given stride and zero padding (same on both axes); see the module doc.

@@ -2,6 +2,8 @@
 //! need, such as taking the EOT token's features in the text tower. Backward scatter-adds rows
 //! into a zero gradient in id order (deterministic: no atomics, no thread-dependent order).
 
+pub(crate) mod gpu;
+
 use crate::graph::{Graph, Op, Var};
 use crate::ops::cpu_input;
 use crate::{bail_shape, Result, Tensor};
@@ -35,6 +37,9 @@ pub fn embedding(weight: &Tensor, ids: &[u32], ids_shape: &[usize]) -> Result<Te
             "id {bad} is out of range for a table of {v} rows"
         );
     }
+    if crate::device::kernel::runs_kernels(weight.device()) {
+        return gpu::forward(weight, ids, ids_shape);
+    }
     let w = cpu_input("embedding", weight)?;
     let ws = w.f32s("embedding")?;
     let mut out = Vec::with_capacity(ids.len() * d);
@@ -44,6 +49,32 @@ pub fn embedding(weight: &Tensor, ids: &[u32], ids_shape: &[usize]) -> Result<Te
     let mut shape = ids_shape.to_vec();
     shape.push(d);
     Ok(Tensor::from_f32(out, &shape))
+}
+
+/// The gradient of the table: `dw[v] = Σ_{k: ids[k] = v} dy[k]`, added in id order.
+pub fn embedding_backward(gout: &Tensor, ids: &[u32], vocab: usize) -> Result<Tensor> {
+    if crate::device::kernel::runs_kernels(gout.device()) {
+        return gpu::backward(gout, ids, vocab);
+    }
+    let g = cpu_input("embedding backward", gout)?;
+    let gs = g.f32s("embedding backward")?;
+    let d = *gout.shape().last().unwrap_or(&0);
+    if gs.len() != ids.len() * d {
+        bail_shape!(
+            "embedding backward",
+            "gradient {:?} does not match {} ids",
+            gout.shape(),
+            ids.len()
+        );
+    }
+    let mut dw = vec![0f32; vocab * d];
+    for (k, &i) in ids.iter().enumerate() {
+        let row = &mut dw[i as usize * d..(i as usize + 1) * d];
+        for (r, v) in row.iter_mut().zip(&gs[k * d..(k + 1) * d]) {
+            *r += v;
+        }
+    }
+    Ok(Tensor::from_f32(dw, &[vocab, d]))
 }
 
 impl<'m> Graph<'m> {
@@ -65,16 +96,6 @@ impl EmbeddingOp {
         gout: &Tensor,
         _needs: &[bool],
     ) -> Result<Vec<Option<Tensor>>> {
-        let g = cpu_input("embedding backward", gout)?;
-        let gs = g.f32s("embedding backward")?;
-        let d = *gout.shape().last().unwrap_or(&0);
-        let mut dw = vec![0f32; self.vocab * d];
-        for (k, &i) in self.ids.iter().enumerate() {
-            let row = &mut dw[i as usize * d..(i as usize + 1) * d];
-            for (r, v) in row.iter_mut().zip(&gs[k * d..(k + 1) * d]) {
-                *r += v;
-            }
-        }
-        Ok(vec![Some(Tensor::from_f32(dw, &[self.vocab, d]))])
+        Ok(vec![Some(embedding_backward(gout, &self.ids, self.vocab)?)])
     }
 }

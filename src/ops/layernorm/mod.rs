@@ -3,6 +3,7 @@
 //! `dx = rstd·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂))` with `ĝ = dy·w`, and `dw = Σ dy·x̂`, `db = Σ dy` over rows.
 
 pub mod cpu;
+pub(crate) mod gpu;
 
 use crate::graph::{Graph, Op, Var};
 use crate::ops::{cpu_input, same_device};
@@ -40,6 +41,9 @@ pub fn layer_norm_stats(
     eps: f32,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let d = check(x, w, b)?;
+    if crate::device::kernel::runs_kernels(x.device()) {
+        return gpu::forward(x, w, b, eps);
+    }
     let (x, w, b) = (
         cpu_input("layer_norm", x)?,
         cpu_input("layer_norm", w)?,
@@ -64,6 +68,69 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor
     Ok(layer_norm_stats(x, w, b, eps)?.0)
 }
 
+/// Residual add fused with the LayerNorm that follows it: `s = x + r`, `y = LN(s)`; returns
+/// `(y, s, mean, rstd)` (one kernel on Emu/Cuda, the add then the LayerNorm on the CPU).
+pub fn layer_norm_residual(
+    x: &Tensor,
+    r: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    eps: f32,
+) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
+    check(x, w, b)?;
+    same_device("layer_norm_residual", &[x, r])?;
+    if x.shape() != r.shape() {
+        bail_shape!(
+            "layer_norm_residual",
+            "input {:?} and residual {:?} differ",
+            x.shape(),
+            r.shape()
+        );
+    }
+    if crate::device::kernel::runs_kernels(x.device()) {
+        return gpu::residual_forward(x, r, w, b, eps);
+    }
+    let s = crate::ops::binary::add(x, r)?;
+    let (y, mean, rstd) = layer_norm_stats(&s, w, b, eps)?;
+    Ok((y, s, mean, rstd))
+}
+
+/// LayerNorm backward from the saved statistics: `(dx, dw, db)`.
+pub fn layer_norm_backward(
+    x: &Tensor,
+    w: &Tensor,
+    mean: &Tensor,
+    rstd: &Tensor,
+    dy: &Tensor,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    same_device("layer_norm backward", &[x, w, mean, rstd, dy])?;
+    if crate::device::kernel::runs_kernels(x.device()) {
+        return gpu::backward(x, w, mean, rstd, dy);
+    }
+    let op = "layer_norm backward";
+    let (x, w, mean, rstd, g) = (
+        cpu_input(op, x)?,
+        cpu_input(op, w)?,
+        cpu_input(op, mean)?,
+        cpu_input(op, rstd)?,
+        cpu_input(op, dy)?,
+    );
+    let d = w.numel();
+    let (dx, dw, db) = cpu::backward(
+        x.f32s(op)?,
+        w.f32s(op)?,
+        mean.f32s(op)?,
+        rstd.f32s(op)?,
+        g.f32s(op)?,
+        d,
+    );
+    Ok((
+        Tensor::from_f32(dx, x.shape()),
+        Tensor::from_f32(dw, &[d]),
+        Tensor::from_f32(db, &[d]),
+    ))
+}
+
 impl<'m> Graph<'m> {
     /// LayerNorm over the last dim with gain `w` and bias `b`.
     pub fn layer_norm(&self, x: &Var, w: &Var, b: &Var, eps: f32) -> Result<Var> {
@@ -82,20 +149,11 @@ impl LayerNormOp {
     ) -> Result<Vec<Option<Tensor>>> {
         let _ = self.eps; // rstd already holds it
         let (x, w, mean, rstd) = (&saved[0], &saved[1], &saved[2], &saved[3]);
-        let g = cpu_input("layer_norm backward", gout)?;
-        let d = w.numel();
-        let (dx, dw, db) = cpu::backward(
-            x.f32s("layer_norm backward")?,
-            w.f32s("layer_norm backward")?,
-            mean.f32s("layer_norm backward")?,
-            rstd.f32s("layer_norm backward")?,
-            g.f32s("layer_norm backward")?,
-            d,
-        );
+        let (dx, dw, db) = layer_norm_backward(x, w, mean, rstd, gout)?;
         Ok(vec![
-            needs[0].then(|| Tensor::from_f32(dx, x.shape())),
-            needs[1].then(|| Tensor::from_f32(dw.clone(), &[d])),
-            needs[2].then(|| Tensor::from_f32(db, &[d])),
+            needs[0].then_some(dx),
+            needs[1].then_some(dw),
+            needs[2].then_some(db),
         ])
     }
 }

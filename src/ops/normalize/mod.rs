@@ -1,6 +1,8 @@
 //! L2 normalisation over the last dim, as `torch.nn.functional.normalize`: `y = x / max(‖x‖, eps)`.
 //! Backward (when ‖x‖ > eps): `dx = (dy − y·(y·dy)) / ‖x‖`; below eps the map is `x/eps`, linear.
 
+pub(crate) mod gpu;
+
 use crate::graph::{Graph, Op, Var};
 use crate::ops::cpu_input;
 use crate::{bail_shape, Result, Tensor};
@@ -12,10 +14,13 @@ pub const L2_EPS: f32 = 1e-12;
 pub struct L2NormalizeOp {}
 
 /// Returns (y, per-row norm).
-fn forward(x: &Tensor) -> Result<(Tensor, Tensor)> {
+pub fn l2_normalize_stats(x: &Tensor) -> Result<(Tensor, Tensor)> {
     let Some(&d) = x.shape().last() else {
         bail_shape!("l2_normalize", "input must have at least one dim");
     };
+    if crate::device::kernel::runs_kernels(x.device()) {
+        return gpu::forward(x, L2_EPS);
+    }
     let x = cpu_input("l2_normalize", x)?;
     let xs = x.f32s("l2_normalize")?;
     let rows = xs.len() / d.max(1);
@@ -43,13 +48,55 @@ fn forward(x: &Tensor) -> Result<(Tensor, Tensor)> {
 }
 
 pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
-    Ok(forward(x)?.0)
+    Ok(l2_normalize_stats(x)?.0)
+}
+
+/// L2 normalize backward from the saved output `y` and row norms.
+pub fn l2_normalize_backward(y: &Tensor, norms: &Tensor, gout: &Tensor) -> Result<Tensor> {
+    crate::ops::same_device("l2_normalize backward", &[y, norms, gout])?;
+    if crate::device::kernel::runs_kernels(y.device()) {
+        return gpu::backward(y, norms, gout, L2_EPS);
+    }
+    if y.shape() != gout.shape() {
+        bail_shape!(
+            "l2_normalize backward",
+            "gradient {:?} does not match output {:?}",
+            gout.shape(),
+            y.shape()
+        );
+    }
+    let (y_t, norms_t) = (
+        cpu_input("l2_normalize backward", y)?,
+        cpu_input("l2_normalize backward", norms)?,
+    );
+    let (y, norms) = (
+        y_t.f32s("l2_normalize backward")?,
+        norms_t.f32s("l2_normalize backward")?,
+    );
+    let g = cpu_input("l2_normalize backward", gout)?;
+    let gs = g.f32s("l2_normalize backward")?;
+    let d = *y_t.shape().last().unwrap_or(&1);
+    let mut dx = vec![0f32; y.len()];
+    dx.par_chunks_mut(d.max(1)).enumerate().for_each(|(r, dx)| {
+        let (yr, gr, n) = (&y[r * d..(r + 1) * d], &gs[r * d..(r + 1) * d], norms[r]);
+        if n > L2_EPS {
+            let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
+            for i in 0..d {
+                dx[i] = (gr[i] - yr[i] * dot) / n;
+            }
+        } else {
+            for i in 0..d {
+                dx[i] = gr[i] / L2_EPS;
+            }
+        }
+    });
+    Ok(Tensor::from_f32(dx, y_t.shape()))
 }
 
 impl<'m> Graph<'m> {
     /// Unit L2 norm along the last dim.
     pub fn l2_normalize(&self, x: &Var) -> Result<Var> {
-        let (y, norms) = forward(x.tensor())?;
+        let (y, norms) = l2_normalize_stats(x.tensor())?;
         Ok(self.record(
             Op::L2Normalize(L2NormalizeOp {}),
             &[x],
@@ -66,27 +113,8 @@ impl L2NormalizeOp {
         gout: &Tensor,
         _needs: &[bool],
     ) -> Result<Vec<Option<Tensor>>> {
-        let (y, norms) = (
-            saved[0].f32s("l2_normalize backward")?,
-            saved[1].f32s("l2_normalize backward")?,
-        );
-        let g = cpu_input("l2_normalize backward", gout)?;
-        let gs = g.f32s("l2_normalize backward")?;
-        let d = *saved[0].shape().last().unwrap_or(&1);
-        let mut dx = vec![0f32; y.len()];
-        dx.par_chunks_mut(d.max(1)).enumerate().for_each(|(r, dx)| {
-            let (yr, gr, n) = (&y[r * d..(r + 1) * d], &gs[r * d..(r + 1) * d], norms[r]);
-            if n > L2_EPS {
-                let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
-                for i in 0..d {
-                    dx[i] = (gr[i] - yr[i] * dot) / n;
-                }
-            } else {
-                for i in 0..d {
-                    dx[i] = gr[i] / L2_EPS;
-                }
-            }
-        });
-        Ok(vec![Some(Tensor::from_f32(dx, saved[0].shape()))])
+        Ok(vec![Some(l2_normalize_backward(
+            &saved[0], &saved[1], gout,
+        )?)])
     }
 }

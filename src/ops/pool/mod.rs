@@ -4,6 +4,7 @@
 //! spreads each output gradient evenly, `g / k²`, over its window (overlapping windows add).
 
 pub mod cpu;
+pub(crate) mod gpu;
 
 use crate::graph::{Graph, Op, Var};
 use crate::ops::cpu_input;
@@ -48,11 +49,43 @@ fn geom(x: &[usize], kernel: usize, stride: usize) -> Result<cpu::Geom> {
 /// Average pooling with a `kernel`×`kernel` window moved by `stride`; see the module doc.
 pub fn avg_pool2d(x: &Tensor, kernel: usize, stride: usize) -> Result<Tensor> {
     let g = geom(x.shape(), kernel, stride)?;
+    if crate::device::kernel::runs_kernels(x.device()) {
+        return gpu::forward(x, &g);
+    }
     let (n, c) = (x.shape()[0], x.shape()[1]);
     let x = cpu_input(OP, x)?;
     Ok(Tensor::from_f32(
         cpu::forward(x.f32s(OP)?, &g),
         &[n, c, g.oh, g.ow],
+    ))
+}
+
+/// The input gradient of [`avg_pool2d`] for an input of `in_shape` ([N, C, H, W]).
+pub fn avg_pool2d_backward(
+    gout: &Tensor,
+    in_shape: [usize; 4],
+    kernel: usize,
+    stride: usize,
+) -> Result<Tensor> {
+    const BOP: &str = "avg_pool2d backward";
+    let g = geom(&in_shape, kernel, stride)?;
+    let [n, c, ..] = in_shape;
+    if gout.shape() != [n, c, g.oh, g.ow] {
+        bail_shape!(
+            BOP,
+            "output gradient {:?} does not match the output [{n}, {c}, {}, {}]",
+            gout.shape(),
+            g.oh,
+            g.ow
+        );
+    }
+    if crate::device::kernel::runs_kernels(gout.device()) {
+        return gpu::backward(gout, &in_shape, &g);
+    }
+    let gout = cpu_input(BOP, gout)?;
+    Ok(Tensor::from_f32(
+        cpu::backward(gout.f32s(BOP)?, &g),
+        &in_shape,
     ))
 }
 
@@ -77,22 +110,11 @@ impl AvgPool2dOp {
         gout: &Tensor,
         _needs: &[bool],
     ) -> Result<Vec<Option<Tensor>>> {
-        const BOP: &str = "avg_pool2d backward";
-        let g = geom(&self.in_shape, self.kernel, self.stride)?;
-        let [n, c, ..] = self.in_shape;
-        if gout.shape() != [n, c, g.oh, g.ow] {
-            bail_shape!(
-                BOP,
-                "output gradient {:?} does not match the output [{n}, {c}, {}, {}]",
-                gout.shape(),
-                g.oh,
-                g.ow
-            );
-        }
-        let gout = cpu_input(BOP, gout)?;
-        Ok(vec![Some(Tensor::from_f32(
-            cpu::backward(gout.f32s(BOP)?, &g),
-            &self.in_shape,
-        ))])
+        Ok(vec![Some(avg_pool2d_backward(
+            gout,
+            self.in_shape,
+            self.kernel,
+            self.stride,
+        )?)])
     }
 }

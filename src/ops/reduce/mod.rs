@@ -2,6 +2,8 @@
 //! broadcasting backward needs). Reductions add in a fixed order that does not depend on the
 //! number of threads, so results are reproducible.
 
+pub(crate) mod gpu;
+
 use crate::graph::{Graph, Op, Var};
 use crate::ops::cpu_input;
 use crate::tensor::{broadcast_shape, broadcast_strides, for_each_offset, resolve_axis};
@@ -27,6 +29,14 @@ pub fn mean(x: &Tensor, axis: Option<isize>) -> Result<Tensor> {
 
 fn reduce(x: &Tensor, axis: Option<isize>, mean: bool) -> Result<Tensor> {
     let op = if mean { "mean" } else { "sum" };
+    if axis.is_none() && crate::device::kernel::runs_kernels(x.device()) {
+        let scale = if mean {
+            1.0 / x.numel().max(1) as f32
+        } else {
+            1.0
+        };
+        return gpu::sum_all(x, false, scale);
+    }
     let x = cpu_input(op, x)?;
     let xs = x.f32s(op)?;
     match axis {
@@ -69,6 +79,24 @@ fn reduce(x: &Tensor, axis: Option<isize>, mean: bool) -> Result<Tensor> {
     }
 }
 
+/// The global L2 norm `√(Σ_t Σ_i t_i²)` of a list of tensors (the gradient norm of clipping).
+/// On Emu/Cuda each tensor's sum of squares is a two-stage fixed-order kernel reduction; the
+/// per-tensor sums are then added in list order in f64 on the host, as the CPU path does.
+pub fn global_l2_norm(ts: &[&Tensor]) -> Result<f64> {
+    let mut total = 0f64;
+    for t in ts {
+        total += if crate::device::kernel::runs_kernels(t.device()) {
+            gpu::sum_all(t, true, 1.0)?.to_vec()[0] as f64
+        } else {
+            t.to_vec()
+                .iter()
+                .map(|&v| (v as f64) * (v as f64))
+                .sum::<f64>()
+        };
+    }
+    Ok(total.sqrt())
+}
+
 /// (product of dims before `ax`, dim `ax`, product of dims after `ax`).
 pub(crate) fn split3(shape: &[usize], ax: usize) -> (usize, usize, usize) {
     (
@@ -89,6 +117,11 @@ pub fn sum_to_shape(t: &Tensor, target: &[usize]) -> Result<Tensor> {
             "sum_to_shape",
             format!("{target:?} does not broadcast to {:?}", t.shape()),
         ));
+    }
+    if crate::device::kernel::runs_kernels(t.device()) {
+        if let Some(r) = crate::ops::binary::gpu::sum_rows_to(t, target)? {
+            return Ok(r);
+        }
     }
     let t = cpu_input("sum_to_shape", t)?;
     let ts = t.f32s("sum_to_shape")?;

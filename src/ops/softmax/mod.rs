@@ -2,6 +2,8 @@
 //! columns j ≤ i (the text tower's mask); masked entries are exactly 0. Saves the output y;
 //! backward is `dx = y·(dy − Σ dy·y)`, which is 0 on masked entries because y is.
 
+pub(crate) mod gpu;
+
 use crate::graph::{Graph, Op, Var};
 use crate::ops::cpu_input;
 use crate::{bail_shape, Result, Tensor};
@@ -29,6 +31,9 @@ pub fn softmax(x: &Tensor, causal: bool) -> Result<Tensor> {
             "a causal mask needs square [.., T, T] scores, got {:?}",
             x.shape()
         );
+    }
+    if crate::device::kernel::runs_kernels(x.device()) {
+        return gpu::forward(x, causal);
     }
     let x = cpu_input("softmax", x)?;
     let xs = x.f32s("softmax")?;
@@ -62,6 +67,35 @@ pub(crate) fn softmax_backward_rows(y: &[f32], g: &[f32], dx: &mut [f32], n: usi
         });
 }
 
+/// Softmax backward from the output: `dx = y·(dy − Σ dy·y)` per row of the last dim.
+pub fn softmax_backward(y: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    crate::ops::same_device("softmax backward", &[y, dy])?;
+    if crate::device::kernel::runs_kernels(y.device()) {
+        return gpu::backward(y, dy);
+    }
+    let n = *y.shape().last().unwrap_or(&1);
+    let (y, g) = (
+        cpu_input("softmax backward", y)?,
+        cpu_input("softmax backward", dy)?,
+    );
+    if y.shape() != g.shape() {
+        bail_shape!(
+            "softmax backward",
+            "gradient {:?} does not match output {:?}",
+            g.shape(),
+            y.shape()
+        );
+    }
+    let mut dx = vec![0f32; y.numel()];
+    softmax_backward_rows(
+        y.f32s("softmax backward")?,
+        g.f32s("softmax backward")?,
+        &mut dx,
+        n,
+    );
+    Ok(Tensor::from_f32(dx, y.shape()))
+}
+
 impl<'m> Graph<'m> {
     /// Softmax over the last dim; `causal` masks columns after the row index.
     pub fn softmax(&self, x: &Var, causal: bool) -> Result<Var> {
@@ -77,16 +111,6 @@ impl SoftmaxOp {
         gout: &Tensor,
         _needs: &[bool],
     ) -> Result<Vec<Option<Tensor>>> {
-        let y = &saved[0];
-        let n = *y.shape().last().unwrap_or(&1);
-        let g = cpu_input("softmax backward", gout)?;
-        let mut dx = vec![0f32; y.numel()];
-        softmax_backward_rows(
-            y.f32s("softmax backward")?,
-            g.f32s("softmax backward")?,
-            &mut dx,
-            n,
-        );
-        Ok(vec![Some(Tensor::from_f32(dx, y.shape()))])
+        Ok(vec![Some(softmax_backward(&saved[0], gout)?)])
     }
 }

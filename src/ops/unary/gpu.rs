@@ -1,71 +1,99 @@
-//! Launchers of the elementwise kernels in `kernels/elementwise.cu`, shared by the Cuda and Emu
-//! devices: the launch geometry and argument order are decided here once.
+//! Launchers of the pointwise kernels in `kernels/elementwise.cu` (one thread per element,
+//! blocks of 256), on Emu or Cuda through [`crate::device::kernel::launch`].
 //!
-//! `gelu_fwd_f32(out, x, n)`, `gelu_bwd_f32(dx, x, dy, n)`: one thread per element, blocks of
-//! 256. Outputs on Emu start as NaN, so an element the grid fails to cover can never pass a test.
+//! `<k>_fwd_f32(out, x, n)` for gelu, quick_gelu, relu; `scale_fwd_f32(out, x, c, n)`;
+//! `<k>_bwd_f32(dx, x, dy, n)` for gelu, quick_gelu, relu (scale's backward is scale).
 
-use crate::device::{emu, LaunchConfig};
-use crate::{DType, Device, Error, Result, Tensor};
+use super::UnaryKind;
+use crate::device::kernel::{self, DeviceBuf, KernelArg};
+use crate::device::LaunchConfig;
+use crate::{Device, Error, Result, Tensor};
 
 const THREADS: u32 = 256;
+const MODULE: &str = "elementwise";
 
-/// Checks an f32 operand and returns its element count as the kernels' `int n`.
-fn elems(op: &'static str, t: &Tensor) -> Result<i32> {
-    if t.dtype() != DType::F32 {
-        return Err(Error::DType {
-            op,
-            got: t.dtype(),
-            expected: "f32",
-        });
-    }
-    i32::try_from(t.numel()).map_err(|_| {
-        Error::shape(
-            op,
-            format!("{} elements exceed the kernel's i32 index", t.numel()),
-        )
-    })
+/// Whether `kind` has kernels (forward and input-based backward).
+pub(crate) fn has_kernel(kind: UnaryKind) -> bool {
+    matches!(
+        kind,
+        UnaryKind::Gelu | UnaryKind::QuickGelu | UnaryKind::Relu | UnaryKind::Scale(_)
+    )
 }
 
-fn unsupported(op: &'static str, device: Device) -> Error {
+fn no_kernel(op: &'static str, kind: UnaryKind, device: Device) -> Error {
     Error::Device {
         op,
-        msg: format!("no {op} kernel launcher for device {device} yet"),
+        msg: format!(
+            "no {} kernel (not implemented on device {device})",
+            kind.name()
+        ),
     }
 }
 
-/// `out[i] = gelu(x[i])`.
-pub(crate) fn gelu_fwd(x: &Tensor) -> Result<Tensor> {
-    let op = "gelu";
-    let n = elems(op, x)?;
+/// `out = f(x)` elementwise.
+pub(crate) fn forward(kind: UnaryKind, x: &Tensor) -> Result<Tensor> {
+    let op = "unary";
+    let x = kernel::f32_input(op, x)?;
+    let n = kernel::i32_len(op, x.numel())?;
+    let mut out = DeviceBuf::like(&x)?;
     let cfg = LaunchConfig::for_elements(n as usize, THREADS);
-    match x.device() {
-        Device::Emu => {
-            let x = x.contiguous();
-            let xs = x.f32s(op)?;
-            let mut out = vec![f32::NAN; xs.len()];
-            // SAFETY: `out` and `xs` hold n elements, the kernel touches indices < n.
-            unsafe {
-                emu::launch(
-                    "gelu_fwd_f32",
-                    cfg,
-                    &[
-                        emu::EmuArg::slice_mut(&mut out),
-                        emu::EmuArg::slice(xs),
-                        emu::EmuArg::I32(n),
-                    ],
-                )?;
-            }
-            Ok(Tensor::from_f32_on(out, x.shape(), Device::Emu))
-        }
-        d => Err(unsupported(op, d)),
-    }
+    let name = match kind {
+        UnaryKind::Gelu => "gelu_fwd_f32",
+        UnaryKind::QuickGelu => "quick_gelu_fwd_f32",
+        UnaryKind::Relu => "relu_fwd_f32",
+        UnaryKind::Scale(c) => return scale(&x, c),
+        k => return Err(no_kernel(op, k, x.device())),
+    };
+    // SAFETY: `out` and `x` hold n elements; the kernel touches indices < n.
+    unsafe {
+        kernel::launch(
+            x.device(),
+            MODULE,
+            name,
+            cfg,
+            &mut [
+                KernelArg::Out(&mut out),
+                KernelArg::In(&x),
+                KernelArg::I32(n),
+            ],
+        )
+    }?;
+    out.into_tensor()
 }
 
-/// `dx[i] = dy[i]·gelu'(x[i])`.
-pub(crate) fn gelu_bwd(x: &Tensor, dy: &Tensor) -> Result<Tensor> {
-    let op = "gelu backward";
-    let n = elems(op, x)?;
-    if dy.shape() != x.shape() {
+/// `c·x`.
+pub(crate) fn scale(x: &Tensor, c: f32) -> Result<Tensor> {
+    let op = "scale";
+    let x = kernel::f32_input(op, x)?;
+    let n = kernel::i32_len(op, x.numel())?;
+    let mut out = DeviceBuf::like(&x)?;
+    // SAFETY: `out` and `x` hold n elements; the kernel touches indices < n.
+    unsafe {
+        kernel::launch(
+            x.device(),
+            MODULE,
+            "scale_fwd_f32",
+            LaunchConfig::for_elements(n as usize, THREADS),
+            &mut [
+                KernelArg::Out(&mut out),
+                KernelArg::In(&x),
+                KernelArg::F32(c),
+                KernelArg::I32(n),
+            ],
+        )
+    }?;
+    out.into_tensor()
+}
+
+/// `dx = dy·f'(x)` (shapes and devices checked by the caller).
+pub(crate) fn backward(kind: UnaryKind, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    let op = "unary backward";
+    if let UnaryKind::Scale(c) = kind {
+        return scale(dy, c);
+    }
+    kernel::kernel_device(op, &[x, dy])?;
+    let (x, dy) = (kernel::f32_input(op, x)?, kernel::f32_input(op, dy)?);
+    if x.shape() != dy.shape() {
         crate::bail_shape!(
             op,
             "gradient {:?} does not match input {:?}",
@@ -73,32 +101,28 @@ pub(crate) fn gelu_bwd(x: &Tensor, dy: &Tensor) -> Result<Tensor> {
             x.shape()
         );
     }
-    elems(op, dy)?;
-    let cfg = LaunchConfig::for_elements(n as usize, THREADS);
-    match (x.device(), dy.device()) {
-        (Device::Emu, Device::Emu) => {
-            let (x, dy) = (x.contiguous(), dy.contiguous());
-            let (xs, gs) = (x.f32s(op)?, dy.f32s(op)?);
-            let mut dx = vec![f32::NAN; xs.len()];
-            // SAFETY: all three buffers hold n elements, the kernel touches indices < n.
-            unsafe {
-                emu::launch(
-                    "gelu_bwd_f32",
-                    cfg,
-                    &[
-                        emu::EmuArg::slice_mut(&mut dx),
-                        emu::EmuArg::slice(xs),
-                        emu::EmuArg::slice(gs),
-                        emu::EmuArg::I32(n),
-                    ],
-                )?;
-            }
-            Ok(Tensor::from_f32_on(dx, x.shape(), Device::Emu))
-        }
-        (a, b) if a != b => Err(Error::Device {
-            op,
-            msg: format!("operands on different devices ({a} and {b})"),
-        }),
-        (d, _) => Err(unsupported(op, d)),
-    }
+    let n = kernel::i32_len(op, x.numel())?;
+    let name = match kind {
+        UnaryKind::Gelu => "gelu_bwd_f32",
+        UnaryKind::QuickGelu => "quick_gelu_bwd_f32",
+        UnaryKind::Relu => "relu_bwd_f32",
+        k => return Err(no_kernel(op, k, x.device())),
+    };
+    let mut dx = DeviceBuf::like(&x)?;
+    // SAFETY: all three buffers hold n elements; the kernel touches indices < n.
+    unsafe {
+        kernel::launch(
+            x.device(),
+            MODULE,
+            name,
+            LaunchConfig::for_elements(n as usize, THREADS),
+            &mut [
+                KernelArg::Out(&mut dx),
+                KernelArg::In(&x),
+                KernelArg::In(&dy),
+                KernelArg::I32(n),
+            ],
+        )
+    }?;
+    dx.into_tensor()
 }

@@ -5,9 +5,10 @@
 pub mod cpu;
 pub(crate) mod gpu;
 
+use crate::device::kernel;
 use crate::graph::{Graph, Op, Var};
 use crate::ops::{cpu_input, same_device};
-use crate::{Device, Result, Tensor};
+use crate::{Result, Tensor};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum UnaryKind {
@@ -44,8 +45,8 @@ pub struct UnaryOp {
 
 /// `f(x)` elementwise.
 pub fn unary(kind: UnaryKind, x: &Tensor) -> Result<Tensor> {
-    if x.device() == Device::Emu && kind == UnaryKind::Gelu {
-        return gpu::gelu_fwd(x);
+    if kernel::runs_kernels(x.device()) && gpu::has_kernel(kind) {
+        return gpu::forward(kind, x);
     }
     let x = cpu_input(kind.name(), x)?;
     Ok(cpu::forward(kind, x.f32s(kind.name())?, x.shape()))
@@ -70,8 +71,8 @@ pub fn unary_backward(kind: UnaryKind, x: &Tensor, dy: &Tensor) -> Result<Tensor
             kind.name()
         )));
     }
-    if x.device() == Device::Emu && kind == UnaryKind::Gelu {
-        return gpu::gelu_bwd(x, dy);
+    if kernel::runs_kernels(x.device()) && gpu::has_kernel(kind) {
+        return gpu::backward(kind, x, dy);
     }
     let (x, g) = (cpu_input(op, x)?, cpu_input(op, dy)?);
     // Scale's derivative is the constant: it reads no input.
@@ -141,8 +142,11 @@ impl UnaryOp {
         gout: &Tensor,
         _needs: &[bool],
     ) -> Result<Vec<Option<Tensor>>> {
-        if self.kind == UnaryKind::Gelu && gout.device() == Device::Emu {
-            return Ok(vec![Some(gpu::gelu_bwd(&saved[0], gout)?)]);
+        if kernel::runs_kernels(gout.device()) && gpu::has_kernel(self.kind) {
+            return Ok(vec![Some(match self.kind {
+                UnaryKind::Scale(c) => gpu::scale(gout, c)?,
+                k => gpu::backward(k, &saved[0], gout)?,
+            })]);
         }
         let g = cpu_input("unary backward", gout)?;
         let gs = g.f32s("unary backward")?;

@@ -1,0 +1,296 @@
+//! One kernel launcher for both kernel devices (DESIGN §3): an op's `gpu.rs` decides the
+//! `LaunchConfig` and the argument list once, and [`launch`] runs it on `Device::Emu` (the CPU
+//! emulator, host pointers) or `Device::Cuda(i)` (cudarc's launch builder, device pointers) in
+//! exactly the same argument order.
+//!
+//! ```ignore
+//! let x = kernel::f32_input(op, x)?;                  // f32, contiguous, on Emu/Cuda
+//! let mut out = DeviceBuf::like(&x)?;                  // Emu: NaN-poisoned; Cuda: uninitialised
+//! let n = kernel::i32_len(op, x.numel())?;
+//! unsafe { kernel::launch(x.device(), "elementwise", "gelu_fwd_f32",
+//!     LaunchConfig::for_elements(n as usize, 256),
+//!     &mut [KernelArg::Out(&mut out), KernelArg::In(&x), KernelArg::I32(n)]) }?;
+//! out.into_tensor()
+//! ```
+
+use crate::device::cuda::{CudaBackend, CudaStorage, DeviceBlock};
+use crate::device::{emu, LaunchConfig};
+use crate::{DType, Device, Error, Result, Tensor};
+
+/// A buffer a kernel writes (or reads back in a later launch of the same op): f32 elements of a
+/// shape on one kernel device, or i32 elements (indices) uploaded from the host.
+pub struct DeviceBuf {
+    device: Device,
+    shape: Vec<usize>,
+    data: BufData,
+}
+
+enum BufData {
+    HostF32(Vec<f32>),
+    HostI32(Vec<i32>),
+    CudaF32(CudaStorage),
+    CudaRaw(DeviceBlock),
+}
+
+impl DeviceBuf {
+    /// f32 output of `shape` on `device`: NaN-poisoned host memory on Emu (an element the kernel
+    /// does not write fails every comparison), uninitialised device memory on Cuda.
+    pub fn f32(device: Device, shape: &[usize]) -> Result<DeviceBuf> {
+        let n: usize = shape.iter().product();
+        let data = match device {
+            Device::Emu => BufData::HostF32(vec![f32::NAN; n]),
+            Device::Cuda(i) => {
+                BufData::CudaF32(CudaStorage::uninit(&CudaBackend::get(i)?, DType::F32, n)?)
+            }
+            Device::Cpu => return Err(not_kernel_device("DeviceBuf", device)),
+        };
+        Ok(DeviceBuf {
+            device,
+            shape: shape.to_vec(),
+            data,
+        })
+    }
+    /// f32 output with the shape and device of `t`.
+    pub fn like(t: &Tensor) -> Result<DeviceBuf> {
+        DeviceBuf::f32(t.device(), t.shape())
+    }
+    /// Host i32 values (token ids, indices) made readable by kernels on `device`.
+    pub fn from_i32(device: Device, values: &[i32]) -> Result<DeviceBuf> {
+        let data = match device {
+            Device::Emu => BufData::HostI32(values.to_vec()),
+            Device::Cuda(i) => BufData::CudaRaw(CudaBackend::get(i)?.upload(values)?),
+            Device::Cpu => return Err(not_kernel_device("DeviceBuf", device)),
+        };
+        Ok(DeviceBuf {
+            device,
+            shape: vec![values.len()],
+            data,
+        })
+    }
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    pub fn device(&self) -> Device {
+        self.device
+    }
+    /// The f32 buffer as a contiguous tensor on its device.
+    pub fn into_tensor(self) -> Result<Tensor> {
+        match self.data {
+            BufData::HostF32(v) => Ok(Tensor::from_f32_on(v, &self.shape, self.device)),
+            BufData::CudaF32(s) => Tensor::from_cuda(s, &self.shape),
+            BufData::HostI32(_) | BufData::CudaRaw(_) => Err(Error::Msg(
+                "DeviceBuf::into_tensor: an i32 buffer is not a tensor".into(),
+            )),
+        }
+    }
+}
+
+/// One kernel parameter, in the kernel's parameter order.
+pub enum KernelArg<'a> {
+    /// A contiguous f32 tensor on the launch device, read by the kernel (pointer to its first
+    /// element).
+    In(&'a Tensor),
+    /// A buffer the kernel writes.
+    Out(&'a mut DeviceBuf),
+    /// A buffer the kernel only reads (an earlier stage's output, indices).
+    Buf(&'a DeviceBuf),
+    I32(i32),
+    U32(u32),
+    F32(f32),
+}
+
+fn not_kernel_device(op: &'static str, device: Device) -> Error {
+    Error::Device {
+        op,
+        msg: format!("no kernels on device {device} (kernels run on emu and cuda)"),
+    }
+}
+
+/// Whether `device` runs the CUDA kernels (Emu or Cuda).
+pub fn runs_kernels(device: Device) -> bool {
+    matches!(device, Device::Emu | Device::Cuda(_))
+}
+
+/// The common device of kernel operands: all on one device, and that device runs kernels.
+pub fn kernel_device(op: &'static str, ts: &[&Tensor]) -> Result<Device> {
+    crate::ops::same_device(op, ts)?;
+    let d = ts.first().map(|t| t.device()).unwrap_or(Device::Cpu);
+    if !runs_kernels(d) {
+        return Err(not_kernel_device(op, d));
+    }
+    Ok(d)
+}
+
+/// A kernel operand: checks f32 and a kernel device, and returns a contiguous tensor.
+pub fn f32_input(op: &'static str, t: &Tensor) -> Result<Tensor> {
+    if t.dtype() != DType::F32 {
+        return Err(Error::DType {
+            op,
+            got: t.dtype(),
+            expected: "f32",
+        });
+    }
+    if !runs_kernels(t.device()) {
+        return Err(not_kernel_device(op, t.device()));
+    }
+    Ok(t.contiguous())
+}
+
+/// A size as the kernels' `int`, or a clear error.
+pub fn i32_len(op: &'static str, n: usize) -> Result<i32> {
+    i32::try_from(n).map_err(|_| Error::shape(op, format!("{n} exceeds the kernels' i32 index")))
+}
+
+fn launch_err(kernel: &str, msg: String) -> Error {
+    Error::Device {
+        op: "kernel launch",
+        msg: format!("{kernel}: {msg}"),
+    }
+}
+
+fn check_operand(kernel: &str, i: usize, device: Device, got: Device) -> Result<()> {
+    if got != device {
+        return Err(launch_err(
+            kernel,
+            format!("argument {i} is on {got}, the launch on {device}"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_tensor(kernel: &str, i: usize, device: Device, t: &Tensor) -> Result<()> {
+    check_operand(kernel, i, device, t.device())?;
+    if t.dtype() != DType::F32 || !t.is_contiguous() {
+        return Err(launch_err(
+            kernel,
+            format!(
+                "argument {i} must be a contiguous f32 tensor (got {:?}, contiguous: {})",
+                t.dtype(),
+                t.is_contiguous()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Runs `kernel` of PTX module `module` (the `kernels/<module>.cu` file stem) with `cfg` on
+/// `device`. Every tensor/buffer argument must be on `device`; tensors must be contiguous f32.
+///
+/// # Safety
+/// Like a CUDA launch: with this configuration the kernel must only touch elements inside the
+/// buffers it is given (the launcher sizes them).
+pub unsafe fn launch(
+    device: Device,
+    module: &str,
+    kernel: &str,
+    cfg: LaunchConfig,
+    args: &mut [KernelArg],
+) -> Result<()> {
+    for (i, a) in args.iter().enumerate() {
+        match a {
+            KernelArg::In(t) => check_tensor(kernel, i, device, t)?,
+            KernelArg::Out(b) => check_operand(kernel, i, device, b.device)?,
+            KernelArg::Buf(b) => check_operand(kernel, i, device, b.device)?,
+            _ => {}
+        }
+    }
+    match device {
+        Device::Emu => {
+            let mut raw = Vec::with_capacity(args.len());
+            for a in args.iter_mut() {
+                raw.push(match a {
+                    KernelArg::In(t) => emu::EmuArg::slice(t.f32s("kernel launch")?),
+                    KernelArg::Out(b) => match &mut b.data {
+                        BufData::HostF32(v) => emu::EmuArg::slice_mut(v),
+                        BufData::HostI32(v) => emu::EmuArg::slice_mut(v),
+                        _ => unreachable!("an Emu buffer holds host memory"),
+                    },
+                    KernelArg::Buf(b) => match &b.data {
+                        BufData::HostF32(v) => emu::EmuArg::slice(v),
+                        BufData::HostI32(v) => emu::EmuArg::slice(v),
+                        _ => unreachable!("an Emu buffer holds host memory"),
+                    },
+                    KernelArg::I32(v) => emu::EmuArg::I32(*v),
+                    KernelArg::U32(v) => emu::EmuArg::U32(*v),
+                    KernelArg::F32(v) => emu::EmuArg::F32(*v),
+                });
+            }
+            // SAFETY: the pointers come from live buffers borrowed by `args` for the call; the
+            // bounds are the caller's promise.
+            unsafe { emu::launch(kernel, cfg, &raw) }
+        }
+        Device::Cuda(i) => unsafe { launch_cuda(i, module, kernel, cfg, args) },
+        Device::Cpu => Err(not_kernel_device("kernel launch", device)),
+    }
+}
+
+enum CudaVal {
+    Ptr(u64),
+    I32(i32),
+    U32(u32),
+    F32(f32),
+}
+
+unsafe fn launch_cuda(
+    ordinal: usize,
+    module: &str,
+    kernel: &str,
+    cfg: LaunchConfig,
+    args: &[KernelArg],
+) -> Result<()> {
+    use cudarc::driver::PushKernelArg;
+    if cfg.shared_bytes > 48 * 1024 {
+        // Above 48 KiB the kernel needs cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE); no launcher
+        // asks for that much yet.
+        return Err(launch_err(
+            kernel,
+            format!(
+                "{} bytes of dynamic shared memory exceed 48 KiB",
+                cfg.shared_bytes
+            ),
+        ));
+    }
+    let backend = CudaBackend::get(ordinal)?;
+    let f = backend.function(module, kernel)?;
+    let buf_addr = |b: &DeviceBuf| match &b.data {
+        BufData::CudaF32(s) => s.address(),
+        BufData::CudaRaw(blk) => blk.address(),
+        _ => unreachable!("a Cuda buffer holds device memory"),
+    };
+    let mut vals = Vec::with_capacity(args.len());
+    for a in args {
+        vals.push(match a {
+            KernelArg::In(t) => {
+                let (s, off) = t.cuda_storage().ok_or_else(|| {
+                    launch_err(kernel, "a Cuda tensor without device storage".into())
+                })?;
+                CudaVal::Ptr(s.address_at(off))
+            }
+            KernelArg::Out(b) => CudaVal::Ptr(buf_addr(b)),
+            KernelArg::Buf(b) => CudaVal::Ptr(buf_addr(b)),
+            KernelArg::I32(v) => CudaVal::I32(*v),
+            KernelArg::U32(v) => CudaVal::U32(*v),
+            KernelArg::F32(v) => CudaVal::F32(*v),
+        });
+    }
+    let stream = backend.stream();
+    let mut builder = stream.launch_builder(&f);
+    for v in &vals {
+        match v {
+            CudaVal::Ptr(p) => builder.arg(p),
+            CudaVal::I32(x) => builder.arg(x),
+            CudaVal::U32(x) => builder.arg(x),
+            CudaVal::F32(x) => builder.arg(x),
+        };
+    }
+    let c = cudarc::driver::LaunchConfig {
+        grid_dim: cfg.grid,
+        block_dim: cfg.block,
+        shared_mem_bytes: cfg.shared_bytes,
+    };
+    // SAFETY: argument kinds and order mirror the kernel signature (the same list the emulator
+    // checks by kind); the bounds are the caller's promise.
+    unsafe { builder.launch(c) }
+        .map(|_| ())
+        .map_err(|e| crate::device::cuda::driver_err("kernel launch", e))
+}

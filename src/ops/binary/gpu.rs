@@ -1,0 +1,116 @@
+//! Launchers of the add kernels in `kernels/elementwise.cu`, on Emu or Cuda:
+//! `add_fwd_f32(out, a, b, n)` (same shape), `add_bias_fwd_f32(out, x, bias, rows, d)` (a
+//! trailing-dims operand broadcast over leading rows: a [D] bias over [R, D], a residual…), and
+//! `bias_bwd_f32(db, g, rows, d)`, the deterministic column sum that is the bias's gradient.
+
+use crate::device::kernel::{self, DeviceBuf, KernelArg};
+use crate::device::LaunchConfig;
+use crate::{Error, Result, Tensor};
+
+const THREADS: u32 = 256;
+const MODULE: &str = "elementwise";
+
+/// Whether `small` (leading 1s dropped) is a suffix of `big`: then `small` repeats over the
+/// `numel(big) / numel(small)` leading rows of `big`.
+fn is_row_broadcast(big: &[usize], small: &[usize]) -> bool {
+    let trimmed: Vec<usize> = small.iter().copied().skip_while(|&d| d == 1).collect();
+    small.len() <= big.len() && big.ends_with(&trimmed)
+}
+
+/// `a + b`: same shapes, or one operand a row-broadcast of the other.
+pub(crate) fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let op = "add";
+    let device = kernel::kernel_device(op, &[a, b])?;
+    let (a, b) = (kernel::f32_input(op, a)?, kernel::f32_input(op, b)?);
+    if a.shape() == b.shape() {
+        let n = kernel::i32_len(op, a.numel())?;
+        let mut out = DeviceBuf::like(&a)?;
+        // SAFETY: all three buffers hold n elements; the kernel touches indices < n.
+        unsafe {
+            kernel::launch(
+                device,
+                MODULE,
+                "add_fwd_f32",
+                LaunchConfig::for_elements(n as usize, THREADS),
+                &mut [
+                    KernelArg::Out(&mut out),
+                    KernelArg::In(&a),
+                    KernelArg::In(&b),
+                    KernelArg::I32(n),
+                ],
+            )
+        }?;
+        return out.into_tensor();
+    }
+    let (x, bias) = if is_row_broadcast(a.shape(), b.shape()) {
+        (&a, &b)
+    } else if is_row_broadcast(b.shape(), a.shape()) {
+        (&b, &a)
+    } else {
+        return Err(Error::Device {
+            op,
+            msg: format!(
+                "{:?} + {:?}: kernels add equal shapes or a trailing-dims operand over rows \
+                 (not implemented on device {device} for this broadcast)",
+                a.shape(),
+                b.shape()
+            ),
+        });
+    };
+    let d = bias.numel();
+    let rows = x.numel().checked_div(d).unwrap_or(0);
+    kernel::i32_len(op, x.numel())?;
+    let mut out = DeviceBuf::like(x)?;
+    // SAFETY: out and x hold rows·d elements, bias d; the kernel touches indices < rows·d.
+    unsafe {
+        kernel::launch(
+            device,
+            MODULE,
+            "add_bias_fwd_f32",
+            LaunchConfig::for_elements(x.numel(), THREADS),
+            &mut [
+                KernelArg::Out(&mut out),
+                KernelArg::In(x),
+                KernelArg::In(bias),
+                KernelArg::I32(rows as i32),
+                KernelArg::I32(d as i32),
+            ],
+        )
+    }?;
+    out.into_tensor()
+}
+
+/// `g` summed down to `target` when `target` is a row-broadcast of `g`'s shape (a bias's
+/// gradient: column sums over the rows). `None` when the reduction is of another kind.
+pub(crate) fn sum_rows_to(g: &Tensor, target: &[usize]) -> Result<Option<Tensor>> {
+    let op = "sum_to_shape";
+    if !is_row_broadcast(g.shape(), target) {
+        return Ok(None);
+    }
+    let g = kernel::f32_input(op, g)?;
+    let d: usize = target.iter().product();
+    let rows = g.numel().checked_div(d).unwrap_or(0);
+    kernel::i32_len(op, g.numel())?;
+    let mut db = DeviceBuf::f32(g.device(), target)?;
+    let cfg = LaunchConfig {
+        grid: (d.div_ceil(32).max(1) as u32, 1, 1),
+        block: (32, 8, 1),
+        shared_bytes: 0,
+    };
+    // SAFETY: g holds rows·d elements, db d; the kernel reads rows < rows, columns < d.
+    unsafe {
+        kernel::launch(
+            g.device(),
+            MODULE,
+            "bias_bwd_f32",
+            cfg,
+            &mut [
+                KernelArg::Out(&mut db),
+                KernelArg::In(&g),
+                KernelArg::I32(rows as i32),
+                KernelArg::I32(d as i32),
+            ],
+        )
+    }?;
+    Ok(Some(db.into_tensor()?))
+}

@@ -1,0 +1,112 @@
+//! Launchers of `kernels/embedding.cu` on Emu or Cuda. Forward: a row gather, one thread per
+//! output element. Backward: deterministic per-vocab-row ownership over a CSR index of the ids
+//! built here on the host by counting sort (`off[V + 1]`, `pos[N]`, positions ascending), so each
+//! `dw` row is summed in id order by one block — no float atomics, bit-identical to the CPU.
+
+use crate::device::kernel::{self, DeviceBuf, KernelArg};
+use crate::device::LaunchConfig;
+use crate::{Error, Result, Tensor};
+
+const MODULE: &str = "embedding";
+
+fn ids_i32(op: &'static str, ids: &[u32]) -> Result<Vec<i32>> {
+    ids.iter()
+        .map(|&i| i32::try_from(i).map_err(|_| Error::shape(op, format!("id {i} exceeds i32"))))
+        .collect()
+}
+
+/// `out[k] = weight[ids[k]]`; ids already range-checked; output shape `ids_shape + [D]`.
+pub(crate) fn forward(weight: &Tensor, ids: &[u32], ids_shape: &[usize]) -> Result<Tensor> {
+    let op = "embedding";
+    let w = kernel::f32_input(op, weight)?;
+    let d = w.shape()[1];
+    let n = ids.len();
+    kernel::i32_len(op, n * d)?;
+    let idb = DeviceBuf::from_i32(w.device(), &ids_i32(op, ids)?)?;
+    let mut shape = ids_shape.to_vec();
+    shape.push(d);
+    let mut out = DeviceBuf::f32(w.device(), &shape)?;
+    // SAFETY: out holds n·d elements, ids n (each < V), w V·d.
+    unsafe {
+        kernel::launch(
+            w.device(),
+            MODULE,
+            "embedding_fwd_f32",
+            LaunchConfig::for_elements(n * d, 256),
+            &mut [
+                KernelArg::Out(&mut out),
+                KernelArg::In(&w),
+                KernelArg::Buf(&idb),
+                KernelArg::I32(n as i32),
+                KernelArg::I32(d as i32),
+            ],
+        )
+    }?;
+    out.into_tensor()
+}
+
+/// The CSR index of `ids` over `vocab` rows: (`off`, `pos`), positions of each id ascending.
+pub(crate) fn csr(ids: &[u32], vocab: usize) -> (Vec<i32>, Vec<i32>) {
+    let mut off = vec![0i32; vocab + 1];
+    for &i in ids {
+        off[i as usize + 1] += 1;
+    }
+    for v in 0..vocab {
+        off[v + 1] += off[v];
+    }
+    let mut next = off.clone();
+    let mut pos = vec![0i32; ids.len()];
+    for (k, &i) in ids.iter().enumerate() {
+        pos[next[i as usize] as usize] = k as i32;
+        next[i as usize] += 1;
+    }
+    (off, pos)
+}
+
+/// `dw [vocab, D]` from `dy [.., D]` (one row per id).
+pub(crate) fn backward(dy: &Tensor, ids: &[u32], vocab: usize) -> Result<Tensor> {
+    let op = "embedding backward";
+    let dy = kernel::f32_input(op, dy)?;
+    let d = *dy.shape().last().unwrap_or(&0);
+    if dy.numel() != ids.len() * d {
+        crate::bail_shape!(
+            op,
+            "gradient {:?} does not match {} ids",
+            dy.shape(),
+            ids.len()
+        );
+    }
+    if let Some(bad) = ids.iter().find(|&&i| i as usize >= vocab) {
+        crate::bail_shape!(op, "id {bad} is out of range for a table of {vocab} rows");
+    }
+    kernel::i32_len(op, (vocab * d).max(ids.len() * d))?;
+    let (off, pos) = csr(ids, vocab);
+    let offb = DeviceBuf::from_i32(dy.device(), &off)?;
+    let posb = DeviceBuf::from_i32(dy.device(), &pos)?;
+    let mut dw = DeviceBuf::f32(dy.device(), &[vocab, d])?;
+    let cfg = LaunchConfig {
+        grid: (vocab.max(1) as u32, d.div_ceil(128).max(1) as u32, 1),
+        block: (128, 1, 1),
+        shared_bytes: 0,
+    };
+    if vocab == 0 || d == 0 {
+        return dw.into_tensor();
+    }
+    // SAFETY: dw holds V·d elements, off V+1, pos n (each < n), dy n·d.
+    unsafe {
+        kernel::launch(
+            dy.device(),
+            MODULE,
+            "embedding_bwd_f32",
+            cfg,
+            &mut [
+                KernelArg::Out(&mut dw),
+                KernelArg::In(&dy),
+                KernelArg::Buf(&offb),
+                KernelArg::Buf(&posb),
+                KernelArg::I32(d as i32),
+            ],
+        )
+    }?;
+    dw.into_tensor()
+}

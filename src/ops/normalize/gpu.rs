@@ -1,0 +1,80 @@
+//! Launchers of `kernels/normalize.cu` on Emu or Cuda: one warp per row
+//! ([`LaunchConfig::warp_per_row`]). `l2norm_fwd_f32(y, norm, x, rows, d, eps)`,
+//! `l2norm_bwd_f32(dx, y, norm, dy, rows, d, eps)`.
+
+use crate::device::kernel::{self, DeviceBuf, KernelArg};
+use crate::device::LaunchConfig;
+use crate::{Result, Tensor};
+
+const MODULE: &str = "normalize";
+
+/// `(y, norm)`: `y = x / max(‖x‖, eps)` per row of the last dim, and the row norms.
+pub(crate) fn forward(x: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
+    let op = "l2_normalize";
+    let x = kernel::f32_input(op, x)?;
+    let d = *x.shape().last().unwrap_or(&1);
+    let rows = x.numel().checked_div(d).unwrap_or(0);
+    kernel::i32_len(op, x.numel())?;
+    let mut y = DeviceBuf::like(&x)?;
+    let mut norm = DeviceBuf::f32(x.device(), &[rows])?;
+    // SAFETY: x and y hold rows·d elements, norm rows.
+    unsafe {
+        kernel::launch(
+            x.device(),
+            MODULE,
+            "l2norm_fwd_f32",
+            LaunchConfig::warp_per_row(rows),
+            &mut [
+                KernelArg::Out(&mut y),
+                KernelArg::Out(&mut norm),
+                KernelArg::In(&x),
+                KernelArg::I32(rows as i32),
+                KernelArg::I32(d as i32),
+                KernelArg::F32(eps),
+            ],
+        )
+    }?;
+    Ok((y.into_tensor()?, norm.into_tensor()?))
+}
+
+/// `dx` from the saved `y`, the row norms and `dy`.
+pub(crate) fn backward(y: &Tensor, norm: &Tensor, dy: &Tensor, eps: f32) -> Result<Tensor> {
+    let op = "l2_normalize backward";
+    let device = kernel::kernel_device(op, &[y, norm, dy])?;
+    let (y, norm, dy) = (
+        kernel::f32_input(op, y)?,
+        kernel::f32_input(op, norm)?,
+        kernel::f32_input(op, dy)?,
+    );
+    if y.shape() != dy.shape() {
+        crate::bail_shape!(
+            op,
+            "gradient {:?} does not match output {:?}",
+            dy.shape(),
+            y.shape()
+        );
+    }
+    let d = *y.shape().last().unwrap_or(&1);
+    let rows = y.numel().checked_div(d).unwrap_or(0);
+    kernel::i32_len(op, y.numel())?;
+    let mut dx = DeviceBuf::like(&y)?;
+    // SAFETY: y, dy, dx hold rows·d elements, norm rows.
+    unsafe {
+        kernel::launch(
+            device,
+            MODULE,
+            "l2norm_bwd_f32",
+            LaunchConfig::warp_per_row(rows),
+            &mut [
+                KernelArg::Out(&mut dx),
+                KernelArg::In(&y),
+                KernelArg::In(&norm),
+                KernelArg::In(&dy),
+                KernelArg::I32(rows as i32),
+                KernelArg::I32(d as i32),
+                KernelArg::F32(eps),
+            ],
+        )
+    }?;
+    dx.into_tensor()
+}

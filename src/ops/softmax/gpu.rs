@@ -1,0 +1,73 @@
+//! Launchers of `kernels/softmax.cu` on Emu or Cuda: one warp per row
+//! ([`LaunchConfig::warp_per_row`]). `softmax_fwd_f32(y, x, rows, n, causal)`,
+//! `softmax_bwd_f32(dx, y, dy, rows, n)`.
+
+use crate::device::kernel::{self, DeviceBuf, KernelArg};
+use crate::device::LaunchConfig;
+use crate::Result;
+use crate::Tensor;
+
+const MODULE: &str = "softmax";
+
+/// Softmax over the last dim (shape checks, incl. the causal square, by the caller).
+pub(crate) fn forward(x: &Tensor, causal: bool) -> Result<Tensor> {
+    let op = "softmax";
+    let x = kernel::f32_input(op, x)?;
+    let n = *x.shape().last().unwrap_or(&1);
+    let rows = x.numel().checked_div(n).unwrap_or(0);
+    kernel::i32_len(op, x.numel())?;
+    let mut y = DeviceBuf::like(&x)?;
+    // SAFETY: x and y hold rows·n elements; warps past `rows` do nothing.
+    unsafe {
+        kernel::launch(
+            x.device(),
+            MODULE,
+            "softmax_fwd_f32",
+            LaunchConfig::warp_per_row(rows),
+            &mut [
+                KernelArg::Out(&mut y),
+                KernelArg::In(&x),
+                KernelArg::I32(rows as i32),
+                KernelArg::I32(n as i32),
+                KernelArg::I32(causal as i32),
+            ],
+        )
+    }?;
+    y.into_tensor()
+}
+
+/// `dx = y·(dy − Σ dy·y)` per row, from the saved output `y`.
+pub(crate) fn backward(y: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    let op = "softmax backward";
+    let device = kernel::kernel_device(op, &[y, dy])?;
+    let (y, dy) = (kernel::f32_input(op, y)?, kernel::f32_input(op, dy)?);
+    if y.shape() != dy.shape() {
+        crate::bail_shape!(
+            op,
+            "gradient {:?} does not match output {:?}",
+            dy.shape(),
+            y.shape()
+        );
+    }
+    let n = *y.shape().last().unwrap_or(&1);
+    let rows = y.numel().checked_div(n).unwrap_or(0);
+    kernel::i32_len(op, y.numel())?;
+    let mut dx = DeviceBuf::like(&y)?;
+    // SAFETY: all three buffers hold rows·n elements.
+    unsafe {
+        kernel::launch(
+            device,
+            MODULE,
+            "softmax_bwd_f32",
+            LaunchConfig::warp_per_row(rows),
+            &mut [
+                KernelArg::Out(&mut dx),
+                KernelArg::In(&y),
+                KernelArg::In(&dy),
+                KernelArg::I32(rows as i32),
+                KernelArg::I32(n as i32),
+            ],
+        )
+    }?;
+    dx.into_tensor()
+}

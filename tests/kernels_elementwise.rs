@@ -1,0 +1,230 @@
+//! Kernels of `kernels/elementwise.cu` against the CPU reference (DESIGN §7): QuickGELU, ReLU,
+//! scale (forward and backward), same-shape and row-broadcast add, and the bias gradient (the
+//! column sum behind `sum_to_shape`). Fresh random data, sizes that are not multiples of the
+//! block sizes, outputs NaN-poisoned on Emu. Emu runs every case twice — normal and reverse lane
+//! order (a missing barrier shows up there); Cuda runs when a GPU is present, else it is reported
+//! as SKIPPED on stderr.
+
+mod common;
+
+use clipcu::device::emu;
+use clipcu::ops::binary::add;
+use clipcu::ops::reduce::sum_to_shape;
+use clipcu::ops::unary::{quick_gelu, relu, scale, unary_backward, UnaryKind};
+use clipcu::{Device, Graph, Tensor};
+
+const SIZES: [usize; 6] = [1, 7, 50, 77, 197, 1000];
+const TOL_F32: f64 = 1e-5;
+
+/// (device, reverse lane order) pairs every case runs on.
+fn runs() -> Vec<(Device, bool)> {
+    let mut v = vec![(Device::Emu, false), (Device::Emu, true)];
+    match Device::Cuda(0).ensure_available() {
+        Ok(()) => v.push((Device::Cuda(0), false)),
+        Err(e) => eprintln!("kernel tests: cuda:0 SKIPPED ({e})"),
+    }
+    v
+}
+
+fn on_each(mut f: impl FnMut(Device, &str)) {
+    for (device, reverse) in runs() {
+        let tag = format!("{device}{}", if reverse { " (reverse)" } else { "" });
+        emu::with_reverse(reverse, || f(device, &tag));
+    }
+}
+
+fn check(what: &str, tag: &str, seed: u64, out: &Tensor, reference: &Tensor) {
+    assert_eq!(out.shape(), reference.shape(), "{what} on {tag}");
+    let err = out.rel_err(reference);
+    assert!(err < TOL_F32, "{what} on {tag}, seed={seed}: rel err {err}");
+}
+
+#[test]
+fn unary_fwd_bwd_match_cpu() {
+    on_each(|device, tag| {
+        for n in SIZES {
+            let seed = common::fresh_seed();
+            let x = Tensor::randn([n], 2.0, seed);
+            let dy = Tensor::randn([n], 1.0, seed ^ 0x5bd1);
+            let (xd, dyd) = (x.to_device(device).unwrap(), dy.to_device(device).unwrap());
+            type Fwd = fn(&Tensor) -> clipcu::Result<Tensor>;
+            let fwd: [(&str, Fwd); 2] =
+                [("quick_gelu_fwd_f32", quick_gelu), ("relu_fwd_f32", relu)];
+            for (name, f) in fwd {
+                let out = f(&xd).unwrap();
+                assert_eq!(out.device(), device);
+                check(&format!("{name} n={n}"), tag, seed, &out, &f(&x).unwrap());
+            }
+            let out = scale(&xd, -0.37).unwrap();
+            check(
+                &format!("scale_fwd_f32 n={n}"),
+                tag,
+                seed,
+                &out,
+                &scale(&x, -0.37).unwrap(),
+            );
+            for kind in [UnaryKind::QuickGelu, UnaryKind::Relu, UnaryKind::Scale(1.7)] {
+                let out = unary_backward(kind, &xd, &dyd).unwrap();
+                let reference = unary_backward(kind, &x, &dy).unwrap();
+                check(
+                    &format!("{kind:?} backward n={n}"),
+                    tag,
+                    seed,
+                    &out,
+                    &reference,
+                );
+            }
+        }
+    });
+}
+
+#[test]
+fn relu_backward_is_exactly_masked() {
+    // ReLU's gradient is a selection: bit-exact against the CPU, zeros where x ≤ 0.
+    on_each(|device, tag| {
+        let seed = common::fresh_seed();
+        let x = Tensor::randn([197], 1.0, seed);
+        let dy = Tensor::randn([197], 1.0, seed + 1);
+        let out = unary_backward(
+            UnaryKind::Relu,
+            &x.to_device(device).unwrap(),
+            &dy.to_device(device).unwrap(),
+        )
+        .unwrap()
+        .to_vec();
+        let reference = unary_backward(UnaryKind::Relu, &x, &dy).unwrap().to_vec();
+        assert_eq!(out, reference, "relu_bwd_f32 on {tag}, seed={seed}");
+    });
+}
+
+#[test]
+fn add_same_shape_and_bias_match_cpu() {
+    on_each(|device, tag| {
+        for (r, d) in [(1, 1), (7, 50), (77, 7), (197, 77), (3, 1000)] {
+            let seed = common::fresh_seed();
+            let a = Tensor::randn([r, d], 1.0, seed);
+            let b = Tensor::randn([r, d], 1.0, seed + 1);
+            let bias = Tensor::randn([d], 1.0, seed + 2);
+            let (ad, bd, biasd) = (
+                a.to_device(device).unwrap(),
+                b.to_device(device).unwrap(),
+                bias.to_device(device).unwrap(),
+            );
+            check(
+                &format!("add_fwd_f32 [{r},{d}]"),
+                tag,
+                seed,
+                &add(&ad, &bd).unwrap(),
+                &add(&a, &b).unwrap(),
+            );
+            let reference = add(&a, &bias).unwrap();
+            check(
+                &format!("add_bias_fwd_f32 [{r},{d}]"),
+                tag,
+                seed,
+                &add(&ad, &biasd).unwrap(),
+                &reference,
+            );
+            // bias on the left, and a [1, D] bias over a rank-3 tensor
+            check(
+                &format!("bias + x [{r},{d}]"),
+                tag,
+                seed,
+                &add(&biasd, &ad).unwrap(),
+                &reference,
+            );
+            let x3 = Tensor::randn([2, r, d], 1.0, seed + 3);
+            let b2 = bias.reshape([1, d]).unwrap();
+            check(
+                &format!("add_bias_fwd_f32 [2,{r},{d}]+[1,{d}]"),
+                tag,
+                seed,
+                &add(
+                    &x3.to_device(device).unwrap(),
+                    &b2.to_device(device).unwrap(),
+                )
+                .unwrap(),
+                &add(&x3, &b2).unwrap(),
+            );
+        }
+    });
+}
+
+#[test]
+fn bias_grad_column_sum_matches_cpu_and_is_deterministic() {
+    on_each(|device, tag| {
+        for (r, d) in [(1, 1), (7, 50), (77, 7), (197, 77), (1000, 33), (9, 1000)] {
+            let seed = common::fresh_seed();
+            let g = Tensor::randn([r, d], 1.0, seed);
+            let gd = g.to_device(device).unwrap();
+            let out = sum_to_shape(&gd, &[d]).unwrap();
+            assert_eq!(out.device(), device);
+            check(
+                &format!("bias_bwd_f32 [{r},{d}]"),
+                tag,
+                seed,
+                &out,
+                &sum_to_shape(&g, &[d]).unwrap(),
+            );
+            let again = sum_to_shape(&gd, &[d]).unwrap();
+            assert_eq!(
+                out.to_vec(),
+                again.to_vec(),
+                "bias_bwd_f32 not deterministic on {tag}"
+            );
+        }
+        // [B, T, D] → [1, 1, D]
+        let seed = common::fresh_seed();
+        let g = Tensor::randn([3, 77, 50], 1.0, seed);
+        let out = sum_to_shape(&g.to_device(device).unwrap(), &[1, 1, 50]).unwrap();
+        check(
+            "bias_bwd_f32 [3,77,50]→[1,1,50]",
+            tag,
+            seed,
+            &out,
+            &sum_to_shape(&g, &[1, 1, 50]).unwrap(),
+        );
+    });
+}
+
+#[test]
+fn graph_add_bias_backward_runs_on_kernels() {
+    // y = quick_gelu(x + b)·c ; the whole backward (scale, quick_gelu, add, bias sum) on kernels.
+    on_each(|device, tag| {
+        let seed = common::fresh_seed();
+        let x = Tensor::randn([77, 50], 1.0, seed);
+        let b = Tensor::randn([50], 1.0, seed + 1);
+        let grads = |dev: Device| {
+            let g = Graph::new();
+            let xv = g.leaf(x.to_device(dev).unwrap());
+            let bv = g.leaf(b.to_device(dev).unwrap());
+            let h = g.add(&xv, &bv).unwrap();
+            let y = g.scale(&g.quick_gelu(&h).unwrap(), 0.5).unwrap();
+            let gy = Tensor::randn([77, 50], 1.0, seed + 2)
+                .to_device(dev)
+                .unwrap();
+            let gr = g.backward_with(&y, gy).unwrap();
+            (gr.get(&xv).unwrap().clone(), gr.get(&bv).unwrap().clone())
+        };
+        let (gx, gb) = grads(device);
+        let (rx, rb) = grads(Device::Cpu);
+        assert_eq!(gx.device(), device);
+        check("graph dx", tag, seed, &gx, &rx);
+        check("graph db", tag, seed, &gb, &rb);
+    });
+}
+
+#[test]
+fn unsupported_inputs_are_clear_errors() {
+    let x = Tensor::randn([4, 3], 1.0, 1)
+        .to_device(Device::Emu)
+        .unwrap();
+    let y = Tensor::randn([3, 4], 1.0, 2)
+        .to_device(Device::Emu)
+        .unwrap();
+    let e = add(&x, &y).unwrap_err().to_string();
+    assert!(e.contains("not implemented on device emu"), "{e}");
+    let h = x.to_dtype(clipcu::DType::F16);
+    let e = relu(&h).unwrap_err().to_string();
+    assert!(e.contains("f32"), "{e}");
+}

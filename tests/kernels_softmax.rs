@@ -1,0 +1,158 @@
+//! Kernels of `kernels/softmax.cu` and `kernels/normalize.cu` against the CPU reference
+//! (DESIGN §7): softmax forward/backward with and without the causal mask (masked entries exactly
+//! 0), L2 normalize forward/backward. Emu runs each case in normal and reverse lane order; Cuda
+//! when a GPU is present (else reported SKIPPED on stderr).
+
+mod common;
+
+use clipcu::device::emu;
+use clipcu::ops::normalize::{l2_normalize_backward, l2_normalize_stats};
+use clipcu::ops::softmax::{softmax, softmax_backward};
+use clipcu::{Device, Tensor};
+
+const TOL_F32: f64 = 1e-5;
+
+fn runs() -> Vec<(Device, bool)> {
+    let mut v = vec![(Device::Emu, false), (Device::Emu, true)];
+    match Device::Cuda(0).ensure_available() {
+        Ok(()) => v.push((Device::Cuda(0), false)),
+        Err(e) => eprintln!("kernel tests: cuda:0 SKIPPED ({e})"),
+    }
+    v
+}
+
+fn on_each(mut f: impl FnMut(Device, &str)) {
+    for (device, reverse) in runs() {
+        let tag = format!("{device}{}", if reverse { " (reverse)" } else { "" });
+        emu::with_reverse(reverse, || f(device, &tag));
+    }
+}
+
+fn check(what: &str, tag: &str, seed: u64, out: &Tensor, reference: &Tensor) {
+    assert_eq!(out.shape(), reference.shape(), "{what} on {tag}");
+    let err = out.rel_err(reference);
+    assert!(err < TOL_F32, "{what} on {tag}, seed={seed}: rel err {err}");
+}
+
+#[test]
+fn softmax_fwd_bwd_match_cpu() {
+    on_each(|device, tag| {
+        for (r, n) in [(1, 1), (1, 7), (7, 50), (3, 77), (2, 197), (2, 1000)] {
+            let seed = common::fresh_seed();
+            // scale 4: a spread of logits, so the max subtraction matters
+            let x = Tensor::randn([r, n], 4.0, seed);
+            let dy = Tensor::randn([r, n], 1.0, seed + 1);
+            let y = softmax(&x, false).unwrap();
+            let yd = softmax(&x.to_device(device).unwrap(), false).unwrap();
+            assert_eq!(yd.device(), device);
+            check(&format!("softmax_fwd_f32 [{r},{n}]"), tag, seed, &yd, &y);
+            let dx = softmax_backward(&y, &dy).unwrap();
+            let dxd = softmax_backward(
+                &y.to_device(device).unwrap(),
+                &dy.to_device(device).unwrap(),
+            )
+            .unwrap();
+            if n > 1 {
+                // n = 1: dx is 0 up to rounding, no relative error to speak of
+                check(&format!("softmax_bwd_f32 [{r},{n}]"), tag, seed, &dxd, &dx);
+            } else {
+                assert!(
+                    dxd.to_vec().iter().all(|v| v.abs() < 1e-6),
+                    "softmax_bwd_f32 n=1 on {tag}"
+                );
+            }
+        }
+    });
+}
+
+#[test]
+fn causal_softmax_matches_cpu_and_masks_exactly() {
+    on_each(|device, tag| {
+        for (b, t) in [(1, 1), (2, 7), (1, 50), (2, 77)] {
+            let seed = common::fresh_seed();
+            let x = Tensor::randn([b, t, t], 3.0, seed);
+            let dy = Tensor::randn([b, t, t], 1.0, seed + 1);
+            let y = softmax(&x, true).unwrap();
+            let yd = softmax(&x.to_device(device).unwrap(), true).unwrap();
+            check(
+                &format!("causal softmax_fwd_f32 [{b},{t},{t}]"),
+                tag,
+                seed,
+                &yd,
+                &y,
+            );
+            let dxd = softmax_backward(&yd, &dy.to_device(device).unwrap()).unwrap();
+            if t > 1 {
+                check(
+                    &format!("causal softmax_bwd_f32 [{b},{t},{t}]"),
+                    tag,
+                    seed,
+                    &dxd,
+                    &softmax_backward(&y, &dy).unwrap(),
+                );
+            }
+            let (yv, dxv) = (yd.to_vec(), dxd.to_vec());
+            for bi in 0..b {
+                for i in 0..t {
+                    for j in i + 1..t {
+                        let k = (bi * t + i) * t + j;
+                        assert!(
+                            yv[k].to_bits() == 0 && dxv[k] == 0.0,
+                            "masked entry ({bi},{i},{j}) on {tag} is {} / {}",
+                            yv[k],
+                            dxv[k]
+                        );
+                    }
+                }
+            }
+        }
+    });
+}
+
+#[test]
+fn l2_normalize_fwd_bwd_match_cpu() {
+    on_each(|device, tag| {
+        for (r, d) in [(1, 1), (1, 7), (7, 50), (77, 77), (3, 197), (2, 1000)] {
+            let seed = common::fresh_seed();
+            let x = Tensor::randn([r, d], 2.0, seed);
+            let dy = Tensor::randn([r, d], 1.0, seed + 1);
+            let (y, nr) = l2_normalize_stats(&x).unwrap();
+            let (yd, nrd) = l2_normalize_stats(&x.to_device(device).unwrap()).unwrap();
+            assert_eq!(yd.device(), device);
+            check(&format!("l2norm_fwd_f32 y [{r},{d}]"), tag, seed, &yd, &y);
+            check(
+                &format!("l2norm_fwd_f32 norm [{r},{d}]"),
+                tag,
+                seed,
+                &nrd,
+                &nr,
+            );
+            let to = |t: &Tensor| t.to_device(device).unwrap();
+            let dxd = l2_normalize_backward(&to(&y), &to(&nr), &to(&dy)).unwrap();
+            if d > 1 {
+                check(
+                    &format!("l2norm_bwd_f32 [{r},{d}]"),
+                    tag,
+                    seed,
+                    &dxd,
+                    &l2_normalize_backward(&y, &nr, &dy).unwrap(),
+                );
+            }
+        }
+        // A zero row: ‖x‖ ≤ eps, y = 0 and dx = dy / eps on both paths.
+        let x = Tensor::zeros([2, 5]);
+        let dy = Tensor::randn([2, 5], 1e-12, 3);
+        let (y, nr) = l2_normalize_stats(&x).unwrap();
+        let (yd, nrd) = l2_normalize_stats(&x.to_device(device).unwrap()).unwrap();
+        assert_eq!(yd.to_vec(), y.to_vec(), "zero row y on {tag}");
+        let to = |t: &Tensor| t.to_device(device).unwrap();
+        let dxd = l2_normalize_backward(&yd, &nrd, &to(&dy)).unwrap();
+        check(
+            "l2norm_bwd_f32 zero row",
+            tag,
+            3,
+            &dxd,
+            &l2_normalize_backward(&y, &nr, &dy).unwrap(),
+        );
+    });
+}
