@@ -144,3 +144,109 @@ fn embed_errors_name_what_is_wrong() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--config"));
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// A small config with CLIP's full vocabulary (random init), written to `dir`.
+fn small_config(dir: &std::path::Path) -> PathBuf {
+    let mut cfg = ClipConfig::load("tiny-vit").unwrap();
+    cfg.text_cfg.vocab_size = 49408;
+    cfg.text_cfg.context_length = 77;
+    let p = dir.join("small.json");
+    std::fs::write(&p, cfg.to_json()).unwrap();
+    p
+}
+
+fn write_png(path: &std::path::Path, seed: u64) {
+    let img = image::RgbImage::from_fn(40, 30, |x, y| {
+        let v = common::splitmix64(seed ^ ((x as u64) << 8) ^ y as u64);
+        image::Rgb([v as u8, (v >> 8) as u8, (v >> 16) as u8])
+    });
+    img.save(path).unwrap();
+}
+
+#[test]
+fn zeroshot_and_retrieval_commands() {
+    let dir = tmpdir();
+    let cfg = small_config(&dir);
+    for (c, n) in [("red_circle", 3), ("blue_square", 2)] {
+        std::fs::create_dir_all(dir.join("folder").join(c)).unwrap();
+        for i in 0..n {
+            write_png(
+                &dir.join("folder").join(c).join(format!("{i}.png")),
+                i as u64 + c.len() as u64,
+            );
+        }
+    }
+    let cache = dir.join("clf.safetensors");
+    let run = || {
+        clipcu()
+            .args(["zeroshot", "--config"])
+            .arg(&cfg)
+            .arg("--data")
+            .arg(dir.join("folder"))
+            .args(["--templates", "simple", "--cache"])
+            .arg(&cache)
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("zero-shot on 5 images of 2 classes (7 templates)")
+            && text.contains("top-1")
+            && text.contains("top-5"),
+        "{text}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("built"));
+    let again = run();
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("loaded"),
+        "the cached classifier is reused"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&again.stdout),
+        text,
+        "same numbers from the cache"
+    );
+
+    let csv = dir.join("pairs.csv");
+    std::fs::write(&csv, "filepath,title\nfolder/red_circle/0.png,a red circle\nfolder/red_circle/0.png,a round red thing\nfolder/blue_square/1.png,a blue square\n").unwrap();
+    let out = clipcu()
+        .args(["retrieval", "--config"])
+        .arg(&cfg)
+        .arg("--data")
+        .arg(&csv)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("retrieval on 2 images and 3 captions")
+            && text.contains("recall@1")
+            && text.contains("recall@10"),
+        "{text}"
+    );
+    // with 2 images, recall@5 image→text and text→image must be 100%
+    let r5 = text.lines().find(|l| l.contains("recall@5")).unwrap();
+    assert_eq!(r5.matches("100.00%").count(), 2, "{r5}");
+
+    let out = clipcu()
+        .args(["zeroshot", "--config"])
+        .arg(&cfg)
+        .args(["--data", "/nonexistent/folder"])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("/nonexistent/folder")
+    );
+    std::fs::remove_dir_all(dir).ok();
+}

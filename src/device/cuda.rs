@@ -38,7 +38,10 @@ pub type DeviceBlock = Block<CudaRawAlloc>;
 /// The PTX modules build.rs embedded (`crate::kernels::MODULES`), as `(module name, PTX text)`;
 /// empty when nvcc was not found.
 pub fn embedded_ptx() -> Vec<(&'static str, &'static str)> {
-    crate::kernels::MODULES.iter().map(|m| (m.name, m.ptx)).collect()
+    crate::kernels::MODULES
+        .iter()
+        .map(|m| (m.name, m.ptx))
+        .collect()
 }
 
 /// Whether build.rs compiled the CUDA kernels into this build.

@@ -1,13 +1,17 @@
 //! `clipcu zeroshot`: zero-shot classification of an ImageFolder (one sub-folder per class; the
 //! folder names are the class names) with a classifier from class names × prompt templates,
-//! cached beside the weights and reused while nothing changed.
+//! cached beside the weights and reused while nothing changed; `clipcu retrieval`: recall@1/5/10
+//! in both directions on a paired CSV (an image may have several captions).
 
 use crate::embed::model_from_flags;
-use clipcu::data::{load_image, Preprocess};
+use clipcu::data::sources::read_csv;
+use clipcu::data::{load_image, CsvOptions, ImageFolder, Preprocess};
 use clipcu::ops::normalize::l2_normalize;
-use clipcu::zeroshot::{accuracies, CacheOutcome, Templates, ZeroShotClassifier};
-use clipcu::{Error, Graph, Result};
-use std::path::{Path, PathBuf};
+use clipcu::tokenizer::Tokenizer;
+use clipcu::zeroshot::{accuracies, retrieval_recall, CacheOutcome, Templates, ZeroShotClassifier};
+use clipcu::{Graph, Result, Tensor};
+use std::collections::HashMap;
+use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct ZeroShotArgs {
@@ -33,50 +37,12 @@ pub struct ZeroShotArgs {
     pub device: String,
 }
 
-/// (class names, [(image path, class index)]) of an ImageFolder, sorted.
-fn image_folder(root: &Path) -> Result<(Vec<String>, Vec<(PathBuf, usize)>)> {
-    let read = |p: &Path| std::fs::read_dir(p).map_err(|e| Error::io(p, e));
-    let mut classes: Vec<PathBuf> = read(root)?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| p.is_dir())
-        .collect();
-    classes.sort();
-    if classes.is_empty() {
-        return Err(Error::format(
-            root,
-            "an ImageFolder needs one sub-folder per class; found none",
-        ));
-    }
-    let mut items = Vec::new();
-    for (i, c) in classes.iter().enumerate() {
-        let mut files: Vec<PathBuf> = read(c)?
-            .filter_map(|e| e.ok())
-            .map(|e| e.path())
-            .filter(|p| {
-                p.extension().and_then(|x| x.to_str()).is_some_and(|x| {
-                    ["jpg", "jpeg", "png", "webp"].contains(&x.to_ascii_lowercase().as_str())
-                })
-            })
-            .collect();
-        files.sort();
-        items.extend(files.into_iter().map(|f| (f, i)));
-    }
-    let names = classes
-        .iter()
-        .map(|c| {
-            c.file_name()
-                .map(|n| n.to_string_lossy().replace('_', " "))
-                .unwrap_or_default()
-        })
-        .collect();
-    Ok((names, items))
-}
-
 pub fn zeroshot(a: &ZeroShotArgs) -> Result<()> {
     crate::pick_device(&a.device)?;
     let model = model_from_flags(a.config.as_deref(), a.weights.as_ref(), 0)?;
-    let (classes, items) = image_folder(&a.data)?;
+    let folder = ImageFolder::open(&a.data)?;
+    let classes: Vec<String> = folder.classes.iter().map(|c| c.replace('_', " ")).collect();
+    let items = folder.samples;
     let templates = Templates::parse(&a.templates)?;
     let cache = a.cache.clone().unwrap_or_else(|| {
         let base = a
@@ -135,5 +101,94 @@ pub fn zeroshot(a: &ZeroShotArgs) -> Result<()> {
     );
     println!("  top-1 {:.2}%", 100.0 * hits1 / n.max(1) as f64);
     println!("  top-5 {:.2}%", 100.0 * hits5 / n.max(1) as f64);
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct RetrievalArgs {
+    /// Model weights (a clipcu checkpoint, or open_clip/HF weights with --config).
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// Model config when the weights do not carry one.
+    #[arg(long)]
+    pub config: Option<String>,
+    /// A CSV/TSV of (image path, caption) pairs; rows sharing an image path are one image.
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(long, default_value = "filepath")]
+    pub image_column: String,
+    #[arg(long, default_value = "title")]
+    pub caption_column: String,
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Device: auto, cpu, cuda, cuda:N, emu.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+pub fn retrieval(a: &RetrievalArgs) -> Result<()> {
+    crate::pick_device(&a.device)?;
+    let model = model_from_flags(a.config.as_deref(), a.weights.as_ref(), 0)?;
+    let opts = CsvOptions {
+        image_key: a.image_column.clone(),
+        caption_key: a.caption_column.clone(),
+        ..CsvOptions::default()
+    };
+    let rows = read_csv(&a.data, &opts)?;
+    let mut images: Vec<PathBuf> = Vec::new();
+    let mut index: HashMap<PathBuf, usize> = HashMap::new();
+    let text_to_image: Vec<usize> = rows
+        .iter()
+        .map(|r| {
+            *index.entry(r.image.clone()).or_insert_with(|| {
+                images.push(r.image.clone());
+                images.len() - 1
+            })
+        })
+        .collect();
+    let pre = Preprocess::clip(model.config.vision_cfg.image_size);
+    let mut img_feats = Vec::new();
+    for chunk in images.chunks(a.batch_size.max(1)) {
+        let pixels = pre.batch_from(chunk.len(), |i| load_image(&chunk[i]))?;
+        let g = Graph::inference();
+        img_feats.extend(
+            model
+                .encode_image(&g, &g.constant(pixels))?
+                .into_tensor()
+                .to_vec(),
+        );
+    }
+    let ctx = model.config.text_cfg.context_length;
+    let captions: Vec<&str> = rows.iter().map(|r| r.caption.as_str()).collect();
+    let ids = Tokenizer::clip().tokenize_batch(&captions, ctx);
+    let mut txt_feats = Vec::new();
+    for chunk in ids.chunks(ctx * a.batch_size.max(1)) {
+        let g = Graph::inference();
+        txt_feats.extend(
+            model
+                .encode_text(&g, chunk, chunk.len() / ctx)?
+                .into_tensor()
+                .to_vec(),
+        );
+    }
+    let d = model.config.embed_dim;
+    let report = retrieval_recall(
+        &Tensor::from_vec(img_feats, [images.len(), d])?,
+        &Tensor::from_vec(txt_feats, [rows.len(), d])?,
+        &text_to_image,
+        &[1, 5, 10],
+    )?;
+    println!(
+        "retrieval on {} images and {} captions:",
+        images.len(),
+        rows.len()
+    );
+    for ((k, i2t), (_, t2i)) in report.image_to_text.iter().zip(&report.text_to_image) {
+        println!(
+            "  recall@{k:<2}  image→text {:>6.2}%   text→image {:>6.2}%",
+            100.0 * i2t,
+            100.0 * t2i
+        );
+    }
     Ok(())
 }

@@ -4,6 +4,7 @@
 //!     clipcu train [--data D] ...  # train a CLIP from scratch, zero-shot eval on held-out data
 //!     clipcu demo                 # train a small transformer for a few steps on the best device
 //!     clipcu zeroshot --weights W --data FOLDER [--templates openai|simple|FILE]
+//!     clipcu retrieval --weights W --data pairs.csv
 //!     clipcu tokenize --json TEXT...
 //!     clipcu embed --config ViT-B-32 [--weights W] [--image P]... [--text S]... --out E.safetensors
 //!     clipcu info                 # devices and build facts
@@ -36,6 +37,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Zero-shot classification of an ImageFolder (top-1/top-5) with prompt ensembling.
     Zeroshot(evaluate::ZeroShotArgs),
+    /// Retrieval recall@1/5/10 in both directions on a paired CSV.
+    Retrieval(evaluate::RetrievalArgs),
     /// Tokenize texts with CLIP's tokenizer.
     Tokenize(embed::TokenizeArgs),
     /// Embed images and texts with a CLIP model; writes image_embeds and text_embeds.
@@ -86,6 +89,7 @@ fn main() {
         Command::Train(a) => train::run(&a),
         Command::Demo(a) => demo::run(&a),
         Command::Zeroshot(a) => evaluate::zeroshot(&a),
+        Command::Retrieval(a) => evaluate::retrieval(&a),
         Command::Tokenize(a) => embed::tokenize(&a),
         Command::Embed(a) => embed::embed(&a),
         Command::Info => {
