@@ -6,6 +6,9 @@ use font8x8::legacy::BASIC_LEGACY;
 use image::{Rgb, RgbImage};
 use std::path::Path;
 
+/// (legend, colour, points) of one curve.
+type Series<'a> = (&'a str, Rgb<u8>, &'a [(f64, f64)]);
+
 const W: u32 = 960;
 const H: u32 = 400;
 const PANEL: u32 = 460;
@@ -45,7 +48,7 @@ fn panel(
     img: &mut RgbImage,
     ox: u32,
     title: &str,
-    series: &[(&str, Rgb<u8>, &[(f64, f64)])],
+    series: &[Series<'_>],
     y_range: Option<(f64, f64)>,
 ) {
     let black = Rgb([0, 0, 0]);
@@ -121,7 +124,7 @@ pub fn plot_training(
         Rgb([148, 103, 189]),
         Rgb([255, 127, 14]),
     ];
-    let series: Vec<(&str, Rgb<u8>, &[(f64, f64)])> = accuracy
+    let series: Vec<Series<'_>> = accuracy
         .iter()
         .enumerate()
         .map(|(i, (n, s))| (*n, colors[i % colors.len()], s.as_slice()))

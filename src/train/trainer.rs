@@ -81,6 +81,7 @@ pub enum DataSpec {
 }
 
 /// The stream of batches of a run.
+#[allow(clippy::large_enum_variant)] // one per run
 pub enum DataStream {
     Synthetic(SyntheticStream),
     Files(Box<Loader>),
