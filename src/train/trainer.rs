@@ -385,7 +385,7 @@ impl Trainer {
                 log.loss, log.logit_scale, rate
             ));
             bar.set_position(self.step as u64);
-            if !opts.progress && (self.step % 25 == 0 || self.step == 1) {
+            if !opts.progress && (self.step.is_multiple_of(25) || self.step == 1) {
                 eprintln!(
                     "step {:>6}/{}  loss {:.4}  scale {:.1}  {:.0} pairs/s  {:.0}s",
                     self.step,
@@ -397,7 +397,7 @@ impl Trainer {
                 );
             }
             let at_end = self.step == self.config.steps;
-            if opts.eval_every > 0 && (self.step % opts.eval_every == 0 || at_end) {
+            if opts.eval_every > 0 && (self.step.is_multiple_of(opts.eval_every) || at_end) {
                 let (single, ens) =
                     eval::zero_shot(&self.model, &self.eval_data, Task::Shape, opts.eval_samples)?;
                 let (c_single, c_ens) = eval::zero_shot(
@@ -416,7 +416,9 @@ impl Trainer {
                 }
                 last_eval = Some((single, ens));
             }
-            if (opts.checkpoint_every > 0 && self.step % opts.checkpoint_every == 0) || at_end {
+            if (opts.checkpoint_every > 0 && self.step.is_multiple_of(opts.checkpoint_every))
+                || at_end
+            {
                 self.save_checkpoint(&opts.out.join(CHECKPOINT))?;
             }
         }
