@@ -4,19 +4,12 @@
 //! and reverse lane order; Cuda when a GPU is present (else reported SKIPPED on stderr).
 
 mod common;
+#[allow(unused_imports)]
+use common::kernel_runs as runs;
 
 use clipcu::device::emu;
 use clipcu::graph::Param;
 use clipcu::{Device, Graph, Tensor};
-
-fn runs() -> Vec<(Device, bool)> {
-    let mut v = vec![(Device::Emu, false), (Device::Emu, true)];
-    match Device::Cuda(0).ensure_available() {
-        Ok(()) => v.push((Device::Cuda(0), false)),
-        Err(e) => eprintln!("kernel tests: cuda:0 SKIPPED ({e})"),
-    }
-    v
-}
 
 /// (y, dx, dw, db, running mean, running var) of one BatchNorm2d step on `device`.
 fn step(

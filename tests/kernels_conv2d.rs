@@ -5,20 +5,13 @@
 //! when a GPU is present (else reported SKIPPED on stderr).
 
 mod common;
+#[allow(unused_imports)]
+use common::kernel_runs as runs;
 
 use clipcu::device::emu;
 use clipcu::ops::conv2d::{col2im, conv2d, im2col};
 use clipcu::ops::matmul::matmul;
 use clipcu::{Device, Tensor};
-
-fn runs() -> Vec<(Device, bool)> {
-    let mut v = vec![(Device::Emu, false), (Device::Emu, true)];
-    match Device::Cuda(0).ensure_available() {
-        Ok(()) => v.push((Device::Cuda(0), false)),
-        Err(e) => eprintln!("kernel tests: cuda:0 SKIPPED ({e})"),
-    }
-    v
-}
 
 /// (N, C, H, W, kh, kw, stride, pad)
 type Case = (usize, usize, usize, usize, usize, usize, usize, usize);

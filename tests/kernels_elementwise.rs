@@ -6,38 +6,15 @@
 //! as SKIPPED on stderr.
 
 mod common;
+#[allow(unused_imports)]
+use common::{check_kernel as check, kernel_runs as runs, on_each_kernel_device as on_each};
 
-use clipcu::device::emu;
 use clipcu::ops::binary::add;
 use clipcu::ops::reduce::sum_to_shape;
 use clipcu::ops::unary::{quick_gelu, relu, scale, unary_backward, UnaryKind};
 use clipcu::{Device, Graph, Tensor};
 
 const SIZES: [usize; 6] = [1, 7, 50, 77, 197, 1000];
-const TOL_F32: f64 = 1e-5;
-
-/// (device, reverse lane order) pairs every case runs on.
-fn runs() -> Vec<(Device, bool)> {
-    let mut v = vec![(Device::Emu, false), (Device::Emu, true)];
-    match Device::Cuda(0).ensure_available() {
-        Ok(()) => v.push((Device::Cuda(0), false)),
-        Err(e) => eprintln!("kernel tests: cuda:0 SKIPPED ({e})"),
-    }
-    v
-}
-
-fn on_each(mut f: impl FnMut(Device, &str)) {
-    for (device, reverse) in runs() {
-        let tag = format!("{device}{}", if reverse { " (reverse)" } else { "" });
-        emu::with_reverse(reverse, || f(device, &tag));
-    }
-}
-
-fn check(what: &str, tag: &str, seed: u64, out: &Tensor, reference: &Tensor) {
-    assert_eq!(out.shape(), reference.shape(), "{what} on {tag}");
-    let err = out.rel_err(reference);
-    assert!(err < TOL_F32, "{what} on {tag}, seed={seed}: rel err {err}");
-}
 
 #[test]
 fn unary_fwd_bwd_match_cpu() {

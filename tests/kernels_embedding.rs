@@ -4,27 +4,12 @@
 //! SKIPPED on stderr).
 
 mod common;
+#[allow(unused_imports)]
+use common::{kernel_runs as runs, on_each_kernel_device as on_each};
 
-use clipcu::device::emu;
 use clipcu::ops::embedding::{embedding, embedding_backward};
 use clipcu::{Device, Tensor};
 use rand::{Rng, SeedableRng};
-
-fn runs() -> Vec<(Device, bool)> {
-    let mut v = vec![(Device::Emu, false), (Device::Emu, true)];
-    match Device::Cuda(0).ensure_available() {
-        Ok(()) => v.push((Device::Cuda(0), false)),
-        Err(e) => eprintln!("kernel tests: cuda:0 SKIPPED ({e})"),
-    }
-    v
-}
-
-fn on_each(mut f: impl FnMut(Device, &str)) {
-    for (device, reverse) in runs() {
-        let tag = format!("{device}{}", if reverse { " (reverse)" } else { "" });
-        emu::with_reverse(reverse, || f(device, &tag));
-    }
-}
 
 #[test]
 fn embedding_fwd_bwd_match_cpu_bit_exactly() {

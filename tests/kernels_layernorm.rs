@@ -4,12 +4,12 @@
 //! when a GPU is present (else reported SKIPPED on stderr).
 
 mod common;
+#[allow(unused_imports)]
+use common::{check_kernel as check, kernel_runs as runs, on_each_kernel_device as on_each};
 
-use clipcu::device::emu;
 use clipcu::ops::layernorm::{layer_norm_backward, layer_norm_residual, layer_norm_stats};
 use clipcu::{Device, Graph, Tensor};
 
-const TOL_F32: f64 = 1e-5;
 /// (rows, d): partial warps (d < 32, d not a multiple of 32), partial 8-row blocks, and more
 /// rows than one 256-row dw/db chunk.
 const SHAPES: [(usize, usize); 7] = [
@@ -21,28 +21,6 @@ const SHAPES: [(usize, usize); 7] = [
     (600, 33),
     (3, 1000),
 ];
-
-fn runs() -> Vec<(Device, bool)> {
-    let mut v = vec![(Device::Emu, false), (Device::Emu, true)];
-    match Device::Cuda(0).ensure_available() {
-        Ok(()) => v.push((Device::Cuda(0), false)),
-        Err(e) => eprintln!("kernel tests: cuda:0 SKIPPED ({e})"),
-    }
-    v
-}
-
-fn on_each(mut f: impl FnMut(Device, &str)) {
-    for (device, reverse) in runs() {
-        let tag = format!("{device}{}", if reverse { " (reverse)" } else { "" });
-        emu::with_reverse(reverse, || f(device, &tag));
-    }
-}
-
-fn check(what: &str, tag: &str, seed: u64, out: &Tensor, reference: &Tensor) {
-    assert_eq!(out.shape(), reference.shape(), "{what} on {tag}");
-    let err = out.rel_err(reference);
-    assert!(err < TOL_F32, "{what} on {tag}, seed={seed}: rel err {err}");
-}
 
 /// Inputs with a non-zero mean per row (offset 3) so that the centring matters.
 fn inputs(r: usize, d: usize, seed: u64) -> (Tensor, Tensor, Tensor) {

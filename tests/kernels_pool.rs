@@ -3,19 +3,12 @@
 //! each case in normal and reverse lane order; Cuda when a GPU is present (else SKIPPED).
 
 mod common;
+#[allow(unused_imports)]
+use common::kernel_runs as runs;
 
 use clipcu::device::emu;
 use clipcu::ops::pool::{avg_pool2d, avg_pool2d_backward};
-use clipcu::{Device, Tensor};
-
-fn runs() -> Vec<(Device, bool)> {
-    let mut v = vec![(Device::Emu, false), (Device::Emu, true)];
-    match Device::Cuda(0).ensure_available() {
-        Ok(()) => v.push((Device::Cuda(0), false)),
-        Err(e) => eprintln!("kernel tests: cuda:0 SKIPPED ({e})"),
-    }
-    v
-}
+use clipcu::Tensor;
 
 #[test]
 fn avgpool_fwd_bwd_match_cpu() {

@@ -4,29 +4,14 @@
 //! normal and reverse lane order; Cuda when a GPU is present (else reported SKIPPED on stderr).
 
 mod common;
+#[allow(unused_imports)]
+use common::{kernel_runs as runs, on_each_kernel_device as on_each};
 
-use clipcu::device::emu;
 use clipcu::ops::attention::{
     merge_heads, merge_heads_backward, split_qkv_heads, split_qkv_heads_backward,
 };
 use clipcu::ops::reduce::{global_l2_norm, mean, sum};
 use clipcu::{Device, Tensor};
-
-fn runs() -> Vec<(Device, bool)> {
-    let mut v = vec![(Device::Emu, false), (Device::Emu, true)];
-    match Device::Cuda(0).ensure_available() {
-        Ok(()) => v.push((Device::Cuda(0), false)),
-        Err(e) => eprintln!("kernel tests: cuda:0 SKIPPED ({e})"),
-    }
-    v
-}
-
-fn on_each(mut f: impl FnMut(Device, &str)) {
-    for (device, reverse) in runs() {
-        let tag = format!("{device}{}", if reverse { " (reverse)" } else { "" });
-        emu::with_reverse(reverse, || f(device, &tag));
-    }
-}
 
 #[test]
 fn sum_and_mean_over_all_match_cpu_and_are_deterministic() {

@@ -4,35 +4,12 @@
 //! when a GPU is present (else reported SKIPPED on stderr).
 
 mod common;
+#[allow(unused_imports)]
+use common::{check_kernel as check, kernel_runs as runs, on_each_kernel_device as on_each};
 
-use clipcu::device::emu;
 use clipcu::ops::normalize::{l2_normalize_backward, l2_normalize_stats};
 use clipcu::ops::softmax::{softmax, softmax_backward};
-use clipcu::{Device, Tensor};
-
-const TOL_F32: f64 = 1e-5;
-
-fn runs() -> Vec<(Device, bool)> {
-    let mut v = vec![(Device::Emu, false), (Device::Emu, true)];
-    match Device::Cuda(0).ensure_available() {
-        Ok(()) => v.push((Device::Cuda(0), false)),
-        Err(e) => eprintln!("kernel tests: cuda:0 SKIPPED ({e})"),
-    }
-    v
-}
-
-fn on_each(mut f: impl FnMut(Device, &str)) {
-    for (device, reverse) in runs() {
-        let tag = format!("{device}{}", if reverse { " (reverse)" } else { "" });
-        emu::with_reverse(reverse, || f(device, &tag));
-    }
-}
-
-fn check(what: &str, tag: &str, seed: u64, out: &Tensor, reference: &Tensor) {
-    assert_eq!(out.shape(), reference.shape(), "{what} on {tag}");
-    let err = out.rel_err(reference);
-    assert!(err < TOL_F32, "{what} on {tag}, seed={seed}: rel err {err}");
-}
+use clipcu::Tensor;
 
 #[test]
 fn softmax_fwd_bwd_match_cpu() {

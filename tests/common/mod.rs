@@ -173,3 +173,30 @@ pub fn train_batch(step: u64, batch: usize, image_size: usize, ctx: usize) -> (T
         ids,
     )
 }
+
+/// (device, reverse lane order) pairs every kernel test case runs on: Emu in normal and reverse
+/// lane order, and the GPU when one is present (else reported SKIPPED on stderr, never passed).
+pub fn kernel_runs() -> Vec<(clipcu::Device, bool)> {
+    use clipcu::Device;
+    let mut v = vec![(Device::Emu, false), (Device::Emu, true)];
+    match Device::Cuda(0).ensure_available() {
+        Ok(()) => v.push((Device::Cuda(0), false)),
+        Err(e) => eprintln!("kernel tests: cuda:0 SKIPPED ({e})"),
+    }
+    v
+}
+
+/// Run `f(device, tag)` on every [`kernel_runs`] pair, with the emulator's lane order set.
+pub fn on_each_kernel_device(mut f: impl FnMut(clipcu::Device, &str)) {
+    for (device, reverse) in kernel_runs() {
+        let tag = format!("{device}{}", if reverse { " (reverse)" } else { "" });
+        clipcu::device::emu::with_reverse(reverse, || f(device, &tag));
+    }
+}
+
+/// A kernel's output against the CPU reference: same shape, relative error < 1e-5 (f32).
+pub fn check_kernel(what: &str, tag: &str, seed: u64, out: &Tensor, reference: &Tensor) {
+    assert_eq!(out.shape(), reference.shape(), "{what} on {tag}");
+    let err = out.rel_err(reference);
+    assert!(err < 1e-5, "{what} on {tag}, seed={seed}: rel err {err}");
+}
