@@ -80,11 +80,13 @@ fn batchnorm_train_and_eval_match_cpu() {
                     let want = step(Device::Cpu, training, &x, &wt, &bt, &dy, seed);
                     let what =
                         format!("[{n},{c},{h},{w}] training={training} on {tag}, seed={seed}");
-                    // dx in training mode is a difference of nearly equal terms: 1e-4
+                    // dx in training mode is a difference of nearly equal terms, and dw = Σ dy·x̂
+                    // over as few as 5 values per channel cancels too; the kernel's statistics are
+                    // f32 where the CPU's are f64: 1e-4 for both (3e-5 seen on fresh seeds)
                     for (i, (name, tol)) in [
                         ("y", 1e-5),
                         ("dx", 1e-4),
-                        ("dw", 1e-5),
+                        ("dw", 1e-4),
                         ("db", 1e-5),
                         ("running mean", 1e-5),
                         ("running var", 1e-5),
