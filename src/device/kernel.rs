@@ -3,7 +3,7 @@
 //! emulator, host pointers) or `Device::Cuda(i)` (cudarc's launch builder, device pointers) in
 //! exactly the same argument order.
 //!
-//! ```ignore
+//! ```text
 //! let x = kernel::f32_input(op, x)?;                  // f32, contiguous, on Emu/Cuda
 //! let mut out = DeviceBuf::like(&x)?;                  // Emu: NaN-poisoned; Cuda: uninitialised
 //! let n = kernel::i32_len(op, x.numel())?;
