@@ -32,7 +32,7 @@ impl<'m> Graph<'m> {
         let out = block(&quiet, &xs)?.into_tensor();
         let saved = inputs.iter().map(|v| v.tensor().clone()).collect();
         // The block always gets a node: even with constant inputs its parameters need gradients.
-        Ok(self.record_always(
+        Ok(self.push_node(
             Op::Checkpoint(Checkpoint {
                 block: Box::new(block),
             }),
@@ -40,20 +40,6 @@ impl<'m> Graph<'m> {
             saved,
             out,
         ))
-    }
-
-    fn record_always(&self, op: Op<'m>, inputs: &[&Var], saved: Vec<Tensor>, out: Tensor) -> Var {
-        let id = self.new_id();
-        self.tape.borrow_mut().nodes.push(super::Node {
-            op,
-            inputs: inputs.iter().map(|v| v.id).collect(),
-            out: id,
-            saved,
-        });
-        Var {
-            tensor: out,
-            id: Some(id),
-        }
     }
 }
 

@@ -177,6 +177,17 @@ impl<'m> Graph<'m> {
                 id: None,
             };
         }
+        self.push_node(op, inputs, saved, out)
+    }
+
+    /// Append a node unconditionally and return its output with a fresh id.
+    pub(crate) fn push_node(
+        &self,
+        op: Op<'m>,
+        inputs: &[&Var],
+        saved: Vec<Tensor>,
+        out: Tensor,
+    ) -> Var {
         let id = self.new_id();
         self.tape.borrow_mut().nodes.push(Node {
             op,
