@@ -2,7 +2,9 @@
 //! `p ← p·(1 − lr·wd)`; `m ← β₁m + (1−β₁)g`; `v ← β₂v + (1−β₂)g²`;
 //! `p ← p − (lr/(1−β₁ᵗ))·m / (√v/√(1−β₂ᵗ) + ε)`.
 //! Weight decay follows open_clip's groups: none for parameters with fewer than 2 dims, biases,
-//! LayerNorm/BatchNorm gains (`ln`/`bn` in the name) and `logit_scale`.
+//! LayerNorm/BatchNorm gains (`ln`/`bn` in the name) and `logit_scale`. Note that this is
+//! open_clip_train's actual rule: the 2-D token and positional embeddings *are* decayed (the 1-D
+//! class embedding is not); training parity with open_clip depends on it.
 
 use crate::{Error, Param, Result, Tensor};
 use rayon::prelude::*;
