@@ -102,37 +102,54 @@ pub fn model_from_flags(
     Ok(model)
 }
 
-pub fn embed(a: &EmbedArgs) -> Result<()> {
-    crate::pick_device(&a.device)?;
-    let model = model_from_flags(a.config.as_deref(), a.weights.as_ref(), a.seed)?;
-    let cfg = &model.config;
-    let d = cfg.embed_dim;
-    let pre = Preprocess::clip(cfg.vision_cfg.image_size);
-    let mut image_rows = Vec::with_capacity(a.images.len() * d);
-    for chunk in a.images.chunks(a.batch_size.max(1)) {
+/// Unnormalised image embeddings of image files, row-major [n, D], in batches.
+pub fn encode_image_files(model: &Clip, paths: &[PathBuf], batch_size: usize) -> Result<Vec<f32>> {
+    let pre = Preprocess::clip(model.config.vision_cfg.image_size);
+    let mut rows = Vec::with_capacity(paths.len() * model.config.embed_dim);
+    for chunk in paths.chunks(batch_size.max(1)) {
         let pixels = pre.batch_from(chunk.len(), |i| load_image(&chunk[i]))?;
         let g = Graph::inference();
-        image_rows.extend(
+        rows.extend(
             model
                 .encode_image(&g, &g.constant(pixels))?
                 .into_tensor()
                 .to_vec(),
         );
     }
-    let mut text_rows = Vec::with_capacity(a.texts.len() * d);
-    if !a.texts.is_empty() {
-        let ctx = cfg.text_cfg.context_length;
-        let ids = Tokenizer::clip().tokenize_batch(&a.texts, ctx);
-        for chunk in ids.chunks(ctx * a.batch_size.max(1)) {
-            let g = Graph::inference();
-            text_rows.extend(
-                model
-                    .encode_text(&g, chunk, chunk.len() / ctx)?
-                    .into_tensor()
-                    .to_vec(),
-            );
-        }
+    Ok(rows)
+}
+
+/// Unnormalised text embeddings, row-major [n, D], tokenized to the model's context length.
+pub fn encode_texts<S: AsRef<str> + Sync>(
+    model: &Clip,
+    texts: &[S],
+    batch_size: usize,
+) -> Result<Vec<f32>> {
+    let ctx = model.config.text_cfg.context_length;
+    let mut rows = Vec::with_capacity(texts.len() * model.config.embed_dim);
+    if texts.is_empty() {
+        return Ok(rows);
     }
+    let ids = Tokenizer::clip().tokenize_batch(texts, ctx);
+    for chunk in ids.chunks(ctx * batch_size.max(1)) {
+        let g = Graph::inference();
+        rows.extend(
+            model
+                .encode_text(&g, chunk, chunk.len() / ctx)?
+                .into_tensor()
+                .to_vec(),
+        );
+    }
+    Ok(rows)
+}
+
+pub fn embed(a: &EmbedArgs) -> Result<()> {
+    crate::pick_device(&a.device)?;
+    let model = model_from_flags(a.config.as_deref(), a.weights.as_ref(), a.seed)?;
+    let cfg = &model.config;
+    let d = cfg.embed_dim;
+    let image_rows = encode_image_files(&model, &a.images, a.batch_size)?;
+    let text_rows = encode_texts(&model, &a.texts, a.batch_size)?;
     let mut image_embeds = Tensor::from_vec(image_rows, [a.images.len(), d])?;
     let mut text_embeds = Tensor::from_vec(text_rows, [a.texts.len(), d])?;
     if a.normalize {

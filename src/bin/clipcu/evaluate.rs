@@ -3,11 +3,10 @@
 //! cached beside the weights and reused while nothing changed; `clipcu retrieval`: recall@1/5/10
 //! in both directions on a paired CSV (an image may have several captions).
 
-use crate::embed::model_from_flags;
+use crate::embed::{encode_image_files, encode_texts, model_from_flags};
 use clipcu::data::sources::read_csv;
 use clipcu::data::{load_image, CsvOptions, ImageFolder, Preprocess};
 use clipcu::ops::normalize::l2_normalize;
-use clipcu::tokenizer::Tokenizer;
 use clipcu::zeroshot::{accuracies, retrieval_recall, CacheOutcome, Templates, ZeroShotClassifier};
 use clipcu::{Graph, Result, Tensor};
 use std::collections::HashMap;
@@ -146,31 +145,9 @@ pub fn retrieval(a: &RetrievalArgs) -> Result<()> {
             })
         })
         .collect();
-    let pre = Preprocess::clip(model.config.vision_cfg.image_size);
-    let mut img_feats = Vec::new();
-    for chunk in images.chunks(a.batch_size.max(1)) {
-        let pixels = pre.batch_from(chunk.len(), |i| load_image(&chunk[i]))?;
-        let g = Graph::inference();
-        img_feats.extend(
-            model
-                .encode_image(&g, &g.constant(pixels))?
-                .into_tensor()
-                .to_vec(),
-        );
-    }
-    let ctx = model.config.text_cfg.context_length;
+    let img_feats = encode_image_files(&model, &images, a.batch_size)?;
     let captions: Vec<&str> = rows.iter().map(|r| r.caption.as_str()).collect();
-    let ids = Tokenizer::clip().tokenize_batch(&captions, ctx);
-    let mut txt_feats = Vec::new();
-    for chunk in ids.chunks(ctx * a.batch_size.max(1)) {
-        let g = Graph::inference();
-        txt_feats.extend(
-            model
-                .encode_text(&g, chunk, chunk.len() / ctx)?
-                .into_tensor()
-                .to_vec(),
-        );
-    }
+    let txt_feats = encode_texts(&model, &captions, a.batch_size)?;
     let d = model.config.embed_dim;
     let report = retrieval_recall(
         &Tensor::from_vec(img_feats, [images.len(), d])?,
