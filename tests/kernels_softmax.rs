@@ -5,7 +5,10 @@
 
 mod common;
 #[allow(unused_imports)]
-use common::{check_kernel as check, kernel_runs as runs, on_each_kernel_device as on_each};
+use common::{
+    check_kernel as check, check_kernel_grad as check_grad, kernel_runs as runs,
+    on_each_kernel_device as on_each,
+};
 
 use clipcu::ops::normalize::{l2_normalize_backward, l2_normalize_stats};
 use clipcu::ops::softmax::{softmax, softmax_backward};
@@ -31,7 +34,7 @@ fn softmax_fwd_bwd_match_cpu() {
             .unwrap();
             if n > 1 {
                 // n = 1: dx is 0 up to rounding, no relative error to speak of
-                check(&format!("softmax_bwd_f32 [{r},{n}]"), tag, seed, &dxd, &dx);
+                check_grad(&format!("softmax_bwd_f32 [{r},{n}]"), tag, seed, &dxd, &dx);
             } else {
                 assert!(
                     dxd.to_vec().iter().all(|v| v.abs() < 1e-6),
@@ -60,7 +63,7 @@ fn causal_softmax_matches_cpu_and_masks_exactly() {
             );
             let dxd = softmax_backward(&yd, &dy.to_device(device).unwrap()).unwrap();
             if t > 1 {
-                check(
+                check_grad(
                     &format!("causal softmax_bwd_f32 [{b},{t},{t}]"),
                     tag,
                     seed,
@@ -107,7 +110,7 @@ fn l2_normalize_fwd_bwd_match_cpu() {
             let to = |t: &Tensor| t.to_device(device).unwrap();
             let dxd = l2_normalize_backward(&to(&y), &to(&nr), &to(&dy)).unwrap();
             if d > 1 {
-                check(
+                check_grad(
                     &format!("l2norm_bwd_f32 [{r},{d}]"),
                     tag,
                     seed,

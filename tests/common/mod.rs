@@ -196,7 +196,29 @@ pub fn on_each_kernel_device(mut f: impl FnMut(clipcu::Device, &str)) {
 
 /// A kernel's output against the CPU reference: same shape, relative error < 1e-5 (f32).
 pub fn check_kernel(what: &str, tag: &str, seed: u64, out: &Tensor, reference: &Tensor) {
+    check_kernel_tol(what, tag, seed, out, reference, 1e-5);
+}
+
+/// For backward kernels whose result is a difference of nearly equal terms (softmax's
+/// `y·(dy − Σ dy·y)`, L2 normalize's `(dy − y·(y·dy))/‖x‖`): the kernel's warp-order sums differ
+/// from the CPU's sequential ones by rounding that the subtraction magnifies, so 1e-4 (1.4e-5 seen
+/// on fresh seeds at 1e-5).
+pub fn check_kernel_grad(what: &str, tag: &str, seed: u64, out: &Tensor, reference: &Tensor) {
+    check_kernel_tol(what, tag, seed, out, reference, 1e-4);
+}
+
+pub fn check_kernel_tol(
+    what: &str,
+    tag: &str,
+    seed: u64,
+    out: &Tensor,
+    reference: &Tensor,
+    tol: f64,
+) {
     assert_eq!(out.shape(), reference.shape(), "{what} on {tag}");
     let err = out.rel_err(reference);
-    assert!(err < 1e-5, "{what} on {tag}, seed={seed}: rel err {err}");
+    assert!(
+        err < tol,
+        "{what} on {tag}, seed={seed}: rel err {err} (tol {tol:e})"
+    );
 }
