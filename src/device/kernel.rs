@@ -141,6 +141,13 @@ pub fn i32_len(op: &'static str, n: usize) -> Result<i32> {
     i32::try_from(n).map_err(|_| Error::shape(op, format!("{n} exceeds the kernels' i32 index")))
 }
 
+/// Rows of `t` seen as [rows, d] (0 when d is 0), after checking that its length fits the
+/// kernels' i32 indices — the preamble of every row-wise launcher.
+pub fn rows_of(op: &'static str, t: &Tensor, d: usize) -> Result<usize> {
+    i32_len(op, t.numel())?;
+    Ok(t.numel().checked_div(d).unwrap_or(0))
+}
+
 fn launch_err(kernel: &str, msg: String) -> Error {
     Error::Device {
         op: "kernel launch",

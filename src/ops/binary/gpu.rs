@@ -58,8 +58,7 @@ pub(crate) fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
         });
     };
     let d = bias.numel();
-    let rows = x.numel().checked_div(d).unwrap_or(0);
-    kernel::i32_len(op, x.numel())?;
+    let rows = kernel::rows_of(op, x, d)?;
     let mut out = DeviceBuf::like(x)?;
     // SAFETY: out and x hold rows·d elements, bias d; the kernel touches indices < rows·d.
     unsafe {
@@ -89,8 +88,7 @@ pub(crate) fn sum_rows_to(g: &Tensor, target: &[usize]) -> Result<Option<Tensor>
     }
     let g = kernel::f32_input(op, g)?;
     let d: usize = target.iter().product();
-    let rows = g.numel().checked_div(d).unwrap_or(0);
-    kernel::i32_len(op, g.numel())?;
+    let rows = kernel::rows_of(op, &g, d)?;
     let mut db = DeviceBuf::f32(g.device(), target)?;
     let cfg = LaunchConfig {
         grid: (d.div_ceil(32).max(1) as u32, 1, 1),

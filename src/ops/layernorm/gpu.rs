@@ -29,8 +29,7 @@ pub(crate) fn forward(
         kernel::f32_input(op, b)?,
     );
     let d = w.numel();
-    let rows = x.numel().checked_div(d).unwrap_or(0);
-    kernel::i32_len(op, x.numel())?;
+    let rows = kernel::rows_of(op, &x, d)?;
     let mut y = DeviceBuf::like(&x)?;
     let mut mean = DeviceBuf::f32(device, &[rows])?;
     let mut rstd = DeviceBuf::f32(device, &[rows])?;
@@ -74,8 +73,7 @@ pub(crate) fn residual_forward(
         kernel::f32_input(op, b)?,
     );
     let d = w.numel();
-    let rows = x.numel().checked_div(d).unwrap_or(0);
-    kernel::i32_len(op, x.numel())?;
+    let rows = kernel::rows_of(op, &x, d)?;
     let mut y = DeviceBuf::like(&x)?;
     let mut s = DeviceBuf::like(&x)?;
     let mut mean = DeviceBuf::f32(device, &[rows])?;
@@ -136,8 +134,7 @@ pub(crate) fn backward(
         );
     }
     let d = w.numel();
-    let rows = x.numel().checked_div(d).unwrap_or(0);
-    kernel::i32_len(op, x.numel())?;
+    let rows = kernel::rows_of(op, &x, d)?;
     let mut dx = DeviceBuf::like(&x)?;
     // SAFETY: dx, dy, x hold rows·d elements, w d, mean/rstd rows.
     unsafe {

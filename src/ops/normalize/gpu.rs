@@ -13,8 +13,7 @@ pub(crate) fn forward(x: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
     let op = "l2_normalize";
     let x = kernel::f32_input(op, x)?;
     let d = *x.shape().last().unwrap_or(&1);
-    let rows = x.numel().checked_div(d).unwrap_or(0);
-    kernel::i32_len(op, x.numel())?;
+    let rows = kernel::rows_of(op, &x, d)?;
     let mut y = DeviceBuf::like(&x)?;
     let mut norm = DeviceBuf::f32(x.device(), &[rows])?;
     // SAFETY: x and y hold rows·d elements, norm rows.
@@ -55,8 +54,7 @@ pub(crate) fn backward(y: &Tensor, norm: &Tensor, dy: &Tensor, eps: f32) -> Resu
         );
     }
     let d = *y.shape().last().unwrap_or(&1);
-    let rows = y.numel().checked_div(d).unwrap_or(0);
-    kernel::i32_len(op, y.numel())?;
+    let rows = kernel::rows_of(op, &y, d)?;
     let mut dx = DeviceBuf::like(&y)?;
     // SAFETY: y, dy, dx hold rows·d elements, norm rows.
     unsafe {

@@ -14,8 +14,7 @@ pub(crate) fn forward(x: &Tensor, causal: bool) -> Result<Tensor> {
     let op = "softmax";
     let x = kernel::f32_input(op, x)?;
     let n = *x.shape().last().unwrap_or(&1);
-    let rows = x.numel().checked_div(n).unwrap_or(0);
-    kernel::i32_len(op, x.numel())?;
+    let rows = kernel::rows_of(op, &x, n)?;
     let mut y = DeviceBuf::like(&x)?;
     // SAFETY: x and y hold rows·n elements; warps past `rows` do nothing.
     unsafe {
@@ -50,8 +49,7 @@ pub(crate) fn backward(y: &Tensor, dy: &Tensor) -> Result<Tensor> {
         );
     }
     let n = *y.shape().last().unwrap_or(&1);
-    let rows = y.numel().checked_div(n).unwrap_or(0);
-    kernel::i32_len(op, y.numel())?;
+    let rows = kernel::rows_of(op, &y, n)?;
     let mut dx = DeviceBuf::like(&y)?;
     // SAFETY: all three buffers hold rows·n elements.
     unsafe {
