@@ -235,6 +235,83 @@ fn check_attributes(ds: &Synthetic, s: &Sample, what: &str) {
 }
 
 #[test]
+fn shape_contrast_groups_share_a_scene_and_differ_in_shape() {
+    let mut d = Draw::new();
+    let seed = d.next();
+    let ds = data(seed, 32);
+    let templates: HashSet<usize> = held_out_templates().iter().copied().collect();
+    for (split, partners) in [(Split::Train, 8), (Split::HeldOut, 2)] {
+        for group in [2usize, 5, 8, 12] {
+            let start = (d.next() >> 4) / group as u64 * group as u64; // a group boundary
+            let n = 3 * group;
+            let batch = ds.grouped_batch(split, start, n, group);
+            assert_eq!(batch.len(), n);
+            for (g, members) in batch.chunks(group).enumerate() {
+                let what = format!("seed {seed} {split:?} group size {group}, group {g}");
+                let scene = |a: &Attributes| {
+                    (
+                        a.colour,
+                        a.size,
+                        a.count,
+                        a.position,
+                        a.background,
+                        a.texture,
+                    )
+                };
+                let first = &members[0].attrs;
+                let mut shapes = Vec::new();
+                for s in members {
+                    assert_eq!(scene(&s.attrs), scene(first), "{what}: scene differs");
+                    assert_eq!(
+                        ds.is_held_out(s.attrs.shape, s.attrs.colour),
+                        split == Split::HeldOut,
+                        "{what}: {:?} {:?} in the wrong split",
+                        s.attrs.colour,
+                        s.attrs.shape
+                    );
+                    if split == Split::Train {
+                        assert!(!templates.contains(&s.template), "{what}: held-out pattern");
+                    }
+                    assert!(
+                        s.caption.contains(s.attrs.shape.noun(s.attrs.count)),
+                        "{what}"
+                    );
+                    check_attributes(&ds, s, &what);
+                    shapes.push(s.attrs.shape);
+                }
+                // Distinct shapes while the colour has partners left, then repeating in order.
+                let distinct: HashSet<Shape> = shapes.iter().copied().collect();
+                assert_eq!(distinct.len(), group.min(partners), "{what}: {shapes:?}");
+                for k in partners..group {
+                    assert_eq!(shapes[k], shapes[k - partners], "{what}: {shapes:?}");
+                }
+                // Per-sample jitter: same scene, different pixels.
+                assert_ne!(members[0].image, members[1].image, "{what}");
+            }
+            // A pure function of (seed, split, index, group): any sub-range renders the same.
+            let k = d.below(n as u64);
+            let again = ds.grouped_batch(split, start + k, 1, group);
+            assert_eq!(again[0].image, batch[k as usize].image);
+            assert_eq!(again[0].caption, batch[k as usize].caption);
+        }
+        // Group size 0 or 1 is the plain stream.
+        let i = d.next() >> 1;
+        for group in [0, 1] {
+            let s = &ds.grouped_batch(split, i, 1, group)[0];
+            assert_eq!(s.image, ds.sample(split, i).image);
+            assert_eq!(s.caption, ds.sample(split, i).caption);
+        }
+    }
+    // Over many groups every colour and every training pair turns up.
+    let batch = ds.grouped_batch(Split::Train, 0, 8 * 400, 8);
+    let pairs: HashSet<(Shape, Colour)> = batch
+        .iter()
+        .map(|s| (s.attrs.shape, s.attrs.colour))
+        .collect();
+    assert_eq!(pairs.len(), ds.train_combos().len(), "seed {seed}");
+}
+
+#[test]
 fn captions_say_what_is_drawn() {
     let mut d = Draw::new();
     let seed = d.next();

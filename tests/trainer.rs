@@ -27,6 +27,7 @@ fn config(steps: usize, seed: u64) -> TrainConfig {
         grad_clip: Some(1.0),
         seed,
         checkpointing: false,
+        shape_groups: 0,
     }
 }
 

@@ -535,9 +535,83 @@ impl Synthetic {
         }
     }
 
+    /// What sample `index` of `split` is made of when the stream comes in *shape-contrast
+    /// groups* of `group` consecutive indices (`group` ≤ 1: [`Synthetic::recipe`]).
+    ///
+    /// The samples of one group share one scene — colour, size, count, position, background and
+    /// texture — and differ in shape: distinct shapes, as many as the split pairs with that
+    /// colour (8 in training), then repeating. Captions (pattern and wording) and rendering
+    /// jitter stay per sample. In a random batch, colour, count and size already tell most pairs
+    /// apart, so a contrastive loss gives little pressure to see shape; inside a group shape is
+    /// the only difference, so every group is a set of hard negatives for it. Still a pure
+    /// function of (seed, split, index, group).
+    pub fn grouped_recipe(&self, split: Split, index: u64, group: usize) -> Recipe {
+        if group <= 1 {
+            return self.recipe(split, index);
+        }
+        let g = index / group as u64;
+        let slot = (index % group as u64) as usize;
+        // The group's key: the sample key of the group's number, re-hashed with a tag so that it
+        // never coincides with a sample's own key.
+        let mut scene = Rng::new(self.key(split, g) ^ 0x4752_4F55_5053_0001);
+        let colour = scene.pick(Colour::ALL);
+        let mut shapes: Vec<Shape> = Shape::ALL
+            .iter()
+            .copied()
+            .filter(|&s| self.is_held_out(s, colour) == (split == Split::HeldOut))
+            .collect();
+        scene.shuffle(&mut shapes);
+        let shape = shapes[slot % shapes.len()];
+        let count = if scene.chance(0.5) {
+            1
+        } else {
+            2 + scene.below(MAX_COUNT as usize - 1) as u8
+        };
+        let size = if count == 1 {
+            scene.pick(Size::ALL)
+        } else {
+            scene.pick(&[Size::Small, Size::Medium])
+        };
+        let position = (count == 1).then(|| scene.pick(Position::ALL));
+        let background = scene.pick(self.backgrounds_for(colour));
+        let texture = scene.pick(Texture::ALL);
+        let mut own = Rng::new(self.key(split, index));
+        let template = match split {
+            Split::Train => own.pick(&self.train_templates),
+            Split::HeldOut => own.below(caption_templates().len()),
+        };
+        Recipe {
+            attrs: Attributes {
+                shape,
+                colour,
+                size,
+                count,
+                position,
+                background,
+                texture,
+            },
+            template,
+            caption_seed: own.next_u64(),
+            render_seed: own.next_u64(),
+        }
+    }
+
     /// Sample `index` of `split`: a pure function of (seed, split, index).
     pub fn sample(&self, split: Split, index: u64) -> Sample {
-        let r = self.recipe(split, index);
+        self.make(self.recipe(split, index))
+    }
+
+    /// Samples `start..start + n` of the shape-contrast-grouped stream of `split`
+    /// ([`Synthetic::grouped_recipe`]), rendered in parallel, in index order.
+    pub fn grouped_batch(&self, split: Split, start: u64, n: usize, group: usize) -> Vec<Sample> {
+        (start..start + n as u64)
+            .into_par_iter()
+            .map(|i| self.make(self.grouped_recipe(split, i, group)))
+            .collect()
+    }
+
+    /// Renders and captions a recipe.
+    pub fn make(&self, r: Recipe) -> Sample {
         let (image, objects) = self.render(&r.attrs, r.render_seed);
         Sample {
             image,

@@ -36,6 +36,11 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Activation checkpointing of the transformer blocks.
     pub checkpointing: bool,
+    /// Synthetic data only: batches made of groups of this many pairs that share a scene and
+    /// differ in shape (hard negatives for shape; see `Synthetic::grouped_recipe`). 0 or 1: plain
+    /// random pairs.
+    #[serde(default)]
+    pub shape_groups: usize,
 }
 
 /// Where and how often a run writes and evaluates.
@@ -53,11 +58,15 @@ pub struct RunOptions {
 pub struct SyntheticStream {
     pub data: Synthetic,
     pub next_index: u64,
+    /// Shape-contrast group size (`TrainConfig::shape_groups`).
+    pub group: usize,
 }
 
 impl SyntheticStream {
     fn next_batch(&mut self, n: usize, ctx: usize) -> Result<(Tensor, Vec<u32>)> {
-        let samples = self.data.batch(Split::Train, self.next_index, n);
+        let samples = self
+            .data
+            .grouped_batch(Split::Train, self.next_index, n, self.group);
         self.next_index += n as u64;
         let images = images_to_tensor(
             samples
@@ -102,6 +111,7 @@ impl DataStream {
                     image_size: image_size as u32,
                 }),
                 next_index: 0,
+                group: cfg.shape_groups,
             }),
             DataSpec::Files(d) => {
                 let source = if d.ends_with(".csv") || d.ends_with(".tsv") {
@@ -326,8 +336,11 @@ impl Trainer {
             ClipConfig::from_json(&meta(weights::CONFIG_KEY)?, &path.display().to_string())?;
         let saved: TrainConfig = serde_json::from_str(&meta("clipcu.train")?)
             .map_err(|e| Error::format(path, format!("clipcu.train: {e}")))?;
-        if saved.seed != config.seed || saved.batch_size != config.batch_size {
-            eprintln!("warning: resuming with seed/batch size {}/{} over a run made with {}/{}: data order and numbers will differ from an uninterrupted run", config.seed, config.batch_size, saved.seed, saved.batch_size);
+        if saved.seed != config.seed
+            || saved.batch_size != config.batch_size
+            || saved.shape_groups != config.shape_groups
+        {
+            eprintln!("warning: resuming with seed/batch size/shape groups {}/{}/{} over a run made with {}/{}/{}: data order and numbers will differ from an uninterrupted run", config.seed, config.batch_size, config.shape_groups, saved.seed, saved.batch_size, saved.shape_groups);
         }
         let data: serde_json::Value = serde_json::from_str(&meta("clipcu.data")?)
             .map_err(|e| Error::format(path, format!("clipcu.data: {e}")))?;

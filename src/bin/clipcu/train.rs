@@ -56,6 +56,11 @@ pub struct TrainArgs {
     /// Recompute transformer blocks in backward (less memory, more compute).
     #[arg(long)]
     pub checkpointing: bool,
+    /// Synthetic data: build batches from groups of N pairs that share colour, size, count,
+    /// position, background and texture and differ in shape — hard negatives that make the
+    /// model see shape (0 or 1: plain random pairs).
+    #[arg(long, default_value_t = 8)]
+    pub shape_groups: usize,
 }
 
 pub fn run(a: &TrainArgs) -> Result<()> {
@@ -78,6 +83,7 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         grad_clip: a.grad_clip,
         seed: a.seed,
         checkpointing: a.checkpointing,
+        shape_groups: a.shape_groups,
     };
     let mut trainer = match &a.resume {
         Some(p) => {
