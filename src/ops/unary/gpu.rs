@@ -1,8 +1,10 @@
 //! Launchers of the pointwise kernels in `kernels/elementwise.cu` (one thread per element,
 //! blocks of 256), on Emu or Cuda through [`crate::device::kernel::launch`].
 //!
-//! `<k>_fwd_f32(out, x, n)` for gelu, quick_gelu, relu; `scale_fwd_f32(out, x, c, n)`;
-//! `<k>_bwd_f32(dx, x, dy, n)` for gelu, quick_gelu, relu (scale's backward is scale).
+//! `<k>_fwd_f32(out, x, n)` for gelu, quick_gelu, relu, exp, log, sigmoid;
+//! `scale_fwd_f32(out, x, c, n)`; `<k>_bwd_f32(dx, s, dy, n)` where `s` is what the graph saved:
+//! the input x for gelu, quick_gelu, relu and log, the output y for exp and sigmoid (scale's
+//! backward is scale).
 
 use super::UnaryKind;
 use crate::device::kernel::{self, DeviceBuf, KernelArg};
@@ -16,7 +18,13 @@ const MODULE: &str = "elementwise";
 pub(crate) fn has_kernel(kind: UnaryKind) -> bool {
     matches!(
         kind,
-        UnaryKind::Gelu | UnaryKind::QuickGelu | UnaryKind::Relu | UnaryKind::Scale(_)
+        UnaryKind::Gelu
+            | UnaryKind::QuickGelu
+            | UnaryKind::Relu
+            | UnaryKind::Exp
+            | UnaryKind::Log
+            | UnaryKind::Sigmoid
+            | UnaryKind::Scale(_)
     )
 }
 
@@ -41,8 +49,10 @@ pub(crate) fn forward(kind: UnaryKind, x: &Tensor) -> Result<Tensor> {
         UnaryKind::Gelu => "gelu_fwd_f32",
         UnaryKind::QuickGelu => "quick_gelu_fwd_f32",
         UnaryKind::Relu => "relu_fwd_f32",
+        UnaryKind::Exp => "exp_fwd_f32",
+        UnaryKind::Log => "log_fwd_f32",
+        UnaryKind::Sigmoid => "sigmoid_fwd_f32",
         UnaryKind::Scale(c) => return scale(&x, c),
-        k => return Err(no_kernel(op, k, x.device())),
     };
     // SAFETY: `out` and `x` hold n elements; the kernel touches indices < n.
     unsafe {
@@ -85,7 +95,8 @@ pub(crate) fn scale(x: &Tensor, c: f32) -> Result<Tensor> {
     out.into_tensor()
 }
 
-/// `dx = dy·f'(x)` (shapes and devices checked by the caller).
+/// `dx = dy·f'(x)` from the saved tensor `x` — the input, or the output y for exp and sigmoid
+/// (shapes and devices checked here too).
 pub(crate) fn backward(kind: UnaryKind, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
     let op = "unary backward";
     if let UnaryKind::Scale(c) = kind {
@@ -106,6 +117,9 @@ pub(crate) fn backward(kind: UnaryKind, x: &Tensor, dy: &Tensor) -> Result<Tenso
         UnaryKind::Gelu => "gelu_bwd_f32",
         UnaryKind::QuickGelu => "quick_gelu_bwd_f32",
         UnaryKind::Relu => "relu_bwd_f32",
+        UnaryKind::Exp => "exp_bwd_f32",
+        UnaryKind::Log => "log_bwd_f32",
+        UnaryKind::Sigmoid => "sigmoid_bwd_f32",
         k => return Err(no_kernel(op, k, x.device())),
     };
     let mut dx = DeviceBuf::like(&x)?;
