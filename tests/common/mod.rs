@@ -222,3 +222,37 @@ pub fn check_kernel_tol(
         "{what} on {tag}, seed={seed}: rel err {err} (tol {tol:e})"
     );
 }
+
+/// Forward and backward of `f` on `device`: the inputs `xs` (CPU tensors) moved there as graph
+/// leaves, the output seeded with `dy`; returns the output and each input's gradient, all on the
+/// host. Run it on Cpu for the reference and on a kernel device for the check.
+pub fn graph_grads(
+    device: clipcu::Device,
+    xs: &[Tensor],
+    dy: &Tensor,
+    f: impl Fn(&Graph, &[Var]) -> Result<Var>,
+) -> (Tensor, Vec<Tensor>) {
+    use clipcu::Device;
+    let g = Graph::new();
+    let vars: Vec<Var> = xs
+        .iter()
+        .map(|t| g.leaf(t.to_device(device).unwrap()))
+        .collect();
+    let out = f(&g, &vars).unwrap_or_else(|e| panic!("forward on {device}: {e}"));
+    assert_eq!(out.tensor().device(), device, "forward output device");
+    let grads = g
+        .backward_with(&out, dy.to_device(device).unwrap())
+        .unwrap_or_else(|e| panic!("backward on {device}: {e}"));
+    let gs = vars
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let t = grads
+                .get(v)
+                .unwrap_or_else(|| panic!("no gradient for input {i} on {device}"));
+            assert_eq!(t.device(), device, "gradient {i} device");
+            t.to_device(Device::Cpu).unwrap()
+        })
+        .collect();
+    (out.into_tensor().to_device(Device::Cpu).unwrap(), gs)
+}
