@@ -1,5 +1,5 @@
 // elementwise.cu — pointwise activations (GELU, QuickGELU, ReLU, exp, log, sigmoid), scaling,
-// broadcasting add/mul/sub/div and the bias gradient, f32
+// broadcasting add/mul/sub/div and the bias gradient, f32 (GELU and the bias add also f16/bf16)
 // (src/ops/unary/gpu.rs, src/ops/binary/gpu.rs ↔ this file).
 //
 //   gelu(x)        = x·Φ(x) = 0.5·x·(1 + erf(x/√2));   gelu'(x) = Φ(x) + x·φ(x)
@@ -18,6 +18,10 @@
 //   div_bwd_b      = −g[i]·a[i mod na] / b[i mod nb]²  (the divisor's gradient before it is
 //                  summed back down to b's shape by bias_bwd)
 //
+// 16-bit variants (_f16, _bf16) of gelu fwd/bwd and add_bias: the same templates on the storage
+// type (common.cuh's to_f32 / from_f32): loads widened to f32, f32 arithmetic, one rounding of
+// the result. The _f32 kernels are the float instantiations, unchanged in their arithmetic.
+//
 // Pointwise kernels: one thread per element, a 1-D grid of ceil(n / blockDim.x) blocks (the
 // launchers pick 256 threads). Memory-bound: coalesced loads and one store per element.
 // bias_bwd: a block of (32, 8) threads owns 32 adjacent columns (coalesced row reads); thread
@@ -26,25 +30,55 @@
 // R and D — never on scheduling — and no atomics are used, so the result is deterministic.
 #include "common.cuh"
 
-// clipcu: hot
-extern "C" __global__ void gelu_fwd_f32(float* __restrict__ out, const float* __restrict__ x, int n) {
+template <class T>
+__device__ __forceinline__ void gelu_fwd(T* __restrict__ out, const T* __restrict__ x, int n) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) {
-        float v = x[i];
-        out[i] = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
+        float v = to_f32(x[i]);
+        out[i] = from_f32<T>(0.5f * v * (1.0f + erff(v * 0.70710678118654752f)));
     }
+}
+
+template <class T>
+__device__ __forceinline__ void gelu_bwd(T* __restrict__ dx, const T* __restrict__ x, const T* __restrict__ dy,
+                                         int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        float v = to_f32(x[i]);
+        float cdf = 0.5f * (1.0f + erff(v * 0.70710678118654752f));
+        float pdf = 0.39894228040143268f * expf(-0.5f * v * v);
+        dx[i] = from_f32<T>(to_f32(dy[i]) * (cdf + v * pdf));
+    }
+}
+
+// clipcu: hot
+extern "C" __global__ void gelu_fwd_f32(float* __restrict__ out, const float* __restrict__ x, int n) {
+    gelu_fwd(out, x, n);
+}
+// clipcu: hot
+extern "C" __global__ void gelu_fwd_f16(__half* __restrict__ out, const __half* __restrict__ x, int n) {
+    gelu_fwd(out, x, n);
+}
+// clipcu: hot
+extern "C" __global__ void gelu_fwd_bf16(__nv_bfloat16* __restrict__ out, const __nv_bfloat16* __restrict__ x,
+                                         int n) {
+    gelu_fwd(out, x, n);
 }
 
 // clipcu: hot
 extern "C" __global__ void gelu_bwd_f32(float* __restrict__ dx, const float* __restrict__ x,
                                         const float* __restrict__ dy, int n) {
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) {
-        float v = x[i];
-        float cdf = 0.5f * (1.0f + erff(v * 0.70710678118654752f));
-        float pdf = 0.39894228040143268f * expf(-0.5f * v * v);
-        dx[i] = dy[i] * (cdf + v * pdf);
-    }
+    gelu_bwd(dx, x, dy, n);
+}
+// clipcu: hot
+extern "C" __global__ void gelu_bwd_f16(__half* __restrict__ dx, const __half* __restrict__ x,
+                                        const __half* __restrict__ dy, int n) {
+    gelu_bwd(dx, x, dy, n);
+}
+// clipcu: hot
+extern "C" __global__ void gelu_bwd_bf16(__nv_bfloat16* __restrict__ dx, const __nv_bfloat16* __restrict__ x,
+                                         const __nv_bfloat16* __restrict__ dy, int n) {
+    gelu_bwd(dx, x, dy, n);
 }
 
 // clipcu: hot
@@ -93,11 +127,27 @@ extern "C" __global__ void add_fwd_f32(float* __restrict__ out, const float* __r
     if (i < n) out[i] = a[i] + b[i];
 }
 
+template <class T>
+__device__ __forceinline__ void add_bias_fwd(T* __restrict__ out, const T* __restrict__ x, const T* __restrict__ bias,
+                                             int rows, int d) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < (long long)rows * d) out[i] = from_f32<T>(to_f32(x[i]) + to_f32(bias[i % d]));
+}
+
 // clipcu: hot
 extern "C" __global__ void add_bias_fwd_f32(float* __restrict__ out, const float* __restrict__ x,
                                             const float* __restrict__ bias, int rows, int d) {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < (long long)rows * d) out[i] = x[i] + bias[i % d];
+    add_bias_fwd(out, x, bias, rows, d);
+}
+// clipcu: hot
+extern "C" __global__ void add_bias_fwd_f16(__half* __restrict__ out, const __half* __restrict__ x,
+                                            const __half* __restrict__ bias, int rows, int d) {
+    add_bias_fwd(out, x, bias, rows, d);
+}
+// clipcu: hot
+extern "C" __global__ void add_bias_fwd_bf16(__nv_bfloat16* __restrict__ out, const __nv_bfloat16* __restrict__ x,
+                                             const __nv_bfloat16* __restrict__ bias, int rows, int d) {
+    add_bias_fwd(out, x, bias, rows, d);
 }
 
 // Launch: grid (ceil(d / 32)), block (32, 8), no dynamic shared memory.

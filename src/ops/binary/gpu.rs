@@ -1,14 +1,15 @@
 //! Launchers of the add kernels in `kernels/elementwise.cu`, on Emu or Cuda:
 //! `add_fwd_f32(out, a, b, n)` (same shape), `add_bias_fwd_f32(out, x, bias, rows, d)` (a
 //! trailing-dims operand broadcast over leading rows: a [D] bias over [R, D], a residual…), and
-//! `bias_bwd_f32(db, g, rows, d)`, the deterministic column sum that is the bias's gradient;
+//! `add_bias_fwd_{f16,bf16}` (both operands 16-bit, f32 arithmetic, one rounding: the bias add
+//! of mixed-precision activations), `bias_bwd_f32(db, g, rows, d)`, the deterministic column sum that is the bias's gradient;
 //! `{mul,sub,div}_fwd_f32(out, a, b, n, na, nb)` (each operand the full shape or a trailing-dims
 //! block repeated over the rows, on either side) and `div_bwd_b_f32(out, g, a, b, n, na, nb)`.
 
 use super::BinaryKind;
 use crate::device::kernel::{self, DeviceBuf, KernelArg};
 use crate::device::LaunchConfig;
-use crate::{Error, Result, Tensor};
+use crate::{DType, Error, Result, Tensor};
 
 const THREADS: u32 = 256;
 const MODULE: &str = "elementwise";
@@ -24,6 +25,9 @@ fn is_row_broadcast(big: &[usize], small: &[usize]) -> bool {
 pub(crate) fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let op = "add";
     let device = kernel::kernel_device(op, &[a, b])?;
+    if a.dtype() != DType::F32 || b.dtype() != DType::F32 {
+        return add_bias_16(a, b);
+    }
     let (a, b) = (kernel::f32_input(op, a)?, kernel::f32_input(op, b)?);
     if a.shape() == b.shape() {
         let n = kernel::i32_len(op, a.numel())?;
@@ -209,6 +213,54 @@ pub(crate) fn div_grad_b(g: &Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
                 KernelArg::I32(n),
                 KernelArg::I32(na),
                 KernelArg::I32(nb),
+            ],
+        )
+    }?;
+    out.into_tensor()
+}
+
+/// `x + bias` for 16-bit operands of one dtype, the bias a trailing-dims block of x (either side).
+fn add_bias_16(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let op = "add";
+    let (a, b) = (kernel::typed_input(op, a)?, kernel::typed_input(op, b)?);
+    let (x, bias) = if is_row_broadcast(a.shape(), b.shape()) && a.numel() >= b.numel() {
+        (&a, &b)
+    } else if is_row_broadcast(b.shape(), a.shape()) {
+        (&b, &a)
+    } else {
+        (&a, &b) // rejected below with both shapes
+    };
+    if a.dtype() != b.dtype() || !is_row_broadcast(x.shape(), bias.shape()) {
+        return Err(Error::Device {
+            op,
+            msg: format!(
+                "{:?} {} + {:?} {}: 16-bit kernels add a same-dtype trailing-dims bias over rows \
+                 (not implemented on device {} for these operands)",
+                a.shape(),
+                a.dtype(),
+                b.shape(),
+                b.dtype(),
+                a.device()
+            ),
+        });
+    }
+    let d = bias.numel();
+    let rows = kernel::rows_of(op, x, d)?;
+    let mut out = DeviceBuf::typed(x.device(), x.shape(), x.dtype())?;
+    let name = format!("add_bias_fwd_{}", kernel::dtype_suffix(x.dtype()));
+    // SAFETY: out and x hold rows·d elements, bias d; the kernel touches indices < rows·d.
+    unsafe {
+        kernel::launch(
+            x.device(),
+            MODULE,
+            &name,
+            LaunchConfig::for_elements(x.numel(), THREADS),
+            &mut [
+                KernelArg::Out(&mut out),
+                KernelArg::In(x),
+                KernelArg::In(bias),
+                KernelArg::I32(rows as i32),
+                KernelArg::I32(d as i32),
             ],
         )
     }?;
