@@ -51,6 +51,21 @@ __device__ __forceinline__ float warp_max(float v) {
     return v;
 }
 
+// ---- element types: load as f32, store rounded -------------------------------------------------
+// Kernels templated on the storage type T ∈ {float, __half, __nv_bfloat16} read with to_f32 and
+// write with from_f32<T>: all arithmetic and accumulation is f32, and a 16-bit output is rounded
+// once (round to nearest even). For T = float both are the identity, so a template's f32
+// instantiation is the same code as a hand-written f32 kernel.
+__device__ __forceinline__ float to_f32(float v) { return v; }
+__device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <class T> __device__ __forceinline__ T from_f32(float v);
+template <> __device__ __forceinline__ float from_f32<float>(float v) { return v; }
+template <> __device__ __forceinline__ __half from_f32<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) {
+    return __float2bfloat16_rn(v);
+}
+
 // ---- 16-bit packing ---------------------------------------------------------------------------
 __device__ __forceinline__ uint32_t pack_half2(__half lo, __half hi) {
     return (uint32_t)__half_as_ushort(lo) | ((uint32_t)__half_as_ushort(hi) << 16);

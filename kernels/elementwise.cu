@@ -1,4 +1,5 @@
-// elementwise.cu — pointwise activations, scaling, adds and the bias gradient, f32
+// elementwise.cu — pointwise activations (GELU, QuickGELU, ReLU, exp, log, sigmoid), scaling,
+// broadcasting add/mul/sub/div and the bias gradient, f32 (GELU and the bias add also f16/bf16)
 // (src/ops/unary/gpu.rs, src/ops/binary/gpu.rs ↔ this file).
 //
 //   gelu(x)        = x·Φ(x) = 0.5·x·(1 + erf(x/√2));   gelu'(x) = Φ(x) + x·φ(x)
@@ -8,6 +9,18 @@
 //   add(a, b)      = a + b  (same shape)
 //   add_bias(x, b) = x[r, j] + b[j]  (a [D] bias broadcast over the R rows of [R, D])
 //   bias_bwd(g)    = db[j] = Σ_r g[r, j]  (the gradient of the broadcast bias)
+//   exp(x)         = eˣ;                                 exp'    from the output: dx = dy·y
+//   log(x)         = ln x;                               log'(x) = 1/x:  dx = dy / x
+//   sigmoid(x)     = 1 / (1 + e⁻ˣ);                      sigmoid' from the output: dx = dy·y·(1−y)
+//   mul, sub, div  (a, b) with a repeating operand: out[i] = a[i mod na] ∘ b[i mod nb], where
+//                  na, nb ∈ {n, block}: equal shapes (na = nb = n), or one operand a trailing-dims
+//                  block (a [D] bias, a [] scalar) repeated over the leading rows of the other
+//   div_bwd_b      = −g[i]·a[i mod na] / b[i mod nb]²  (the divisor's gradient before it is
+//                  summed back down to b's shape by bias_bwd)
+//
+// 16-bit variants (_f16, _bf16) of gelu fwd/bwd and add_bias: the same templates on the storage
+// type (common.cuh's to_f32 / from_f32): loads widened to f32, f32 arithmetic, one rounding of
+// the result. The _f32 kernels are the float instantiations, unchanged in their arithmetic.
 //
 // Pointwise kernels: one thread per element, a 1-D grid of ceil(n / blockDim.x) blocks (the
 // launchers pick 256 threads). Memory-bound: coalesced loads and one store per element.
@@ -17,25 +30,55 @@
 // R and D — never on scheduling — and no atomics are used, so the result is deterministic.
 #include "common.cuh"
 
-// clipcu: hot
-extern "C" __global__ void gelu_fwd_f32(float* __restrict__ out, const float* __restrict__ x, int n) {
+template <class T>
+__device__ __forceinline__ void gelu_fwd(T* __restrict__ out, const T* __restrict__ x, int n) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) {
-        float v = x[i];
-        out[i] = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
+        float v = to_f32(x[i]);
+        out[i] = from_f32<T>(0.5f * v * (1.0f + erff(v * 0.70710678118654752f)));
     }
+}
+
+template <class T>
+__device__ __forceinline__ void gelu_bwd(T* __restrict__ dx, const T* __restrict__ x, const T* __restrict__ dy,
+                                         int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        float v = to_f32(x[i]);
+        float cdf = 0.5f * (1.0f + erff(v * 0.70710678118654752f));
+        float pdf = 0.39894228040143268f * expf(-0.5f * v * v);
+        dx[i] = from_f32<T>(to_f32(dy[i]) * (cdf + v * pdf));
+    }
+}
+
+// clipcu: hot
+extern "C" __global__ void gelu_fwd_f32(float* __restrict__ out, const float* __restrict__ x, int n) {
+    gelu_fwd(out, x, n);
+}
+// clipcu: hot
+extern "C" __global__ void gelu_fwd_f16(__half* __restrict__ out, const __half* __restrict__ x, int n) {
+    gelu_fwd(out, x, n);
+}
+// clipcu: hot
+extern "C" __global__ void gelu_fwd_bf16(__nv_bfloat16* __restrict__ out, const __nv_bfloat16* __restrict__ x,
+                                         int n) {
+    gelu_fwd(out, x, n);
 }
 
 // clipcu: hot
 extern "C" __global__ void gelu_bwd_f32(float* __restrict__ dx, const float* __restrict__ x,
                                         const float* __restrict__ dy, int n) {
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) {
-        float v = x[i];
-        float cdf = 0.5f * (1.0f + erff(v * 0.70710678118654752f));
-        float pdf = 0.39894228040143268f * expf(-0.5f * v * v);
-        dx[i] = dy[i] * (cdf + v * pdf);
-    }
+    gelu_bwd(dx, x, dy, n);
+}
+// clipcu: hot
+extern "C" __global__ void gelu_bwd_f16(__half* __restrict__ dx, const __half* __restrict__ x,
+                                        const __half* __restrict__ dy, int n) {
+    gelu_bwd(dx, x, dy, n);
+}
+// clipcu: hot
+extern "C" __global__ void gelu_bwd_bf16(__nv_bfloat16* __restrict__ dx, const __nv_bfloat16* __restrict__ x,
+                                         const __nv_bfloat16* __restrict__ dy, int n) {
+    gelu_bwd(dx, x, dy, n);
 }
 
 // clipcu: hot
@@ -84,11 +127,27 @@ extern "C" __global__ void add_fwd_f32(float* __restrict__ out, const float* __r
     if (i < n) out[i] = a[i] + b[i];
 }
 
+template <class T>
+__device__ __forceinline__ void add_bias_fwd(T* __restrict__ out, const T* __restrict__ x, const T* __restrict__ bias,
+                                             int rows, int d) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < (long long)rows * d) out[i] = from_f32<T>(to_f32(x[i]) + to_f32(bias[i % d]));
+}
+
 // clipcu: hot
 extern "C" __global__ void add_bias_fwd_f32(float* __restrict__ out, const float* __restrict__ x,
                                             const float* __restrict__ bias, int rows, int d) {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < (long long)rows * d) out[i] = x[i] + bias[i % d];
+    add_bias_fwd(out, x, bias, rows, d);
+}
+// clipcu: hot
+extern "C" __global__ void add_bias_fwd_f16(__half* __restrict__ out, const __half* __restrict__ x,
+                                            const __half* __restrict__ bias, int rows, int d) {
+    add_bias_fwd(out, x, bias, rows, d);
+}
+// clipcu: hot
+extern "C" __global__ void add_bias_fwd_bf16(__nv_bfloat16* __restrict__ out, const __nv_bfloat16* __restrict__ x,
+                                             const __nv_bfloat16* __restrict__ bias, int rows, int d) {
+    add_bias_fwd(out, x, bias, rows, d);
 }
 
 // Launch: grid (ceil(d / 32)), block (32, 8), no dynamic shared memory.
@@ -105,4 +164,93 @@ extern "C" __global__ void bias_bwd_f32(float* __restrict__ db, const float* __r
         __syncthreads();
     }
     if (threadIdx.y == 0 && col < d) db[col] = part[0][threadIdx.x];
+}
+
+// clipcu: hot
+extern "C" __global__ void exp_fwd_f32(float* __restrict__ out, const float* __restrict__ x, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = expf(x[i]);
+}
+
+// The derivative of exp is its output, which the graph saves: no second exp.
+// clipcu: hot
+extern "C" __global__ void exp_bwd_f32(float* __restrict__ dx, const float* __restrict__ y,
+                                       const float* __restrict__ dy, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) dx[i] = dy[i] * y[i];
+}
+
+// clipcu: hot
+extern "C" __global__ void log_fwd_f32(float* __restrict__ out, const float* __restrict__ x, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = logf(x[i]);
+}
+
+// clipcu: hot
+extern "C" __global__ void log_bwd_f32(float* __restrict__ dx, const float* __restrict__ x,
+                                       const float* __restrict__ dy, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) dx[i] = dy[i] / x[i];
+}
+
+// 1 / (1 + e⁻ˣ): for x → −∞ e⁻ˣ overflows to +inf and the result is 0, as it should be; for
+// x → +∞ it is 1. No branch needed.
+// clipcu: hot
+extern "C" __global__ void sigmoid_fwd_f32(float* __restrict__ out, const float* __restrict__ x, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = 1.0f / (1.0f + expf(-x[i]));
+}
+
+// clipcu: hot
+extern "C" __global__ void sigmoid_bwd_f32(float* __restrict__ dx, const float* __restrict__ y,
+                                           const float* __restrict__ dy, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        float s = y[i];
+        dx[i] = dy[i] * s * (1.0f - s);
+    }
+}
+
+// Binary ops with broadcasting of a trailing block. The index arithmetic is 64-bit: n itself fits
+// an int (the launcher checks), but i + blockDim·gridDim may not near the top of the range.
+template <class F>
+__device__ __forceinline__ void binary_repeat(float* __restrict__ out, const float* __restrict__ a,
+                                              const float* __restrict__ b, int n, int na, int nb, F f) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = f(a[na == n ? i : i % na], b[nb == n ? i : i % nb]);
+}
+
+struct MulF { __device__ float operator()(float x, float y) const { return x * y; } };
+struct SubF { __device__ float operator()(float x, float y) const { return x - y; } };
+struct DivF { __device__ float operator()(float x, float y) const { return x / y; } };
+
+// clipcu: hot
+extern "C" __global__ void mul_fwd_f32(float* __restrict__ out, const float* __restrict__ a,
+                                       const float* __restrict__ b, int n, int na, int nb) {
+    binary_repeat(out, a, b, n, na, nb, MulF());
+}
+
+// clipcu: hot
+extern "C" __global__ void sub_fwd_f32(float* __restrict__ out, const float* __restrict__ a,
+                                       const float* __restrict__ b, int n, int na, int nb) {
+    binary_repeat(out, a, b, n, na, nb, SubF());
+}
+
+// clipcu: hot
+extern "C" __global__ void div_fwd_f32(float* __restrict__ out, const float* __restrict__ a,
+                                       const float* __restrict__ b, int n, int na, int nb) {
+    binary_repeat(out, a, b, n, na, nb, DivF());
+}
+
+// g·(−a/b²) in the CPU's order (−a / (b·b), then the product with g), so the two agree bit for
+// bit; g has the full output shape n.
+// clipcu: hot
+extern "C" __global__ void div_bwd_b_f32(float* __restrict__ out, const float* __restrict__ g,
+                                         const float* __restrict__ a, const float* __restrict__ b, int n,
+                                         int na, int nb) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        float x = a[na == n ? i : i % na], y = b[nb == n ? i : i % nb];
+        out[i] = g[i] * (-x / (y * y));
+    }
 }

@@ -1,4 +1,5 @@
-// layernorm.cu — LayerNorm over the last dim, f32 (src/ops/layernorm/gpu.rs ↔ this file).
+// layernorm.cu — LayerNorm over the last dim, f32 (forward also f16/bf16 activations)
+// (src/ops/layernorm/gpu.rs ↔ this file).
 //
 //   forward:  μ = mean(x), σ² = mean((x − μ)²) (biased, two passes), rstd = 1/√(σ² + eps),
 //             y = (x − μ)·rstd·w + b;  μ and rstd are saved per row for backward.
@@ -6,6 +7,11 @@
 //             the next LN in one pass over memory).
 //   backward: x̂ = (x − μ)·rstd, ĝ = dy·w,
 //             dx = rstd·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)),  dw = Σ_rows dy·x̂,  db = Σ_rows dy.
+//
+// Mixed precision: layernorm_fwd_{f16,bf16} read x and write y in the 16-bit type (the
+// activations), keep w, b (the f32 master parameters), μ and rstd in f32, and do every sum in f32
+// — a 16-bit accumulator would lose the mean of a wide row to rounding (2⁻¹¹ relative per add in
+// f16, 2⁻⁸ in bf16). y is rounded once. Same template as the f32 kernel.
 //
 // Row kernels (forward, residual forward, dx): one warp per row, blocks of (32, 8) = 8 rows; lane
 // l handles columns l, l+32, …; row sums are warp_sum shuffles (fixed butterfly order). A warp
@@ -18,32 +24,53 @@
 // order. The chunk size is fixed by the launcher, so the sums never depend on the hardware.
 #include "common.cuh"
 
+template <class T>
+__device__ __forceinline__ void layernorm_fwd(T* __restrict__ y, float* __restrict__ mean, float* __restrict__ rstd,
+                                              const T* __restrict__ x, const float* __restrict__ w,
+                                              const float* __restrict__ b, int rows, int d, float eps) {
+    int row = blockIdx.x * blockDim.y + threadIdx.y;
+    int lane = threadIdx.x;
+    if (row < rows) {
+        const T* xr = x + (long long)row * d;
+        float s = 0.0f;
+        for (int i = lane; i < d; i += 32) s += to_f32(xr[i]);
+        float mu = warp_sum(s) / d;
+        float v = 0.0f;
+        for (int i = lane; i < d; i += 32) {
+            float c = to_f32(xr[i]) - mu;
+            v += c * c;
+        }
+        float rs = rsqrtf(warp_sum(v) / d + eps);
+        T* yr = y + (long long)row * d;
+        for (int i = lane; i < d; i += 32) yr[i] = from_f32<T>((to_f32(xr[i]) - mu) * rs * w[i] + b[i]);
+        if (lane == 0) {
+            mean[row] = mu;
+            rstd[row] = rs;
+        }
+    }
+}
+
 // Launch: grid (ceil(rows / 8)), block (32, 8).
 // clipcu: hot
 extern "C" __global__ void layernorm_fwd_f32(float* __restrict__ y, float* __restrict__ mean,
                                              float* __restrict__ rstd, const float* __restrict__ x,
                                              const float* __restrict__ w, const float* __restrict__ b,
                                              int rows, int d, float eps) {
-    int row = blockIdx.x * blockDim.y + threadIdx.y;
-    int lane = threadIdx.x;
-    if (row < rows) {
-        const float* xr = x + (long long)row * d;
-        float s = 0.0f;
-        for (int i = lane; i < d; i += 32) s += xr[i];
-        float mu = warp_sum(s) / d;
-        float v = 0.0f;
-        for (int i = lane; i < d; i += 32) {
-            float c = xr[i] - mu;
-            v += c * c;
-        }
-        float rs = rsqrtf(warp_sum(v) / d + eps);
-        float* yr = y + (long long)row * d;
-        for (int i = lane; i < d; i += 32) yr[i] = (xr[i] - mu) * rs * w[i] + b[i];
-        if (lane == 0) {
-            mean[row] = mu;
-            rstd[row] = rs;
-        }
-    }
+    layernorm_fwd(y, mean, rstd, x, w, b, rows, d, eps);
+}
+// clipcu: hot
+extern "C" __global__ void layernorm_fwd_f16(__half* __restrict__ y, float* __restrict__ mean,
+                                             float* __restrict__ rstd, const __half* __restrict__ x,
+                                             const float* __restrict__ w, const float* __restrict__ b,
+                                             int rows, int d, float eps) {
+    layernorm_fwd(y, mean, rstd, x, w, b, rows, d, eps);
+}
+// clipcu: hot
+extern "C" __global__ void layernorm_fwd_bf16(__nv_bfloat16* __restrict__ y, float* __restrict__ mean,
+                                              float* __restrict__ rstd, const __nv_bfloat16* __restrict__ x,
+                                              const float* __restrict__ w, const float* __restrict__ b,
+                                              int rows, int d, float eps) {
+    layernorm_fwd(y, mean, rstd, x, w, b, rows, d, eps);
 }
 
 // Launch: grid (ceil(rows / 8)), block (32, 8). Each lane reads back only the s[i] it wrote.

@@ -1,5 +1,5 @@
-// reduce.cu — full reductions (sum, mean, sum of squares) and the attention head layout, f32
-// (src/ops/reduce/gpu.rs, src/ops/attention/gpu.rs ↔ this file).
+// reduce.cu — full and one-axis reductions (sum, mean, sum of squares) and the attention head
+// layout, f32 (src/ops/reduce/gpu.rs, src/ops/attention/gpu.rs ↔ this file).
 //
 // reduce_sum_f32(out, x, n, chunk, square, scale): block c sums v = x[i] (or x[i]² when square)
 // over i in [c·chunk, min(n, (c+1)·chunk)) and writes scale·Σ to out[c]. Thread t adds i = c·chunk
@@ -7,6 +7,13 @@
 // through shared memory by warp 0 (a fixed order). A full reduction is two launches with a chunk
 // fixed by the launcher: stage 1 (grid ceil(n / chunk)) → partials; stage 2 (grid 1, chunk =
 // nparts) → the scalar. No atomics: the result depends only on n, never on scheduling.
+//
+// sum_axis_f32(out, x, outer, len, inner, mean, scale): out[o, i] = Σ_l x[o, l, i] (·scale if mean) over the middle
+// axis of x seen as [outer, len, inner] (sum/mean over one axis); one thread per output element
+// adds l = 0, 1, … in order — the CPU reference's order, so the two agree bit for bit; `mean`
+// multiplies once at the end, as the CPU does.
+// expand_axis_f32(out, g, outer, len, inner, scale): out[o, l, i] = scale·g[o, i], the gradient
+// of that reduction (one thread per output element).
 //
 // head_split_{fwd,bwd}_f32: the [B·T, S·D] ↔ [S, B, H, T, Dh] layout of attention (D = H·Dh):
 //   split[s, b, h, t, e] = x[(b·T + t), s·D + h·Dh + e]
@@ -66,4 +73,27 @@ extern "C" __global__ void head_split_bwd_f32(float* __restrict__ dx, const floa
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     long long n = (long long)S * B * H * T * Dh;
     if (i < n) dx[head_src(i, B, T, H, Dh, S)] = dsplit[i];
+}
+
+// clipcu: hot
+extern "C" __global__ void sum_axis_f32(float* __restrict__ out, const float* __restrict__ x, int outer, int len,
+                                        int inner, int mean, float scale) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < (long long)outer * inner) {
+        long long o = i / inner, e = i % inner;
+        const float* src = x + o * len * inner + e;
+        float acc = 0.0f;
+        for (int l = 0; l < len; ++l) acc += src[(long long)l * inner];
+        out[i] = mean ? acc * scale : acc;
+    }
+}
+
+// clipcu: hot
+extern "C" __global__ void expand_axis_f32(float* __restrict__ out, const float* __restrict__ g, int outer, int len,
+                                           int inner, float scale) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < (long long)outer * len * inner) {
+        long long e = i % inner, o = i / ((long long)len * inner);
+        out[i] = g[o * inner + e] * scale;
+    }
 }

@@ -205,3 +205,108 @@ fn unsupported_inputs_are_clear_errors() {
     let e = relu(&h).unwrap_err().to_string();
     assert!(e.contains("f32"), "{e}");
 }
+
+#[test]
+fn exp_log_sigmoid_fwd_bwd_match_cpu() {
+    // Forward on tensors; backward through the graph, since exp and sigmoid differentiate from
+    // their saved output (exp_bwd_f32 / sigmoid_bwd_f32 read y, log_bwd_f32 reads x).
+    on_each(|device, tag| {
+        for n in SIZES {
+            let seed = common::fresh_seed();
+            let x = Tensor::randn([n], 2.0, seed);
+            // log needs positive inputs: |x| + 0.1
+            let xp =
+                Tensor::from_vec(x.to_vec().iter().map(|v| v.abs() + 0.1).collect(), [n]).unwrap();
+            let dy = Tensor::randn([n], 1.0, seed ^ 0x5bd1);
+            type F = fn(&Graph, &clipcu::Var) -> clipcu::Result<clipcu::Var>;
+            let cases: [(&str, F, &Tensor); 3] = [
+                ("exp", |g, v| g.exp(v), &x),
+                ("log", |g, v| g.log(v), &xp),
+                ("sigmoid", |g, v| g.sigmoid(v), &x),
+            ];
+            for (name, f, input) in cases {
+                let run = |g: &Graph, v: &[clipcu::Var]| f(g, &v[0]);
+                let xs = std::slice::from_ref(input);
+                let (out, dx) = common::graph_grads(device, xs, &dy, run);
+                let (want, want_dx) = common::graph_grads(Device::Cpu, xs, &dy, run);
+                check(&format!("{name}_fwd_f32 n={n}"), tag, seed, &out, &want);
+                check(
+                    &format!("{name}_bwd_f32 n={n}"),
+                    tag,
+                    seed,
+                    &dx[0],
+                    &want_dx[0],
+                );
+            }
+        }
+    });
+}
+
+#[test]
+fn mul_sub_div_broadcast_fwd_bwd_match_cpu() {
+    // Equal shapes, a trailing [D] block on either side, a [1, D] block over a rank-3 tensor,
+    // and a scalar (the contrastive loss's logit scale). Backward through the graph: the
+    // operand-shaped gradients are the products/quotients summed back down by bias_bwd_f32; the
+    // divisor's is div_bwd_b_f32.
+    on_each(|device, tag| {
+        let shapes: [(Vec<usize>, Vec<usize>); 6] = [
+            (vec![1], vec![1]),
+            (vec![7, 50], vec![7, 50]),
+            (vec![77, 7], vec![7]),
+            (vec![50], vec![197, 50]),
+            (vec![2, 3, 77], vec![1, 77]),
+            (vec![1000], vec![]),
+        ];
+        for (sa, sb) in shapes {
+            let seed = common::fresh_seed();
+            let a = Tensor::randn(sa.clone(), 1.0, seed);
+            // divisors away from 0: sign(x)·(|x| + 0.5)
+            let b = Tensor::randn(sb.clone(), 1.0, seed + 1);
+            let b = Tensor::from_vec(
+                b.to_vec()
+                    .iter()
+                    .map(|v| v.signum() * (v.abs() + 0.5))
+                    .collect(),
+                sb.clone(),
+            )
+            .unwrap();
+            let out_shape = clipcu::tensor::broadcast_shape("test", &sa, &sb).unwrap();
+            let dy = Tensor::randn(out_shape, 1.0, seed + 2);
+            type F = fn(&Graph, &clipcu::Var, &clipcu::Var) -> clipcu::Result<clipcu::Var>;
+            let cases: [(&str, F); 3] = [
+                ("mul", |g, a, b| g.mul(a, b)),
+                ("sub", |g, a, b| g.sub(a, b)),
+                ("div", |g, a, b| g.div(a, b)),
+            ];
+            for (name, f) in cases {
+                let run = |g: &Graph, v: &[clipcu::Var]| f(g, &v[0], &v[1]);
+                let xs = [a.clone(), b.clone()];
+                let (out, grads) = common::graph_grads(device, &xs, &dy, run);
+                let (want, want_grads) = common::graph_grads(Device::Cpu, &xs, &dy, run);
+                let what = format!("{name} {sa:?}∘{sb:?}");
+                check(&format!("{name}_fwd_f32 {what}"), tag, seed, &out, &want);
+                // a broadcast operand's gradient is a column sum in bias_bwd_f32's tree order
+                // against the CPU's sequential one (and div's terms reach 4·|a·dy|): 1e-4
+                let grad = common::check_kernel_grad;
+                grad(&format!("{what} da"), tag, seed, &grads[0], &want_grads[0]);
+                grad(&format!("{what} db"), tag, seed, &grads[1], &want_grads[1]);
+            }
+        }
+    });
+}
+
+#[test]
+fn unsupported_broadcasts_are_clear_errors() {
+    // [N, 1] ∘ [1, N] is a broadcast of both sides: not a kernel case, a clear Err naming op and shapes.
+    let x = Tensor::randn([4, 1], 1.0, 1)
+        .to_device(Device::Emu)
+        .unwrap();
+    let y = Tensor::randn([1, 4], 1.0, 2)
+        .to_device(Device::Emu)
+        .unwrap();
+    let e = clipcu::ops::binary::mul(&x, &y).unwrap_err().to_string();
+    assert!(
+        e.contains("mul") && e.contains("[4, 1]") && e.contains("[1, 4]"),
+        "{e}"
+    );
+}

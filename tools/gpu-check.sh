@@ -41,6 +41,8 @@ cd "$(dirname "$0")"
 # cuBLAS from the PyPI wheels that PyTorch brings, when no system CUDA is on the loader path.
 libs=$(python3 -c 'import nvidia, os; d = os.path.dirname(nvidia.__path__[0]); print(":".join(os.path.join(r, x) for r, ds, fs in os.walk(os.path.join(d, "nvidia")) for x in ds if x == "lib"))' 2>/dev/null || true)
 export LD_LIBRARY_PATH="${libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# On the GPU machine a kernel test whose cuda:0 run cannot start is a failure, not a skip.
+export CLIPCU_REQUIRE_CUDA=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 table=()
 for t in bin/test-*; do
@@ -48,7 +50,7 @@ for t in bin/test-*; do
     rc=$?
     echo "$out" | tail -25
     res=$(echo "$out" | grep -E "^test result" | tail -1 | sed -E 's/test result: ([a-zA-Z]+)\. ([0-9]+) passed; ([0-9]+) failed.*/\1 \2 passed, \3 failed/')
-    skips=$(echo "$out" | grep -c "skipped: no CUDA device" || true)
+    skips=$(echo "$out" | grep -cE "skipped: no CUDA device|SKIPPED" || true)
     table+=("$(printf '%-28s %-34s gpu-skips:%s rc=%s' "${t#bin/}" "$res" "$skips" "$rc")")
 done
 echo "== clipcu-bench (cuda)"

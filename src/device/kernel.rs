@@ -17,8 +17,9 @@ use crate::device::cuda::{CudaBackend, CudaStorage, DeviceBlock};
 use crate::device::{emu, LaunchConfig};
 use crate::{DType, Device, Error, Result, Tensor};
 
-/// A buffer a kernel writes (or reads back in a later launch of the same op): f32 elements of a
-/// shape on one kernel device, or i32 elements (indices) uploaded from the host.
+/// A buffer a kernel writes (or reads back in a later launch of the same op): f32 (or f16/bf16,
+/// for the 16-bit kernels) elements of a shape on one kernel device, or i32 elements (indices)
+/// uploaded from the host.
 pub struct DeviceBuf {
     device: Device,
     shape: Vec<usize>,
@@ -27,8 +28,11 @@ pub struct DeviceBuf {
 
 enum BufData {
     HostF32(Vec<f32>),
+    HostF16(Vec<half::f16>),
+    HostBF16(Vec<half::bf16>),
     HostI32(Vec<i32>),
-    CudaF32(CudaStorage),
+    /// A tensor's storage on the GPU (f32, f16 or bf16: the storage knows its dtype).
+    Cuda(CudaStorage),
     CudaRaw(DeviceBlock),
 }
 
@@ -36,13 +40,20 @@ impl DeviceBuf {
     /// f32 output of `shape` on `device`: NaN-poisoned host memory on Emu (an element the kernel
     /// does not write fails every comparison), uninitialised device memory on Cuda.
     pub fn f32(device: Device, shape: &[usize]) -> Result<DeviceBuf> {
+        DeviceBuf::typed(device, shape, DType::F32)
+    }
+    /// An output of `dtype` elements: NaN-poisoned on Emu (16-bit NaNs for f16/bf16),
+    /// uninitialised on Cuda.
+    pub fn typed(device: Device, shape: &[usize], dtype: DType) -> Result<DeviceBuf> {
         let n: usize = shape.iter().product();
-        let data = match device {
-            Device::Emu => BufData::HostF32(vec![f32::NAN; n]),
-            Device::Cuda(i) => {
-                BufData::CudaF32(CudaStorage::uninit(&CudaBackend::get(i)?, DType::F32, n)?)
+        let data = match (device, dtype) {
+            (Device::Emu, DType::F32) => BufData::HostF32(vec![f32::NAN; n]),
+            (Device::Emu, DType::F16) => BufData::HostF16(vec![half::f16::NAN; n]),
+            (Device::Emu, DType::BF16) => BufData::HostBF16(vec![half::bf16::NAN; n]),
+            (Device::Cuda(i), _) => {
+                BufData::Cuda(CudaStorage::uninit(&CudaBackend::get(i)?, dtype, n)?)
             }
-            Device::Cpu => return Err(not_kernel_device("DeviceBuf", device)),
+            (Device::Cpu, _) => return Err(not_kernel_device("DeviceBuf", device)),
         };
         Ok(DeviceBuf {
             device,
@@ -73,11 +84,17 @@ impl DeviceBuf {
     pub fn device(&self) -> Device {
         self.device
     }
-    /// The f32 buffer as a contiguous tensor on its device.
+    /// The f32 (f16, bf16) buffer as a contiguous tensor on its device.
     pub fn into_tensor(self) -> Result<Tensor> {
         match self.data {
             BufData::HostF32(v) => Ok(Tensor::from_f32_on(v, &self.shape, self.device)),
-            BufData::CudaF32(s) => Tensor::from_cuda(s, &self.shape),
+            BufData::HostF16(v) => {
+                Ok(Tensor::from_f16(v, self.shape.clone())?.on_host_device(self.device))
+            }
+            BufData::HostBF16(v) => {
+                Ok(Tensor::from_bf16(v, self.shape.clone())?.on_host_device(self.device))
+            }
+            BufData::Cuda(s) => Tensor::from_cuda(s, &self.shape),
             BufData::HostI32(_) | BufData::CudaRaw(_) => Err(Error::Msg(
                 "DeviceBuf::into_tensor: an i32 buffer is not a tensor".into(),
             )),
@@ -119,6 +136,15 @@ pub fn kernel_device(op: &'static str, ts: &[&Tensor]) -> Result<Device> {
         return Err(not_kernel_device(op, d));
     }
     Ok(d)
+}
+
+/// A kernel operand of a kernel with 16-bit instantiations: f32, f16 or bf16 on a kernel
+/// device, returned contiguous (the launcher picks the kernel by [`dtype_suffix`]).
+pub fn typed_input(op: &'static str, t: &Tensor) -> Result<Tensor> {
+    if !runs_kernels(t.device()) {
+        return Err(not_kernel_device(op, t.device()));
+    }
+    Ok(t.contiguous())
 }
 
 /// A kernel operand: checks f32 and a kernel device, and returns a contiguous tensor.
@@ -165,19 +191,61 @@ fn check_operand(kernel: &str, i: usize, device: Device, got: Device) -> Result<
     Ok(())
 }
 
+/// The element type a kernel is instantiated for, from its name's suffix (`_f16`, `_bf16`,
+/// else f32). Its tensor arguments must be f32 or that type.
+fn kernel_dtype(kernel: &str) -> DType {
+    if kernel.ends_with("_bf16") {
+        DType::BF16
+    } else if kernel.ends_with("_f16") {
+        DType::F16
+    } else {
+        DType::F32
+    }
+}
+
+/// The name suffix of the kernels instantiated for `dtype`: `f32`, `f16`, `bf16`.
+pub fn dtype_suffix(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F32 => "f32",
+        DType::F16 => "f16",
+        DType::BF16 => "bf16",
+    }
+}
+
+fn check_dtype(kernel: &str, i: usize, got: DType) -> Result<()> {
+    let want = kernel_dtype(kernel);
+    if got != DType::F32 && got != want {
+        return Err(launch_err(
+            kernel,
+            format!("argument {i} is {got}, the kernel takes f32 or {want}"),
+        ));
+    }
+    Ok(())
+}
+
 fn check_tensor(kernel: &str, i: usize, device: Device, t: &Tensor) -> Result<()> {
     check_operand(kernel, i, device, t.device())?;
-    if t.dtype() != DType::F32 || !t.is_contiguous() {
+    check_dtype(kernel, i, t.dtype())?;
+    if !t.is_contiguous() {
         return Err(launch_err(
             kernel,
             format!(
-                "argument {i} must be a contiguous f32 tensor (got {:?}, contiguous: {})",
-                t.dtype(),
-                t.is_contiguous()
+                "argument {i} must be a contiguous tensor ({:?} view)",
+                t.shape()
             ),
         ));
     }
     Ok(())
+}
+
+fn check_buf(kernel: &str, i: usize, device: Device, b: &DeviceBuf) -> Result<()> {
+    check_operand(kernel, i, device, b.device)?;
+    match &b.data {
+        BufData::HostF16(_) => check_dtype(kernel, i, DType::F16),
+        BufData::HostBF16(_) => check_dtype(kernel, i, DType::BF16),
+        BufData::Cuda(s) => check_dtype(kernel, i, s.dtype()),
+        _ => Ok(()),
+    }
 }
 
 /// Runs `kernel` of PTX module `module` (the `kernels/<module>.cu` file stem) with `cfg` on
@@ -196,8 +264,8 @@ pub unsafe fn launch(
     for (i, a) in args.iter().enumerate() {
         match a {
             KernelArg::In(t) => check_tensor(kernel, i, device, t)?,
-            KernelArg::Out(b) => check_operand(kernel, i, device, b.device)?,
-            KernelArg::Buf(b) => check_operand(kernel, i, device, b.device)?,
+            KernelArg::Out(b) => check_buf(kernel, i, device, b)?,
+            KernelArg::Buf(b) => check_buf(kernel, i, device, b)?,
             _ => {}
         }
     }
@@ -206,14 +274,18 @@ pub unsafe fn launch(
             let mut raw = Vec::with_capacity(args.len());
             for a in args.iter_mut() {
                 raw.push(match a {
-                    KernelArg::In(t) => emu::EmuArg::slice(t.f32s("kernel launch")?),
+                    KernelArg::In(t) => emu::EmuArg::Ptr(t.host_ptr("kernel launch")?),
                     KernelArg::Out(b) => match &mut b.data {
                         BufData::HostF32(v) => emu::EmuArg::slice_mut(v),
+                        BufData::HostF16(v) => emu::EmuArg::slice_mut(v),
+                        BufData::HostBF16(v) => emu::EmuArg::slice_mut(v),
                         BufData::HostI32(v) => emu::EmuArg::slice_mut(v),
                         _ => unreachable!("an Emu buffer holds host memory"),
                     },
                     KernelArg::Buf(b) => match &b.data {
                         BufData::HostF32(v) => emu::EmuArg::slice(v),
+                        BufData::HostF16(v) => emu::EmuArg::slice(v),
+                        BufData::HostBF16(v) => emu::EmuArg::slice(v),
                         BufData::HostI32(v) => emu::EmuArg::slice(v),
                         _ => unreachable!("an Emu buffer holds host memory"),
                     },
@@ -260,7 +332,7 @@ unsafe fn launch_cuda(
     let backend = CudaBackend::get(ordinal)?;
     let f = backend.function(module, kernel)?;
     let buf_addr = |b: &DeviceBuf| match &b.data {
-        BufData::CudaF32(s) => s.address(),
+        BufData::Cuda(s) => s.address(),
         BufData::CudaRaw(blk) => blk.address(),
         _ => unreachable!("a Cuda buffer holds device memory"),
     };

@@ -234,7 +234,7 @@ impl<'m> Graph<'m> {
                 loss.shape()
             )));
         }
-        let seed = Tensor::full(1.0, loss.shape().to_vec());
+        let seed = Tensor::full(1.0, loss.shape().to_vec()).to_device(loss.tensor().device())?;
         self.backward_with(loss, seed)
     }
 

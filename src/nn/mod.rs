@@ -28,6 +28,19 @@ pub trait Module {
         out
     }
 
+    /// Moves every parameter and buffer to `device` (each value copied there; gradients
+    /// cleared, since they would be on the old device). The first failing copy is the `Err`.
+    fn to_device(&self, device: crate::Device) -> crate::Result<()> {
+        let mut result = Ok(());
+        self.visit_params(&mut |p| {
+            if result.is_ok() {
+                result = p.value().to_device(device).and_then(|v| p.set_value(v));
+                p.zero_grad();
+            }
+        });
+        result
+    }
+
     /// Number of trainable scalars.
     fn num_trainable(&self) -> usize {
         let mut n = 0;

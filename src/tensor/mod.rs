@@ -277,6 +277,33 @@ impl Tensor {
         }
     }
 
+    /// The address of this contiguous host tensor's first element, whatever its dtype (for
+    /// kernel launches on Emu, whose memory is the host's).
+    pub(crate) fn host_ptr(&self, op: &'static str) -> Result<*mut std::ffi::c_void> {
+        if !self.is_contiguous() {
+            return Err(Error::shape(
+                op,
+                "expected a contiguous tensor (call .contiguous())",
+            ));
+        }
+        let o = self.offset;
+        Ok(match &*self.storage {
+            Storage::Cpu(CpuStorage::F32(v)) => v[o..].as_ptr() as *mut std::ffi::c_void,
+            Storage::Cpu(CpuStorage::F16(v)) => v[o..].as_ptr() as *mut std::ffi::c_void,
+            Storage::Cpu(CpuStorage::BF16(v)) => v[o..].as_ptr() as *mut std::ffi::c_void,
+            Storage::Cuda(_) => return Err(self.on_device_error(op)),
+        })
+    }
+
+    /// This host tensor relabelled as living on `device` (Cpu or Emu: both keep host memory).
+    pub(crate) fn on_host_device(mut self, device: Device) -> Tensor {
+        debug_assert!(
+            matches!(*self.storage, Storage::Cpu(_)) && !matches!(device, Device::Cuda(_))
+        );
+        self.device = device;
+        self
+    }
+
     fn on_device_error(&self, op: &'static str) -> Error {
         Error::Device {
             op,

@@ -1,5 +1,18 @@
-//! Launchers of the head layout kernels in `kernels/reduce.cu` on Emu or Cuda (one thread per
-//! element, blocks of 256): `head_split_fwd_f32` / `head_split_bwd_f32`, see [`super::split_heads`].
+//! Attention on Emu or Cuda. The head layout kernels of `kernels/reduce.cu` (one thread per
+//! element, blocks of 256): `head_split_fwd_f32` / `head_split_bwd_f32`, see
+//! [`super::split_qkv_heads`]. And scaled dot-product attention composed from batched device
+//! GEMMs (cuBLAS on Cuda, the CPU GEMM on Emu) and the kernels of `elementwise.cu` (scale) and
+//! `softmax.cu` (the causal mask is the softmax kernel's), every (batch, head) one problem of the
+//! batch:
+//!
+//! ```text
+//! forward:  S = q·kᵀ;  P = softmax(S/√Dh);  out = P·v
+//! backward: dv = Pᵀ·dout;  dP = dout·vᵀ;  dS = P∘(dP − rowsum(dP∘P));  dq = (dS·k)/√Dh;
+//!           dk = (dSᵀ·q)/√Dh
+//! ```
+//!
+//! Not fused (no flash attention): S and P are materialised, [B·H, Tq, Tk] each, which for CLIP's
+//! sequence lengths (50–257 image tokens, 77 text tokens) is small beside the activations.
 
 use crate::device::kernel::{self, DeviceBuf, KernelArg};
 use crate::device::LaunchConfig;
@@ -45,4 +58,51 @@ pub(crate) fn split(x: &Tensor, dims: [usize; 5]) -> Result<Tensor> {
 pub(crate) fn unsplit(x: &Tensor, dims: [usize; 5]) -> Result<Tensor> {
     let [b, t, h, dh, s] = dims;
     launch("head_split_bwd_f32", x, &[b * t, s * h * dh], dims)
+}
+
+/// (out `[B, H, Tq, Dv]`, P `[B·H, Tq, Tk]`) for q, k, v as `[B·H, T, D]` (shapes checked by the
+/// caller); `out_shape` is the 4-D output shape.
+pub(crate) fn forward(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    causal: bool,
+    out_shape: &[usize],
+) -> Result<(Tensor, Tensor)> {
+    use crate::ops::matmul::matmul;
+    let inv = 1.0 / (q.shape()[2] as f32).sqrt();
+    let s = crate::ops::unary::scale(&matmul(q, k, false, true)?, inv)?;
+    let p = crate::ops::softmax::softmax(&s, causal)?;
+    drop(s);
+    let out = matmul(&p, v, false, false)?.reshape(out_shape.to_vec())?;
+    Ok((out, p))
+}
+
+/// (dq, dk, dv) as `[B·H, T, D]` from q, k, v, P and dout in the same 3-D layout; each only when
+/// `needs` asks for it.
+pub(crate) fn backward(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    p: &Tensor,
+    dout: &Tensor,
+    needs: &[bool],
+) -> Result<[Option<Tensor>; 3]> {
+    use crate::ops::matmul::matmul;
+    use crate::ops::unary::scale;
+    let inv = 1.0 / (q.shape()[2] as f32).sqrt();
+    let dv = needs[2].then(|| matmul(p, dout, true, false)).transpose()?;
+    if !needs[0] && !needs[1] {
+        return Ok([None, None, dv]);
+    }
+    let dp = matmul(dout, v, false, true)?;
+    let ds = crate::ops::softmax::softmax_backward(p, &dp)?;
+    drop(dp);
+    let dq = needs[0]
+        .then(|| scale(&matmul(&ds, k, false, false)?, inv))
+        .transpose()?;
+    let dk = needs[1]
+        .then(|| scale(&matmul(&ds, q, true, false)?, inv))
+        .transpose()?;
+    Ok([dq, dk, dv])
 }

@@ -2,7 +2,8 @@
 //! v [B, H, Tk, Dv] → [B, H, Tq, Dv], with `P = softmax(q·kᵀ/√Dh)` (optionally causal, Tq = Tk)
 //! and `out = P·v`. Saves q, k, v and P. Backward:
 //! `dv = Pᵀ·dout`, `dP = dout·vᵀ`, `dS = P∘(dP − rowsum(dP∘P))`, `dq = dS·k/√Dh`, `dk = dSᵀ·q/√Dh`.
-//! Every (batch, head) is an independent GEMM problem, batched over B·H.
+//! Every (batch, head) is an independent GEMM problem, batched over B·H. On Emu and Cuda the same
+//! steps are device GEMMs, the scale kernel and the softmax kernels (`gpu.rs`).
 
 pub(crate) mod gpu;
 
@@ -57,6 +58,16 @@ fn dims(q: &[usize], k: &[usize], v: &[usize], causal: bool) -> Result<Dims> {
 fn forward(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Result<(Tensor, Tensor)> {
     same_device("attention", &[q, k, v])?;
     let d = dims(q.shape(), k.shape(), v.shape(), causal)?;
+    if crate::device::kernel::runs_kernels(q.device()) {
+        let sh = q.shape();
+        return gpu::forward(
+            &q.reshape([d.bh, d.tq, d.dh])?,
+            &k.reshape([d.bh, d.tk, d.dh])?,
+            &v.reshape([d.bh, d.tk, d.dv])?,
+            causal,
+            &[sh[0], sh[1], d.tq, d.dv],
+        );
+    }
     let (q, k, v) = (
         cpu_input("attention", q)?,
         cpu_input("attention", k)?,
@@ -202,6 +213,23 @@ impl AttentionOp {
     ) -> Result<Vec<Option<Tensor>>> {
         let (q, k, v, p) = (&saved[0], &saved[1], &saved[2], &saved[3]);
         let d = dims(q.shape(), k.shape(), v.shape(), self.causal)?;
+        if crate::device::kernel::runs_kernels(gout.device()) {
+            let r3 = |t: &Tensor, rows: usize, cols: usize| t.reshape([d.bh, rows, cols]);
+            let grads = gpu::backward(
+                &r3(q, d.tq, d.dh)?,
+                &r3(k, d.tk, d.dh)?,
+                &r3(v, d.tk, d.dv)?,
+                p,
+                &r3(&gout.contiguous(), d.tq, d.dv)?,
+                needs,
+            )?;
+            let shapes = [q.shape(), k.shape(), v.shape()];
+            return grads
+                .into_iter()
+                .zip(shapes)
+                .map(|(g, s)| g.map(|g| g.reshape(s.to_vec())).transpose())
+                .collect();
+        }
         let g = cpu_input("attention backward", gout)?;
         let (qs, ks, vs, ps, gs) = (
             q.f32s("attention")?,

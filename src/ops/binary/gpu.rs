@@ -1,11 +1,15 @@
 //! Launchers of the add kernels in `kernels/elementwise.cu`, on Emu or Cuda:
 //! `add_fwd_f32(out, a, b, n)` (same shape), `add_bias_fwd_f32(out, x, bias, rows, d)` (a
 //! trailing-dims operand broadcast over leading rows: a [D] bias over [R, D], a residual…), and
-//! `bias_bwd_f32(db, g, rows, d)`, the deterministic column sum that is the bias's gradient.
+//! `add_bias_fwd_{f16,bf16}` (both operands 16-bit, f32 arithmetic, one rounding: the bias add
+//! of mixed-precision activations), `bias_bwd_f32(db, g, rows, d)`, the deterministic column sum that is the bias's gradient;
+//! `{mul,sub,div}_fwd_f32(out, a, b, n, na, nb)` (each operand the full shape or a trailing-dims
+//! block repeated over the rows, on either side) and `div_bwd_b_f32(out, g, a, b, n, na, nb)`.
 
+use super::BinaryKind;
 use crate::device::kernel::{self, DeviceBuf, KernelArg};
 use crate::device::LaunchConfig;
-use crate::{Error, Result, Tensor};
+use crate::{DType, Error, Result, Tensor};
 
 const THREADS: u32 = 256;
 const MODULE: &str = "elementwise";
@@ -21,6 +25,9 @@ fn is_row_broadcast(big: &[usize], small: &[usize]) -> bool {
 pub(crate) fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let op = "add";
     let device = kernel::kernel_device(op, &[a, b])?;
+    if a.dtype() != DType::F32 || b.dtype() != DType::F32 {
+        return add_bias_16(a, b);
+    }
     let (a, b) = (kernel::f32_input(op, a)?, kernel::f32_input(op, b)?);
     if a.shape() == b.shape() {
         let n = kernel::i32_len(op, a.numel())?;
@@ -111,4 +118,151 @@ pub(crate) fn sum_rows_to(g: &Tensor, target: &[usize]) -> Result<Option<Tensor>
         )
     }?;
     Ok(Some(db.into_tensor()?))
+}
+
+/// The broadcast output shape of `a ∘ b` and each operand's repeat length (`n` for the full
+/// shape, the block size for a trailing-dims operand), or an error for other broadcasts.
+fn repeat_lens(op: &'static str, a: &Tensor, b: &Tensor) -> Result<(Vec<usize>, i32, i32, i32)> {
+    let shape = crate::tensor::broadcast_shape(op, a.shape(), b.shape())?;
+    let n = kernel::i32_len(op, shape.iter().product())?;
+    let len = |t: &Tensor| -> Result<i32> {
+        if t.shape() == shape.as_slice() || is_row_broadcast(&shape, t.shape()) {
+            Ok(t.numel() as i32)
+        } else {
+            Err(Error::Device {
+                op,
+                msg: format!(
+                    "{:?} ∘ {:?}: kernels broadcast a trailing-dims operand over rows only \
+                     (not implemented on device {} for this broadcast)",
+                    a.shape(),
+                    b.shape(),
+                    a.device()
+                ),
+            })
+        }
+    };
+    Ok((shape.clone(), n, len(a)?, len(b)?))
+}
+
+/// `a ∘ b` for mul, sub and div (add has its own kernels, [`add`]).
+pub(crate) fn binary(kind: BinaryKind, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let op = kind.name();
+    let device = kernel::kernel_device(op, &[a, b])?;
+    let (a, b) = (kernel::f32_input(op, a)?, kernel::f32_input(op, b)?);
+    let (shape, n, na, nb) = repeat_lens(op, &a, &b)?;
+    let name = match kind {
+        BinaryKind::Mul => "mul_fwd_f32",
+        BinaryKind::Sub => "sub_fwd_f32",
+        BinaryKind::Div => "div_fwd_f32",
+        BinaryKind::Add => return add(&a, &b),
+    };
+    let mut out = DeviceBuf::f32(device, &shape)?;
+    // SAFETY: out holds n elements, a na and b nb, and the kernel reads a[i mod na], b[i mod nb].
+    unsafe {
+        kernel::launch(
+            device,
+            MODULE,
+            name,
+            LaunchConfig::for_elements(n as usize, THREADS),
+            &mut [
+                KernelArg::Out(&mut out),
+                KernelArg::In(&a),
+                KernelArg::In(&b),
+                KernelArg::I32(n),
+                KernelArg::I32(na),
+                KernelArg::I32(nb),
+            ],
+        )
+    }?;
+    out.into_tensor()
+}
+
+/// `g·(−a/b²)` at the broadcast shape of `a / b` (= g's shape): the divisor's gradient before it
+/// is summed down to b's shape.
+pub(crate) fn div_grad_b(g: &Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let op = "div backward";
+    let device = kernel::kernel_device(op, &[g, a, b])?;
+    let (g, a, b) = (
+        kernel::f32_input(op, g)?,
+        kernel::f32_input(op, a)?,
+        kernel::f32_input(op, b)?,
+    );
+    let (shape, n, na, nb) = repeat_lens(op, &a, &b)?;
+    if g.shape() != shape.as_slice() {
+        crate::bail_shape!(
+            op,
+            "gradient {:?} does not match the output {shape:?} of {:?} / {:?}",
+            g.shape(),
+            a.shape(),
+            b.shape()
+        );
+    }
+    let mut out = DeviceBuf::like(&g)?;
+    // SAFETY: out and g hold n elements, a na and b nb; reads are a[i mod na], b[i mod nb].
+    unsafe {
+        kernel::launch(
+            device,
+            MODULE,
+            "div_bwd_b_f32",
+            LaunchConfig::for_elements(n as usize, THREADS),
+            &mut [
+                KernelArg::Out(&mut out),
+                KernelArg::In(&g),
+                KernelArg::In(&a),
+                KernelArg::In(&b),
+                KernelArg::I32(n),
+                KernelArg::I32(na),
+                KernelArg::I32(nb),
+            ],
+        )
+    }?;
+    out.into_tensor()
+}
+
+/// `x + bias` for 16-bit operands of one dtype, the bias a trailing-dims block of x (either side).
+fn add_bias_16(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let op = "add";
+    let (a, b) = (kernel::typed_input(op, a)?, kernel::typed_input(op, b)?);
+    let (x, bias) = if is_row_broadcast(a.shape(), b.shape()) && a.numel() >= b.numel() {
+        (&a, &b)
+    } else if is_row_broadcast(b.shape(), a.shape()) {
+        (&b, &a)
+    } else {
+        (&a, &b) // rejected below with both shapes
+    };
+    if a.dtype() != b.dtype() || !is_row_broadcast(x.shape(), bias.shape()) {
+        return Err(Error::Device {
+            op,
+            msg: format!(
+                "{:?} {} + {:?} {}: 16-bit kernels add a same-dtype trailing-dims bias over rows \
+                 (not implemented on device {} for these operands)",
+                a.shape(),
+                a.dtype(),
+                b.shape(),
+                b.dtype(),
+                a.device()
+            ),
+        });
+    }
+    let d = bias.numel();
+    let rows = kernel::rows_of(op, x, d)?;
+    let mut out = DeviceBuf::typed(x.device(), x.shape(), x.dtype())?;
+    let name = format!("add_bias_fwd_{}", kernel::dtype_suffix(x.dtype()));
+    // SAFETY: out and x hold rows·d elements, bias d; the kernel touches indices < rows·d.
+    unsafe {
+        kernel::launch(
+            x.device(),
+            MODULE,
+            &name,
+            LaunchConfig::for_elements(x.numel(), THREADS),
+            &mut [
+                KernelArg::Out(&mut out),
+                KernelArg::In(x),
+                KernelArg::In(bias),
+                KernelArg::I32(rows as i32),
+                KernelArg::I32(d as i32),
+            ],
+        )
+    }?;
+    out.into_tensor()
 }

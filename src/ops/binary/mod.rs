@@ -40,8 +40,11 @@ pub struct BinaryOp {
 pub fn binary(kind: BinaryKind, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let op = kind.name();
     same_device(op, &[a, b])?;
-    if kind == BinaryKind::Add && kernel::runs_kernels(a.device()) {
-        return gpu::add(a, b);
+    if kernel::runs_kernels(a.device()) {
+        return match kind {
+            BinaryKind::Add => gpu::add(a, b),
+            _ => gpu::binary(kind, a, b),
+        };
     }
     let (a, b) = (cpu_input(op, a)?, cpu_input(op, b)?);
     match kind {
@@ -72,6 +75,11 @@ pub fn add_assign(acc: &mut Tensor, g: &Tensor) -> Result<()> {
             "add_assign",
             format!("{:?} += {:?}", acc.shape(), g.shape()),
         ));
+    }
+    if kernel::runs_kernels(acc.device()) {
+        // Out of place on kernel devices: one add kernel, the old buffer dropped.
+        *acc = gpu::add(acc, g)?;
+        return Ok(());
     }
     let g = cpu_input("add_assign", g)?;
     let gs = g.f32s("add_assign")?;
@@ -135,7 +143,9 @@ impl BinaryOp {
                 let (a, b) = (&saved[0], &saved[1]);
                 let ga = needs[0].then(|| div(gout, b)).transpose()?;
                 // d(a/b)/db = −a/b²
-                let gb = if needs[1] {
+                let gb = if needs[1] && kernel::runs_kernels(gout.device()) {
+                    Some(gpu::div_grad_b(gout, a, b)?)
+                } else if needs[1] {
                     let t = cpu::broadcast_map(
                         "div backward",
                         &cpu_input("div", a)?,
@@ -167,7 +177,7 @@ impl<'m> Graph<'m> {
     /// `x` repeated to `shape` by broadcasting (an add of zeros, so its gradient is the sum over
     /// the repeated dims).
     pub fn broadcast_to(&self, x: &Var, shape: &[usize]) -> Result<Var> {
-        let zeros = self.constant(Tensor::zeros(shape.to_vec()));
+        let zeros = self.constant(Tensor::zeros(shape.to_vec()).to_device(x.tensor().device())?);
         let y = self.add(&zeros, x)?;
         if y.shape() != shape {
             return Err(Error::shape(

@@ -1,5 +1,15 @@
 //! Launchers of `kernels/conv2d.cu` on Emu or Cuda (one thread per element, blocks of 256):
-//! im2col of a whole batch into `col [C·kh·kw, N·OH·OW]` and its adjoint col2im (a gather).
+//! im2col of a whole batch into `col [C·kh·kw, N·OH·OW]` and its adjoint col2im (a gather); and
+//! the convolution built from them with the device GEMM (cuBLAS on Cuda, the CPU GEMM on Emu):
+//!
+//! ```text
+//! forward:  col = im2col(x) [K, N·P];  Y = W[O, K]·col [O, N·P];  out = transpose01(Y) [N, O, P]
+//! backward: dY = transpose01(dOut) [O, N·P];  dW = dY·colᵀ [O, K] (col rebuilt from x);
+//!           dx = col2im(Wᵀ·dY)
+//! ```
+//!
+//! One GEMM covers the whole batch (N·P columns) rather than one per image; the transposes
+//! between the GEMM's [O, N, P] and NCHW are `kernels/layout.cu`.
 
 use super::cpu::Geom;
 use crate::device::kernel::{self, DeviceBuf, KernelArg};
@@ -48,4 +58,39 @@ pub(crate) fn im2col(x: &Tensor, g: &Geom) -> Result<Tensor> {
 
 pub(crate) fn col2im(dcol: &Tensor, g: &Geom) -> Result<Tensor> {
     run("col2im_bwd_f32", dcol, &[g.n, g.c, g.h, g.w], g)
+}
+
+/// `conv2d(x, w)` on a kernel device; `g` from the caller's shape checks.
+pub(crate) fn forward(x: &Tensor, w: &Tensor, g: &Geom) -> Result<Tensor> {
+    let col = im2col(x, g)?;
+    let w2 = w.reshape([g.o, g.k()])?;
+    let y = crate::ops::matmul::matmul(&w2, &col, false, false)?; // [O, N·P]
+    crate::ops::layout::gpu::transpose01(&y, g.o, g.n, g.p())?.reshape([g.n, g.o, g.oh, g.ow])
+}
+
+/// (dx, dw) of `conv2d(x, w)` from the output gradient, each only when asked for.
+pub(crate) fn backward(
+    x: &Tensor,
+    w: &Tensor,
+    gout: &Tensor,
+    g: &Geom,
+    needs: (bool, bool),
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    use crate::ops::matmul::matmul;
+    let dy =
+        crate::ops::layout::gpu::transpose01(gout, g.n, g.o, g.p())?.reshape([g.o, g.n * g.p()])?;
+    let w2 = w.reshape([g.o, g.k()])?;
+    let dx = if needs.0 {
+        let dcol = matmul(&w2, &dy, true, false)?; // [K, N·P]
+        Some(col2im(&dcol, g)?)
+    } else {
+        None
+    };
+    let dw = if needs.1 {
+        let col = im2col(x, g)?;
+        Some(matmul(&dy, &col, false, true)?.reshape(w.shape().to_vec())?)
+    } else {
+        None
+    };
+    Ok((dx, dw))
 }

@@ -9,6 +9,8 @@
 //! Saves x and w (col is rebuilt in backward rather than held). Backward:
 //! `dcol = Wᵀ · dOut` then col2im (scatter-add) for dx; `dW = Σ_n dOut_n · col_nᵀ`, summed in an
 //! order fixed by the shape alone, so results do not depend on the thread count.
+//! On Emu and Cuda the same algorithm runs as kernels (`kernels/conv2d.cu`) around one device
+//! GEMM per pass over the whole batch; see `gpu.rs`.
 
 pub mod cpu;
 pub(crate) mod gpu;
@@ -121,6 +123,10 @@ pub fn col2im(
 pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
     same_device(OP, &[x, w])?;
     let g = geom(x.shape(), w.shape(), stride, padding)?;
+    if crate::device::kernel::runs_kernels(x.device()) {
+        crate::device::kernel::i32_len(OP, x.numel().max(g.k() * g.n * g.p()))?;
+        return gpu::forward(x, w, &g);
+    }
     let (x, w) = (cpu_input(OP, x)?, cpu_input(OP, w)?);
     let out = cpu::forward(x.f32s(OP)?, w.f32s(OP)?, &g);
     Ok(Tensor::from_f32(out, &[g.n, g.o, g.oh, g.ow]))
@@ -160,6 +166,10 @@ impl Conv2dOp {
                 g.oh,
                 g.ow
             );
+        }
+        if crate::device::kernel::runs_kernels(gout.device()) {
+            let (dx, dw) = gpu::backward(x, w, gout, &g, (needs[0], needs[1]))?;
+            return Ok(vec![dx, dw]);
         }
         let gout = cpu_input(BOP, gout)?;
         let dx = if needs[0] {

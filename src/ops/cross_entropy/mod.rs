@@ -1,5 +1,8 @@
 //! Mean cross-entropy of logits [N, C] against integer targets: `mean_i(logsumexp(z_i) − z_i[t_i])`.
-//! Saves the softmax probabilities; backward is `(p − onehot(t)) · dL / N`.
+//! Saves the softmax probabilities; backward is `(p − onehot(t)) · dL / N`. On Emu and Cuda:
+//! `gpu.rs` (`kernels/cross_entropy.cu`).
+
+pub(crate) mod gpu;
 
 use crate::graph::{Graph, Op, Var};
 use crate::ops::cpu_input;
@@ -33,6 +36,9 @@ fn forward(logits: &Tensor, targets: &[u32]) -> Result<(Tensor, Tensor)> {
             "cross_entropy",
             "target {t} is out of range for {c} classes"
         );
+    }
+    if crate::device::kernel::runs_kernels(logits.device()) {
+        return gpu::forward(logits, targets);
     }
     let z = cpu_input("cross_entropy", logits)?;
     let zs = z.f32s("cross_entropy")?;
@@ -81,6 +87,9 @@ impl CrossEntropyOp {
         _needs: &[bool],
     ) -> Result<Vec<Option<Tensor>>> {
         let p = &saved[0];
+        if crate::device::kernel::runs_kernels(p.device()) {
+            return Ok(vec![Some(gpu::backward(p, &self.targets, gout)?)]);
+        }
         let (n, c) = (p.shape()[0], p.shape()[1]);
         let scale = gout.item()? / n.max(1) as f32;
         let mut dz = p.f32s("cross_entropy backward")?.to_vec();

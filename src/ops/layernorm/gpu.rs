@@ -23,22 +23,24 @@ pub(crate) fn forward(
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let op = "layer_norm";
     let device = kernel::kernel_device(op, &[x, w, b])?;
+    // x (and y) may be f16/bf16 activations; w, b are the f32 parameters.
     let (x, w, b) = (
-        kernel::f32_input(op, x)?,
+        kernel::typed_input(op, x)?,
         kernel::f32_input(op, w)?,
         kernel::f32_input(op, b)?,
     );
     let d = w.numel();
     let rows = kernel::rows_of(op, &x, d)?;
-    let mut y = DeviceBuf::like(&x)?;
+    let mut y = DeviceBuf::typed(device, x.shape(), x.dtype())?;
     let mut mean = DeviceBuf::f32(device, &[rows])?;
     let mut rstd = DeviceBuf::f32(device, &[rows])?;
+    let name = format!("layernorm_fwd_{}", kernel::dtype_suffix(x.dtype()));
     // SAFETY: x, y hold rows·d elements, w, b d, mean, rstd rows; warps past `rows` do nothing.
     unsafe {
         kernel::launch(
             device,
             MODULE,
-            "layernorm_fwd_f32",
+            &name,
             rows_cfg(rows),
             &mut [
                 KernelArg::Out(&mut y),

@@ -1,5 +1,8 @@
 //! Layout ops: reshape, permute, concat and narrow (slice). Reshape, permute and narrow return
-//! views (no copy) where they can; their backward rules are the inverse layout change.
+//! views (no copy) where they can; their backward rules are the inverse layout change. On Emu and
+//! Cuda, concat, narrow's gradient and the slices of concat's gradient are kernels (`gpu.rs`).
+
+pub(crate) mod gpu;
 
 use crate::graph::{Graph, Op, Var};
 use crate::ops::cpu_input;
@@ -43,6 +46,11 @@ pub fn concat(xs: &[&Tensor], axis: isize) -> Result<Tensor> {
             );
         }
     }
+    let mut shape = first.shape().to_vec();
+    shape[ax] = xs.iter().map(|x| x.shape()[ax]).sum();
+    if crate::device::kernel::runs_kernels(first.device()) {
+        return gpu::concat(xs, ax, &shape);
+    }
     let parts: Vec<Tensor> = xs
         .iter()
         .map(|x| cpu_input("concat", x))
@@ -56,13 +64,15 @@ pub fn concat(xs: &[&Tensor], axis: isize) -> Result<Tensor> {
             out.extend_from_slice(&p.f32s("concat")?[o * len..(o + 1) * len]);
         }
     }
-    let mut shape = first.shape().to_vec();
-    shape[ax] = total;
+    debug_assert_eq!(shape[ax], total);
     Ok(Tensor::from_f32(out, &shape))
 }
 
 /// Zeros of `shape` with `g` written at `start..start+len` along `axis` (the gradient of narrow).
 fn pad_axis(g: &Tensor, shape: &[usize], axis: usize, start: usize) -> Result<Tensor> {
+    if crate::device::kernel::runs_kernels(g.device()) {
+        return gpu::narrow_backward(g, shape, axis, start);
+    }
     let g = cpu_input("narrow backward", g)?;
     let gs = g.f32s("narrow backward")?;
     let (outer, full, inner) = split3(shape, axis);
@@ -144,8 +154,13 @@ impl LayoutOp {
             LayoutOp::Concat { axis, sizes } => {
                 let mut start = 0;
                 let mut gs = Vec::with_capacity(sizes.len());
+                let on_kernels = crate::device::kernel::runs_kernels(gout.device());
                 for &s in sizes {
-                    gs.push(Some(gout.narrow(*axis as isize, start, s)?.contiguous()));
+                    gs.push(Some(if on_kernels {
+                        gpu::narrow(gout, *axis, start, s)?
+                    } else {
+                        gout.narrow(*axis as isize, start, s)?.contiguous()
+                    }));
                     start += s;
                 }
                 gs

@@ -1,6 +1,10 @@
-//! The Cuda path of `matmul`: one cuBLAS (or cuBLASLt) call per product, through the row-major ↔
-//! column-major mapping of `device::cuda::gemm`. Inputs f32, f16 or bf16 (both the same), f32
-//! accumulation, output in the input dtype unless asked otherwise.
+//! The kernel-device path of `matmul`. On Cuda: one cuBLAS (or cuBLASLt) call per product,
+//! through the row-major ↔ column-major mapping of `device::cuda::gemm`. On Emu (DESIGN §3: the
+//! kernels emulated, the GEMMs by the CPU GEMM): the same call resolved the same way — operands,
+//! transpose flags, dtype rules, bias — and then run by `cpu::sgemm_batched` on the Emu tensors'
+//! host storage. Inputs f32, f16 or bf16 (both the same), f32 accumulation, output in the input
+//! dtype unless asked otherwise (Emu widens 16-bit operands to f32, which is exact, and rounds the
+//! f32 result once, as cuBLAS's f32-accumulating GEMMs do).
 //!
 //! Operands are read in place when contiguous, and also when they are a transposed view of
 //! contiguous storage (`x.transpose(-1, -2)`): the view's storage is then the other layout of the
@@ -9,7 +13,7 @@
 use super::{dims, Dims};
 use crate::device::cuda::gemm::{self, GemmArgs, RowMajorGemm};
 use crate::device::cuda::CudaStorage;
-use crate::{DType, Error, Result, Tensor};
+use crate::{DType, Device, Error, Result, Tensor};
 
 /// What a device GEMM may do beyond `op(a)·op(b)`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -69,6 +73,9 @@ pub(super) fn matmul(
     gemm::check_dtypes(input, output)?;
     let (a, ta) = operand(a, ta)?;
     let (b, tb) = operand(b, tb)?;
+    if a.device() == Device::Emu {
+        return emu_matmul(&a, &b, ta, tb, d, output, opts.bias);
+    }
     let (sa, oa) = a.cuda_storage().ok_or_else(|| on_gpu_err("a", &a))?;
     let (sb, ob) = b.cuda_storage().ok_or_else(|| on_gpu_err("b", &b))?;
     let backend = sa.backend().clone();
@@ -96,20 +103,7 @@ pub(super) fn matmul(
     let bias = match opts.bias {
         None => None,
         Some(bias) => {
-            let bias = bias.contiguous();
-            if bias.shape() != [d.n] || bias.dtype() != output || bias.device() != a.device() {
-                return Err(Error::shape(
-                    "matmul",
-                    format!(
-                        "bias must be [{}] {output} on {}, got {:?} {} on {}",
-                        d.n,
-                        a.device(),
-                        bias.shape(),
-                        bias.dtype(),
-                        bias.device()
-                    ),
-                ));
-            }
+            let bias = checked_bias(bias, d, output, a.device())?;
             let (s, o) = bias
                 .cuda_storage()
                 .ok_or_else(|| on_gpu_err("bias", &bias))?;
@@ -129,4 +123,70 @@ pub(super) fn matmul(
     let mut shape = d.batch.clone();
     shape.extend([d.m, d.n]);
     Tensor::from_cuda(out, &shape)
+}
+
+/// The bias of a GEMM: `[n]` in the output dtype on the operands' device, contiguous.
+fn checked_bias(bias: &Tensor, d: &Dims, output: DType, device: Device) -> Result<Tensor> {
+    let bias = bias.contiguous();
+    if bias.shape() != [d.n] || bias.dtype() != output || bias.device() != device {
+        return Err(Error::shape(
+            "matmul",
+            format!(
+                "bias must be [{}] {output} on {device}, got {:?} {} on {}",
+                d.n,
+                bias.shape(),
+                bias.dtype(),
+                bias.device()
+            ),
+        ));
+    }
+    Ok(bias)
+}
+
+/// The Emu GEMM: `op(a)·op(b)` (+ bias) by the CPU GEMM on host storage, for operands already
+/// resolved by [`operand`] (contiguous, flags possibly flipped). f32 accumulation; the result
+/// is rounded once to `output`.
+fn emu_matmul(
+    a: &Tensor,
+    b: &Tensor,
+    ta: bool,
+    tb: bool,
+    d: &Dims,
+    output: DType,
+    bias: Option<&Tensor>,
+) -> Result<Tensor> {
+    let op = "matmul";
+    let bias = bias
+        .map(|t| checked_bias(t, d, output, Device::Emu))
+        .transpose()?;
+    // Widening f16/bf16 to f32 is exact; f32 operands are shared, not copied.
+    let (a, b) = (a.to_dtype(DType::F32), b.to_dtype(DType::F32));
+    let batch: usize = d.batch.iter().product();
+    let mut out = vec![0f32; batch * d.m * d.n];
+    super::cpu::sgemm_batched(
+        ta,
+        tb,
+        batch,
+        d.m,
+        d.n,
+        d.k,
+        a.f32s(op)?,
+        if d.a_shared { 0 } else { d.m * d.k },
+        b.f32s(op)?,
+        if d.b_shared { 0 } else { d.k * d.n },
+        &mut out,
+    );
+    if let Some(bias) = bias {
+        // cuBLASLt's bias epilogue: added to the f32 accumulator, before the output rounding.
+        let bias = bias.to_dtype(DType::F32);
+        let bs = bias.f32s(op)?;
+        for row in out.chunks_mut(d.n.max(1)) {
+            for (o, b) in row.iter_mut().zip(bs) {
+                *o += b;
+            }
+        }
+    }
+    let mut shape = d.batch.clone();
+    shape.extend([d.m, d.n]);
+    Ok(Tensor::from_f32_on(out, &shape, Device::Emu).to_dtype(output))
 }

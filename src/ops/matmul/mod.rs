@@ -4,14 +4,16 @@
 //! `dA = dC · op(B)ᵀ`, `dB = op(A)ᵀ · dC` (transposed back when the operand was stored transposed),
 //! summed over the batch for a shared operand.
 //!
-//! Backends: `cpu.rs` (the `gemm` crate) and `gpu.rs` (cuBLAS/cuBLASLt for Cuda tensors).
+//! Backends: `cpu.rs` (the `gemm` crate) and `gpu.rs` (cuBLAS/cuBLASLt for Cuda tensors, the
+//! CPU GEMM on the host storage of Emu tensors).
 
 pub mod cpu;
 pub mod gpu;
 
+use crate::device::kernel;
 use crate::graph::{Graph, Op, Var};
 use crate::ops::{cpu_input, same_device};
-use crate::{bail_shape, Device, Result, Tensor};
+use crate::{bail_shape, Result, Tensor};
 
 pub struct MatMulOp {
     ta: bool,
@@ -68,7 +70,7 @@ fn dims(a: &[usize], b: &[usize], ta: bool, tb: bool) -> Result<Dims> {
 pub fn matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
     same_device("matmul", &[a, b])?;
     let d = dims(a.shape(), b.shape(), ta, tb)?;
-    if let Device::Cuda(_) = a.device() {
+    if kernel::runs_kernels(a.device()) {
         return gpu::matmul(a, b, ta, tb, &d, &gpu::GemmOptions::default());
     }
     let (a, b) = (cpu_input("matmul", a)?, cpu_input("matmul", b)?);
@@ -165,17 +167,12 @@ impl MatMulOp {
     }
 }
 
-/// Sum a [batch.., r, c] tensor over its batch dims to `target` = [r, c], in batch order.
+/// Sum a [batch.., r, c] tensor over its batch dims to `target` = [r, c], in batch order (a sum
+/// over the leading axis of [batch, r·c], which has a kernel on Emu and Cuda).
 fn sum_leading(t: &Tensor, target: &[usize]) -> Result<Tensor> {
     let inner: usize = target.iter().product();
-    let data = t.f32s("matmul backward")?;
-    let mut acc = vec![0f32; inner];
-    for chunk in data.chunks(inner.max(1)) {
-        for (x, y) in acc.iter_mut().zip(chunk) {
-            *x += y;
-        }
-    }
-    Ok(Tensor::from_f32(acc, target))
+    let rows = t.numel() / inner.max(1);
+    crate::ops::reduce::sum(&t.reshape([rows, inner])?, Some(0))?.reshape(target.to_vec())
 }
 
 /// `y = x·Wᵀ + b` fused: the output starts as the broadcast bias and the GEMM accumulates onto it,
@@ -207,6 +204,15 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
         same_device(OP, &[x, w, b])?;
     }
     same_device(OP, &[x, w])?;
+    if kernel::runs_kernels(x.device()) {
+        // cuBLASLt's bias epilogue on Cuda; the CPU GEMM plus the same bias on Emu.
+        let d = dims(x.shape(), w.shape(), false, true)?;
+        let opts = gpu::GemmOptions {
+            bias: b,
+            ..Default::default()
+        };
+        return gpu::matmul(x, w, false, true, &d, &opts);
+    }
     let (x, w) = (cpu_input(OP, x)?, cpu_input(OP, w)?);
     let mut out = vec![0f32; rows * d_out];
     if let Some(b) = b {

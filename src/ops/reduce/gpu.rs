@@ -67,3 +67,90 @@ pub(crate) fn sum_all(x: &Tensor, square: bool, scale: f32) -> Result<Tensor> {
     )?;
     out.into_tensor()
 }
+
+/// `[outer, len, inner]` sizes of a launch around one axis, checked against the kernels' `int`.
+fn axis_args(
+    op: &'static str,
+    outer: usize,
+    len: usize,
+    inner: usize,
+) -> Result<[KernelArg<'static>; 3]> {
+    kernel::i32_len(op, outer.saturating_mul(len).saturating_mul(inner.max(1)))?;
+    Ok([
+        KernelArg::I32(outer as i32),
+        KernelArg::I32(len as i32),
+        KernelArg::I32(inner as i32),
+    ])
+}
+
+/// Sum (or mean) over the middle axis of `x` seen as `[outer, len, inner]`, in the CPU's order;
+/// the output has `out_shape` (`outer·inner` elements).
+pub(crate) fn sum_axis(
+    x: &Tensor,
+    (outer, len, inner): (usize, usize, usize),
+    mean: bool,
+    out_shape: &[usize],
+) -> Result<Tensor> {
+    let op = if mean { "mean" } else { "sum" };
+    let x = kernel::f32_input(op, x)?;
+    let [o, l, i] = axis_args(op, outer, len, inner)?;
+    let mut out = DeviceBuf::f32(x.device(), out_shape)?;
+    // SAFETY: x holds outer·len·inner elements and out outer·inner; thread i < outer·inner reads
+    // x[o·len·inner + l·inner + e] for l < len.
+    unsafe {
+        kernel::launch(
+            x.device(),
+            MODULE,
+            "sum_axis_f32",
+            LaunchConfig::for_elements(outer * inner, 256),
+            &mut [
+                KernelArg::Out(&mut out),
+                KernelArg::In(&x),
+                o,
+                l,
+                i,
+                KernelArg::I32(mean as i32),
+                KernelArg::F32(1.0 / len.max(1) as f32),
+            ],
+        )
+    }?;
+    out.into_tensor()
+}
+
+/// `scale·g` repeated `len` times along the middle axis of `[outer, len, inner]` = `out_shape`.
+pub(crate) fn expand_axis(
+    g: &Tensor,
+    (outer, len, inner): (usize, usize, usize),
+    scale: f32,
+    out_shape: &[usize],
+) -> Result<Tensor> {
+    let op = "reduce backward";
+    let g = kernel::f32_input(op, g)?;
+    if g.numel() != outer * inner {
+        crate::bail_shape!(
+            op,
+            "gradient {:?} does not have the {outer}×{inner} elements of {out_shape:?} without its axis",
+            g.shape()
+        );
+    }
+    let [o, l, i] = axis_args(op, outer, len, inner)?;
+    let mut out = DeviceBuf::f32(g.device(), out_shape)?;
+    // SAFETY: out holds outer·len·inner elements and g outer·inner; indices stay below those.
+    unsafe {
+        kernel::launch(
+            g.device(),
+            MODULE,
+            "expand_axis_f32",
+            LaunchConfig::for_elements(outer * len * inner, 256),
+            &mut [
+                KernelArg::Out(&mut out),
+                KernelArg::In(&g),
+                o,
+                l,
+                i,
+                KernelArg::F32(scale),
+            ],
+        )
+    }?;
+    out.into_tensor()
+}

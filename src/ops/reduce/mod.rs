@@ -37,6 +37,12 @@ fn reduce(x: &Tensor, axis: Option<isize>, mean: bool) -> Result<Tensor> {
         };
         return gpu::sum_all(x, false, scale);
     }
+    if let (Some(a), true) = (axis, crate::device::kernel::runs_kernels(x.device())) {
+        let ax = resolve_axis(op, a, x.rank())?;
+        let mut shape = x.shape().to_vec();
+        shape.remove(ax);
+        return gpu::sum_axis(x, split3(x.shape(), ax), mean, &shape);
+    }
     let x = cpu_input(op, x)?;
     let xs = x.f32s(op)?;
     match axis {
@@ -163,6 +169,9 @@ pub fn sum_to_shape(t: &Tensor, target: &[usize]) -> Result<Tensor> {
 
 /// Repeat `g` (shape of `in_shape` with `axis` removed) along `axis`, times `scale`.
 fn expand_axis(g: &Tensor, in_shape: &[usize], axis: usize, scale: f32) -> Result<Tensor> {
+    if crate::device::kernel::runs_kernels(g.device()) {
+        return gpu::expand_axis(g, split3(in_shape, axis), scale, in_shape);
+    }
     let g = cpu_input("reduce backward", g)?;
     let gs = g.f32s("reduce backward")?;
     let (outer, len, inner) = split3(in_shape, axis);
@@ -218,7 +227,7 @@ impl ReduceOp {
                     } else {
                         1.0
                     };
-                Tensor::full(v, self.in_shape.clone())
+                Tensor::full(v, self.in_shape.clone()).to_device(gout.device())?
             }
             Some(ax) => {
                 let scale = if self.mean {

@@ -1,0 +1,83 @@
+//! Launchers of `kernels/cross_entropy.cu` on Emu or Cuda, one warp per row
+//! ([`LaunchConfig::warp_per_row`]): `cross_entropy_fwd_f32(loss, probs, logits, targets, rows, c)`
+//! writes each row's loss and softmax; the mean over rows is the fixed-order two-stage sum of
+//! `reduce.cu`. `cross_entropy_bwd_f32(dlogits, probs, targets, dloss, rows, c)` reads the output
+//! gradient from device memory. Targets (checked `< c` by the caller) travel as i32.
+
+use crate::device::kernel::{self, DeviceBuf, KernelArg};
+use crate::device::LaunchConfig;
+use crate::{Result, Tensor};
+
+const MODULE: &str = "cross_entropy";
+
+fn targets_buf(device: crate::Device, targets: &[u32]) -> Result<DeviceBuf> {
+    let t: Vec<i32> = targets.iter().map(|&t| t as i32).collect();
+    DeviceBuf::from_i32(device, &t)
+}
+
+/// (mean loss `[]`, probabilities `[N, C]`) of logits `[N, C]` (shapes checked by the caller).
+pub(crate) fn forward(logits: &Tensor, targets: &[u32]) -> Result<(Tensor, Tensor)> {
+    let op = "cross_entropy";
+    let z = kernel::f32_input(op, logits)?;
+    let (n, c) = (z.shape()[0], z.shape()[1]);
+    kernel::i32_len(op, z.numel())?;
+    let device = z.device();
+    let t = targets_buf(device, targets)?;
+    let mut loss = DeviceBuf::f32(device, &[n])?;
+    let mut probs = DeviceBuf::like(&z)?;
+    // SAFETY: logits and probs hold n·c elements, loss and targets n, and targets are < c.
+    unsafe {
+        kernel::launch(
+            device,
+            MODULE,
+            "cross_entropy_fwd_f32",
+            LaunchConfig::warp_per_row(n),
+            &mut [
+                KernelArg::Out(&mut loss),
+                KernelArg::Out(&mut probs),
+                KernelArg::In(&z),
+                KernelArg::Buf(&t),
+                KernelArg::I32(n as i32),
+                KernelArg::I32(c as i32),
+            ],
+        )
+    }?;
+    let mean =
+        crate::ops::reduce::gpu::sum_all(&loss.into_tensor()?, false, 1.0 / n.max(1) as f32)?;
+    Ok((mean, probs.into_tensor()?))
+}
+
+/// `dz = (p − onehot(t))·dL/N` from the saved probabilities and the `[]` output gradient.
+pub(crate) fn backward(probs: &Tensor, targets: &[u32], dloss: &Tensor) -> Result<Tensor> {
+    let op = "cross_entropy backward";
+    let device = kernel::kernel_device(op, &[probs, dloss])?;
+    let (p, dl) = (kernel::f32_input(op, probs)?, kernel::f32_input(op, dloss)?);
+    if dl.numel() != 1 {
+        crate::bail_shape!(
+            op,
+            "the loss gradient must be a scalar, got {:?}",
+            dl.shape()
+        );
+    }
+    let (n, c) = (p.shape()[0], p.shape()[1]);
+    let t = targets_buf(device, targets)?;
+    let mut dz = DeviceBuf::like(&p)?;
+    // SAFETY: probs and dz hold n·c elements, targets n (each < c), dloss one.
+    unsafe {
+        kernel::launch(
+            device,
+            MODULE,
+            "cross_entropy_bwd_f32",
+            LaunchConfig::warp_per_row(n),
+            &mut [
+                KernelArg::Out(&mut dz),
+                KernelArg::In(&p),
+                KernelArg::Buf(&t),
+                KernelArg::In(&dl),
+                KernelArg::I32(n as i32),
+                KernelArg::I32(c as i32),
+            ],
+        )
+    }?;
+    dz.into_tensor()
+}
