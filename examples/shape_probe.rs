@@ -27,6 +27,7 @@ fn main() -> clipcu::Result<()> {
     let classes: Vec<String> = task.class_names().iter().map(|c| c.to_string()).collect();
     let prompts: Vec<Vec<String>> = (0..classes.len()).map(|c| task.prompts(c)).collect();
     let clf = ZeroShotClassifier::build_from_prompts(&model, &classes, &prompts, 64)?;
+    let mut centroids: Vec<Vec<f32>> = Vec::new();
     for split in [Split::Train, Split::HeldOut] {
         let samples = data.batch(split, 0, n);
         let images = images_to_tensor(&samples.iter().map(|s| &s.image).collect::<Vec<_>>())?;
@@ -54,6 +55,42 @@ fn main() -> clipcu::Result<()> {
             )
         };
         println!("{split:?}: all {}", acc(&|_| true));
+        // Vision alone: nearest shape centroid of the training split's image features.
+        let fv = f.f32s("shape_probe")?;
+        let dim = fv.len() / n;
+        if split == Split::Train {
+            centroids = vec![vec![0f32; dim]; classes.len()];
+            for (i, s) in samples.iter().enumerate() {
+                for (c, v) in centroids[s.attrs.label(task)]
+                    .iter_mut()
+                    .zip(&fv[i * dim..])
+                {
+                    *c += v;
+                }
+            }
+        }
+        let nearest = samples
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| {
+                let x = &fv[i * dim..(i + 1) * dim];
+                let best = (0..classes.len())
+                    .max_by(|&a, &b| {
+                        let sc = |k: usize| {
+                            let c = &centroids[k];
+                            let nrm = c.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+                            c.iter().zip(x).map(|(p, q)| p * q).sum::<f32>() / nrm
+                        };
+                        sc(a).total_cmp(&sc(b))
+                    })
+                    .unwrap();
+                best == s.attrs.label(task)
+            })
+            .count();
+        println!(
+            "  image features, nearest training shape centroid: {:5.1}%",
+            100.0 * nearest as f32 / n as f32
+        );
         // In context: the sample's own caption against the same caption with each other shape.
         let m = n.min(200);
         let fd = f.f32s("shape_probe")?;

@@ -25,7 +25,9 @@ pub struct TrainArgs {
     pub micro_batch: usize,
     #[arg(long, default_value_t = 1000)]
     pub steps: usize,
-    #[arg(long, default_value_t = 1e-3)]
+    /// Peak learning rate (open_clip's default; the comparison on the synthetic default is in
+    /// docs/perf.md).
+    #[arg(long, default_value_t = 5e-4)]
     pub lr: f64,
     #[arg(long, default_value_t = 0.1)]
     pub wd: f64,
