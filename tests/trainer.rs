@@ -27,7 +27,7 @@ fn config(steps: usize, seed: u64) -> TrainConfig {
         grad_clip: Some(1.0),
         seed,
         checkpointing: false,
-        shape_groups: 0,
+        shape_groups: 4, // the grouped stream, as the CLI default trains on
     }
 }
 
