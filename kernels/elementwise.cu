@@ -1,7 +1,8 @@
 // elementwise.cu — pointwise activations, scaling, adds and the bias gradient, f32
 // (src/ops/unary/gpu.rs, src/ops/binary/gpu.rs ↔ this file).
 //
-//   gelu(x)        = x·Φ(x) = 0.5·x·(1 + erf(x/√2));   gelu'(x) = Φ(x) + x·φ(x)
+//   gelu(x)        = x·Φ(x) = 0.5·x·erfc(−x/√2);       gelu'(x) = Φ(x) + x·φ(x)
+//                    (erfc, not 1 + erf, which cancels for x < 0: the CPU reference is accurate there)
 //   quick_gelu(x)  = x·σ(1.702x);                       quick_gelu'(x) = s + 1.702·x·s·(1−s), s = σ(1.702x)
 //   relu(x)        = max(x, 0);                          relu'(x) = [x > 0]
 //   scale(x; c)    = c·x                                 (its backward is scale(dy; c))
@@ -22,7 +23,7 @@ extern "C" __global__ void gelu_fwd_f32(float* __restrict__ out, const float* __
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) {
         float v = x[i];
-        out[i] = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
+        out[i] = 0.5f * v * erfcf(-v * 0.70710678118654752f);
     }
 }
 
