@@ -42,11 +42,7 @@ impl MultiheadAttention {
         let (b, t, d) = (x.shape()[0], x.shape()[1], x.shape()[2]);
         let (h, dh) = (self.heads, d / self.heads);
         let x2 = g.reshape(x, [b * t, d])?;
-        let qkv = g.linear(
-            &x2,
-            &g.param(&self.in_proj_weight),
-            Some(&g.param(&self.in_proj_bias)),
-        )?;
+        let qkv = super::linear::project(g, &x2, &self.in_proj_weight, Some(&self.in_proj_bias))?;
         // [B·T, 3D] → [3, B, H, T, Dh]: split heads
         let qkv = g.permute(&g.reshape(&qkv, [b, t, 3, h, dh])?, &[2, 0, 3, 1, 4])?;
         let split = |i| g.reshape(&g.narrow(&qkv, 0, i, 1)?, [b, h, t, dh]);
