@@ -604,3 +604,32 @@ fn linear_fused_bias() {
         clipcu::ops::matmul::linear(&randn(&[2, 3]), &randn(&[4, 3]), Some(&randn(&[3]))).is_err()
     );
 }
+
+/// The inference-only attention on the packed projection against the recorded path's pieces
+/// (split heads, attention, merge heads), causal or not, on fresh random data.
+#[test]
+fn attention_qkv_matches_split_attention_merge() {
+    use clipcu::ops::attention::{attention, attention_qkv, merge_heads, split_qkv_heads};
+    for (b, t, h, dh) in [(1, 1, 1, 4), (2, 7, 3, 8), (3, 50, 2, 64), (4, 21, 8, 16)] {
+        let qkv = randn(&[b * t, 3 * h * dh]);
+        for causal in [false, true] {
+            let heads = split_qkv_heads(&qkv, b, h).unwrap();
+            let part = |i| {
+                heads
+                    .narrow(0, i, 1)
+                    .unwrap()
+                    .reshape([b, h, t, dh])
+                    .unwrap()
+            };
+            let o = attention(&part(0), &part(1), &part(2), causal).unwrap();
+            let reference = merge_heads(&o).unwrap();
+            let out = attention_qkv(&qkv, b, h, causal).unwrap();
+            assert_eq!(out.shape(), reference.shape());
+            let err = out.rel_err(&reference);
+            assert!(
+                err <= 1e-6,
+                "attention_qkv b{b} t{t} h{h} dh{dh} causal {causal}: rel err {err:.3e}"
+            );
+        }
+    }
+}
