@@ -88,26 +88,25 @@ fn im2col_block(x: &[f32], g: &Geom, q0: usize, nb: usize, col: &mut [f32]) {
     }
 }
 
-/// The (first column, columns) of each task's block. Large maps: each image's OH·OW columns cut
-/// into even blocks of at most `BLOCK_COLS`; small maps: the batch's columns cut into even blocks
-/// that may straddle images. At least two blocks per thread when there are enough columns.
-fn blocks(n: usize, p: usize) -> Vec<(usize, usize)> {
+/// The (first column, columns) of each task's block, in multiples of 64 columns (the GEMM
+/// micro-kernel's width) wherever the shape allows. A pointwise conv on large maps cuts each
+/// image's OH·OW columns, so that a block can be read in place; otherwise blocks run over the
+/// batch's columns and may straddle images. At least two blocks per thread when there are enough
+/// columns.
+fn blocks(g: &Geom) -> Vec<(usize, usize)> {
+    let (n, p) = (g.n, g.p());
     let min_blocks = 2 * rayon::current_num_threads();
-    if p >= BLOCK_COLS / 2 {
-        let per_image = p.div_ceil(BLOCK_COLS).max(min_blocks.div_ceil(n));
-        let nb = p.div_ceil(per_image);
-        (0..n)
-            .flat_map(|i| (0..p).step_by(nb).map(move |c| (i * p + c, nb.min(p - c))))
-            .collect()
-    } else {
-        let total = n * p;
-        let nb = total
-            .div_ceil(total.div_ceil(BLOCK_COLS).max(min_blocks))
-            .next_multiple_of(16);
+    let cut = |total: usize, base: usize, want: usize| {
+        let nb = total.div_ceil(want).next_multiple_of(64).min(BLOCK_COLS);
         (0..total)
             .step_by(nb)
-            .map(|q| (q, nb.min(total - q)))
-            .collect()
+            .map(move |c| (base + c, nb.min(total - c)))
+    };
+    if g.pointwise() && p >= BLOCK_COLS {
+        let want = min_blocks.div_ceil(n);
+        (0..n).flat_map(|i| cut(p, i * p, want)).collect()
+    } else {
+        cut(n * p, 0, min_blocks).collect()
     }
 }
 
@@ -120,7 +119,7 @@ pub fn forward(x: &[f32], w: &[f32], g: &Geom, epi: &Epilogue) -> Vec<f32> {
         return out;
     }
     let dst = OutPtr(out.as_mut_ptr());
-    blocks(g.n, p).into_par_iter().for_each(|(q0, cols)| {
+    blocks(g).into_par_iter().for_each(|(q0, cols)| {
         SCRATCH.with_borrow_mut(|(col, acc)| {
             if acc.len() < o * cols {
                 acc.resize(o * cols, 0.0);
