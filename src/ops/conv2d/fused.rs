@@ -1,5 +1,5 @@
 //! Inference-only convolution with an epilogue: eval-mode BatchNorm (running statistics), an
-//! optional residual and an optional ReLU applied to each output block as soon as its GEMM is done,
+//! optional residual and an optional ReLU applied to each output block as soon as its GEMM is done:
 //!
 //! `out[n, o, p] = relu?((conv(x, w)[n, o, p] − mean[o])·scale[o] + shift[o] + residual?[n, o, p])`
 //!
