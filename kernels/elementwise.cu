@@ -2,7 +2,8 @@
 // broadcasting add/mul/sub/div and the bias gradient, f32 (GELU and the bias add also f16/bf16)
 // (src/ops/unary/gpu.rs, src/ops/binary/gpu.rs ↔ this file).
 //
-//   gelu(x)        = x·Φ(x) = 0.5·x·(1 + erf(x/√2));   gelu'(x) = Φ(x) + x·φ(x)
+//   gelu(x)        = x·Φ(x) = 0.5·x·erfc(−x/√2);       gelu'(x) = Φ(x) + x·φ(x)
+//                    (erfc, not 1 + erf, which cancels for x < 0: the CPU reference is accurate there)
 //   quick_gelu(x)  = x·σ(1.702x);                       quick_gelu'(x) = s + 1.702·x·s·(1−s), s = σ(1.702x)
 //   relu(x)        = max(x, 0);                          relu'(x) = [x > 0]
 //   scale(x; c)    = c·x                                 (its backward is scale(dy; c))
@@ -35,7 +36,7 @@ __device__ __forceinline__ void gelu_fwd(T* __restrict__ out, const T* __restric
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) {
         float v = to_f32(x[i]);
-        out[i] = from_f32<T>(0.5f * v * (1.0f + erff(v * 0.70710678118654752f)));
+        out[i] = from_f32<T>(0.5f * v * erfcf(-v * 0.70710678118654752f));
     }
 }
 
@@ -45,7 +46,7 @@ __device__ __forceinline__ void gelu_bwd(T* __restrict__ dx, const T* __restrict
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) {
         float v = to_f32(x[i]);
-        float cdf = 0.5f * (1.0f + erff(v * 0.70710678118654752f));
+        float cdf = 0.5f * erfcf(-v * 0.70710678118654752f);
         float pdf = 0.39894228040143268f * expf(-0.5f * v * v);
         dx[i] = from_f32<T>(to_f32(dy[i]) * (cdf + v * pdf));
     }

@@ -2,7 +2,8 @@
 //! inputs and odd sizes, forward and full gradients against naive f64 references written here,
 //! BatchNorm's running statistics, determinism across thread counts, and shape errors.
 mod common;
-use clipcu::ops::{batchnorm, conv2d::conv2d, pool::avg_pool2d};
+use clipcu::ops::conv2d::{conv2d, conv2d_bn_eval, BnAffine};
+use clipcu::ops::{batchnorm, binary, pool::avg_pool2d, unary};
 use clipcu::{Graph, Param, Result, Tensor};
 use common::*;
 
@@ -183,6 +184,55 @@ fn conv2d_is_deterministic_across_thread_counts() {
             one == three,
             "conv2d {cfg:?}: results differ between 1 and 3 threads"
         );
+    }
+}
+
+/// Shapes for the fused inference path: blocks that straddle images (small maps), several blocks
+/// per image (large maps), strided and padded kernels.
+const FUSED_CONVS: &[Conv] = &[
+    (3, 8, 20, 20, 16, 3, 3, 1, 1),
+    (16, 8, 7, 7, 12, 1, 1, 1, 0),
+    (5, 4, 9, 9, 6, 3, 3, 2, 1),
+    (2, 3, 33, 31, 5, 3, 3, 2, 1),
+    (1, 6, 40, 40, 7, 1, 1, 1, 0),
+];
+
+/// The inference-only `relu?(bn_eval(conv(x)) + residual?)` in one pass against the separate ops
+/// (conv2d, eval BatchNorm, add, ReLU), on random weights and running statistics.
+#[test]
+fn conv2d_bn_eval_matches_the_separate_ops() {
+    for cfg in GRAD_CONVS.iter().chain(BATCH_CONVS).chain(FUSED_CONVS) {
+        let (x, w) = conv_inputs(cfg);
+        let (s, p) = (cfg.7, cfg.8);
+        let y = conv2d(&x, &w, s, p).unwrap();
+        let o = cfg.4;
+        let (bw, bb, rm, rv) = (
+            randn(&[o]),
+            randn(&[o]),
+            randn(&[o]),
+            uniform(&[o], 0.5, 2.0),
+        );
+        let bn_y = batchnorm::batch_norm2d(&y, &bw, &bb, &rm, &rv, EPS).unwrap();
+        let (mean, scale, shift) = batchnorm::eval_affine(&bw, &bb, &rm, &rv, EPS).unwrap();
+        let affine = BnAffine { mean, scale, shift };
+        let residual = randn(y.shape());
+        for (with_residual, relu) in [(false, false), (false, true), (true, false), (true, true)] {
+            let mut reference = bn_y.clone();
+            if with_residual {
+                reference = binary::add(&reference, &residual).unwrap();
+            }
+            if relu {
+                reference = unary::relu(&reference).unwrap();
+            }
+            let r = with_residual.then_some(&residual);
+            let out = conv2d_bn_eval(&x, &w, s, p, &affine, r, relu).unwrap();
+            assert_eq!(out.shape(), reference.shape(), "{cfg:?}: shape");
+            let err = out.rel_err(&reference);
+            assert!(
+                err <= 1e-5,
+                "conv2d_bn_eval {cfg:?} residual {with_residual} relu {relu}: rel err {err:.3e}"
+            );
+        }
     }
 }
 

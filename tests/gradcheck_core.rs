@@ -174,6 +174,47 @@ fn unary_ops() {
     }
 }
 
+/// GELU against `0.5·x·erfc(−x/√2)` in f64 on fresh random inputs (std 3) and a dense sweep of
+/// both tails: at most 1e-6 relative error per element wherever the result is a normal f32
+/// (the textbook `1 + erf` form in f32 is off by 1e-3 relative already at x = −4).
+#[test]
+fn gelu_is_accurate_in_both_tails() {
+    let seed = fresh_seed();
+    let mut xs = Tensor::randn([100_000], 3.0, seed).to_vec();
+    xs.extend((0..=24_000).map(|i| -14.0 + i as f32 * 1e-3)); // -14 … 10
+    xs.extend([0.0, -0.0, 1e-30, -1e-30, 1e-6, -1e-6, 30.0, 1e4]);
+    let n = xs.len();
+    let got = clipcu::ops::unary::gelu(&Tensor::from_vec(xs.clone(), [n]).unwrap())
+        .unwrap()
+        .to_vec();
+    let mut worst = (0.0f64, 0.0f32);
+    for (&x, &y) in xs.iter().zip(&got) {
+        let v = x as f64;
+        let exact = 0.5 * v * libm::erfc(-v / std::f64::consts::SQRT_2);
+        if exact.abs() < f32::MIN_POSITIVE as f64 {
+            assert!(
+                (y as f64 - exact).abs() < 1e-37,
+                "gelu({x}) = {y} vs {exact:e}"
+            );
+            continue;
+        }
+        let rel = (y as f64 - exact).abs() / exact.abs();
+        if rel > worst.0 {
+            worst = (rel, x);
+        }
+    }
+    assert!(
+        worst.0 <= 1e-6,
+        "gelu: worst relative error {:.3e} at x = {} (seed {seed})",
+        worst.0,
+        worst.1
+    );
+    eprintln!(
+        "gelu: worst relative error {:.3e} at x = {}",
+        worst.0, worst.1
+    );
+}
+
 #[test]
 fn unary_forward_values() {
     // Independent formulas in f64: exact GELU uses erf, QuickGELU x·σ(1.702x).
@@ -562,4 +603,33 @@ fn linear_fused_bias() {
     assert!(
         clipcu::ops::matmul::linear(&randn(&[2, 3]), &randn(&[4, 3]), Some(&randn(&[3]))).is_err()
     );
+}
+
+/// The inference-only attention on the packed projection against the recorded path's pieces
+/// (split heads, attention, merge heads), causal or not, on fresh random data.
+#[test]
+fn attention_qkv_matches_split_attention_merge() {
+    use clipcu::ops::attention::{attention, attention_qkv, merge_heads, split_qkv_heads};
+    for (b, t, h, dh) in [(1, 1, 1, 4), (2, 7, 3, 8), (3, 50, 2, 64), (4, 21, 8, 16)] {
+        let qkv = randn(&[b * t, 3 * h * dh]);
+        for causal in [false, true] {
+            let heads = split_qkv_heads(&qkv, b, h).unwrap();
+            let part = |i| {
+                heads
+                    .narrow(0, i, 1)
+                    .unwrap()
+                    .reshape([b, h, t, dh])
+                    .unwrap()
+            };
+            let o = attention(&part(0), &part(1), &part(2), causal).unwrap();
+            let reference = merge_heads(&o).unwrap();
+            let out = attention_qkv(&qkv, b, h, causal).unwrap();
+            assert_eq!(out.shape(), reference.shape());
+            let err = out.rel_err(&reference);
+            assert!(
+                err <= 1e-6,
+                "attention_qkv b{b} t{t} h{h} dh{dh} causal {causal}: rel err {err:.3e}"
+            );
+        }
+    }
 }

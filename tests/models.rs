@@ -125,6 +125,74 @@ fn open_clip_preprocessed_image_files() {
     );
 }
 
+/// `encode_image` and `encode_text` on a graph that records nothing (where the inference fast
+/// paths run) against a recording graph (the plain ops, as in training), on fresh random weights
+/// with random BatchNorm statistics and gains (bn3's zero init replaced, so every branch counts).
+fn fast_paths_match_plain_ops(config: &str) {
+    let seed = common::fresh_seed();
+    let cfg = ClipConfig::load(config).unwrap();
+    let mut model = Clip::new(&cfg, seed);
+    model.set_training(false);
+    for (i, p) in model.parameters().iter().enumerate() {
+        let (shape, s) = (p.value().shape().to_vec(), seed.wrapping_add(i as u64));
+        let name = p.name().to_string();
+        let v = if name.ends_with("running_var") {
+            Tensor::rand_uniform(shape, 0.5, 2.0, s)
+        } else if name.contains(".bn") || name.contains("downsample.1") || name.ends_with("bias") {
+            Tensor::randn(shape, 0.5, s)
+        } else {
+            continue;
+        };
+        p.set_value(v).unwrap();
+    }
+    let b = 3;
+    let s = cfg.vision_cfg.image_size;
+    let images = Tensor::randn([b, 3, s, s], 1.0, seed ^ 1);
+    let ctx = cfg.text_cfg.context_length;
+    let mut ids = vec![0u32; b * ctx];
+    for r in 0..b {
+        let end = 3 + 5 * r;
+        for i in 0..end {
+            ids[r * ctx + i] = 1 + ((seed >> i) % 900) as u32 + i as u32;
+        }
+        ids[r * ctx + end] = 999;
+    }
+    let run = |recording: bool| {
+        let g = if recording {
+            Graph::new()
+        } else {
+            Graph::inference()
+        };
+        let img = model.encode_image(&g, &g.constant(images.clone())).unwrap();
+        let txt = model.encode_text(&g, &ids, b).unwrap();
+        (img.into_tensor(), txt.into_tensor())
+    };
+    let (img_fast, txt_fast) = run(false);
+    let (img_plain, txt_plain) = run(true);
+    check(
+        &format!("{config} image, fast vs plain (seed {seed})"),
+        &img_fast,
+        &img_plain,
+        1e-5,
+    );
+    check(
+        &format!("{config} text, fast vs plain (seed {seed})"),
+        &txt_fast,
+        &txt_plain,
+        1e-5,
+    );
+}
+
+#[test]
+fn inference_fast_paths_match_plain_ops_resnet() {
+    fast_paths_match_plain_ops("tiny-rn");
+}
+
+#[test]
+fn inference_fast_paths_match_plain_ops_vit() {
+    fast_paths_match_plain_ops("tiny-vit");
+}
+
 #[test]
 fn text_truncation_is_exact() {
     let cfg = ClipConfig::load("tiny-vit").unwrap();

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """PyTorch CPU baseline for clipcu-bench: the same workloads, printed in the same table format.
 
-    python3 tools/bench_torch_cpu.py [--iters 10] [--threads 2]
+    python3 tools/bench_torch_cpu.py [--iters 10] [--threads 2] [--workload all|gemm|block|vit-b32|rn50|text]
 
 Workloads (identical shapes to `clipcu-bench`):
   gemm   f32 [4096, 768] @ [768, 3072]
@@ -54,40 +54,48 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--workload", default="all", choices=["all", "gemm", "block", "vit-b32", "rn50", "text"])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"torch {torch.__version__} on cpu ({torch.get_num_threads()} threads)")
     print(f"{'workload':<34} {'median':>12} {'best':>12} {'throughput':>17}")
 
-    m, k, n = 4096, 768, 3072
-    a, b = torch.randn(m, k), torch.randn(k, n)
-    report("gemm f32 4096x768x3072", 2.0 * m * k * n, timeit(lambda: a @ b, args.iters))
+    want = lambda w: args.workload in ("all", w)
+    if want("gemm"):
+        m, k, n = 4096, 768, 3072
+        a, b = torch.randn(m, k), torch.randn(k, n)
+        report("gemm f32 4096x768x3072", 2.0 * m * k * n, timeit(lambda: a @ b, args.iters))
 
-    bs, t, d = 16, 50, 768
-    blk = Block(d, d // 64)
-    x = torch.randn(bs, t, d, requires_grad=True)
-    g = torch.randn(bs, t, d)
+    if want("block"):
+        bs, t, d = 16, 50, 768
+        blk = Block(d, d // 64)
+        x = torch.randn(bs, t, d, requires_grad=True)
+        g = torch.randn(bs, t, d)
 
-    def step():
-        blk.zero_grad(set_to_none=True)
-        x.grad = None
-        blk(x).backward(g)
+        def step():
+            blk.zero_grad(set_to_none=True)
+            x.grad = None
+            blk(x).backward(g)
 
-    flops = 3.0 * bs * t * (24.0 * d * d + 4.0 * t * d)
-    report("block fwd+bwd w768 t50 b16", flops, timeit(step, args.iters))
+        flops = 3.0 * bs * t * (24.0 * d * d + 4.0 * t * d)
+        report("block fwd+bwd w768 t50 b16", flops, timeit(step, args.iters))
 
     try:
         import open_clip
     except ImportError:
         print("(open_clip not installed: skipping the model workloads)")
         return
-    for name in ["ViT-B-32", "RN50"]:
+    for name, w in [("ViT-B-32", "vit-b32"), ("RN50", "rn50")]:
+        if not want(w):
+            continue
         model = open_clip.create_model(name).eval()
         images = torch.randn(16, 3, 224, 224)
         with torch.inference_mode():
             med, best = timeit(lambda: model.encode_image(images), max(3, args.iters // 2))
         print(f"{name + ' encode_image b16':<34} {med * 1e3:>9.2f} ms {best * 1e3:>9.2f} ms {16 / med:>9.1f} img/s")
+    if not want("text"):
+        return
     model = open_clip.create_model("ViT-B-32").eval()
     tok = open_clip.get_tokenizer("ViT-B-32")
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")

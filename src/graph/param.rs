@@ -12,6 +12,9 @@ struct ParamInner {
     requires_grad: bool,
     value: RwLock<Tensor>,
     grad: RwLock<Option<Tensor>>,
+    /// The contiguous transpose of a 2-D value, made on first request and dropped whenever the
+    /// value changes (`transposed`).
+    transposed: RwLock<Option<Tensor>>,
 }
 
 impl std::fmt::Debug for Param {
@@ -35,6 +38,7 @@ impl Param {
             requires_grad,
             value: RwLock::new(value),
             grad: RwLock::new(None),
+            transposed: RwLock::new(None),
         }))
     }
     pub fn name(&self) -> &str {
@@ -62,6 +66,7 @@ impl Param {
             ));
         }
         *v = value;
+        *self.0.transposed.write().expect("param lock") = None;
         Ok(())
     }
     /// Change the value in place (no copy when nothing else holds its storage, as after a
@@ -69,6 +74,7 @@ impl Param {
     pub fn update<R>(&self, f: impl FnOnce(&mut Tensor) -> Result<R>) -> Result<R> {
         let mut v = self.0.value.write().expect("param lock");
         let shape = v.shape().to_vec();
+        *self.0.transposed.write().expect("param lock") = None;
         let r = f(&mut v)?;
         if v.shape() != shape {
             return Err(Error::shape(
@@ -81,6 +87,25 @@ impl Param {
             ));
         }
         Ok(r)
+    }
+
+    /// The value of a 2-D parameter transposed, contiguous: `W` [out, in] as `Wᵀ` [in, out], the
+    /// layout the CPU GEMM reads without repacking (inference projections use it). Made once
+    /// and kept until the value changes, so it costs the memory of a second copy meanwhile.
+    pub fn transposed(&self) -> Result<Tensor> {
+        let v = self.0.value.read().expect("param lock");
+        if let Some(t) = self.0.transposed.read().expect("param lock").as_ref() {
+            return Ok(t.clone());
+        }
+        if v.rank() != 2 {
+            return Err(Error::shape(
+                "Param::transposed",
+                format!("{}: {:?} is not 2-D", self.0.name, v.shape()),
+            ));
+        }
+        let t = v.transpose(0, 1)?.contiguous();
+        *self.0.transposed.write().expect("param lock") = Some(t.clone());
+        Ok(t)
     }
 
     /// The gradient accumulated since the last `zero_grad`.

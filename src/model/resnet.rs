@@ -8,10 +8,11 @@
 
 use super::config::ClipConfig;
 use crate::nn::{join, BatchNorm2d, Conv2d, Init, Linear, Module};
-use crate::{Graph, Param, Result, Tensor, Var};
+use crate::ops::{batchnorm, conv2d};
+use crate::{Device, Graph, Param, Result, Tensor, Var};
 use rand::Rng;
 
-/// conv (no bias) → BatchNorm → optional ReLU.
+/// conv (no bias) → BatchNorm → optional residual add → optional ReLU.
 pub struct ConvBn {
     pub conv: Conv2d,
     pub bn: BatchNorm2d,
@@ -31,8 +32,33 @@ impl ConvBn {
             bn: BatchNorm2d::new(bn_name, c_out),
         }
     }
-    fn forward(&self, g: &Graph<'_>, x: &Var, relu: bool) -> Result<Var> {
-        let y = self.bn.forward(g, &self.conv.forward(g, x)?)?;
+    /// `relu?(bn(conv(x)) [+ residual])`. In eval mode with nothing recorded on the CPU, one
+    /// fused pass (`ops::conv2d::conv2d_bn_eval`); otherwise the separate ops, with their backward.
+    fn forward(&self, g: &Graph<'_>, x: &Var, residual: Option<&Var>, relu: bool) -> Result<Var> {
+        if !g.is_recording() && !self.bn.training && x.tensor().device() == Device::Cpu {
+            let bn = &self.bn;
+            let (mean, scale, shift) = batchnorm::eval_affine(
+                &bn.weight.value(),
+                &bn.bias.value(),
+                &bn.running_mean.value(),
+                &bn.running_var.value(),
+                bn.eps,
+            )?;
+            let y = conv2d::conv2d_bn_eval(
+                x.tensor(),
+                &self.conv.weight.value(),
+                self.conv.stride,
+                self.conv.padding,
+                &conv2d::BnAffine { mean, scale, shift },
+                residual.map(|r| r.tensor()),
+                relu,
+            )?;
+            return Ok(g.constant(y));
+        }
+        let mut y = self.bn.forward(g, &self.conv.forward(g, x)?)?;
+        if let Some(r) = residual {
+            y = g.add(&y, r)?;
+        }
         if relu {
             g.relu(&y)
         } else {
@@ -88,11 +114,11 @@ impl Bottleneck {
     }
 
     fn forward(&self, g: &Graph<'_>, x: &Var) -> Result<Var> {
-        let mut out = self.c2.forward(g, &self.c1.forward(g, x, true)?, true)?;
+        let mut out = self.c1.forward(g, x, None, true)?;
+        out = self.c2.forward(g, &out, None, true)?;
         if self.stride > 1 {
             out = g.avg_pool2d(&out, self.stride, self.stride)?;
         }
-        let out = self.c3.forward(g, &out, false)?;
         let identity = match &self.downsample {
             None => x.clone(),
             Some(d) => {
@@ -101,10 +127,11 @@ impl Bottleneck {
                 } else {
                     x.clone()
                 };
-                d.forward(g, &pooled, false)?
+                d.forward(g, &pooled, None, false)?
             }
         };
-        g.relu(&g.add(&out, &identity)?)
+        // relu(bn3(conv3(out)) + identity)
+        self.c3.forward(g, &out, Some(&identity), true)
     }
 
     fn visit(&self, f: &mut dyn FnMut(&Param)) {
@@ -267,7 +294,7 @@ impl ModifiedResNet {
     pub fn forward<'m>(&'m self, g: &Graph<'m>, images: &Var) -> Result<Var> {
         let mut x = images.clone();
         for c in &self.stem {
-            x = c.forward(g, &x, true)?;
+            x = c.forward(g, &x, None, true)?;
         }
         x = g.avg_pool2d(&x, 2, 2)?;
         for block in self.layers.iter().flatten() {

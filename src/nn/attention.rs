@@ -2,7 +2,7 @@
 //! `in_proj_weight` [3D, D] (q, k, v rows) with `in_proj_bias`, and `out_proj`.
 
 use super::{join, Init, Linear, Module};
-use crate::{Graph, Param, Result, Tensor, Var};
+use crate::{Device, Graph, Param, Result, Tensor, Var};
 use rand::Rng;
 
 pub struct MultiheadAttention {
@@ -42,11 +42,12 @@ impl MultiheadAttention {
         let (b, t, d) = (x.shape()[0], x.shape()[1], x.shape()[2]);
         let (h, dh) = (self.heads, d / self.heads);
         let x2 = g.reshape(x, [b * t, d])?;
-        let qkv = g.linear(
-            &x2,
-            &g.param(&self.in_proj_weight),
-            Some(&g.param(&self.in_proj_bias)),
-        )?;
+        let qkv = super::linear::project(g, &x2, &self.in_proj_weight, Some(&self.in_proj_bias))?;
+        if !g.is_recording() && x.tensor().device() == Device::Cpu {
+            // inference: heads read from and written to their columns in place
+            let o = crate::ops::attention::attention_qkv(qkv.tensor(), b, h, causal)?;
+            return self.out_proj.forward(g, &g.constant(o.reshape([b, t, d])?));
+        }
         // [B·T, 3D] → [3, B, H, T, Dh]: split heads
         let qkv = g.permute(&g.reshape(&qkv, [b, t, 3, h, dh])?, &[2, 0, 3, 1, 4])?;
         let split = |i| g.reshape(&g.narrow(&qkv, 0, i, 1)?, [b, h, t, dh]);

@@ -1,7 +1,7 @@
 //! `y = x·Wᵀ + b` over the last dim, with W [out, in] as PyTorch stores it.
 
 use super::{join, Init, Module};
-use crate::{Graph, Param, Result, Var};
+use crate::{Device, Graph, Param, Result, Var};
 use rand::Rng;
 
 pub struct Linear {
@@ -42,8 +42,7 @@ impl Linear {
         let d_in = *shape.last().unwrap_or(&0);
         let rows = x.tensor().numel() / d_in.max(1);
         let x2 = g.reshape(x, [rows, d_in])?;
-        let b = self.bias.as_ref().map(|b| g.param(b));
-        let y = g.linear(&x2, &g.param(&self.weight), b.as_ref())?;
+        let y = project(g, &x2, &self.weight, self.bias.as_ref())?;
         let mut out_shape = shape;
         *out_shape.last_mut().expect("rank ≥ 1") = self.weight.value().shape()[0];
         g.reshape(&y, out_shape)
@@ -57,4 +56,17 @@ impl Module for Linear {
             f(b);
         }
     }
+}
+
+/// `x·Wᵀ + b` for x [rows, in] and the parameters W [out, in], b [out]: the recorded `linear` op,
+/// or, on a CPU graph that records nothing, the same product from W's cached transpose
+/// (`Param::transposed`), which spares the GEMM a repacking of W on every call.
+pub(crate) fn project(g: &Graph<'_>, x: &Var, weight: &Param, bias: Option<&Param>) -> Result<Var> {
+    if !g.is_recording() && x.tensor().device() == Device::Cpu {
+        let b = bias.map(|b| b.value());
+        let y = crate::ops::matmul::linear_wt(x.tensor(), &weight.transposed()?, b.as_ref())?;
+        return Ok(g.constant(y));
+    }
+    let b = bias.map(|b| g.param(b));
+    g.linear(x, &g.param(weight), b.as_ref())
 }

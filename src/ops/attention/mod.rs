@@ -5,6 +5,7 @@
 //! Every (batch, head) is an independent GEMM problem, batched over B·H. On Emu and Cuda the same
 //! steps are device GEMMs, the scale kernel and the softmax kernels (`gpu.rs`).
 
+pub mod fused;
 pub(crate) mod gpu;
 
 use crate::graph::{Graph, Op, Var};
@@ -179,6 +180,16 @@ pub fn merge_heads_backward(g: &Tensor, b: usize, h: usize) -> Result<Tensor> {
     Ok(g.reshape([b, t, h, dh])?
         .permute(&[0, 2, 1, 3])?
         .contiguous())
+}
+
+/// Inference only, CPU: self-attention of the packed projection `qkv` [B·T, 3·H·Dh] with heads
+/// merged, `[B·T, H·Dh]` — what `merge_heads(attention(split_qkv_heads(qkv)))` computes, without
+/// the split and merge copies (`fused.rs`). No graph node.
+pub fn attention_qkv(qkv: &Tensor, b: usize, h: usize, causal: bool) -> Result<Tensor> {
+    let [b, t, h, dh, _] = head_dims("attention_qkv", qkv, b, h, 3)?;
+    let qkv = cpu_input("attention_qkv", qkv)?;
+    let out = fused::forward(qkv.f32s("attention_qkv")?, b, t, h, dh, causal);
+    Ok(Tensor::from_f32(out, &[b * t, h * dh]))
 }
 
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Result<Tensor> {

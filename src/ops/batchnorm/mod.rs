@@ -168,6 +168,45 @@ fn eval_forward(
     apply(&x, &w, &b, &mean, &rstd, hw)
 }
 
+/// Eval-mode BatchNorm as the per-channel affine map `y = (x − mean)·scale + shift` that
+/// [`batch_norm2d`] applies on the CPU: (mean, scale = weight·rstd, shift = bias), all [C] (CPU
+/// tensors). For fused consumers such as `conv2d::conv2d_bn_eval`.
+pub fn eval_affine(
+    weight: &Tensor,
+    bias: &Tensor,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    eps: f32,
+) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+    let c = weight.numel();
+    for t in [bias, running_mean, running_var] {
+        if t.shape() != [c] || weight.shape() != [c] {
+            bail_shape!(
+                OP,
+                "weight {:?}, bias {:?}, running mean {:?} and var {:?} must all be [C]",
+                weight.shape(),
+                bias.shape(),
+                running_mean.shape(),
+                running_var.shape()
+            );
+        }
+    }
+    let (w, b) = (cpu_input(OP, weight)?, cpu_input(OP, bias)?);
+    let (rm, rv) = (cpu_input(OP, running_mean)?, cpu_input(OP, running_var)?);
+    let rstd: Vec<f64> = rv
+        .f32s(OP)?
+        .iter()
+        .map(|&v| 1.0 / (v as f64 + eps as f64).sqrt())
+        .collect();
+    let scale = w
+        .f32s(OP)?
+        .iter()
+        .zip(&rstd)
+        .map(|(&w, &r)| (w as f64 * r) as f32)
+        .collect();
+    Ok((rm.f32s(OP)?.to_vec(), scale, b.f32s(OP)?.to_vec()))
+}
+
 /// Inference BatchNorm2d: normalise with the running statistics, then weight and bias.
 pub fn batch_norm2d(
     x: &Tensor,

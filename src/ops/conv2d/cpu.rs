@@ -66,7 +66,13 @@ fn gemm_threads(tasks: usize) -> usize {
 
 /// The output positions `o` (of `len_out`) whose input index `o·s + k − pad` lies in `0..len_in`,
 /// as a range `lo..hi`.
-fn valid_range(k: usize, pad: usize, s: usize, len_in: usize, len_out: usize) -> (usize, usize) {
+pub(crate) fn valid_range(
+    k: usize,
+    pad: usize,
+    s: usize,
+    len_in: usize,
+    len_out: usize,
+) -> (usize, usize) {
     let lo = if k >= pad { 0 } else { (pad - k).div_ceil(s) };
     let hi = if len_in + pad > k {
         (len_in + pad - k - 1) / s + 1

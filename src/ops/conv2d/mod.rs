@@ -13,6 +13,7 @@
 //! GEMM per pass over the whole batch; see `gpu.rs`.
 
 pub mod cpu;
+pub mod fused;
 pub(crate) mod gpu;
 
 use crate::graph::{Graph, Op, Var};
@@ -130,6 +131,58 @@ pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<T
     let (x, w) = (cpu_input(OP, x)?, cpu_input(OP, w)?);
     let out = cpu::forward(x.f32s(OP)?, w.f32s(OP)?, &g);
     Ok(Tensor::from_f32(out, &[g.n, g.o, g.oh, g.ow]))
+}
+
+/// Eval-mode BatchNorm statistics as an affine map per output channel (see
+/// [`crate::ops::batchnorm::eval_affine`]).
+pub struct BnAffine {
+    pub mean: Vec<f32>,
+    pub scale: Vec<f32>,
+    pub shift: Vec<f32>,
+}
+
+/// Inference only, CPU: `relu?(bn(conv2d(x, w)) [+ residual])` with BatchNorm in eval mode, in one
+/// pass (`fused.rs`); the same arithmetic as the separate ops. No graph node: callers use it only
+/// when nothing is recorded.
+pub fn conv2d_bn_eval(
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    padding: usize,
+    bn: &BnAffine,
+    residual: Option<&Tensor>,
+    relu: bool,
+) -> Result<Tensor> {
+    same_device(OP, &[x, w])?;
+    let g = geom(x.shape(), w.shape(), stride, padding)?;
+    let out_shape = [g.n, g.o, g.oh, g.ow];
+    if [&bn.mean, &bn.scale, &bn.shift]
+        .iter()
+        .any(|v| v.len() != g.o)
+    {
+        bail_shape!(OP, "BatchNorm statistics must have {} channels", g.o);
+    }
+    let residual = match residual {
+        Some(r) if r.shape() != out_shape => {
+            bail_shape!(
+                OP,
+                "residual {:?} does not match the output {out_shape:?}",
+                r.shape()
+            )
+        }
+        Some(r) => Some(cpu_input(OP, r)?),
+        None => None,
+    };
+    let (x, w) = (cpu_input(OP, x)?, cpu_input(OP, w)?);
+    let epi = fused::Epilogue {
+        mean: &bn.mean,
+        scale: &bn.scale,
+        shift: &bn.shift,
+        residual: residual.as_ref().map(|r| r.f32s(OP)).transpose()?,
+        relu,
+    };
+    let out = fused::forward(x.f32s(OP)?, w.f32s(OP)?, &g, &epi);
+    Ok(Tensor::from_f32(out, &out_shape))
 }
 
 impl<'m> Graph<'m> {

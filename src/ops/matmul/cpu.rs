@@ -67,6 +67,66 @@ pub fn sgemm(
     }
 }
 
+/// `c = a·b` (overwriting `c`) for row-major operands with explicit row strides (leading
+/// dimensions): a [m, k] rows `lda` apart, b [k, n] rows `ldb` apart, c [m, n] rows `ldc` apart.
+/// Lets a GEMM read a block of columns of a larger matrix in place. One thread.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_strided(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(
+        lda >= k && ldb >= n && ldc >= n,
+        "sgemm_strided: leading dims"
+    );
+    assert!(
+        a.len() >= (m - 1) * lda + k
+            && (k == 0 || b.len() >= (k - 1) * ldb + n)
+            && c.len() >= (m - 1) * ldc + n,
+        "sgemm_strided: operand sizes"
+    );
+    if k == 0 {
+        for row in c.chunks_mut(ldc).take(m) {
+            row[..n].fill(0.0);
+        }
+        return;
+    }
+    // SAFETY: the asserts above bound every element the strides address.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            ldc as isize,
+            false,
+            a.as_ptr(),
+            1,
+            lda as isize,
+            b.as_ptr(),
+            1,
+            ldb as isize,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        );
+    }
+}
+
 /// `batch` independent problems; `a_step`/`b_step` are the element offsets between consecutive
 /// operands (0 for an operand shared by the whole batch). Large problems use all threads inside
 /// each GEMM; small ones are spread over the batch.

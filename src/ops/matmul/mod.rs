@@ -237,6 +237,47 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     Ok(Tensor::from_f32(out, &[rows, d_out]))
 }
 
+/// Inference: the product of [`linear`] from the weight stored transposed, `wt = Wᵀ` [in, out]
+/// (see `Param::transposed`): a plain row-major GEMM, which the CPU GEMM runs without repacking
+/// the weight on every call. CPU only; no graph node.
+pub fn linear_wt(x: &Tensor, wt: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    const OP: &str = "linear";
+    if x.rank() != 2 || wt.rank() != 2 || x.shape()[1] != wt.shape()[0] {
+        bail_shape!(
+            OP,
+            "expected x [rows, in] and Wᵀ [in, out], got {:?} and {:?}",
+            x.shape(),
+            wt.shape()
+        );
+    }
+    let (rows, d_in, d_out) = (x.shape()[0], x.shape()[1], wt.shape()[1]);
+    let (x, wt) = (cpu_input(OP, x)?, cpu_input(OP, wt)?);
+    let mut out = vec![0f32; rows * d_out];
+    if let Some(b) = b {
+        if b.shape() != [d_out] {
+            bail_shape!(OP, "bias {:?} must be [{d_out}]", b.shape());
+        }
+        let b = cpu_input(OP, b)?;
+        let bs = b.f32s(OP)?;
+        for row in out.chunks_mut(d_out.max(1)) {
+            row.copy_from_slice(bs);
+        }
+    }
+    cpu::sgemm(
+        false,
+        false,
+        rows,
+        d_out,
+        d_in,
+        x.f32s(OP)?,
+        wt.f32s(OP)?,
+        &mut out,
+        b.is_some(),
+        rayon::current_num_threads(),
+    );
+    Ok(Tensor::from_f32(out, &[rows, d_out]))
+}
+
 impl<'m> Graph<'m> {
     /// `x·Wᵀ + b` for x [rows, in], W [out, in], b [out] (PyTorch's `F.linear`).
     pub fn linear(&self, x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
