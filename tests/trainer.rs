@@ -147,6 +147,12 @@ fn a_run_writes_metrics_checkpoints_model_and_plot() {
         .filter(|n| n.contains("tmp"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+    // a second fresh run into the same folder replaces the metrics instead of appending to them
+    let mut again = Trainer::new(&tiny(), config(3, 2), DataSpec::Synthetic).unwrap();
+    o.eval_every = 0;
+    again.run(&o).unwrap();
+    let l2 = losses(&out.join("metrics.jsonl"));
+    assert_eq!(l2.len(), 3, "metrics of the earlier run left in the file");
     std::fs::remove_dir_all(out).ok();
 }
 

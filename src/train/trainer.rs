@@ -378,9 +378,14 @@ impl Trainer {
     pub fn run(&mut self, opts: &RunOptions) -> Result<Option<(f32, f32)>> {
         std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
         let metrics_path = opts.out.join("metrics.jsonl");
+        // A fresh run starts the file anew (a second `clipcu train` into the same folder must not
+        // mix its curve with the last run's); a resumed one continues it.
+        let fresh = self.step == 0;
         let mut metrics = std::fs::OpenOptions::new()
             .create(true)
-            .append(true)
+            .write(true)
+            .append(!fresh)
+            .truncate(fresh)
             .open(&metrics_path)
             .map_err(|e| Error::io(&metrics_path, e))?;
         let bar = progress_bar(opts.progress, self.config.steps as u64, self.step as u64);
