@@ -9,12 +9,12 @@
 //! (with the shapes it is mistaken for), by size and by texture. `EASY=1` trains on single
 //! medium/large objects only (evaluation stays on the whole distribution). Results: docs/perf.md.
 
-use clipcu::data::synthetic::{Split, Synthetic, SyntheticConfig, Task};
+use clipcu::data::synthetic::{Sample, Split, Synthetic, SyntheticConfig, Task};
 use clipcu::model::{Clip, ClipConfig, VisionTower};
 use clipcu::nn::{Linear, Module};
 use clipcu::optim::{AdamW, AdamWConfig, LrSchedule};
 use clipcu::train::images_to_tensor;
-use clipcu::Graph;
+use clipcu::{Graph, Tensor};
 use rand::SeedableRng;
 
 fn main() -> clipcu::Result<()> {
@@ -48,15 +48,19 @@ fn main() -> clipcu::Result<()> {
         seed: 0,
         image_size: cfg.vision_cfg.image_size as u32,
     });
-    let eval = |split: Split| -> clipcu::Result<f32> {
-        let s = data.batch(split, 0, 500);
+    // Shape logits [n, 10] of rendered samples, nothing recorded.
+    let predict = |s: &[Sample]| -> clipcu::Result<Tensor> {
         let g = Graph::inference();
         let x = g.constant(images_to_tensor(
             &s.iter().map(|s| &s.image).collect::<Vec<_>>(),
         )?);
-        let logits = head
+        Ok(head
             .forward(&g, &model.encode_image(&g, &x)?)?
-            .into_tensor();
+            .into_tensor())
+    };
+    let eval = |split: Split| -> clipcu::Result<f32> {
+        let s = data.batch(split, 0, 500);
+        let logits = predict(&s)?;
         let labels: Vec<usize> = s.iter().map(|s| s.attrs.label(Task::Shape)).collect();
         clipcu::zeroshot::accuracy(&logits, &labels, 1)
     };
@@ -95,13 +99,7 @@ fn main() -> clipcu::Result<()> {
     }
     // Where the errors are: accuracy by true shape and by size on 1000 training samples.
     let s = data.batch(Split::Train, 1 << 40, 1000);
-    let g = Graph::inference();
-    let x = g.constant(images_to_tensor(
-        &s.iter().map(|s| &s.image).collect::<Vec<_>>(),
-    )?);
-    let logits = head
-        .forward(&g, &model.encode_image(&g, &x)?)?
-        .into_tensor();
+    let logits = predict(&s)?;
     let l = logits.f32s("probe")?;
     let pred: Vec<usize> = (0..s.len())
         .map(|i| {

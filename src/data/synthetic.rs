@@ -493,14 +493,10 @@ impl Synthetic {
         splitmix64(splitmix64(splitmix64(self.cfg.seed) ^ split.tag()) ^ index)
     }
 
-    /// What sample `index` of `split` is made of, without rendering it.
-    pub fn recipe(&self, split: Split, index: u64) -> Recipe {
-        let mut rng = Rng::new(self.key(split, index));
-        let combos = match split {
-            Split::Train => &self.train_combos,
-            Split::HeldOut => &self.held_out_combos,
-        };
-        let (shape, colour) = rng.pick(combos);
+    /// Everything but shape and colour, drawn from `rng` in a fixed order: count, size (never
+    /// large for several objects), position (single objects only), a background the colour
+    /// contrasts with, texture.
+    fn draw_scene(&self, rng: &mut Rng, shape: Shape, colour: Colour) -> Attributes {
         let count = if rng.chance(0.5) {
             1
         } else {
@@ -514,11 +510,7 @@ impl Synthetic {
         let position = (count == 1).then(|| rng.pick(Position::ALL));
         let background = rng.pick(self.backgrounds_for(colour));
         let texture = rng.pick(Texture::ALL);
-        let template = match split {
-            Split::Train => rng.pick(&self.train_templates),
-            Split::HeldOut => rng.below(caption_templates().len()),
-        };
-        let attrs = Attributes {
+        Attributes {
             shape,
             colour,
             size,
@@ -526,7 +518,27 @@ impl Synthetic {
             position,
             background,
             texture,
+        }
+    }
+
+    /// A caption pattern: a training one for `Split::Train`, any for `Split::HeldOut`.
+    fn draw_template(&self, rng: &mut Rng, split: Split) -> usize {
+        match split {
+            Split::Train => rng.pick(&self.train_templates),
+            Split::HeldOut => rng.below(caption_templates().len()),
+        }
+    }
+
+    /// What sample `index` of `split` is made of, without rendering it.
+    pub fn recipe(&self, split: Split, index: u64) -> Recipe {
+        let mut rng = Rng::new(self.key(split, index));
+        let combos = match split {
+            Split::Train => &self.train_combos,
+            Split::HeldOut => &self.held_out_combos,
         };
+        let (shape, colour) = rng.pick(combos);
+        let attrs = self.draw_scene(&mut rng, shape, colour);
+        let template = self.draw_template(&mut rng, split);
         Recipe {
             attrs,
             template,
@@ -562,34 +574,11 @@ impl Synthetic {
             .collect();
         scene.shuffle(&mut shapes);
         let shape = shapes[slot % shapes.len()];
-        let count = if scene.chance(0.5) {
-            1
-        } else {
-            2 + scene.below(MAX_COUNT as usize - 1) as u8
-        };
-        let size = if count == 1 {
-            scene.pick(Size::ALL)
-        } else {
-            scene.pick(&[Size::Small, Size::Medium])
-        };
-        let position = (count == 1).then(|| scene.pick(Position::ALL));
-        let background = scene.pick(self.backgrounds_for(colour));
-        let texture = scene.pick(Texture::ALL);
+        let attrs = self.draw_scene(&mut scene, shape, colour);
         let mut own = Rng::new(self.key(split, index));
-        let template = match split {
-            Split::Train => own.pick(&self.train_templates),
-            Split::HeldOut => own.below(caption_templates().len()),
-        };
+        let template = self.draw_template(&mut own, split);
         Recipe {
-            attrs: Attributes {
-                shape,
-                colour,
-                size,
-                count,
-                position,
-                background,
-                texture,
-            },
+            attrs,
             template,
             caption_seed: own.next_u64(),
             render_seed: own.next_u64(),

@@ -213,6 +213,19 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
         };
         return gpu::matmul(x, w, false, true, &d, &opts);
     }
+    cpu_linear(x, w, true, b, [rows, d_in, d_out])
+}
+
+/// `x·op(w) + b` on the CPU for [`linear`] (`w` [out, in], `w_transposed`) and [`linear_wt`]
+/// (`w` = Wᵀ [in, out]): the bias is written into every output row, then the GEMM accumulates.
+fn cpu_linear(
+    x: &Tensor,
+    w: &Tensor,
+    w_transposed: bool,
+    b: Option<&Tensor>,
+    [rows, d_in, d_out]: [usize; 3],
+) -> Result<Tensor> {
+    const OP: &str = "linear";
     let (x, w) = (cpu_input(OP, x)?, cpu_input(OP, w)?);
     let mut out = vec![0f32; rows * d_out];
     if let Some(b) = b {
@@ -224,7 +237,7 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     }
     cpu::sgemm(
         false,
-        true,
+        w_transposed,
         rows,
         d_out,
         d_in,
@@ -251,31 +264,12 @@ pub fn linear_wt(x: &Tensor, wt: &Tensor, b: Option<&Tensor>) -> Result<Tensor> 
         );
     }
     let (rows, d_in, d_out) = (x.shape()[0], x.shape()[1], wt.shape()[1]);
-    let (x, wt) = (cpu_input(OP, x)?, cpu_input(OP, wt)?);
-    let mut out = vec![0f32; rows * d_out];
     if let Some(b) = b {
         if b.shape() != [d_out] {
             bail_shape!(OP, "bias {:?} must be [{d_out}]", b.shape());
         }
-        let b = cpu_input(OP, b)?;
-        let bs = b.f32s(OP)?;
-        for row in out.chunks_mut(d_out.max(1)) {
-            row.copy_from_slice(bs);
-        }
     }
-    cpu::sgemm(
-        false,
-        false,
-        rows,
-        d_out,
-        d_in,
-        x.f32s(OP)?,
-        wt.f32s(OP)?,
-        &mut out,
-        b.is_some(),
-        rayon::current_num_threads(),
-    );
-    Ok(Tensor::from_f32(out, &[rows, d_out]))
+    cpu_linear(x, wt, false, b, [rows, d_in, d_out])
 }
 
 impl<'m> Graph<'m> {
