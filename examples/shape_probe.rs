@@ -6,7 +6,7 @@
 use clipcu::data::synthetic::{Shape, Split, Synthetic, SyntheticConfig, Task};
 use clipcu::model::weights::load_clip;
 use clipcu::ops::normalize::l2_normalize;
-use clipcu::train::images_to_tensor;
+use clipcu::train::samples_to_tensor;
 use clipcu::zeroshot::{encode_texts, ZeroShotClassifier};
 use clipcu::Graph;
 
@@ -30,7 +30,7 @@ fn main() -> clipcu::Result<()> {
     let mut centroids: Vec<Vec<f32>> = Vec::new();
     for split in [Split::Train, Split::HeldOut] {
         let samples = data.batch(split, 0, n);
-        let images = images_to_tensor(&samples.iter().map(|s| &s.image).collect::<Vec<_>>())?;
+        let images = samples_to_tensor(&samples)?;
         let g = Graph::inference();
         let f = l2_normalize(&model.encode_image(&g, &g.constant(images))?.into_tensor())?;
         let logits = clf.classify(&f)?;

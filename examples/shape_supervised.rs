@@ -13,7 +13,7 @@ use clipcu::data::synthetic::{Sample, Split, Synthetic, SyntheticConfig, Task};
 use clipcu::model::{Clip, ClipConfig, VisionTower};
 use clipcu::nn::{Linear, Module};
 use clipcu::optim::{AdamW, AdamWConfig, LrSchedule};
-use clipcu::train::images_to_tensor;
+use clipcu::train::samples_to_tensor;
 use clipcu::{Graph, Tensor};
 use rand::SeedableRng;
 
@@ -51,9 +51,7 @@ fn main() -> clipcu::Result<()> {
     // Shape logits [n, 10] of rendered samples, nothing recorded.
     let predict = |s: &[Sample]| -> clipcu::Result<Tensor> {
         let g = Graph::inference();
-        let x = g.constant(images_to_tensor(
-            &s.iter().map(|s| &s.image).collect::<Vec<_>>(),
-        )?);
+        let x = g.constant(samples_to_tensor(s)?);
         Ok(head
             .forward(&g, &model.encode_image(&g, &x)?)?
             .into_tensor())
@@ -76,9 +74,7 @@ fn main() -> clipcu::Result<()> {
             data.batch(Split::Train, (step * batch) as u64, batch)
         };
         let g = Graph::new();
-        let x = g.constant(images_to_tensor(
-            &s.iter().map(|s| &s.image).collect::<Vec<_>>(),
-        )?);
+        let x = g.constant(samples_to_tensor(&s)?);
         let logits = head.forward(&g, &model.encode_image(&g, &x)?)?;
         let labels: Vec<u32> = s
             .iter()

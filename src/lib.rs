@@ -28,6 +28,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod alloc;
 pub mod bench;
 pub mod data;
 pub mod device;

@@ -41,17 +41,18 @@ struct Args {
 }
 
 /// Runs `f` once to warm up, then `iters` times; returns (median, best) seconds.
-fn time(iters: usize, mut f: impl FnMut()) -> (f64, f64) {
-    f();
-    let mut t: Vec<f64> = (0..iters.max(1))
+/// (median, best) seconds of `iters` runs of `f` after one warm-up run; the first error ends it.
+fn time<T>(iters: usize, mut f: impl FnMut() -> clipcu::Result<T>) -> clipcu::Result<(f64, f64)> {
+    f()?;
+    let mut t = (0..iters.max(1))
         .map(|_| {
             let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64()
+            f()?;
+            Ok(s.elapsed().as_secs_f64())
         })
-        .collect();
+        .collect::<clipcu::Result<Vec<f64>>>()?;
     t.sort_by(f64::total_cmp);
-    (t[t.len() / 2], t[0])
+    Ok((t[t.len() / 2], t[0]))
 }
 
 fn report(name: &str, flops: f64, (median, best): (f64, f64)) {
@@ -67,18 +68,8 @@ fn report(name: &str, flops: f64, (median, best): (f64, f64)) {
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Never hand freed memory back to the OS: a training step frees and reallocates the same large
-/// buffers every step, and each fresh page costs a fault and a kernel zeroing (a fifth of a step's
-/// time otherwise).
-fn keep_freed_memory() {
-    // mi_option_purge_delay (mimalloc.h): -1 disables purging.
-    const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-    // SAFETY: setting an allocator option is allowed at any time.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
-}
-
 fn main() {
-    keep_freed_memory();
+    clipcu::alloc::keep_freed_memory();
     let args = Args::parse();
     let device = match args.device.as_str() {
         "auto" => {
@@ -108,42 +99,18 @@ fn main() {
     let run = || -> clipcu::Result<()> {
         if matches!(args.workload, Workload::All | Workload::Gemm) {
             let c = GemmCase::new(4096, 768, 3072, device)?;
-            let mut err = None;
-            let t = time(args.iters, || {
-                if let Err(e) = c.run() {
-                    err = Some(e)
-                }
-            });
-            if let Some(e) = err {
-                return Err(e);
-            }
+            let t = time(args.iters, || c.run())?;
             report("gemm f32 4096x768x3072", c.flops(), t);
         }
         if matches!(args.workload, Workload::All | Workload::Block) {
             let c = BlockCase::new(16, 50, 768, device)?;
-            let mut err = None;
-            let t = time(args.iters, || {
-                if let Err(e) = c.run() {
-                    err = Some(e)
-                }
-            });
-            if let Some(e) = err {
-                return Err(e);
-            }
+            let t = time(args.iters, || c.run())?;
             report("block fwd+bwd w768 t50 b16", c.flops(), t);
         }
         for (w, name) in [(Workload::VitB32, "ViT-B-32"), (Workload::Rn50, "RN50")] {
             if args.workload == w || args.workload == Workload::All {
                 let c = EncodeImageCase::new(name, 16, device)?;
-                let mut err = None;
-                let (med, best) = time(args.iters, || {
-                    if let Err(e) = c.run() {
-                        err = Some(e)
-                    }
-                });
-                if let Some(e) = err {
-                    return Err(e);
-                }
+                let (med, best) = time(args.iters, || c.run())?;
                 println!(
                     "{:<34} {:>9.2} ms {:>9.2} ms {:>9.1} img/s",
                     format!("{name} encode_image b16"),
@@ -156,15 +123,7 @@ fn main() {
         if matches!(args.workload, Workload::All | Workload::Text) {
             for truncate in [false, true] {
                 let c = EncodeTextCase::new("ViT-B-32", truncate)?;
-                let mut err = None;
-                let (med, best) = time(args.iters, || {
-                    if let Err(e) = c.run() {
-                        err = Some(e)
-                    }
-                });
-                if let Some(e) = err {
-                    return Err(e);
-                }
+                let (med, best) = time(args.iters, || c.run())?;
                 let name = if truncate {
                     "text b16 (truncated at EOT)"
                 } else {

@@ -195,15 +195,17 @@ pub fn decode_image(bytes: &[u8], name: &str) -> Result<Image> {
 /// ignored.
 fn jpeg_complete(b: &[u8]) -> std::result::Result<(), &'static str> {
     const TRUNCATED: &str = "truncated JPEG (the data ends before the end-of-image marker)";
+    // The index of the next 0xFF at or after `from`.
+    let next_ff = |from: usize| {
+        b.get(from..)
+            .and_then(|rest| rest.iter().position(|&x| x == 0xFF))
+            .map(|k| from + k)
+            .ok_or(TRUNCATED)
+    };
     let mut i = 2; // past SOI
     loop {
         // Next marker: skip stray bytes, then 0xFF fill bytes.
-        i += b
-            .get(i..)
-            .ok_or(TRUNCATED)?
-            .iter()
-            .position(|&x| x == 0xFF)
-            .ok_or(TRUNCATED)?;
+        i = next_ff(i)?;
         while b.get(i) == Some(&0xFF) {
             i += 1;
         }
@@ -224,12 +226,7 @@ fn jpeg_complete(b: &[u8]) -> std::result::Result<(), &'static str> {
                     // Entropy-coded data runs to the next marker that is neither a stuffed 0xFF00
                     // nor a restart marker.
                     loop {
-                        i += b
-                            .get(i..)
-                            .ok_or(TRUNCATED)?
-                            .iter()
-                            .position(|&x| x == 0xFF)
-                            .ok_or(TRUNCATED)?;
+                        i = next_ff(i)?;
                         match *b.get(i + 1).ok_or(TRUNCATED)? {
                             0x00 | 0xD0..=0xD7 => i += 2,
                             _ => break,

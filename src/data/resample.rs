@@ -31,8 +31,9 @@ const HALF: i32 = 1 << (PRECISION_BITS - 1);
 /// Support of the bicubic kernel, in source pixels at scale 1.
 const SUPPORT: f64 = 2.0;
 
-/// Bicubic convolution kernel with a = −0.5 (Catmull–Rom), written as Pillow writes it.
-fn bicubic(x: f64) -> f64 {
+/// Bicubic convolution kernel with a = −0.5 (Keys' cubic, as Pillow writes it; PyTorch's
+/// antialiased bicubic uses the same one, so `model::resize` shares it).
+pub(crate) fn bicubic(x: f64) -> f64 {
     const A: f64 = -0.5;
     let x = x.abs();
     if x < 1.0 {

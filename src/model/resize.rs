@@ -4,20 +4,8 @@
 //! align_corners=False)`), i.e. Keys' cubic with a = −0.5, support widened by the scale when
 //! shrinking, weights normalised to sum 1; separable, rows then columns.
 
+use crate::data::resample::bicubic;
 use crate::{bail_shape, Result, Tensor};
-
-/// Keys' cubic convolution kernel with a = −0.5 (PyTorch's antialiased bicubic, like PIL's).
-fn cubic(x: f64) -> f64 {
-    const A: f64 = -0.5;
-    let x = x.abs();
-    if x < 1.0 {
-        ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
-    } else if x < 2.0 {
-        (((x - 5.0) * x + 8.0) * x - 4.0) * A
-    } else {
-        0.0
-    }
-}
 
 /// For each output index: (first input index, normalised weights).
 fn weights(n_in: usize, n_out: usize) -> Vec<(usize, Vec<f64>)> {
@@ -30,7 +18,7 @@ fn weights(n_in: usize, n_out: usize) -> Vec<(usize, Vec<f64>)> {
             let lo = ((center - support + 0.5).floor().max(0.0)) as usize;
             let hi = ((center + support + 0.5).floor() as usize).min(n_in);
             let w: Vec<f64> = (lo..hi)
-                .map(|j| cubic((j as f64 - center + 0.5) * inv))
+                .map(|j| bicubic((j as f64 - center + 0.5) * inv))
                 .collect();
             let total: f64 = w.iter().sum();
             (

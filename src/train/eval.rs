@@ -21,13 +21,7 @@ fn held_out(
     let mut labels = vec![Vec::with_capacity(n); tasks.len()];
     for start in (0..n).step_by(256) {
         let samples = data.batch(Split::HeldOut, start as u64, 256.min(n - start));
-        let images = super::images_to_tensor(
-            samples
-                .iter()
-                .map(|s| &s.image)
-                .collect::<Vec<_>>()
-                .as_slice(),
-        )?;
+        let images = super::samples_to_tensor(&samples)?;
         let g = Graph::inference();
         feats.push(l2_normalize(
             &model.encode_image(&g, &g.constant(images))?.into_tensor(),

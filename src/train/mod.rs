@@ -12,9 +12,15 @@ pub use trainer::{
     DataSpec, DataStream, RunOptions, StepLog, SyntheticStream, TrainConfig, Trainer,
 };
 
+use crate::data::synthetic::Sample;
 use crate::data::{OPENAI_MEAN, OPENAI_STD};
 use crate::{bail_shape, Result, Tensor};
 use image::RgbImage;
+
+/// The images of synthetic samples as a normalised batch ([`images_to_tensor`]).
+pub fn samples_to_tensor(samples: &[Sample]) -> Result<Tensor> {
+    images_to_tensor(&samples.iter().map(|s| &s.image).collect::<Vec<_>>())
+}
 
 /// Rendered RGB images of one size → a normalised batch [N, 3, S, S] (CLIP's mean/std; no resize).
 pub fn images_to_tensor(images: &[&RgbImage]) -> Result<Tensor> {

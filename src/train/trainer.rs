@@ -4,7 +4,7 @@
 //! bit-exact resume needs (weights, optimizer moments, step, data position), and a PNG plot at the
 //! end.
 
-use super::{contrastive_forward_backward, eval, images_to_tensor, plot};
+use super::{contrastive_forward_backward, eval, plot, samples_to_tensor};
 use crate::data::synthetic::{Split, Synthetic, SyntheticConfig, Task};
 use crate::data::{CsvOptions, DataPosition, Loader, LoaderConfig, SkipStats, Source};
 use crate::io::safetensors as st;
@@ -68,13 +68,7 @@ impl SyntheticStream {
             .data
             .grouped_batch(Split::Train, self.next_index, n, self.group);
         self.next_index += n as u64;
-        let images = images_to_tensor(
-            samples
-                .iter()
-                .map(|s| &s.image)
-                .collect::<Vec<_>>()
-                .as_slice(),
-        )?;
+        let images = samples_to_tensor(&samples)?;
         let captions: Vec<&str> = samples.iter().map(|s| s.caption.as_str()).collect();
         Ok((images, Tokenizer::clip().tokenize_batch(&captions, ctx)))
     }

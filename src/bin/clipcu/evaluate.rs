@@ -6,20 +6,34 @@
 use crate::embed::{encode_image_files, encode_texts, model_from_flags};
 use clipcu::data::sources::read_csv;
 use clipcu::data::{load_image, CsvOptions, ImageFolder, Preprocess};
+use clipcu::model::Clip;
 use clipcu::ops::normalize::l2_normalize;
 use clipcu::zeroshot::{accuracies, retrieval_recall, CacheOutcome, Templates, ZeroShotClassifier};
 use clipcu::{Graph, Result, Tensor};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+/// The model to evaluate (`--weights`, `--config`), shared by `zeroshot` and `retrieval`.
 #[derive(clap::Args)]
-pub struct ZeroShotArgs {
+pub struct ModelFlags {
     /// Model weights (a clipcu checkpoint, or open_clip/HF weights with --config).
     #[arg(long)]
     pub weights: Option<PathBuf>,
     /// Model config when the weights do not carry one.
     #[arg(long)]
     pub config: Option<String>,
+}
+
+impl ModelFlags {
+    fn load(&self) -> Result<Clip> {
+        model_from_flags(self.config.as_deref(), self.weights.as_ref(), 0)
+    }
+}
+
+#[derive(clap::Args)]
+pub struct ZeroShotArgs {
+    #[command(flatten)]
+    pub model: ModelFlags,
     /// An ImageFolder: one sub-folder of images per class.
     #[arg(long)]
     pub data: PathBuf,
@@ -38,13 +52,14 @@ pub struct ZeroShotArgs {
 
 pub fn zeroshot(a: &ZeroShotArgs) -> Result<()> {
     crate::pick_device(&a.device)?;
-    let model = model_from_flags(a.config.as_deref(), a.weights.as_ref(), 0)?;
+    let model = a.model.load()?;
     let folder = ImageFolder::open(&a.data)?;
     let classes: Vec<String> = folder.classes.iter().map(|c| c.replace('_', " ")).collect();
     let items = folder.samples;
     let templates = Templates::parse(&a.templates)?;
     let cache = a.cache.clone().unwrap_or_else(|| {
         let base = a
+            .model
             .weights
             .clone()
             .unwrap_or_else(|| PathBuf::from("random-init"));
@@ -105,12 +120,8 @@ pub fn zeroshot(a: &ZeroShotArgs) -> Result<()> {
 
 #[derive(clap::Args)]
 pub struct RetrievalArgs {
-    /// Model weights (a clipcu checkpoint, or open_clip/HF weights with --config).
-    #[arg(long)]
-    pub weights: Option<PathBuf>,
-    /// Model config when the weights do not carry one.
-    #[arg(long)]
-    pub config: Option<String>,
+    #[command(flatten)]
+    pub model: ModelFlags,
     /// A CSV/TSV of (image path, caption) pairs; rows sharing an image path are one image.
     #[arg(long)]
     pub data: PathBuf,
@@ -127,7 +138,7 @@ pub struct RetrievalArgs {
 
 pub fn retrieval(a: &RetrievalArgs) -> Result<()> {
     crate::pick_device(&a.device)?;
-    let model = model_from_flags(a.config.as_deref(), a.weights.as_ref(), 0)?;
+    let model = a.model.load()?;
     let opts = CsvOptions {
         image_key: a.image_column.clone(),
         caption_key: a.caption_column.clone(),

@@ -66,18 +66,8 @@ pub fn pick_device(s: &str) -> Result<Device> {
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Never hand freed memory back to the OS: a training step frees and reallocates the same large
-/// buffers every step, and each fresh page costs a fault and a kernel zeroing (a fifth of a step's
-/// time otherwise).
-fn keep_freed_memory() {
-    // mi_option_purge_delay (mimalloc.h): -1 disables purging.
-    const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-    // SAFETY: setting an allocator option is allowed at any time.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
-}
-
 fn main() {
-    keep_freed_memory();
+    clipcu::alloc::keep_freed_memory();
     let cli = Cli::parse();
     // No subcommand: the main job, `clipcu train` with its defaults (synthetic data, zero-shot).
     let command = cli.command.unwrap_or_else(|| {
