@@ -406,8 +406,10 @@ fn shapes_fit_the_unit_disc() {
                 );
             }
         }
+        // No sliver that vanishes at 32 px: the thinnest, the arrow (a 0.4-wide shaft), covers
+        // 0.85 r²; distinctness itself is `shapes_are_distinguishable_at_32_px`.
         let area = unit_area(s);
-        assert!((0.9..=3.0).contains(&area), "{s:?}: area {area}");
+        assert!((0.8..=3.0).contains(&area), "{s:?}: area {area}");
     }
 }
 
@@ -613,6 +615,16 @@ fn zero_shot_classes_and_prompts() {
     assert_eq!(
         Task::Colour.prompts(Colour::Orange.index())[0],
         "a photo of an orange shape."
+    );
+    // shape prompts name both numbers: half the training captions use the plural noun
+    let cross = Task::Shape.prompts(Shape::Cross.index());
+    assert!(
+        cross.contains(&"a photo of a cross.".to_string()),
+        "{cross:?}"
+    );
+    assert!(
+        cross.contains(&"a photo of some crosses.".to_string()),
+        "{cross:?}"
     );
     for _ in 0..200 {
         let s = ds.recipe(Split::HeldOut, d.next()).attrs;

@@ -109,7 +109,7 @@ attribute!(
     /// What is drawn. All ten stay distinguishable at 32 px for medium and large sizes.
     Shape, shape_names, SHAPE_NAMES,
     [Circle = "circle", Square = "square", Triangle = "triangle", Star = "star", Cross = "cross",
-     Hexagon = "hexagon", Diamond = "diamond", Heart = "heart", Ring = "ring",
+     Arrow = "arrow", Diamond = "diamond", Heart = "heart", Ring = "ring",
      Crescent = "crescent"]
 );
 attribute!(
@@ -119,7 +119,7 @@ attribute!(
      Blue = "blue", Purple = "purple", Pink = "pink", Brown = "brown", White = "white"]
 );
 attribute!(
-    /// Radius as a fraction of the image side: 0.15, 0.21, 0.29. `Large` only for one object.
+    /// Radius as a fraction of the image side: 0.18, 0.21, 0.29. `Large` only for one object.
     Size, size_names, SIZE_NAMES,
     [Small = "small", Medium = "medium", Large = "large"]
 );
@@ -149,7 +149,7 @@ const PLURALS: &[&str] = &[
     "triangles",
     "stars",
     "crosses",
-    "hexagons",
+    "arrows",
     "diamonds",
     "hearts",
     "rings",
@@ -216,7 +216,7 @@ impl Background {
 impl Size {
     /// The object's radius as a fraction of the image side (before a ±7% jitter).
     pub fn radius_fraction(self) -> f32 {
-        [0.15, 0.21, 0.29][self as usize]
+        [0.18, 0.21, 0.29][self as usize]
     }
 }
 
@@ -266,7 +266,10 @@ impl Task {
         }
     }
     /// The prompt templates for prompt ensembling: `{}` is the class name, `{a}` the class name
-    /// with its article ("an orange"), `{s}` the plural "s" of count classes ("" for one).
+    /// with its article ("an orange"), `{s}` the plural "s" of count classes ("" for one), `{p}`
+    /// a shape's plural noun ("crosses"). Half the synthetic images hold several objects and are
+    /// captioned with the plural noun, which the text tower learns as a token of its own, so every
+    /// shape template comes in both numbers.
     pub fn prompt_templates(self) -> &'static [&'static str] {
         match self {
             Task::Shape => &[
@@ -275,6 +278,11 @@ impl Task {
                 "an image showing {a}.",
                 "a drawing of {a}.",
                 "there is {a} in the picture.",
+                "a photo of some {p}.",
+                "{p} on a plain background.",
+                "an image showing some {p}.",
+                "a drawing of some {p}.",
+                "there are {p} in the picture.",
             ],
             Task::Colour => &[
                 "a photo of {a} shape.",
@@ -312,10 +320,15 @@ impl Task {
         } else {
             ""
         };
+        let plural_noun = match self {
+            Task::Shape => Shape::ALL[class].noun(2),
+            _ => name,
+        };
         self.prompt_templates()
             .iter()
             .map(|t| {
-                t.replace("{a}", &caption::with_article(name))
+                t.replace("{p}", plural_noun)
+                    .replace("{a}", &caption::with_article(name))
                     .replace("{s}", plural)
                     .replace("{}", name)
             })

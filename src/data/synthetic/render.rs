@@ -52,7 +52,7 @@ fn edges(v: Vec<[f32; 2]>) -> Vec<Edge> {
 struct Polygons {
     triangle: Vec<Edge>,
     square: Vec<Edge>,
-    hexagon: Vec<Edge>,
+    arrow: Vec<Edge>,
     star: Vec<Edge>,
     cross: Vec<Edge>,
     diamond: Vec<Edge>,
@@ -105,7 +105,16 @@ fn polygons() -> &'static Polygons {
         Polygons {
             triangle: regular(3, 0.98, up),
             square: regular(4, 0.98, up + PI / 4.0),
-            hexagon: regular(6, 0.98, 0.0),
+            // A long shaft under a short head, so that the head alone never reads as a triangle.
+            arrow: edges(vec![
+                [0.0, -0.96],
+                [0.56, -0.4],
+                [0.2, -0.4],
+                [0.2, 0.94],
+                [-0.2, 0.94],
+                [-0.2, -0.4],
+                [-0.56, -0.4],
+            ]),
             star: edges(star),
             cross: edges(cross),
             diamond: edges(vec![[0.0, -0.98], [0.62, 0.0], [0.0, 0.98], [-0.62, 0.0]]),
@@ -162,7 +171,7 @@ impl Geometry {
             Shape::Triangle => Geometry::Polygon(&p.triangle),
             Shape::Star => Geometry::Polygon(&p.star),
             Shape::Cross => Geometry::Polygon(&p.cross),
-            Shape::Hexagon => Geometry::Polygon(&p.hexagon),
+            Shape::Arrow => Geometry::Polygon(&p.arrow),
             Shape::Diamond => Geometry::Polygon(&p.diamond),
         }
     }
@@ -173,7 +182,7 @@ impl Geometry {
             Geometry::Circle => sd_circle(x, y, 0.0, 0.0, 0.9),
             Geometry::Ring => (sd_circle(x, y, 0.0, 0.0, 0.76)).abs() - 0.22,
             Geometry::Crescent => {
-                sd_circle(x, y, 0.0, 0.0, 0.95).max(-sd_circle(x, y, 0.5, -0.14, 0.72))
+                sd_circle(x, y, 0.0, 0.0, 0.95).max(-sd_circle(x, y, 0.45, -0.12, 0.8))
             }
             Geometry::Heart(body) => {
                 let (h, c) = (HEART_H, HEART_C);
