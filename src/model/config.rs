@@ -137,6 +137,10 @@ const BUILTIN: &[(&str, &str)] = &[
         "synthetic-tiny",
         include_str!("../../assets/models/synthetic-tiny.json"),
     ),
+    (
+        "synthetic-rn",
+        include_str!("../../assets/models/synthetic-rn.json"),
+    ),
 ];
 
 /// Keys (per section) whose non-default values change the architecture in ways not implemented.

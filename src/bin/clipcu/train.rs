@@ -11,23 +11,25 @@ use std::time::Instant;
 
 #[derive(clap::Args, Clone)]
 pub struct TrainArgs {
-    /// Model config: a shipped name or a JSON file.
-    #[arg(long, default_value = "synthetic-tiny")]
+    /// Model config: a shipped name or a JSON file. The default, synthetic-rn, is a small
+    /// ModifiedResNet CLIP sized for the synthetic main job (docs/perf.md: why a CNN).
+    #[arg(long, default_value = "synthetic-rn")]
     pub config: String,
     /// Training data: a WebDataset shard or brace pattern, a CSV/TSV, or nothing for the
     /// embedded synthetic dataset.
     #[arg(long)]
     pub data: Option<String>,
-    #[arg(long, default_value_t = 128)]
+    /// Pairs per step (the synthetic default: 64 — more steps for the same samples learn shape
+    /// faster on two cores, docs/perf.md).
+    #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
     /// Micro-batch size for gradient accumulation (the loss still spans the whole batch).
     #[arg(long, default_value_t = 0)]
     pub micro_batch: usize,
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 5500)]
     pub steps: usize,
-    /// Peak learning rate (open_clip's default; the comparison on the synthetic default is in
-    /// docs/perf.md).
-    #[arg(long, default_value_t = 5e-4)]
+    /// Peak learning rate (the comparison on the synthetic default is in docs/perf.md).
+    #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
     #[arg(long, default_value_t = 0.1)]
     pub wd: f64,
@@ -51,7 +53,7 @@ pub struct TrainArgs {
     pub device: String,
     #[arg(long, default_value_t = 200)]
     pub checkpoint_every: usize,
-    #[arg(long, default_value_t = 250)]
+    #[arg(long, default_value_t = 1000)]
     pub eval_every: usize,
     #[arg(long, default_value_t = 1000)]
     pub eval_samples: usize,
