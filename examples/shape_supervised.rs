@@ -120,25 +120,26 @@ fn main() -> clipcu::Result<()> {
                 .collect::<Vec<_>>()
         );
     }
-    for size in ["small", "medium", "large"] {
-        let idx: Vec<usize> = (0..s.len())
-            .filter(|&i| s[i].attrs.size.name() == size)
-            .collect();
+    // accuracy over the samples that `keep` selects
+    let acc_where = |keep: &dyn Fn(&Sample) -> bool| {
+        let idx: Vec<usize> = (0..s.len()).filter(|&i| keep(&s[i])).collect();
         let hits = idx
             .iter()
             .filter(|&&i| pred[i] == s[i].attrs.shape.index())
             .count();
-        println!("{size:7} {:5.1}%", 100.0 * hits as f32 / idx.len() as f32);
+        100.0 * hits as f32 / idx.len() as f32
+    };
+    for size in ["small", "medium", "large"] {
+        println!(
+            "{size:7} {:5.1}%",
+            acc_where(&|x| x.attrs.size.name() == size)
+        );
     }
     for tex in clipcu::data::synthetic::texture_names() {
-        let idx: Vec<usize> = (0..s.len())
-            .filter(|&i| s[i].attrs.texture.name() == *tex)
-            .collect();
-        let hits = idx
-            .iter()
-            .filter(|&&i| pred[i] == s[i].attrs.shape.index())
-            .count();
-        println!("{tex:10} {:5.1}%", 100.0 * hits as f32 / idx.len() as f32);
+        println!(
+            "{tex:10} {:5.1}%",
+            acc_where(&|x| x.attrs.texture.name() == *tex)
+        );
     }
     Ok(())
 }

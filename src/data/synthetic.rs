@@ -626,10 +626,7 @@ impl Synthetic {
 
     /// Samples `start..start + n` of `split`, rendered in parallel (rayon), in index order.
     pub fn batch(&self, split: Split, start: u64, n: usize) -> Vec<Sample> {
-        (start..start + n as u64)
-            .into_par_iter()
-            .map(|i| self.sample(split, i))
-            .collect()
+        self.grouped_batch(split, start, n, 1)
     }
 
     /// The samples at `indices` of `split`, rendered in parallel (rayon), in the given order.

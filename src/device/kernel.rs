@@ -61,9 +61,9 @@ impl DeviceBuf {
             data,
         })
     }
-    /// f32 output with the shape and device of `t`.
+    /// An output with the shape, dtype and device of `t`.
     pub fn like(t: &Tensor) -> Result<DeviceBuf> {
-        DeviceBuf::f32(t.device(), t.shape())
+        DeviceBuf::typed(t.device(), t.shape(), t.dtype())
     }
     /// Host i32 values (token ids, indices) made readable by kernels on `device`.
     pub fn from_i32(device: Device, values: &[i32]) -> Result<DeviceBuf> {

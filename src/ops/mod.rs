@@ -20,6 +20,24 @@ pub mod unary;
 
 use crate::{Device, Result, Tensor};
 
+/// An output buffer that parallel tasks fill in disjoint parts (the fused inference kernels:
+/// each task owns its own block of elements), shared as a raw pointer.
+#[derive(Clone, Copy)]
+pub(crate) struct OutPtr(*mut f32);
+// SAFETY: users hand each task a disjoint set of elements; nothing reads what another task writes.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    pub(crate) fn new(out: &mut Vec<f32>) -> OutPtr {
+        OutPtr(out.as_mut_ptr())
+    }
+    /// The address of element `i` (not dereferenced here).
+    pub(crate) fn at(self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
+}
+
 /// The contiguous f32 data of a CPU tensor, or the op's error for other devices/dtypes.
 pub(crate) fn cpu_input(op: &'static str, t: &Tensor) -> Result<Tensor> {
     match t.device() {

@@ -6,67 +6,14 @@
 //! see columns ≤ their own, as `softmax`), `out = P·v` (a second GEMM). The (batch, head) pairs
 //! run in parallel, one thread each; the arithmetic per element is that of the recorded path.
 
+use crate::ops::matmul::cpu::gemm_raw;
+use crate::ops::OutPtr;
 use rayon::prelude::*;
 use std::cell::RefCell;
 
 thread_local! {
     /// The T×T scores of the current head.
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
-/// A pointer that tasks writing disjoint columns of one output may share.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: each (batch, head) task writes only its own rows × head columns.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    fn at(self, i: usize) -> *mut f32 {
-        self.0.wrapping_add(i)
-    }
-}
-
-/// `dst[i, j] = beta·Σ_e lhs[i, e]·rhs[e, j]` (overwriting dst) with every operand given by its
-/// row and column strides.
-///
-/// # Safety
-/// Every element the strides address for `i < m`, `j < n`, `e < k` must be inside its buffer,
-/// and `dst`'s must be writable by this call alone.
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_strided(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: *mut f32,
-    dst_rs: usize,
-    lhs: *const f32,
-    (lhs_rs, lhs_cs): (usize, usize),
-    rhs: *const f32,
-    (rhs_rs, rhs_cs): (usize, usize),
-    beta: f32,
-) {
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst,
-        1,
-        dst_rs as isize,
-        false,
-        lhs,
-        lhs_cs as isize,
-        lhs_rs as isize,
-        rhs,
-        rhs_cs as isize,
-        rhs_rs as isize,
-        0.0f32,
-        beta,
-        false,
-        false,
-        false,
-        gemm::Parallelism::None,
-    );
 }
 
 /// Attention of `qkv` [B·T, 3·H·Dh] → [B·T, H·Dh]; see the module doc.
@@ -77,7 +24,7 @@ pub fn forward(qkv: &[f32], b: usize, t: usize, h: usize, dh: usize, causal: boo
     if len == 0 {
         return out;
     }
-    let dst = OutPtr(out.as_mut_ptr());
+    let dst = OutPtr::new(&mut out);
     let scale = 1.0 / (dh as f32).sqrt();
     (0..b * h).into_par_iter().for_each(|bh| {
         let (bi, hi) = (bh / h, bh % h);
@@ -94,7 +41,7 @@ pub fn forward(qkv: &[f32], b: usize, t: usize, h: usize, dh: usize, causal: boo
             let s = &mut s[..t * t];
             // SAFETY: q, k, v rows are 3·D apart with Dh columns each inside `rows`; s is t×t.
             unsafe {
-                gemm_strided(
+                gemm_raw(
                     t,
                     t,
                     dh,
@@ -121,7 +68,7 @@ pub fn forward(qkv: &[f32], b: usize, t: usize, h: usize, dh: usize, causal: boo
             }
             // SAFETY: this task's output is rows bi·T.., columns hi·Dh.. (Dh wide, D apart).
             unsafe {
-                gemm_strided(
+                gemm_raw(
                     t,
                     dh,
                     t,

@@ -147,10 +147,9 @@ fn eval_forward(
     if runs_kernels(x.device()) {
         // rstd from the running variance as the CPU computes it (f64), then the apply kernel
         let c = rv.numel();
-        let rstd: Vec<f32> = rv
-            .to_vec()
+        let rstd: Vec<f32> = running_rstd(&rv.to_vec(), eps)
             .iter()
-            .map(|&v| (1.0 / (v as f64 + eps as f64).sqrt()) as f32)
+            .map(|&r| r as f32)
             .collect();
         let rstd = Tensor::from_f32(rstd, &[c]).to_device(x.device())?;
         let mean = rm.contiguous();
@@ -160,12 +159,17 @@ fn eval_forward(
     let (x, w, b) = (cpu_input(OP, x)?, cpu_input(OP, w)?, cpu_input(OP, b)?);
     let (rm, rv) = (cpu_input(OP, rm)?, cpu_input(OP, rv)?);
     let mean: Vec<f64> = rm.f32s(OP)?.iter().map(|&v| v as f64).collect();
-    let rstd: Vec<f64> = rv
-        .f32s(OP)?
+    let rstd = running_rstd(rv.f32s(OP)?, eps);
+    apply(&x, &w, &b, &mean, &rstd, hw)
+}
+
+/// `1/√(running var + eps)` per channel, in f64: what eval mode normalises by, on every device
+/// and in the fused inference path.
+fn running_rstd(running_var: &[f32], eps: f32) -> Vec<f64> {
+    running_var
         .iter()
         .map(|&v| 1.0 / (v as f64 + eps as f64).sqrt())
-        .collect();
-    apply(&x, &w, &b, &mean, &rstd, hw)
+        .collect()
 }
 
 /// Eval-mode BatchNorm as the per-channel affine map `y = (x − mean)·scale + shift` that
@@ -193,11 +197,7 @@ pub fn eval_affine(
     }
     let (w, b) = (cpu_input(OP, weight)?, cpu_input(OP, bias)?);
     let (rm, rv) = (cpu_input(OP, running_mean)?, cpu_input(OP, running_var)?);
-    let rstd: Vec<f64> = rv
-        .f32s(OP)?
-        .iter()
-        .map(|&v| 1.0 / (v as f64 + eps as f64).sqrt())
-        .collect();
+    let rstd = running_rstd(rv.f32s(OP)?, eps);
     let scale = w
         .f32s(OP)?
         .iter()

@@ -21,15 +21,18 @@ fn is_row_broadcast(big: &[usize], small: &[usize]) -> bool {
     small.len() <= big.len() && big.ends_with(&trimmed)
 }
 
-/// `a + b`: same shapes, or one operand a row-broadcast of the other.
+/// `a + b`: same shapes, or one operand a row-broadcast of the other. f32, or 16-bit operands of
+/// one dtype (the bias-add kernel's f16/bf16 instantiations; equal shapes are a bias of one row).
 pub(crate) fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let op = "add";
     let device = kernel::kernel_device(op, &[a, b])?;
-    if a.dtype() != DType::F32 || b.dtype() != DType::F32 {
-        return add_bias_16(a, b);
-    }
-    let (a, b) = (kernel::f32_input(op, a)?, kernel::f32_input(op, b)?);
-    if a.shape() == b.shape() {
+    let f32 = a.dtype() == DType::F32 && b.dtype() == DType::F32;
+    let (a, b) = if f32 {
+        (kernel::f32_input(op, a)?, kernel::f32_input(op, b)?)
+    } else {
+        (kernel::typed_input(op, a)?, kernel::typed_input(op, b)?)
+    };
+    if f32 && a.shape() == b.shape() {
         let n = kernel::i32_len(op, a.numel())?;
         let mut out = DeviceBuf::like(&a)?;
         // SAFETY: all three buffers hold n elements; the kernel touches indices < n.
@@ -49,30 +52,36 @@ pub(crate) fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
         }?;
         return out.into_tensor();
     }
-    let (x, bias) = if is_row_broadcast(a.shape(), b.shape()) {
-        (&a, &b)
+    let pair = if a.dtype() != b.dtype() {
+        None
+    } else if is_row_broadcast(a.shape(), b.shape()) {
+        Some((&a, &b))
     } else if is_row_broadcast(b.shape(), a.shape()) {
-        (&b, &a)
+        Some((&b, &a))
     } else {
-        return Err(Error::Device {
-            op,
-            msg: format!(
-                "{:?} + {:?}: kernels add equal shapes or a trailing-dims operand over rows \
-                 (not implemented on device {device} for this broadcast)",
-                a.shape(),
-                b.shape()
-            ),
-        });
+        None
     };
+    let (x, bias) = pair.ok_or_else(|| Error::Device {
+        op,
+        msg: format!(
+            "{:?} {} + {:?} {}: kernels add equal shapes, or a same-dtype trailing-dims operand \
+             over rows (not implemented on device {device} for these operands)",
+            a.shape(),
+            a.dtype(),
+            b.shape(),
+            b.dtype()
+        ),
+    })?;
     let d = bias.numel();
     let rows = kernel::rows_of(op, x, d)?;
     let mut out = DeviceBuf::like(x)?;
+    let name = format!("add_bias_fwd_{}", kernel::dtype_suffix(x.dtype()));
     // SAFETY: out and x hold rows·d elements, bias d; the kernel touches indices < rows·d.
     unsafe {
         kernel::launch(
             device,
             MODULE,
-            "add_bias_fwd_f32",
+            &name,
             LaunchConfig::for_elements(x.numel(), THREADS),
             &mut [
                 KernelArg::Out(&mut out),
@@ -213,54 +222,6 @@ pub(crate) fn div_grad_b(g: &Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
                 KernelArg::I32(n),
                 KernelArg::I32(na),
                 KernelArg::I32(nb),
-            ],
-        )
-    }?;
-    out.into_tensor()
-}
-
-/// `x + bias` for 16-bit operands of one dtype, the bias a trailing-dims block of x (either side).
-fn add_bias_16(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let op = "add";
-    let (a, b) = (kernel::typed_input(op, a)?, kernel::typed_input(op, b)?);
-    let (x, bias) = if is_row_broadcast(a.shape(), b.shape()) && a.numel() >= b.numel() {
-        (&a, &b)
-    } else if is_row_broadcast(b.shape(), a.shape()) {
-        (&b, &a)
-    } else {
-        (&a, &b) // rejected below with both shapes
-    };
-    if a.dtype() != b.dtype() || !is_row_broadcast(x.shape(), bias.shape()) {
-        return Err(Error::Device {
-            op,
-            msg: format!(
-                "{:?} {} + {:?} {}: 16-bit kernels add a same-dtype trailing-dims bias over rows \
-                 (not implemented on device {} for these operands)",
-                a.shape(),
-                a.dtype(),
-                b.shape(),
-                b.dtype(),
-                a.device()
-            ),
-        });
-    }
-    let d = bias.numel();
-    let rows = kernel::rows_of(op, x, d)?;
-    let mut out = DeviceBuf::typed(x.device(), x.shape(), x.dtype())?;
-    let name = format!("add_bias_fwd_{}", kernel::dtype_suffix(x.dtype()));
-    // SAFETY: out and x hold rows·d elements, bias d; the kernel touches indices < rows·d.
-    unsafe {
-        kernel::launch(
-            x.device(),
-            MODULE,
-            &name,
-            LaunchConfig::for_elements(x.numel(), THREADS),
-            &mut [
-                KernelArg::Out(&mut out),
-                KernelArg::In(x),
-                KernelArg::In(bias),
-                KernelArg::I32(rows as i32),
-                KernelArg::I32(d as i32),
             ],
         )
     }?;

@@ -15,6 +15,7 @@
 
 use super::cpu::{valid_range, Geom};
 use crate::ops::matmul::cpu::sgemm_strided;
+use crate::ops::OutPtr;
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -35,13 +36,6 @@ thread_local! {
     /// (im2col block, GEMM output block) scratch, reused across calls on this thread.
     static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
-
-/// A pointer that tasks writing disjoint parts of one output may share.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: every task writes a disjoint set of elements (its own columns) of the output.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
 
 /// im2col of output columns `q0..q0 + nb` of the whole batch (column `q` is image `q / P`,
 /// position `q % P`) into `col` [K, nb]; every element is written.
@@ -118,7 +112,7 @@ pub fn forward(x: &[f32], w: &[f32], g: &Geom, epi: &Epilogue) -> Vec<f32> {
     if len == 0 {
         return out;
     }
-    let dst = OutPtr(out.as_mut_ptr());
+    let dst = OutPtr::new(&mut out);
     blocks(g).into_par_iter().for_each(|(q0, cols)| {
         SCRATCH.with_borrow_mut(|(col, acc)| {
             if acc.len() < o * cols {
@@ -158,8 +152,8 @@ fn epilogue(acc: &[f32], g: &Geom, q0: usize, cols: usize, epi: &Epilogue, dst: 
         for o in 0..g.o {
             let src = &acc[o * cols + (q - q0)..][..run];
             let at = (img * g.o + o) * p + pos;
-            // SAFETY: `at..at + run` is inside the output and belongs to this block alone.
-            let out = unsafe { dst.0.add(at) };
+            // `at..at + run` is inside the output and belongs to this block alone (affine_run writes it)
+            let out = dst.at(at);
             let (mu, sc, sh) = (epi.mean[o], epi.scale[o], epi.shift[o]);
             let res = epi.residual.map(|r| &r[at..at + run]);
             match (res, epi.relu) {

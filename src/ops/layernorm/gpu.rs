@@ -31,7 +31,7 @@ pub(crate) fn forward(
     );
     let d = w.numel();
     let rows = kernel::rows_of(op, &x, d)?;
-    let mut y = DeviceBuf::typed(device, x.shape(), x.dtype())?;
+    let mut y = DeviceBuf::like(&x)?;
     let mut mean = DeviceBuf::f32(device, &[rows])?;
     let mut rstd = DeviceBuf::f32(device, &[rows])?;
     let name = format!("layernorm_fwd_{}", kernel::dtype_suffix(x.dtype()));

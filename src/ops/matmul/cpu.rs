@@ -103,28 +103,62 @@ pub fn sgemm_strided(
     }
     // SAFETY: the asserts above bound every element the strides address.
     unsafe {
-        gemm::gemm(
+        gemm_raw(
             m,
             n,
             k,
             c.as_mut_ptr(),
-            1,
-            ldc as isize,
-            false,
+            ldc,
             a.as_ptr(),
-            1,
-            lda as isize,
+            (lda, 1),
             b.as_ptr(),
-            1,
-            ldb as isize,
-            1.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            Parallelism::None,
-        );
+            (ldb, 1),
+            1.0,
+        )
     }
+}
+
+/// `dst[i, j] = beta·Σ_e lhs[i, e]·rhs[e, j]` (overwriting dst) with every operand given by
+/// pointer and (row, column) strides, on one thread: for callers whose tasks write disjoint
+/// parts of one output in parallel, or read an operand transposed in place.
+///
+/// # Safety
+/// Every element the strides address for `i < m`, `j < n`, `e < k` must be inside its buffer,
+/// and `dst`'s must be writable by this call alone.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_raw(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    lhs: *const f32,
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: *const f32,
+    (rhs_rs, rhs_cs): (usize, usize),
+    beta: f32,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        false,
+        lhs,
+        lhs_cs as isize,
+        lhs_rs as isize,
+        rhs,
+        rhs_cs as isize,
+        rhs_rs as isize,
+        0.0f32,
+        beta,
+        false,
+        false,
+        false,
+        Parallelism::None,
+    );
 }
 
 /// `batch` independent problems; `a_step`/`b_step` are the element offsets between consecutive

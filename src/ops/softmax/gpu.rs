@@ -16,7 +16,7 @@ pub(crate) fn forward(x: &Tensor, causal: bool) -> Result<Tensor> {
     let x = kernel::typed_input(op, x)?;
     let n = *x.shape().last().unwrap_or(&1);
     let rows = kernel::rows_of(op, &x, n)?;
-    let mut y = DeviceBuf::typed(x.device(), x.shape(), x.dtype())?;
+    let mut y = DeviceBuf::like(&x)?;
     let name = format!("softmax_fwd_{}", kernel::dtype_suffix(x.dtype()));
     // SAFETY: x and y hold rows·n elements; warps past `rows` do nothing.
     unsafe {
@@ -54,7 +54,7 @@ pub(crate) fn backward(y: &Tensor, dy: &Tensor) -> Result<Tensor> {
     }
     let n = *y.shape().last().unwrap_or(&1);
     let rows = kernel::rows_of(op, &y, n)?;
-    let mut dx = DeviceBuf::typed(device, y.shape(), y.dtype())?;
+    let mut dx = DeviceBuf::like(&y)?;
     let name = format!("softmax_bwd_{}", kernel::dtype_suffix(y.dtype()));
     // SAFETY: all three buffers hold rows·n elements.
     unsafe {

@@ -56,7 +56,7 @@ pub(crate) fn forward(kind: UnaryKind, x: &Tensor) -> Result<Tensor> {
         UnaryKind::Log => "log_fwd_f32",
         UnaryKind::Sigmoid => "sigmoid_fwd_f32",
         UnaryKind::Scale(c) => return scale(&x, c),
-        UnaryKind::Gelu => return gelu_typed(&x, None),
+        UnaryKind::Gelu => unreachable!("GELU is launched by gelu_typed above"),
     };
     // SAFETY: `out` and `x` hold n elements; the kernel touches indices < n.
     unsafe {
@@ -169,7 +169,7 @@ fn gelu_typed(x: &Tensor, dy: Option<&Tensor>) -> Result<Tensor> {
         }
     }
     let n = kernel::i32_len(op, x.numel())?;
-    let mut out = DeviceBuf::typed(x.device(), x.shape(), x.dtype())?;
+    let mut out = DeviceBuf::like(&x)?;
     let suffix = kernel::dtype_suffix(x.dtype());
     let cfg = LaunchConfig::for_elements(n as usize, THREADS);
     // SAFETY: out, x (and dy) hold n elements of the kernel's type; indices < n.
