@@ -24,7 +24,7 @@ impl<'m> Graph<'m> {
             let xs: Vec<Var> = inputs.iter().map(|v| (*v).clone()).collect();
             return block(self, &xs);
         }
-        let quiet = Graph::inference();
+        let quiet = Graph::quiet();
         let xs: Vec<Var> = inputs
             .iter()
             .map(|v| quiet.constant(v.tensor().clone()))

@@ -72,6 +72,9 @@ pub struct Graph<'m> {
     recording: bool,
     /// Set on the graph that re-runs a checkpointed block in backward.
     recomputing: bool,
+    /// Inference-only fast paths allowed (`Graph::inference`); off on the quiet graph of a
+    /// checkpointed forward, whose values must be those the recording recomputation gives.
+    fast_inference: bool,
     tape: RefCell<Tape<'m>>,
 }
 
@@ -99,21 +102,41 @@ impl<'m> Graph<'m> {
         Graph {
             recording: true,
             recomputing: false,
+            fast_inference: false,
             tape: RefCell::new(Tape::default()),
         }
     }
 
-    /// A graph that records nothing: ops just compute.
+    /// A graph that records nothing: ops just compute, through the inference fast paths (fused
+    /// attention, cached transposed weights, fused conv + BatchNorm) where a layer has them.
     pub fn inference() -> Self {
         Graph {
             recording: false,
             recomputing: false,
+            fast_inference: true,
+            tape: RefCell::new(Tape::default()),
+        }
+    }
+
+    /// A graph that records nothing and computes exactly as a recording graph does (no inference
+    /// fast paths, whose rounding differs): the forward of a checkpointed block, whose output must
+    /// equal what its recomputation in backward feeds the gradients.
+    pub(crate) fn quiet() -> Self {
+        Graph {
+            recording: false,
+            recomputing: false,
+            fast_inference: false,
             tape: RefCell::new(Tape::default()),
         }
     }
 
     pub fn is_recording(&self) -> bool {
         self.recording
+    }
+
+    /// Whether layers may take their inference-only fast paths (see [`Graph::inference`]).
+    pub fn fast_inference(&self) -> bool {
+        self.fast_inference
     }
 
     /// True while a checkpointed block is being re-run in backward. Ops with side effects

@@ -35,7 +35,7 @@ impl ConvBn {
     /// `relu?(bn(conv(x)) [+ residual])`. In eval mode with nothing recorded on the CPU, one
     /// fused pass (`ops::conv2d::conv2d_bn_eval`); otherwise the separate ops, with their backward.
     fn forward(&self, g: &Graph<'_>, x: &Var, residual: Option<&Var>, relu: bool) -> Result<Var> {
-        if !g.is_recording() && !self.bn.training && x.tensor().device() == Device::Cpu {
+        if g.fast_inference() && !self.bn.training && x.tensor().device() == Device::Cpu {
             let bn = &self.bn;
             let (mean, scale, shift) = batchnorm::eval_affine(
                 &bn.weight.value(),

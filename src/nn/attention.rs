@@ -43,7 +43,7 @@ impl MultiheadAttention {
         let (h, dh) = (self.heads, d / self.heads);
         let x2 = g.reshape(x, [b * t, d])?;
         let qkv = super::linear::project(g, &x2, &self.in_proj_weight, Some(&self.in_proj_bias))?;
-        if !g.is_recording() && x.tensor().device() == Device::Cpu {
+        if g.fast_inference() && x.tensor().device() == Device::Cpu {
             // inference: heads read from and written to their columns in place
             let o = crate::ops::attention::attention_qkv(qkv.tensor(), b, h, causal)?;
             return self.out_proj.forward(g, &g.constant(o.reshape([b, t, d])?));

@@ -62,7 +62,7 @@ impl Module for Linear {
 /// or, on a CPU graph that records nothing, the same product from W's cached transpose
 /// (`Param::transposed`), which spares the GEMM a repacking of W on every call.
 pub(crate) fn project(g: &Graph<'_>, x: &Var, weight: &Param, bias: Option<&Param>) -> Result<Var> {
-    if !g.is_recording() && x.tensor().device() == Device::Cpu {
+    if g.fast_inference() && x.tensor().device() == Device::Cpu {
         let b = bias.map(|b| b.value());
         let y = crate::ops::matmul::linear_wt(x.tensor(), &weight.transposed()?, b.as_ref())?;
         return Ok(g.constant(y));
