@@ -236,17 +236,30 @@ impl Trainer {
         }
     }
 
-    /// One optimisation step.
+    /// One optimisation step on the run's next batch.
     pub fn train_step(&mut self) -> Result<StepLog> {
         let start = Instant::now();
         let ctx = self.model.config.text_cfg.context_length;
         let (images, ids) = self.data.next_batch(self.config.batch_size, ctx)?;
+        self.train_step_on(&images, &ids, start)
+    }
+
+    /// One optimisation step on a given batch (images [N, 3, S, S], token rows [N, T]): what
+    /// [`Trainer::train_step`] does after fetching its batch — forward/backward in micro-batches,
+    /// clipping, AdamW at this step's learning rate, the `logit_scale` clamp. `started` is when the
+    /// step began (for pairs/s). Public so that tests can drive the real step on fixture batches.
+    pub fn train_step_on(
+        &mut self,
+        images: &Tensor,
+        ids: &[u32],
+        started: Instant,
+    ) -> Result<StepLog> {
         let micro = if self.config.micro_batch == 0 {
             self.config.batch_size
         } else {
             self.config.micro_batch
         };
-        let stats = contrastive_forward_backward(&self.model, &images, &ids, micro)?;
+        let stats = contrastive_forward_backward(&self.model, images, ids, micro)?;
         if !stats.loss.is_finite() {
             return Err(Error::Msg(format!(
                 "step {}: the loss is {} — lower --lr or add --grad-clip",
@@ -275,7 +288,7 @@ impl Trainer {
             i2t_acc: stats.image_to_text_acc,
             t2i_acc: stats.text_to_image_acc,
             grad_norm,
-            pairs_per_s: self.config.batch_size as f64 / start.elapsed().as_secs_f64(),
+            pairs_per_s: images.shape()[0] as f64 / started.elapsed().as_secs_f64(),
         })
     }
 
