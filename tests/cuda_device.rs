@@ -9,6 +9,8 @@
 //! of those tests writes `skipped: no CUDA device (reason)` straight to stderr (visible without
 //! `--nocapture`) and returns: it is a skip, not a pass.
 
+mod common;
+
 use clipcu::device::cuda::alloc::{size_class, CachingAllocator, RawAllocError, RawAllocator};
 use clipcu::device::cuda::gemm::{plan, CublasGemm, GemmArgs, RowMajorGemm};
 use clipcu::device::cuda::{self, CudaBackend};
@@ -28,7 +30,8 @@ fn seed() -> u64 {
 
 // ---- the probe, without a GPU ---------------------------------------------------------------
 
-/// The backend, or `None` after printing a visible skip line for `test`.
+/// The backend, or `None` after printing a visible skip line for `test` and counting the skip
+/// (reported at exit); under `CLIPCU_REQUIRE_CUDA=1` a failed start fails the test instead.
 fn gpu_or_skip(test: &str) -> Option<Arc<CudaBackend>> {
     match CudaBackend::get(0) {
         Ok(b) => Some(b),
@@ -38,6 +41,7 @@ fn gpu_or_skip(test: &str) -> Option<Arc<CudaBackend>> {
                 std::io::stderr(),
                 "test {test}: skipped: no CUDA device ({e})"
             );
+            common::skip_cuda_run(&e.to_string());
             None
         }
     }

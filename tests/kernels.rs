@@ -17,18 +17,9 @@ const SIZES: [usize; 6] = [1, 7, 50, 77, 197, 1000];
 /// f32 tolerance (DESIGN §7): ‖out − ref‖ / ‖ref‖.
 const TOL_F32: f64 = 1e-5;
 
-fn kernel_devices() -> Vec<Device> {
-    let mut devices = vec![Device::Emu];
-    match Device::Cuda(0).ensure_available() {
-        Ok(()) => devices.push(Device::Cuda(0)),
-        Err(e) => eprintln!("kernel tests: cuda:0 SKIPPED ({e})"),
-    }
-    devices
-}
-
 #[test]
 fn gelu_fwd_matches_cpu() {
-    for device in kernel_devices() {
+    common::on_each_kernel_device(|device, tag| {
         for n in SIZES {
             let seed = common::fresh_seed();
             // std 2: both tails of the erf and the region near 0 are exercised.
@@ -40,15 +31,15 @@ fn gelu_fwd_matches_cpu() {
             let err = out.rel_err(&reference);
             assert!(
                 err < TOL_F32,
-                "gelu_fwd_f32 on {device}, n={n}, seed={seed}: rel err {err}"
+                "gelu_fwd_f32 on {tag}, n={n}, seed={seed}: rel err {err}"
             );
         }
-    }
+    });
 }
 
 #[test]
 fn gelu_bwd_matches_cpu() {
-    for device in kernel_devices() {
+    common::on_each_kernel_device(|device, tag| {
         for n in SIZES {
             let seed = common::fresh_seed();
             let x = Tensor::randn([n], 2.0, seed);
@@ -60,22 +51,24 @@ fn gelu_bwd_matches_cpu() {
             let err = out.rel_err(&reference);
             assert!(
                 err < TOL_F32,
-                "gelu_bwd_f32 on {device}, n={n}, seed={seed}: rel err {err}"
+                "gelu_bwd_f32 on {tag}, n={n}, seed={seed}: rel err {err}"
             );
         }
-    }
+    });
 }
 
 #[test]
-fn gelu_on_emu_keeps_shape_of_nd_and_strided_inputs() {
-    let seed = common::fresh_seed();
-    let x = Tensor::randn([3, 5, 7], 1.5, seed);
-    let t = x.transpose(0, 2).unwrap(); // a non-contiguous view
-    let reference = gelu(&t).unwrap();
-    let out = gelu(&t.to_device(Device::Emu).unwrap()).unwrap();
-    assert_eq!(out.shape(), &[7, 5, 3]);
-    let err = out.rel_err(&reference);
-    assert!(err < TOL_F32, "seed={seed}: rel err {err}");
+fn gelu_keeps_shape_of_nd_and_strided_inputs() {
+    common::on_each_kernel_device(|device, tag| {
+        let seed = common::fresh_seed();
+        let x = Tensor::randn([3, 5, 7], 1.5, seed);
+        let t = x.transpose(0, 2).unwrap(); // a non-contiguous view
+        let reference = gelu(&t).unwrap();
+        let out = gelu(&t.to_device(device).unwrap()).unwrap();
+        assert_eq!(out.shape(), &[7, 5, 3]);
+        let err = out.rel_err(&reference);
+        assert!(err < TOL_F32, "{tag}, seed={seed}: rel err {err}");
+    });
 }
 
 #[test]

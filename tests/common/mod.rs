@@ -206,21 +206,31 @@ pub fn kernel_runs() -> Vec<(clipcu::Device, bool)> {
     let mut v = vec![(Device::Emu, false), (Device::Emu, true)];
     match Device::Cuda(0).ensure_available() {
         Ok(()) => v.push((Device::Cuda(0), false)),
-        Err(e) => {
-            if std::env::var("CLIPCU_REQUIRE_CUDA").is_ok_and(|v| !v.is_empty() && v != "0") {
-                panic!("CLIPCU_REQUIRE_CUDA is set but cuda:0 is unavailable: {e}");
-            }
-            eprintln!("kernel tests: cuda:0 SKIPPED ({e})");
-            static REGISTER: std::sync::Once = std::sync::Once::new();
-            // SAFETY: registers a plain extern "C" function with no captured state.
-            REGISTER.call_once(|| unsafe {
-                atexit(report_cuda_skips);
-            });
-            CUDA_SKIP_REASON.get_or_init(|| e.to_string());
-            CUDA_SKIPPED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }
+        Err(e) => skip_cuda_run(&e.to_string()),
     }
     v
+}
+
+/// Whether this run must have a GPU (`CLIPCU_REQUIRE_CUDA` set and not `0`: GPU machines,
+/// tools/gpu-check.sh), so that a skipped Cuda run is a failure.
+pub fn cuda_required() -> bool {
+    std::env::var("CLIPCU_REQUIRE_CUDA").is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// A test's Cuda run cannot happen (`reason`): a failure under [`cuda_required`], otherwise counted
+/// and reported at exit by [`report_cuda_skips`] — a skip, never a pass.
+pub fn skip_cuda_run(reason: &str) {
+    if cuda_required() {
+        panic!("CLIPCU_REQUIRE_CUDA is set but cuda:0 is unavailable: {reason}");
+    }
+    eprintln!("kernel tests: cuda:0 SKIPPED ({reason})");
+    static REGISTER: std::sync::Once = std::sync::Once::new();
+    // SAFETY: registers a plain extern "C" function with no captured state.
+    REGISTER.call_once(|| unsafe {
+        atexit(report_cuda_skips);
+    });
+    CUDA_SKIP_REASON.get_or_init(|| reason.to_string());
+    CUDA_SKIPPED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
 }
 
 /// Run `f(device, tag)` on every [`kernel_runs`] pair, with the emulator's lane order set.
