@@ -326,14 +326,35 @@ fn softmax_plain_and_causal() {
         Check::default(),
         |g, x| g.softmax(&x[0], false),
     );
-    // causal: row i sums to 1 over columns ≤ i and is exactly 0 after
-    let y = clipcu::ops::softmax::softmax(&randn(&[13, 13]), true)
-        .unwrap()
-        .to_vec();
-    for i in 0..13 {
-        let row = &y[i * 13..(i + 1) * 13];
-        assert!((row[..=i].iter().sum::<f32>() - 1.0).abs() < 1e-5);
-        assert!(row[i + 1..].iter().all(|&v| v == 0.0));
+    // Element by element against exp(x − max) / Σ exp(x − max) in f64 over the visible columns
+    // (all, or ≤ the row's index when causal), exactly 0 beyond; large logits too (std 30).
+    for (causal, shape) in [(false, [3usize, 77, 77]), (true, [2, 13, 13])] {
+        let seed = fresh_seed();
+        let x = Tensor::randn(shape, 30.0, seed);
+        let y = clipcu::ops::softmax::softmax(&x, causal).unwrap().to_vec();
+        let (t, xv) = (shape[2], x.to_vec());
+        for (r, row) in xv.chunks(t).enumerate() {
+            let vis = if causal { r % shape[1] + 1 } else { t };
+            let m = row[..vis]
+                .iter()
+                .fold(f64::NEG_INFINITY, |a, &b| a.max(b as f64));
+            let z: f64 = row[..vis].iter().map(|&v| (v as f64 - m).exp()).sum();
+            for (i, &v) in row.iter().enumerate() {
+                let got = y[r * t + i] as f64;
+                if i >= vis {
+                    assert_eq!(got, 0.0, "row {r} col {i}: masked (seed {seed})");
+                    continue;
+                }
+                // f32 rounds x − max, so the exponent carries up to ~|x − max|·2⁻²⁴ of error:
+                // the bound grows with it (and covers subnormal results by an absolute 1e-40).
+                let want = (v as f64 - m).exp() / z;
+                let rel = 1e-6 + 2.0 * f32::EPSILON as f64 * (v as f64 - m).abs();
+                assert!(
+                    (got - want).abs() <= rel * want + 1e-40,
+                    "causal {causal} row {r} col {i}: {got} vs {want} (seed {seed})"
+                );
+            }
+        }
     }
     assert!(clipcu::ops::softmax::softmax(&randn(&[3, 4]), true).is_err());
 }
@@ -468,12 +489,31 @@ fn l2_normalize() {
             |g, x| g.l2_normalize(&x[0]),
         );
     }
-    let y = clipcu::ops::normalize::l2_normalize(&randn(&[5, 50]))
-        .unwrap()
-        .to_vec();
-    for r in y.chunks(50) {
-        let n: f32 = r.iter().map(|v| v * v).sum::<f32>().sqrt();
-        assert!((n - 1.0).abs() < 1e-5);
+    // Element by element against x / max(‖x‖, eps) in f64, with a row scaled far down (below
+    // eps after squaring would underflow in f32) and an all-zero row (y = 0, not NaN).
+    let seed = fresh_seed();
+    let mut xv = Tensor::randn([6, 50], 3.0, seed).to_vec();
+    xv[50..100].iter_mut().for_each(|v| *v *= 1e-20);
+    xv[100..150].fill(0.0);
+    let x = Tensor::from_vec(xv.clone(), [6, 50]).unwrap();
+    let (y, norms) = clipcu::ops::normalize::l2_normalize_stats(&x).unwrap();
+    let (y, norms) = (y.to_vec(), norms.to_vec());
+    for (r, row) in xv.chunks(50).enumerate() {
+        let norm = row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
+        assert!(
+            (norms[r] as f64 - norm).abs() <= 1e-6 * norm,
+            "row {r}: norm {} vs {norm} (seed {seed})",
+            norms[r]
+        );
+        let denom = norm.max(clipcu::ops::normalize::L2_EPS as f64);
+        for (i, &v) in row.iter().enumerate() {
+            let want = v as f64 / denom;
+            let got = y[r * 50 + i] as f64;
+            assert!(
+                (got - want).abs() <= 2e-7 * want.abs() + 1e-30,
+                "row {r} col {i}: {got} vs {want} (seed {seed})"
+            );
+        }
     }
 }
 
