@@ -163,16 +163,35 @@ fn write_png(path: &std::path::Path, seed: u64) {
     img.save(path).unwrap();
 }
 
+/// The value printed after `label` on the line that contains it ("top-1 12.34%" → "12.34").
+fn printed_percent<'a>(line: &'a str, label: &str) -> &'a str {
+    let rest = &line[line
+        .find(label)
+        .unwrap_or_else(|| panic!("{label} in {line}"))
+        + label.len()..];
+    rest.trim_start().split('%').next().unwrap().trim()
+}
+
 #[test]
 fn zeroshot_and_retrieval_commands() {
     let dir = tmpdir();
-    let cfg = small_config(&dir);
-    for (c, n) in [("red_circle", 3), ("blue_square", 2)] {
+    let cfg_path = small_config(&dir);
+    // 7 classes, 23 images: top-5 of 7 is not 100% by construction
+    let classes = [
+        ("red_circle", 4),
+        ("blue_square", 3),
+        ("green_star", 3),
+        ("yellow_triangle", 3),
+        ("purple_ring", 3),
+        ("orange_arrow", 3),
+        ("white_diamond", 4),
+    ];
+    for (c, n) in classes {
         std::fs::create_dir_all(dir.join("folder").join(c)).unwrap();
         for i in 0..n {
             write_png(
                 &dir.join("folder").join(c).join(format!("{i}.png")),
-                i as u64 + c.len() as u64,
+                i as u64 * 131 + c.len() as u64 * 7 + c.as_bytes()[0] as u64,
             );
         }
     }
@@ -180,7 +199,7 @@ fn zeroshot_and_retrieval_commands() {
     let run = || {
         clipcu()
             .args(["zeroshot", "--config"])
-            .arg(&cfg)
+            .arg(&cfg_path)
             .arg("--data")
             .arg(dir.join("folder"))
             .args(["--templates", "simple", "--cache"])
@@ -194,14 +213,68 @@ fn zeroshot_and_retrieval_commands() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
-        text.contains("zero-shot on 5 images of 2 classes (7 templates)")
-            && text.contains("top-1")
-            && text.contains("top-5"),
+        text.contains("zero-shot on 23 images of 7 classes (7 templates)"),
         "{text}"
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("built"));
+
+    // The same evaluation through the library: the CLI's model (config, seed 0, eval mode), the
+    // folder's classes, every image classified; top-k counted here, not by the library's helper.
+    let cfg = ClipConfig::load(cfg_path.to_str().unwrap()).unwrap();
+    let mut model = Clip::new(&cfg, 0);
+    model.set_training(false);
+    let folder = clipcu::data::ImageFolder::open(dir.join("folder")).unwrap();
+    let names: Vec<String> = folder.classes.iter().map(|c| c.replace('_', " ")).collect();
+    let clf = clipcu::zeroshot::ZeroShotClassifier::build(
+        &model,
+        &names,
+        &clipcu::zeroshot::Templates::simple(),
+        64,
+    )
+    .unwrap();
+    let pre = clipcu::data::Preprocess::clip(cfg.vision_cfg.image_size);
+    let imgs: Vec<_> = folder
+        .samples
+        .iter()
+        .map(|(p, _)| clipcu::data::load_image(p).unwrap())
+        .collect();
+    let g = Graph::inference();
+    let feats = model
+        .encode_image(&g, &g.constant(pre.batch(&imgs).unwrap()))
+        .unwrap()
+        .into_tensor();
+    let feats = clipcu::ops::normalize::l2_normalize(&feats).unwrap();
+    let logits = clf.classify(&feats).unwrap().to_vec();
+    let k = names.len();
+    let (mut top1, mut top5) = (0, 0);
+    for (row, (_, label)) in logits.chunks(k).zip(&folder.samples) {
+        // rank of the true class: classes scoring at least as high (ties count against it)
+        let rank = (0..k)
+            .filter(|&c| c != *label && row[c] >= row[*label])
+            .count();
+        top1 += (rank < 1) as usize;
+        top5 += (rank < 5) as usize;
+    }
+    let n = folder.samples.len() as f64;
+    let line = |label: &str| text.lines().find(|l| l.contains(label)).unwrap();
+    assert_eq!(
+        printed_percent(line("top-1"), "top-1"),
+        format!("{:.2}", 100.0 * top1 as f64 / n),
+        "{text}"
+    );
+    assert_eq!(
+        printed_percent(line("top-5"), "top-5"),
+        format!("{:.2}", 100.0 * top5 as f64 / n),
+        "{text}"
+    );
+    assert!(
+        top5 < 23,
+        "top-5 of 7 classes at 100% would not test the count"
+    );
+    println!("{text}");
+
     let again = run();
     assert!(
         String::from_utf8_lossy(&again.stderr).contains("loaded"),
@@ -213,13 +286,28 @@ fn zeroshot_and_retrieval_commands() {
         "same numbers from the cache"
     );
 
-    let csv = dir.join("pairs.csv");
-    std::fs::write(&csv, "filepath,title\nfolder/red_circle/0.png,a red circle\nfolder/red_circle/0.png,a round red thing\nfolder/blue_square/1.png,a blue square\n").unwrap();
+    // Retrieval: the 23 images, 30 captions (7 images with two), recall@1/5/10 both ways computed
+    // here from the library's embeddings.
+    let mut csv = String::from("filepath,title\n");
+    let mut text_to_image = Vec::new();
+    let colours = [
+        "red", "blue", "green", "yellow", "purple", "orange", "white",
+    ];
+    for (i, (p, c)) in folder.samples.iter().enumerate() {
+        let rel = p.strip_prefix(&dir).unwrap().display().to_string();
+        let captions = if i % 3 == 0 { 2 } else { 1 };
+        for j in 0..captions {
+            csv += &format!("{rel},a {} thing number {i} take {j}\n", colours[*c]);
+            text_to_image.push(i);
+        }
+    }
+    let csv_path = dir.join("pairs.csv");
+    std::fs::write(&csv_path, &csv).unwrap();
     let out = clipcu()
         .args(["retrieval", "--config"])
-        .arg(&cfg)
+        .arg(&cfg_path)
         .arg("--data")
-        .arg(&csv)
+        .arg(&csv_path)
         .output()
         .unwrap();
     assert!(
@@ -227,20 +315,64 @@ fn zeroshot_and_retrieval_commands() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let m = text_to_image.len();
     assert!(
-        text.contains("retrieval on 2 images and 3 captions")
-            && text.contains("recall@1")
-            && text.contains("recall@10"),
+        text.contains(&format!("retrieval on 23 images and {m} captions")),
         "{text}"
     );
-    // with 2 images, recall@5 image→text and text→image must be 100%
-    let r5 = text.lines().find(|l| l.contains("recall@5")).unwrap();
-    assert_eq!(r5.matches("100.00%").count(), 2, "{r5}");
+    let captions: Vec<String> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split_once(',').unwrap().1.to_string())
+        .collect();
+    let ids = Tokenizer::clip().tokenize_batch(&captions, cfg.text_cfg.context_length);
+    let txt = model.encode_text(&g, &ids, m).unwrap().into_tensor();
+    let (img, txt) = (
+        feats.to_vec(),
+        clipcu::ops::normalize::l2_normalize(&txt).unwrap().to_vec(),
+    );
+    println!("{text}");
+    let d = cfg.embed_dim;
+    let sim = |i: usize, t: usize| -> f32 { (0..d).map(|e| img[i * d + e] * txt[t * d + e]).sum() };
+    for k in [1usize, 5, 10] {
+        // image → text: the best of the image's captions against every other caption
+        let mut i2t = 0;
+        for i in 0..23 {
+            let own: Vec<usize> = (0..m).filter(|&t| text_to_image[t] == i).collect();
+            let best = own.iter().map(|&t| sim(i, t)).fold(f32::MIN, f32::max);
+            let rank = (0..m)
+                .filter(|&t| text_to_image[t] != i && sim(i, t) >= best)
+                .count();
+            i2t += (rank < k) as usize;
+        }
+        // text → image: the caption's image against every other image
+        let mut t2i = 0;
+        for (t, &i) in text_to_image.iter().enumerate() {
+            let rank = (0..23)
+                .filter(|&j| j != i && sim(j, t) >= sim(i, t))
+                .count();
+            t2i += (rank < k) as usize;
+        }
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("recall@{k} ")))
+            .unwrap_or_else(|| panic!("recall@{k} in {text}"));
+        assert_eq!(
+            printed_percent(line, "image→text"),
+            format!("{:.2}", 100.0 * i2t as f64 / 23.0),
+            "recall@{k} image→text: {line}"
+        );
+        assert_eq!(
+            printed_percent(line, "text→image"),
+            format!("{:.2}", 100.0 * t2i as f64 / m as f64),
+            "recall@{k} text→image: {line}"
+        );
+    }
 
     let out = clipcu()
         .args(["zeroshot", "--config"])
-        .arg(&cfg)
+        .arg(&cfg_path)
         .args(["--data", "/nonexistent/folder"])
         .output()
         .unwrap();
