@@ -213,16 +213,38 @@ fn truncated_tar_gives_its_readable_samples_then_moves_on() {
     write_tar(&cut, &shard_entries("c", 12, 0));
     let full_len = std::fs::metadata(&cut).unwrap().len();
     let f = std::fs::OpenOptions::new().write(true).open(&cut).unwrap();
-    f.set_len(full_len * 6 / 10 + 37).unwrap(); // mid-entry
+    f.set_len(full_len * 6 / 10 + 37).unwrap(); // mid-entry (`cut_len` below)
     write_tar(&dir.path().join("ok.tar"), &shard_entries("k", 4, 50));
     let index = index_shard(&cut).unwrap();
     assert!(index.truncated.is_some());
-    let readable = index
-        .samples
-        .iter()
-        .filter(|s| s.image.is_some() && s.caption.is_some())
+    // The readable samples, from the bytes this test wrote: a sample reads when its image and its
+    // caption entries end within the cut (tar: a 512-byte header, then the data padded to 512).
+    let cut_len = full_len * 6 / 10 + 37;
+    let entries = shard_entries("c", 12, 0);
+    let mut ends = Vec::new();
+    let mut offset = 0u64;
+    for (_, data) in &entries {
+        let len = data.len() as u64;
+        ends.push(offset + 512 + len);
+        offset += 512 + len.div_ceil(512) * 512;
+    }
+    // entries come as (png, txt, json) per sample
+    let readable = (0..12)
+        .take_while(|&i| ends[3 * i] <= cut_len && ends[3 * i + 1] <= cut_len)
         .count();
-    assert!(readable > 0 && readable < 12, "{readable}");
+    assert!(
+        (1..12).contains(&readable),
+        "the cut must fall inside the shard: {readable} samples readable"
+    );
+    assert_eq!(
+        index
+            .samples
+            .iter()
+            .filter(|s| s.image.is_some() && s.caption.is_some())
+            .count(),
+        readable,
+        "the index reads every sample that is whole in the cut file"
+    );
 
     // cut exactly after a whole sample: every entry reads, the end-of-archive blocks are gone
     let clean = dir.path().join("clean.tar");
