@@ -13,7 +13,7 @@ For tiny-vit also:
   - the same weights under Hugging Face CLIPModel names, checked here to give open_clip's outputs
     through transformers' own CLIPModel: tiny-vit-hf.safetensors
   - two small image files and open_clip's embeddings of them through its own preprocessing
-  - per-parameter mean/std of freshly initialised open_clip models: init-stats.json
+  - (init-stats.json, the initialisation statistics, comes from tools/make_init_stats.py)
 Everything is seeded; the Rust tests read these files and never need Python.
 """
 import json
@@ -66,21 +66,6 @@ def token_rows(gen, n, ctx):
         ids[i, 1:end] = torch.randint(1, EOT - 1, (end - 1,), generator=gen)
         ids[i, end] = EOT
     return ids
-
-
-def init_stats(cfg, seeds=8):
-    """Per-parameter [mean, std, numel] of fresh open_clip models, averaged over several seeds so
-    that small tensors give a usable reference."""
-    acc = {}
-    for seed in range(seeds):
-        torch.manual_seed(seed)
-        for k, v in build(cfg).state_dict().items():
-            if v.is_floating_point():
-                m, s = float(v.float().mean()), float(v.float().std()) if v.numel() > 1 else 0.0
-                a = acc.setdefault(k, [0.0, 0.0, v.numel()])
-                a[0] += m / seeds
-                a[1] += s / seeds
-    return acc
 
 
 def to_hf(sd, cfg):
@@ -143,10 +128,8 @@ def main():
     torch.set_num_threads(2)
     gen = torch.Generator().manual_seed(20261127)
 
-    stats = {}
     for name in ["tiny-vit", "tiny-rn"]:
         cfg = load_cfg(name)
-        stats[name] = init_stats(cfg)
         torch.manual_seed(7)
         model = build(cfg)
         perturb(model, gen)
@@ -208,8 +191,6 @@ def main():
                 emb = model.encode_image(batch)
             save_file({"pixels": batch, "image_embeds": emb}, os.path.join(OUT, "tiny-vit-files.safetensors"))
 
-    with open(os.path.join(OUT, "init-stats.json"), "w") as f:
-        json.dump(stats, f, indent=0, sort_keys=True)
     total = sum(os.path.getsize(os.path.join(OUT, f)) for f in os.listdir(OUT))
     print(f"wrote {OUT} ({total / 1e6:.2f} MB)", file=sys.stderr)
 
