@@ -1,6 +1,9 @@
 // cross_entropy.cu — row-wise cross-entropy of logits against integer targets, f32
 // (src/ops/cross_entropy/gpu.rs ↔ this file). The contrastive loss is two of these over the
-// N×N similarity logits.
+// N×N similarity logits, plus its batch accuracies (diagonal_hits_f32).
+//
+// Targets: an i32 per row, or none (a null pointer) for the contrastive loss's labels 0..N−1,
+// where row r's target is r itself — no index buffer to upload in every training step.
 //
 //   forward:  per row r of z [N, C] with target t: m = max_j z_j, s = Σ_j exp(z_j − m),
 //             loss[r] = (m − z_t) + log s,  p[r, j] = exp(z_j − m) / s
@@ -40,7 +43,7 @@ extern "C" __global__ void cross_entropy_fwd_f32(float* __restrict__ loss, float
         s = warp_sum(s);
         float inv = 1.0f / s;
         for (int j = lane; j < c; j += 32) p[j] = expf(z[j] - m) * inv;
-        if (lane == 0) loss[row] = (m - z[targets[row]]) + logf(s);
+        if (lane == 0) loss[row] = (m - z[targets ? targets[row] : row]) + logf(s);
     }
 }
 
@@ -53,8 +56,30 @@ extern "C" __global__ void cross_entropy_bwd_f32(float* __restrict__ dlogits, co
     if (row < rows) {
         // The CPU reference's order: scale = dL / N once, then (p − onehot)·scale.
         float scale = dloss[0] / (float)rows;
-        int t = targets[row];
+        int t = targets ? targets[row] : row;
         long long o = (long long)row * c;
         for (int j = lane; j < c; j += 32) dlogits[o + j] = (probs[o + j] - (j == t ? 1.0f : 0.0f)) * scale;
+    }
+}
+
+// The contrastive loss's batch accuracy: hit[i] = 1 when the diagonal logit of row i (or, with
+// `transpose`, of column i) is strictly greater than every other logit of that row (column),
+// else 0 — the CPU reference's rule, under which a tie is a miss. One warp per row/column; the
+// hits are then summed by reduce.cu's fixed-order sum (exact: a sum of 0/1 values below 2^24).
+extern "C" __global__ void diagonal_hits_f32(float* __restrict__ hit, const float* __restrict__ logits, int n,
+                                             int transpose) {
+    int i = blockIdx.x * blockDim.y + threadIdx.y;
+    int lane = threadIdx.x;
+    if (i < n) {
+        long long row_step = transpose ? 1 : n, col_step = transpose ? n : 1;
+        float d = logits[(long long)i * (n + 1)];
+        int beaten = 0;
+        for (int j = lane; j < n; j += 32) {
+            float v = logits[(long long)i * row_step + (long long)j * col_step];
+            beaten |= (j != i && !(v < d)); // as the CPU: a NaN on either side is a miss
+        }
+        // any lane that found a logit >= the diagonal makes row i a miss
+        beaten = __any_sync(0xffffffffu, beaten);
+        if (lane == 0) hit[i] = beaten ? 0.0f : 1.0f;
     }
 }

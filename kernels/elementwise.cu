@@ -115,6 +115,13 @@ extern "C" __global__ void relu_bwd_f32(float* __restrict__ dx, const float* __r
     if (i < n) dx[i] = x[i] > 0.0f ? dy[i] : 0.0f;
 }
 
+// A constant (the seed gradient 1 of backward, zeros to broadcast into): made on the device, so
+// no host buffer is uploaded for it.
+extern "C" __global__ void fill_f32(float* __restrict__ out, float value, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = value;
+}
+
 // clipcu: hot
 extern "C" __global__ void scale_fwd_f32(float* __restrict__ out, const float* __restrict__ x, float c, int n) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;

@@ -398,6 +398,11 @@ impl CudaBackend {
     /// A new device buffer holding `host`.
     pub fn upload<T: Pod>(&self, host: &[T]) -> Result<DeviceBlock> {
         let block = self.alloc(std::mem::size_of_val(host))?;
+        crate::device::transfers::record(
+            crate::Device::Cuda(self.info.ordinal),
+            crate::device::transfers::Direction::Upload,
+            std::mem::size_of_val(host),
+        );
         if !host.is_empty() {
             // SAFETY: the block holds at least size_of_val(host) bytes. A copy from pageable
             // memory returns once the data is staged, so `host` may be dropped after it.
@@ -416,6 +421,11 @@ impl CudaBackend {
     /// `n` elements of `T` from device address `addr` (waits for queued work first).
     pub fn download<T: Pod>(&self, addr: u64, n: usize) -> Result<Vec<T>> {
         let mut out = vec![T::zeroed(); n];
+        crate::device::transfers::record(
+            crate::Device::Cuda(self.info.ordinal),
+            crate::device::transfers::Direction::Download,
+            std::mem::size_of_val(&out[..]),
+        );
         if n > 0 {
             self.bind()?;
             // SAFETY: the caller vouches that addr holds n elements of T.

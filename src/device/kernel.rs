@@ -67,6 +67,11 @@ impl DeviceBuf {
     }
     /// Host i32 values (token ids, indices) made readable by kernels on `device`.
     pub fn from_i32(device: Device, values: &[i32]) -> Result<DeviceBuf> {
+        crate::device::transfers::record(
+            device,
+            crate::device::transfers::Direction::Upload,
+            std::mem::size_of_val(values),
+        );
         let data = match device {
             Device::Emu => BufData::HostI32(values.to_vec()),
             Device::Cuda(i) => BufData::CudaRaw(CudaBackend::get(i)?.upload(values)?),
@@ -80,6 +85,21 @@ impl DeviceBuf {
     }
     pub fn shape(&self) -> &[usize] {
         &self.shape
+    }
+    /// Elements held.
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Bytes per element.
+    fn elem_bytes(&self) -> usize {
+        match &self.data {
+            BufData::HostF32(_) | BufData::HostI32(_) | BufData::CudaRaw(_) => 4,
+            BufData::HostF16(_) | BufData::HostBF16(_) => 2,
+            BufData::Cuda(s) => s.dtype().size_in_bytes(),
+        }
     }
     pub fn device(&self) -> Device {
         self.device
@@ -114,6 +134,10 @@ pub enum KernelArg<'a> {
     I32(i32),
     U32(u32),
     F32(f32),
+    /// A buffer the kernel only reads, from element `.1` on (one upload holding several arrays).
+    BufAt(&'a DeviceBuf, usize),
+    /// A null pointer (an optional buffer the kernel does without).
+    Null,
 }
 
 fn not_kernel_device(op: &'static str, device: Device) -> Error {
@@ -266,6 +290,15 @@ pub unsafe fn launch(
             KernelArg::In(t) => check_tensor(kernel, i, device, t)?,
             KernelArg::Out(b) => check_buf(kernel, i, device, b)?,
             KernelArg::Buf(b) => check_buf(kernel, i, device, b)?,
+            KernelArg::BufAt(b, at) => {
+                check_buf(kernel, i, device, b)?;
+                if *at > b.len() {
+                    return Err(launch_err(
+                        kernel,
+                        format!("argument {i}: offset {at} past a buffer of {}", b.len()),
+                    ));
+                }
+            }
             _ => {}
         }
     }
@@ -292,6 +325,14 @@ pub unsafe fn launch(
                     KernelArg::I32(v) => emu::EmuArg::I32(*v),
                     KernelArg::U32(v) => emu::EmuArg::U32(*v),
                     KernelArg::F32(v) => emu::EmuArg::F32(*v),
+                    KernelArg::Null => emu::EmuArg::Ptr(std::ptr::null_mut()),
+                    KernelArg::BufAt(b, at) => match &b.data {
+                        BufData::HostF32(v) => emu::EmuArg::slice(&v[*at..]),
+                        BufData::HostF16(v) => emu::EmuArg::slice(&v[*at..]),
+                        BufData::HostBF16(v) => emu::EmuArg::slice(&v[*at..]),
+                        BufData::HostI32(v) => emu::EmuArg::slice(&v[*at..]),
+                        _ => unreachable!("an Emu buffer holds host memory"),
+                    },
                 });
             }
             // SAFETY: the pointers come from live buffers borrowed by `args` for the call; the
@@ -350,6 +391,8 @@ unsafe fn launch_cuda(
             KernelArg::I32(v) => CudaVal::I32(*v),
             KernelArg::U32(v) => CudaVal::U32(*v),
             KernelArg::F32(v) => CudaVal::F32(*v),
+            KernelArg::Null => CudaVal::Ptr(0),
+            KernelArg::BufAt(b, at) => CudaVal::Ptr(buf_addr(b) + (*at * b.elem_bytes()) as u64),
         });
     }
     let stream = backend.stream();

@@ -7,6 +7,7 @@ pub mod cuda;
 pub mod emu;
 pub mod kernel;
 mod launch;
+pub mod transfers;
 
 pub use launch::LaunchConfig;
 

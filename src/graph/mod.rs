@@ -257,7 +257,7 @@ impl<'m> Graph<'m> {
                 loss.shape()
             )));
         }
-        let seed = Tensor::full(1.0, loss.shape().to_vec()).to_device(loss.tensor().device())?;
+        let seed = Tensor::full_on(1.0, loss.shape().to_vec(), loss.tensor().device())?;
         self.backward_with(loss, seed)
     }
 

@@ -51,9 +51,21 @@ impl Param {
     pub fn value(&self) -> Tensor {
         self.0.value.read().expect("param lock").clone()
     }
-    /// Replace the value; the shape must stay the same.
+    /// Replace the value; the shape and the device must stay the same (a value from another
+    /// device would silently move this one parameter: use [`Param::to_device`]).
     pub fn set_value(&self, value: Tensor) -> Result<()> {
         let mut v = self.0.value.write().expect("param lock");
+        if v.device() != value.device() {
+            return Err(Error::Device {
+                op: "Param::set_value",
+                msg: format!(
+                    "{}: a value on {} for a parameter on {} (move it with to_device first)",
+                    self.0.name,
+                    value.device(),
+                    v.device()
+                ),
+            });
+        }
         if v.shape() != value.shape() {
             return Err(Error::shape(
                 "Param::set_value",
@@ -69,6 +81,16 @@ impl Param {
         *self.0.transposed.write().expect("param lock") = None;
         Ok(())
     }
+    /// Move the value to `device` (a copy; nothing when it is there already) and drop the
+    /// gradient.
+    pub fn to_device(&self, device: crate::Device) -> Result<()> {
+        let moved = self.value().to_device(device)?;
+        *self.0.value.write().expect("param lock") = moved;
+        *self.0.transposed.write().expect("param lock") = None;
+        self.zero_grad();
+        Ok(())
+    }
+
     /// Change the value in place (no copy when nothing else holds its storage, as after a
     /// step's graph is dropped); `f` must keep the shape.
     pub fn update<R>(&self, f: impl FnOnce(&mut Tensor) -> Result<R>) -> Result<R> {

@@ -3,18 +3,35 @@
 //! `(CE(s·I·Tᵀ, arange) + CE(s·T·Iᵀ, arange)) / 2`: each image must pick its own caption among the
 //! batch's N, and each caption its own image.
 
-use crate::{bail_shape, Graph, Result, Var};
+use crate::device::kernel::runs_kernels;
+use crate::{bail_shape, Graph, Result, Tensor, Var};
 
-/// The loss and the batch's retrieval accuracies.
+/// The loss and the batch's retrieval accuracies, all `[]` tensors on the features' device (read
+/// them back together, once per step: `train::StepStats`).
 pub struct ContrastiveLoss {
     pub loss: Var,
     /// Fraction of images whose highest-scoring caption is their own.
-    pub image_to_text_acc: f32,
+    pub image_to_text_acc: Tensor,
     /// Fraction of captions whose highest-scoring image is their own.
-    pub text_to_image_acc: f32,
+    pub text_to_image_acc: Tensor,
 }
 
-/// Row-wise argmax accuracy against the diagonal of an [N, N] logit matrix (row-major).
+/// Row-wise (`transpose`: column-wise) argmax accuracy against the diagonal of square logits
+/// [N, N]: a row counts when its diagonal entry is strictly the largest. On Emu/Cuda a kernel
+/// (`cross_entropy.cu`'s `diagonal_hits_f32`), so nothing comes back to the host.
+fn batch_accuracy(logits: &Tensor, transpose: bool) -> Result<Tensor> {
+    if runs_kernels(logits.device()) {
+        return crate::ops::cross_entropy::gpu::diagonal_accuracy(logits, transpose);
+    }
+    let n = logits.shape()[0];
+    Ok(Tensor::scalar(diagonal_accuracy(
+        &logits.contiguous().to_vec(),
+        n,
+        transpose,
+    )))
+}
+
+/// The CPU rule of [`batch_accuracy`] on row-major logits.
 fn diagonal_accuracy(logits: &[f32], n: usize, transpose: bool) -> f32 {
     let at = |i: usize, j: usize| {
         if transpose {
@@ -62,10 +79,10 @@ pub fn contrastive_loss(
     let li = g.cross_entropy(&logits_per_image, &labels)?;
     let lt = g.cross_entropy(&logits_per_text, &labels)?;
     let loss = g.scale(&g.add(&li, &lt)?, 0.5)?;
-    let lv = logits_per_image.tensor().to_vec();
+    let logits = logits_per_image.tensor();
     Ok(ContrastiveLoss {
         loss,
-        image_to_text_acc: diagonal_accuracy(&lv, n, false),
-        text_to_image_acc: diagonal_accuracy(&lv, n, true),
+        image_to_text_acc: batch_accuracy(logits, false)?,
+        text_to_image_acc: batch_accuracy(logits, true)?,
     })
 }

@@ -134,7 +134,7 @@ fn assign(model: &Clip, tensors: Vec<(String, Tensor)>, path: &Path) -> Result<(
             wrong.push(format!("{name}: file {:?}, model {:?}", t.shape(), want));
             continue;
         }
-        p.set_value(t)?;
+        p.set_value(t.to_device(p.value().device())?)?;
     }
     let mut unexpected: Vec<String> = map.into_keys().collect();
     unexpected.sort();

@@ -34,8 +34,7 @@ pub trait Module {
         let mut result = Ok(());
         self.visit_params(&mut |p| {
             if result.is_ok() {
-                result = p.value().to_device(device).and_then(|v| p.set_value(v));
-                p.zero_grad();
+                result = p.to_device(device);
             }
         });
         result

@@ -76,6 +76,18 @@ impl AdamW {
         }
     }
 
+    /// Where the moments live follows the parameters: the host moments serve Cpu and Emu
+    /// parameters alike (Emu memory is host memory).
+    pub fn to_device(&mut self, device: crate::Device) -> Result<()> {
+        if let crate::Device::Cuda(_) = device {
+            return Err(Error::Device {
+                op: "AdamW::to_device",
+                msg: "the optimizer has no CUDA path in this build".into(),
+            });
+        }
+        Ok(())
+    }
+
     /// Steps taken so far.
     pub fn steps(&self) -> u64 {
         self.step

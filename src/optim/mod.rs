@@ -6,3 +6,27 @@ mod schedule;
 
 pub use adamw::{clip_grad_norm, decays, AdamW, AdamWConfig};
 pub use schedule::LrSchedule;
+
+use crate::{Param, Result, Tensor};
+
+/// [`clip_grad_norm`] with the norm before clipping returned as a `[]` tensor on the parameters'
+/// device, for the trainer's single readback of a step.
+pub fn clip_grad_norm_deferred(params: &[Param], max_norm: f64) -> Result<Tensor> {
+    let norm = clip_grad_norm(params, max_norm)?;
+    let device = params
+        .first()
+        .map(|p| p.value().device())
+        .unwrap_or(crate::Device::Cpu);
+    Tensor::scalar(norm as f32).to_device(device)
+}
+
+/// Clamp a one-element parameter to `[lo, hi]` in place (CLIP's `logit_scale` after each step).
+pub fn clamp_in_place(p: &Param, lo: f32, hi: f32) -> Result<()> {
+    let v = p.value();
+    let s = v.item()?;
+    p.set_value(
+        Tensor::scalar(s.clamp(lo, hi))
+            .reshape(v.shape().to_vec())?
+            .to_device(v.device())?,
+    )
+}

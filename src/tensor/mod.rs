@@ -17,6 +17,7 @@ pub use dtype::DType;
 pub use shape::{broadcast_shape, broadcast_strides, contiguous_strides, resolve_axis, Shape};
 
 use crate::device::cuda::{CudaBackend, CudaStorage};
+use crate::device::transfers::{self, Direction};
 use crate::{Device, Error, Result};
 use half::{bf16, f16};
 use rand::{Rng, SeedableRng};
@@ -166,6 +167,15 @@ impl Tensor {
         Self::from_storage(CpuStorage::F32(vec![value; shape.numel()]), shape.0)
     }
 
+    /// An f32 tensor of `value` on `device`: on Emu and Cuda made there by a kernel (no upload).
+    pub fn full_on(value: f32, shape: impl Into<Shape>, device: Device) -> Result<Tensor> {
+        let shape: Shape = shape.into();
+        if crate::device::kernel::runs_kernels(device) {
+            return crate::ops::unary::gpu::fill(device, shape.dims(), value);
+        }
+        Ok(Tensor::full(value, shape))
+    }
+
     pub fn zeros(shape: impl Into<Shape>) -> Tensor {
         Self::full(0.0, shape)
     }
@@ -267,13 +277,48 @@ impl Tensor {
             ));
         }
         match &*self.storage {
-            Storage::Cpu(CpuStorage::F32(v)) => Ok(&v[self.offset..self.offset + self.numel()]),
+            Storage::Cpu(CpuStorage::F32(v)) => {
+                self.meter(Direction::Download);
+                Ok(&v[self.offset..self.offset + self.numel()])
+            }
             Storage::Cpu(_) => Err(Error::DType {
                 op,
                 got: self.dtype(),
                 expected: "f32 on the CPU backend (convert with to_dtype(DType::F32))",
             }),
             Storage::Cuda(_) => Err(self.on_device_error(op)),
+        }
+    }
+
+    /// The elements of a contiguous f32 tensor in host memory (Cpu or Emu) for the emulated
+    /// device's own work — the GEMMs that stand in for cuBLAS on Emu — which, unlike host code
+    /// reading an Emu tensor ([`Tensor::f32s`]), is not a host↔device copy and is not counted.
+    pub(crate) fn device_side_f32s(&self, op: &'static str) -> Result<&[f32]> {
+        if !self.is_contiguous() {
+            return Err(Error::shape(
+                op,
+                "expected a contiguous tensor (call .contiguous())",
+            ));
+        }
+        match &*self.storage {
+            Storage::Cpu(CpuStorage::F32(v)) => Ok(&v[self.offset..self.offset + self.numel()]),
+            _ => Err(Error::DType {
+                op,
+                got: self.dtype(),
+                expected: "f32 in host memory",
+            }),
+        }
+    }
+
+    /// Counts host code touching this tensor's elements as a copy when it lives on Emu (see
+    /// `device::transfers`); nothing for Cpu tensors.
+    fn meter(&self, direction: Direction) {
+        if self.device == Device::Emu {
+            transfers::record(
+                self.device,
+                direction,
+                self.numel() * self.dtype().size_in_bytes(),
+            );
         }
     }
 
@@ -360,6 +405,9 @@ impl Tensor {
             // Shared or a view: write to a fresh copy (copy-on-write).
             *self = self.copy_contiguous();
         }
+        // host code rewriting an Emu tensor: its data comes to the host and goes back
+        self.meter(Direction::Download);
+        self.meter(Direction::Upload);
         match Arc::get_mut(&mut self.storage) {
             Some(Storage::Cpu(CpuStorage::F32(v))) => Ok(&mut v[..]),
             _ => unreachable!("a fresh f32 host copy is unique"),
@@ -442,6 +490,7 @@ impl Tensor {
         }
         let t = self.contiguous();
         let n = t.numel();
+        t.meter(Direction::Download);
         match &*t.storage {
             Storage::Cuda(_) => unreachable!("host tensor"),
             Storage::Cpu(CpuStorage::F32(v)) => {
@@ -629,6 +678,12 @@ impl Tensor {
             Device::Cpu | Device::Emu => {
                 let mut t = host;
                 t.device = device;
+                // Cpu ↔ Emu: one copy across the (emulated) bus, counted on the Emu side
+                match (self.device, device) {
+                    (Device::Cpu, Device::Emu) => t.meter(Direction::Upload),
+                    (Device::Emu, _) => self.meter(Direction::Download),
+                    _ => {}
+                }
                 Ok(t)
             }
             Device::Cuda(i) => host.host_to_cuda(&CudaBackend::get(i)?),

@@ -7,7 +7,10 @@ mod plot;
 mod step;
 mod trainer;
 
-pub use step::{contrastive_forward_backward, StepStats};
+pub use step::{
+    contrastive_forward_backward, contrastive_forward_backward_deferred, read_scalars, DeviceStats,
+    StepStats,
+};
 pub use trainer::{
     DataSpec, DataStream, RunOptions, StepLog, SyntheticStream, TrainConfig, Trainer,
 };

@@ -21,6 +21,25 @@ pub struct StepStats {
     pub text_to_image_acc: f32,
 }
 
+/// A step's statistics as `[]` tensors on the step's device, not yet read back (the trainer
+/// reads them together with the gradient norm in one copy: [`read_scalars`]).
+pub struct DeviceStats {
+    pub loss: Tensor,
+    pub image_to_text_acc: Tensor,
+    pub text_to_image_acc: Tensor,
+}
+
+/// The values of `[]` (or one-element) tensors that all live on one device, read back to the
+/// host in a single copy: joined into one vector on the device first.
+pub fn read_scalars(scalars: &[&Tensor]) -> Result<Vec<f32>> {
+    let flat: Vec<Tensor> = scalars
+        .iter()
+        .map(|t| t.reshape([t.numel()]))
+        .collect::<Result<_>>()?;
+    let refs: Vec<&Tensor> = flat.iter().collect();
+    Ok(concat(&refs, 0)?.to_device(crate::Device::Cpu)?.to_vec())
+}
+
 /// Forward + backward of the contrastive loss on `images` [N, 3, S, S] and token rows `ids`
 /// [N, T] in micro-batches of `micro` pairs (`micro ≥ N`: one pass). Gradients are accumulated
 /// into the model's parameters; the optimizer step is the caller's.
@@ -30,6 +49,22 @@ pub fn contrastive_forward_backward(
     ids: &[u32],
     micro: usize,
 ) -> Result<StepStats> {
+    let s = contrastive_forward_backward_deferred(model, images, ids, micro)?;
+    let v = read_scalars(&[&s.loss, &s.image_to_text_acc, &s.text_to_image_acc])?;
+    Ok(StepStats {
+        loss: v[0],
+        image_to_text_acc: v[1],
+        text_to_image_acc: v[2],
+    })
+}
+
+/// [`contrastive_forward_backward`] with the statistics left on the device.
+pub fn contrastive_forward_backward_deferred(
+    model: &Clip,
+    images: &Tensor,
+    ids: &[u32],
+    micro: usize,
+) -> Result<DeviceStats> {
     let n = images.shape()[0];
     if n == 0 || !ids.len().is_multiple_of(n) {
         bail_shape!("train step", "{} token ids for {n} images", ids.len());
@@ -56,8 +91,8 @@ pub fn contrastive_forward_backward(
     let img = lg.leaf(concat(&images_f, 0)?);
     let txt = lg.leaf(concat(&texts_f, 0)?);
     let out = contrastive_loss(&lg, &img, &txt, &lg.param(&model.logit_scale))?;
-    let stats = StepStats {
-        loss: out.loss.tensor().item()?,
+    let stats = DeviceStats {
+        loss: out.loss.tensor().clone(),
         image_to_text_acc: out.image_to_text_acc,
         text_to_image_acc: out.text_to_image_acc,
     };

@@ -4,15 +4,15 @@
 //! bit-exact resume needs (weights, optimizer moments, step, data position), and a PNG plot at the
 //! end.
 
-use super::{contrastive_forward_backward, eval, plot, samples_to_tensor};
+use super::{contrastive_forward_backward_deferred, eval, plot, read_scalars, samples_to_tensor};
 use crate::data::synthetic::{Split, Synthetic, SyntheticConfig, Task};
 use crate::data::{CsvOptions, DataPosition, Loader, LoaderConfig, SkipStats, Source};
 use crate::io::safetensors as st;
 use crate::model::{weights, Clip, ClipConfig};
 use crate::nn::Module;
-use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, LrSchedule};
+use crate::optim::{clamp_in_place, clip_grad_norm_deferred, AdamW, AdamWConfig, LrSchedule};
 use crate::tokenizer::Tokenizer;
-use crate::{Error, Result, Tensor};
+use crate::{Device, Error, Result, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -165,6 +165,9 @@ pub struct Trainer {
     pub data_spec: DataSpec,
     /// For zero-shot evaluation on the held-out split (also when training on files).
     pub eval_data: Synthetic,
+    /// Where the step runs: the model's parameters and the optimizer state live there, batches
+    /// are uploaded there, and only the step's statistics come back ([`Trainer::to_device`]).
+    pub device: Device,
 }
 
 /// What one step reports (a metrics line).
@@ -217,7 +220,19 @@ impl Trainer {
             data,
             data_spec,
             eval_data,
+            device: Device::Cpu,
         })
+    }
+
+    /// Move the run to `device` (Cpu, Emu or Cuda): the model's parameters and buffers and the
+    /// optimizer's moments. Every later step runs there; checkpoints still hold host tensors, so
+    /// a run saved on one device resumes on any other.
+    pub fn to_device(&mut self, device: Device) -> Result<()> {
+        device.ensure_available()?;
+        self.model.to_device(device)?;
+        self.opt.to_device(device)?;
+        self.device = device;
+        Ok(())
     }
 
     pub fn schedule(&self) -> LrSchedule {
@@ -259,34 +274,45 @@ impl Trainer {
         } else {
             self.config.micro_batch
         };
-        let stats = contrastive_forward_backward(&self.model, images, ids, micro)?;
-        if !stats.loss.is_finite() {
-            return Err(Error::Msg(format!(
-                "step {}: the loss is {} — lower --lr or add --grad-clip",
-                self.step, stats.loss
-            )));
-        }
+        let images = images.to_device(self.device)?;
+        let stats = contrastive_forward_backward_deferred(&self.model, &images, ids, micro)?;
         let params = self.model.parameters();
-        let grad_norm = self
+        let norm = self
             .config
             .grad_clip
-            .map(|max| clip_grad_norm(&params, max))
+            .map(|max| clip_grad_norm_deferred(&params, max))
             .transpose()?;
+        // The one readback of the step, before the update is applied: loss, accuracies, the
+        // scale the logits used, and the gradient norm before clipping.
+        let scale = self.model.logit_scale.value();
+        let mut scalars = vec![
+            &stats.loss,
+            &stats.image_to_text_acc,
+            &stats.text_to_image_acc,
+            &scale,
+        ];
+        scalars.extend(norm.as_ref());
+        let v = read_scalars(&scalars)?;
+        let (loss, logit_scale) = (v[0], v[3]);
+        if !loss.is_finite() {
+            return Err(Error::Msg(format!(
+                "step {}: the loss is {} — lower --lr or add --grad-clip",
+                self.step, loss
+            )));
+        }
+        let grad_norm = norm.map(|_| v[4] as f64);
         let lr = self.schedule().lr(self.step);
         self.opt.step(lr)?;
         // CLIP clamps the temperature in place after every step: exp(logit_scale) ≤ 100.
-        let s = self.model.logit_scale.value().item()?;
-        self.model
-            .logit_scale
-            .set_value(Tensor::scalar(s.clamp(0.0, 100f32.ln())))?;
+        clamp_in_place(&self.model.logit_scale, 0.0, 100f32.ln())?;
         self.step += 1;
         Ok(StepLog {
             step: self.step,
-            loss: stats.loss,
+            loss,
             lr,
-            logit_scale: self.model.logit_scale.value().item()?.exp(),
-            i2t_acc: stats.image_to_text_acc,
-            t2i_acc: stats.text_to_image_acc,
+            logit_scale: logit_scale.exp(),
+            i2t_acc: v[1],
+            t2i_acc: v[2],
             grad_norm,
             pairs_per_s: images.shape()[0] as f64 / started.elapsed().as_secs_f64(),
         })

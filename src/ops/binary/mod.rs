@@ -177,7 +177,7 @@ impl<'m> Graph<'m> {
     /// `x` repeated to `shape` by broadcasting (an add of zeros, so its gradient is the sum over
     /// the repeated dims).
     pub fn broadcast_to(&self, x: &Var, shape: &[usize]) -> Result<Var> {
-        let zeros = self.constant(Tensor::zeros(shape.to_vec()).to_device(x.tensor().device())?);
+        let zeros = self.constant(Tensor::full_on(0.0, shape.to_vec(), x.tensor().device())?);
         let y = self.add(&zeros, x)?;
         if y.shape() != shape {
             return Err(Error::shape(

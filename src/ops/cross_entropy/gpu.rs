@@ -2,7 +2,9 @@
 //! ([`LaunchConfig::warp_per_row`]): `cross_entropy_fwd_f32(loss, probs, logits, targets, rows, c)`
 //! writes each row's loss and softmax; the mean over rows is the fixed-order two-stage sum of
 //! `reduce.cu`. `cross_entropy_bwd_f32(dlogits, probs, targets, dloss, rows, c)` reads the output
-//! gradient from device memory. Targets (checked `< c` by the caller) travel as i32.
+//! gradient from device memory. Targets (checked `< c` by the caller) travel as i32, or not at all
+//! when they are `0..N` (null: row r's target is r). `diagonal_hits_f32` + the fixed-order sum
+//! give the contrastive loss's batch accuracies on the device.
 
 use crate::device::kernel::{self, DeviceBuf, KernelArg};
 use crate::device::LaunchConfig;
@@ -10,9 +12,18 @@ use crate::{Result, Tensor};
 
 const MODULE: &str = "cross_entropy";
 
-fn targets_buf(device: crate::Device, targets: &[u32]) -> Result<DeviceBuf> {
+/// The targets as a device buffer, or `None` when they are `0..N` (the contrastive loss's
+/// labels: the kernels then take row r's target to be r, and nothing is uploaded).
+fn targets_buf(device: crate::Device, targets: &[u32]) -> Result<Option<DeviceBuf>> {
+    if targets.iter().enumerate().all(|(i, &t)| t as usize == i) {
+        return Ok(None);
+    }
     let t: Vec<i32> = targets.iter().map(|&t| t as i32).collect();
-    DeviceBuf::from_i32(device, &t)
+    DeviceBuf::from_i32(device, &t).map(Some)
+}
+
+fn targets_arg(t: &Option<DeviceBuf>) -> KernelArg<'_> {
+    t.as_ref().map_or(KernelArg::Null, KernelArg::Buf)
 }
 
 /// (mean loss `[]`, probabilities `[N, C]`) of logits `[N, C]` (shapes checked by the caller).
@@ -36,7 +47,7 @@ pub(crate) fn forward(logits: &Tensor, targets: &[u32]) -> Result<(Tensor, Tenso
                 KernelArg::Out(&mut loss),
                 KernelArg::Out(&mut probs),
                 KernelArg::In(&z),
-                KernelArg::Buf(&t),
+                targets_arg(&t),
                 KernelArg::I32(n as i32),
                 KernelArg::I32(c as i32),
             ],
@@ -72,7 +83,7 @@ pub(crate) fn backward(probs: &Tensor, targets: &[u32], dloss: &Tensor) -> Resul
             &mut [
                 KernelArg::Out(&mut dz),
                 KernelArg::In(&p),
-                KernelArg::Buf(&t),
+                targets_arg(&t),
                 KernelArg::In(&dl),
                 KernelArg::I32(n as i32),
                 KernelArg::I32(c as i32),
@@ -80,4 +91,31 @@ pub(crate) fn backward(probs: &Tensor, targets: &[u32], dloss: &Tensor) -> Resul
         )
     }?;
     dz.into_tensor()
+}
+
+/// The fraction of rows (`transpose`: columns) of square logits `[N, N]` whose diagonal entry
+/// is strictly the largest, as a `[]` tensor on the logits' device (no host round trip).
+pub(crate) fn diagonal_accuracy(logits: &Tensor, transpose: bool) -> Result<Tensor> {
+    let op = "contrastive accuracy";
+    let z = kernel::f32_input(op, logits)?;
+    let n = z.shape()[0];
+    kernel::i32_len(op, z.numel())?;
+    let device = z.device();
+    let mut hits = DeviceBuf::f32(device, &[n])?;
+    // SAFETY: logits hold n·n elements and hits n; warp i reads row/column i only.
+    unsafe {
+        kernel::launch(
+            device,
+            MODULE,
+            "diagonal_hits_f32",
+            LaunchConfig::warp_per_row(n),
+            &mut [
+                KernelArg::Out(&mut hits),
+                KernelArg::In(&z),
+                KernelArg::I32(n as i32),
+                KernelArg::I32(transpose as i32),
+            ],
+        )
+    }?;
+    crate::ops::reduce::gpu::sum_all(&hits.into_tensor()?, false, 1.0 / n.max(1) as f32)
 }

@@ -2,6 +2,9 @@
 //! output element. Backward: deterministic per-vocab-row ownership over a CSR index of the ids
 //! built here on the host by counting sort (`off[V + 1]`, `pos[N]`, positions ascending), so each
 //! `dw` row is summed in id order by one block — no float atomics, bit-identical to the CPU.
+//!
+//! The ids and their CSR index travel together: one upload per lookup ([`DeviceIndex`], built in
+//! forward and kept by the graph op for backward), the only host→device copy an embedding makes.
 
 use crate::device::kernel::{self, DeviceBuf, KernelArg};
 use crate::device::LaunchConfig;
@@ -15,14 +18,39 @@ fn ids_i32(op: &'static str, ids: &[u32]) -> Result<Vec<i32>> {
         .collect()
 }
 
+/// The ids of a lookup and their CSR index over `vocab` rows in one device buffer:
+/// `[ids (n) | off (vocab + 1) | pos (n)]`, uploaded once.
+pub(crate) struct DeviceIndex {
+    buf: DeviceBuf,
+    n: usize,
+    vocab: usize,
+}
+
+impl DeviceIndex {
+    pub(crate) fn upload(device: crate::Device, ids: &[u32], vocab: usize) -> Result<DeviceIndex> {
+        let op = "embedding";
+        let (off, pos) = csr(ids, vocab);
+        let mut all = ids_i32(op, ids)?;
+        all.extend_from_slice(&off);
+        all.extend_from_slice(&pos);
+        Ok(DeviceIndex {
+            buf: DeviceBuf::from_i32(device, &all)?,
+            n: ids.len(),
+            vocab,
+        })
+    }
+    pub(crate) fn device(&self) -> crate::Device {
+        self.buf.device()
+    }
+}
+
 /// `out[k] = weight[ids[k]]`; ids already range-checked; output shape `ids_shape + [D]`.
-pub(crate) fn forward(weight: &Tensor, ids: &[u32], ids_shape: &[usize]) -> Result<Tensor> {
+pub(crate) fn forward(weight: &Tensor, index: &DeviceIndex, ids_shape: &[usize]) -> Result<Tensor> {
     let op = "embedding";
     let w = kernel::f32_input(op, weight)?;
     let d = w.shape()[1];
-    let n = ids.len();
+    let n = index.n;
     kernel::i32_len(op, n * d)?;
-    let idb = DeviceBuf::from_i32(w.device(), &ids_i32(op, ids)?)?;
     let mut shape = ids_shape.to_vec();
     shape.push(d);
     let mut out = DeviceBuf::f32(w.device(), &shape)?;
@@ -36,7 +64,7 @@ pub(crate) fn forward(weight: &Tensor, ids: &[u32], ids_shape: &[usize]) -> Resu
             &mut [
                 KernelArg::Out(&mut out),
                 KernelArg::In(&w),
-                KernelArg::Buf(&idb),
+                KernelArg::BufAt(&index.buf, 0),
                 KernelArg::I32(n as i32),
                 KernelArg::I32(d as i32),
             ],
@@ -63,26 +91,16 @@ pub(crate) fn csr(ids: &[u32], vocab: usize) -> (Vec<i32>, Vec<i32>) {
     (off, pos)
 }
 
-/// `dw [vocab, D]` from `dy [.., D]` (one row per id).
-pub(crate) fn backward(dy: &Tensor, ids: &[u32], vocab: usize) -> Result<Tensor> {
+/// `dw [vocab, D]` from `dy [.., D]` (one row per id of `index`).
+pub(crate) fn backward(dy: &Tensor, index: &DeviceIndex) -> Result<Tensor> {
     let op = "embedding backward";
     let dy = kernel::f32_input(op, dy)?;
+    let (n, vocab) = (index.n, index.vocab);
     let d = *dy.shape().last().unwrap_or(&0);
-    if dy.numel() != ids.len() * d {
-        crate::bail_shape!(
-            op,
-            "gradient {:?} does not match {} ids",
-            dy.shape(),
-            ids.len()
-        );
+    if dy.numel() != n * d {
+        crate::bail_shape!(op, "gradient {:?} does not match {n} ids", dy.shape());
     }
-    if let Some(bad) = ids.iter().find(|&&i| i as usize >= vocab) {
-        crate::bail_shape!(op, "id {bad} is out of range for a table of {vocab} rows");
-    }
-    kernel::i32_len(op, (vocab * d).max(ids.len() * d))?;
-    let (off, pos) = csr(ids, vocab);
-    let offb = DeviceBuf::from_i32(dy.device(), &off)?;
-    let posb = DeviceBuf::from_i32(dy.device(), &pos)?;
+    kernel::i32_len(op, (vocab * d).max(n * d))?;
     let mut dw = DeviceBuf::f32(dy.device(), &[vocab, d])?;
     let cfg = LaunchConfig {
         grid: (vocab.max(1) as u32, d.div_ceil(128).max(1) as u32, 1),
@@ -102,8 +120,8 @@ pub(crate) fn backward(dy: &Tensor, ids: &[u32], vocab: usize) -> Result<Tensor>
             &mut [
                 KernelArg::Out(&mut dw),
                 KernelArg::In(&dy),
-                KernelArg::Buf(&offb),
-                KernelArg::Buf(&posb),
+                KernelArg::BufAt(&index.buf, n),
+                KernelArg::BufAt(&index.buf, n + vocab + 1),
                 KernelArg::I32(d as i32),
             ],
         )

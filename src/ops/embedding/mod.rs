@@ -12,10 +12,12 @@ use std::sync::Arc;
 pub struct EmbeddingOp {
     ids: Arc<Vec<u32>>,
     vocab: usize,
+    /// On Emu/Cuda: the ids and their CSR index, uploaded once in forward for backward too.
+    device_index: Option<gpu::DeviceIndex>,
 }
 
-/// Rows of `weight` [V, D] picked by `ids` (any shape `ids_shape`); output `ids_shape + [D]`.
-pub fn embedding(weight: &Tensor, ids: &[u32], ids_shape: &[usize]) -> Result<Tensor> {
+/// The checks of a lookup: a [V, D] table, ids filling `ids_shape`, every id < V.
+fn check(weight: &Tensor, ids: &[u32], ids_shape: &[usize]) -> Result<()> {
     if weight.rank() != 2 {
         bail_shape!(
             "embedding",
@@ -30,15 +32,23 @@ pub fn embedding(weight: &Tensor, ids: &[u32], ids_shape: &[usize]) -> Result<Te
             ids.len()
         );
     }
-    let (v, d) = (weight.shape()[0], weight.shape()[1]);
+    let v = weight.shape()[0];
     if let Some(bad) = ids.iter().find(|&&i| i as usize >= v) {
         bail_shape!(
             "embedding",
             "id {bad} is out of range for a table of {v} rows"
         );
     }
+    Ok(())
+}
+
+/// Rows of `weight` [V, D] picked by `ids` (any shape `ids_shape`); output `ids_shape + [D]`.
+pub fn embedding(weight: &Tensor, ids: &[u32], ids_shape: &[usize]) -> Result<Tensor> {
+    check(weight, ids, ids_shape)?;
+    let (v, d) = (weight.shape()[0], weight.shape()[1]);
     if crate::device::kernel::runs_kernels(weight.device()) {
-        return gpu::forward(weight, ids, ids_shape);
+        let index = gpu::DeviceIndex::upload(weight.device(), ids, v)?;
+        return gpu::forward(weight, &index, ids_shape);
     }
     let w = cpu_input("embedding", weight)?;
     let ws = w.f32s("embedding")?;
@@ -54,7 +64,13 @@ pub fn embedding(weight: &Tensor, ids: &[u32], ids_shape: &[usize]) -> Result<Te
 /// The gradient of the table: `dw[v] = Σ_{k: ids[k] = v} dy[k]`, added in id order.
 pub fn embedding_backward(gout: &Tensor, ids: &[u32], vocab: usize) -> Result<Tensor> {
     if crate::device::kernel::runs_kernels(gout.device()) {
-        return gpu::backward(gout, ids, vocab);
+        if let Some(bad) = ids.iter().find(|&&i| i as usize >= vocab) {
+            bail_shape!(
+                "embedding backward",
+                "id {bad} is out of range for a table of {vocab} rows"
+            );
+        }
+        return gpu::backward(gout, &gpu::DeviceIndex::upload(gout.device(), ids, vocab)?);
     }
     let g = cpu_input("embedding backward", gout)?;
     let gs = g.f32s("embedding backward")?;
@@ -80,10 +96,18 @@ pub fn embedding_backward(gout: &Tensor, ids: &[u32], vocab: usize) -> Result<Te
 impl<'m> Graph<'m> {
     /// Rows of `weight` picked by `ids` (shape `ids_shape`).
     pub fn embedding(&self, weight: &Var, ids: &[u32], ids_shape: &[usize]) -> Result<Var> {
-        let out = embedding(weight.tensor(), ids, ids_shape)?;
+        let w = weight.tensor();
+        let (out, device_index) = if crate::device::kernel::runs_kernels(w.device()) {
+            check(w, ids, ids_shape)?;
+            let index = gpu::DeviceIndex::upload(w.device(), ids, w.shape()[0])?;
+            (gpu::forward(w, &index, ids_shape)?, Some(index))
+        } else {
+            (embedding(w, ids, ids_shape)?, None)
+        };
         let op = EmbeddingOp {
             ids: Arc::new(ids.to_vec()),
-            vocab: weight.shape()[0],
+            vocab: w.shape()[0],
+            device_index,
         };
         Ok(self.record(Op::Embedding(op), &[weight], vec![], out))
     }
@@ -96,6 +120,13 @@ impl EmbeddingOp {
         gout: &Tensor,
         _needs: &[bool],
     ) -> Result<Vec<Option<Tensor>>> {
+        if let Some(index) = self
+            .device_index
+            .as_ref()
+            .filter(|i| i.device() == gout.device())
+        {
+            return Ok(vec![Some(gpu::backward(gout, index)?)]);
+        }
         Ok(vec![Some(embedding_backward(gout, &self.ids, self.vocab)?)])
     }
 }

@@ -170,16 +170,16 @@ fn emu_matmul(
         d.m,
         d.n,
         d.k,
-        a.f32s(op)?,
+        a.device_side_f32s(op)?,
         if d.a_shared { 0 } else { d.m * d.k },
-        b.f32s(op)?,
+        b.device_side_f32s(op)?,
         if d.b_shared { 0 } else { d.k * d.n },
         &mut out,
     );
     if let Some(bias) = bias {
         // cuBLASLt's bias epilogue: added to the f32 accumulator, before the output rounding.
         let bias = bias.to_dtype(DType::F32);
-        let bs = bias.f32s(op)?;
+        let bs = bias.device_side_f32s(op)?;
         for row in out.chunks_mut(d.n.max(1)) {
             for (o, b) in row.iter_mut().zip(bs) {
                 *o += b;

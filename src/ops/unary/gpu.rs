@@ -75,6 +75,28 @@ pub(crate) fn forward(kind: UnaryKind, x: &Tensor) -> Result<Tensor> {
     out.into_tensor()
 }
 
+/// A tensor of `shape` on `device` with every element `value`, made by a kernel.
+pub(crate) fn fill(device: crate::Device, shape: &[usize], value: f32) -> Result<Tensor> {
+    let op = "fill";
+    let n = kernel::i32_len(op, shape.iter().product())?;
+    let mut out = DeviceBuf::f32(device, shape)?;
+    // SAFETY: `out` holds n elements; the kernel touches indices < n.
+    unsafe {
+        kernel::launch(
+            device,
+            MODULE,
+            "fill_f32",
+            LaunchConfig::for_elements(n as usize, THREADS),
+            &mut [
+                KernelArg::Out(&mut out),
+                KernelArg::F32(value),
+                KernelArg::I32(n),
+            ],
+        )
+    }?;
+    out.into_tensor()
+}
+
 /// `c·x`.
 pub(crate) fn scale(x: &Tensor, c: f32) -> Result<Tensor> {
     let op = "scale";
