@@ -2,7 +2,8 @@
 //! kernels/emu/tests/selftest.cu: each part of the execution model against a reference computed
 //! here on fresh random data (seeds printed on failure), and each failure mode the emulator exists
 //! to catch — deadlock, device assert, a planted missing `__syncthreads` (reverse lane order) and a
-//! planted out-of-bounds write (the AddressSanitizer build).
+//! planted out-of-bounds write (the AddressSanitizer build). Under that build, too, every
+//! production kernel family, with its launchers' geometry and buffer sizes.
 
 mod common;
 
@@ -1066,39 +1067,719 @@ fn sanitizer_build_catches_a_planted_out_of_bounds_write() {
     );
 }
 
+/// The barrier-heavy and warp-collective selftest kernel with dynamic shared memory (an
+/// exact-size malloc in emu.cpp; the production kernels launch with none): fiber switches and
+/// shared memory under ASan.
 #[test]
-fn sanitizer_build_runs_production_kernels_cleanly() {
+fn sanitizer_build_runs_dynamic_shared_memory_cleanly() {
     let exe = asan_runner();
-    for n in [1usize, 7, 197, 1000] {
-        let (buf, cnt) = (format!("f32buf:{n}"), format!("i32:{n}"));
-        let blocks = format!("{},1,1", n.div_ceil(256));
-        for rev in [false, true] {
-            let mut fwd = vec!["gelu_fwd_f32", &blocks, "256,1,1", "0"];
-            let mut bwd = vec!["gelu_bwd_f32", &blocks, "256,1,1", "0"];
-            if rev {
-                fwd.push("--reverse");
-                bwd.push("--reverse");
+    for reverse in [false, true] {
+        let mut args = vec!["emutest_block_sum", "3,1,1", "96,1,1", "384"];
+        if reverse {
+            args.push("--reverse");
+        }
+        args.extend(["f32buf:250", "f32buf:3", "i32:250"]);
+        let (ok, log) = asan_run(&exe, &args);
+        assert!(ok && log.lines().any(|l| l == "ok"), "{args:?}:\n{log}");
+    }
+}
+
+// ---- every production kernel family under ASan ------------------------------------------------
+//
+// Out-of-bounds accesses are what the emulator cannot otherwise see: its buffers are Rust Vecs
+// with neighbours on the heap, so a kernel that reads or writes one element past a row or a
+// buffer usually runs on. Here every production kernel runs in the ASan build, in lane order and
+// reversed, at small awkward sizes (rows not a multiple of a block's 8 warps, widths not of 32,
+// element counts not of 256, empty tensors where the launcher still launches), with exactly the
+// grid, block, shared memory and buffer sizes of its Rust launcher. Each family's helper below
+// mirrors one launcher file (named in its comment); the geometry comes from the same
+// `LaunchConfig` constructors the launchers call, or from a copy of their formula.
+
+/// One launch of the ASan runner: a kernel, the geometry its launcher computes, and one argument
+/// per kernel parameter in asan_main.cpp's grammar (buffers of exactly the launcher's sizes).
+struct AsanLaunch {
+    kernel: String,
+    cfg: LaunchConfig,
+    args: Vec<String>,
+}
+
+impl AsanLaunch {
+    fn argv(&self, reverse: bool) -> Vec<String> {
+        let (g, b) = (self.cfg.grid, self.cfg.block);
+        let mut v = vec![
+            self.kernel.clone(),
+            format!("{},{},{}", g.0, g.1, g.2),
+            format!("{},{},{}", b.0, b.1, b.2),
+            self.cfg.shared_bytes.to_string(),
+        ];
+        if reverse {
+            v.push("--reverse".into());
+        }
+        v.extend(self.args.iter().cloned());
+        v
+    }
+}
+
+fn launch_of(kernel: impl Into<String>, cfg: LaunchConfig, args: Vec<String>) -> AsanLaunch {
+    AsanLaunch {
+        kernel: kernel.into(),
+        cfg,
+        args,
+    }
+}
+
+/// A buffer of `n` elements of the kernel's storage type `t` ("f32", "f16", "bf16").
+fn tbuf(t: &str, n: usize) -> String {
+    format!("{t}buf:{n}")
+}
+fn fbuf(n: usize) -> String {
+    tbuf("f32", n)
+}
+/// `n` in-range indices below `m` (MOD−1 first, see asan_main.cpp).
+fn ibuf(n: usize, m: usize) -> String {
+    format!("i32buf:{n}:{m}")
+}
+fn ilist(v: &[i32]) -> String {
+    let s: Vec<String> = v.iter().map(|x| x.to_string()).collect();
+    format!("i32list:{}", s.join(","))
+}
+fn int(v: usize) -> String {
+    format!("i32:{v}")
+}
+fn flt(v: f32) -> String {
+    format!("f32:{v:e}")
+}
+
+const DTYPES: [&str; 3] = ["f32", "f16", "bf16"];
+
+/// elementwise.cu, pointwise activations: mirrors src/ops/unary/gpu.rs (`forward`, `backward`,
+/// `scale`, `gelu_typed`): `LaunchConfig::for_elements(n, THREADS = 256)`, every buffer n long.
+fn asan_unary() -> Vec<AsanLaunch> {
+    let mut v = Vec::new();
+    for n in [0, 1, 7, 197, 300] {
+        let cfg = LaunchConfig::for_elements(n, 256);
+        for t in DTYPES {
+            let b = || tbuf(t, n);
+            v.push(launch_of(
+                format!("gelu_fwd_{t}"),
+                cfg,
+                vec![b(), b(), int(n)],
+            ));
+            let bwd = vec![b(), b(), b(), int(n)];
+            v.push(launch_of(format!("gelu_bwd_{t}"), cfg, bwd));
+        }
+        for k in ["quick_gelu", "relu", "exp", "log", "sigmoid"] {
+            let fwd = vec![fbuf(n), fbuf(n), int(n)];
+            v.push(launch_of(format!("{k}_fwd_f32"), cfg, fwd));
+            let bwd = vec![fbuf(n), fbuf(n), fbuf(n), int(n)];
+            v.push(launch_of(format!("{k}_bwd_f32"), cfg, bwd));
+        }
+        let scale = vec![fbuf(n), fbuf(n), flt(0.5), int(n)];
+        v.push(launch_of("scale_fwd_f32", cfg, scale));
+    }
+    v
+}
+
+/// The bias gradient's geometry: mirrors `sum_rows_to` in src/ops/binary/gpu.rs.
+fn bias_bwd_cfg(d: usize) -> LaunchConfig {
+    cfg((d.div_ceil(32).max(1) as u32, 1, 1), (32, 8, 1), 0)
+}
+
+/// elementwise.cu, binary ops: mirrors src/ops/binary/gpu.rs (`add`, `sum_rows_to`, `binary`,
+/// `div_grad_b`) on x [rows, d] with a [d] (or [] scalar) operand on either side.
+fn asan_binary() -> Vec<AsanLaunch> {
+    let mut v = Vec::new();
+    for (rows, d) in [(0, 5), (7, 50), (13, 33)] {
+        let n = rows * d;
+        let cfg = LaunchConfig::for_elements(n, 256);
+        v.push(launch_of(
+            "add_fwd_f32",
+            cfg,
+            vec![fbuf(n), fbuf(n), fbuf(n), int(n)],
+        ));
+        for t in DTYPES {
+            let args = vec![tbuf(t, n), tbuf(t, n), tbuf(t, d), int(rows), int(d)];
+            v.push(launch_of(format!("add_bias_fwd_{t}"), cfg, args));
+        }
+        let args = vec![fbuf(d), fbuf(n), int(rows), int(d)];
+        v.push(launch_of("bias_bwd_f32", bias_bwd_cfg(d), args));
+        // Each operand the full shape (n) or a repeated trailing block ([d], or a [] scalar).
+        for (na, nb) in [(n, n), (n, d), (d, n), (n, 1), (1, n)] {
+            for k in ["mul", "sub", "div"] {
+                let args = vec![fbuf(n), fbuf(na), fbuf(nb), int(n), int(na), int(nb)];
+                v.push(launch_of(format!("{k}_fwd_f32"), cfg, args));
             }
-            fwd.extend([buf.as_str(), &buf, &cnt]);
-            bwd.extend([buf.as_str(), &buf, &buf, &cnt]);
-            for args in [fwd, bwd] {
-                let (ok, log) = asan_run(&exe, &args);
-                assert!(ok && log.contains("ok"), "{args:?}:\n{log}");
-            }
+            let args = vec![
+                fbuf(n),
+                fbuf(n),
+                fbuf(na),
+                fbuf(nb),
+                int(n),
+                int(na),
+                int(nb),
+            ];
+            v.push(launch_of("div_bwd_b_f32", cfg, args));
         }
     }
-    // The barrier-heavy and warp-collective kernels too: the fiber switches under ASan.
-    let (ok, log) = asan_run(
-        &exe,
-        &[
-            "emutest_block_sum",
-            "3,1,1",
-            "96,1,1",
-            "384",
-            "f32buf:250",
-            "f32buf:3",
-            "i32:250",
-        ],
+    v
+}
+
+/// layernorm.cu: mirrors src/ops/layernorm/gpu.rs — row kernels on `warp_per_row(rows)` (its
+/// `rows_cfg`), dw/db stage 1 on grid (ceil(d / 32), nchunks) of (32, 8) with CHUNK = 256 rows,
+/// stage 2 on `for_elements(d, 256)`. 300 rows make two chunks, the second partial.
+fn asan_layernorm() -> Vec<AsanLaunch> {
+    const CHUNK: usize = 256;
+    let mut v = Vec::new();
+    for (rows, d) in [(0, 50), (7, 50), (300, 77)] {
+        let n = rows * d;
+        let rcfg = LaunchConfig::warp_per_row(rows);
+        for t in DTYPES {
+            let args = vec![
+                tbuf(t, n),
+                fbuf(rows),
+                fbuf(rows),
+                tbuf(t, n),
+                fbuf(d),
+                fbuf(d),
+                int(rows),
+                int(d),
+                flt(1e-5),
+            ];
+            v.push(launch_of(format!("layernorm_fwd_{t}"), rcfg, args));
+        }
+        let args = vec![
+            fbuf(n),
+            fbuf(n),
+            fbuf(rows),
+            fbuf(rows),
+            fbuf(n),
+            fbuf(n),
+            fbuf(d),
+            fbuf(d),
+            int(rows),
+            int(d),
+            flt(1e-5),
+        ];
+        v.push(launch_of("layernorm_residual_fwd_f32", rcfg, args));
+        let args = vec![
+            fbuf(n),
+            fbuf(n),
+            fbuf(n),
+            fbuf(d),
+            fbuf(rows),
+            fbuf(rows),
+            int(rows),
+            int(d),
+        ];
+        v.push(launch_of("layernorm_bwd_f32", rcfg, args));
+        let nchunks = rows.div_ceil(CHUNK).max(1);
+        let cfg1 = cfg(
+            (d.div_ceil(32).max(1) as u32, nchunks as u32, 1),
+            (32, 8, 1),
+            0,
+        );
+        let args = vec![
+            fbuf(nchunks * d),
+            fbuf(nchunks * d),
+            fbuf(n),
+            fbuf(n),
+            fbuf(rows),
+            fbuf(rows),
+            int(rows),
+            int(d),
+            int(CHUNK),
+        ];
+        v.push(launch_of("layernorm_bwd_dwdb_f32", cfg1, args));
+        let args = vec![
+            fbuf(d),
+            fbuf(d),
+            fbuf(nchunks * d),
+            fbuf(nchunks * d),
+            int(nchunks),
+            int(d),
+        ];
+        let cfg2 = LaunchConfig::for_elements(d, 256);
+        v.push(launch_of("layernorm_bwd_dwdb_reduce_f32", cfg2, args));
+    }
+    v
+}
+
+/// softmax.cu: mirrors src/ops/softmax/gpu.rs — `warp_per_row(rows)`, rows·n elements; the
+/// causal case on [3, 37, 37] scores.
+fn asan_softmax() -> Vec<AsanLaunch> {
+    let mut v = Vec::new();
+    for (rows, n, causal) in [(0, 5, 0), (7, 50, 0), (13, 77, 0), (3 * 37, 37, 1)] {
+        let c = LaunchConfig::warp_per_row(rows);
+        for t in DTYPES {
+            let e = rows * n;
+            let fwd = vec![tbuf(t, e), tbuf(t, e), int(rows), int(n), int(causal)];
+            v.push(launch_of(format!("softmax_fwd_{t}"), c, fwd));
+            let bwd = vec![tbuf(t, e), tbuf(t, e), tbuf(t, e), int(rows), int(n)];
+            v.push(launch_of(format!("softmax_bwd_{t}"), c, bwd));
+        }
+    }
+    v
+}
+
+/// normalize.cu: mirrors src/ops/normalize/gpu.rs — `warp_per_row(rows)`, [rows, d] and the
+/// [rows] norms.
+fn asan_normalize() -> Vec<AsanLaunch> {
+    let mut v = Vec::new();
+    for (rows, d) in [(0, 5), (7, 50), (13, 77)] {
+        let (c, e) = (LaunchConfig::warp_per_row(rows), rows * d);
+        let fwd = vec![fbuf(e), fbuf(rows), fbuf(e), int(rows), int(d), flt(1e-12)];
+        v.push(launch_of("l2norm_fwd_f32", c, fwd));
+        let bwd = vec![
+            fbuf(e),
+            fbuf(e),
+            fbuf(rows),
+            fbuf(e),
+            int(rows),
+            int(d),
+            flt(1e-12),
+        ];
+        v.push(launch_of("l2norm_bwd_f32", c, bwd));
+    }
+    v
+}
+
+/// One stage of the full sum: mirrors `one_stage` in src/ops/reduce/gpu.rs (grid ceil(n / chunk)
+/// of 256 threads over n elements); `out` is the size `sum_all` gives its output (nparts, then 1).
+fn reduce_stage(out: usize, n: usize, chunk: usize, square: bool, scale: f32) -> AsanLaunch {
+    let blocks = n.div_ceil(chunk.max(1)).max(1);
+    assert_eq!(
+        out, blocks,
+        "sum_all sizes the output one partial per block"
     );
-    assert!(ok && log.contains("ok"), "{log}");
+    let args = vec![
+        fbuf(out),
+        fbuf(n),
+        int(n),
+        int(chunk.max(1)),
+        int(square as usize),
+        flt(scale),
+    ];
+    launch_of(
+        "reduce_sum_f32",
+        cfg((blocks as u32, 1, 1), (256, 1, 1), 0),
+        args,
+    )
+}
+
+/// reduce.cu: mirrors src/ops/reduce/gpu.rs (`sum_all`: CHUNK = 4096, stage 2 over the
+/// partials; `sum_axis`, `expand_axis`: `for_elements`) and the head layout launches of
+/// src/ops/attention/gpu.rs (`launch`: `for_elements(S·B·H·T·Dh, 256)`, both sides that long).
+fn asan_reduce() -> Vec<AsanLaunch> {
+    const CHUNK: usize = 4096;
+    let mut v = Vec::new();
+    for (n, square) in [(0usize, false), (5, true), (9000, false)] {
+        let nparts = n.div_ceil(CHUNK).max(1);
+        v.push(reduce_stage(nparts, n, CHUNK, square, 1.0));
+        v.push(reduce_stage(1, nparts, nparts, false, 0.25));
+    }
+    for (outer, len, inner) in [(3, 7, 50), (1, 77, 1), (5, 1, 13), (2, 0, 3)] {
+        let (o, l, i) = (int(outer), int(len), int(inner));
+        let args = vec![
+            fbuf(outer * inner),
+            fbuf(outer * len * inner),
+            o.clone(),
+            l.clone(),
+            i.clone(),
+            int(1),
+            flt(1.0 / len.max(1) as f32),
+        ];
+        let c = LaunchConfig::for_elements(outer * inner, 256);
+        v.push(launch_of("sum_axis_f32", c, args));
+        let args = vec![
+            fbuf(outer * len * inner),
+            fbuf(outer * inner),
+            o,
+            l,
+            i,
+            flt(0.5),
+        ];
+        let c = LaunchConfig::for_elements(outer * len * inner, 256);
+        v.push(launch_of("expand_axis_f32", c, args));
+    }
+    for [b, t, h, dh, s] in [[2, 7, 3, 5, 3], [3, 5, 2, 4, 1], [1, 77, 1, 33, 3]] {
+        let n = s * b * h * t * dh;
+        let c = LaunchConfig::for_elements(n, 256);
+        for k in ["head_split_fwd_f32", "head_split_bwd_f32"] {
+            let args = vec![fbuf(n), fbuf(n), int(b), int(t), int(h), int(dh), int(s)];
+            v.push(launch_of(k, c, args));
+        }
+    }
+    v
+}
+
+/// cross_entropy.cu: mirrors src/ops/cross_entropy/gpu.rs — `warp_per_row(n)`, logits and
+/// probabilities [n, c], n targets < c (the largest first), a one-element dloss.
+fn asan_cross_entropy() -> Vec<AsanLaunch> {
+    let mut v = Vec::new();
+    for (n, c) in [(0, 5), (7, 50), (13, 77), (40, 3)] {
+        let cf = LaunchConfig::warp_per_row(n);
+        let fwd = vec![
+            fbuf(n),
+            fbuf(n * c),
+            fbuf(n * c),
+            ibuf(n, c),
+            int(n),
+            int(c),
+        ];
+        v.push(launch_of("cross_entropy_fwd_f32", cf, fwd));
+        let bwd = vec![
+            fbuf(n * c),
+            fbuf(n * c),
+            ibuf(n, c),
+            fbuf(1),
+            int(n),
+            int(c),
+        ];
+        v.push(launch_of("cross_entropy_bwd_f32", cf, bwd));
+    }
+    v
+}
+
+/// layout.cu: mirrors src/ops/layout/gpu.rs — one `for_elements(part, 256)` launch per part of a
+/// concat into the whole [outer, total, inner] output, narrow / its gradient over the output
+/// elements, transpose01 over a·b·c.
+fn asan_layout() -> Vec<AsanLaunch> {
+    let mut v = Vec::new();
+    for (outer, lens, inner) in [
+        (2, vec![3, 5, 1], 7),
+        (1, vec![2, 0, 5], 11),
+        (4, vec![1, 1], 1),
+    ] {
+        let total: usize = lens.iter().sum();
+        let mut start = 0;
+        for len in lens {
+            let part = outer * len * inner;
+            let args = vec![
+                fbuf(outer * total * inner),
+                fbuf(part),
+                int(outer),
+                int(len),
+                int(inner),
+                int(total),
+                int(start),
+            ];
+            v.push(launch_of(
+                "concat_fwd_f32",
+                LaunchConfig::for_elements(part, 256),
+                args,
+            ));
+            start += len;
+        }
+    }
+    for (outer, full, inner, start, len) in [(2, 9, 7, 0, 3), (2, 9, 7, 6, 3), (3, 5, 1, 4, 1)] {
+        let (small, big) = (outer * len * inner, outer * full * inner);
+        let dims = [outer, full, len, inner, start].map(int);
+        let mut fwd = vec![fbuf(small), fbuf(big)];
+        fwd.extend(dims.iter().cloned());
+        v.push(launch_of(
+            "narrow_fwd_f32",
+            LaunchConfig::for_elements(small, 256),
+            fwd,
+        ));
+        let mut bwd = vec![fbuf(big), fbuf(small)];
+        bwd.extend(dims.iter().cloned());
+        v.push(launch_of(
+            "narrow_bwd_f32",
+            LaunchConfig::for_elements(big, 256),
+            bwd,
+        ));
+    }
+    for (a, b, c) in [(3, 7, 50), (5, 2, 1), (7, 3, 13)] {
+        let n = a * b * c;
+        let args = vec![fbuf(n), fbuf(n), int(a), int(b), int(c)];
+        v.push(launch_of(
+            "transpose01_f32",
+            LaunchConfig::for_elements(n, 256),
+            args,
+        ));
+    }
+    v
+}
+
+/// The CSR index of `ids` over `vocab` rows: mirrors `csr` in src/ops/embedding/gpu.rs.
+fn embedding_csr(ids: &[i32], vocab: usize) -> (Vec<i32>, Vec<i32>) {
+    let mut off = vec![0i32; vocab + 1];
+    for &i in ids {
+        off[i as usize + 1] += 1;
+    }
+    for r in 0..vocab {
+        off[r + 1] += off[r];
+    }
+    let mut next = off.clone();
+    let mut pos = vec![0i32; ids.len()];
+    for (k, &i) in ids.iter().enumerate() {
+        pos[next[i as usize] as usize] = k as i32;
+        next[i as usize] += 1;
+    }
+    (off, pos)
+}
+
+/// embedding.cu: mirrors src/ops/embedding/gpu.rs — forward `for_elements(n·d, 256)` over a
+/// [V, d] table; backward grid (V, ceil(d / 128)) of 128 over the CSR index (off V+1, pos n).
+/// The ids include V − 1 and leave some rows absent (empty CSR ranges).
+fn asan_embedding() -> Vec<AsanLaunch> {
+    let mut v = Vec::new();
+    for (vocab, n, d) in [(11, 13, 50), (5, 7, 130), (3, 1, 1), (4, 0, 3)] {
+        let ids: Vec<i32> = (0..n)
+            .map(|k| (vocab - 1 - (k * k) % vocab) as i32)
+            .collect();
+        let fwd = vec![fbuf(n * d), fbuf(vocab * d), ilist(&ids), int(n), int(d)];
+        let c = LaunchConfig::for_elements(n * d, 256);
+        v.push(launch_of("embedding_fwd_f32", c, fwd));
+        let (off, pos) = embedding_csr(&ids, vocab);
+        let bwd = vec![
+            fbuf(vocab * d),
+            fbuf(n * d),
+            ilist(&off),
+            ilist(&pos),
+            int(d),
+        ];
+        let c = cfg(
+            (vocab.max(1) as u32, d.div_ceil(128).max(1) as u32, 1),
+            (128, 1, 1),
+            0,
+        );
+        v.push(launch_of("embedding_bwd_f32", c, bwd));
+    }
+    v
+}
+
+/// batchnorm.cu: mirrors src/ops/batchnorm/gpu.rs — per-channel kernels on grid (C) of 256
+/// (its `per_channel`), elementwise ones on `for_elements(N·C·H·W, 256)`; a channel of 189
+/// elements (fewer than the block) and one of 646 (more).
+fn asan_batchnorm() -> Vec<AsanLaunch> {
+    let mut v = Vec::new();
+    for (n, c, h, w) in [(3, 5, 7, 9), (2, 3, 17, 19), (1, 1, 1, 1)] {
+        let (hw, total) = (h * w, n * c * h * w);
+        let per_channel = cfg((c.max(1) as u32, 1, 1), (256, 1, 1), 0);
+        let elems = LaunchConfig::for_elements(total, 256);
+        let stats = vec![
+            fbuf(c),
+            fbuf(c),
+            fbuf(c),
+            fbuf(total),
+            int(n),
+            int(c),
+            int(hw),
+            flt(1e-5),
+        ];
+        v.push(launch_of("batchnorm_stats_f32", per_channel, stats));
+        let apply = vec![
+            fbuf(total),
+            fbuf(total),
+            fbuf(c),
+            fbuf(c),
+            fbuf(c),
+            fbuf(c),
+            int(c),
+            int(hw),
+            int(total),
+        ];
+        v.push(launch_of("batchnorm_apply_f32", elems, apply));
+        let sums = vec![
+            fbuf(c),
+            fbuf(c),
+            fbuf(total),
+            fbuf(total),
+            fbuf(c),
+            fbuf(c),
+            int(n),
+            int(c),
+            int(hw),
+        ];
+        v.push(launch_of("batchnorm_bwd_sums_f32", per_channel, sums));
+        for training in [0, 1] {
+            let dx = vec![
+                fbuf(total),
+                fbuf(total),
+                fbuf(total),
+                fbuf(c),
+                fbuf(c),
+                fbuf(c),
+                fbuf(c),
+                fbuf(c),
+                int(c),
+                int(hw),
+                int(total),
+                flt(1.0 / (n * hw).max(1) as f32),
+                int(training),
+            ];
+            v.push(launch_of("batchnorm_bwd_dx_f32", elems, dx));
+        }
+    }
+    v
+}
+
+/// conv2d.cu: mirrors `run` in src/ops/conv2d/gpu.rs (`for_elements(output, 256)`; col is
+/// [C·kh·kw, N·OH·OW]) with the output size of src/ops/conv2d/mod.rs's `geom`.
+fn asan_conv2d() -> Vec<AsanLaunch> {
+    let mut v = Vec::new();
+    // (n, c, h, w, kh, kw, stride, pad)
+    for (n, c, h, w, kh, kw, s, pad) in [
+        (2, 3, 7, 9, 3, 3, 2, 1),
+        (1, 2, 5, 6, 2, 3, 1, 0),
+        (1, 3, 8, 8, 3, 3, 3, 2),
+        (2, 1, 4, 4, 4, 4, 4, 0),
+    ] {
+        let (oh, ow) = ((h + 2 * pad - kh) / s + 1, (w + 2 * pad - kw) / s + 1);
+        let (x, col) = (n * c * h * w, c * kh * kw * n * oh * ow);
+        let dims = [n, c, h, w, kh, kw, s, pad, oh, ow].map(int);
+        let mut fwd = vec![fbuf(col), fbuf(x)];
+        fwd.extend(dims.iter().cloned());
+        v.push(launch_of(
+            "im2col_fwd_f32",
+            LaunchConfig::for_elements(col, 256),
+            fwd,
+        ));
+        let mut bwd = vec![fbuf(x), fbuf(col)];
+        bwd.extend(dims.iter().cloned());
+        v.push(launch_of(
+            "col2im_bwd_f32",
+            LaunchConfig::for_elements(x, 256),
+            bwd,
+        ));
+    }
+    v
+}
+
+/// pool.cu: mirrors `run` in src/ops/pool/gpu.rs (`for_elements(output, 256)` over N·C planes)
+/// with the output size of src/ops/pool/mod.rs's `geom`; windows that leave a ragged edge.
+fn asan_pool() -> Vec<AsanLaunch> {
+    let mut v = Vec::new();
+    for (n, c, h, w, k, s) in [(2, 3, 7, 9, 3, 2), (1, 2, 5, 5, 2, 1), (1, 1, 6, 7, 3, 3)] {
+        let (oh, ow) = ((h - k) / s + 1, (w - k) / s + 1);
+        let planes = n * c;
+        let (x, y) = (planes * h * w, planes * oh * ow);
+        let dims = [planes, h, w, k, s, oh, ow].map(int);
+        let mut fwd = vec![fbuf(y), fbuf(x)];
+        fwd.extend(dims.iter().cloned());
+        v.push(launch_of(
+            "avgpool_fwd_f32",
+            LaunchConfig::for_elements(y, 256),
+            fwd,
+        ));
+        let mut bwd = vec![fbuf(x), fbuf(y)];
+        bwd.extend(dims.iter().cloned());
+        v.push(launch_of(
+            "avgpool_bwd_f32",
+            LaunchConfig::for_elements(x, 256),
+            bwd,
+        ));
+    }
+    v
+}
+
+/// Every family's launches, by kernels/ file.
+const ASAN_FAMILIES: [(&str, fn() -> Vec<AsanLaunch>); 12] = [
+    ("elementwise (unary)", asan_unary),
+    ("elementwise (binary)", asan_binary),
+    ("layernorm", asan_layernorm),
+    ("softmax", asan_softmax),
+    ("normalize", asan_normalize),
+    ("reduce", asan_reduce),
+    ("cross_entropy", asan_cross_entropy),
+    ("layout", asan_layout),
+    ("embedding", asan_embedding),
+    ("batchnorm", asan_batchnorm),
+    ("conv2d", asan_conv2d),
+    ("pool", asan_pool),
+];
+
+/// Runs a family's launches under ASan, in lane order and reversed: all of one order in one
+/// process (launches separated by `--`, each with fresh exact-size buffers), and when that fails
+/// each launch on its own, so the failure names every failing command line with its report.
+/// Returns the failure report, if any.
+fn asan_family(family: &str, launches: fn() -> Vec<AsanLaunch>) -> Option<String> {
+    let exe = asan_runner();
+    let launches = launches();
+    if launches.is_empty() {
+        return Some(format!("{family}: no launches"));
+    }
+    let passed = |argv: &[String]| {
+        let (ok, log) = asan_run(&exe, &argv.iter().map(String::as_str).collect::<Vec<_>>());
+        (ok && log.lines().any(|line| line == "ok"), log)
+    };
+    for reverse in [false, true] {
+        let mut batch = Vec::new();
+        for l in &launches {
+            if !batch.is_empty() {
+                batch.push("--".to_string());
+            }
+            batch.extend(l.argv(reverse));
+        }
+        let (ok, batch_log) = passed(&batch);
+        if ok {
+            continue;
+        }
+        let failures: Vec<String> = launches
+            .iter()
+            .map(|l| l.argv(reverse))
+            .filter_map(|argv| {
+                let (ok, log) = passed(&argv);
+                (!ok).then(|| format!("emu_asan {}\n{log}", argv.join(" ")))
+            })
+            .collect();
+        let order = if reverse { " (reverse lane order)" } else { "" };
+        return Some(if failures.is_empty() {
+            format!("{family}{order}: the launches pass one by one but not in one process:\n{batch_log}")
+        } else {
+            format!(
+                "{family}{order}: {} of {} launches failed under ASan:\n{}",
+                failures.len(),
+                launches.len(),
+                failures.join("\n")
+            )
+        });
+    }
+    None
+}
+
+/// Every family of ASAN_FAMILIES (so every production kernel, see the next test) under ASan,
+/// the families in parallel; fails with the report of each failing family.
+#[test]
+fn sanitizer_build_runs_every_production_kernel_cleanly() {
+    let failures: Vec<String> = std::thread::scope(|scope| {
+        let runs: Vec<_> = ASAN_FAMILIES
+            .iter()
+            .map(|&(family, launches)| scope.spawn(move || asan_family(family, launches)))
+            .collect();
+        runs.into_iter().filter_map(|r| r.join().unwrap()).collect()
+    });
+    assert!(
+        failures.is_empty(),
+        "{} of {} kernel families fail under ASan:\n{}",
+        failures.len(),
+        ASAN_FAMILIES.len(),
+        failures.join("\n")
+    );
+}
+
+/// The families above launch every production kernel the emulator registers (all but the
+/// `emutest_` kernels of kernels/emu/tests/): a new kernel must join a family to pass.
+#[test]
+fn sanitizer_families_cover_every_production_kernel() {
+    let mut covered = std::collections::BTreeSet::new();
+    for (_, launches) in ASAN_FAMILIES {
+        covered.extend(launches().into_iter().map(|l| l.kernel));
+    }
+    let production: std::collections::BTreeSet<String> = emu::kernels()
+        .into_iter()
+        .filter(|k| !k.starts_with("emutest_"))
+        .collect();
+    let missing: Vec<_> = production.difference(&covered).collect();
+    let unknown: Vec<_> = covered.difference(&production).collect();
+    assert!(
+        missing.is_empty(),
+        "production kernels never launched under ASan: {missing:?}"
+    );
+    assert!(
+        unknown.is_empty(),
+        "ASan launches of kernels the emulator does not register: {unknown:?}"
+    );
+    assert!(production.len() >= 62, "{production:?}");
 }

@@ -1,15 +1,30 @@
 // asan_main.cpp — a command-line launcher for the AddressSanitizer build of the emulator.
 //
 // tests/emulator.rs compiles the emulator runtime and every kernel again with
-// -fsanitize=address, together with this file, into one program, and runs kernels through it.
+// -fsanitize=address, together with this file, into one program, and runs kernels through it
+// (every production kernel family, with the geometry and buffer sizes of its Rust launcher).
 // Every buffer is its own malloc of exactly the requested size, so ASan's redzones sit right
 // after the last element: a kernel that writes or reads one element too far is reported
-// ("heap-buffer-overflow") and the program exits non-zero. Dynamic shared memory is an
-// exact-size malloc too (emu.cpp), and static __shared__ arrays keep ASan's global redzones.
+// ("heap-buffer-overflow") and the program exits non-zero. A buffer of 0 elements is a zero-byte
+// malloc, so any access to it is reported. Dynamic shared memory is an exact-size malloc too
+// (emu.cpp), and static __shared__ arrays keep ASan's global redzones.
 //
-// usage: emu_asan KERNEL GX,GY,GZ BX,BY,BZ SHARED_BYTES [--reverse] ARG...
-//   ARG: f32buf:N (N floats, pseudo-random in [-3, 3))  i32:V  u32:V  f32:V
-// prints "ok" (exit 0) or "error: <message>" (exit 2); ASan findings abort with its report.
+// usage: emu_asan LAUNCH [-- LAUNCH]...
+//   LAUNCH: KERNEL GX,GY,GZ BX,BY,BZ SHARED_BYTES [--reverse] ARG...
+//   Launches run in order, each with buffers of its own (freed after it), so one process can
+//   run a family's launches; a lone `--` separates them.
+//   ARG (one per kernel parameter, in order):
+//     f32buf:N          N floats, pseudo-random in [-3, 3)
+//     f16buf:N          N __half, the same pseudo-random values rounded to f16 (emu_half.h)
+//     bf16buf:N         N __nv_bfloat16, likewise rounded to bf16
+//     i32buf:N:MOD      N ints MOD−1, MOD−2, …, 0, MOD−1, … (every value < MOD, the largest
+//                       first): in-range targets or ids of a table of MOD rows
+//     i32list:V,V,...   exactly the listed ints (CSR offsets, positions); `i32list:` is empty
+//     i32:V  u32:V  f32:V   scalar parameters
+// prints "ok" after the last launch (exit 0), or "error: <message>" for the first launch the
+// emulator refuses or fails (exit 2); ASan findings abort with its report, which names the kernel.
+#include "emu.h"  // __half / __nv_bfloat16 (emu_half.h)
+
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -28,22 +43,34 @@ int clipcu_emu_launch(const char* name, const uint32_t grid[3], const uint32_t b
 
 static bool dims(const char* s, uint32_t d[3]) { return std::sscanf(s, "%u,%u,%u", &d[0], &d[1], &d[2]) == 3; }
 
-int main(int argc, char** argv) {
-    if (argc < 5) {
-        std::fprintf(stderr, "usage: %s KERNEL GX,GY,GZ BX,BY,BZ SHARED_BYTES [--reverse] ARG...\n", argv[0]);
+// A decimal integer at `s` (advanced past it), or false when there is none.
+static bool number(const char*& s, long long& v) {
+    char* e = nullptr;
+    v = std::strtoll(s, &e, 10);
+    if (e == s) return false;
+    s = e;
+    return true;
+}
+
+static const char* const USAGE = "usage: %s KERNEL GX,GY,GZ BX,BY,BZ SHARED_BYTES [--reverse] ARG... [-- LAUNCH]...\n";
+
+// One launch: argv[0] is the kernel, argc the length of its segment. Returns main's exit code.
+static int run_launch(int argc, char** argv, uint64_t& state) {
+    if (argc < 4) {
+        std::fprintf(stderr, "a launch needs KERNEL GRID BLOCK SHARED_BYTES\n");
         return 64;
     }
     uint32_t grid[3], block[3];
-    if (!dims(argv[2], grid) || !dims(argv[3], block)) {
+    if (!dims(argv[1], grid) || !dims(argv[2], block)) {
         std::fprintf(stderr, "bad grid or block\n");
         return 64;
     }
-    size_t shared = std::strtoull(argv[4], nullptr, 10);
+    size_t shared = std::strtoull(argv[3], nullptr, 10);
     uint32_t flags = 0;
-    int first = 5;
-    if (argc > 5 && std::strcmp(argv[5], "--reverse") == 0) {
+    int first = 4;
+    if (argc > 4 && std::strcmp(argv[4], "--reverse") == 0) {
         flags = 1;
-        first = 6;
+        first = 5;
     }
     // Values live in these vectors (reserved, so addresses stay put); buffers are raw mallocs.
     std::vector<int32_t> ints;
@@ -55,18 +82,53 @@ int main(int argc, char** argv) {
     floats.reserve(argc);
     ptrs.reserve(argc);
     std::vector<clipcu_emu_arg> args;
-    uint64_t state = 0x9e3779b97f4a7c15ull;
+    auto next_float = [&state]() {
+        state = state * 6364136223846793005ull + 1442695040888963407ull;
+        return (float)((state >> 40) * (1.0 / (1 << 24))) * 6.0f - 3.0f;
+    };
+    // An exact-size buffer of n elements of T, filled by fill(k); its pointer becomes the argument.
+    auto buffer = [&](size_t n, auto fill) {
+        using T = decltype(fill(size_t{0}));
+        T* p = static_cast<T*>(std::malloc(n * sizeof(T)));
+        for (size_t k = 0; k < n; ++k) p[k] = fill(k);
+        ptrs.push_back(p);
+        args.push_back({0, 8, &ptrs.back()});
+    };
+    auto bad = [](const std::string& a) {
+        std::fprintf(stderr, "bad argument %s\n", a.c_str());
+        return 64;
+    };
     for (int i = first; i < argc; ++i) {
         std::string a = argv[i];
+        auto count = [&](size_t prefix, long long& n) {
+            const char* s = a.c_str() + prefix;
+            return number(s, n) && n >= 0 && *s == 0;
+        };
+        long long n = 0;
         if (a.rfind("f32buf:", 0) == 0) {
-            size_t n = std::strtoull(a.c_str() + 7, nullptr, 10);
-            float* p = static_cast<float*>(std::malloc(n * sizeof(float)));
-            for (size_t k = 0; k < n; ++k) {
-                state = state * 6364136223846793005ull + 1442695040888963407ull;
-                p[k] = (float)((state >> 40) * (1.0 / (1 << 24))) * 6.0f - 3.0f;
+            if (!count(7, n)) return bad(a);
+            buffer((size_t)n, [&](size_t) { return next_float(); });
+        } else if (a.rfind("f16buf:", 0) == 0) {
+            if (!count(7, n)) return bad(a);
+            buffer((size_t)n, [&](size_t) { return __float2half_rn(next_float()); });
+        } else if (a.rfind("bf16buf:", 0) == 0) {
+            if (!count(8, n)) return bad(a);
+            buffer((size_t)n, [&](size_t) { return __float2bfloat16_rn(next_float()); });
+        } else if (a.rfind("i32buf:", 0) == 0) {
+            const char* s = a.c_str() + 7;
+            long long mod = 0;
+            if (!number(s, n) || n < 0 || *s++ != ':' || !number(s, mod) || mod < 1 || mod > INT32_MAX || *s)
+                return bad(a);
+            buffer((size_t)n, [mod](size_t k) { return (int32_t)(mod - 1 - (long long)(k % (size_t)mod)); });
+        } else if (a.rfind("i32list:", 0) == 0) {
+            std::vector<int32_t> vals;
+            const char* s = a.c_str() + 8;
+            while (*s) {
+                long long v = 0;
+                if (!number(s, v) || v < INT32_MIN || v > INT32_MAX || (*s && *s++ != ',')) return bad(a);
+                vals.push_back((int32_t)v);
             }
-            ptrs.push_back(p);
-            args.push_back({0, 8, &ptrs.back()});
+            buffer(vals.size(), [&vals](size_t k) { return vals[k]; });
         } else if (a.rfind("i32:", 0) == 0) {
             ints.push_back((int32_t)std::strtol(a.c_str() + 4, nullptr, 10));
             args.push_back({1, 4, &ints.back()});
@@ -77,16 +139,31 @@ int main(int argc, char** argv) {
             floats.push_back(std::strtof(a.c_str() + 4, nullptr));
             args.push_back({3, 4, &floats.back()});
         } else {
-            std::fprintf(stderr, "bad argument %s\n", a.c_str());
-            return 64;
+            return bad(a);
         }
     }
     char err[4096] = {0};
-    int rc = clipcu_emu_launch(argv[1], grid, block, shared, args.data(), args.size(), flags, err, sizeof err);
+    int rc = clipcu_emu_launch(argv[0], grid, block, shared, args.data(), args.size(), flags, err, sizeof err);
     for (void* p : ptrs) std::free(p);
     if (rc != 0) {
         std::printf("error: %s\n", err);
         return 2;
+    }
+    return 0;
+}
+
+int main(int argc, char** argv) {
+    if (argc < 5) {
+        std::fprintf(stderr, USAGE, argv[0]);
+        return 64;
+    }
+    uint64_t state = 0x9e3779b97f4a7c15ull;  // one pseudo-random stream over all launches
+    for (int start = 1; start < argc;) {
+        int end = start;
+        while (end < argc && std::strcmp(argv[end], "--") != 0) ++end;
+        int rc = run_launch(end - start, argv + start, state);
+        if (rc != 0) return rc;
+        start = end + 1;
     }
     std::printf("ok\n");
     return 0;
