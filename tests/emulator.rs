@@ -1176,6 +1176,7 @@ fn asan_unary() -> Vec<AsanLaunch> {
         }
         let scale = vec![fbuf(n), fbuf(n), flt(0.5), int(n)];
         v.push(launch_of("scale_fwd_f32", cfg, scale));
+        v.push(launch_of("fill_f32", cfg, vec![fbuf(n), flt(1.0), int(n)]));
     }
     v
 }
@@ -1436,6 +1437,13 @@ fn asan_cross_entropy() -> Vec<AsanLaunch> {
             int(c),
         ];
         v.push(launch_of("cross_entropy_bwd_f32", cf, bwd));
+        // the contrastive accuracies over square logits [n, n], both directions
+        if c == 50 || n == 0 {
+            for transpose in [0, 1] {
+                let hits = vec![fbuf(n), fbuf(n * n), int(n), int(transpose)];
+                v.push(launch_of("diagonal_hits_f32", cf, hits));
+            }
+        }
     }
     v
 }

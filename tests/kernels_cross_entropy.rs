@@ -109,3 +109,63 @@ fn contrastive_loss_and_feature_grads_match_cpu() {
         }
     });
 }
+
+#[test]
+fn contrastive_accuracies_match_cpu_with_ties_and_nans() {
+    // diagonal_hits_f32 + the fixed-order sum against the CPU rule (a row counts when its
+    // diagonal is strictly the largest): features with duplicated rows make exact ties in both
+    // directions, and a NaN feature makes its row and column misses.
+    on_each(|device, tag| {
+        for (n, nan) in [
+            (1usize, false),
+            (7, false),
+            (7, true),
+            (50, false),
+            (77, true),
+        ] {
+            let seed = common::fresh_seed();
+            let mut iv = Tensor::randn([n, 16], 1.0, seed).to_vec();
+            let mut tv = iv.clone();
+            // texts near their images (most rows hit), with noise
+            for (t, r) in tv
+                .iter_mut()
+                .zip(Tensor::randn([n, 16], 0.7, seed + 1).to_vec())
+            {
+                *t += r;
+            }
+            if n >= 7 {
+                // image 3 duplicates image 2, text 5 duplicates text 4: ties; a NaN in image 6
+                // (its row and, through it, every column are then misses)
+                let (a, b) = (iv[2 * 16..3 * 16].to_vec(), tv[4 * 16..5 * 16].to_vec());
+                iv[3 * 16..4 * 16].copy_from_slice(&a);
+                tv[5 * 16..6 * 16].copy_from_slice(&b);
+                if nan {
+                    iv[6 * 16] = f32::NAN;
+                }
+            }
+            let img = Tensor::from_vec(iv, [n, 16]).unwrap();
+            let txt = Tensor::from_vec(tv, [n, 16]).unwrap();
+            let accs = |d: Device| {
+                let g = clipcu::Graph::inference();
+                let out = contrastive_loss(
+                    &g,
+                    &g.constant(img.to_device(d).unwrap()),
+                    &g.constant(txt.to_device(d).unwrap()),
+                    &g.constant(Tensor::scalar(2.0).to_device(d).unwrap()),
+                )
+                .unwrap();
+                assert_eq!(out.image_to_text_acc.device(), d);
+                (
+                    out.image_to_text_acc.item().unwrap(),
+                    out.text_to_image_acc.item().unwrap(),
+                )
+            };
+            let (got, want) = (accs(device), accs(Device::Cpu));
+            assert_eq!(got, want, "{tag} n={n} nan={nan} seed={seed}");
+            if n >= 7 {
+                assert!(want.0 < 1.0 && want.1 < 1.0, "ties and NaN must be misses");
+                assert!(nan || want.0 > 0.0, "most rows hit without a NaN");
+            }
+        }
+    });
+}

@@ -310,3 +310,25 @@ fn unsupported_broadcasts_are_clear_errors() {
         "{e}"
     );
 }
+
+#[test]
+fn fill_makes_constants_on_the_device() {
+    // fill_f32 (Tensor::full_on): every element, bit for bit, on the device itself
+    on_each(|device, tag| {
+        for (n, value) in [
+            (1usize, 1.0f32),
+            (7, -0.0),
+            (1000, 3.25),
+            (77, f32::MIN_POSITIVE),
+        ] {
+            let t = Tensor::full_on(value, [n], device).unwrap();
+            assert_eq!(t.device(), device, "{tag}");
+            assert!(
+                t.to_vec().iter().all(|v| v.to_bits() == value.to_bits()),
+                "{tag} n={n}: not all {value}"
+            );
+        }
+        let m = Tensor::full_on(2.0, [3, 0, 4], device).unwrap();
+        assert_eq!(m.shape(), &[3, 0, 4]);
+    });
+}

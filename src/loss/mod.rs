@@ -43,7 +43,8 @@ fn diagonal_accuracy(logits: &[f32], n: usize, transpose: bool) -> f32 {
     let hits = (0..n)
         .filter(|&i| (0..n).all(|j| j == i || at(i, j) < at(i, i)))
         .count();
-    hits as f32 / n.max(1) as f32
+    // times 1/n (not ÷ n), as the device's scaled sum computes it, so both give the same bits
+    hits as f32 * (1.0 / n.max(1) as f32)
 }
 
 /// Symmetric InfoNCE over unnormalised features [N, D] and a scalar `logit_scale` (log of the

@@ -1,0 +1,77 @@
+//! A training step on a kernel device touches the host exactly twice: the batch goes up, the
+//! step's statistics come back (DESIGN §10). Counted by `device::transfers` on Emu, where every
+//! host read or write of device memory is counted as the copy it would be on a GPU. One test per
+//! process keeps the global counters to this test alone.
+mod common;
+use clipcu::device::transfers::{self, TransferStats};
+use clipcu::model::ClipConfig;
+use clipcu::train::{DataSpec, TrainConfig, Trainer};
+use clipcu::Device;
+use std::time::Instant;
+
+fn step_transfers(name: &str, micro: usize) {
+    let cfg = ClipConfig::load(name).unwrap();
+    let batch = 8;
+    let config = TrainConfig {
+        batch_size: batch,
+        micro_batch: micro,
+        steps: 10,
+        lr: 1e-3,
+        weight_decay: 0.2,
+        warmup: 2,
+        constant_lr: false,
+        grad_clip: Some(1.0),
+        seed: 3,
+        checkpointing: false,
+        shape_groups: 0,
+    };
+    let mut t = Trainer::new(&cfg, config, DataSpec::Synthetic).unwrap();
+    t.to_device(Device::Emu).unwrap();
+    let (s, ctx) = (cfg.vision_cfg.image_size, cfg.text_cfg.context_length);
+    let micro_batches = if micro == 0 { 1 } else { batch.div_ceil(micro) };
+    for step in 0..4u64 {
+        let (images, ids) = common::train_batch(step, batch, s, ctx);
+        let before = transfers::stats(Device::Emu);
+        t.train_step_on(&images, &ids, Instant::now()).unwrap();
+        let d = transfers::stats(Device::Emu) - before;
+        if step == 0 {
+            continue; // the first step may set up device state (optimizer tables)
+        }
+        // Up: the images once; per micro-batch, two index uploads of the text tower, each the
+        // ids with their CSR index for backward (i32: n ids, rows + 1 offsets, n positions): the
+        // token ids (cut after the batch's last EOT, CLIP's argmax rule) into the vocabulary, and
+        // the EOT positions into the micro-batch's len·mb token rows.
+        // Down: one vector of the step's statistics (loss, 2 accuracies, logit scale, norm).
+        let mb = if micro == 0 { batch } else { micro };
+        let mut upload_bytes = (images.numel() * 4) as u64;
+        for rows in ids.chunks(mb * ctx) {
+            let len = rows
+                .chunks(ctx)
+                .map(|r| {
+                    r.iter()
+                        .enumerate()
+                        .fold(0, |b, (i, &v)| if v > r[b] { i } else { b })
+                        + 1
+                })
+                .max()
+                .unwrap();
+            let m = rows.len() / ctx;
+            let index = |n: usize, table_rows: usize| (4 * (2 * n + table_rows + 1)) as u64;
+            upload_bytes += index(m * len, cfg.text_cfg.vocab_size) + index(m, m * len);
+        }
+        let want = TransferStats {
+            uploads: 1 + 2 * micro_batches as u64,
+            upload_bytes,
+            downloads: 1,
+            download_bytes: 5 * 4,
+        };
+        assert_eq!(d, want, "{name} micro {micro}, step {step}");
+    }
+}
+
+#[test]
+fn a_training_step_on_emu_uploads_its_batch_and_reads_back_its_statistics() {
+    step_transfers("tiny-vit", 0);
+    step_transfers("tiny-rn", 0);
+    step_transfers("tiny-vit", 4);
+}
