@@ -57,6 +57,7 @@ impl BlockCase {
             BlockInit::ClipText,
             &mut rng,
         );
+        block.to_device(device)?;
         Ok(BlockCase {
             batch,
             tokens,
@@ -102,6 +103,7 @@ impl EncodeImageCase {
         let cfg = crate::model::ClipConfig::load(config_name)?;
         let mut model = crate::model::Clip::new(&cfg, 0);
         model.set_training(false);
+        model.to_device(device)?;
         let s = cfg.vision_cfg.image_size;
         Ok(EncodeImageCase {
             config_name: config_name.to_string(),
@@ -128,10 +130,11 @@ pub struct EncodeTextCase {
 }
 
 impl EncodeTextCase {
-    pub fn new(config_name: &str, truncate: bool) -> Result<EncodeTextCase> {
+    pub fn new(config_name: &str, truncate: bool, device: Device) -> Result<EncodeTextCase> {
         let cfg = crate::model::ClipConfig::load(config_name)?;
         let mut model = crate::model::Clip::new(&cfg, 0);
         model.text.truncate = truncate;
+        model.to_device(device)?;
         let captions: Vec<&str> = include_str!("../assets/bench_captions.txt")
             .lines()
             .filter(|l| !l.trim().is_empty())

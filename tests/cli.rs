@@ -382,3 +382,175 @@ fn zeroshot_and_retrieval_commands() {
     );
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// `metrics.jsonl`'s per-step losses and its evaluation lines.
+fn metrics(path: &std::path::Path) -> (Vec<f64>, Vec<serde_json::Value>) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let losses = lines.iter().filter_map(|v| v["loss"].as_f64()).collect();
+    let evals = lines
+        .into_iter()
+        .filter(|v| v["eval"].is_string())
+        .collect();
+    (losses, evals)
+}
+
+#[test]
+fn train_on_emu_writes_what_the_cpu_run_writes() {
+    let dir = tmpdir();
+    let cfg = small_config(&dir);
+    let run = |device: &str| {
+        let out = dir.join(device);
+        let o = clipcu()
+            .args(["train", "--config"])
+            .arg(&cfg)
+            .args(["--device", device, "--steps", "30", "--batch-size", "8"])
+            .args(["--grad-clip", "1.0", "--warmup", "5", "--lr", "5e-4"])
+            .args([
+                "--eval-every",
+                "30",
+                "--eval-samples",
+                "32",
+                "--checkpoint-every",
+                "10",
+            ])
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "train --device {device}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        for f in [
+            "metrics.jsonl",
+            "checkpoint.safetensors",
+            "model.safetensors",
+            "training.png",
+        ] {
+            assert!(out.join(f).is_file(), "{device}: {f} missing");
+        }
+        (metrics(&out.join("metrics.jsonl")), out)
+    };
+    let ((cpu_losses, cpu_evals), cpu_dir) = run("cpu");
+    let ((emu_losses, emu_evals), emu_dir) = run("emu");
+    assert_eq!(cpu_losses.len(), 30);
+    assert_eq!(emu_losses.len(), 30);
+    for (step, (e, c)) in emu_losses.iter().zip(&cpu_losses).enumerate() {
+        assert!(
+            ((e - c) / c).abs() < 1e-4,
+            "step {step}: emu loss {e} vs cpu {c}"
+        );
+    }
+    // the held-out zero-shot evaluation ran on the device too, on the same model
+    assert_eq!(emu_evals.len(), 1);
+    assert_eq!(cpu_evals.len(), 1);
+    for key in [
+        "shape_single",
+        "shape_ensemble",
+        "colour_single",
+        "colour_ensemble",
+    ] {
+        let (e, c) = (emu_evals[0][key].as_f64(), cpu_evals[0][key].as_f64());
+        assert!(
+            e.is_some() && (e.unwrap() - c.unwrap()).abs() <= 1.0 / 32.0 + 1e-9,
+            "{key}: {e:?} vs {c:?}"
+        );
+    }
+    // the saved models hold the same weights (within the run's agreement)
+    let (a, b) = (
+        st::load(cpu_dir.join("model.safetensors")).unwrap(),
+        st::load(emu_dir.join("model.safetensors")).unwrap(),
+    );
+    let names =
+        |f: &st::SafeTensorsFile| f.tensors.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&a), names(&b));
+    for (n, t) in &a.tensors {
+        if n.contains("in_proj_bias") {
+            continue; // the zero-gradient key third: see tests/train_device.rs
+        }
+        let err = b.get(n).unwrap().rel_err(t);
+        assert!(err < 1e-4, "{n}: {err:.2e}");
+    }
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn train_on_a_missing_gpu_says_what_is_missing() {
+    let dir = tmpdir();
+    let o = clipcu()
+        .args(["train", "--config"])
+        .arg(small_config(&dir))
+        .args(["--device", "cuda", "--steps", "2", "--out"])
+        .arg(dir.join("run"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    if clipcu::Device::Cuda(0).ensure_available().is_ok() {
+        return; // a GPU machine: nothing is missing
+    }
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    let line = err.lines().find(|l| l.starts_with("error:")).unwrap_or("");
+    assert!(
+        line.contains("cuda") && (line.contains("libcuda") || line.contains("driver")),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn embed_and_zeroshot_on_emu_equal_the_cpu() {
+    let dir = tmpdir();
+    let cfg = small_config(&dir);
+    let images = [fixture("photo-80x60.png"), fixture("photo-50x70.jpg")];
+    let embed = |device: &str| {
+        let out = dir.join(format!("{device}.safetensors"));
+        let o = clipcu()
+            .args(["embed", "--config"])
+            .arg(&cfg)
+            .args(["--seed", "3", "--device", device, "--image"])
+            .arg(&images[0])
+            .arg("--image")
+            .arg(&images[1])
+            .args(["--text", "a red circle", "--text", "two stars", "--out"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        st::load(&out).unwrap()
+    };
+    let (cpu, emu) = (embed("cpu"), embed("emu"));
+    for k in ["image_embeds", "text_embeds"] {
+        let err = emu.get(k).unwrap().rel_err(cpu.get(k).unwrap());
+        assert!(err < 1e-5, "{k}: {err:.2e}");
+    }
+    for c in ["red_circle", "blue_square", "green_star"] {
+        std::fs::create_dir_all(dir.join("folder").join(c)).unwrap();
+        for i in 0..3 {
+            write_png(
+                &dir.join("folder").join(c).join(format!("{i}.png")),
+                i * 7 + c.len() as u64,
+            );
+        }
+    }
+    let zeroshot = |device: &str| {
+        let o = clipcu()
+            .args(["zeroshot", "--config"])
+            .arg(&cfg)
+            .arg("--data")
+            .arg(dir.join("folder"))
+            .args(["--templates", "simple", "--device", device, "--cache"])
+            .arg(dir.join(format!("clf-{device}.safetensors")))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    assert_eq!(zeroshot("emu"), zeroshot("cpu"));
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -86,9 +86,12 @@ fn assert_same_run(what: &str, emu: &Run, cpu: &Run) {
             "{what} step {step}: loss {e} vs cpu {c} (rel {rel:.2e})"
         );
     }
+    // The gradient norm is held to 1e-3: the two devices' rounding can put an activation on
+    // the other side of a ReLU's kink, which changes that step's gradient by a discrete amount
+    // (seen: single steps at 6e-5…3e-4 while the losses stay within ~5e-7).
     for (step, (e, c)) in emu.norms.iter().zip(&cpu.norms).enumerate() {
         let rel = ((e - c) / c).abs();
-        assert!(rel < 1e-4, "{what} step {step}: grad norm {e} vs cpu {c}");
+        assert!(rel < 1e-3, "{what} step {step}: grad norm {e} vs cpu {c}");
     }
     let clipped = cpu.norms.iter().filter(|&&n| n > CLIP).count();
     assert!(clipped >= STEPS / 2, "{what}: only {clipped} steps clipped");
@@ -115,11 +118,12 @@ fn assert_same_run(what: &str, emu: &Run, cpu: &Run) {
         };
         // The AdamW moments of BatchNorm gains and biases: a BN whose output passes a ReLU and a
         // conv into the next BN is invariant to scaling its (gain, bias) together, so their
-        // gradients are small sums of large, cancelling terms, and the devices' different
-        // summation orders leave up to ~4e-4 of relative noise in the moments (measured over
-        // seeds) while the parameters themselves agree to 1e-5. Held to 2e-3 by name; all else 1e-4.
+        // gradients are small sums of large, cancelling terms, and a ReLU kink crossed on one
+        // device only (see the norm above) moves them by a large fraction: up to 4e-3 relative
+        // noise in the moments was measured over seeds, while the parameters themselves agree to
+        // 1e-5. Held to 1e-2 by name; everything else to 1e-4.
         let tol = if k.starts_with("optim.") && k.contains(".bn") {
-            2e-3
+            1e-2
         } else {
             1e-4
         };

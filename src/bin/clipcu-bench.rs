@@ -40,14 +40,21 @@ struct Args {
     iters: usize,
 }
 
-/// Runs `f` once to warm up, then `iters` times; returns (median, best) seconds.
-/// (median, best) seconds of `iters` runs of `f` after one warm-up run; the first error ends it.
-fn time<T>(iters: usize, mut f: impl FnMut() -> clipcu::Result<T>) -> clipcu::Result<(f64, f64)> {
+/// (median, best) seconds of `iters` runs of `f` on `device` after one warm-up run; the first
+/// error ends it. Each timed run includes waiting for the device to finish the work it queued
+/// (on Cuda a launch returns at once: a host timer alone would measure only the enqueue).
+fn time<T>(
+    device: Device,
+    iters: usize,
+    mut f: impl FnMut() -> clipcu::Result<T>,
+) -> clipcu::Result<(f64, f64)> {
     f()?;
+    device.synchronize()?;
     let mut t = (0..iters.max(1))
         .map(|_| {
             let s = Instant::now();
             f()?;
+            device.synchronize()?;
             Ok(s.elapsed().as_secs_f64())
         })
         .collect::<clipcu::Result<Vec<f64>>>()?;
@@ -99,18 +106,18 @@ fn main() {
     let run = || -> clipcu::Result<()> {
         if matches!(args.workload, Workload::All | Workload::Gemm) {
             let c = GemmCase::new(4096, 768, 3072, device)?;
-            let t = time(args.iters, || c.run())?;
+            let t = time(device, args.iters, || c.run())?;
             report("gemm f32 4096x768x3072", c.flops(), t);
         }
         if matches!(args.workload, Workload::All | Workload::Block) {
             let c = BlockCase::new(16, 50, 768, device)?;
-            let t = time(args.iters, || c.run())?;
+            let t = time(device, args.iters, || c.run())?;
             report("block fwd+bwd w768 t50 b16", c.flops(), t);
         }
         for (w, name) in [(Workload::VitB32, "ViT-B-32"), (Workload::Rn50, "RN50")] {
             if args.workload == w || args.workload == Workload::All {
                 let c = EncodeImageCase::new(name, 16, device)?;
-                let (med, best) = time(args.iters, || c.run())?;
+                let (med, best) = time(device, args.iters, || c.run())?;
                 println!(
                     "{:<34} {:>9.2} ms {:>9.2} ms {:>9.1} img/s",
                     format!("{name} encode_image b16"),
@@ -122,8 +129,8 @@ fn main() {
         }
         if matches!(args.workload, Workload::All | Workload::Text) {
             for truncate in [false, true] {
-                let c = EncodeTextCase::new("ViT-B-32", truncate)?;
-                let (med, best) = time(args.iters, || c.run())?;
+                let c = EncodeTextCase::new("ViT-B-32", truncate, device)?;
+                let (med, best) = time(device, args.iters, || c.run())?;
                 let name = if truncate {
                     "text b16 (truncated at EOT)"
                 } else {

@@ -50,6 +50,15 @@ impl Device {
         }
     }
 
+    /// Wait until the work queued on this device is done (Cuda: its stream; Cpu and Emu run
+    /// synchronously) — for host timers around device work, which must include it.
+    pub fn synchronize(self) -> Result<()> {
+        match self {
+            Device::Cuda(i) => cuda::CudaBackend::get(i)?.synchronize(),
+            Device::Cpu | Device::Emu => Ok(()),
+        }
+    }
+
     /// Threads the CPU backend uses (rayon's pool).
     pub fn cpu_threads() -> usize {
         rayon::current_num_threads()

@@ -75,6 +75,11 @@ impl Clip {
         self.text.transformer.checkpointing = on;
     }
 
+    /// The device the model's parameters live on (`Module::to_device` moves them all).
+    pub fn device(&self) -> crate::Device {
+        self.logit_scale.value().device()
+    }
+
     /// Parameters and buffers with their open_clip names.
     pub fn named_params(&self) -> Vec<(String, Param)> {
         self.parameters()

@@ -21,7 +21,7 @@ fn held_out(
     let mut labels = vec![Vec::with_capacity(n); tasks.len()];
     for start in (0..n).step_by(256) {
         let samples = data.batch(Split::HeldOut, start as u64, 256.min(n - start));
-        let images = super::samples_to_tensor(&samples)?;
+        let images = super::samples_to_tensor(&samples)?.to_device(model.device())?;
         let g = Graph::inference();
         feats.push(l2_normalize(
             &model.encode_image(&g, &g.constant(images))?.into_tensor(),

@@ -55,8 +55,9 @@ pub fn run(a: &DemoArgs) -> Result<()> {
         &mut rng,
     );
     model.checkpointing = checkpointing;
-    let ln_w = Param::new("ln_final.weight", Tensor::ones([width]));
-    let ln_b = Param::new("ln_final.bias", Tensor::zeros([width]));
+    model.to_device(device)?;
+    let ln_w = Param::new("ln_final.weight", Tensor::ones([width]).to_device(device)?);
+    let ln_b = Param::new("ln_final.bias", Tensor::zeros([width]).to_device(device)?);
     let mut params = model.parameters();
     params.extend([embed.clone(), pos.clone(), ln_w.clone(), ln_b.clone()]);
     let n_params: usize = params.iter().map(|p| p.value().numel()).sum();

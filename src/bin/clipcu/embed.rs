@@ -77,10 +77,13 @@ pub struct EmbedArgs {
 }
 
 /// The model the flags describe: config from `--config` or the checkpoint, weights or seeded init.
+/// The model of `--config`/`--weights` (random init from `seed` without weights), in eval mode,
+/// on `device`.
 pub fn model_from_flags(
     config: Option<&str>,
     weights: Option<&PathBuf>,
     seed: u64,
+    device: clipcu::Device,
 ) -> Result<Clip> {
     let cfg = match (config, weights) {
         (Some(c), _) => ClipConfig::load(c)?,
@@ -99,6 +102,7 @@ pub fn model_from_flags(
     if let Some(w) = weights {
         load_into(&model, w)?;
     }
+    clipcu::nn::Module::to_device(&model, device)?;
     Ok(model)
 }
 
@@ -107,7 +111,9 @@ pub fn encode_image_files(model: &Clip, paths: &[PathBuf], batch_size: usize) ->
     let pre = Preprocess::clip(model.config.vision_cfg.image_size);
     let mut rows = Vec::with_capacity(paths.len() * model.config.embed_dim);
     for chunk in paths.chunks(batch_size.max(1)) {
-        let pixels = pre.batch_from(chunk.len(), |i| load_image(&chunk[i]))?;
+        let pixels = pre
+            .batch_from(chunk.len(), |i| load_image(&chunk[i]))?
+            .to_device(model.device())?;
         let g = Graph::inference();
         rows.extend(
             model
@@ -144,8 +150,8 @@ pub fn encode_texts<S: AsRef<str> + Sync>(
 }
 
 pub fn embed(a: &EmbedArgs) -> Result<()> {
-    crate::pick_device(&a.device)?;
-    let model = model_from_flags(a.config.as_deref(), a.weights.as_ref(), a.seed)?;
+    let device = crate::pick_device(&a.device)?;
+    let model = model_from_flags(a.config.as_deref(), a.weights.as_ref(), a.seed, device)?;
     let cfg = &model.config;
     let d = cfg.embed_dim;
     let image_rows = encode_image_files(&model, &a.images, a.batch_size)?;

@@ -25,8 +25,8 @@ pub struct ModelFlags {
 }
 
 impl ModelFlags {
-    fn load(&self) -> Result<Clip> {
-        model_from_flags(self.config.as_deref(), self.weights.as_ref(), 0)
+    fn load(&self, device: clipcu::Device) -> Result<Clip> {
+        model_from_flags(self.config.as_deref(), self.weights.as_ref(), 0, device)
     }
 }
 
@@ -51,8 +51,8 @@ pub struct ZeroShotArgs {
 }
 
 pub fn zeroshot(a: &ZeroShotArgs) -> Result<()> {
-    crate::pick_device(&a.device)?;
-    let model = a.model.load()?;
+    let device = crate::pick_device(&a.device)?;
+    let model = a.model.load(device)?;
     let folder = ImageFolder::open(&a.data)?;
     let classes: Vec<String> = folder.classes.iter().map(|c| c.replace('_', " ")).collect();
     let items = folder.samples;
@@ -92,7 +92,9 @@ pub fn zeroshot(a: &ZeroShotArgs) -> Result<()> {
         if ok.is_empty() {
             continue;
         }
-        let pixels = pre.batch_from(ok.len(), |i| load_image(&ok[i].0))?;
+        let pixels = pre
+            .batch_from(ok.len(), |i| load_image(&ok[i].0))?
+            .to_device(device)?;
         let g = Graph::inference();
         let feats = l2_normalize(&model.encode_image(&g, &g.constant(pixels))?.into_tensor())?;
         let logits = clf.classify(&feats)?;
@@ -137,8 +139,8 @@ pub struct RetrievalArgs {
 }
 
 pub fn retrieval(a: &RetrievalArgs) -> Result<()> {
-    crate::pick_device(&a.device)?;
-    let model = a.model.load()?;
+    let device = crate::pick_device(&a.device)?;
+    let model = a.model.load(device)?;
     let opts = CsvOptions {
         image_key: a.image_column.clone(),
         caption_key: a.caption_column.clone(),

@@ -69,9 +69,6 @@ pub struct TrainArgs {
 
 pub fn run(a: &TrainArgs) -> Result<()> {
     let device = crate::pick_device(&a.device)?;
-    if device != clipcu::Device::Cpu {
-        eprintln!("note: training runs on the cpu backend in this build (kernels for {device} cover only part of a step so far)");
-    }
     let data = match &a.data {
         None => DataSpec::Synthetic,
         Some(d) => DataSpec::Files(d.clone()),
@@ -102,9 +99,10 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         }
         None => Trainer::new(&ClipConfig::load(&a.config)?, config, data.clone())?,
     };
+    trainer.to_device(device)?;
     let m = &trainer.model.config;
     eprintln!(
-        "training {} ({}×{} px, {} params) on {}: {} steps × {} pairs → {}",
+        "training {} ({}×{} px, {} params) on {} ({device}): {} steps × {} pairs → {}",
         a.config,
         m.vision_cfg.image_size,
         m.vision_cfg.image_size,
