@@ -141,7 +141,7 @@ fn trainer_matches_open_clip(prefix: &str, grad_clip: Option<f64>, micro_batch: 
             "{prefix}step {step}: loss {} vs open_clip {want_loss} (rel {rel:.2e})",
             log.loss
         );
-        if let (Some(max), Some(norms)) = (grad_clip, &want_norms) {
+        if let (Some(_), Some(norms)) = (grad_clip, &want_norms) {
             let norm = log.grad_norm.expect("a clipping step reports its norm");
             let want_norm = norms[step] as f64;
             let rel = ((norm - want_norm) / want_norm).abs();
