@@ -8,6 +8,8 @@
 //   relu(x)        = max(x, 0);                          relu'(x) = [x > 0]
 //   scale(x; c)    = c·x                                 (its backward is scale(dy; c))
 //   add(a, b)      = a + b  (same shape)
+//   add_inplace    acc[i] += g[i] and copy out[i] = x[i]: a parameter's gradient accumulated in
+//                  its own storage across steps (src/graph/param.rs), so its address stays put
 //   add_bias(x, b) = x[r, j] + b[j]  (a [D] bias broadcast over the R rows of [R, D])
 //   bias_bwd(g)    = db[j] = Σ_r g[r, j]  (the gradient of the broadcast bias)
 //   exp(x)         = eˣ;                                 exp'    from the output: dx = dy·y
@@ -133,6 +135,19 @@ extern "C" __global__ void add_fwd_f32(float* __restrict__ out, const float* __r
                                        const float* __restrict__ b, int n) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) out[i] = a[i] + b[i];
+}
+
+// acc and g never alias (g is a fresh gradient, acc the parameter's own buffer).
+// clipcu: hot
+extern "C" __global__ void add_inplace_f32(float* __restrict__ acc, const float* __restrict__ g, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) acc[i] += g[i];
+}
+
+// clipcu: hot
+extern "C" __global__ void copy_f32(float* __restrict__ out, const float* __restrict__ x, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = x[i];
 }
 
 template <class T>

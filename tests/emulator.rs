@@ -1198,6 +1198,10 @@ fn asan_binary() -> Vec<AsanLaunch> {
             cfg,
             vec![fbuf(n), fbuf(n), fbuf(n), int(n)],
         ));
+        // `write_into`: a gradient added or copied into its own storage
+        for k in ["add_inplace_f32", "copy_f32"] {
+            v.push(launch_of(k, cfg, vec![fbuf(n), fbuf(n), int(n)]));
+        }
         for t in DTYPES {
             let args = vec![tbuf(t, n), tbuf(t, n), tbuf(t, d), int(rows), int(d)];
             v.push(launch_of(format!("add_bias_fwd_{t}"), cfg, args));

@@ -18,8 +18,8 @@ use crate::device::{emu, LaunchConfig};
 use crate::{DType, Device, Error, Result, Tensor};
 
 /// A buffer a kernel writes (or reads back in a later launch of the same op): f32 (or f16/bf16,
-/// for the 16-bit kernels) elements of a shape on one kernel device, or i32 elements (indices)
-/// uploaded from the host.
+/// for the 16-bit kernels) elements of a shape on one kernel device, i32 elements (indices)
+/// uploaded from the host, or 64-bit words (launch tables of addresses, f64 partial sums).
 pub struct DeviceBuf {
     device: Device,
     shape: Vec<usize>,
@@ -31,9 +31,11 @@ enum BufData {
     HostF16(Vec<half::f16>),
     HostBF16(Vec<half::bf16>),
     HostI32(Vec<i32>),
+    HostU64(Vec<u64>),
     /// A tensor's storage on the GPU (f32, f16 or bf16: the storage knows its dtype).
     Cuda(CudaStorage),
-    CudaRaw(DeviceBlock),
+    /// Untyped device memory: i32 (4-byte) or 64-bit (8-byte) elements.
+    CudaRaw(DeviceBlock, usize),
 }
 
 impl DeviceBuf {
@@ -74,7 +76,7 @@ impl DeviceBuf {
         );
         let data = match device {
             Device::Emu => BufData::HostI32(values.to_vec()),
-            Device::Cuda(i) => BufData::CudaRaw(CudaBackend::get(i)?.upload(values)?),
+            Device::Cuda(i) => BufData::CudaRaw(CudaBackend::get(i)?.upload(values)?, 4),
             Device::Cpu => return Err(not_kernel_device("DeviceBuf", device)),
         };
         Ok(DeviceBuf {
@@ -82,6 +84,60 @@ impl DeviceBuf {
             shape: vec![values.len()],
             data,
         })
+    }
+    /// Host 64-bit words (a launch table of device addresses and sizes) made readable by kernels
+    /// on `device`: one upload.
+    pub fn from_u64(device: Device, values: &[u64]) -> Result<DeviceBuf> {
+        crate::device::transfers::record(
+            device,
+            crate::device::transfers::Direction::Upload,
+            std::mem::size_of_val(values),
+        );
+        let data = match device {
+            Device::Emu => BufData::HostU64(values.to_vec()),
+            Device::Cuda(i) => BufData::CudaRaw(CudaBackend::get(i)?.upload(values)?, 8),
+            Device::Cpu => return Err(not_kernel_device("DeviceBuf", device)),
+        };
+        Ok(DeviceBuf {
+            device,
+            shape: vec![values.len()],
+            data,
+        })
+    }
+    /// `n` uninitialised 64-bit words on `device` that kernels write (f64 partial sums): all
+    /// bits set on Emu (a NaN as f64), uninitialised on Cuda.
+    pub fn words(device: Device, n: usize) -> Result<DeviceBuf> {
+        let data = match device {
+            Device::Emu => BufData::HostU64(vec![u64::MAX; n]),
+            Device::Cuda(i) => BufData::CudaRaw(CudaBackend::get(i)?.alloc(n * 8)?, 8),
+            Device::Cpu => return Err(not_kernel_device("DeviceBuf", device)),
+        };
+        Ok(DeviceBuf {
+            device,
+            shape: vec![n],
+            data,
+        })
+    }
+    /// The 64-bit words of a buffer made by [`DeviceBuf::words`] or [`DeviceBuf::from_u64`],
+    /// copied to the host (one download).
+    pub fn to_host_u64(&self) -> Result<Vec<u64>> {
+        match (&self.data, self.device) {
+            (BufData::HostU64(v), _) => {
+                crate::device::transfers::record(
+                    self.device,
+                    crate::device::transfers::Direction::Download,
+                    v.len() * 8,
+                );
+                Ok(v.clone())
+            }
+            // `download` counts the copy
+            (BufData::CudaRaw(blk, 8), Device::Cuda(i)) => {
+                CudaBackend::get(i)?.download(blk.address(), self.len())
+            }
+            _ => Err(Error::Msg(
+                "DeviceBuf::to_host_u64: not a buffer of 64-bit words".into(),
+            )),
+        }
     }
     pub fn shape(&self) -> &[usize] {
         &self.shape
@@ -96,7 +152,9 @@ impl DeviceBuf {
     /// Bytes per element.
     fn elem_bytes(&self) -> usize {
         match &self.data {
-            BufData::HostF32(_) | BufData::HostI32(_) | BufData::CudaRaw(_) => 4,
+            BufData::HostF32(_) | BufData::HostI32(_) => 4,
+            BufData::HostU64(_) => 8,
+            BufData::CudaRaw(_, bytes) => *bytes,
             BufData::HostF16(_) | BufData::HostBF16(_) => 2,
             BufData::Cuda(s) => s.dtype().size_in_bytes(),
         }
@@ -115,8 +173,8 @@ impl DeviceBuf {
                 Ok(Tensor::from_bf16(v, self.shape.clone())?.on_host_device(self.device))
             }
             BufData::Cuda(s) => Tensor::from_cuda(s, &self.shape),
-            BufData::HostI32(_) | BufData::CudaRaw(_) => Err(Error::Msg(
-                "DeviceBuf::into_tensor: an i32 buffer is not a tensor".into(),
+            BufData::HostI32(_) | BufData::HostU64(_) | BufData::CudaRaw(..) => Err(Error::Msg(
+                "DeviceBuf::into_tensor: an i32 or 64-bit buffer is not a tensor".into(),
             )),
         }
     }
@@ -138,6 +196,11 @@ pub enum KernelArg<'a> {
     BufAt(&'a DeviceBuf, usize),
     /// A null pointer (an optional buffer the kernel does without).
     Null,
+    F64(f64),
+    /// A raw address on the launch device (Emu: a host address), for a kernel that writes a
+    /// tensor's storage in place: the caller vouches that it is live, on this device, and
+    /// written by no one else (`Tensor::unique_storage_addr`).
+    Addr(u64),
 }
 
 fn not_kernel_device(op: &'static str, device: Device) -> Error {
@@ -313,6 +376,7 @@ pub unsafe fn launch(
                         BufData::HostF16(v) => emu::EmuArg::slice_mut(v),
                         BufData::HostBF16(v) => emu::EmuArg::slice_mut(v),
                         BufData::HostI32(v) => emu::EmuArg::slice_mut(v),
+                        BufData::HostU64(v) => emu::EmuArg::slice_mut(v),
                         _ => unreachable!("an Emu buffer holds host memory"),
                     },
                     KernelArg::Buf(b) => match &b.data {
@@ -320,17 +384,21 @@ pub unsafe fn launch(
                         BufData::HostF16(v) => emu::EmuArg::slice(v),
                         BufData::HostBF16(v) => emu::EmuArg::slice(v),
                         BufData::HostI32(v) => emu::EmuArg::slice(v),
+                        BufData::HostU64(v) => emu::EmuArg::slice(v),
                         _ => unreachable!("an Emu buffer holds host memory"),
                     },
                     KernelArg::I32(v) => emu::EmuArg::I32(*v),
                     KernelArg::U32(v) => emu::EmuArg::U32(*v),
                     KernelArg::F32(v) => emu::EmuArg::F32(*v),
                     KernelArg::Null => emu::EmuArg::Ptr(std::ptr::null_mut()),
+                    KernelArg::F64(v) => emu::EmuArg::F64(*v),
+                    KernelArg::Addr(a) => emu::EmuArg::Ptr(*a as usize as *mut std::ffi::c_void),
                     KernelArg::BufAt(b, at) => match &b.data {
                         BufData::HostF32(v) => emu::EmuArg::slice(&v[*at..]),
                         BufData::HostF16(v) => emu::EmuArg::slice(&v[*at..]),
                         BufData::HostBF16(v) => emu::EmuArg::slice(&v[*at..]),
                         BufData::HostI32(v) => emu::EmuArg::slice(&v[*at..]),
+                        BufData::HostU64(v) => emu::EmuArg::slice(&v[*at..]),
                         _ => unreachable!("an Emu buffer holds host memory"),
                     },
                 });
@@ -349,6 +417,7 @@ enum CudaVal {
     I32(i32),
     U32(u32),
     F32(f32),
+    F64(f64),
 }
 
 unsafe fn launch_cuda(
@@ -374,7 +443,7 @@ unsafe fn launch_cuda(
     let f = backend.function(module, kernel)?;
     let buf_addr = |b: &DeviceBuf| match &b.data {
         BufData::Cuda(s) => s.address(),
-        BufData::CudaRaw(blk) => blk.address(),
+        BufData::CudaRaw(blk, _) => blk.address(),
         _ => unreachable!("a Cuda buffer holds device memory"),
     };
     let mut vals = Vec::with_capacity(args.len());
@@ -392,6 +461,8 @@ unsafe fn launch_cuda(
             KernelArg::U32(v) => CudaVal::U32(*v),
             KernelArg::F32(v) => CudaVal::F32(*v),
             KernelArg::Null => CudaVal::Ptr(0),
+            KernelArg::F64(v) => CudaVal::F64(*v),
+            KernelArg::Addr(a) => CudaVal::Ptr(*a),
             KernelArg::BufAt(b, at) => CudaVal::Ptr(buf_addr(b) + (*at * b.elem_bytes()) as u64),
         });
     }
@@ -403,6 +474,7 @@ unsafe fn launch_cuda(
             CudaVal::I32(x) => builder.arg(x),
             CudaVal::U32(x) => builder.arg(x),
             CudaVal::F32(x) => builder.arg(x),
+            CudaVal::F64(x) => builder.arg(x),
         };
     }
     let c = cudarc::driver::LaunchConfig {

@@ -1,5 +1,10 @@
 //! `Param`: a named, shared, mutable tensor owned by a model — a trainable weight (with a gradient
 //! accumulated in place by backward) or a buffer such as BatchNorm's running statistics.
+//!
+//! On a kernel device (Emu, Cuda) the gradient keeps its storage from step to step: `zero_grad`
+//! keeps the buffer (nothing is downloaded, nothing zeroed), and the next first `accumulate_grad`
+//! copies into it; later contributions are added in place — each only while no other handle
+//! shares that storage.
 
 use crate::{Error, Result, Tensor};
 use std::sync::{Arc, RwLock};
@@ -12,6 +17,9 @@ struct ParamInner {
     requires_grad: bool,
     value: RwLock<Tensor>,
     grad: RwLock<Option<Tensor>>,
+    /// On a kernel device, the gradient storage that `zero_grad` set aside: the next first
+    /// contribution is copied into it, so the gradient keeps its address across steps.
+    spare_grad: RwLock<Option<Tensor>>,
     /// The contiguous transpose of a 2-D value, made on first request and dropped whenever the
     /// value changes (`transposed`).
     transposed: RwLock<Option<Tensor>>,
@@ -38,6 +46,7 @@ impl Param {
             requires_grad,
             value: RwLock::new(value),
             grad: RwLock::new(None),
+            spare_grad: RwLock::new(None),
             transposed: RwLock::new(None),
         }))
     }
@@ -88,6 +97,7 @@ impl Param {
         *self.0.value.write().expect("param lock") = moved;
         *self.0.transposed.write().expect("param lock") = None;
         self.zero_grad();
+        *self.0.spare_grad.write().expect("param lock") = None;
         Ok(())
     }
 
@@ -134,14 +144,32 @@ impl Param {
     pub fn grad(&self) -> Option<Tensor> {
         self.0.grad.read().expect("param lock").clone()
     }
+    /// Clear the gradient (`grad()` is `None` after). On a kernel device its storage is kept
+    /// for the next step's gradient, with no copy and no kernel.
     pub fn zero_grad(&self) {
-        *self.0.grad.write().expect("param lock") = None;
+        let g = self.0.grad.write().expect("param lock").take();
+        if let Some(g) = g.filter(|g| crate::device::kernel::runs_kernels(g.device())) {
+            *self.0.spare_grad.write().expect("param lock") = Some(g);
+        }
     }
-    /// `grad += g` in place (the first contribution is stored as is).
+    /// `grad += g` in place (the first contribution is stored as is — on a kernel device copied
+    /// into the storage `zero_grad` kept, when nothing else holds that).
     pub fn accumulate_grad(&self, g: Tensor) -> Result<()> {
         let mut slot = self.0.grad.write().expect("param lock");
         match slot.as_mut() {
-            None => *slot = Some(g),
+            None => {
+                let spare = self.0.spare_grad.write().expect("param lock").take();
+                *slot = Some(match spare {
+                    Some(mut buf) if buf.shape() == g.shape() => {
+                        if crate::ops::binary::gpu::write_into(&mut buf, &g, false)? {
+                            buf
+                        } else {
+                            g
+                        }
+                    }
+                    _ => g,
+                });
+            }
             Some(acc) => crate::ops::binary::add_assign(acc, &g)?,
         }
         Ok(())

@@ -340,6 +340,26 @@ impl Tensor {
         })
     }
 
+    /// The device address of this f32 Emu or Cuda tensor's storage when a kernel may write it in
+    /// place: when this handle is the only owner of the whole storage (no clone — a graph's saved
+    /// value, a caller's copy of a parameter — and no view shares it). `None` otherwise, and for
+    /// other dtypes and host tensors.
+    pub(crate) fn unique_storage_addr(&mut self) -> Option<u64> {
+        if self.dtype() != DType::F32
+            || !crate::device::kernel::runs_kernels(self.device)
+            || !self.is_contiguous()
+            || self.offset != 0
+            || self.storage_len() != self.numel()
+        {
+            return None;
+        }
+        match Arc::get_mut(&mut self.storage)? {
+            Storage::Cuda(s) => Some(s.address()),
+            Storage::Cpu(CpuStorage::F32(v)) => Some(v.as_mut_ptr() as usize as u64),
+            Storage::Cpu(_) => None,
+        }
+    }
+
     /// This host tensor relabelled as living on `device` (Cpu or Emu: both keep host memory).
     pub(crate) fn on_host_device(mut self, device: Device) -> Tensor {
         debug_assert!(

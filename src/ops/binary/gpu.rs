@@ -4,7 +4,9 @@
 //! `add_bias_fwd_{f16,bf16}` (both operands 16-bit, f32 arithmetic, one rounding: the bias add
 //! of mixed-precision activations), `bias_bwd_f32(db, g, rows, d)`, the deterministic column sum that is the bias's gradient;
 //! `{mul,sub,div}_fwd_f32(out, a, b, n, na, nb)` (each operand the full shape or a trailing-dims
-//! block repeated over the rows, on either side) and `div_bwd_b_f32(out, g, a, b, n, na, nb)`.
+//! block repeated over the rows, on either side) and `div_bwd_b_f32(out, g, a, b, n, na, nb)`;
+//! `add_inplace_f32(acc, g, n)` and `copy_f32(out, x, n)`, which write into a tensor's own
+//! storage (gradient accumulation that keeps its buffer).
 
 use super::BinaryKind;
 use crate::device::kernel::{self, DeviceBuf, KernelArg};
@@ -93,6 +95,43 @@ pub(crate) fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
         )
     }?;
     out.into_tensor()
+}
+
+/// One pointwise launch of `kernel(dst, src, n)` over n elements.
+fn pointwise_into(
+    kernel_name: &'static str,
+    device: crate::Device,
+    dst: KernelArg,
+    src: &Tensor,
+) -> Result<()> {
+    let n = kernel::i32_len(kernel_name, src.numel())?;
+    // SAFETY: the callers give dst and src n elements each; the kernel touches indices < n.
+    unsafe {
+        kernel::launch(
+            device,
+            MODULE,
+            kernel_name,
+            LaunchConfig::for_elements(n as usize, THREADS),
+            &mut [dst, KernelArg::In(src), KernelArg::I32(n)],
+        )
+    }
+}
+
+/// `dst ← x` (`copy_f32`, or `acc += x` with `add_inplace_f32` when `add`) written into `dst`'s
+/// own storage, which keeps its address. Only when no other handle shares that storage (see
+/// `Tensor::unique_storage_addr`): returns `false` and does nothing otherwise, and for operands
+/// of other shapes, dtypes or devices.
+pub(crate) fn write_into(dst: &mut Tensor, x: &Tensor, add: bool) -> Result<bool> {
+    if dst.shape() != x.shape() || dst.device() != x.device() || x.dtype() != DType::F32 {
+        return Ok(false);
+    }
+    let Some(addr) = dst.unique_storage_addr() else {
+        return Ok(false);
+    };
+    let x = kernel::f32_input("add_assign", x)?;
+    let name = if add { "add_inplace_f32" } else { "copy_f32" };
+    pointwise_into(name, x.device(), KernelArg::Addr(addr), &x)?;
+    Ok(true)
 }
 
 /// `g` summed down to `target` when `target` is a row-broadcast of `g`'s shape (a bias's

@@ -77,8 +77,12 @@ pub fn add_assign(acc: &mut Tensor, g: &Tensor) -> Result<()> {
         ));
     }
     if kernel::runs_kernels(acc.device()) {
-        // Out of place on kernel devices: one add kernel, the old buffer dropped.
-        *acc = gpu::add(acc, g)?;
+        // In place when `acc` owns its storage (a parameter's gradient keeps its address across
+        // micro-batches and steps); out of place, the old buffer left to its other holders,
+        // when anything else shares it.
+        if !gpu::write_into(acc, g, true)? {
+            *acc = gpu::add(acc, g)?;
+        }
         return Ok(());
     }
     let g = cpu_input("add_assign", g)?;
