@@ -1686,8 +1686,70 @@ fn asan_pool() -> Vec<AsanLaunch> {
     v
 }
 
+/// adamw.cu: mirrors src/optim/adamw/gpu.rs — the table of one entry per gradient in chunks of
+/// CHUNK = 4096 (tensors of 0, 1, 7, 300 and 4097 elements: an empty one, partial chunks, one
+/// over two chunks); `step` on grid (chunks) of 256, with the clip factor and without (null);
+/// the norm's stage 1 on one block per chunk (`NormLaunch::default`) and on other geometries
+/// (the launch knob `set_norm_launch`), stage 2 on one block; `clamp_in_place` on
+/// `for_elements(n, 256)`.
+fn asan_adamw() -> Vec<AsanLaunch> {
+    const CHUNK: usize = 4096;
+    let mut v = Vec::new();
+    for sizes in [vec![1usize], vec![7, 0, 4097, 300, 1]] {
+        let chunks: usize = sizes.iter().map(|n| n.div_ceil(CHUNK)).sum();
+        let list: Vec<String> = sizes.iter().map(|n| n.to_string()).collect();
+        let table = || format!("adamwtable:{CHUNK}:{}", list.join(","));
+        for clip in [fbuf(1), "null".to_string()] {
+            let mut args = vec![table(), "adamwchunks".to_string(), clip];
+            args.extend([0.999f32, 1e-3, 0.3, 0.9, 0.98, 1e-6].map(flt));
+            v.push(launch_of(
+                "adamw_step_f32",
+                cfg((chunks as u32, 1, 1), (256, 1, 1), 0),
+                args,
+            ));
+        }
+        for (grid, block) in [(chunks as u32, 256), (1, 32), (3, 96)] {
+            let args = vec![
+                format!("f64buf:{}", chunks.max(1)),
+                table(),
+                "adamwchunks".to_string(),
+                int(chunks),
+            ];
+            v.push(launch_of(
+                "adamw_grad_sumsq_f32",
+                cfg((grid, 1, 1), (block, 1, 1), 0),
+                args,
+            ));
+        }
+        for block in [256, 32] {
+            let args = vec![
+                fbuf(1),
+                fbuf(1),
+                "f64buf:1".to_string(),
+                format!("f64buf:{}", chunks.max(1)),
+                int(chunks),
+                "f64:1.0".to_string(),
+            ];
+            v.push(launch_of(
+                "adamw_grad_norm_f32",
+                cfg((1, 1, 1), (block, 1, 1), 0),
+                args,
+            ));
+        }
+    }
+    for n in [1, 300] {
+        let args = vec![fbuf(n), flt(0.0), flt(4.6), int(n)];
+        v.push(launch_of(
+            "clamp_inplace_f32",
+            LaunchConfig::for_elements(n, 256),
+            args,
+        ));
+    }
+    v
+}
+
 /// Every family's launches, by kernels/ file.
-const ASAN_FAMILIES: [(&str, fn() -> Vec<AsanLaunch>); 12] = [
+const ASAN_FAMILIES: [(&str, fn() -> Vec<AsanLaunch>); 13] = [
     ("elementwise (unary)", asan_unary),
     ("elementwise (binary)", asan_binary),
     ("layernorm", asan_layernorm),
@@ -1700,6 +1762,7 @@ const ASAN_FAMILIES: [(&str, fn() -> Vec<AsanLaunch>); 12] = [
     ("batchnorm", asan_batchnorm),
     ("conv2d", asan_conv2d),
     ("pool", asan_pool),
+    ("adamw", asan_adamw),
 ];
 
 /// Runs a family's launches under ASan, in lane order and reversed: all of one order in one

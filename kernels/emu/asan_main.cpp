@@ -20,7 +20,14 @@
 //     i32buf:N:MOD      N ints MOD−1, MOD−2, …, 0, MOD−1, … (every value < MOD, the largest
 //                       first): in-range targets or ids of a table of MOD rows
 //     i32list:V,V,...   exactly the listed ints (CSR offsets, positions); `i32list:` is empty
-//     i32:V  u32:V  f32:V   scalar parameters
+//     i32:V  u32:V  f32:V  f64:V   scalar parameters
+//     f64buf:N          N doubles, pseudo-random in [-3, 3)
+//     null              a null pointer (an optional buffer the kernel does without)
+//     adamwtable:CHUNK:N1,N2,...   an AdamW launch table (kernels/adamw.cu) of one 64-byte entry
+//                       per tensor of Ni elements, whose value, gradient, exp_avg and exp_avg_sq
+//                       are exact-size f32 buffers of their own (exp_avg_sq non-negative), cut in
+//                       chunks of CHUNK elements, every other entry decayed
+//     adamwchunks       the chunk → entry index of the last adamwtable (one int per chunk)
 // prints "ok" after the last launch (exit 0), or "error: <message>" for the first launch the
 // emulator refuses or fails (exit 2); ASan findings abort with its report, which names the kernel.
 #include "emu.h"  // __half / __nv_bfloat16 (emu_half.h)
@@ -76,10 +83,14 @@ static int run_launch(int argc, char** argv, uint64_t& state) {
     std::vector<int32_t> ints;
     std::vector<uint32_t> uints;
     std::vector<float> floats;
+    std::vector<double> doubles;
     std::vector<void*> ptrs;
+    std::vector<void*> owned;  // buffers that the table arguments point into
+    std::vector<int32_t> chunk_entry;
     ints.reserve(argc);
     uints.reserve(argc);
     floats.reserve(argc);
+    doubles.reserve(argc);
     ptrs.reserve(argc);
     std::vector<clipcu_emu_arg> args;
     auto next_float = [&state]() {
@@ -138,6 +149,46 @@ static int run_launch(int argc, char** argv, uint64_t& state) {
         } else if (a.rfind("f32:", 0) == 0) {
             floats.push_back(std::strtof(a.c_str() + 4, nullptr));
             args.push_back({3, 4, &floats.back()});
+        } else if (a.rfind("f64:", 0) == 0) {
+            doubles.push_back(std::strtod(a.c_str() + 4, nullptr));
+            args.push_back({3, 8, &doubles.back()});
+        } else if (a.rfind("f64buf:", 0) == 0) {
+            if (!count(7, n)) return bad(a);
+            buffer((size_t)n, [&](size_t) { return (double)next_float(); });
+        } else if (a == "null") {
+            ptrs.push_back(nullptr);
+            args.push_back({0, 8, &ptrs.back()});
+        } else if (a.rfind("adamwtable:", 0) == 0) {
+            const char* s = a.c_str() + 11;
+            long long chunk = 0;
+            if (!number(s, chunk) || chunk < 1 || *s++ != ':') return bad(a);
+            std::vector<long long> sizes;
+            while (*s) {
+                long long v = 0;
+                if (!number(s, v) || v < 0 || (*s && *s++ != ',')) return bad(a);
+                sizes.push_back(v);
+            }
+            // 8 words per entry, as src/optim/adamw/gpu.rs packs them
+            uint64_t* table = static_cast<uint64_t*>(std::malloc(sizes.size() * 64));
+            chunk_entry.clear();
+            for (size_t e = 0; e < sizes.size(); ++e) {
+                uint64_t w[8] = {0};
+                for (int k = 0; k < 4; ++k) {
+                    float* b = static_cast<float*>(std::malloc((size_t)sizes[e] * sizeof(float)));
+                    for (long long i = 0; i < sizes[e]; ++i) b[i] = k == 3 ? std::fabs(next_float()) : next_float();
+                    owned.push_back(b);
+                    w[k] = (uint64_t)(uintptr_t)b;
+                }
+                w[4] = (uint64_t)sizes[e];
+                w[5] = (uint64_t)chunk_entry.size();
+                w[6] = (uint64_t)(e % 2) | ((uint64_t)e << 32);
+                for (long long c = 0; c < (sizes[e] + chunk - 1) / chunk; ++c) chunk_entry.push_back((int32_t)e);
+                std::memcpy(table + 8 * e, w, sizeof w);
+            }
+            ptrs.push_back(table);
+            args.push_back({0, 8, &ptrs.back()});
+        } else if (a == "adamwchunks") {
+            buffer(chunk_entry.size(), [&](size_t k) { return chunk_entry[k]; });
         } else {
             return bad(a);
         }
@@ -145,6 +196,7 @@ static int run_launch(int argc, char** argv, uint64_t& state) {
     char err[4096] = {0};
     int rc = clipcu_emu_launch(argv[0], grid, block, shared, args.data(), args.size(), flags, err, sizeof err);
     for (void* p : ptrs) std::free(p);
+    for (void* p : owned) std::free(p);
     if (rc != 0) {
         std::printf("error: %s\n", err);
         return 2;

@@ -21,6 +21,7 @@ mod param;
 
 pub use op::Op;
 pub use param::Param;
+pub(crate) use param::ValueWrite;
 
 use crate::{Error, Result, Tensor};
 use std::cell::RefCell;

@@ -1,13 +1,20 @@
 //! `Param`: a named, shared, mutable tensor owned by a model — a trainable weight (with a gradient
 //! accumulated in place by backward) or a buffer such as BatchNorm's running statistics.
 //!
-//! On a kernel device (Emu, Cuda) the gradient keeps its storage from step to step: `zero_grad`
-//! keeps the buffer (nothing is downloaded, nothing zeroed), and the next first `accumulate_grad`
-//! copies into it; later contributions are added in place — each only while no other handle
-//! shares that storage.
+//! On a kernel device (Emu, Cuda) the value and the gradient keep their storage from step to step,
+//! which is what lets the optimizer upload its launch table of addresses once
+//! (src/optim/adamw/gpu.rs):
+//! - the gradient: `zero_grad` keeps the buffer (nothing is downloaded, nothing zeroed), and the
+//!   next first `accumulate_grad` copies into it; later contributions are added in place;
+//! - the value: an optimizer writes it in place through [`Param::write_in_place`]. The rule is
+//!   the host's copy-on-write (`Param::update`, `Tensor::f32s_mut`): a tensor handle that anyone
+//!   else holds — a live graph's saved input, a caller's `value()` — is never changed under them;
+//!   the storage is then copied on the device first (and the parameter gets a new address, so a
+//!   table built from the old one is rebuilt). Drop graphs and clones before the step to avoid
+//!   that copy.
 
 use crate::{Error, Result, Tensor};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, RwLockWriteGuard};
 
 #[derive(Clone)]
 pub struct Param(Arc<ParamInner>);
@@ -101,6 +108,16 @@ impl Param {
         Ok(())
     }
 
+    /// Exclusive access to the value for a kernel that updates its device storage in place (an
+    /// optimizer step, the `logit_scale` clamp): holds the value's write lock until dropped (no
+    /// one reads a half-updated value or clones it meanwhile) and drops the cached transpose. See
+    /// the module notes for the copy-on-write rule [`ValueWrite::in_place_addr`] applies.
+    pub(crate) fn write_in_place(&self) -> ValueWrite<'_> {
+        let value = self.0.value.write().expect("param lock");
+        *self.0.transposed.write().expect("param lock") = None;
+        ValueWrite { value }
+    }
+
     /// Change the value in place (no copy when nothing else holds its storage, as after a
     /// step's graph is dropped); `f` must keep the shape.
     pub fn update<R>(&self, f: impl FnOnce(&mut Tensor) -> Result<R>) -> Result<R> {
@@ -177,5 +194,22 @@ impl Param {
     /// Same parameter object (not just equal values).
     pub fn ptr_eq(&self, other: &Param) -> bool {
         Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+/// A parameter's value held for an in-place device update ([`Param::write_in_place`]).
+pub(crate) struct ValueWrite<'a> {
+    value: RwLockWriteGuard<'a, Tensor>,
+}
+
+impl ValueWrite<'_> {
+    pub(crate) fn tensor(&self) -> &Tensor {
+        &self.value
+    }
+    /// The device address a kernel may write the value at. When anything else holds the value's
+    /// storage it is first copied on the device (copy-on-write): the parameter then owns fresh
+    /// storage at a new address and the other holders keep the old value.
+    pub(crate) fn in_place_addr(&mut self, op: &'static str) -> Result<u64> {
+        self.value.in_place_addr(op)
     }
 }

@@ -4,13 +4,15 @@
 mod adamw;
 mod schedule;
 
+use adamw::gpu::clamp_in_place as clamp_on_device;
 pub use adamw::{clip_grad_norm, decays, AdamW, AdamWConfig};
 pub use schedule::LrSchedule;
 
 use crate::{Param, Result, Tensor};
 
 /// [`clip_grad_norm`] with the norm before clipping returned as a `[]` tensor on the parameters'
-/// device, for the trainer's single readback of a step.
+/// device. It reads the norm back and rewrites the gradients on any device; on a kernel device
+/// [`AdamW::clip_grad_norm`] does neither (the trainer uses that).
 pub fn clip_grad_norm_deferred(params: &[Param], max_norm: f64) -> Result<Tensor> {
     let norm = clip_grad_norm(params, max_norm)?;
     let device = params
@@ -21,7 +23,12 @@ pub fn clip_grad_norm_deferred(params: &[Param], max_norm: f64) -> Result<Tensor
 }
 
 /// Clamp a one-element parameter to `[lo, hi]` in place (CLIP's `logit_scale` after each step).
+/// On a kernel device one kernel clamps the value in its own storage (nothing is read back;
+/// copy-on-write first when anything else holds the value, see `Param`); on the CPU as before.
 pub fn clamp_in_place(p: &Param, lo: f32, hi: f32) -> Result<()> {
+    if crate::device::kernel::runs_kernels(p.value().device()) {
+        return clamp_on_device(p, lo, hi);
+    }
     let v = p.value();
     let s = v.item()?;
     p.set_value(

@@ -340,6 +340,23 @@ impl Tensor {
         })
     }
 
+    /// The device address of this contiguous Emu or Cuda tensor's first element, for a kernel
+    /// that only reads it through a launch table (Emu: a host address).
+    pub(crate) fn device_addr(&self, op: &'static str) -> Result<u64> {
+        match (&*self.storage, self.device) {
+            (Storage::Cuda(s), _) if self.is_contiguous() => Ok(s.address_at(self.offset)),
+            (Storage::Cpu(_), Device::Emu) => Ok(self.host_ptr(op)? as usize as u64),
+            (Storage::Cuda(_), _) => Err(Error::shape(
+                op,
+                "expected a contiguous tensor (call .contiguous())",
+            )),
+            (Storage::Cpu(_), d) => Err(Error::Device {
+                op,
+                msg: format!("a tensor on {d} has no device address (kernels run on emu and cuda)"),
+            }),
+        }
+    }
+
     /// The device address of this f32 Emu or Cuda tensor's storage when a kernel may write it in
     /// place: when this handle is the only owner of the whole storage (no clone — a graph's saved
     /// value, a caller's copy of a parameter — and no view shares it). `None` otherwise, and for
@@ -358,6 +375,28 @@ impl Tensor {
             Storage::Cpu(CpuStorage::F32(v)) => Some(v.as_mut_ptr() as usize as u64),
             Storage::Cpu(_) => None,
         }
+    }
+
+    /// The device address of this f32 Emu or Cuda tensor's storage for a kernel that writes it in
+    /// place. When the storage is shared or this is a view, it is first copied on the device into
+    /// storage of its own (copy-on-write, the rule [`Tensor::f32s_mut`] follows on the host), so
+    /// no other handle ever sees the write; the copy gives the tensor a new address.
+    pub(crate) fn in_place_addr(&mut self, op: &'static str) -> Result<u64> {
+        if let Some(a) = self.unique_storage_addr() {
+            return Ok(a);
+        }
+        if self.dtype() != DType::F32 {
+            return Err(Error::DType {
+                op,
+                got: self.dtype(),
+                expected: "f32",
+            });
+        }
+        *self = crate::ops::binary::gpu::copy(self)?;
+        self.unique_storage_addr().ok_or_else(|| Error::Device {
+            op,
+            msg: "a fresh device copy is not uniquely owned".into(),
+        })
     }
 
     /// This host tensor relabelled as living on `device` (Cpu or Emu: both keep host memory).

@@ -10,7 +10,7 @@ use crate::data::{CsvOptions, DataPosition, Loader, LoaderConfig, SkipStats, Sou
 use crate::io::safetensors as st;
 use crate::model::{weights, Clip, ClipConfig};
 use crate::nn::Module;
-use crate::optim::{clamp_in_place, clip_grad_norm_deferred, AdamW, AdamWConfig, LrSchedule};
+use crate::optim::{clamp_in_place, AdamW, AdamWConfig, LrSchedule};
 use crate::tokenizer::Tokenizer;
 use crate::{Device, Error, Result, Tensor};
 use serde::{Deserialize, Serialize};
@@ -276,12 +276,11 @@ impl Trainer {
         };
         let images = images.to_device(self.device)?;
         let stats = contrastive_forward_backward_deferred(&self.model, &images, ids, micro)?;
-        let params = self.model.parameters();
-        let norm = self
-            .config
-            .grad_clip
-            .map(|max| clip_grad_norm_deferred(&params, max))
-            .transpose()?;
+        // On a kernel device the clip factor stays in device memory for the step below.
+        let norm = match self.config.grad_clip {
+            Some(max) => Some(self.opt.clip_grad_norm(max)?),
+            None => None,
+        };
         // The one readback of the step, before the update is applied: loss, accuracies, the
         // scale the logits used, and the gradient norm before clipping.
         let scale = self.model.logit_scale.value();
@@ -301,6 +300,9 @@ impl Trainer {
             )));
         }
         let grad_norm = norm.map(|_| v[4] as f64);
+        // The update writes logit_scale in place: a handle still held here would cost a
+        // copy-on-write of it (and a new optimizer table) every step.
+        drop(scale);
         let lr = self.schedule().lr(self.step);
         self.opt.step(lr)?;
         // CLIP clamps the temperature in place after every step: exp(logit_scale) ≤ 100.

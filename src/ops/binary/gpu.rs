@@ -6,7 +6,8 @@
 //! `{mul,sub,div}_fwd_f32(out, a, b, n, na, nb)` (each operand the full shape or a trailing-dims
 //! block repeated over the rows, on either side) and `div_bwd_b_f32(out, g, a, b, n, na, nb)`;
 //! `add_inplace_f32(acc, g, n)` and `copy_f32(out, x, n)`, which write into a tensor's own
-//! storage (gradient accumulation that keeps its buffer).
+//! storage (gradient accumulation that keeps its buffer, copy-on-write before an in-place
+//! update).
 
 use super::BinaryKind;
 use crate::device::kernel::{self, DeviceBuf, KernelArg};
@@ -115,6 +116,14 @@ fn pointwise_into(
             &mut [dst, KernelArg::In(src), KernelArg::I32(n)],
         )
     }
+}
+
+/// A copy of the f32 tensor `x` on its device, in storage of its own (`copy_f32`).
+pub(crate) fn copy(x: &Tensor) -> Result<Tensor> {
+    let x = kernel::f32_input("copy", x)?;
+    let mut out = DeviceBuf::like(&x)?;
+    pointwise_into("copy_f32", x.device(), KernelArg::Out(&mut out), &x)?;
+    out.into_tensor()
 }
 
 /// `dst ← x` (`copy_f32`, or `acc += x` with `add_inplace_f32` when `add`) written into `dst`'s

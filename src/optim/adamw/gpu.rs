@@ -1,0 +1,411 @@
+//! AdamW and gradient-norm clipping on a kernel device (Emu, Cuda): the device state and the
+//! launchers of `kernels/adamw.cu`.
+//!
+//! - The moments of all parameters are one f32 device tensor, `[exp_avg of every slot |
+//!   exp_avg_sq of every slot]`, slot i's elements at `offsets[i]` in each half: made once
+//!   (zeros by a fill kernel, or one upload of host moments) and read back in one download
+//!   (`AdamW::state`).
+//! - The launch table — one 64-byte entry per parameter that has a gradient (the addresses of its
+//!   value, gradient and moments, numel, first chunk, flags) and the chunk → entry index — is
+//!   built on the host and uploaded once. Each step collects the current addresses (host
+//!   integers; no device access) and rebuilds the table only when one changed. They stay put:
+//!   a parameter's gradient keeps its storage across `zero_grad`, and its value is written in
+//!   place (src/graph/param.rs); a value that a graph or caller still holds is first copied on
+//!   the device (copy-on-write), which moves it and so rebuilds the table.
+//! - `clip_grad_norm`: `adamw_grad_sumsq_f32` (f64 partial sums per chunk) then
+//!   `adamw_grad_norm_f32` (one block: the norm, returned as a `[]` tensor, and the clip factor,
+//!   left in a device buffer). The next `step` passes that buffer's address to `adamw_step_f32`,
+//!   which scales the gradients as it reads them; without a clip since the last step it passes
+//!   a null pointer (factor 1). No host↔device copy after the first step.
+
+use super::{Slot, StepScalars};
+use crate::device::kernel::{self, DeviceBuf, KernelArg};
+use crate::device::LaunchConfig;
+use crate::graph::ValueWrite;
+use crate::{Device, Error, Result, Tensor};
+
+const MODULE: &str = "adamw";
+/// Elements per chunk: `ADAMW_CHUNK` in kernels/adamw.cu.
+pub(crate) const CHUNK: usize = 4096;
+/// Threads per block of the update.
+const THREADS: u32 = 256;
+/// u64 words per table entry (`AdamWEntry`, 64 bytes).
+const ENTRY_WORDS: usize = 8;
+/// `ADAMW_DECAY`: the entry's parameter is weight-decayed.
+const FLAG_DECAY: u64 = 1;
+
+/// One host vector of a moment per slot.
+pub(super) type HostMoments = Vec<Vec<f32>>;
+
+/// Block size of both norm stages and the first stage's grid (`None`: one block per chunk).
+/// The norm does not depend on either (tests vary them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct NormLaunch {
+    pub threads: u32,
+    pub blocks: Option<u32>,
+}
+
+impl Default for NormLaunch {
+    fn default() -> Self {
+        NormLaunch {
+            threads: 256,
+            blocks: None,
+        }
+    }
+}
+
+pub(super) struct DeviceState {
+    device: Device,
+    /// f32 `[2·half]` (at least one element): every slot's exp_avg, then every slot's exp_avg_sq.
+    moments: Tensor,
+    offsets: Vec<usize>,
+    half: usize,
+    table: Option<Table>,
+    /// f32 `[1]`: the clip factor `adamw_grad_norm_f32` wrote, for the next step.
+    clip: DeviceBuf,
+    /// A clip factor was written since the last step.
+    clip_pending: bool,
+    /// One f64 word: Σ g² of the last `clip_grad_norm` (written once `clipped`).
+    sumsq: DeviceBuf,
+    clipped: bool,
+}
+
+/// The uploaded launch table and the addresses it was built from.
+struct Table {
+    /// The moments' address, then (value, gradient) addresses per slot, (0, 0) for a slot
+    /// without a gradient.
+    key: Vec<u64>,
+    /// `entries` entries of ENTRY_WORDS words, then the chunk → entry index as u32 pairs.
+    buf: DeviceBuf,
+    entries: usize,
+    chunks: usize,
+    /// One f64 partial sum of squares per chunk.
+    partials: DeviceBuf,
+}
+
+/// A slot with a gradient, held for one launch: its gradient (kept alive) and its value's write
+/// lock.
+struct Held<'s> {
+    slot: usize,
+    grad: Tensor,
+    _value: ValueWrite<'s>,
+}
+
+fn layout(slots: &[Slot]) -> (Vec<usize>, usize) {
+    let mut offsets = Vec::with_capacity(slots.len());
+    let mut half = 0;
+    for s in slots {
+        offsets.push(half);
+        half += s.param.value().numel();
+    }
+    (offsets, half)
+}
+
+impl DeviceState {
+    fn with_moments(slots: &[Slot], device: Device, moments: Tensor) -> Result<DeviceState> {
+        // One write lock per parameter is held during a launch: a parameter listed twice would
+        // wait for itself.
+        for (i, a) in slots.iter().enumerate() {
+            if let Some(b) = slots[..i].iter().find(|b| b.param.ptr_eq(&a.param)) {
+                return Err(Error::Msg(format!(
+                    "AdamW on {device}: parameter {} is listed twice",
+                    b.param.name()
+                )));
+            }
+        }
+        let (offsets, half) = layout(slots);
+        Ok(DeviceState {
+            device,
+            moments,
+            offsets,
+            half,
+            table: None,
+            clip: DeviceBuf::f32(device, &[1])?,
+            clip_pending: false,
+            sumsq: DeviceBuf::words(device, 1)?,
+            clipped: false,
+        })
+    }
+
+    /// Zero moments made on `device` by a kernel (no upload).
+    pub(super) fn zeros(slots: &[Slot], device: Device) -> Result<DeviceState> {
+        let half = layout(slots).1;
+        let moments = Tensor::full_on(0.0, [(2 * half).max(1)], device)?;
+        Self::with_moments(slots, device, moments)
+    }
+
+    /// The slots' host moments sent to `device` in one upload.
+    pub(super) fn upload(slots: &[Slot], device: Device) -> Result<DeviceState> {
+        let half = layout(slots).1;
+        let mut host = Vec::with_capacity((2 * half).max(1));
+        for s in slots {
+            host.extend_from_slice(&s.m);
+        }
+        for s in slots {
+            host.extend_from_slice(&s.v);
+        }
+        if host.len() != 2 * half {
+            return Err(Error::Msg(
+                "AdamW: host moments do not match the parameters".into(),
+            ));
+        }
+        host.resize((2 * half).max(1), 0.0);
+        let len = host.len();
+        let moments = Tensor::from_vec(host, [len])?.to_device(device)?;
+        Self::with_moments(slots, device, moments)
+    }
+
+    pub(super) fn device(&self) -> Device {
+        self.device
+    }
+
+    /// Every slot's (exp_avg, exp_avg_sq) on the host, from one download.
+    pub(super) fn download(&self, slots: &[Slot]) -> Result<(HostMoments, HostMoments)> {
+        let host = self.moments.to_device(Device::Cpu)?.to_vec();
+        let (mut m, mut v) = (Vec::new(), Vec::new());
+        for (s, &o) in slots.iter().zip(&self.offsets) {
+            let n = s.param.value().numel();
+            m.push(host[o..o + n].to_vec());
+            v.push(host[self.half + o..self.half + o + n].to_vec());
+        }
+        Ok((m, v))
+    }
+
+    /// The slots with a gradient, held for a launch, and the table for their current
+    /// addresses (rebuilt and uploaded only when one changed).
+    fn prepare<'s>(&mut self, slots: &'s [Slot], op: &'static str) -> Result<Vec<Held<'s>>> {
+        let mut held = Vec::new();
+        let mut key = Vec::with_capacity(1 + 2 * slots.len());
+        key.push(self.moments.in_place_addr(op)?);
+        for (i, s) in slots.iter().enumerate() {
+            let Some(g) = s.param.grad() else {
+                key.extend([0, 0]);
+                continue;
+            };
+            let mut value = s.param.write_in_place();
+            let (p_shape, p_device) = (value.tensor().shape().to_vec(), value.tensor().device());
+            if g.shape() != p_shape {
+                return Err(Error::shape(
+                    op,
+                    format!(
+                        "{}: gradient {:?} for a parameter {:?}",
+                        s.param.name(),
+                        g.shape(),
+                        p_shape
+                    ),
+                ));
+            }
+            if p_device != self.device || g.device() != self.device {
+                return Err(Error::Device {
+                    op,
+                    msg: format!(
+                        "{}: value on {p_device}, gradient on {}, the moments on {}",
+                        s.param.name(),
+                        g.device(),
+                        self.device
+                    ),
+                });
+            }
+            let grad = kernel::f32_input(op, &g)?;
+            key.extend([value.in_place_addr(op)?, grad.device_addr(op)?]);
+            held.push(Held {
+                slot: i,
+                grad,
+                _value: value,
+            });
+        }
+        if self.table.as_ref().map(|t| &t.key) != Some(&key) {
+            self.table = None; // the old buffers go before the new ones are made
+            self.table = Some(self.build_table(slots, &held, key)?);
+        }
+        Ok(held)
+    }
+
+    fn build_table(&self, slots: &[Slot], held: &[Held], key: Vec<u64>) -> Result<Table> {
+        let moments = key[0];
+        let mut words = Vec::with_capacity(held.len() * ENTRY_WORDS);
+        let mut chunk_entry: Vec<u32> = Vec::new();
+        for (e, h) in held.iter().enumerate() {
+            let n = h.grad.numel();
+            let off = self.offsets[h.slot] as u64;
+            let first = chunk_entry.len() as u64;
+            chunk_entry.extend(std::iter::repeat_n(e as u32, n.div_ceil(CHUNK)));
+            let flags = if slots[h.slot].decay { FLAG_DECAY } else { 0 };
+            words.extend([
+                key[1 + 2 * h.slot],
+                key[2 + 2 * h.slot],
+                moments + 4 * off,
+                moments + 4 * (self.half as u64 + off),
+                n as u64,
+                first,
+                flags | (h.slot as u64) << 32,
+                0,
+            ]);
+        }
+        let chunks = chunk_entry.len();
+        kernel::i32_len("AdamW", chunks)?;
+        if chunk_entry.len() % 2 == 1 {
+            chunk_entry.push(0);
+        }
+        words.extend(
+            chunk_entry
+                .chunks(2)
+                .map(|p| p[0] as u64 | (p[1] as u64) << 32),
+        );
+        if words.is_empty() {
+            words.push(0); // no zero-byte device buffers
+        }
+        Ok(Table {
+            key,
+            buf: DeviceBuf::from_u64(self.device, &words)?,
+            entries: held.len(),
+            chunks,
+            partials: DeviceBuf::words(self.device, chunks.max(1))?,
+        })
+    }
+
+    /// Σ g² of the last `clip_grad_norm` in f64 (one download), `None` before the first.
+    pub(super) fn last_grad_sumsq(&self) -> Result<Option<f64>> {
+        if !self.clipped {
+            return Ok(None);
+        }
+        Ok(Some(f64::from_bits(self.sumsq.to_host_u64()?[0])))
+    }
+
+    /// One AdamW update of every slot with a gradient: one launch.
+    pub(super) fn step(&mut self, slots: &[Slot], sc: &StepScalars) -> Result<()> {
+        let held = self.prepare(slots, "AdamW::step")?;
+        let t = self.table.as_ref().expect("prepared");
+        if t.chunks > 0 {
+            let clip = if self.clip_pending {
+                KernelArg::Buf(&self.clip)
+            } else {
+                KernelArg::Null
+            };
+            let cfg = LaunchConfig {
+                grid: (t.chunks as u32, 1, 1),
+                block: (THREADS, 1, 1),
+                shared_bytes: 0,
+            };
+            // SAFETY: the table's entries address live storage of their numel elements (the
+            // gradients and the values' write locks are held in `held` until after the launch,
+            // the moments are ours), and block c touches only chunk c of its entry.
+            unsafe {
+                kernel::launch(
+                    self.device,
+                    MODULE,
+                    "adamw_step_f32",
+                    cfg,
+                    &mut [
+                        KernelArg::Buf(&t.buf),
+                        KernelArg::BufAt(&t.buf, t.entries * ENTRY_WORDS),
+                        clip,
+                        KernelArg::F32(sc.decay),
+                        KernelArg::F32(sc.step_size),
+                        KernelArg::F32(sc.bc2_sqrt),
+                        KernelArg::F32(sc.b1),
+                        KernelArg::F32(sc.b2),
+                        KernelArg::F32(sc.eps),
+                    ],
+                )
+            }?;
+        }
+        self.clip_pending = false;
+        drop(held);
+        Ok(())
+    }
+
+    /// The global L2 norm of the slots' gradients as a `[]` tensor; the factor
+    /// `min(1, max_norm / (norm + 1e-6))` stays in device memory for the next step.
+    pub(super) fn clip_grad_norm(
+        &mut self,
+        slots: &[Slot],
+        max_norm: f64,
+        launch: NormLaunch,
+    ) -> Result<Tensor> {
+        let op = "clip_grad_norm";
+        if !(1..=1024).contains(&launch.threads) || launch.blocks == Some(0) {
+            return Err(Error::Msg(format!("{op}: bad launch {launch:?}")));
+        }
+        let held = self.prepare(slots, op)?;
+        let DeviceState {
+            device,
+            table,
+            clip,
+            sumsq,
+            ..
+        } = self;
+        let t = table.as_mut().expect("prepared");
+        let block = (launch.threads, 1, 1);
+        let grid = launch.blocks.unwrap_or(t.chunks.max(1) as u32);
+        // SAFETY: as in `step`; block b writes partials[c] for its chunks c < chunks.
+        unsafe {
+            kernel::launch(
+                *device,
+                MODULE,
+                "adamw_grad_sumsq_f32",
+                LaunchConfig {
+                    grid: (grid, 1, 1),
+                    block,
+                    shared_bytes: 0,
+                },
+                &mut [
+                    KernelArg::Out(&mut t.partials),
+                    KernelArg::Buf(&t.buf),
+                    KernelArg::BufAt(&t.buf, t.entries * ENTRY_WORDS),
+                    KernelArg::I32(t.chunks as i32),
+                ],
+            )
+        }?;
+        let mut norm = DeviceBuf::f32(*device, &[])?;
+        // SAFETY: one block reads the `chunks` partials and writes one norm and one factor.
+        unsafe {
+            kernel::launch(
+                *device,
+                MODULE,
+                "adamw_grad_norm_f32",
+                LaunchConfig {
+                    grid: (1, 1, 1),
+                    block,
+                    shared_bytes: 0,
+                },
+                &mut [
+                    KernelArg::Out(&mut norm),
+                    KernelArg::Out(clip),
+                    KernelArg::Out(sumsq),
+                    KernelArg::Buf(&t.partials),
+                    KernelArg::I32(t.chunks as i32),
+                    KernelArg::F64(max_norm),
+                ],
+            )
+        }?;
+        self.clip_pending = true;
+        self.clipped = true;
+        drop(held);
+        norm.into_tensor()
+    }
+}
+
+/// Clamp the f32 value of `p` on a kernel device to `[lo, hi]` in place (`clamp_inplace_f32`).
+pub(crate) fn clamp_in_place(p: &crate::Param, lo: f32, hi: f32) -> Result<()> {
+    let op = "clamp_in_place";
+    let mut value = p.write_in_place();
+    let device = value.tensor().device();
+    let n = kernel::i32_len(op, value.tensor().numel())?;
+    let addr = value.in_place_addr(op)?;
+    // SAFETY: addr is the parameter's own storage of n f32 elements, locked by `value`.
+    unsafe {
+        kernel::launch(
+            device,
+            MODULE,
+            "clamp_inplace_f32",
+            LaunchConfig::for_elements(n as usize, 256),
+            &mut [
+                KernelArg::Addr(addr),
+                KernelArg::F32(lo),
+                KernelArg::F32(hi),
+                KernelArg::I32(n),
+            ],
+        )
+    }
+}
