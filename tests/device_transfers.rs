@@ -1,7 +1,8 @@
 //! A training step on a kernel device touches the host exactly twice: the batch goes up, the
-//! step's statistics come back (DESIGN §10). Counted by `device::transfers` on Emu, where every
-//! host read or write of device memory is counted as the copy it would be on a GPU. One test per
-//! process keeps the global counters to this test alone.
+//! step's statistics come back (DESIGN §10). Counted by `device::transfers`: on Emu every host
+//! read or write of device memory is counted as the copy it would be on a GPU; on cuda:0 (when
+//! present) the backend's copies themselves. One test per process keeps the global counters to
+//! this test alone.
 mod common;
 use clipcu::device::transfers::{self, TransferStats};
 use clipcu::model::ClipConfig;
@@ -9,7 +10,7 @@ use clipcu::train::{DataSpec, TrainConfig, Trainer};
 use clipcu::Device;
 use std::time::Instant;
 
-fn step_transfers(name: &str, micro: usize) {
+fn step_transfers(device: Device, name: &str, micro: usize) {
     let cfg = ClipConfig::load(name).unwrap();
     let batch = 8;
     let config = TrainConfig {
@@ -26,14 +27,14 @@ fn step_transfers(name: &str, micro: usize) {
         shape_groups: 0,
     };
     let mut t = Trainer::new(&cfg, config, DataSpec::Synthetic).unwrap();
-    t.to_device(Device::Emu).unwrap();
+    t.to_device(device).unwrap();
     let (s, ctx) = (cfg.vision_cfg.image_size, cfg.text_cfg.context_length);
     let micro_batches = if micro == 0 { 1 } else { batch.div_ceil(micro) };
     for step in 0..4u64 {
         let (images, ids) = common::train_batch(step, batch, s, ctx);
-        let before = transfers::stats(Device::Emu);
+        let before = transfers::stats(device);
         t.train_step_on(&images, &ids, Instant::now()).unwrap();
-        let d = transfers::stats(Device::Emu) - before;
+        let d = transfers::stats(device) - before;
         if step == 0 {
             continue; // the first step may set up device state (optimizer tables)
         }
@@ -65,13 +66,16 @@ fn step_transfers(name: &str, micro: usize) {
             downloads: 1,
             download_bytes: 5 * 4,
         };
-        assert_eq!(d, want, "{name} micro {micro}, step {step}");
+        assert_eq!(d, want, "{name} on {device}, micro {micro}, step {step}");
     }
 }
 
 #[test]
 fn a_training_step_on_emu_uploads_its_batch_and_reads_back_its_statistics() {
-    step_transfers("tiny-vit", 0);
-    step_transfers("tiny-rn", 0);
-    step_transfers("tiny-vit", 4);
+    // Emu, and cuda:0 when present (where the counters are the backend's real copies)
+    for device in common::model_devices() {
+        step_transfers(device, "tiny-vit", 0);
+        step_transfers(device, "tiny-rn", 0);
+        step_transfers(device, "tiny-vit", 4);
+    }
 }

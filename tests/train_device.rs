@@ -1,8 +1,9 @@
 //! Training on a kernel device: the trainer's whole step (forward, backward, loss and accuracies,
 //! global-norm clipping, AdamW, the logit_scale clamp) on `Device::Emu` — every op through the
-//! kernel launchers that Cuda runs — equals the Cpu reference run step for step: tiny ViT and
-//! tiny ModifiedResNet CLIPs, 20 steps at batch 16, AdamW with weight decay, warmup + cosine,
-//! clipping that clips; plain, in micro-batches, and with activation checkpointing.
+//! kernel launchers that Cuda runs — and on cuda:0 when there is one (tools/gpu-check.sh) equals
+//! the Cpu reference run step for step: tiny ViT and tiny ModifiedResNet CLIPs, 20 steps at batch
+//! 16, AdamW with weight decay, warmup + cosine, clipping that clips; plain, in micro-batches, and
+//! with activation checkpointing.
 mod common;
 use clipcu::model::ClipConfig;
 use clipcu::train::{DataSpec, TrainConfig, Trainer};
@@ -142,12 +143,17 @@ fn assert_same_run(what: &str, emu: &Run, cpu: &Run) {
     );
 }
 
+/// The run on every model device (Emu; cuda:0 when present, f32 GEMMs without TF32) against
+/// the Cpu run.
 fn emu_equals_cpu(name: &str, micro: usize, checkpointing: bool) {
     let seed = common::fresh_seed() % 1000;
-    let what = format!("{name} micro {micro} checkpointing {checkpointing} seed {seed}");
     let cpu = train(name, Device::Cpu, seed, micro, checkpointing);
-    let emu = train(name, Device::Emu, seed, micro, checkpointing);
-    assert_same_run(&what, &emu, &cpu);
+    for device in common::model_devices() {
+        let what =
+            format!("{name} on {device} micro {micro} checkpointing {checkpointing} seed {seed}");
+        let run = train(name, device, seed, micro, checkpointing);
+        assert_same_run(&what, &run, &cpu);
+    }
 }
 
 #[test]

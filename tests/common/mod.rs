@@ -233,6 +233,19 @@ pub fn skip_cuda_run(reason: &str) {
     CUDA_SKIPPED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
 }
 
+/// The devices a whole-model test (training, transfers) runs on: Emu always, in normal lane
+/// order (whole steps are too long to run twice), and cuda:0 when present — a missing GPU is a
+/// counted skip as in [`kernel_runs`], a failure under `CLIPCU_REQUIRE_CUDA=1`.
+pub fn model_devices() -> Vec<clipcu::Device> {
+    use clipcu::Device;
+    let mut v = vec![Device::Emu];
+    match Device::Cuda(0).ensure_available() {
+        Ok(()) => v.push(Device::Cuda(0)),
+        Err(e) => skip_cuda_run(&e.to_string()),
+    }
+    v
+}
+
 /// Run `f(device, tag)` on every [`kernel_runs`] pair, with the emulator's lane order set.
 pub fn on_each_kernel_device(mut f: impl FnMut(clipcu::Device, &str)) {
     for (device, reverse) in kernel_runs() {
