@@ -62,7 +62,7 @@ pub fn contrastive_loss(
     let li = g.cross_entropy(&logits_per_image, &labels)?;
     let lt = g.cross_entropy(&logits_per_text, &labels)?;
     let loss = g.scale(&g.add(&li, &lt)?, 0.5)?;
-    let lv = logits_per_image.tensor().to_vec();
+    let lv = logits_per_image.tensor().try_to_vec()?;
     Ok(ContrastiveLoss {
         loss,
         image_to_text_acc: diagonal_accuracy(&lv, n, false),

@@ -92,9 +92,9 @@ pub fn global_l2_norm(ts: &[&Tensor]) -> Result<f64> {
     let mut total = 0f64;
     for t in ts {
         total += if crate::device::kernel::runs_kernels(t.device()) {
-            gpu::sum_all(t, true, 1.0)?.to_vec()[0] as f64
+            gpu::sum_all(t, true, 1.0)?.try_to_vec()?[0] as f64
         } else {
-            t.to_vec()
+            t.try_to_vec()?
                 .iter()
                 .map(|&v| (v as f64) * (v as f64))
                 .sum::<f64>()
