@@ -73,13 +73,21 @@ fn gelu_keeps_shape_of_nd_and_strided_inputs() {
 
 #[test]
 fn ops_without_kernels_say_so_on_emu() {
-    // exp and mul have kernels now (tests/kernels_elementwise.rs); a reduction to a shape that is
-    // not a trailing block of rows (a column sum [4, 3] → [4, 1]) still has none.
+    // exp and mul have kernels now (tests/kernels_elementwise.rs), and so has a reduction to a
+    // shape that is not a trailing block of rows (a row sum [4, 3] → [4, 1], by axis sums); the
+    // fused inference attention is CPU-only and says so.
     let x = Tensor::randn([4, 3], 1.0, 1)
         .to_device(Device::Emu)
         .unwrap();
     assert_eq!(clipcu::ops::unary::exp(&x).unwrap().device(), Device::Emu);
-    let e = clipcu::ops::reduce::sum_to_shape(&x, &[4, 1])
+    let s = clipcu::ops::reduce::sum_to_shape(&x, &[4, 1]).unwrap();
+    assert_eq!(s.device(), Device::Emu);
+    let want = clipcu::ops::reduce::sum_to_shape(&x.to_device(Device::Cpu).unwrap(), &[4, 1]);
+    assert!(s.rel_err(&want.unwrap()) < 1e-6);
+    let qkv = Tensor::randn([6, 3 * 64], 1.0, 2)
+        .to_device(Device::Emu)
+        .unwrap();
+    let e = clipcu::ops::attention::attention_qkv(&qkv, 2, 1, false)
         .unwrap_err()
         .to_string();
     assert!(e.contains("not implemented on device emu"), "{e}");

@@ -20,7 +20,7 @@
 //     i32buf:N:MOD      N ints MOD−1, MOD−2, …, 0, MOD−1, … (every value < MOD, the largest
 //                       first): in-range targets or ids of a table of MOD rows
 //     i32list:V,V,...   exactly the listed ints (CSR offsets, positions); `i32list:` is empty
-//     i32:V  u32:V  f32:V   scalar parameters
+//     i32:V  u32:V  f32:V  i64:V   scalar parameters
 // prints "ok" after the last launch (exit 0), or "error: <message>" for the first launch the
 // emulator refuses or fails (exit 2); ASan findings abort with its report, which names the kernel.
 #include "emu.h"  // __half / __nv_bfloat16 (emu_half.h)
@@ -75,10 +75,12 @@ static int run_launch(int argc, char** argv, uint64_t& state) {
     // Values live in these vectors (reserved, so addresses stay put); buffers are raw mallocs.
     std::vector<int32_t> ints;
     std::vector<uint32_t> uints;
+    std::vector<int64_t> longs;
     std::vector<float> floats;
     std::vector<void*> ptrs;
     ints.reserve(argc);
     uints.reserve(argc);
+    longs.reserve(argc);
     floats.reserve(argc);
     ptrs.reserve(argc);
     std::vector<clipcu_emu_arg> args;
@@ -132,6 +134,9 @@ static int run_launch(int argc, char** argv, uint64_t& state) {
         } else if (a.rfind("i32:", 0) == 0) {
             ints.push_back((int32_t)std::strtol(a.c_str() + 4, nullptr, 10));
             args.push_back({1, 4, &ints.back()});
+        } else if (a.rfind("i64:", 0) == 0) {
+            longs.push_back((int64_t)std::strtoll(a.c_str() + 4, nullptr, 10));
+            args.push_back({1, 8, &longs.back()});
         } else if (a.rfind("u32:", 0) == 0) {
             uints.push_back((uint32_t)std::strtoul(a.c_str() + 4, nullptr, 10));
             args.push_back({2, 4, &uints.back()});

@@ -125,7 +125,7 @@ impl Param {
                 format!("{}: {:?} is not 2-D", self.0.name, v.shape()),
             ));
         }
-        let t = v.transpose(0, 1)?.contiguous();
+        let t = v.transpose(0, 1)?.try_contiguous()?;
         *self.0.transposed.write().expect("param lock") = Some(t.clone());
         Ok(t)
     }

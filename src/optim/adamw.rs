@@ -117,7 +117,7 @@ impl AdamW {
                     ),
                 ));
             }
-            let g = g.contiguous();
+            let g = g.try_contiguous()?;
             let gs = g.f32s("AdamW::step")?;
             let decay = if s.decay {
                 (1.0 - lr * c.weight_decay) as f32
@@ -182,7 +182,7 @@ impl AdamW {
                         format!("{key}: {:?} for {} values", t.shape(), dst.len()),
                     ));
                 }
-                *dst = t.to_vec();
+                *dst = t.try_to_vec()?;
             }
         }
         Ok(())

@@ -123,8 +123,10 @@ fn train_forward(
     if runs_kernels(x.device()) {
         // statistics in f32 on the device; the host copies (tiny, [C]) feed the running stats
         let (y, mean, var, rstd) = gpu::train_forward(x, w, b, eps)?;
-        let f64v = |t: &Tensor| t.to_vec().iter().map(|&v| v as f64).collect::<Vec<f64>>();
-        return Ok((y, f64v(&mean), f64v(&var), rstd));
+        let f64v = |t: &Tensor| -> Result<Vec<f64>> {
+            Ok(t.try_to_vec()?.iter().map(|&v| v as f64).collect())
+        };
+        return Ok((y, f64v(&mean)?, f64v(&var)?, rstd));
     }
     let (x, w, b) = (cpu_input(OP, x)?, cpu_input(OP, w)?, cpu_input(OP, b)?);
     let (mean, var) = cpu::batch_stats(x.f32s(OP)?, c, hw);
@@ -147,12 +149,12 @@ fn eval_forward(
     if runs_kernels(x.device()) {
         // rstd from the running variance as the CPU computes it (f64), then the apply kernel
         let c = rv.numel();
-        let rstd: Vec<f32> = running_rstd(&rv.to_vec(), eps)
+        let rstd: Vec<f32> = running_rstd(&rv.try_to_vec()?, eps)
             .iter()
             .map(|&r| r as f32)
             .collect();
         let rstd = Tensor::from_f32(rstd, &[c]).to_device(x.device())?;
-        let mean = rm.contiguous();
+        let mean = rm.try_contiguous()?;
         let y = gpu::apply(x, &mean, &rstd, w, b)?;
         return Ok((y, mean, rstd));
     }
@@ -273,7 +275,7 @@ impl<'m> Graph<'m> {
             eval_forward(xt, wt, bt, &rm, &rv, eps)?
         };
         let saved = if runs_kernels(xt.device()) {
-            vec![xt.contiguous(), wt.contiguous(), mean, rstd]
+            vec![xt.try_contiguous()?, wt.try_contiguous()?, mean, rstd]
         } else {
             vec![cpu_input(OP, xt)?, cpu_input(OP, wt)?, mean, rstd]
         };
