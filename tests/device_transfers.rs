@@ -1,8 +1,9 @@
 //! A training step on a kernel device touches the host exactly twice: the batch goes up, the
 //! step's statistics come back (DESIGN §10). Counted by `device::transfers`: on Emu every host
 //! read or write of device memory is counted as the copy it would be on a GPU; on cuda:0 (when
-//! present) the backend's copies themselves. One test per process keeps the global counters to
-//! this test alone.
+//! present) the backend's copies themselves. And from the second step on, a step allocates no
+//! device memory (the caching allocator's counters; Emu runs the same policy over an accounting
+//! allocator). One test per process keeps the global counters to this test alone.
 mod common;
 use clipcu::device::transfers::{self, TransferStats};
 use clipcu::model::ClipConfig;
@@ -30,14 +31,24 @@ fn step_transfers(device: Device, name: &str, micro: usize) {
     t.to_device(device).unwrap();
     let (s, ctx) = (cfg.vision_cfg.image_size, cfg.text_cfg.context_length);
     let micro_batches = if micro == 0 { 1 } else { batch.div_ceil(micro) };
+    let mut allocs_after_first = None;
     for step in 0..4u64 {
         let (images, ids) = common::train_batch(step, batch, s, ctx);
         let before = transfers::stats(device);
         t.train_step_on(&images, &ids, Instant::now()).unwrap();
         let d = transfers::stats(device) - before;
+        // Steady state: after the first step (which sets up optimizer state and fills the
+        // caching allocator's free lists), a step of the same shapes allocates no device memory.
+        let allocs = device.memory_stats().unwrap().unwrap().device_allocs;
         if step == 0 {
-            continue; // the first step may set up device state (optimizer tables)
+            allocs_after_first = Some(allocs);
+            continue;
         }
+        assert_eq!(
+            Some(allocs),
+            allocs_after_first,
+            "{name} on {device}, micro {micro}: step {step} made new device allocations"
+        );
         // Up: the images once; per micro-batch, two index uploads of the text tower, each the
         // ids with their CSR index for backward (i32: n ids, rows + 1 offsets, n positions): the
         // token ids (cut after the batch's last EOT, CLIP's argmax rule) into the vocabulary, and
@@ -71,7 +82,7 @@ fn step_transfers(device: Device, name: &str, micro: usize) {
 }
 
 #[test]
-fn a_training_step_on_emu_uploads_its_batch_and_reads_back_its_statistics() {
+fn a_training_step_on_emu_uploads_its_batch_reads_back_its_statistics_and_allocates_nothing() {
     // Emu, and cuda:0 when present (where the counters are the backend's real copies)
     for device in common::model_devices() {
         step_transfers(device, "tiny-vit", 0);

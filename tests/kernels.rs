@@ -48,11 +48,24 @@ fn gelu_bwd_matches_cpu() {
             let (xd, dyd) = (x.to_device(device).unwrap(), dy.to_device(device).unwrap());
             let out = unary_backward(UnaryKind::Gelu, &xd, &dyd).unwrap();
             assert_eq!(out.device(), device);
-            let err = out.rel_err(&reference);
-            assert!(
-                err < TOL_F32,
-                "gelu_bwd_f32 on {tag}, n={n}, seed={seed}: rel err {err}"
-            );
+            // Per element: gelu'(x) = Φ(x) + x·φ(x) is a difference of terms of size ~0.5 near
+            // its zero at x ≈ −0.75, where the result's relative error is rounding noise (n = 1
+            // failed a 1e-5 relative check once in ~40 seeds); so 1e-5 of the result plus
+            // 2e-6 of the terms, times |dy|.
+            let (o, r, xv, dv) = (out.to_vec(), reference.to_vec(), x.to_vec(), dy.to_vec());
+            for i in 0..n {
+                let xi = xv[i] as f64;
+                let phi = (-0.5 * xi * xi).exp() / (2.0 * std::f64::consts::PI).sqrt();
+                let terms = 1.0 + xi.abs() * phi; // Φ(x) ≤ 1
+                let bound = TOL_F32 * (r[i] as f64).abs() + 2e-6 * terms * (dv[i] as f64).abs();
+                let diff = (o[i] as f64 - r[i] as f64).abs();
+                assert!(
+                    diff <= bound,
+                    "gelu_bwd_f32 on {tag}, n={n}, seed={seed}: element {i} (x {xi}) is {}, reference {} (|Δ| {diff:.2e} > {bound:.2e})",
+                    o[i],
+                    r[i]
+                );
+            }
         }
     });
 }

@@ -24,6 +24,15 @@ pub struct DeviceBuf {
     device: Device,
     shape: Vec<usize>,
     data: BufData,
+    /// Emu: the buffer's block in Emu's accounting allocator (see `device::emu::memory`).
+    _lease: Option<emu::memory::Lease>,
+}
+
+/// Emu's accounting lease for a buffer of `bytes` bytes (none for other devices).
+fn emu_lease(device: Device, bytes: usize) -> Option<emu::memory::Lease> {
+    (device == Device::Emu)
+        .then(|| emu::memory::lease(bytes))
+        .flatten()
 }
 
 enum BufData {
@@ -59,6 +68,7 @@ impl DeviceBuf {
             device,
             shape: shape.to_vec(),
             data,
+            _lease: emu_lease(device, n * dtype.size_in_bytes()),
         })
     }
     /// An output with the shape, dtype and device of `t`.
@@ -81,6 +91,7 @@ impl DeviceBuf {
             device,
             shape: vec![values.len()],
             data,
+            _lease: emu_lease(device, std::mem::size_of_val(values)),
         })
     }
     pub fn shape(&self) -> &[usize] {

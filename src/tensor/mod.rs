@@ -66,6 +66,9 @@ pub struct Tensor {
     strides: Vec<usize>,
     offset: usize,
     device: Device,
+    /// Emu only: the storage's block in Emu's accounting allocator (`device::emu::memory`),
+    /// shared by every view of the storage, returned when the last one drops.
+    emu_lease: Option<Arc<crate::device::emu::memory::Lease>>,
 }
 
 impl std::fmt::Debug for Tensor {
@@ -91,7 +94,21 @@ impl Tensor {
             shape,
             offset: 0,
             device: Device::Cpu,
+            emu_lease: None,
         }
+    }
+
+    /// This tensor, with fresh host storage, labelled as living on `device` (Cpu or Emu); an Emu
+    /// storage takes its lease of Emu's accounting allocator.
+    fn placed(mut self, device: Device) -> Tensor {
+        debug_assert!(!matches!(device, Device::Cuda(_)));
+        self.device = device;
+        self.emu_lease = if device == Device::Emu {
+            crate::device::emu::memory::lease(self.storage_bytes()).map(Arc::new)
+        } else {
+            None
+        };
+        self
     }
 
     /// A CPU f32 tensor owning `data`; errors when `data.len()` is not the product of `shape`.
@@ -122,9 +139,7 @@ impl Tensor {
 
     /// Internal constructor for outputs of kernels run on a host-memory device (Cpu, Emu).
     pub(crate) fn from_f32_on(data: Vec<f32>, shape: &[usize], device: Device) -> Tensor {
-        let mut t = Self::from_f32(data, shape);
-        t.device = device;
-        t
+        Self::from_f32(data, shape).placed(device)
     }
 
     pub fn from_f16(data: Vec<f16>, shape: impl Into<Shape>) -> Result<Tensor> {
@@ -361,12 +376,11 @@ impl Tensor {
     }
 
     /// This host tensor relabelled as living on `device` (Cpu or Emu: both keep host memory).
-    pub(crate) fn on_host_device(mut self, device: Device) -> Tensor {
+    pub(crate) fn on_host_device(self, device: Device) -> Tensor {
         debug_assert!(
             matches!(*self.storage, Storage::Cpu(_)) && !matches!(device, Device::Cuda(_))
         );
-        self.device = device;
-        self
+        self.placed(device)
     }
 
     fn on_device_error(&self, op: &'static str) -> Error {
@@ -402,6 +416,7 @@ impl Tensor {
             shape: shape.to_vec(),
             strides: contiguous_strides(shape),
             offset: 0,
+            emu_lease: None,
         })
     }
 
@@ -591,9 +606,7 @@ impl Tensor {
             Storage::Cpu(CpuStorage::F16(v)) => CpuStorage::F16(gather(v, self)),
             Storage::Cpu(CpuStorage::BF16(v)) => CpuStorage::BF16(gather(v, self)),
         };
-        let mut t = Self::from_storage(storage, self.shape.clone());
-        t.device = self.device;
-        t
+        Self::from_storage(storage, self.shape.clone()).placed(self.device)
     }
 
     /// Same elements, new shape (all dims explicit). A view when contiguous, a copy otherwise.
@@ -727,9 +740,7 @@ impl Tensor {
             DType::F16 => CpuStorage::F16(f.iter().map(|&x| f16::from_f32(x)).collect()),
             DType::BF16 => CpuStorage::BF16(f.iter().map(|&x| bf16::from_f32(x)).collect()),
         };
-        let mut out = Self::from_storage(storage, t.shape.clone());
-        out.device = self.device;
-        Ok(out)
+        Ok(Self::from_storage(storage, t.shape.clone()).placed(self.device))
     }
 
     /// [`Tensor::try_to_dtype`] for host code and tests. Panics only if a device fails: library
@@ -764,8 +775,7 @@ impl Tensor {
         };
         match device {
             Device::Cpu | Device::Emu => {
-                let mut t = host;
-                t.device = device;
+                let t = host.placed(device);
                 // Cpu ↔ Emu: one copy across the (emulated) bus, counted on the Emu side
                 match (self.device, device) {
                     (Device::Cpu, Device::Emu) => t.meter(Direction::Upload),

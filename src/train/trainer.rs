@@ -474,6 +474,17 @@ impl Trainer {
             }
         }
         bar.finish_and_clear();
+        if let Some(m) = self.device.memory_stats()? {
+            // The peak of the whole process on this device (the allocator's counters are global).
+            let line = serde_json::json!({ "step": self.step, "device": self.device.to_string(), "peak_device_bytes": m.peak_in_use_bytes, "device_allocs": m.device_allocs });
+            writeln!(metrics, "{line}").map_err(|e| Error::io(&metrics_path, e))?;
+            eprintln!(
+                "{}: peak device memory {:.1} MiB in use, {} device allocations",
+                self.device,
+                m.peak_in_use_bytes as f64 / (1 << 20) as f64,
+                m.device_allocs
+            );
+        }
         weights::save_clip(
             &self.model,
             opts.out.join("model.safetensors"),
