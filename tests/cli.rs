@@ -554,3 +554,54 @@ fn embed_and_zeroshot_on_emu_equal_the_cpu() {
     assert_eq!(zeroshot("emu"), zeroshot("cpu"));
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[test]
+fn bad_sizes_and_template_paths_are_errors_or_work_never_panics() {
+    let dir = tmpdir();
+    // a zero width is an error naming the option (it used to panic in the CPU GEMM)
+    let o = clipcu()
+        .args(["demo", "--width", "0", "--steps", "1"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--width") && !err.contains("panicked"),
+        "{err}"
+    );
+    // a template file given by a path with folders in it (the classifier cache used to be named
+    // from the whole path: a panic on the separators)
+    std::fs::create_dir_all(dir.join("tpl")).unwrap();
+    std::fs::write(
+        dir.join("tpl/my templates.txt"),
+        "a photo of a {}.\nart of a {}.\n",
+    )
+    .unwrap();
+    for c in ["red_circle", "blue_square"] {
+        std::fs::create_dir_all(dir.join("folder").join(c)).unwrap();
+        write_png(&dir.join("folder").join(c).join("0.png"), c.len() as u64);
+    }
+    let o = clipcu()
+        .current_dir(&dir)
+        .args(["zeroshot", "--config"])
+        .arg(small_config(&dir))
+        .args(["--data", "folder", "--templates", "tpl/my templates.txt"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("(2 templates)"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let caches: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("zeroshot-"))
+        .collect();
+    assert_eq!(caches.len(), 1, "{caches:?}");
+    assert!(caches[0].contains("zeroshot-my_templates-"), "{caches:?}");
+    std::fs::remove_dir_all(dir).ok();
+}

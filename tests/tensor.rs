@@ -261,3 +261,22 @@ fn f32s_mut_copies_on_write() {
     let mut h = a.to_dtype(DType::F16);
     assert!(matches!(h.f32s_mut("test"), Err(Error::DType { .. })));
 }
+
+#[test]
+fn empty_matrix_products_are_empty_or_zero() {
+    // [0, k]·[k, n] is empty, [m, 0]·[0, n] is all zeros (a sum over nothing); neither panics
+    use clipcu::ops::matmul::matmul;
+    let e = matmul(&Tensor::zeros([0, 5]), &Tensor::ones([5, 3]), false, false).unwrap();
+    assert_eq!(e.shape(), &[0, 3]);
+    let z = matmul(&Tensor::ones([4, 0]), &Tensor::ones([0, 3]), false, false).unwrap();
+    assert_eq!(z.shape(), &[4, 3]);
+    assert!(z.to_vec().iter().all(|&v| v == 0.0));
+    let b = matmul(
+        &Tensor::ones([2, 4, 0]),
+        &Tensor::ones([2, 0, 3]),
+        false,
+        false,
+    )
+    .unwrap();
+    assert_eq!(b.to_vec(), vec![0.0; 24]);
+}
