@@ -605,3 +605,58 @@ fn bad_sizes_and_template_paths_are_errors_or_work_never_panics() {
     assert!(caches[0].contains("zeroshot-my_templates-"), "{caches:?}");
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[test]
+fn a_small_image_size_trains_on_files_and_is_an_error_for_the_synthetic_data() {
+    // image_size 8 is below the synthetic scenes' minimum: training on a CSV works (the
+    // held-out synthetic evaluation is skipped, said once), training on the synthetic data is an
+    // error naming image_size — neither panics (both used to).
+    let dir = tmpdir();
+    let mut cfg = ClipConfig::load("tiny-vit").unwrap();
+    cfg.vision_cfg.image_size = 8;
+    cfg.vision_cfg.patch_size = Some(4);
+    cfg.text_cfg.vocab_size = 49408;
+    let cfg_path = dir.join("is8.json");
+    std::fs::write(&cfg_path, cfg.to_json()).unwrap();
+    write_png(&dir.join("a.png"), 1);
+    write_png(&dir.join("b.png"), 2);
+    std::fs::write(
+        dir.join("d.csv"),
+        "filepath,title\na.png,a red thing\nb.png,a blue thing\na.png,red again\nb.png,blue again\n",
+    )
+    .unwrap();
+    let train = |extra: &[&str]| {
+        clipcu()
+            .args(["train", "--config"])
+            .arg(&cfg_path)
+            .args([
+                "--steps",
+                "2",
+                "--batch-size",
+                "2",
+                "--device",
+                "cpu",
+                "--out",
+            ])
+            .arg(dir.join("run"))
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let o = train(&["--data", dir.join("d.csv").to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert_eq!(
+        err.matches("no held-out synthetic evaluation").count(),
+        1,
+        "{err}"
+    );
+    let o = train(&[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("image_size 8") && !err.contains("panicked"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
