@@ -660,3 +660,19 @@ fn a_small_image_size_trains_on_files_and_is_an_error_for_the_synthetic_data() {
     );
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[test]
+fn a_text_that_starts_with_a_dash_is_a_text() {
+    let dir = tmpdir();
+    let o = clipcu()
+        .args(["embed", "--config"])
+        .arg(small_config(&dir))
+        .args(["--text", "-x marks the spot", "--out"])
+        .arg(dir.join("e.safetensors"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let f = st::load(dir.join("e.safetensors")).unwrap();
+    assert_eq!(f.get("text_embeds").unwrap().shape()[0], 1);
+    std::fs::remove_dir_all(dir).ok();
+}
