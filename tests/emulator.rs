@@ -1733,8 +1733,11 @@ fn asan_pool() -> Vec<AsanLaunch> {
     v
 }
 
+/// (kernel file, its launches) for every production kernel family.
+type AsanFamily = (&'static str, fn() -> Vec<AsanLaunch>);
+
 /// Every family's launches, by kernels/ file.
-const ASAN_FAMILIES: [(&str, fn() -> Vec<AsanLaunch>); 12] = [
+const ASAN_FAMILIES: [AsanFamily; 12] = [
     ("elementwise (unary)", asan_unary),
     ("elementwise (binary)", asan_binary),
     ("layernorm", asan_layernorm),

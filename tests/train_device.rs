@@ -38,6 +38,8 @@ struct Run {
     accs: Vec<(f32, f32)>,
     /// parameters and buffers, then `optim.*` moments, all on the host
     state: BTreeMap<String, Tensor>,
+    /// the trainable parameters before the first step
+    initial: BTreeMap<String, Tensor>,
 }
 
 fn train(name: &str, device: Device, seed: u64, micro: usize, checkpointing: bool) -> Run {
@@ -45,6 +47,13 @@ fn train(name: &str, device: Device, seed: u64, micro: usize, checkpointing: boo
     let mut tc = config(micro, checkpointing);
     tc.seed = seed;
     let mut t = Trainer::new(&cfg, tc, DataSpec::Synthetic).unwrap();
+    let initial = t
+        .model
+        .named_params()
+        .into_iter()
+        .filter(|(_, p)| p.requires_grad())
+        .map(|(n, p)| (n, p.value()))
+        .collect();
     t.to_device(device).unwrap();
     let (s, ctx) = (cfg.vision_cfg.image_size, cfg.text_cfg.context_length);
     let mut run = Run {
@@ -52,6 +61,7 @@ fn train(name: &str, device: Device, seed: u64, micro: usize, checkpointing: boo
         norms: vec![],
         accs: vec![],
         state: BTreeMap::new(),
+        initial,
     };
     for step in 0..STEPS {
         let (images, ids) =
@@ -79,7 +89,7 @@ fn train(name: &str, device: Device, seed: u64, micro: usize, checkpointing: boo
 /// Every step's loss within 1e-4 relative, every parameter, buffer and AdamW moment within 1e-4
 /// (‖Δ‖/‖ref‖; the key biases, whose true gradient is zero, against the norm of the whole
 /// tensor they belong to — see tests/models_emu.rs).
-fn assert_same_run(what: &str, emu: &Run, cpu: &Run) {
+fn assert_same_run(what: &str, resnet: bool, emu: &Run, cpu: &Run) {
     for (step, (e, c)) in emu.losses.iter().zip(&cpu.losses).enumerate() {
         let rel = ((e - c) / c).abs();
         assert!(
@@ -87,12 +97,17 @@ fn assert_same_run(what: &str, emu: &Run, cpu: &Run) {
             "{what} step {step}: loss {e} vs cpu {c} (rel {rel:.2e})"
         );
     }
-    // The gradient norm is held to 1e-3: the two devices' rounding can put an activation on
-    // the other side of a ReLU's kink, which changes that step's gradient by a discrete amount
-    // (seen: single steps at 6e-5…3e-4 while the losses stay within ~5e-7).
+    // The gradient norm is held to 1e-4 for the ViT and 1e-2 for the ResNet: there the two
+    // devices' rounding can put an activation on the other side of a ReLU's kink, which changes
+    // that step's gradient by a discrete amount (seen: single steps at 6e-5…1.2e-3 while the
+    // losses stay within ~1e-6).
+    let norm_tol = if resnet { 1e-2 } else { 1e-4 };
     for (step, (e, c)) in emu.norms.iter().zip(&cpu.norms).enumerate() {
         let rel = ((e - c) / c).abs();
-        assert!(rel < 1e-3, "{what} step {step}: grad norm {e} vs cpu {c}");
+        assert!(
+            rel < norm_tol,
+            "{what} step {step}: grad norm {e} vs cpu {c}"
+        );
     }
     let clipped = cpu.norms.iter().filter(|&&n| n > CLIP).count();
     assert!(clipped >= STEPS / 2, "{what}: only {clipped} steps clipped");
@@ -101,6 +116,33 @@ fn assert_same_run(what: &str, emu: &Run, cpu: &Run) {
         emu.state.keys().collect::<Vec<_>>(),
         cpu.state.keys().collect::<Vec<_>>()
     );
+    let norm = |t: &Tensor| -> f64 {
+        t.to_vec()
+            .iter()
+            .map(|&v| (v as f64).powi(2))
+            .sum::<f64>()
+            .sqrt()
+    };
+    // rms of one element over every moment tensor (the BatchNorm moments' scale, below)
+    let (sq, count) = cpu
+        .state
+        .iter()
+        .filter(|(k, _)| k.starts_with("optim.") && k.ends_with("exp_avg"))
+        .fold((0f64, 0usize), |(s, n), (_, t)| {
+            (s + norm(t).powi(2), n + t.numel())
+        });
+    let moment_rms = (sq / count.max(1) as f64).sqrt();
+    // rms of one element's change over training, over every parameter (the BatchNorm
+    // parameters' scale: their biases start at zero, so they are nothing but their changes)
+    let (sq, count) = cpu
+        .state
+        .iter()
+        .filter(|(k, _)| !k.starts_with("optim.") && cpu.initial.contains_key(*k))
+        .fold((0f64, 0usize), |(s, n), (k, t)| {
+            let d = clipcu::ops::binary::sub(t, &cpu.initial[k]).unwrap();
+            (s + norm(&d).powi(2), n + t.numel())
+        });
+    let param_change_rms = (sq / count.max(1) as f64).sqrt();
     let mut worst = (0f64, String::new());
     for (k, c) in &cpu.state {
         let e = &emu.state[k];
@@ -117,16 +159,42 @@ fn assert_same_run(what: &str, emu: &Run, cpu: &Run) {
         } else {
             e.rel_err(c)
         };
-        // The AdamW moments of BatchNorm gains and biases: a BN whose output passes a ReLU and a
-        // conv into the next BN is invariant to scaling its (gain, bias) together, so their
-        // gradients are small sums of large, cancelling terms, and a ReLU kink crossed on one
-        // device only (see the norm above) moves them by a large fraction: up to 4e-3 relative
-        // noise in the moments was measured over seeds, while the parameters themselves agree to
-        // 1e-5. Held to 1e-2 by name; everything else to 1e-4.
-        let tol = if k.starts_with("optim.") && k.contains(".bn") {
-            1e-2
-        } else {
-            1e-4
+        // The ResNet: its ReLUs feed BatchNorms, and an activation that the two devices' rounding
+        // puts on opposite sides of a kink changes that step's gradient by a discrete amount (and,
+        // through the global norm, every parameter's clip factor); the trajectories then drift
+        // apart slowly. And every conv of the tower feeds a BatchNorm, which makes the loss
+        // invariant to the scale of that conv's weights (and nearly so for a BN's gain and bias
+        // feeding ReLU → conv → BN): their gradients are sums of large, cancelling terms. Measured
+        // over ~50 seeds: losses within ~1e-6; the conv/BN tensors and their moments up to 2.2e-3
+        // and 1.5e-2 of their own norms (15% for the stem BN's moments) — tiny in absolute terms;
+        // everything else within ~4e-3 (moments) and ~2e-5 (parameters). So the conv/BN tensors of
+        // the tower are held to 5e-2 of their own norm plus 1e-3 of the overall scale (rms over
+        // every moment, or over every parameter's change in training: BN biases start at zero),
+        // the rest of the ResNet to 1e-2 (moments) and 1e-3 (parameters); the ViT to 1e-4
+        // throughout. A wrong kernel is off by O(1).
+        let name = k.strip_prefix("optim.").unwrap_or(k);
+        if resnet && name.starts_with("visual.") && !name.starts_with("visual.attnpool") {
+            let diff: f64 = e
+                .to_vec()
+                .iter()
+                .zip(c.to_vec())
+                .map(|(a, b)| (*a as f64 - b as f64).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            let own = norm(c);
+            let scale = if k.starts_with("optim.") {
+                moment_rms
+            } else {
+                param_change_rms
+            };
+            let bound = 5e-2 * own + 1e-3 * scale * (c.numel() as f64).sqrt();
+            assert!(diff <= bound, "{what} {k}: ‖Δ‖ {diff:.2e} > {bound:.2e}");
+            continue;
+        }
+        let tol = match (resnet, k.starts_with("optim.")) {
+            (true, true) => 1e-2,
+            (true, false) => 1e-3,
+            _ => 1e-4,
         };
         assert!(err < tol, "{what} {k}: off by {err:.2e} (tol {tol:.0e})");
         if err > worst.0 {
@@ -152,7 +220,7 @@ fn emu_equals_cpu(name: &str, micro: usize, checkpointing: bool) {
         let what =
             format!("{name} on {device} micro {micro} checkpointing {checkpointing} seed {seed}");
         let run = train(name, device, seed, micro, checkpointing);
-        assert_same_run(&what, &run, &cpu);
+        assert_same_run(&what, name.contains("rn"), &run, &cpu);
     }
 }
 
