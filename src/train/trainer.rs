@@ -177,6 +177,7 @@ pub struct StepLog {
     pub step: usize,
     pub loss: f32,
     pub lr: f64,
+    /// exp(logit_scale) as the step's logits used it (before this step's update and clamp).
     pub logit_scale: f32,
     pub i2t_acc: f32,
     pub t2i_acc: f32,
