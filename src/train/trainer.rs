@@ -233,6 +233,12 @@ impl Trainer {
     pub fn to_device(&mut self, device: Device) -> Result<()> {
         device.ensure_available()?;
         self.model.to_device(device)?;
+        // Fixed shapes on a kernel device: the text tower runs the full context instead of
+        // cutting each batch after its last EOT (exact either way under the causal mask), so every
+        // step has the same shapes and the caching allocator reaches its steady state (no device
+        // allocation after the first step; a step could be captured as a CUDA graph). The CPU
+        // keeps the cut, which saves it compute.
+        self.model.text.truncate = !crate::device::kernel::runs_kernels(device);
         self.opt.to_device(device)?;
         self.device = device;
         Ok(())

@@ -239,7 +239,32 @@ impl<'m> Graph<'m> {
     ) -> Result<Var> {
         let (xt, wt, bt) = (x.tensor(), weight.tensor(), bias.tensor());
         let (rm, rv) = (running_mean.value(), running_var.value());
-        let (y, mean, rstd) = if training {
+        let (y, mean, rstd) = if training && runs_kernels(xt.device()) {
+            check(xt, wt, bt)?;
+            check_running(xt, &rm, &rv)?;
+            let (_, c, hw) = check(xt, wt, bt)?;
+            let n = xt.shape()[0] * hw;
+            if n < 2 {
+                bail_shape!(
+                    OP,
+                    "training needs more than one value per channel, got input {:?}",
+                    xt.shape()
+                );
+            }
+            // Statistics and the running update stay on the device (f32 arithmetic; the CPU
+            // folds them in f64): rm ← (1 − m)·rm + m·mean, rv ← (1 − m)·rv + m·var·n/(n − 1).
+            let (y, mean, var, rstd) = gpu::train_forward(xt, wt, bt, eps)?;
+            if !self.is_recomputing() {
+                use crate::ops::{binary::add, unary::scale};
+                let m = momentum;
+                let unbias = (n as f64 / (n as f64 - 1.0)) as f32;
+                let new_rm = add(&scale(&rm, 1.0 - m)?, &scale(&mean, m)?)?;
+                let new_rv = add(&scale(&rv, 1.0 - m)?, &scale(&var, m * unbias)?)?;
+                running_mean.set_value(new_rm.reshape([c])?)?;
+                running_var.set_value(new_rv.reshape([c])?)?;
+            }
+            (y, mean, rstd)
+        } else if training {
             check(xt, wt, bt)?;
             check_running(xt, &rm, &rv)?;
             let (y, mean, var, rstd) = train_forward(xt, wt, bt, eps)?;
