@@ -168,7 +168,7 @@ fn assert_same_run(what: &str, resnet: bool, emu: &Run, cpu: &Run) {
         // over ~50 seeds: losses within ~1e-6; the conv/BN tensors and their moments up to 2.2e-3
         // and 1.5e-2 of their own norms (15% for the stem BN's moments) — tiny in absolute terms;
         // everything else within ~4e-3 (moments) and ~2e-5 (parameters). So the conv/BN tensors of
-        // the tower are held to 5e-2 of their own norm plus 1e-3 of the overall scale (rms over
+        // the tower are held to 5e-2 of their own norm plus 1e-2 of the overall scale (rms over
         // every moment, or over every parameter's change in training: BN biases start at zero),
         // the rest of the ResNet to 1e-2 (moments) and 1e-3 (parameters); the ViT to 1e-4
         // throughout. A wrong kernel is off by O(1).
@@ -187,7 +187,7 @@ fn assert_same_run(what: &str, resnet: bool, emu: &Run, cpu: &Run) {
             } else {
                 param_change_rms
             };
-            let bound = 5e-2 * own + 1e-3 * scale * (c.numel() as f64).sqrt();
+            let bound = 5e-2 * own + 1e-2 * scale * (c.numel() as f64).sqrt();
             assert!(diff <= bound, "{what} {k}: ‖Δ‖ {diff:.2e} > {bound:.2e}");
             continue;
         }
