@@ -262,16 +262,7 @@ fn mul_sub_div_broadcast_fwd_bwd_match_cpu() {
         for (sa, sb) in shapes {
             let seed = common::fresh_seed();
             let a = Tensor::randn(sa.clone(), 1.0, seed);
-            // divisors away from 0: sign(x)·(|x| + 0.5)
-            let b = Tensor::randn(sb.clone(), 1.0, seed + 1);
-            let b = Tensor::from_vec(
-                b.to_vec()
-                    .iter()
-                    .map(|v| v.signum() * (v.abs() + 0.5))
-                    .collect(),
-                sb.clone(),
-            )
-            .unwrap();
+            let b = divisor_operand(&sb, seed + 1);
             let out_shape = clipcu::tensor::broadcast_shape("test", &sa, &sb).unwrap();
             let dy = Tensor::randn(out_shape, 1.0, seed + 2);
             type F = fn(&Graph, &clipcu::Var, &clipcu::Var) -> clipcu::Result<clipcu::Var>;
@@ -297,6 +288,17 @@ fn mul_sub_div_broadcast_fwd_bwd_match_cpu() {
     });
 }
 
+/// A random operand that is safe to divide by: sign(x)·(|x| + 0.5), away from 0.
+fn divisor_operand(shape: &[usize], seed: u64) -> Tensor {
+    let b = Tensor::randn(shape.to_vec(), 1.0, seed);
+    let v = b
+        .to_vec()
+        .iter()
+        .map(|v| v.signum() * (v.abs() + 0.5))
+        .collect();
+    Tensor::from_vec(v, shape.to_vec()).unwrap()
+}
+
 #[test]
 fn general_broadcasts_fwd_bwd_match_cpu() {
     // Broadcasts that are not "a trailing block over rows": a middle dim stretched, both sides
@@ -316,15 +318,7 @@ fn general_broadcasts_fwd_bwd_match_cpu() {
         for (sa, sb) in shapes {
             let seed = common::fresh_seed();
             let a = Tensor::randn(sa.clone(), 1.0, seed);
-            let b = Tensor::randn(sb.clone(), 1.0, seed + 1);
-            let b = Tensor::from_vec(
-                b.to_vec()
-                    .iter()
-                    .map(|v| v.signum() * (v.abs() + 0.5))
-                    .collect(),
-                sb.clone(),
-            )
-            .unwrap();
+            let b = divisor_operand(&sb, seed + 1);
             let out_shape = clipcu::tensor::broadcast_shape("test", &sa, &sb).unwrap();
             let dy = Tensor::randn(out_shape.clone(), 1.0, seed + 2);
             type F = fn(&Graph, &clipcu::Var, &clipcu::Var) -> clipcu::Result<clipcu::Var>;
