@@ -153,3 +153,60 @@ impl EncodeTextCase {
         Ok(self.model.encode_text(&g, &self.ids, 16)?.into_tensor())
     }
 }
+
+/// One training step of a CLIP (the trainer's own step: forward, backward, loss, clipping, AdamW,
+/// the clamp) on a fixed synthetic batch of the model's shapes: images ~ N(0, 1) (normalised
+/// pixels), captions of random token ids with an EOT at a random length.
+pub struct TrainStepCase {
+    pub config_name: String,
+    pub batch: usize,
+    trainer: crate::train::Trainer,
+    images: Tensor,
+    ids: Vec<u32>,
+}
+
+impl TrainStepCase {
+    pub fn new(config_name: &str, batch: usize, device: Device) -> Result<TrainStepCase> {
+        use rand::Rng;
+        let cfg = crate::model::ClipConfig::load(config_name)?;
+        let config = crate::train::TrainConfig {
+            batch_size: batch,
+            micro_batch: 0,
+            steps: 1_000_000,
+            lr: 5e-4,
+            weight_decay: 0.2,
+            warmup: 100,
+            constant_lr: false,
+            grad_clip: Some(1.0),
+            seed: 0,
+            checkpointing: false,
+            shape_groups: 0,
+        };
+        let mut trainer =
+            crate::train::Trainer::new(&cfg, config, crate::train::DataSpec::Synthetic)?;
+        trainer.to_device(device)?;
+        let s = cfg.vision_cfg.image_size;
+        let (ctx, vocab) = (cfg.text_cfg.context_length, cfg.text_cfg.vocab_size as u32);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut ids = vec![0u32; batch * ctx];
+        for row in ids.chunks_mut(ctx) {
+            let end = rng.random_range(2..ctx);
+            row[0] = vocab - 2;
+            for v in &mut row[1..end] {
+                *v = rng.random_range(1..vocab - 2);
+            }
+            row[end] = vocab - 1;
+        }
+        Ok(TrainStepCase {
+            config_name: config_name.to_string(),
+            batch,
+            trainer,
+            images: Tensor::randn([batch, 3, s, s], 1.0, 8),
+            ids,
+        })
+    }
+    pub fn run(&mut self) -> Result<crate::train::StepLog> {
+        self.trainer
+            .train_step_on(&self.images, &self.ids, std::time::Instant::now())
+    }
+}

@@ -1149,6 +1149,9 @@ fn int(v: usize) -> String {
 fn flt(v: f32) -> String {
     format!("f32:{v:e}")
 }
+fn long(v: i64) -> String {
+    format!("i64:{v}")
+}
 
 const DTYPES: [&str; 3] = ["f32", "f16", "bf16"];
 
@@ -1510,6 +1513,54 @@ fn asan_layout() -> Vec<AsanLaunch> {
             args,
         ));
     }
+    // strided_copy (mirrors `strided_copy` in src/ops/layout/gpu.rs: grid_stride(n), the view's
+    // whole storage in, merged dims outermost first, unused dims 1 with stride 0): a permuted
+    // [5, 7, 3] view of a 105-element storage, and a narrowed, expanded one at an offset.
+    let grid_stride = |n: usize| LaunchConfig::for_elements(n.min(4096 * 256), 256);
+    for t in DTYPES {
+        for (storage, offset, dims, strides) in [
+            (105usize, 0i64, vec![3i64, 7, 5], vec![1i64, 3, 21]),
+            (300, 17, vec![4, 6, 9], vec![0, 40, 3]),
+        ] {
+            let n: i64 = dims.iter().product();
+            let mut args = vec![
+                tbuf(t, n as usize),
+                tbuf(t, storage),
+                long(n),
+                long(offset),
+                int(dims.len()),
+            ];
+            for k in 0..6 {
+                args.push(long(*dims.get(k).unwrap_or(&1)));
+            }
+            for k in 0..6 {
+                args.push(long(*strides.get(k).unwrap_or(&0)));
+            }
+            v.push(launch_of(
+                format!("strided_copy_{t}"),
+                grid_stride(n as usize),
+                args,
+            ));
+        }
+    }
+    // casts (mirrors `cast`): every pair of storage types, n elements each
+    for (from, to) in [
+        ("f32", "f16"),
+        ("f32", "bf16"),
+        ("f16", "f32"),
+        ("bf16", "f32"),
+        ("f16", "bf16"),
+        ("bf16", "f16"),
+    ] {
+        for n in [1usize, 1000] {
+            let args = vec![tbuf(to, n), tbuf(from, n), long(n as i64)];
+            v.push(launch_of(
+                format!("cast_{from}_to_{to}"),
+                grid_stride(n),
+                args,
+            ));
+        }
+    }
     v
 }
 
@@ -1748,8 +1799,11 @@ fn asan_adamw() -> Vec<AsanLaunch> {
     v
 }
 
+/// (kernel file, its launches) for every production kernel family.
+type AsanFamily = (&'static str, fn() -> Vec<AsanLaunch>);
+
 /// Every family's launches, by kernels/ file.
-const ASAN_FAMILIES: [(&str, fn() -> Vec<AsanLaunch>); 13] = [
+const ASAN_FAMILIES: [AsanFamily; 13] = [
     ("elementwise (unary)", asan_unary),
     ("elementwise (binary)", asan_binary),
     ("layernorm", asan_layernorm),

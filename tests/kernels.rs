@@ -48,11 +48,24 @@ fn gelu_bwd_matches_cpu() {
             let (xd, dyd) = (x.to_device(device).unwrap(), dy.to_device(device).unwrap());
             let out = unary_backward(UnaryKind::Gelu, &xd, &dyd).unwrap();
             assert_eq!(out.device(), device);
-            let err = out.rel_err(&reference);
-            assert!(
-                err < TOL_F32,
-                "gelu_bwd_f32 on {tag}, n={n}, seed={seed}: rel err {err}"
-            );
+            // Per element: gelu'(x) = Φ(x) + x·φ(x) is a difference of terms of size ~0.5 near
+            // its zero at x ≈ −0.75, where the result's relative error is rounding noise (n = 1
+            // failed a 1e-5 relative check once in ~40 seeds); so 1e-5 of the result plus
+            // 2e-6 of the terms, times |dy|.
+            let (o, r, xv, dv) = (out.to_vec(), reference.to_vec(), x.to_vec(), dy.to_vec());
+            for i in 0..n {
+                let xi = xv[i] as f64;
+                let phi = (-0.5 * xi * xi).exp() / (2.0 * std::f64::consts::PI).sqrt();
+                let terms = 1.0 + xi.abs() * phi; // Φ(x) ≤ 1
+                let bound = TOL_F32 * (r[i] as f64).abs() + 2e-6 * terms * (dv[i] as f64).abs();
+                let diff = (o[i] as f64 - r[i] as f64).abs();
+                assert!(
+                    diff <= bound,
+                    "gelu_bwd_f32 on {tag}, n={n}, seed={seed}: element {i} (x {xi}) is {}, reference {} (|Δ| {diff:.2e} > {bound:.2e})",
+                    o[i],
+                    r[i]
+                );
+            }
         }
     });
 }
@@ -73,13 +86,21 @@ fn gelu_keeps_shape_of_nd_and_strided_inputs() {
 
 #[test]
 fn ops_without_kernels_say_so_on_emu() {
-    // exp and mul have kernels now (tests/kernels_elementwise.rs); a reduction to a shape that is
-    // not a trailing block of rows (a column sum [4, 3] → [4, 1]) still has none.
+    // exp and mul have kernels now (tests/kernels_elementwise.rs), and so has a reduction to a
+    // shape that is not a trailing block of rows (a row sum [4, 3] → [4, 1], by axis sums); the
+    // fused inference attention is CPU-only and says so.
     let x = Tensor::randn([4, 3], 1.0, 1)
         .to_device(Device::Emu)
         .unwrap();
     assert_eq!(clipcu::ops::unary::exp(&x).unwrap().device(), Device::Emu);
-    let e = clipcu::ops::reduce::sum_to_shape(&x, &[4, 1])
+    let s = clipcu::ops::reduce::sum_to_shape(&x, &[4, 1]).unwrap();
+    assert_eq!(s.device(), Device::Emu);
+    let want = clipcu::ops::reduce::sum_to_shape(&x.to_device(Device::Cpu).unwrap(), &[4, 1]);
+    assert!(s.rel_err(&want.unwrap()) < 1e-6);
+    let qkv = Tensor::randn([6, 3 * 64], 1.0, 2)
+        .to_device(Device::Emu)
+        .unwrap();
+    let e = clipcu::ops::attention::attention_qkv(&qkv, 2, 1, false)
         .unwrap_err()
         .to_string();
     assert!(e.contains("not implemented on device emu"), "{e}");

@@ -295,6 +295,14 @@ fn missing_shard_is_an_error_naming_it() {
     let pattern = format!("{}/{{0..2}}.tar", dir.path().display());
     let err = Source::webdataset(&pattern).unwrap_err().to_string();
     assert!(err.contains("1.tar") && err.contains("2 of the 3"), "{err}");
+    // an existing folder is not "a shard that does not exist": say what --data takes
+    let err = Source::webdataset(dir.path().to_str().unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("is a folder") && err.contains(".tar") && err.contains(".csv"),
+        "{err}"
+    );
 }
 
 #[test]

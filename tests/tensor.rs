@@ -1,5 +1,5 @@
-//! Tensor basics: layout views (reshape, permute, narrow, transpose), dtype conversion, device
-//! moves, construction checks and copy-on-write.
+//! Tensor basics: layout views (reshape, permute, narrow, transpose, expand), dtype conversion,
+//! device moves, construction checks and copy-on-write.
 
 use clipcu::{DType, Device, Error, Tensor};
 use half::{bf16, f16};
@@ -112,6 +112,35 @@ fn transpose_contiguous_matches_hand_indexing() {
         assert_eq!(x.to_le_bytes(), x.contiguous().to_le_bytes());
         assert_eq!(x.to_dtype(DType::F32).to_vec(), x.to_vec());
     }
+}
+
+#[test]
+fn expand_is_a_stride_0_view_with_numpy_rules() {
+    let t = Tensor::randn([3, 1], 1.0, seed());
+    let v = t.to_vec();
+    let e = t.expand(&[2, 3, 4]).unwrap();
+    assert_eq!((e.shape(), e.strides()), (&[2, 3, 4][..], &[0, 1, 0][..]));
+    assert_eq!(e.storage_id(), t.storage_id(), "a view, not a copy");
+    let got = e.contiguous().to_vec();
+    for (i, g) in got.iter().enumerate() {
+        assert_eq!(*g, v[(i / 4) % 3], "element {i}");
+    }
+    // an expand of a narrowed view keeps its offset; equal dims keep their strides
+    let n = Tensor::randn([4, 5], 1.0, seed()).narrow(1, 2, 1).unwrap();
+    let en = n.expand(&[4, 6]).unwrap();
+    assert_eq!(en.strides(), &[5, 0]);
+    assert_eq!(en.narrow(1, 3, 1).unwrap().to_vec(), n.to_vec());
+    // a non-1 dim that differs, or fewer dims than the tensor, is a shape error naming both
+    let msg = shape_err(t.expand(&[3, 4, 2]), "expand [3, 1] → [3, 4, 2]");
+    assert!(
+        msg.contains("expand") && msg.contains("[3, 1]") && msg.contains("[3, 4, 2]"),
+        "{msg}"
+    );
+    shape_err(t.expand(&[3]), "expand to a lower rank");
+    assert_eq!(
+        Tensor::scalar(2.0).expand(&[2, 2]).unwrap().to_vec(),
+        vec![2.0; 4]
+    );
 }
 
 #[test]
@@ -231,4 +260,23 @@ fn f32s_mut_copies_on_write() {
     // Other dtypes are refused.
     let mut h = a.to_dtype(DType::F16);
     assert!(matches!(h.f32s_mut("test"), Err(Error::DType { .. })));
+}
+
+#[test]
+fn empty_matrix_products_are_empty_or_zero() {
+    // [0, k]·[k, n] is empty, [m, 0]·[0, n] is all zeros (a sum over nothing); neither panics
+    use clipcu::ops::matmul::matmul;
+    let e = matmul(&Tensor::zeros([0, 5]), &Tensor::ones([5, 3]), false, false).unwrap();
+    assert_eq!(e.shape(), &[0, 3]);
+    let z = matmul(&Tensor::ones([4, 0]), &Tensor::ones([0, 3]), false, false).unwrap();
+    assert_eq!(z.shape(), &[4, 3]);
+    assert!(z.to_vec().iter().all(|&v| v == 0.0));
+    let b = matmul(
+        &Tensor::ones([2, 4, 0]),
+        &Tensor::ones([2, 0, 3]),
+        false,
+        false,
+    )
+    .unwrap();
+    assert_eq!(b.to_vec(), vec![0.0; 24]);
 }

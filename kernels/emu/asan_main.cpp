@@ -20,7 +20,7 @@
 //     i32buf:N:MOD      N ints MOD−1, MOD−2, …, 0, MOD−1, … (every value < MOD, the largest
 //                       first): in-range targets or ids of a table of MOD rows
 //     i32list:V,V,...   exactly the listed ints (CSR offsets, positions); `i32list:` is empty
-//     i32:V  u32:V  f32:V  f64:V   scalar parameters
+//     i32:V  u32:V  f32:V  i64:V  f64:V   scalar parameters
 //     f64buf:N          N doubles, pseudo-random in [-3, 3)
 //     null              a null pointer (an optional buffer the kernel does without)
 //     adamwtable:CHUNK:N1,N2,...   an AdamW launch table (kernels/adamw.cu) of one 64-byte entry
@@ -82,6 +82,7 @@ static int run_launch(int argc, char** argv, uint64_t& state) {
     // Values live in these vectors (reserved, so addresses stay put); buffers are raw mallocs.
     std::vector<int32_t> ints;
     std::vector<uint32_t> uints;
+    std::vector<int64_t> longs;
     std::vector<float> floats;
     std::vector<double> doubles;
     std::vector<void*> ptrs;
@@ -89,6 +90,7 @@ static int run_launch(int argc, char** argv, uint64_t& state) {
     std::vector<int32_t> chunk_entry;
     ints.reserve(argc);
     uints.reserve(argc);
+    longs.reserve(argc);
     floats.reserve(argc);
     doubles.reserve(argc);
     ptrs.reserve(argc);
@@ -143,6 +145,9 @@ static int run_launch(int argc, char** argv, uint64_t& state) {
         } else if (a.rfind("i32:", 0) == 0) {
             ints.push_back((int32_t)std::strtol(a.c_str() + 4, nullptr, 10));
             args.push_back({1, 4, &ints.back()});
+        } else if (a.rfind("i64:", 0) == 0) {
+            longs.push_back((int64_t)std::strtoll(a.c_str() + 4, nullptr, 10));
+            args.push_back({1, 8, &longs.back()});
         } else if (a.rfind("u32:", 0) == 0) {
             uints.push_back((uint32_t)std::strtoul(a.c_str() + 4, nullptr, 10));
             args.push_back({2, 4, &uints.back()});

@@ -6,7 +6,7 @@
 //! Prints one line per workload: median and best time per iteration and GFLOP/s (from the median).
 
 use clap::{Parser, ValueEnum};
-use clipcu::bench::{BlockCase, EncodeImageCase, EncodeTextCase, GemmCase};
+use clipcu::bench::{BlockCase, EncodeImageCase, EncodeTextCase, GemmCase, TrainStepCase};
 use clipcu::Device;
 use std::time::Instant;
 
@@ -21,6 +21,8 @@ enum Workload {
     Rn50,
     /// ViT-B-32 text tower on 16 captions, with and without EOT truncation
     Text,
+    /// One training step of `--config` at `--batch` (not part of `all`)
+    Train,
 }
 
 #[derive(Parser)]
@@ -38,6 +40,15 @@ struct Args {
     /// Timed iterations per workload (after one warm-up).
     #[arg(long, default_value_t = 10)]
     iters: usize,
+    /// Model config of the train workload (default: ViT-B-32 on cuda, tiny-vit elsewhere).
+    #[arg(long)]
+    config: Option<String>,
+    /// Pairs per step of the train workload (default: 128 on cuda, 16 elsewhere).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// TF32 tensor-core math for f32 GEMMs on cuda.
+    #[arg(long)]
+    tf32: bool,
 }
 
 /// (median, best) seconds of `iters` runs of `f` on `device` after one warm-up run; the first
@@ -126,6 +137,29 @@ fn main() {
                     16.0 / med
                 );
             }
+        }
+        if args.workload == Workload::Train {
+            let on_gpu = matches!(device, Device::Cuda(_));
+            let name = args
+                .config
+                .clone()
+                .unwrap_or_else(|| if on_gpu { "ViT-B-32" } else { "tiny-vit" }.into());
+            let batch = args.batch.unwrap_or(if on_gpu { 128 } else { 16 });
+            if let Device::Cuda(i) = device {
+                clipcu::device::cuda::CudaBackend::get(i)?.set_tf32(args.tf32);
+            }
+            let mut c = TrainStepCase::new(&name, batch, device)?;
+            let (med, best) = time(device, args.iters, || c.run())?;
+            println!(
+                "{:<34} {:>9.2} ms {:>9.2} ms {:>9.1} pairs/s",
+                format!(
+                    "train {name} b{batch}{}",
+                    if args.tf32 { " tf32" } else { "" }
+                ),
+                med * 1e3,
+                best * 1e3,
+                batch as f64 / med
+            );
         }
         if matches!(args.workload, Workload::All | Workload::Text) {
             for truncate in [false, true] {

@@ -400,6 +400,16 @@ impl Source {
             .into_iter()
             .map(PathBuf::from)
             .collect();
+        if let [dir] = &shards[..] {
+            if dir.is_dir() {
+                return Err(Error::format(
+                    dir,
+                    "is a folder: --data takes WebDataset .tar shards (a file or a brace pattern \
+                     such as 'shards/{00000..00099}.tar') or a .csv/.tsv file of image paths and \
+                     captions; for a folder of .tar shards give their pattern",
+                ));
+            }
+        }
         let missing: Vec<&PathBuf> = shards.iter().filter(|p| !p.is_file()).collect();
         if let Some(first) = missing.first() {
             return Err(Error::format(

@@ -424,11 +424,27 @@ pub struct Synthetic {
 }
 
 impl Synthetic {
+    /// The smallest image side the scenes are drawn at.
+    pub const MIN_IMAGE_SIZE: u32 = 16;
+
+    /// [`Synthetic::new`], or an error naming `image_size` when it is below
+    /// [`Synthetic::MIN_IMAGE_SIZE`].
+    pub fn try_new(cfg: SyntheticConfig) -> crate::Result<Synthetic> {
+        if cfg.image_size < Self::MIN_IMAGE_SIZE {
+            return Err(crate::Error::Msg(format!(
+                "synthetic data: image_size {} is below the minimum of {} (the config's vision_cfg.image_size)",
+                cfg.image_size,
+                Self::MIN_IMAGE_SIZE
+            )));
+        }
+        Ok(Self::new(cfg))
+    }
+
     /// # Panics
-    /// When `cfg.image_size < 16`.
+    /// When `cfg.image_size < 16` ([`Synthetic::try_new`] returns the error instead).
     pub fn new(cfg: SyntheticConfig) -> Synthetic {
         assert!(
-            cfg.image_size >= 16,
+            cfg.image_size >= Self::MIN_IMAGE_SIZE,
             "synthetic data: image_size {} is below the minimum of 16",
             cfg.image_size
         );

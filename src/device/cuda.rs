@@ -418,6 +418,24 @@ impl CudaBackend {
         Ok(block)
     }
 
+    /// Copy `host` to device address `addr` (queued on the stream; counted as an upload). The
+    /// caller vouches that `addr` holds at least `size_of_val(host)` bytes.
+    pub(crate) fn upload_into<T: Pod>(&self, addr: u64, host: &[T]) -> Result<()> {
+        crate::device::transfers::record(
+            crate::Device::Cuda(self.info.ordinal),
+            crate::device::transfers::Direction::Upload,
+            std::mem::size_of_val(host),
+        );
+        if host.is_empty() {
+            return Ok(());
+        }
+        self.bind()?;
+        // SAFETY: the caller vouches for the destination's size. A copy from pageable memory
+        // returns once the data is staged, so `host` may be dropped after it.
+        unsafe { cudarc::driver::result::memcpy_htod_async(addr, host, self.stream.cu_stream()) }
+            .map_err(|e| driver_err("to_device", e))
+    }
+
     /// `n` elements of `T` from device address `addr` (waits for queued work first).
     pub fn download<T: Pod>(&self, addr: u64, n: usize) -> Result<Vec<T>> {
         let mut out = vec![T::zeroed(); n];

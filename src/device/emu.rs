@@ -212,3 +212,51 @@ pub fn kernels() -> Vec<String> {
             .collect()
     }
 }
+
+/// Device-memory accounting of Emu, whose buffers are host `Vec`s: every Emu tensor storage holds
+/// a lease from a [`CachingAllocator`](crate::device::cuda::alloc::CachingAllocator) run over
+/// a raw allocator that hands out addresses but no memory. The policy is exactly Cuda's, so its
+/// counters (real allocations, peak bytes in use, cache hits) say what a GPU would have done —
+/// in particular that a training step with the same shapes allocates nothing after the first.
+pub mod memory {
+    use crate::device::cuda::alloc::{
+        AllocStats, Block, CachingAllocator, RawAllocError, RawAllocator,
+    };
+    use std::sync::OnceLock;
+
+    /// Addresses without memory.
+    pub struct AccountingRaw {
+        next: u64,
+    }
+
+    impl RawAllocator for AccountingRaw {
+        type Buf = u64;
+        fn alloc(&mut self, bytes: usize) -> std::result::Result<u64, RawAllocError> {
+            let a = self.next;
+            self.next += bytes.max(1) as u64;
+            Ok(a)
+        }
+        fn free(&mut self, _buf: u64) {}
+        fn address(buf: &u64) -> u64 {
+            *buf
+        }
+    }
+
+    /// What an Emu storage holds while it lives (its block returns to the pool on drop).
+    pub type Lease = Block<AccountingRaw>;
+
+    fn pool() -> &'static CachingAllocator<AccountingRaw> {
+        static POOL: OnceLock<CachingAllocator<AccountingRaw>> = OnceLock::new();
+        POOL.get_or_init(|| CachingAllocator::new(AccountingRaw { next: 1 << 20 }))
+    }
+
+    /// A lease of `bytes` bytes (never fails: there is no memory behind it to run out of).
+    pub(crate) fn lease(bytes: usize) -> Option<Lease> {
+        pool().alloc(bytes).ok()
+    }
+
+    /// The counters of Emu's (accounting) allocator.
+    pub fn stats() -> AllocStats {
+        pool().stats()
+    }
+}

@@ -24,6 +24,15 @@ pub struct DeviceBuf {
     device: Device,
     shape: Vec<usize>,
     data: BufData,
+    /// Emu: the buffer's block in Emu's accounting allocator (see `device::emu::memory`).
+    _lease: Option<emu::memory::Lease>,
+}
+
+/// Emu's accounting lease for a buffer of `bytes` bytes (none for other devices).
+fn emu_lease(device: Device, bytes: usize) -> Option<emu::memory::Lease> {
+    (device == Device::Emu)
+        .then(|| emu::memory::lease(bytes))
+        .flatten()
 }
 
 enum BufData {
@@ -61,6 +70,7 @@ impl DeviceBuf {
             device,
             shape: shape.to_vec(),
             data,
+            _lease: emu_lease(device, n * dtype.size_in_bytes()),
         })
     }
     /// An output with the shape, dtype and device of `t`.
@@ -83,6 +93,7 @@ impl DeviceBuf {
             device,
             shape: vec![values.len()],
             data,
+            _lease: emu_lease(device, std::mem::size_of_val(values)),
         })
     }
     /// Host 64-bit words (a launch table of device addresses and sizes) made readable by kernels
@@ -102,6 +113,7 @@ impl DeviceBuf {
             device,
             shape: vec![values.len()],
             data,
+            _lease: emu_lease(device, std::mem::size_of_val(values)),
         })
     }
     /// `n` uninitialised 64-bit words on `device` that kernels write (f64 partial sums): all
@@ -116,7 +128,37 @@ impl DeviceBuf {
             device,
             shape: vec![n],
             data,
+            _lease: emu_lease(device, n * 8),
         })
+    }
+    /// Overwrite the first `values.len()` words of a buffer made by [`DeviceBuf::words`] or
+    /// [`DeviceBuf::from_u64`] with host values (one upload; the buffer keeps its address).
+    pub fn write_u64(&mut self, values: &[u64]) -> Result<()> {
+        if values.len() > self.len() {
+            return Err(Error::Msg(format!(
+                "DeviceBuf::write_u64: {} words into a buffer of {}",
+                values.len(),
+                self.len()
+            )));
+        }
+        match (&mut self.data, self.device) {
+            (BufData::HostU64(v), _) => {
+                crate::device::transfers::record(
+                    self.device,
+                    crate::device::transfers::Direction::Upload,
+                    values.len() * 8,
+                );
+                v[..values.len()].copy_from_slice(values);
+                Ok(())
+            }
+            // `upload_into` counts the copy
+            (BufData::CudaRaw(blk, 8), Device::Cuda(i)) => {
+                CudaBackend::get(i)?.upload_into(blk.address(), values)
+            }
+            _ => Err(Error::Msg(
+                "DeviceBuf::write_u64: not a buffer of 64-bit words".into(),
+            )),
+        }
     }
     /// The 64-bit words of a buffer made by [`DeviceBuf::words`] or [`DeviceBuf::from_u64`],
     /// copied to the host (one download).
@@ -189,7 +231,14 @@ pub enum KernelArg<'a> {
     Out(&'a mut DeviceBuf),
     /// A buffer the kernel only reads (an earlier stage's output, indices).
     Buf(&'a DeviceBuf),
+    /// The whole storage of a tensor of any layout (a view: permuted, narrowed, expanded), read
+    /// by the kernel: a pointer to storage element 0. The kernel indexes it with the view's
+    /// offset and strides, which the launcher passes as integers and checks against the
+    /// storage's length.
+    Storage(&'a Tensor),
     I32(i32),
+    /// A 64-bit integer (`long long`): element counts, offsets and strides that may pass 2³¹.
+    I64(i64),
     U32(u32),
     F32(f32),
     /// A buffer the kernel only reads, from element `.1` on (one upload holding several arrays).
@@ -226,15 +275,17 @@ pub fn kernel_device(op: &'static str, ts: &[&Tensor]) -> Result<Device> {
 }
 
 /// A kernel operand of a kernel with 16-bit instantiations: f32, f16 or bf16 on a kernel
-/// device, returned contiguous (the launcher picks the kernel by [`dtype_suffix`]).
+/// device, returned contiguous (a view is copied by the strided-copy kernel on its device; the
+/// launcher picks the kernel by [`dtype_suffix`]).
 pub fn typed_input(op: &'static str, t: &Tensor) -> Result<Tensor> {
     if !runs_kernels(t.device()) {
         return Err(not_kernel_device(op, t.device()));
     }
-    Ok(t.contiguous())
+    t.try_contiguous()
 }
 
-/// A kernel operand: checks f32 and a kernel device, and returns a contiguous tensor.
+/// A kernel operand: checks f32 and a kernel device, and returns a contiguous tensor (a view is
+/// copied by the strided-copy kernel on its device).
 pub fn f32_input(op: &'static str, t: &Tensor) -> Result<Tensor> {
     if t.dtype() != DType::F32 {
         return Err(Error::DType {
@@ -246,7 +297,7 @@ pub fn f32_input(op: &'static str, t: &Tensor) -> Result<Tensor> {
     if !runs_kernels(t.device()) {
         return Err(not_kernel_device(op, t.device()));
     }
-    Ok(t.contiguous())
+    t.try_contiguous()
 }
 
 /// A size as the kernels' `int`, or a clear error.
@@ -278,16 +329,11 @@ fn check_operand(kernel: &str, i: usize, device: Device, got: Device) -> Result<
     Ok(())
 }
 
-/// The element type a kernel is instantiated for, from its name's suffix (`_f16`, `_bf16`,
-/// else f32). Its tensor arguments must be f32 or that type.
-fn kernel_dtype(kernel: &str) -> DType {
-    if kernel.ends_with("_bf16") {
-        DType::BF16
-    } else if kernel.ends_with("_f16") {
-        DType::F16
-    } else {
-        DType::F32
-    }
+/// Whether a kernel's tensor arguments may be of `dtype`: f32 always (statistics and master
+/// weights stay f32 in the 16-bit kernels), a 16-bit type when the kernel's name names it as one
+/// of its `_`-separated words (`layernorm_fwd_f16`; a cast names two: `cast_f16_to_bf16`).
+fn kernel_takes(kernel: &str, dtype: DType) -> bool {
+    dtype == DType::F32 || kernel.split('_').any(|w| w == dtype.as_str())
 }
 
 /// The name suffix of the kernels instantiated for `dtype`: `f32`, `f16`, `bf16`.
@@ -300,11 +346,18 @@ pub fn dtype_suffix(dtype: DType) -> &'static str {
 }
 
 fn check_dtype(kernel: &str, i: usize, got: DType) -> Result<()> {
-    let want = kernel_dtype(kernel);
-    if got != DType::F32 && got != want {
+    if !kernel_takes(kernel, got) {
+        let takes: Vec<&str> = [DType::F32, DType::F16, DType::BF16]
+            .into_iter()
+            .filter(|&d| kernel_takes(kernel, d))
+            .map(DType::as_str)
+            .collect();
         return Err(launch_err(
             kernel,
-            format!("argument {i} is {got}, the kernel takes f32 or {want}"),
+            format!(
+                "argument {i} is {got}, the kernel takes {}",
+                takes.join(" or ")
+            ),
         ));
     }
     Ok(())
@@ -336,7 +389,8 @@ fn check_buf(kernel: &str, i: usize, device: Device, b: &DeviceBuf) -> Result<()
 }
 
 /// Runs `kernel` of PTX module `module` (the `kernels/<module>.cu` file stem) with `cfg` on
-/// `device`. Every tensor/buffer argument must be on `device`; tensors must be contiguous f32.
+/// `device`. Every tensor/buffer argument must be on `device`; `In` tensors must be contiguous,
+/// and every tensor or buffer f32 or a 16-bit type the kernel's name names.
 ///
 /// # Safety
 /// Like a CUDA launch: with this configuration the kernel must only touch elements inside the
@@ -361,6 +415,10 @@ pub unsafe fn launch(
                         format!("argument {i}: offset {at} past a buffer of {}", b.len()),
                     ));
                 }
+            }
+            KernelArg::Storage(t) => {
+                check_operand(kernel, i, device, t.device())?;
+                check_dtype(kernel, i, t.dtype())?;
             }
             _ => {}
         }
@@ -387,7 +445,9 @@ pub unsafe fn launch(
                         BufData::HostU64(v) => emu::EmuArg::slice(v),
                         _ => unreachable!("an Emu buffer holds host memory"),
                     },
+                    KernelArg::Storage(t) => emu::EmuArg::Ptr(t.host_storage_ptr("kernel launch")?),
                     KernelArg::I32(v) => emu::EmuArg::I32(*v),
+                    KernelArg::I64(v) => emu::EmuArg::I64(*v),
                     KernelArg::U32(v) => emu::EmuArg::U32(*v),
                     KernelArg::F32(v) => emu::EmuArg::F32(*v),
                     KernelArg::Null => emu::EmuArg::Ptr(std::ptr::null_mut()),
@@ -415,6 +475,7 @@ pub unsafe fn launch(
 enum CudaVal {
     Ptr(u64),
     I32(i32),
+    I64(i64),
     U32(u32),
     F32(f32),
     F64(f64),
@@ -455,9 +516,16 @@ unsafe fn launch_cuda(
                 })?;
                 CudaVal::Ptr(s.address_at(off))
             }
+            KernelArg::Storage(t) => {
+                let (s, _) = t.cuda_storage().ok_or_else(|| {
+                    launch_err(kernel, "a Cuda tensor without device storage".into())
+                })?;
+                CudaVal::Ptr(s.address())
+            }
             KernelArg::Out(b) => CudaVal::Ptr(buf_addr(b)),
             KernelArg::Buf(b) => CudaVal::Ptr(buf_addr(b)),
             KernelArg::I32(v) => CudaVal::I32(*v),
+            KernelArg::I64(v) => CudaVal::I64(*v),
             KernelArg::U32(v) => CudaVal::U32(*v),
             KernelArg::F32(v) => CudaVal::F32(*v),
             KernelArg::Null => CudaVal::Ptr(0),
@@ -472,6 +540,7 @@ unsafe fn launch_cuda(
         match v {
             CudaVal::Ptr(p) => builder.arg(p),
             CudaVal::I32(x) => builder.arg(x),
+            CudaVal::I64(x) => builder.arg(x),
             CudaVal::U32(x) => builder.arg(x),
             CudaVal::F32(x) => builder.arg(x),
             CudaVal::F64(x) => builder.arg(x),

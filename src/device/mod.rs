@@ -59,6 +59,16 @@ impl Device {
         }
     }
 
+    /// The counters of this device's caching allocator (Cuda's, or Emu's accounting one, which
+    /// runs the same policy); `None` for Cpu.
+    pub fn memory_stats(self) -> Result<Option<cuda::alloc::AllocStats>> {
+        Ok(match self {
+            Device::Cuda(i) => Some(cuda::CudaBackend::get(i)?.memory_stats()),
+            Device::Emu => Some(emu::memory::stats()),
+            Device::Cpu => None,
+        })
+    }
+
     /// Threads the CPU backend uses (rayon's pool).
     pub fn cpu_threads() -> usize {
         rayon::current_num_threads()

@@ -152,7 +152,7 @@ impl Param {
                 format!("{}: {:?} is not 2-D", self.0.name, v.shape()),
             ));
         }
-        let t = v.transpose(0, 1)?.contiguous();
+        let t = v.transpose(0, 1)?.try_contiguous()?;
         *self.0.transposed.write().expect("param lock") = Some(t.clone());
         Ok(t)
     }
@@ -168,6 +168,25 @@ impl Param {
         if let Some(g) = g.filter(|g| crate::device::kernel::runs_kernels(g.device())) {
             *self.0.spare_grad.write().expect("param lock") = Some(g);
         }
+    }
+    /// On a kernel device, give this parameter gradient storage of its own now (zeros of the
+    /// value's shape, kept as the storage the next gradient is written into), as every step after
+    /// the first finds it. A trainer does this before its first step so that the first step
+    /// allocates exactly what every later one does: without it the first step adopts its
+    /// gradients from the backward's temporaries, the second holds them from its start, and the
+    /// caching allocator needs more blocks in the second step than the first. Nothing on the CPU.
+    pub fn reserve_grad(&self) -> Result<()> {
+        let v = self.value();
+        if !crate::device::kernel::runs_kernels(v.device())
+            || self.0.grad.read().expect("param lock").is_some()
+        {
+            return Ok(());
+        }
+        let mut spare = self.0.spare_grad.write().expect("param lock");
+        if spare.as_ref().is_none_or(|g| g.shape() != v.shape()) {
+            *spare = Some(Tensor::full_on(0.0, v.shape().to_vec(), v.device())?);
+        }
+        Ok(())
     }
     /// `grad += g` in place (the first contribution is stored as is — on a kernel device copied
     /// into the storage `zero_grad` kept, when nothing else holds that).

@@ -101,7 +101,7 @@ fn assign(model: &Clip, tensors: Vec<(String, Tensor)>, path: &Path) -> Result<(
     for (name, t) in tensors {
         let name = name.strip_prefix("module.").unwrap_or(&name).to_string();
         if !ignorable(&name) {
-            map.insert(name, t.to_dtype(DType::F32));
+            map.insert(name, t.try_to_dtype(DType::F32)?);
         }
     }
     if map
@@ -262,7 +262,7 @@ fn from_hugging_face(
         out.insert(
             to,
             if transpose {
-                t.transpose(0, 1)?.contiguous()
+                t.transpose(0, 1)?.try_contiguous()?
             } else {
                 t
             },

@@ -42,7 +42,7 @@ impl OutPtr {
 pub(crate) fn cpu_input(op: &'static str, t: &Tensor) -> Result<Tensor> {
     match t.device() {
         Device::Cpu => {
-            let c = t.contiguous();
+            let c = t.try_contiguous()?;
             c.f32s(op)?;
             Ok(c)
         }

@@ -10,18 +10,6 @@ pub use schedule::LrSchedule;
 
 use crate::{Param, Result, Tensor};
 
-/// [`clip_grad_norm`] with the norm before clipping returned as a `[]` tensor on the parameters'
-/// device. It reads the norm back and rewrites the gradients on any device; on a kernel device
-/// [`AdamW::clip_grad_norm`] does neither (the trainer uses that).
-pub fn clip_grad_norm_deferred(params: &[Param], max_norm: f64) -> Result<Tensor> {
-    let norm = clip_grad_norm(params, max_norm)?;
-    let device = params
-        .first()
-        .map(|p| p.value().device())
-        .unwrap_or(crate::Device::Cpu);
-    Tensor::scalar(norm as f32).to_device(device)
-}
-
 /// Clamp a one-element parameter to `[lo, hi]` in place (CLIP's `logit_scale` after each step).
 /// On a kernel device one kernel clamps the value in its own storage (nothing is read back;
 /// copy-on-write first when anything else holds the value, see `Param`); on the CPU as before.

@@ -1,14 +1,18 @@
 //! `Tensor`: an immutable, reference-counted n-d array with a shape, strides (so `permute`,
-//! `narrow` and `transpose` are free views), a dtype and a device. Ops read contiguous data; call
-//! `contiguous()` (a no-op when already contiguous) before taking a slice.
+//! `narrow`, `transpose` and `expand` are free views), a dtype and a device. Ops read contiguous
+//! data; call `try_contiguous()` (a no-op when already contiguous) before taking a slice.
 //!
 //! Storage is shared through an `Arc`; writes go through copy-on-write (`f32s_mut`), so a tensor
 //! that the autograd graph saved is never changed under it.
 //!
 //! A Cuda tensor's storage is device memory ([`CudaStorage`]); move data with
-//! [`Tensor::to_device`]. Until the CUDA kernels for them exist, layout copies (`contiguous` of a
-//! view), `to_dtype` and the byte/value readers go through the host for Cuda tensors; those
-//! infallible methods panic only if the device itself fails during that copy.
+//! [`Tensor::to_device`]. On the kernel devices (Emu, Cuda) every layout change is a kernel on
+//! the tensor's own storage (DESIGN §10): [`Tensor::try_contiguous`] of a view is the strided
+//! copy of `kernels/layout.cu`, [`Tensor::try_to_dtype`] its cast kernels — no host round trip.
+//! They return `Err` when a launch fails; `contiguous()` and `to_dtype()` are their infallible
+//! wrappers for host code and tests, which panic only if a device fails. Library code that may
+//! run on a device uses the `try_` forms. Reading a device view to the host (`to_device(Cpu)`,
+//! `try_to_vec`) copies it contiguous on the device first, then downloads just its elements.
 
 mod dtype;
 mod shape;
@@ -62,6 +66,9 @@ pub struct Tensor {
     strides: Vec<usize>,
     offset: usize,
     device: Device,
+    /// Emu only: the storage's block in Emu's accounting allocator (`device::emu::memory`),
+    /// shared by every view of the storage, returned when the last one drops.
+    emu_lease: Option<Arc<crate::device::emu::memory::Lease>>,
 }
 
 impl std::fmt::Debug for Tensor {
@@ -87,7 +94,21 @@ impl Tensor {
             shape,
             offset: 0,
             device: Device::Cpu,
+            emu_lease: None,
         }
+    }
+
+    /// This tensor, with fresh host storage, labelled as living on `device` (Cpu or Emu); an Emu
+    /// storage takes its lease of Emu's accounting allocator.
+    fn placed(mut self, device: Device) -> Tensor {
+        debug_assert!(!matches!(device, Device::Cuda(_)));
+        self.device = device;
+        self.emu_lease = if device == Device::Emu {
+            crate::device::emu::memory::lease(self.storage_bytes()).map(Arc::new)
+        } else {
+            None
+        };
+        self
     }
 
     /// A CPU f32 tensor owning `data`; errors when `data.len()` is not the product of `shape`.
@@ -118,9 +139,7 @@ impl Tensor {
 
     /// Internal constructor for outputs of kernels run on a host-memory device (Cpu, Emu).
     pub(crate) fn from_f32_on(data: Vec<f32>, shape: &[usize], device: Device) -> Tensor {
-        let mut t = Self::from_f32(data, shape);
-        t.device = device;
-        t
+        Self::from_f32(data, shape).placed(device)
     }
 
     pub fn from_f16(data: Vec<f16>, shape: impl Into<Shape>) -> Result<Tensor> {
@@ -273,7 +292,7 @@ impl Tensor {
         if !self.is_contiguous() {
             return Err(Error::shape(
                 op,
-                "expected a contiguous tensor (call .contiguous())",
+                "expected a contiguous tensor (call .try_contiguous())",
             ));
         }
         match &*self.storage {
@@ -328,7 +347,7 @@ impl Tensor {
         if !self.is_contiguous() {
             return Err(Error::shape(
                 op,
-                "expected a contiguous tensor (call .contiguous())",
+                "expected a contiguous tensor (call .try_contiguous())",
             ));
         }
         let o = self.offset;
@@ -399,13 +418,28 @@ impl Tensor {
         })
     }
 
+    /// The address of element 0 of this host tensor's storage, whatever its layout (for the
+    /// strided-copy kernel on Emu, which indexes the storage with the view's offset and strides).
+    pub(crate) fn host_storage_ptr(&self, op: &'static str) -> Result<*mut std::ffi::c_void> {
+        Ok(match &*self.storage {
+            Storage::Cpu(CpuStorage::F32(v)) => v.as_ptr() as *mut std::ffi::c_void,
+            Storage::Cpu(CpuStorage::F16(v)) => v.as_ptr() as *mut std::ffi::c_void,
+            Storage::Cpu(CpuStorage::BF16(v)) => v.as_ptr() as *mut std::ffi::c_void,
+            Storage::Cuda(_) => return Err(self.on_device_error(op)),
+        })
+    }
+
+    /// Element offset of this view in its storage.
+    pub(crate) fn offset(&self) -> usize {
+        self.offset
+    }
+
     /// This host tensor relabelled as living on `device` (Cpu or Emu: both keep host memory).
-    pub(crate) fn on_host_device(mut self, device: Device) -> Tensor {
+    pub(crate) fn on_host_device(self, device: Device) -> Tensor {
         debug_assert!(
             matches!(*self.storage, Storage::Cpu(_)) && !matches!(device, Device::Cuda(_))
         );
-        self.device = device;
-        self
+        self.placed(device)
     }
 
     fn on_device_error(&self, op: &'static str) -> Error {
@@ -441,6 +475,7 @@ impl Tensor {
             shape: shape.to_vec(),
             strides: contiguous_strides(shape),
             offset: 0,
+            emu_lease: None,
         })
     }
 
@@ -461,8 +496,9 @@ impl Tensor {
             || self.storage_len() != self.numel()
             || Arc::get_mut(&mut self.storage).is_none()
         {
-            // Shared or a view: write to a fresh copy (copy-on-write).
-            *self = self.copy_contiguous();
+            // Shared or a view: write to a fresh copy (copy-on-write). Host code writing host
+            // memory (Cpu, or Emu's), so a host gather.
+            *self = self.host_gather();
         }
         // host code rewriting an Emu tensor: its data comes to the host and goes back
         self.meter(Direction::Download);
@@ -473,48 +509,57 @@ impl Tensor {
         }
     }
 
-    fn storage_len(&self) -> usize {
+    /// Elements of the underlying storage (shared by all views of it).
+    pub(crate) fn storage_len(&self) -> usize {
         match &*self.storage {
             Storage::Cpu(s) => s.len(),
             Storage::Cuda(s) => s.len(),
         }
     }
 
-    /// For the infallible readers of a Cuda tensor: this tensor copied to the host (same shape,
-    /// strides and offset). Panics only when the device fails during the copy.
-    fn host_view(&self, op: &str) -> Tensor {
-        self.cuda_to_host_view().unwrap_or_else(|e| {
+    /// For the infallible readers of a Cuda tensor: [`Tensor::cuda_to_host`], panicking only when
+    /// the device fails.
+    fn host_copy(&self, op: &str) -> Tensor {
+        self.cuda_to_host().unwrap_or_else(|e| {
             panic!(
-                "{op}: copying a {} tensor through the host failed: {e}",
+                "{op}: copying a {} tensor to the host failed: {e}",
                 self.device
             )
         })
     }
 
-    /// The whole storage of a Cuda tensor copied to the host, with this view's layout.
-    fn cuda_to_host_view(&self) -> Result<Tensor> {
+    /// A Cuda tensor's elements as a contiguous host tensor (device Cpu): a view is first made
+    /// contiguous on the device by the strided-copy kernel, then only its elements are
+    /// downloaded. Only a build without kernels (no PTX) downloads a view's whole storage and
+    /// gathers it on the host. Host tensors are returned as they are.
+    fn cuda_to_host(&self) -> Result<Tensor> {
         let Storage::Cuda(s) = &*self.storage else {
             return Ok(self.clone());
         };
-        let host = if self.is_contiguous() {
-            // Only the elements of the view.
-            let mut t =
-                Self::from_storage(s.download(self.offset, self.numel())?, self.shape.clone());
-            t.strides = self.strides.clone();
-            t
-        } else {
-            let mut t = Self::from_storage(s.download(0, s.len())?, vec![s.len()]);
-            t.shape = self.shape.clone();
-            t.strides = self.strides.clone();
-            t.offset = self.offset;
-            t
-        };
-        Ok(host)
+        if self.is_contiguous() {
+            return Ok(Self::from_storage(
+                s.download(self.offset, self.numel())?,
+                self.shape.clone(),
+            ));
+        }
+        if crate::device::cuda::kernels_built() {
+            return self.try_contiguous()?.cuda_to_host();
+        }
+        let mut t = Self::from_storage(s.download(0, s.len())?, vec![s.len()]);
+        t.shape = self.shape.clone();
+        t.strides = self.strides.clone();
+        t.offset = self.offset;
+        Ok(t.host_gather())
     }
 
-    /// A contiguous host tensor on `device` (Cpu or Emu) copied to a new Cuda tensor.
+    /// A host tensor on `device` (Cpu or Emu) copied to a new Cuda tensor (a view is gathered
+    /// on the host first, so only its elements cross).
     fn host_to_cuda(&self, backend: &Arc<CudaBackend>) -> Result<Tensor> {
-        let t = self.contiguous();
+        let t = if self.is_contiguous() {
+            self.clone()
+        } else {
+            self.host_gather()
+        };
         let Storage::Cpu(s) = &*t.storage else {
             unreachable!("host_to_cuda is called on host tensors")
         };
@@ -522,13 +567,31 @@ impl Tensor {
         Tensor::from_cuda(storage, &t.shape)
     }
 
-    /// All elements as f32 in row-major order, whatever the dtype or layout.
-    pub fn to_vec(&self) -> Vec<f32> {
+    /// All elements as f32 in row-major order, whatever the dtype, layout or device (a device
+    /// view is made contiguous on the device, then downloaded). `Err` only when a device fails.
+    pub fn try_to_vec(&self) -> Result<Vec<f32>> {
         if let Storage::Cuda(_) = &*self.storage {
-            return self.host_view("to_vec").to_vec();
+            return self.cuda_to_host()?.try_to_vec();
         }
-        let t = self.to_dtype(DType::F32).contiguous();
-        t.f32s("Tensor::to_vec").expect("f32 contiguous").to_vec()
+        let t = self.try_contiguous()?;
+        let n = t.numel();
+        let o = t.offset;
+        let Storage::Cpu(s) = &*t.storage else {
+            unreachable!("host storage")
+        };
+        t.meter(Direction::Download);
+        // Widening f16/bf16 to f32 is exact, so the host does it for every device.
+        Ok(match s {
+            CpuStorage::F32(v) => v[o..o + n].to_vec(),
+            CpuStorage::F16(v) => v[o..o + n].iter().map(|x| x.to_f32()).collect(),
+            CpuStorage::BF16(v) => v[o..o + n].iter().map(|x| x.to_f32()).collect(),
+        })
+    }
+
+    /// [`Tensor::try_to_vec`] for host code and tests: panics only if a device fails.
+    pub fn to_vec(&self) -> Vec<f32> {
+        self.try_to_vec()
+            .unwrap_or_else(|e| panic!("to_vec of a {} tensor: {e}", self.device))
     }
 
     /// The single value of a one-element tensor.
@@ -539,13 +602,13 @@ impl Tensor {
                 format!("expected one element, shape is {:?}", self.shape),
             ));
         }
-        Ok(self.to_vec()[0])
+        Ok(self.try_to_vec()?[0])
     }
 
     /// Raw little-endian bytes of the contiguous data (for safetensors).
     pub fn to_le_bytes(&self) -> Vec<u8> {
         if let Storage::Cuda(_) = &*self.storage {
-            return self.host_view("to_le_bytes").to_le_bytes();
+            return self.host_copy("to_le_bytes").to_le_bytes();
         }
         let t = self.contiguous();
         let n = t.numel();
@@ -566,41 +629,43 @@ impl Tensor {
 
     // ---- layout -------------------------------------------------------------------------------
 
-    /// This tensor with row-major contiguous storage (shares storage when already contiguous).
-    pub fn contiguous(&self) -> Tensor {
+    /// This tensor with row-major contiguous storage, same dtype and device (shares storage when
+    /// already contiguous). On Emu and Cuda a view is copied by the strided-copy kernel on its
+    /// own storage (`kernels/layout.cu`; views whose dims do not merge to rank ≤ 6 are an `Err`);
+    /// on the CPU it is gathered on the host.
+    pub fn try_contiguous(&self) -> Result<Tensor> {
         if self.is_contiguous() {
-            self.clone()
-        } else {
-            self.copy_contiguous()
+            return Ok(self.clone());
         }
+        if crate::device::kernel::runs_kernels(self.device) {
+            return crate::ops::layout::gpu::strided_copy(self);
+        }
+        Ok(self.host_gather())
     }
 
-    fn copy_contiguous(&self) -> Tensor {
+    /// [`Tensor::try_contiguous`] for host code and tests. Panics only if a device fails (a
+    /// launch error, or a device view of more than 6 unmergeable dims): library code on paths a
+    /// device tensor can reach uses `try_contiguous()?`.
+    pub fn contiguous(&self) -> Tensor {
+        self.try_contiguous()
+            .unwrap_or_else(|e| panic!("contiguous of a {} tensor: {e}", self.device))
+    }
+
+    /// A row-major copy of a tensor in host memory (Cpu, or Emu's host-side storage for host
+    /// code such as `f32s_mut`), same device label.
+    fn host_gather(&self) -> Tensor {
         fn gather<T: Copy>(v: &[T], t: &Tensor) -> Vec<T> {
             let mut out = Vec::with_capacity(t.numel());
             for_each_offset(&t.shape, &t.strides, t.offset, |o| out.push(v[o]));
             out
         }
-        if let Storage::Cuda(s) = &*self.storage {
-            // No strided-copy kernel yet: gather on the host, copy back.
-            let backend = s.backend().clone();
-            let host = self.host_view("contiguous").copy_contiguous();
-            return host.host_to_cuda(&backend).unwrap_or_else(|e| {
-                panic!(
-                    "contiguous: copying a {} tensor back failed: {e}",
-                    self.device
-                )
-            });
-        }
         let storage = match &*self.storage {
-            Storage::Cuda(_) => unreachable!("handled above"),
+            Storage::Cuda(_) => unreachable!("host_gather is called on host storage"),
             Storage::Cpu(CpuStorage::F32(v)) => CpuStorage::F32(gather(v, self)),
             Storage::Cpu(CpuStorage::F16(v)) => CpuStorage::F16(gather(v, self)),
             Storage::Cpu(CpuStorage::BF16(v)) => CpuStorage::BF16(gather(v, self)),
         };
-        let mut t = Self::from_storage(storage, self.shape.clone());
-        t.device = self.device;
-        t
+        Self::from_storage(storage, self.shape.clone()).placed(self.device)
     }
 
     /// Same elements, new shape (all dims explicit). A view when contiguous, a copy otherwise.
@@ -616,7 +681,7 @@ impl Tensor {
                 ),
             ));
         }
-        let mut t = self.contiguous();
+        let mut t = self.try_contiguous()?;
         t.strides = contiguous_strides(&shape.0);
         t.shape = shape.0;
         Ok(t)
@@ -653,6 +718,35 @@ impl Tensor {
         self.permute(&axes)
     }
 
+    /// A view of this tensor repeated to `shape` by numpy broadcasting (no copy): dims are
+    /// aligned at the end, a dim of size 1 (or a missing leading dim) is stretched with stride 0,
+    /// every other dim must match. `try_contiguous()` of the result materialises the repeat.
+    pub fn expand(&self, shape: &[usize]) -> Result<Tensor> {
+        let bad = || {
+            Error::shape(
+                "expand",
+                format!("{:?} does not broadcast to {shape:?}", self.shape),
+            )
+        };
+        if shape.len() < self.rank() {
+            return Err(bad());
+        }
+        let pad = shape.len() - self.rank();
+        let mut strides = vec![0; shape.len()];
+        for (i, &d) in shape.iter().enumerate().skip(pad) {
+            let (own, st) = (self.shape[i - pad], self.strides[i - pad]);
+            strides[i] = match own {
+                _ if own == d => st,
+                1 => 0,
+                _ => return Err(bad()),
+            };
+        }
+        let mut t = self.clone();
+        t.shape = shape.to_vec();
+        t.strides = strides;
+        Ok(t)
+    }
+
     /// A view of `len` entries of dim `axis` starting at `start`.
     pub fn narrow(&self, axis: isize, start: usize, len: usize) -> Result<Tensor> {
         let ax = resolve_axis("narrow", axis, self.rank())?;
@@ -676,26 +770,24 @@ impl Tensor {
 
     // ---- conversion ---------------------------------------------------------------------------
 
-    pub fn to_dtype(&self, dtype: DType) -> Tensor {
+    /// This tensor converted to `dtype`, as a contiguous tensor on the same device (this tensor
+    /// itself, view or not, when it already is `dtype`):
+    /// f32 → f16/bf16 rounds to nearest even (overflow to ±inf), widening is exact, f16 ↔ bf16
+    /// goes through f32. On Emu and Cuda a cast kernel does it (`kernels/layout.cu`; a view is
+    /// made contiguous by the strided copy first), on the CPU the `half` crate — the same bits
+    /// for every non-NaN value.
+    pub fn try_to_dtype(&self, dtype: DType) -> Result<Tensor> {
         if dtype == self.dtype() {
-            return self.clone();
+            return Ok(self.clone());
         }
-        if let Storage::Cuda(s) = &*self.storage {
-            // No cast kernel yet: convert on the host, copy back.
-            let backend = s.backend().clone();
-            let host = self.host_view("to_dtype").to_dtype(dtype);
-            return host.host_to_cuda(&backend).unwrap_or_else(|e| {
-                panic!(
-                    "to_dtype: copying a {} tensor back failed: {e}",
-                    self.device
-                )
-            });
+        if crate::device::kernel::runs_kernels(self.device) {
+            return crate::ops::layout::gpu::cast(&self.try_contiguous()?, dtype);
         }
-        let t = self.contiguous();
+        let t = self.try_contiguous()?;
         let n = t.numel();
         let o = t.offset;
         let Storage::Cpu(s) = &*t.storage else {
-            unreachable!("handled above")
+            unreachable!("Cpu tensors have host storage")
         };
         let f: Vec<f32> = match s {
             CpuStorage::F32(v) => v[o..o + n].to_vec(),
@@ -707,9 +799,14 @@ impl Tensor {
             DType::F16 => CpuStorage::F16(f.iter().map(|&x| f16::from_f32(x)).collect()),
             DType::BF16 => CpuStorage::BF16(f.iter().map(|&x| bf16::from_f32(x)).collect()),
         };
-        let mut out = Self::from_storage(storage, t.shape.clone());
-        out.device = self.device;
-        out
+        Ok(Self::from_storage(storage, t.shape.clone()).placed(self.device))
+    }
+
+    /// [`Tensor::try_to_dtype`] for host code and tests. Panics only if a device fails: library
+    /// code on paths a device tensor can reach uses `try_to_dtype(..)?`.
+    pub fn to_dtype(&self, dtype: DType) -> Tensor {
+        self.try_to_dtype(dtype)
+            .unwrap_or_else(|e| panic!("to_dtype of a {} tensor: {e}", self.device))
     }
 
     /// A contiguous copy on `device`, same dtype. Host-memory devices (Cpu, Emu) share the data
@@ -723,20 +820,21 @@ impl Tensor {
         let host = match (&*self.storage, device) {
             (Storage::Cpu(_), Device::Cuda(i)) => return self.host_to_cuda(&CudaBackend::get(i)?),
             (Storage::Cpu(_), _) => {
-                let t = self.contiguous();
+                // Cpu ↔ Emu: a fresh copy of just the view's elements. An Emu view is made
+                // contiguous by the device (the strided copy) before it crosses, as on Cuda.
+                let t = self.try_contiguous()?;
                 if t.storage_id() == self.storage_id() {
-                    self.copy_contiguous()
+                    t.host_gather()
                 } else {
                     t
                 }
             }
             // GPU → host, or GPU → another GPU through the host.
-            (Storage::Cuda(_), _) => self.cuda_to_host_view()?.contiguous(),
+            (Storage::Cuda(_), _) => self.cuda_to_host()?,
         };
         match device {
             Device::Cpu | Device::Emu => {
-                let mut t = host;
-                t.device = device;
+                let t = host.placed(device);
                 // Cpu ↔ Emu: one copy across the (emulated) bus, counted on the Emu side
                 match (self.device, device) {
                     (Device::Cpu, Device::Emu) => t.meter(Direction::Upload),

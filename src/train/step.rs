@@ -80,7 +80,7 @@ pub fn contrastive_forward_backward_deferred(
     for start in (0..n).step_by(micro) {
         let len = micro.min(n - start);
         let graph = Graph::new();
-        let imgs = graph.constant(images.narrow(0, start, len)?.contiguous());
+        let imgs = graph.constant(images.narrow(0, start, len)?.try_contiguous()?);
         let image = model.encode_image(&graph, &imgs)?;
         let text = model.encode_text(&graph, &ids[start * t..(start + len) * t], len)?;
         parts.push(Micro { graph, image, text });
@@ -107,8 +107,8 @@ pub fn contrastive_forward_backward_deferred(
     for p in parts {
         let len = p.image.shape()[0];
         let seeds = [
-            (&p.image, gi.narrow(0, start, len)?.contiguous()),
-            (&p.text, gt.narrow(0, start, len)?.contiguous()),
+            (&p.image, gi.narrow(0, start, len)?.try_contiguous()?),
+            (&p.text, gt.narrow(0, start, len)?.try_contiguous()?),
         ];
         p.graph.backward_multi(&seeds)?;
         start += len;

@@ -100,10 +100,10 @@ impl DataStream {
         let image_size = model.vision_cfg.image_size;
         Ok(match spec {
             DataSpec::Synthetic => DataStream::Synthetic(SyntheticStream {
-                data: Synthetic::new(SyntheticConfig {
+                data: Synthetic::try_new(SyntheticConfig {
                     seed: cfg.seed,
                     image_size: image_size as u32,
-                }),
+                })?,
                 next_index: 0,
                 group: cfg.shape_groups,
             }),
@@ -163,8 +163,9 @@ pub struct Trainer {
     pub step: usize,
     pub data: DataStream,
     pub data_spec: DataSpec,
-    /// For zero-shot evaluation on the held-out split (also when training on files).
-    pub eval_data: Synthetic,
+    /// For zero-shot evaluation on the held-out split (also when training on files); `None` when
+    /// the model's images are below the synthetic scenes' minimum size (then not evaluated).
+    pub eval_data: Option<Synthetic>,
     /// Where the step runs: the model's parameters and the optimizer state live there, batches
     /// are uploaded there, and only the step's statistics come back ([`Trainer::to_device`]).
     pub device: Device,
@@ -176,6 +177,7 @@ pub struct StepLog {
     pub step: usize,
     pub loss: f32,
     pub lr: f64,
+    /// exp(logit_scale) as the step's logits used it (before this step's update and clamp).
     pub logit_scale: f32,
     pub i2t_acc: f32,
     pub t2i_acc: f32,
@@ -208,10 +210,11 @@ impl Trainer {
             },
         );
         let data = DataStream::open(&data_spec, &config, model_config, start)?;
-        let eval_data = Synthetic::new(SyntheticConfig {
+        let eval_data = Synthetic::try_new(SyntheticConfig {
             seed: config.seed,
             image_size: model_config.vision_cfg.image_size as u32,
-        });
+        })
+        .ok();
         Ok(Trainer {
             model,
             config,
@@ -230,7 +233,18 @@ impl Trainer {
     pub fn to_device(&mut self, device: Device) -> Result<()> {
         device.ensure_available()?;
         self.model.to_device(device)?;
+        // Fixed shapes on a kernel device: the text tower runs the full context instead of
+        // cutting each batch after its last EOT (exact either way under the causal mask), so every
+        // step has the same shapes and the caching allocator reaches its steady state (no device
+        // allocation after the first step; a step could be captured as a CUDA graph). The CPU
+        // keeps the cut, which saves it compute.
+        self.model.text.truncate = !crate::device::kernel::runs_kernels(device);
         self.opt.to_device(device)?;
+        // Gradient storage now rather than in the first backward: the first step then allocates
+        // what every later one does (no device allocation after it).
+        for p in self.model.parameters() {
+            p.reserve_grad()?;
+        }
         self.device = device;
         Ok(())
     }
@@ -426,6 +440,7 @@ impl Trainer {
         let bar = progress_bar(opts.progress, self.config.steps as u64, self.step as u64);
         let started = Instant::now();
         let mut last_eval = None;
+        let mut said_no_eval = false;
         let mut recent = Vec::new();
         while self.step < self.config.steps {
             let log = self.train_step()?;
@@ -450,15 +465,22 @@ impl Trainer {
                 );
             }
             let at_end = self.step == self.config.steps;
-            if opts.eval_every > 0 && (self.step.is_multiple_of(opts.eval_every) || at_end) {
+            let eval_data = match &self.eval_data {
+                Some(d) => Some(d),
+                None if opts.eval_every > 0 && !said_no_eval => {
+                    said_no_eval = true;
+                    eprintln!("note: no held-out synthetic evaluation: the model's image_size is below the scenes' minimum of {}", Synthetic::MIN_IMAGE_SIZE);
+                    None
+                }
+                None => None,
+            };
+            if let Some(eval_data) = eval_data.filter(|_| {
+                opts.eval_every > 0 && (self.step.is_multiple_of(opts.eval_every) || at_end)
+            }) {
                 let (single, ens) =
-                    eval::zero_shot(&self.model, &self.eval_data, Task::Shape, opts.eval_samples)?;
-                let (c_single, c_ens) = eval::zero_shot(
-                    &self.model,
-                    &self.eval_data,
-                    Task::Colour,
-                    opts.eval_samples,
-                )?;
+                    eval::zero_shot(&self.model, eval_data, Task::Shape, opts.eval_samples)?;
+                let (c_single, c_ens) =
+                    eval::zero_shot(&self.model, eval_data, Task::Colour, opts.eval_samples)?;
                 let line = serde_json::json!({ "step": self.step, "eval": "zeroshot-heldout", "shape_single": single, "shape_ensemble": ens, "colour_single": c_single, "colour_ensemble": c_ens });
                 writeln!(metrics, "{line}").map_err(|e| Error::io(&metrics_path, e))?;
                 let msg = format!("step {}: held-out zero-shot top-1 — shape {:.1}% single template, {:.1}% ensembled; colour {:.1}% / {:.1}%", self.step, 100.0 * single, 100.0 * ens, 100.0 * c_single, 100.0 * c_ens);
@@ -476,6 +498,17 @@ impl Trainer {
             }
         }
         bar.finish_and_clear();
+        if let Some(m) = self.device.memory_stats()? {
+            // The peak of the whole process on this device (the allocator's counters are global).
+            let line = serde_json::json!({ "step": self.step, "device": self.device.to_string(), "peak_device_bytes": m.peak_in_use_bytes, "device_allocs": m.device_allocs });
+            writeln!(metrics, "{line}").map_err(|e| Error::io(&metrics_path, e))?;
+            eprintln!(
+                "{}: peak device memory {:.1} MiB in use, {} device allocations",
+                self.device,
+                m.peak_in_use_bytes as f64 / (1 << 20) as f64,
+                m.device_allocs
+            );
+        }
         weights::save_clip(
             &self.model,
             opts.out.join("model.safetensors"),

@@ -224,7 +224,7 @@ impl ZeroShotClassifier {
         let weights = f
             .get(WEIGHTS)
             .ok_or_else(|| bad(format!("no tensor {WEIGHTS:?}")))?
-            .to_dtype(crate::DType::F32);
+            .try_to_dtype(crate::DType::F32)?;
         if weights.rank() != 2 || weights.shape()[0] != class_names.len() {
             return Err(bad(format!(
                 "weights of shape {:?} for {} classes",

@@ -125,6 +125,24 @@ impl Templates {
         &self.name
     }
 
+    /// [`Templates::name`] made safe for a file name (a template file's stem, other characters
+    /// than letters, digits, `-` and `_` replaced by `_`): the classifier cache is named by it.
+    pub fn file_tag(&self) -> String {
+        let stem = Path::new(&self.name)
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| self.name.clone());
+        stem.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    }
+
     pub fn as_slice(&self) -> &[String] {
         &self.templates
     }

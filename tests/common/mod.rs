@@ -30,7 +30,15 @@ impl Default for Check {
 }
 
 /// A fresh seed per call, printed on failure so that a failing case can be replayed.
+/// A fresh random seed per call, or `CLIPCU_TEST_SEED` when set (to rerun a failure: every
+/// test prints the seed it used in its failure message).
 pub fn fresh_seed() -> u64 {
+    if let Some(s) = std::env::var("CLIPCU_TEST_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return s;
+    }
     let s: u64 = rand::rng().random();
     s
 }
@@ -231,6 +239,19 @@ pub fn skip_cuda_run(reason: &str) {
     });
     CUDA_SKIP_REASON.get_or_init(|| reason.to_string());
     CUDA_SKIPPED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// The devices a whole-model test (training, transfers) runs on: Emu always, in normal lane
+/// order (whole steps are too long to run twice), and cuda:0 when present — a missing GPU is a
+/// counted skip as in [`kernel_runs`], a failure under `CLIPCU_REQUIRE_CUDA=1`.
+pub fn model_devices() -> Vec<clipcu::Device> {
+    use clipcu::Device;
+    let mut v = vec![Device::Emu];
+    match Device::Cuda(0).ensure_available() {
+        Ok(()) => v.push(Device::Cuda(0)),
+        Err(e) => skip_cuda_run(&e.to_string()),
+    }
+    v
 }
 
 /// Run `f(device, tag)` on every [`kernel_runs`] pair, with the emulator's lane order set.

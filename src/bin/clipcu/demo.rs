@@ -34,6 +34,12 @@ pub fn run(a: &DemoArgs) -> Result<()> {
         a.seed,
         a.checkpointing,
     );
+    let heads = (width / 64).max(1);
+    if width == 0 || width % heads != 0 {
+        return Err(clipcu::Error::Msg(format!(
+            "--width {width}: the demo's width must be at least 1 and a multiple of its {heads} attention head(s) (width / 64)"
+        )));
+    }
     let device = crate::pick_device(device)?;
     let (vocab, batch, tokens) = (64usize, 16usize, 24usize);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);

@@ -17,7 +17,7 @@ pub struct TokenizeArgs {
     /// Context length (77 for CLIP).
     #[arg(long, default_value_t = 77)]
     pub context_length: usize,
-    /// The texts.
+    /// The texts (one that starts with '-' goes after --: `clipcu tokenize -- -x`).
     #[arg(required = true)]
     pub texts: Vec<String>,
 }
@@ -59,8 +59,8 @@ pub struct EmbedArgs {
     /// An image file (JPEG, PNG, WebP); repeat for more.
     #[arg(long = "image")]
     pub images: Vec<PathBuf>,
-    /// A text; repeat for more.
-    #[arg(long = "text")]
+    /// A text; repeat for more. A text that starts with '-' goes as --text=-x (or after --).
+    #[arg(long = "text", allow_hyphen_values = true)]
     pub texts: Vec<String>,
     /// L2-normalise the embeddings.
     #[arg(long)]

@@ -65,7 +65,7 @@ pub fn zeroshot(a: &ZeroShotArgs) -> Result<()> {
             .unwrap_or_else(|| PathBuf::from("random-init"));
         base.with_extension(format!(
             "zeroshot-{}-{}.safetensors",
-            templates.name(),
+            templates.file_tag(),
             templates.hash()
         ))
     });

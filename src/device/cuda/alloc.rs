@@ -165,6 +165,7 @@ impl<R: RawAllocator> CachingAllocator<R> {
                     Err(e) => return Err(oom_error(bytes, class, &p, e)),
                 };
                 p.stats.device_allocs += 1;
+                trace_alloc(class);
                 buf
             }
         };
@@ -194,6 +195,18 @@ impl<R: RawAllocator> CachingAllocator<R> {
     /// Run `f` on the raw allocator (tests inspect their fake device with it).
     pub fn with_raw<T>(&self, f: impl FnOnce(&mut R) -> T) -> T {
         f(&mut lock(&self.pool).raw)
+    }
+}
+
+/// `CLIPCU_TRACE_ALLOCS=1` prints a backtrace per real device allocation (Cuda and Emu alike), to
+/// find what keeps a step from reaching the allocator's steady state.
+fn trace_alloc(class: usize) {
+    static TRACE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *TRACE.get_or_init(|| std::env::var("CLIPCU_TRACE_ALLOCS").is_ok_and(|v| v == "1")) {
+        eprintln!(
+            "clipcu: device allocation of {class} bytes\n{}",
+            std::backtrace::Backtrace::force_capture()
+        );
     }
 }
 

@@ -135,10 +135,9 @@ pub fn split_qkv_heads(qkv: &Tensor, b: usize, h: usize) -> Result<Tensor> {
         return gpu::split(qkv, dims);
     }
     let [b, t, h, dh, s] = dims;
-    Ok(qkv
-        .reshape([b, t, s, h, dh])?
+    qkv.reshape([b, t, s, h, dh])?
         .permute(&[2, 0, 3, 1, 4])?
-        .contiguous())
+        .try_contiguous()
 }
 
 /// The backward of [`split_qkv_heads`]: `[3, B, H, T, Dh]` → `[B·T, 3·D]`.
@@ -152,7 +151,7 @@ pub fn split_qkv_heads_backward(d: &Tensor) -> Result<Tensor> {
         return gpu::unsplit(d, [b, t, h, dh, 3]);
     }
     d.permute(&[1, 3, 0, 2, 4])?
-        .contiguous()
+        .try_contiguous()?
         .reshape([b * t, 3 * h * dh])
 }
 
@@ -167,7 +166,7 @@ pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
         return gpu::unsplit(x, [b, t, h, dh, 1]);
     }
     x.permute(&[0, 2, 1, 3])?
-        .contiguous()
+        .try_contiguous()?
         .reshape([b * t, h * dh])
 }
 
@@ -177,9 +176,9 @@ pub fn merge_heads_backward(g: &Tensor, b: usize, h: usize) -> Result<Tensor> {
     if crate::device::kernel::runs_kernels(g.device()) {
         return gpu::split(g, [b, t, h, dh, s]).and_then(|o| o.reshape([b, h, t, dh]));
     }
-    Ok(g.reshape([b, t, h, dh])?
+    g.reshape([b, t, h, dh])?
         .permute(&[0, 2, 1, 3])?
-        .contiguous())
+        .try_contiguous()
 }
 
 /// Inference only, CPU: self-attention of the packed projection `qkv` [B·T, 3·H·Dh] with heads
@@ -201,9 +200,9 @@ impl<'m> Graph<'m> {
     pub fn attention(&self, q: &Var, k: &Var, v: &Var, causal: bool) -> Result<Var> {
         let (out, p) = forward(q.tensor(), k.tensor(), v.tensor(), causal)?;
         let saved = vec![
-            q.tensor().contiguous(),
-            k.tensor().contiguous(),
-            v.tensor().contiguous(),
+            q.tensor().try_contiguous()?,
+            k.tensor().try_contiguous()?,
+            v.tensor().try_contiguous()?,
             p,
         ];
         Ok(self.record(
@@ -231,7 +230,7 @@ impl AttentionOp {
                 &r3(k, d.tk, d.dh)?,
                 &r3(v, d.tk, d.dv)?,
                 p,
-                &r3(&gout.contiguous(), d.tq, d.dv)?,
+                &r3(&gout.try_contiguous()?, d.tq, d.dv)?,
                 needs,
             )?;
             let shapes = [q.shape(), k.shape(), v.shape()];

@@ -123,8 +123,10 @@ fn train_forward(
     if runs_kernels(x.device()) {
         // statistics in f32 on the device; the host copies (tiny, [C]) feed the running stats
         let (y, mean, var, rstd) = gpu::train_forward(x, w, b, eps)?;
-        let f64v = |t: &Tensor| t.to_vec().iter().map(|&v| v as f64).collect::<Vec<f64>>();
-        return Ok((y, f64v(&mean), f64v(&var), rstd));
+        let f64v = |t: &Tensor| -> Result<Vec<f64>> {
+            Ok(t.try_to_vec()?.iter().map(|&v| v as f64).collect())
+        };
+        return Ok((y, f64v(&mean)?, f64v(&var)?, rstd));
     }
     let (x, w, b) = (cpu_input(OP, x)?, cpu_input(OP, w)?, cpu_input(OP, b)?);
     let (mean, var) = cpu::batch_stats(x.f32s(OP)?, c, hw);
@@ -147,12 +149,12 @@ fn eval_forward(
     if runs_kernels(x.device()) {
         // rstd from the running variance as the CPU computes it (f64), then the apply kernel
         let c = rv.numel();
-        let rstd: Vec<f32> = running_rstd(&rv.to_vec(), eps)
+        let rstd: Vec<f32> = running_rstd(&rv.try_to_vec()?, eps)
             .iter()
             .map(|&r| r as f32)
             .collect();
         let rstd = Tensor::from_f32(rstd, &[c]).to_device(x.device())?;
-        let mean = rm.contiguous();
+        let mean = rm.try_contiguous()?;
         let y = gpu::apply(x, &mean, &rstd, w, b)?;
         return Ok((y, mean, rstd));
     }
@@ -237,7 +239,32 @@ impl<'m> Graph<'m> {
     ) -> Result<Var> {
         let (xt, wt, bt) = (x.tensor(), weight.tensor(), bias.tensor());
         let (rm, rv) = (running_mean.value(), running_var.value());
-        let (y, mean, rstd) = if training {
+        let (y, mean, rstd) = if training && runs_kernels(xt.device()) {
+            check(xt, wt, bt)?;
+            check_running(xt, &rm, &rv)?;
+            let (_, c, hw) = check(xt, wt, bt)?;
+            let n = xt.shape()[0] * hw;
+            if n < 2 {
+                bail_shape!(
+                    OP,
+                    "training needs more than one value per channel, got input {:?}",
+                    xt.shape()
+                );
+            }
+            // Statistics and the running update stay on the device (f32 arithmetic; the CPU
+            // folds them in f64): rm ← (1 − m)·rm + m·mean, rv ← (1 − m)·rv + m·var·n/(n − 1).
+            let (y, mean, var, rstd) = gpu::train_forward(xt, wt, bt, eps)?;
+            if !self.is_recomputing() {
+                use crate::ops::{binary::add, unary::scale};
+                let m = momentum;
+                let unbias = (n as f64 / (n as f64 - 1.0)) as f32;
+                let new_rm = add(&scale(&rm, 1.0 - m)?, &scale(&mean, m)?)?;
+                let new_rv = add(&scale(&rv, 1.0 - m)?, &scale(&var, m * unbias)?)?;
+                running_mean.set_value(new_rm.reshape([c])?)?;
+                running_var.set_value(new_rv.reshape([c])?)?;
+            }
+            (y, mean, rstd)
+        } else if training {
             check(xt, wt, bt)?;
             check_running(xt, &rm, &rv)?;
             let (y, mean, var, rstd) = train_forward(xt, wt, bt, eps)?;
@@ -273,7 +300,7 @@ impl<'m> Graph<'m> {
             eval_forward(xt, wt, bt, &rm, &rv, eps)?
         };
         let saved = if runs_kernels(xt.device()) {
-            vec![xt.contiguous(), wt.contiguous(), mean, rstd]
+            vec![xt.try_contiguous()?, wt.try_contiguous()?, mean, rstd]
         } else {
             vec![cpu_input(OP, xt)?, cpu_input(OP, wt)?, mean, rstd]
         };

@@ -8,6 +8,11 @@
 //! `add_inplace_f32(acc, g, n)` and `copy_f32(out, x, n)`, which write into a tensor's own
 //! storage (gradient accumulation that keeps its buffer, copy-on-write before an in-place
 //! update).
+//!
+//! Any other numpy broadcast (`[B, 1, D]` over `[B, T, D]`, `[T, 1] ∘ [1, D]`, …) first
+//! materialises the operand at the output shape on the device — an `expand` view (stride 0)
+//! made contiguous by the strided-copy kernel ([`materialise`]) — and then takes the
+//! equal-shapes kernel: one extra pass over the output's size, no host round trip.
 
 use super::BinaryKind;
 use crate::device::kernel::{self, DeviceBuf, KernelArg};
@@ -24,11 +29,25 @@ fn is_row_broadcast(big: &[usize], small: &[usize]) -> bool {
     small.len() <= big.len() && big.ends_with(&trimmed)
 }
 
-/// `a + b`: same shapes, or one operand a row-broadcast of the other. f32, or 16-bit operands of
-/// one dtype (the bias-add kernel's f16/bf16 instantiations; equal shapes are a bias of one row).
+/// `t` as an operand of an elementwise kernel whose output is `shape`: itself when it is the
+/// whole shape or a trailing-dims block repeated over rows (the kernels repeat it), otherwise
+/// its broadcast to `shape` made on the device (expand + strided copy). `shape` is the
+/// broadcast shape of the op, so the expand cannot fail for an operand of the op.
+pub(crate) fn materialise(t: &Tensor, shape: &[usize]) -> Result<Tensor> {
+    if t.shape() == shape || is_row_broadcast(shape, t.shape()) {
+        Ok(t.clone())
+    } else {
+        t.expand(shape)?.try_contiguous()
+    }
+}
+
+/// `a + b` with any broadcast: same shapes, one operand a row-broadcast of the other, or else
+/// both materialised at the broadcast shape ([`materialise`]). f32, or 16-bit operands of one
+/// dtype (the bias-add kernel's f16/bf16 instantiations; equal shapes are a bias of one row).
 pub(crate) fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let op = "add";
     let device = kernel::kernel_device(op, &[a, b])?;
+    let shape = crate::tensor::broadcast_shape(op, a.shape(), b.shape())?;
     let f32 = a.dtype() == DType::F32 && b.dtype() == DType::F32;
     let (a, b) = if f32 {
         (kernel::f32_input(op, a)?, kernel::f32_input(op, b)?)
@@ -55,26 +74,27 @@ pub(crate) fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
         }?;
         return out.into_tensor();
     }
-    let pair = if a.dtype() != b.dtype() {
-        None
-    } else if is_row_broadcast(a.shape(), b.shape()) {
-        Some((&a, &b))
+    if a.dtype() != b.dtype() {
+        return Err(Error::Device {
+            op,
+            msg: format!(
+                "{:?} {} + {:?} {}: kernels add operands of one dtype (or two f32) \
+                 (not implemented on device {device} for these operands)",
+                a.shape(),
+                a.dtype(),
+                b.shape(),
+                b.dtype()
+            ),
+        });
+    }
+    let (x, bias) = if is_row_broadcast(a.shape(), b.shape()) {
+        (&a, &b)
     } else if is_row_broadcast(b.shape(), a.shape()) {
-        Some((&b, &a))
+        (&b, &a)
     } else {
-        None
+        // A broadcast the kernels do not repeat: both at the output shape, then equal shapes.
+        return add(&materialise(&a, &shape)?, &materialise(&b, &shape)?);
     };
-    let (x, bias) = pair.ok_or_else(|| Error::Device {
-        op,
-        msg: format!(
-            "{:?} {} + {:?} {}: kernels add equal shapes, or a same-dtype trailing-dims operand \
-             over rows (not implemented on device {device} for these operands)",
-            a.shape(),
-            a.dtype(),
-            b.shape(),
-            b.dtype()
-        ),
-    })?;
     let d = bias.numel();
     let rows = kernel::rows_of(op, x, d)?;
     let mut out = DeviceBuf::like(x)?;
@@ -177,28 +197,32 @@ pub(crate) fn sum_rows_to(g: &Tensor, target: &[usize]) -> Result<Option<Tensor>
     Ok(Some(db.into_tensor()?))
 }
 
-/// The broadcast output shape of `a ∘ b` and each operand's repeat length (`n` for the full
-/// shape, the block size for a trailing-dims operand), or an error for other broadcasts.
-fn repeat_lens(op: &'static str, a: &Tensor, b: &Tensor) -> Result<(Vec<usize>, i32, i32, i32)> {
+/// The operands of `a ∘ b` as the repeating kernels take them, with the broadcast output shape
+/// and each operand's repeat length (`n` for the full shape, the block size for a trailing-dims
+/// operand): an operand of any other broadcast is materialised at the output shape first.
+struct Repeat {
+    shape: Vec<usize>,
+    a: Tensor,
+    b: Tensor,
+    n: i32,
+    na: i32,
+    nb: i32,
+}
+
+fn repeat_lens(op: &'static str, a: &Tensor, b: &Tensor) -> Result<Repeat> {
     let shape = crate::tensor::broadcast_shape(op, a.shape(), b.shape())?;
     let n = kernel::i32_len(op, shape.iter().product())?;
-    let len = |t: &Tensor| -> Result<i32> {
-        if t.shape() == shape.as_slice() || is_row_broadcast(&shape, t.shape()) {
-            Ok(t.numel() as i32)
-        } else {
-            Err(Error::Device {
-                op,
-                msg: format!(
-                    "{:?} ∘ {:?}: kernels broadcast a trailing-dims operand over rows only \
-                     (not implemented on device {} for this broadcast)",
-                    a.shape(),
-                    b.shape(),
-                    a.device()
-                ),
-            })
-        }
-    };
-    Ok((shape.clone(), n, len(a)?, len(b)?))
+    let (a, b) = (materialise(a, &shape)?, materialise(b, &shape)?);
+    // a trailing-dims block divides n, so its length fits the kernels' i32 too
+    let (na, nb) = (a.numel() as i32, b.numel() as i32);
+    Ok(Repeat {
+        shape,
+        a,
+        b,
+        n,
+        na,
+        nb,
+    })
 }
 
 /// `a ∘ b` for mul, sub and div (add has its own kernels, [`add`]).
@@ -206,7 +230,14 @@ pub(crate) fn binary(kind: BinaryKind, a: &Tensor, b: &Tensor) -> Result<Tensor>
     let op = kind.name();
     let device = kernel::kernel_device(op, &[a, b])?;
     let (a, b) = (kernel::f32_input(op, a)?, kernel::f32_input(op, b)?);
-    let (shape, n, na, nb) = repeat_lens(op, &a, &b)?;
+    let Repeat {
+        shape,
+        a,
+        b,
+        n,
+        na,
+        nb,
+    } = repeat_lens(op, &a, &b)?;
     let name = match kind {
         BinaryKind::Mul => "mul_fwd_f32",
         BinaryKind::Sub => "sub_fwd_f32",
@@ -244,7 +275,14 @@ pub(crate) fn div_grad_b(g: &Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         kernel::f32_input(op, a)?,
         kernel::f32_input(op, b)?,
     );
-    let (shape, n, na, nb) = repeat_lens(op, &a, &b)?;
+    let Repeat {
+        shape,
+        a,
+        b,
+        n,
+        na,
+        nb,
+    } = repeat_lens(op, &a, &b)?;
     if g.shape() != shape.as_slice() {
         crate::bail_shape!(
             op,

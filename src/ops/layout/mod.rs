@@ -1,6 +1,8 @@
 //! Layout ops: reshape, permute, concat and narrow (slice). Reshape, permute and narrow return
 //! views (no copy) where they can; their backward rules are the inverse layout change. On Emu and
-//! Cuda, concat, narrow's gradient and the slices of concat's gradient are kernels (`gpu.rs`).
+//! Cuda, concat, narrow's gradient and the slices of concat's gradient are kernels (`gpu.rs`), and
+//! so is every copy of a view to contiguous memory (`Tensor::try_contiguous`: the strided copy,
+//! behind reshape of a view and permute's backward) and every dtype cast (`Tensor::try_to_dtype`).
 
 pub(crate) mod gpu;
 
@@ -149,7 +151,7 @@ impl LayoutOp {
                 for (i, &a) in axes.iter().enumerate() {
                     inv[a] = i;
                 }
-                vec![Some(gout.permute(&inv)?.contiguous())]
+                vec![Some(gout.permute(&inv)?.try_contiguous()?)]
             }
             LayoutOp::Concat { axis, sizes } => {
                 let mut start = 0;
@@ -159,7 +161,7 @@ impl LayoutOp {
                     gs.push(Some(if on_kernels {
                         gpu::narrow(gout, *axis, start, s)?
                     } else {
-                        gout.narrow(*axis as isize, start, s)?.contiguous()
+                        gout.narrow(*axis as isize, start, s)?.try_contiguous()?
                     }));
                     start += s;
                 }

@@ -178,6 +178,13 @@ pub fn sgemm_batched(
     b_step: usize,
     c: &mut [f32],
 ) {
+    if m * n == 0 {
+        return; // an empty product: nothing to write (and no chunk of size 0 to split into)
+    }
+    if k == 0 {
+        c[..batch * m * n].fill(0.0); // a sum over nothing
+        return;
+    }
     let threads = rayon::current_num_threads();
     if batch == 1 || m * n * k >= PARALLEL_MIN_FLOPS * 4 {
         for i in 0..batch {

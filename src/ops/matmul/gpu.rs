@@ -43,7 +43,7 @@ fn operand(t: &Tensor, trans: bool) -> Result<(Tensor, bool)> {
     if swapped.is_contiguous() {
         return Ok((swapped, !trans));
     }
-    Ok((t.contiguous(), trans))
+    Ok((t.try_contiguous()?, trans))
 }
 
 fn on_gpu_err(what: &str, t: &Tensor) -> Error {
@@ -127,7 +127,7 @@ pub(super) fn matmul(
 
 /// The bias of a GEMM: `[n]` in the output dtype on the operands' device, contiguous.
 fn checked_bias(bias: &Tensor, d: &Dims, output: DType, device: Device) -> Result<Tensor> {
-    let bias = bias.contiguous();
+    let bias = bias.try_contiguous()?;
     if bias.shape() != [d.n] || bias.dtype() != output || bias.device() != device {
         return Err(Error::shape(
             "matmul",
@@ -160,7 +160,7 @@ fn emu_matmul(
         .map(|t| checked_bias(t, d, output, Device::Emu))
         .transpose()?;
     // Widening f16/bf16 to f32 is exact; f32 operands are shared, not copied.
-    let (a, b) = (a.to_dtype(DType::F32), b.to_dtype(DType::F32));
+    let (a, b) = (a.try_to_dtype(DType::F32)?, b.try_to_dtype(DType::F32)?);
     let batch: usize = d.batch.iter().product();
     let mut out = vec![0f32; batch * d.m * d.n];
     super::cpu::sgemm_batched(
@@ -178,7 +178,7 @@ fn emu_matmul(
     );
     if let Some(bias) = bias {
         // cuBLASLt's bias epilogue: added to the f32 accumulator, before the output rounding.
-        let bias = bias.to_dtype(DType::F32);
+        let bias = bias.try_to_dtype(DType::F32)?;
         let bs = bias.device_side_f32s(op)?;
         for row in out.chunks_mut(d.n.max(1)) {
             for (o, b) in row.iter_mut().zip(bs) {
@@ -188,5 +188,5 @@ fn emu_matmul(
     }
     let mut shape = d.batch.clone();
     shape.extend([d.m, d.n]);
-    Ok(Tensor::from_f32_on(out, &shape, Device::Emu).to_dtype(output))
+    Tensor::from_f32_on(out, &shape, Device::Emu).try_to_dtype(output)
 }

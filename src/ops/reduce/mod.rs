@@ -92,9 +92,9 @@ pub fn global_l2_norm(ts: &[&Tensor]) -> Result<f64> {
     let mut total = 0f64;
     for t in ts {
         total += if crate::device::kernel::runs_kernels(t.device()) {
-            gpu::sum_all(t, true, 1.0)?.to_vec()[0] as f64
+            gpu::sum_all(t, true, 1.0)?.try_to_vec()?[0] as f64
         } else {
-            t.to_vec()
+            t.try_to_vec()?
                 .iter()
                 .map(|&v| (v as f64) * (v as f64))
                 .sum::<f64>()
@@ -128,6 +128,20 @@ pub fn sum_to_shape(t: &Tensor, target: &[usize]) -> Result<Tensor> {
         if let Some(r) = crate::ops::binary::gpu::sum_rows_to(t, target)? {
             return Ok(r);
         }
+        // Any other broadcast (`[B, 1, D]` from `[B, T, D]`, …): one axis sum per stretched
+        // dim, innermost first, each keeping the dim as 1. The order of additions differs from
+        // the CPU's single row-major pass below (same sum, other rounding).
+        let pad = t.rank() - target.len();
+        let mut acc = t.clone();
+        for ax in (0..t.rank()).rev() {
+            let own = if ax < pad { 1 } else { target[ax - pad] };
+            if own == 1 && t.shape()[ax] != 1 {
+                let mut kept = acc.shape().to_vec();
+                kept[ax] = 1;
+                acc = sum(&acc, Some(ax as isize))?.reshape(kept)?;
+            }
+        }
+        return acc.reshape(target.to_vec());
     }
     let t = cpu_input("sum_to_shape", t)?;
     let ts = t.f32s("sum_to_shape")?;

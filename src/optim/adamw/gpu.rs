@@ -7,7 +7,9 @@
 //!   (`AdamW::state`).
 //! - The launch table — one 64-byte entry per parameter that has a gradient (the addresses of its
 //!   value, gradient and moments, numel, first chunk, flags) and the chunk → entry index — is
-//!   built on the host and uploaded once. Each step collects the current addresses (host
+//!   built on the host and uploaded once, into a buffer made with the state (room for every slot),
+//!   as are the norm's per-chunk partials: the optimizer allocates nothing after it is moved
+//!   to the device, so its first step allocates what every later step does. Each step collects the current addresses (host
 //!   integers; no device access) and rebuilds the table only when one changed. They stay put:
 //!   a parameter's gradient keeps its storage across `zero_grad`, and its value is written in
 //!   place (src/graph/param.rs); a value that a graph or caller still holds is first copied on
@@ -61,6 +63,10 @@ pub(super) struct DeviceState {
     offsets: Vec<usize>,
     half: usize,
     table: Option<Table>,
+    /// The table's words ([`Table`]), sized for every slot having a gradient.
+    table_words: DeviceBuf,
+    /// One f64 partial sum of squares per chunk (sized for every slot's chunks).
+    partials: DeviceBuf,
     /// f32 `[1]`: the clip factor `adamw_grad_norm_f32` wrote, for the next step.
     clip: DeviceBuf,
     /// A clip factor was written since the last step.
@@ -75,12 +81,10 @@ struct Table {
     /// The moments' address, then (value, gradient) addresses per slot, (0, 0) for a slot
     /// without a gradient.
     key: Vec<u64>,
-    /// `entries` entries of ENTRY_WORDS words, then the chunk → entry index as u32 pairs.
-    buf: DeviceBuf,
+    /// In `table_words`: `entries` entries of ENTRY_WORDS words, then the chunk → entry index as
+    /// u32 pairs.
     entries: usize,
     chunks: usize,
-    /// One f64 partial sum of squares per chunk.
-    partials: DeviceBuf,
 }
 
 /// A slot with a gradient, held for one launch: its gradient (kept alive) and its value's write
@@ -114,7 +118,14 @@ impl DeviceState {
             }
         }
         let (offsets, half) = layout(slots);
+        let all_chunks: usize = slots
+            .iter()
+            .map(|s| s.param.value().numel().div_ceil(CHUNK))
+            .sum();
+        let table_capacity = (slots.len() * ENTRY_WORDS + all_chunks.div_ceil(2)).max(1);
         Ok(DeviceState {
+            table_words: DeviceBuf::words(device, table_capacity)?,
+            partials: DeviceBuf::words(device, all_chunks.max(1))?,
             device,
             moments,
             offsets,
@@ -215,53 +226,17 @@ impl DeviceState {
             });
         }
         if self.table.as_ref().map(|t| &t.key) != Some(&key) {
-            self.table = None; // the old buffers go before the new ones are made
-            self.table = Some(self.build_table(slots, &held, key)?);
+            self.table = None;
+            self.table = Some(build_table(
+                &mut self.table_words,
+                &self.offsets,
+                self.half,
+                slots,
+                &held,
+                key,
+            )?);
         }
         Ok(held)
-    }
-
-    fn build_table(&self, slots: &[Slot], held: &[Held], key: Vec<u64>) -> Result<Table> {
-        let moments = key[0];
-        let mut words = Vec::with_capacity(held.len() * ENTRY_WORDS);
-        let mut chunk_entry: Vec<u32> = Vec::new();
-        for (e, h) in held.iter().enumerate() {
-            let n = h.grad.numel();
-            let off = self.offsets[h.slot] as u64;
-            let first = chunk_entry.len() as u64;
-            chunk_entry.extend(std::iter::repeat_n(e as u32, n.div_ceil(CHUNK)));
-            let flags = if slots[h.slot].decay { FLAG_DECAY } else { 0 };
-            words.extend([
-                key[1 + 2 * h.slot],
-                key[2 + 2 * h.slot],
-                moments + 4 * off,
-                moments + 4 * (self.half as u64 + off),
-                n as u64,
-                first,
-                flags | (h.slot as u64) << 32,
-                0,
-            ]);
-        }
-        let chunks = chunk_entry.len();
-        kernel::i32_len("AdamW", chunks)?;
-        if chunk_entry.len() % 2 == 1 {
-            chunk_entry.push(0);
-        }
-        words.extend(
-            chunk_entry
-                .chunks(2)
-                .map(|p| p[0] as u64 | (p[1] as u64) << 32),
-        );
-        if words.is_empty() {
-            words.push(0); // no zero-byte device buffers
-        }
-        Ok(Table {
-            key,
-            buf: DeviceBuf::from_u64(self.device, &words)?,
-            entries: held.len(),
-            chunks,
-            partials: DeviceBuf::words(self.device, chunks.max(1))?,
-        })
     }
 
     /// Σ g² of the last `clip_grad_norm` in f64 (one download), `None` before the first.
@@ -297,8 +272,8 @@ impl DeviceState {
                     "adamw_step_f32",
                     cfg,
                     &mut [
-                        KernelArg::Buf(&t.buf),
-                        KernelArg::BufAt(&t.buf, t.entries * ENTRY_WORDS),
+                        KernelArg::Buf(&self.table_words),
+                        KernelArg::BufAt(&self.table_words, t.entries * ENTRY_WORDS),
                         clip,
                         KernelArg::F32(sc.decay),
                         KernelArg::F32(sc.step_size),
@@ -331,11 +306,13 @@ impl DeviceState {
         let DeviceState {
             device,
             table,
+            table_words,
+            partials,
             clip,
             sumsq,
             ..
         } = self;
-        let t = table.as_mut().expect("prepared");
+        let t = table.as_ref().expect("prepared");
         let block = (launch.threads, 1, 1);
         let grid = launch.blocks.unwrap_or(t.chunks.max(1) as u32);
         // SAFETY: as in `step`; block b writes partials[c] for its chunks c < chunks.
@@ -350,9 +327,9 @@ impl DeviceState {
                     shared_bytes: 0,
                 },
                 &mut [
-                    KernelArg::Out(&mut t.partials),
-                    KernelArg::Buf(&t.buf),
-                    KernelArg::BufAt(&t.buf, t.entries * ENTRY_WORDS),
+                    KernelArg::Out(partials),
+                    KernelArg::Buf(table_words),
+                    KernelArg::BufAt(table_words, t.entries * ENTRY_WORDS),
                     KernelArg::I32(t.chunks as i32),
                 ],
             )
@@ -373,7 +350,7 @@ impl DeviceState {
                     KernelArg::Out(&mut norm),
                     KernelArg::Out(clip),
                     KernelArg::Out(sumsq),
-                    KernelArg::Buf(&t.partials),
+                    KernelArg::Buf(partials),
                     KernelArg::I32(t.chunks as i32),
                     KernelArg::F64(max_norm),
                 ],
@@ -408,4 +385,54 @@ pub(crate) fn clamp_in_place(p: &crate::Param, lo: f32, hi: f32) -> Result<()> {
             ],
         )
     }
+}
+
+/// The launch table of the slots in `held`, written into `words_buf` (one upload).
+fn build_table(
+    words_buf: &mut DeviceBuf,
+    offsets: &[usize],
+    half: usize,
+    slots: &[Slot],
+    held: &[Held],
+    key: Vec<u64>,
+) -> Result<Table> {
+    let moments = key[0];
+    let mut words = Vec::with_capacity(held.len() * ENTRY_WORDS);
+    let mut chunk_entry: Vec<u32> = Vec::new();
+    for (e, h) in held.iter().enumerate() {
+        let n = h.grad.numel();
+        let off = offsets[h.slot] as u64;
+        let first = chunk_entry.len() as u64;
+        chunk_entry.extend(std::iter::repeat_n(e as u32, n.div_ceil(CHUNK)));
+        let flags = if slots[h.slot].decay { FLAG_DECAY } else { 0 };
+        words.extend([
+            key[1 + 2 * h.slot],
+            key[2 + 2 * h.slot],
+            moments + 4 * off,
+            moments + 4 * (half as u64 + off),
+            n as u64,
+            first,
+            flags | (h.slot as u64) << 32,
+            0,
+        ]);
+    }
+    let chunks = chunk_entry.len();
+    kernel::i32_len("AdamW", chunks)?;
+    if chunk_entry.len() % 2 == 1 {
+        chunk_entry.push(0);
+    }
+    words.extend(
+        chunk_entry
+            .chunks(2)
+            .map(|p| p[0] as u64 | (p[1] as u64) << 32),
+    );
+    if words.is_empty() {
+        words.push(0); // no zero-byte device buffers
+    }
+    words_buf.write_u64(&words)?;
+    Ok(Table {
+        key,
+        entries: held.len(),
+        chunks,
+    })
 }

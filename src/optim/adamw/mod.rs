@@ -240,7 +240,7 @@ impl AdamW {
                     ),
                 ));
             }
-            let g = g.contiguous();
+            let g = g.try_contiguous()?;
             let gs = g.f32s("AdamW::step")?;
             let decay = if s.decay {
                 (1.0 - lr * c.weight_decay) as f32
@@ -346,7 +346,7 @@ impl AdamW {
                         format!("{key}: {:?} for {n} values", t.shape()),
                     ));
                 }
-                *dst = t.to_vec();
+                *dst = t.try_to_vec()?;
             }
             loaded.push(mv);
         }
