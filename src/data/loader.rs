@@ -37,7 +37,7 @@
 //! `epochs: Some(n)` the stream ends after `n` epochs and the last, partial batch is returned
 //! unless `drop_last`; with `None` it loops forever. The synthetic source is always infinite.
 
-use super::decode::{decode_image, Image, Mode};
+use super::decode::{decode_image_with, Image, ImageLimits, Mode};
 use super::plan::{Item, Planner, Skip, Work};
 use super::preprocess::Preprocess;
 use super::sources::{read_span, Source};
@@ -67,7 +67,8 @@ pub struct DataPosition {
 /// Kinds of skipped input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SkipKind {
-    /// Image bytes that do not decode (corrupt, truncated, not an image).
+    /// Image bytes that do not decode (corrupt, truncated, not an image), or an image outside
+    /// the loader's [`ImageLimits`].
     CorruptImage,
     /// No image: a shard key without an image entry, a CSV path that cannot be read.
     MissingImage,
@@ -155,11 +156,14 @@ pub struct LoaderConfig {
     pub drop_last: bool,
     /// Shuffle shards and samples (off: file order, e.g. for evaluation).
     pub shuffle: bool,
+    /// Images outside these bounds are skipped and counted as [`SkipKind::CorruptImage`]
+    /// before their pixels are decoded.
+    pub image_limits: ImageLimits,
 }
 
 impl LoaderConfig {
     /// `batch_size` × `image_size` px, context 77, seed 0, one worker per core, 2 batches
-    /// prefetched, looping forever, shuffled.
+    /// prefetched, looping forever, shuffled, [`ImageLimits::process_default`].
     pub fn new(batch_size: usize, image_size: usize) -> LoaderConfig {
         LoaderConfig {
             batch_size,
@@ -171,6 +175,7 @@ impl LoaderConfig {
             epochs: None,
             drop_last: false,
             shuffle: true,
+            image_limits: ImageLimits::process_default(),
         }
     }
 }
@@ -226,6 +231,7 @@ struct Context {
     pre: Preprocess,
     tokenizer: Tokenizer,
     context_length: usize,
+    image_limits: ImageLimits,
     synthetic: Option<(Arc<Synthetic>, Split)>,
     /// Set when the loader is dropped: workers stop taking jobs.
     stop: AtomicBool,
@@ -276,6 +282,7 @@ impl Loader {
             pre: Preprocess::clip(cfg.image_size),
             tokenizer: Tokenizer::clip(),
             context_length: cfg.context_length,
+            image_limits: cfg.image_limits,
             synthetic,
             stop: AtomicBool::new(false),
         });
@@ -573,7 +580,7 @@ fn load(ctx: &Context, work: Work) -> std::result::Result<Option<Ready>, Skip> {
             }
             let bytes = read_span(&file, img_span)
                 .map_err(|e| skip(SkipKind::MissingImage, &name, e.to_string()))?;
-            let img = decode_image(&bytes, &name)
+            let img = decode_image_with(&bytes, &name, &ctx.image_limits)
                 .map_err(|e| skip(SkipKind::CorruptImage, &name, reason(e)))?;
             (img, caption, name)
         }
@@ -593,13 +600,14 @@ fn load(ctx: &Context, work: Work) -> std::result::Result<Option<Ready>, Skip> {
             }
             let bytes = std::fs::read(&path)
                 .map_err(|e| skip(SkipKind::MissingImage, &name, e.to_string()))?;
-            let img = decode_image(&bytes, &name)
+            let img = decode_image_with(&bytes, &name, &ctx.image_limits)
                 .map_err(|e| skip(SkipKind::CorruptImage, &name, reason(e)))?;
             (img, caption, name)
         }
     };
     let s = ctx.pre.image_size;
-    let mut out = vec![0f32; 3 * s * s];
+    let mut out = crate::alloc::try_filled(3 * s * s, 0f32, "image")
+        .map_err(|e| skip(SkipKind::CorruptImage, &name, e.to_string()))?;
     ctx.pre
         .apply_into(&image, &mut out)
         .map_err(|e| skip(SkipKind::CorruptImage, &name, reason(e)))?;
