@@ -374,3 +374,143 @@ fn a_resized_window_equals_the_crop_of_the_whole_resize() {
     };
     assert!(resize_window(&img, 4, 8, outside).is_err());
 }
+
+// ---- class 2: configs without upper bounds ----------------------------------------------------
+
+/// `tiny-vit` (or `tiny-rn`) as JSON with `edit` applied to it.
+fn edited(base: &str, edit: impl FnOnce(&mut serde_json::Value)) -> String {
+    let mut v: serde_json::Value =
+        serde_json::from_str(&ClipConfig::load(base).unwrap().to_json()).unwrap();
+    edit(&mut v);
+    v.to_string()
+}
+
+fn config_error(json: &str) -> String {
+    ClipConfig::from_json(json, "my.json")
+        .expect_err("refused")
+        .to_string()
+}
+
+#[test]
+fn configs_without_bounds_are_errors_naming_the_field() {
+    // a billion-wide ViT: the bytes it needs, and the fields that size it
+    let e = config_error(&edited("tiny-vit", |v| {
+        v["vision_cfg"]["width"] = 1_000_000_000u64.into();
+        v["vision_cfg"]["head_width"] = 64.into();
+    }));
+    assert!(
+        e.contains("my.json") && e.contains("vision_cfg.width") && e.contains("bytes"),
+        "{e}"
+    );
+    // near 2^63: a bound on the field (it used to panic with "capacity overflow")
+    let e = config_error(&edited("tiny-vit", |v| {
+        v["text_cfg"]["width"] = (1u64 << 62).into();
+    }));
+    assert!(e.contains("`text_cfg.width`") && e.contains("limit"), "{e}");
+    // 10,000 layers of 512: refused before anything grows
+    let e = config_error(&edited("tiny-vit", |v| {
+        v["text_cfg"]["layers"] = 10_000.into();
+        v["text_cfg"]["width"] = 4096.into();
+        v["text_cfg"]["heads"] = 8.into();
+    }));
+    assert!(e.contains("text_cfg.layers") && e.contains("bytes"), "{e}");
+    // the memory check on its own, with a given amount of memory
+    let cfg = ClipConfig::load("ViT-B-32").unwrap();
+    let n = cfg.parameter_count();
+    assert!((150_000_000..155_000_000).contains(&n), "{n}"); // ViT-B/32: 151.3 M
+    assert!(cfg.check_memory("ViT-B-32", 4 * n as u64).is_ok());
+    let e = cfg
+        .check_memory("ViT-B-32", 4 * n as u64 - 1)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(&format!("{} bytes", 4 * n)), "{e}");
+    let rn = ClipConfig::load("RN50").unwrap().parameter_count();
+    assert!((101_000_000..104_000_000).contains(&rn), "{rn}"); // RN50: 102.0 M
+}
+
+#[test]
+fn a_zero_mlp_ratio_an_empty_resnet_stage_and_unknown_keys_are_errors() {
+    for (section, r) in [
+        ("vision_cfg", 0.0),
+        ("text_cfg", -1.0),
+        ("vision_cfg", 1e-9),
+    ] {
+        let e = config_error(&edited("tiny-vit", |v| v[section]["mlp_ratio"] = r.into()));
+        assert!(e.contains(&format!("{section}.mlp_ratio")), "{e}");
+    }
+    let e = config_error(&edited("tiny-rn", |v| {
+        v["vision_cfg"]["layers"] = serde_json::json!([1, 1, 0, 1])
+    }));
+    assert!(e.contains("vision_cfg.layers[2] is 0"), "{e}");
+    let e = config_error(&edited("tiny-vit", |v| {
+        v["vision_cfg"]["widht"] = 64.into()
+    }));
+    assert!(e.contains("unknown key `vision_cfg.widht`"), "{e}");
+    let e = config_error(&edited("tiny-vit", |v| v["embed_dims"] = 64.into()));
+    assert!(e.contains("unknown key `embed_dims`"), "{e}");
+    // every shipped config still loads, and keys refused by name are still refused by name
+    for name in ClipConfig::builtin_names() {
+        ClipConfig::load(name).unwrap();
+    }
+    let e = config_error(&edited("tiny-vit", |v| {
+        v["vision_cfg"]["ls_init_value"] = 0.1.into()
+    }));
+    assert!(
+        e.contains("ls_init_value") && e.contains("not supported"),
+        "{e}"
+    );
+}
+
+#[test]
+fn the_image_only_tiny_configs_are_refused_where_text_is_tokenized() {
+    let tiny = ClipConfig::load("tiny-vit").unwrap();
+    let e = tiny
+        .check_tokenizer_vocab("tiny-vit")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("tiny-vit") && e.contains("vocab_size") && e.contains("49408"),
+        "{e}"
+    );
+    assert!(ClipConfig::load("synthetic-rn")
+        .unwrap()
+        .check_tokenizer_vocab("synthetic-rn")
+        .is_ok());
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("e.safetensors");
+    for args in [
+        &["embed", "--config", "tiny-rn", "--text", "a cat", "--out"][..],
+        &["train", "--config", "tiny-vit", "--steps", "1", "--out"][..],
+    ] {
+        let o = Command::new(clipcu())
+            .args(args)
+            .arg(&out)
+            .output()
+            .unwrap();
+        let err = never_crashed(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains("text_cfg.vocab_size"), "{err}");
+    }
+    // an unbounded config given to the CLI: exit 1 naming the file and field
+    let big = dir.path().join("big.json");
+    std::fs::write(
+        &big,
+        edited("tiny-vit", |v| {
+            v["vision_cfg"]["width"] = 1_000_000_000u64.into()
+        }),
+    )
+    .unwrap();
+    let o = Command::new(clipcu())
+        .args(["embed", "--config"])
+        .arg(&big)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = never_crashed(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("big.json") && err.contains("vision_cfg.width"),
+        "{err}"
+    );
+}
