@@ -514,3 +514,60 @@ fn the_image_only_tiny_configs_are_refused_where_text_is_tokenized() {
         "{err}"
     );
 }
+
+// ---- class 8: the loader's whole-epoch guard, long words, a read-only weights folder --------
+
+#[test]
+fn bad_samples_across_an_epoch_boundary_are_not_a_hopeless_source() {
+    // One good row of five: between the good sample of one epoch (at p) and of the next (at q)
+    // lie 4 - p + q bad ones, more than an epoch's 5 items whenever q > p + 1 — which the old
+    // item-counting guard took for "no usable sample in a whole epoch".
+    let dir = tempfile::tempdir().unwrap();
+    let mut rows = String::from("filepath,title\n");
+    std::fs::write(dir.path().join("good.png"), png_bytes(8, 8, [5, 5, 5])).unwrap();
+    rows += "good.png,the good one\n";
+    for i in 0..4 {
+        std::fs::write(dir.path().join(format!("{i}.png")), b"not an image").unwrap();
+        rows += &format!("{i}.png,bad {i}\n");
+    }
+    std::fs::write(dir.path().join("d.csv"), rows).unwrap();
+    let src = Source::csv(dir.path().join("d.csv"), &Default::default()).unwrap();
+    let cfg = LoaderConfig {
+        epochs: None,
+        workers: 1,
+        seed: 3,
+        ..LoaderConfig::new(1, 8)
+    };
+    let mut loader = Loader::new(src, cfg, None).unwrap();
+    let mut positions = Vec::new();
+    for _ in 0..12 {
+        let b = loader.next_batch().unwrap().unwrap();
+        assert_eq!(b.captions, ["the good one"]);
+        positions.push(b.position);
+    }
+    // one good sample per epoch, and the case the guard got wrong did happen here
+    assert!(positions.windows(2).all(|w| w[1].epoch == w[0].epoch + 1));
+    assert!(
+        positions.windows(2).any(|w| w[1].sample > w[0].sample + 1),
+        "{positions:?}"
+    );
+    // every bad item up to the last good one, once per epoch: 4 per epoch, less those after
+    // the last good one
+    assert_eq!(
+        loader.skips().corrupt_image,
+        4 * 11 + (positions[11].sample - 1)
+    );
+    // a source whose samples are all bad still stops, after one epoch's worth of skips
+    let all_bad = dir.path().join("bad.csv");
+    std::fs::write(&all_bad, "filepath,title\n0.png,a\n1.png,b\n2.png,c\n").unwrap();
+    let cfg = LoaderConfig {
+        epochs: None,
+        workers: 1,
+        ..LoaderConfig::new(2, 8)
+    };
+    let src = Source::csv(&all_bad, &Default::default()).unwrap();
+    let mut loader = Loader::new(src, cfg, None).unwrap();
+    let e = loader.next_batch().unwrap_err().to_string();
+    assert!(e.contains("no usable sample in a whole epoch"), "{e}");
+    assert!(loader.skips().corrupt_image <= 7, "{:?}", loader.skips());
+}

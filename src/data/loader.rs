@@ -256,7 +256,9 @@ pub struct Loader {
     position: DataPosition,
     skips: SkipStats,
     warned: HashMap<SkipKind, Vec<String>>,
-    since_ok: u64,
+    /// Where the current run of outcomes without a usable sample began (the position after the
+    /// last usable one, or the start).
+    bad_since: DataPosition,
     finished: bool,
 }
 
@@ -326,7 +328,7 @@ impl Loader {
             position: start,
             skips: SkipStats::default(),
             warned: HashMap::new(),
-            since_ok: 0,
+            bad_since: start,
             finished: false,
             cfg,
         })
@@ -452,19 +454,22 @@ impl Loader {
             position = o.next;
             match o.ready {
                 Some(r) => {
-                    self.since_ok = 0;
+                    self.bad_since = o.next;
                     images.extend_from_slice(&r.image);
                     ids.extend_from_slice(&r.ids);
                     captions.push(r.caption);
                     labels.extend(r.label);
                 }
                 None => {
-                    self.since_ok += 1;
+                    // Hopeless once a whole epoch, start to end, lies inside the run of
+                    // unusable items: the run began at an epoch's start and has reached the
+                    // next epoch, or it has reached the epoch after next. (Counting items would
+                    // fire falsely when bad samples at the end of one epoch and the start of
+                    // the next make a run longer than an epoch, with good ones in each.)
+                    let b = self.bad_since;
+                    let at_start = b.shard == 0 && b.sample == 0;
                     let hopeless = self.cfg.epochs.is_none()
-                        && self
-                            .planner
-                            .full_epoch_items
-                            .is_some_and(|n| self.since_ok > n);
+                        && (o.next.epoch >= b.epoch + 2 || (at_start && o.next.epoch > b.epoch));
                     if hopeless {
                         return Err(Error::Msg(format!(
                             "data loader: no usable sample in a whole epoch (skipped so far: {:?})",
