@@ -571,3 +571,28 @@ fn bad_samples_across_an_epoch_boundary_are_not_a_hopeless_source() {
     assert!(e.contains("no usable sample in a whole epoch"), "{e}");
     assert!(loader.skips().corrupt_image <= 7, "{:?}", loader.skips());
 }
+
+#[test]
+fn a_megabyte_word_tokenizes_and_normal_words_are_unchanged() {
+    let tok = clipcu::tokenizer::Tokenizer::clip();
+    // one 1 MB word (the reference BPE loop is quadratic in it: 28 s; the heap merge is not)
+    let word: String = (0..1 << 20)
+        .map(|i| (b'a' + (common::splitmix64(i) % 26) as u8) as char)
+        .collect();
+    let row = tok.tokenize(&word, 77);
+    assert_eq!(row.len(), 77);
+    assert_eq!(row[0], clipcu::tokenizer::Tokenizer::SOT);
+    assert_eq!(row[76], clipcu::tokenizer::Tokenizer::EOT);
+    assert!(row[1..76].iter().all(|&id| id != 0));
+    // the ids decode back to the start of the word
+    let text = tok.decode(&row[1..76]);
+    assert!(word.starts_with(text.trim_end()), "{text}");
+    let ids = tok.encode(&word);
+    assert_eq!(tok.decode(&ids).trim_end(), word);
+    // a long word equals its pieces where BPE cannot merge across them: a space between
+    // copies gives the same ids per copy
+    let w = "antidisestablishmentarianism";
+    let one = tok.encode(w);
+    let many = tok.encode(&[w; 50].join(" "));
+    assert_eq!(many, one.repeat(50));
+}
