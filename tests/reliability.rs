@@ -375,6 +375,88 @@ fn a_resized_window_equals_the_crop_of_the_whole_resize() {
     assert!(resize_window(&img, 4, 8, outside).is_err());
 }
 
+// ---- class 8: the loader's whole-epoch guard, long words, a read-only weights folder --------
+
+#[test]
+fn bad_samples_across_an_epoch_boundary_are_not_a_hopeless_source() {
+    // One good row of five: between the good sample of one epoch (at p) and of the next (at q)
+    // lie 4 - p + q bad ones, more than an epoch's 5 items whenever q > p + 1 — which the old
+    // item-counting guard took for "no usable sample in a whole epoch".
+    let dir = tempfile::tempdir().unwrap();
+    let mut rows = String::from("filepath,title\n");
+    std::fs::write(dir.path().join("good.png"), png_bytes(8, 8, [5, 5, 5])).unwrap();
+    rows += "good.png,the good one\n";
+    for i in 0..4 {
+        std::fs::write(dir.path().join(format!("{i}.png")), b"not an image").unwrap();
+        rows += &format!("{i}.png,bad {i}\n");
+    }
+    std::fs::write(dir.path().join("d.csv"), rows).unwrap();
+    let src = Source::csv(dir.path().join("d.csv"), &Default::default()).unwrap();
+    let cfg = LoaderConfig {
+        epochs: None,
+        workers: 1,
+        seed: 3,
+        ..LoaderConfig::new(1, 8)
+    };
+    let mut loader = Loader::new(src, cfg, None).unwrap();
+    let mut positions = Vec::new();
+    for _ in 0..12 {
+        let b = loader.next_batch().unwrap().unwrap();
+        assert_eq!(b.captions, ["the good one"]);
+        positions.push(b.position);
+    }
+    // one good sample per epoch, and the case the guard got wrong did happen here
+    assert!(positions.windows(2).all(|w| w[1].epoch == w[0].epoch + 1));
+    assert!(
+        positions.windows(2).any(|w| w[1].sample > w[0].sample + 1),
+        "{positions:?}"
+    );
+    // every bad item up to the last good one, once per epoch: 4 per epoch, less those after
+    // the last good one
+    assert_eq!(
+        loader.skips().corrupt_image,
+        4 * 11 + (positions[11].sample - 1)
+    );
+    // a source whose samples are all bad still stops, after one epoch's worth of skips
+    let all_bad = dir.path().join("bad.csv");
+    std::fs::write(&all_bad, "filepath,title\n0.png,a\n1.png,b\n2.png,c\n").unwrap();
+    let cfg = LoaderConfig {
+        epochs: None,
+        workers: 1,
+        ..LoaderConfig::new(2, 8)
+    };
+    let src = Source::csv(&all_bad, &Default::default()).unwrap();
+    let mut loader = Loader::new(src, cfg, None).unwrap();
+    let e = loader.next_batch().unwrap_err().to_string();
+    assert!(e.contains("no usable sample in a whole epoch"), "{e}");
+    assert!(loader.skips().corrupt_image <= 7, "{:?}", loader.skips());
+}
+
+#[test]
+fn a_megabyte_word_tokenizes_and_normal_words_are_unchanged() {
+    let tok = clipcu::tokenizer::Tokenizer::clip();
+    // one 1 MB word (the reference BPE loop is quadratic in it: 28 s; the heap merge is not)
+    let word: String = (0..1 << 20)
+        .map(|i| (b'a' + (common::splitmix64(i) % 26) as u8) as char)
+        .collect();
+    let row = tok.tokenize(&word, 77);
+    assert_eq!(row.len(), 77);
+    assert_eq!(row[0], clipcu::tokenizer::Tokenizer::SOT);
+    assert_eq!(row[76], clipcu::tokenizer::Tokenizer::EOT);
+    assert!(row[1..76].iter().all(|&id| id != 0));
+    // the ids decode back to the start of the word
+    let text = tok.decode(&row[1..76]);
+    assert!(word.starts_with(text.trim_end()), "{text}");
+    let ids = tok.encode(&word);
+    assert_eq!(tok.decode(&ids).trim_end(), word);
+    // a long word equals its pieces where BPE cannot merge across them: a space between
+    // copies gives the same ids per copy
+    let w = "antidisestablishmentarianism";
+    let one = tok.encode(w);
+    let many = tok.encode(&[w; 50].join(" "));
+    assert_eq!(many, one.repeat(50));
+}
+
 // ---- class 2: configs without upper bounds ----------------------------------------------------
 
 /// `tiny-vit` (or `tiny-rn`) as JSON with `edit` applied to it.
@@ -515,84 +597,55 @@ fn the_image_only_tiny_configs_are_refused_where_text_is_tokenized() {
     );
 }
 
-// ---- class 8: the loader's whole-epoch guard, long words, a read-only weights folder --------
-
 #[test]
-fn bad_samples_across_an_epoch_boundary_are_not_a_hopeless_source() {
-    // One good row of five: between the good sample of one epoch (at p) and of the next (at q)
-    // lie 4 - p + q bad ones, more than an epoch's 5 items whenever q > p + 1 — which the old
-    // item-counting guard took for "no usable sample in a whole epoch".
+fn a_classifier_cache_that_cannot_be_written_is_a_warning() {
+    // (the tests may run as root, which writes into read-only folders: a path under a regular
+    // file cannot be created by anyone)
     let dir = tempfile::tempdir().unwrap();
-    let mut rows = String::from("filepath,title\n");
-    std::fs::write(dir.path().join("good.png"), png_bytes(8, 8, [5, 5, 5])).unwrap();
-    rows += "good.png,the good one\n";
-    for i in 0..4 {
-        std::fs::write(dir.path().join(format!("{i}.png")), b"not an image").unwrap();
-        rows += &format!("{i}.png,bad {i}\n");
-    }
-    std::fs::write(dir.path().join("d.csv"), rows).unwrap();
-    let src = Source::csv(dir.path().join("d.csv"), &Default::default()).unwrap();
-    let cfg = LoaderConfig {
-        epochs: None,
-        workers: 1,
-        seed: 3,
-        ..LoaderConfig::new(1, 8)
+    let blocker = dir.path().join("a-file");
+    std::fs::write(&blocker, b"x").unwrap();
+    let cache = blocker.join("cache.safetensors");
+    let mut cfg = ClipConfig::load("tiny-vit").unwrap();
+    cfg.text_cfg.vocab_size = 49408;
+    let model = clipcu::model::Clip::new(&cfg, 1);
+    let classes: Vec<String> = ["cat", "dog"].iter().map(|s| s.to_string()).collect();
+    let t = clipcu::zeroshot::Templates::simple();
+    let (z, out) =
+        clipcu::zeroshot::ZeroShotClassifier::build_cached(&model, &classes, &t, &cache, None, 8)
+            .unwrap();
+    let clipcu::zeroshot::CacheOutcome::NotCached { error, .. } = out else {
+        panic!("{out:?}")
     };
-    let mut loader = Loader::new(src, cfg, None).unwrap();
-    let mut positions = Vec::new();
-    for _ in 0..12 {
-        let b = loader.next_batch().unwrap().unwrap();
-        assert_eq!(b.captions, ["the good one"]);
-        positions.push(b.position);
-    }
-    // one good sample per epoch, and the case the guard got wrong did happen here
-    assert!(positions.windows(2).all(|w| w[1].epoch == w[0].epoch + 1));
-    assert!(
-        positions.windows(2).any(|w| w[1].sample > w[0].sample + 1),
-        "{positions:?}"
-    );
-    // every bad item up to the last good one, once per epoch: 4 per epoch, less those after
-    // the last good one
-    assert_eq!(
-        loader.skips().corrupt_image,
-        4 * 11 + (positions[11].sample - 1)
-    );
-    // a source whose samples are all bad still stops, after one epoch's worth of skips
-    let all_bad = dir.path().join("bad.csv");
-    std::fs::write(&all_bad, "filepath,title\n0.png,a\n1.png,b\n2.png,c\n").unwrap();
-    let cfg = LoaderConfig {
-        epochs: None,
-        workers: 1,
-        ..LoaderConfig::new(2, 8)
-    };
-    let src = Source::csv(&all_bad, &Default::default()).unwrap();
-    let mut loader = Loader::new(src, cfg, None).unwrap();
-    let e = loader.next_batch().unwrap_err().to_string();
-    assert!(e.contains("no usable sample in a whole epoch"), "{e}");
-    assert!(loader.skips().corrupt_image <= 7, "{:?}", loader.skips());
-}
+    assert!(error.contains("a-file"), "{error}");
+    let plain = dir.path().join("ok.safetensors");
+    let (want, _) =
+        clipcu::zeroshot::ZeroShotClassifier::build_cached(&model, &classes, &t, &plain, None, 8)
+            .unwrap();
+    assert_eq!(z.weights().to_vec(), want.weights().to_vec());
 
-#[test]
-fn a_megabyte_word_tokenizes_and_normal_words_are_unchanged() {
-    let tok = clipcu::tokenizer::Tokenizer::clip();
-    // one 1 MB word (the reference BPE loop is quadratic in it: 28 s; the heap merge is not)
-    let word: String = (0..1 << 20)
-        .map(|i| (b'a' + (common::splitmix64(i) % 26) as u8) as char)
-        .collect();
-    let row = tok.tokenize(&word, 77);
-    assert_eq!(row.len(), 77);
-    assert_eq!(row[0], clipcu::tokenizer::Tokenizer::SOT);
-    assert_eq!(row[76], clipcu::tokenizer::Tokenizer::EOT);
-    assert!(row[1..76].iter().all(|&id| id != 0));
-    // the ids decode back to the start of the word
-    let text = tok.decode(&row[1..76]);
-    assert!(word.starts_with(text.trim_end()), "{text}");
-    let ids = tok.encode(&word);
-    assert_eq!(tok.decode(&ids).trim_end(), word);
-    // a long word equals its pieces where BPE cannot merge across them: a space between
-    // copies gives the same ids per copy
-    let w = "antidisestablishmentarianism";
-    let one = tok.encode(w);
-    let many = tok.encode(&[w; 50].join(" "));
-    assert_eq!(many, one.repeat(50));
+    // the command warns and evaluates
+    for c in ["cat", "dog"] {
+        std::fs::create_dir_all(dir.path().join("folder").join(c)).unwrap();
+        std::fs::write(
+            dir.path().join("folder").join(c).join("0.png"),
+            png_bytes(20, 20, [c.len() as u8 * 40, 9, 9]),
+        )
+        .unwrap();
+    }
+    let o = Command::new(clipcu())
+        .args(["zeroshot", "--config"])
+        .arg(small_config(dir.path()))
+        .arg("--data")
+        .arg(dir.path().join("folder"))
+        .args(["--templates", "simple", "--cache"])
+        .arg(&cache)
+        .output()
+        .unwrap();
+    let err = never_crashed(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("warning") && err.contains("not cached"),
+        "{err}"
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("top-1"));
 }

@@ -84,6 +84,12 @@ pub fn zeroshot(a: &ZeroShotArgs) -> Result<()> {
             templates.len(),
             cache.display()
         ),
+        CacheOutcome::NotCached { error, .. } => eprintln!(
+            "warning: classifier built from {} classes × {} templates but not cached ({error}); \
+             going on without the cache",
+            classes.len(),
+            templates.len(),
+        ),
     }
     let pre = Preprocess::clip(model.config.vision_cfg.image_size);
     let (mut hits1, mut hits5, mut n, mut skipped) = (0f64, 0f64, 0usize, 0usize);
