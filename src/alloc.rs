@@ -11,3 +11,30 @@ pub fn keep_freed_memory() {
     // SAFETY: setting an allocator option is allowed at any time.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
 }
+
+/// A vector of `n` copies of `value`, or an error naming `what` and the bytes it would take when
+/// the memory is not there: sizes that come from input (image dimensions, configs) go through
+/// here so that a hostile size is an `Err`, never an abort.
+pub fn try_filled<T: Clone>(n: usize, value: T, what: &str) -> crate::Result<Vec<T>> {
+    let mut v = Vec::new();
+    let bytes = n.saturating_mul(std::mem::size_of::<T>());
+    v.try_reserve_exact(n).map_err(|_| {
+        crate::Error::Msg(format!(
+            "{what}: cannot allocate {bytes} bytes ({n} values)"
+        ))
+    })?;
+    v.resize(n, value);
+    Ok(v)
+}
+
+/// An empty vector with room for `n` values, or an error naming `what` (see [`try_filled`]).
+pub fn try_with_capacity<T>(n: usize, what: &str) -> crate::Result<Vec<T>> {
+    let mut v = Vec::new();
+    let bytes = n.saturating_mul(std::mem::size_of::<T>());
+    v.try_reserve_exact(n).map_err(|_| {
+        crate::Error::Msg(format!(
+            "{what}: cannot allocate {bytes} bytes ({n} values)"
+        ))
+    })?;
+    Ok(v)
+}

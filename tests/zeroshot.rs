@@ -251,6 +251,7 @@ fn cache_round_trip_and_invalidation() {
     let reason = |o: CacheOutcome| match o {
         CacheOutcome::Built { reason } => reason,
         CacheOutcome::Loaded => panic!("expected a rebuild"),
+        CacheOutcome::NotCached { error, .. } => panic!("not cached: {error}"),
     };
     assert_eq!(
         reason(rebuilt(&classes, &t, Some("ckpt-2"))),

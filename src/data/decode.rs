@@ -147,17 +147,136 @@ impl Image {
     }
 }
 
-/// Reads and decodes an image file; see [`decode_image`].
-pub fn load_image(path: impl AsRef<Path>) -> Result<Image> {
-    let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    decode_image(&bytes, &path.display().to_string())
+/// Bounds on the images clipcu agrees to decode, checked against the dimensions a file declares
+/// before any pixel memory is allocated. A few hundred bytes of PNG can declare 100000×1 or
+/// 30000×30000 pixels; without these bounds the decode (or the resize after it) would try to
+/// allocate gigabytes. An image outside them is an error naming the file and the limit (the
+/// training loader skips and counts it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ImageLimits {
+    /// Widest image accepted, in pixels.
+    pub max_width: u32,
+    /// Tallest image accepted, in pixels.
+    pub max_height: u32,
+    /// Most pixels (width × height) accepted.
+    pub max_pixels: u64,
+    /// Largest ratio of the long side to the short side accepted, `long ≤ max_aspect · short`
+    /// (CLIP's center crop of a 100:1 image keeps 1% of it).
+    pub max_aspect: u32,
 }
 
-/// Decodes a JPEG, PNG or WebP image held in memory. `name` (a file name or URL) is only used in
-/// error messages: data that is corrupt, truncated, of another format or not an image at all gives
-/// an [`Error::Format`] naming it and what went wrong.
+static PROCESS_LIMITS: std::sync::RwLock<ImageLimits> =
+    std::sync::RwLock::new(ImageLimits::DEFAULT);
+
+impl Default for ImageLimits {
+    /// 32768 px per side, 89,478,485 pixels (PIL's `MAX_IMAGE_PIXELS`, its decompression-bomb
+    /// threshold: about 256 MiB of RGB), aspect ratio 50:1.
+    fn default() -> Self {
+        ImageLimits::DEFAULT
+    }
+}
+
+impl ImageLimits {
+    /// The built-in bounds (see [`Default`]).
+    pub const DEFAULT: ImageLimits = ImageLimits {
+        max_width: 32768,
+        max_height: 32768,
+        max_pixels: 89_478_485,
+        max_aspect: 50,
+    };
+
+    /// No bounds of our own (the decoder's memory limit still applies); the resize after the
+    /// decode only computes the pixels the center crop keeps, so the work stays bounded by the
+    /// decoded image and the output size.
+    pub fn none() -> Self {
+        ImageLimits {
+            max_width: u32::MAX,
+            max_height: u32::MAX,
+            max_pixels: u64::MAX,
+            max_aspect: u32::MAX,
+        }
+    }
+
+    /// The limits [`decode_image`], [`load_image`] and [`LoaderConfig::new`] use: the
+    /// [`Default`] unless [`set_process_default`](Self::set_process_default) changed them (the
+    /// CLI's `--max-image-side`, `--max-image-pixels` and `--max-image-aspect` do).
+    ///
+    /// [`LoaderConfig::new`]: crate::data::LoaderConfig::new
+    pub fn process_default() -> ImageLimits {
+        *PROCESS_LIMITS
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Sets the limits [`process_default`](Self::process_default) returns from now on.
+    pub fn set_process_default(limits: ImageLimits) {
+        *PROCESS_LIMITS
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = limits;
+    }
+
+    /// Why a `width × height` image is refused, or `Ok`.
+    pub fn check(&self, width: u32, height: u32) -> std::result::Result<(), String> {
+        let (w, h) = (width as u64, height as u64);
+        if w == 0 || h == 0 {
+            return Err(format!("the image declares an empty size {w}x{h}"));
+        }
+        if width > self.max_width {
+            return Err(format!(
+                "{w}x{h} pixels: the width is over the limit of {} (--max-image-side)",
+                self.max_width
+            ));
+        }
+        if height > self.max_height {
+            return Err(format!(
+                "{w}x{h} pixels: the height is over the limit of {} (--max-image-side)",
+                self.max_height
+            ));
+        }
+        if w * h > self.max_pixels {
+            return Err(format!(
+                "{w}x{h} pixels: {} pixels are over the limit of {} (--max-image-pixels)",
+                w * h,
+                self.max_pixels
+            ));
+        }
+        let (long, short) = (w.max(h), w.min(h));
+        if long > self.max_aspect as u64 * short {
+            return Err(format!(
+                "{w}x{h} pixels: the aspect ratio {:.0}:1 is over the limit of {}:1 (--max-image-aspect)",
+                long as f64 / short as f64,
+                self.max_aspect
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Reads and decodes an image file within [`ImageLimits::process_default`]; see
+/// [`decode_image`].
+pub fn load_image(path: impl AsRef<Path>) -> Result<Image> {
+    load_image_with(path, &ImageLimits::process_default())
+}
+
+/// Reads and decodes an image file within `limits`; see [`decode_image_with`].
+pub fn load_image_with(path: impl AsRef<Path>, limits: &ImageLimits) -> Result<Image> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    decode_image_with(&bytes, &path.display().to_string(), limits)
+}
+
+/// Decodes a JPEG, PNG or WebP image held in memory, within [`ImageLimits::process_default`].
+/// `name`
+/// (a file name or URL) is only used in error messages: data that is corrupt, truncated, of
+/// another format, not an image at all or too large gives an [`Error::Format`] naming it and what
+/// went wrong.
 pub fn decode_image(bytes: &[u8], name: &str) -> Result<Image> {
+    decode_image_with(bytes, name, &ImageLimits::process_default())
+}
+
+/// [`decode_image`] within `limits`: the dimensions the file declares are checked before any
+/// pixel memory is allocated.
+pub fn decode_image_with(bytes: &[u8], name: &str, limits: &ImageLimits) -> Result<Image> {
     let format = image::guess_format(bytes).map_err(|_| {
         Error::format(
             name,
@@ -179,9 +298,23 @@ pub fn decode_image(bytes: &[u8], name: &str) -> Result<Image> {
     }
     // The decoders are fuzzed and return errors on bad data; a panic would still be a bug in a
     // dependency, so it becomes an error here rather than taking a data-loader thread down.
-    let decoded = std::panic::catch_unwind(|| image::load_from_memory_with_format(bytes, format))
+    let reader = || image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
+    let (w, h) = std::panic::catch_unwind(|| reader().into_dimensions())
         .map_err(|_| Error::format(name, format!("the {format:?} decoder panicked")))?
         .map_err(|e| Error::format(name, format!("cannot decode {format:?}: {e}")))?;
+    limits
+        .check(w, h)
+        .map_err(|msg| Error::format(name, format!("image refused: {msg}")))?;
+    let decoded = std::panic::catch_unwind(|| {
+        let mut r = reader();
+        let mut l = image::Limits::default(); // its memory limit (512 MiB) stays
+        l.max_image_width = Some(limits.max_width);
+        l.max_image_height = Some(limits.max_height);
+        r.limits(l);
+        r.decode()
+    })
+    .map_err(|_| Error::format(name, format!("the {format:?} decoder panicked")))?
+    .map_err(|e| Error::format(name, format!("cannot decode {format:?}: {e}")))?;
     let png_color = match format {
         ImageFormat::Png => png_color_type(bytes),
         _ => None,

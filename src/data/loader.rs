@@ -37,7 +37,7 @@
 //! `epochs: Some(n)` the stream ends after `n` epochs and the last, partial batch is returned
 //! unless `drop_last`; with `None` it loops forever. The synthetic source is always infinite.
 
-use super::decode::{decode_image, Image, Mode};
+use super::decode::{decode_image_with, Image, ImageLimits, Mode};
 use super::plan::{Item, Planner, Skip, Work};
 use super::preprocess::Preprocess;
 use super::sources::{read_span, Source};
@@ -67,7 +67,8 @@ pub struct DataPosition {
 /// Kinds of skipped input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SkipKind {
-    /// Image bytes that do not decode (corrupt, truncated, not an image).
+    /// Image bytes that do not decode (corrupt, truncated, not an image), or an image outside
+    /// the loader's [`ImageLimits`].
     CorruptImage,
     /// No image: a shard key without an image entry, a CSV path that cannot be read.
     MissingImage,
@@ -155,11 +156,14 @@ pub struct LoaderConfig {
     pub drop_last: bool,
     /// Shuffle shards and samples (off: file order, e.g. for evaluation).
     pub shuffle: bool,
+    /// Images outside these bounds are skipped and counted as [`SkipKind::CorruptImage`]
+    /// before their pixels are decoded.
+    pub image_limits: ImageLimits,
 }
 
 impl LoaderConfig {
     /// `batch_size` × `image_size` px, context 77, seed 0, one worker per core, 2 batches
-    /// prefetched, looping forever, shuffled.
+    /// prefetched, looping forever, shuffled, [`ImageLimits::process_default`].
     pub fn new(batch_size: usize, image_size: usize) -> LoaderConfig {
         LoaderConfig {
             batch_size,
@@ -171,6 +175,7 @@ impl LoaderConfig {
             epochs: None,
             drop_last: false,
             shuffle: true,
+            image_limits: ImageLimits::process_default(),
         }
     }
 }
@@ -226,6 +231,7 @@ struct Context {
     pre: Preprocess,
     tokenizer: Tokenizer,
     context_length: usize,
+    image_limits: ImageLimits,
     synthetic: Option<(Arc<Synthetic>, Split)>,
     /// Set when the loader is dropped: workers stop taking jobs.
     stop: AtomicBool,
@@ -250,7 +256,9 @@ pub struct Loader {
     position: DataPosition,
     skips: SkipStats,
     warned: HashMap<SkipKind, Vec<String>>,
-    since_ok: u64,
+    /// Where the current run of outcomes without a usable sample began (the position after the
+    /// last usable one, or the start).
+    bad_since: DataPosition,
     finished: bool,
 }
 
@@ -276,6 +284,7 @@ impl Loader {
             pre: Preprocess::clip(cfg.image_size),
             tokenizer: Tokenizer::clip(),
             context_length: cfg.context_length,
+            image_limits: cfg.image_limits,
             synthetic,
             stop: AtomicBool::new(false),
         });
@@ -319,7 +328,7 @@ impl Loader {
             position: start,
             skips: SkipStats::default(),
             warned: HashMap::new(),
-            since_ok: 0,
+            bad_since: start,
             finished: false,
             cfg,
         })
@@ -445,19 +454,22 @@ impl Loader {
             position = o.next;
             match o.ready {
                 Some(r) => {
-                    self.since_ok = 0;
+                    self.bad_since = o.next;
                     images.extend_from_slice(&r.image);
                     ids.extend_from_slice(&r.ids);
                     captions.push(r.caption);
                     labels.extend(r.label);
                 }
                 None => {
-                    self.since_ok += 1;
+                    // Hopeless once a whole epoch, start to end, lies inside the run of
+                    // unusable items: the run began at an epoch's start and has reached the
+                    // next epoch, or it has reached the epoch after next. (Counting items would
+                    // fire falsely when bad samples at the end of one epoch and the start of
+                    // the next make a run longer than an epoch, with good ones in each.)
+                    let b = self.bad_since;
+                    let at_start = b.shard == 0 && b.sample == 0;
                     let hopeless = self.cfg.epochs.is_none()
-                        && self
-                            .planner
-                            .full_epoch_items
-                            .is_some_and(|n| self.since_ok > n);
+                        && (o.next.epoch >= b.epoch + 2 || (at_start && o.next.epoch > b.epoch));
                     if hopeless {
                         return Err(Error::Msg(format!(
                             "data loader: no usable sample in a whole epoch (skipped so far: {:?})",
@@ -573,7 +585,7 @@ fn load(ctx: &Context, work: Work) -> std::result::Result<Option<Ready>, Skip> {
             }
             let bytes = read_span(&file, img_span)
                 .map_err(|e| skip(SkipKind::MissingImage, &name, e.to_string()))?;
-            let img = decode_image(&bytes, &name)
+            let img = decode_image_with(&bytes, &name, &ctx.image_limits)
                 .map_err(|e| skip(SkipKind::CorruptImage, &name, reason(e)))?;
             (img, caption, name)
         }
@@ -593,13 +605,14 @@ fn load(ctx: &Context, work: Work) -> std::result::Result<Option<Ready>, Skip> {
             }
             let bytes = std::fs::read(&path)
                 .map_err(|e| skip(SkipKind::MissingImage, &name, e.to_string()))?;
-            let img = decode_image(&bytes, &name)
+            let img = decode_image_with(&bytes, &name, &ctx.image_limits)
                 .map_err(|e| skip(SkipKind::CorruptImage, &name, reason(e)))?;
             (img, caption, name)
         }
     };
     let s = ctx.pre.image_size;
-    let mut out = vec![0f32; 3 * s * s];
+    let mut out = crate::alloc::try_filled(3 * s * s, 0f32, "image")
+        .map_err(|e| skip(SkipKind::CorruptImage, &name, e.to_string()))?;
     ctx.pre
         .apply_into(&image, &mut out)
         .map_err(|e| skip(SkipKind::CorruptImage, &name, reason(e)))?;

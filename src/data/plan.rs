@@ -105,8 +105,6 @@ pub(crate) struct Planner {
     /// Items planned in the current epoch, and whether it was started from its beginning.
     epoch_items: u64,
     epoch_from_start: bool,
-    /// Items in the last whole epoch planned (the loader's "nothing usable" guard).
-    pub full_epoch_items: Option<u64>,
 }
 
 impl Planner {
@@ -128,18 +126,14 @@ impl Planner {
             row_order: None,
             current: None,
             epoch_items: 0,
-            full_epoch_items: None,
         }
     }
 
     fn next_epoch(&mut self) -> Result<()> {
-        if self.epoch_from_start {
-            if self.epoch_items == 0 {
-                return Err(Error::Msg(
-                    "data loader: the source has no samples (a whole epoch was empty)".into(),
-                ));
-            }
-            self.full_epoch_items = Some(self.epoch_items);
+        if self.epoch_from_start && self.epoch_items == 0 {
+            return Err(Error::Msg(
+                "data loader: the source has no samples (a whole epoch was empty)".into(),
+            ));
         }
         self.pos = DataPosition {
             epoch: self.pos.epoch + 1,

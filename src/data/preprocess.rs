@@ -13,7 +13,7 @@
 //! so the output is bit-identical to open_clip's wherever the decoded pixels are.
 
 use super::decode::{Image, Mode};
-use super::resample::resize;
+use super::resample::{resize_window, Window};
 use crate::{Error, Result, Tensor};
 use rayon::prelude::*;
 
@@ -87,16 +87,18 @@ impl Preprocess {
         self.check()?;
         let s = self.image_size;
         let (w, h) = resized_size(img.width(), img.height(), s);
-        let resized = resize(img, w, h)?;
-        let (top, left) = (center_crop_offset(h, s), center_crop_offset(w, s));
+        // Only the pixels the crop keeps are resized: the same values as resizing the whole
+        // image and cropping, with work bounded by the output (a 100000×1 image would resize
+        // to 22,400,000×224 at 224 px).
+        let win = Window {
+            left: center_crop_offset(w, s),
+            top: center_crop_offset(h, s),
+            w: s,
+            h: s,
+        };
+        let cropped = resize_window(img, w, h, win)?;
         // Crop first, then convert: both are per pixel, so the order does not matter, and the
         // crop is the smaller image.
-        let c = resized.mode().channels();
-        let mut data = Vec::with_capacity(s * s * c);
-        for row in resized.data().chunks_exact(w * c).skip(top).take(s) {
-            data.extend_from_slice(&row[left * c..][..s * c]);
-        }
-        let cropped = Image::new(s, s, resized.mode(), data)?;
         Ok(if cropped.mode() == Mode::Rgb {
             cropped
         } else {
@@ -136,7 +138,7 @@ impl Preprocess {
     pub fn apply(&self, img: &Image) -> Result<Tensor> {
         self.check()?;
         let s = self.image_size;
-        let mut out = vec![0f32; 3 * s * s];
+        let mut out = crate::alloc::try_filled(3 * s * s, 0f32, "image")?;
         self.apply_into(img, &mut out)?;
         Tensor::from_vec(out, [3, s, s])
     }
@@ -158,7 +160,7 @@ impl Preprocess {
         self.check()?;
         let s = self.image_size;
         let per = 3 * s * s;
-        let mut out = vec![0f32; n * per];
+        let mut out = crate::alloc::try_filled(n.saturating_mul(per), 0f32, "image batch")?;
         let errors: Vec<(usize, Error)> = out
             .par_chunks_mut(per)
             .enumerate()

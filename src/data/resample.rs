@@ -22,6 +22,7 @@
 //! integers, so the order does not change any result.
 
 use super::decode::{Image, Mode};
+use crate::alloc::{try_filled, try_with_capacity};
 use crate::Result;
 
 /// Fractional bits of the fixed-point weights (Pillow's `PRECISION_BITS`).
@@ -45,8 +46,10 @@ pub(crate) fn bicubic(x: f64) -> f64 {
     }
 }
 
-/// The fixed-point weights of one 1-D pass: output pixel `i` reads source pixels
-/// `start[i] .. start[i] + len[i]` with weights `k[i * ksize ..][.. len[i]]`.
+/// The fixed-point weights of one 1-D pass over output pixels `first .. first + n`: output pixel
+/// `first + i` reads source pixels `start[i] .. start[i] + len[i]` with weights
+/// `k[i * ksize ..][.. len[i]]`. Each output pixel's weights depend only on its own index, so a
+/// window of the output is computed exactly as the whole would be.
 struct Taps {
     ksize: usize,
     start: Vec<usize>,
@@ -55,19 +58,21 @@ struct Taps {
 }
 
 impl Taps {
-    /// Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc` for the whole source range.
-    fn new(in_size: usize, out_size: usize) -> Taps {
+    /// Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc` for output pixels
+    /// `first .. first + n` of an `in_size → out_size` pass.
+    fn new(in_size: usize, out_size: usize, first: usize, n: usize) -> Result<Taps> {
         // Pillow takes the box edges as f32; sizes are far below 2^24, so this is exact.
         let scale = in_size as f64 / out_size as f64;
         let filterscale = scale.max(1.0);
         let support = SUPPORT * filterscale;
         let ksize = support.ceil() as usize * 2 + 1;
         let ss = 1.0 / filterscale;
-        let mut start = Vec::with_capacity(out_size);
-        let mut len = Vec::with_capacity(out_size);
-        let mut k = vec![0i32; out_size * ksize];
-        let mut w = vec![0f64; ksize];
-        for (xx, kk) in k.chunks_exact_mut(ksize).enumerate() {
+        let mut start = try_filled(n, 0usize, "resize weights")?;
+        let mut len = try_filled(n, 0usize, "resize weights")?;
+        let mut k = try_filled(n.saturating_mul(ksize), 0i32, "resize weights")?;
+        let mut w = try_filled(ksize, 0f64, "resize weights")?;
+        for (i, kk) in k.chunks_exact_mut(ksize).enumerate() {
+            let xx = first + i;
             let center = (xx as f64 + 0.5) * scale;
             // C's (int) cast truncates toward zero; `as i64` does the same.
             let xmin = ((center - support + 0.5) as i64).max(0) as usize;
@@ -87,20 +92,30 @@ impl Taps {
                     (f + 0.5) as i32
                 };
             }
-            start.push(xmin);
-            len.push(n);
+            start[i] = xmin;
+            len[i] = n;
         }
-        Taps {
+        Ok(Taps {
             ksize,
             start,
             len,
             k,
-        }
+        })
     }
 
     fn weights(&self, i: usize) -> (usize, &[i32]) {
         let k = &self.k[i * self.ksize..][..self.len[i]];
         (self.start[i], k)
+    }
+
+    fn count(&self) -> usize {
+        self.start.len()
+    }
+
+    /// The source pixels any output pixel reads: `lo .. hi`.
+    fn span(&self) -> (usize, usize) {
+        let n = self.count();
+        (self.start[0], self.start[n - 1] + self.len[n - 1])
     }
 }
 
@@ -110,21 +125,23 @@ fn clip8(v: i32) -> u8 {
     (v >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
-/// Horizontal pass over rows `rows` of `src` (`sw` pixels of `C` bytes each).
+/// Horizontal pass over rows `rows` of `src` (rows of `stride` pixels of `C` bytes each, whose
+/// pixel 0 is source column `x0`): one output row of `taps.count()` pixels per row.
 fn horizontal<const C: usize>(
     src: &[u8],
-    sw: usize,
+    stride: usize,
+    x0: usize,
     rows: std::ops::Range<usize>,
     taps: &Taps,
-    dw: usize,
-) -> Vec<u8> {
-    let mut out = vec![0u8; rows.len() * dw * C];
+) -> Result<Vec<u8>> {
+    let dw = taps.count();
+    let mut out = try_filled(rows.len() * dw * C, 0u8, "resize")?;
     for (orow, y) in out.chunks_exact_mut(dw * C).zip(rows) {
-        let irow = &src[y * sw * C..][..sw * C];
+        let irow = &src[y * stride * C..][..stride * C];
         for (xx, opx) in orow.chunks_exact_mut(C).enumerate() {
             let (xmin, k) = taps.weights(xx);
             let mut acc = [HALF; C];
-            for (px, &kx) in irow[xmin * C..].chunks_exact(C).zip(k) {
+            for (px, &kx) in irow[(xmin - x0) * C..].chunks_exact(C).zip(k) {
                 for c in 0..C {
                     acc[c] += px[c] as i32 * kx;
                 }
@@ -134,19 +151,28 @@ fn horizontal<const C: usize>(
             }
         }
     }
-    out
+    Ok(out)
 }
 
-/// Vertical pass: `src` has rows of `row_len` bytes; output row `yy` reads rows
-/// `first + start[yy] ..`.
-fn vertical(src: &[u8], row_len: usize, first: usize, taps: &Taps, dh: usize) -> Vec<u8> {
-    let mut out = vec![0u8; dh * row_len];
-    let mut acc = vec![0i32; row_len];
+/// Vertical pass: `src` has rows of `stride` bytes whose row 0 is source row `first`; each
+/// output row is `row_len` bytes from byte `col0` of the rows output row `yy` reads
+/// (`taps.weights(yy)`).
+fn vertical(
+    src: &[u8],
+    stride: usize,
+    col0: usize,
+    row_len: usize,
+    first: usize,
+    taps: &Taps,
+) -> Result<Vec<u8>> {
+    let dh = taps.count();
+    let mut out = try_filled(dh * row_len, 0u8, "resize")?;
+    let mut acc = try_filled(row_len, 0i32, "resize")?;
     for (yy, orow) in out.chunks_exact_mut(row_len).enumerate() {
         let (ymin, k) = taps.weights(yy);
         acc.fill(HALF);
         for (i, &ky) in k.iter().enumerate() {
-            let irow = &src[(ymin + i - first) * row_len..][..row_len];
+            let irow = &src[(ymin + i - first) * stride + col0..][..row_len];
             for (a, &p) in acc.iter_mut().zip(irow) {
                 *a += p as i32 * ky;
             }
@@ -155,7 +181,7 @@ fn vertical(src: &[u8], row_len: usize, first: usize, taps: &Taps, dh: usize) ->
             *o = clip8(a);
         }
     }
-    out
+    Ok(out)
 }
 
 /// Whether Pillow runs the vertical pass first: when the height shrinks by more than twice as
@@ -166,42 +192,75 @@ fn vertical_first(sw: usize, sh: usize, dw: usize, dh: usize) -> bool {
     dw != sw && dh < sh && (sh - dh) as i64 > 2 * (sw as i64 - dw as i64)
 }
 
-/// Pillow's two-pass resample of an image with `C` bytes per pixel.
-fn resample<const C: usize>(src: &[u8], sw: usize, sh: usize, dw: usize, dh: usize) -> Vec<u8> {
-    let vtaps = Taps::new(sh, dh);
-    if vertical_first(sw, sh, dw, dh) {
-        let tmp = vertical(src, sw * C, 0, &vtaps, dh);
-        return horizontal::<C>(&tmp, sw, 0..dh, &Taps::new(sw, dw), dw);
+/// A rectangle of an image: `w × h` pixels from column `left`, row `top`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    pub left: usize,
+    pub top: usize,
+    pub w: usize,
+    pub h: usize,
+}
+
+/// Window `win` of Pillow's two-pass resample of an image with `C` bytes per pixel to
+/// `dw × dh`: the same passes in the same order, computed only for the output pixels in the
+/// window (and only over the source pixels they read).
+fn resample<const C: usize>(
+    src: &[u8],
+    sw: usize,
+    sh: usize,
+    dw: usize,
+    dh: usize,
+    win: Window,
+) -> Result<Vec<u8>> {
+    let xt = (dw != sw)
+        .then(|| Taps::new(sw, dw, win.left, win.w))
+        .transpose()?;
+    let yt = (dh != sh)
+        .then(|| Taps::new(sh, dh, win.top, win.h))
+        .transpose()?;
+    if let (Some(xt), Some(yt)) = (&xt, &yt) {
+        if vertical_first(sw, sh, dw, dh) {
+            // Vertical over the source columns the horizontal pass reads, then horizontal.
+            let (x0, x1) = xt.span();
+            let tmp = vertical(src, sw * C, x0 * C, (x1 - x0) * C, 0, yt)?;
+            return horizontal::<C>(&tmp, x1 - x0, x0, 0..win.h, xt);
+        }
     }
-    // The source rows the vertical pass reads.
-    let first = vtaps.start[0];
-    let last = vtaps.start[dh - 1] + vtaps.len[dh - 1];
-    let (tmp, tmp_first): (std::borrow::Cow<[u8]>, usize) = if dw != sw {
-        let htaps = Taps::new(sw, dw);
-        (
-            horizontal::<C>(src, sw, first..last, &htaps, dw).into(),
-            first,
-        )
-    } else {
-        (src.into(), 0)
+    // Horizontal first, over only the source rows the vertical pass reads.
+    let (y0, y1) = match &yt {
+        Some(t) => t.span(),
+        None => (win.top, win.top + win.h),
     };
-    if dh != sh {
-        vertical(&tmp, dw * C, tmp_first, &vtaps, dh)
-    } else {
-        tmp.into_owned()
+    let tmp = match &xt {
+        Some(t) => horizontal::<C>(src, sw, 0, y0..y1, t)?,
+        None => {
+            let mut v = try_with_capacity((y1 - y0) * win.w * C, "resize")?;
+            for y in y0..y1 {
+                v.extend_from_slice(&src[(y * sw + win.left) * C..][..win.w * C]);
+            }
+            v
+        }
+    };
+    match &yt {
+        Some(t) => vertical(&tmp, win.w * C, 0, win.w * C, y0, t),
+        None => Ok(tmp),
     }
 }
 
-/// Pillow's nearest-neighbour scaling (`ImagingScaleAffine`): source position of output pixel `x`
-/// is `⌊a/2 + x·a⌋` with `a = in/out`, accumulated in f64 as Pillow does; pixels that land
+/// Pillow's nearest-neighbour scaling (`ImagingScaleAffine`), window `win` of it: source position
+/// of output pixel `x` is `⌊a/2 + x·a⌋` with `a = in/out`, accumulated in f64 as Pillow does
+/// (so the positions before the window are still summed, but not stored); pixels that land
 /// outside the source are 0.
-fn nearest(img: &Image, dw: usize, dh: usize) -> Vec<u8> {
+fn nearest(img: &Image, dw: usize, dh: usize, win: Window) -> Result<Vec<u8>> {
     let c = img.mode().channels();
     let (sw, sh) = (img.width(), img.height());
-    let coords = |n_in: usize, n_out: usize| -> Vec<Option<usize>> {
+    let coords = |n_in: usize, n_out: usize, first: usize, n: usize| -> Vec<Option<usize>> {
         let a = n_in as f64 / n_out as f64;
         let mut pos = a * 0.5;
-        (0..n_out)
+        for _ in 0..first {
+            pos += a;
+        }
+        (0..n)
             .map(|_| {
                 let i = if pos < 0.0 { None } else { Some(pos as usize) };
                 pos += a;
@@ -209,9 +268,10 @@ fn nearest(img: &Image, dw: usize, dh: usize) -> Vec<u8> {
             })
             .collect()
     };
-    let (xs, ys) = (coords(sw, dw), coords(sh, dh));
-    let mut out = vec![0u8; dw * dh * c];
-    for (orow, y) in out.chunks_exact_mut(dw * c).zip(ys) {
+    let xs = coords(sw, dw, win.left, win.w);
+    let ys = coords(sh, dh, win.top, win.h);
+    let mut out = try_filled(win.w * win.h * c, 0u8, "resize")?;
+    for (orow, y) in out.chunks_exact_mut(win.w * c).zip(ys) {
         let Some(y) = y else { continue };
         let irow = &img.data()[y * sw * c..][..sw * c];
         for (opx, x) in orow.chunks_exact_mut(c).zip(&xs) {
@@ -220,7 +280,7 @@ fn nearest(img: &Image, dw: usize, dh: usize) -> Vec<u8> {
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// Pillow's `MULDIV255(v, a)`: v·a/255 rounded, in integers.
@@ -256,33 +316,63 @@ fn unpremultiply(data: &mut [u8], c: usize) {
 /// PIL's `img.resize((width, height), Image.BICUBIC)`, in the image's own mode (see the module
 /// docs for what happens per mode).
 pub fn resize(img: &Image, width: usize, height: usize) -> Result<Image> {
+    let win = Window {
+        left: 0,
+        top: 0,
+        w: width,
+        h: height,
+    };
+    resize_window(img, width, height, win)
+}
+
+/// Window `win` of `resize(img, width, height)`, equal to it pixel for pixel, with work and
+/// memory bounded by the window and the source (never by `width × height`): what CLIP's
+/// resize-then-center-crop needs, where the resized image of a 100000×1 file would be
+/// 22,400,000×224 pixels.
+pub fn resize_window(img: &Image, width: usize, height: usize, win: Window) -> Result<Image> {
     if width == 0 || height == 0 {
         return Err(crate::Error::Msg(format!(
             "resize: target size {width}x{height} is empty"
         )));
     }
+    if win.w == 0
+        || win.h == 0
+        || win.left.checked_add(win.w).is_none_or(|r| r > width)
+        || win.top.checked_add(win.h).is_none_or(|b| b > height)
+    {
+        return Err(crate::Error::Msg(format!(
+            "resize: window {win:?} is not inside the {width}x{height} output"
+        )));
+    }
     let (sw, sh, mode) = (img.width(), img.height(), img.mode());
     if (sw, sh) == (width, height) {
-        return Ok(img.clone());
+        // Pillow returns a copy: the window of the source itself.
+        let c = mode.channels();
+        let mut data = try_with_capacity(win.w * win.h * c, "resize")?;
+        for y in win.top..win.top + win.h {
+            data.extend_from_slice(&img.data()[(y * sw + win.left) * c..][..win.w * c]);
+        }
+        return Image::new(win.w, win.h, mode, data);
     }
     let data = match mode {
-        Mode::Palette => nearest(img, width, height),
-        Mode::L => resample::<1>(img.data(), sw, sh, width, height),
-        Mode::Rgb => resample::<3>(img.data(), sw, sh, width, height),
+        Mode::Palette => nearest(img, width, height, win)?,
+        Mode::L => resample::<1>(img.data(), sw, sh, width, height, win)?,
+        Mode::Rgb => resample::<3>(img.data(), sw, sh, width, height, win)?,
         Mode::La | Mode::Rgba => {
             let c = mode.channels();
-            let mut pre = img.data().to_vec();
+            let mut pre = try_with_capacity(img.data().len(), "resize")?;
+            pre.extend_from_slice(img.data());
             premultiply(&mut pre, c);
             let mut out = if c == 2 {
-                resample::<2>(&pre, sw, sh, width, height)
+                resample::<2>(&pre, sw, sh, width, height, win)?
             } else {
-                resample::<4>(&pre, sw, sh, width, height)
+                resample::<4>(&pre, sw, sh, width, height, win)?
             };
             unpremultiply(&mut out, c);
             out
         }
     };
-    Image::new(width, height, mode, data)
+    Image::new(win.w, win.h, mode, data)
 }
 
 #[cfg(test)]
@@ -299,7 +389,7 @@ mod tests {
             (225, 224),
             (7, 3),
         ] {
-            let t = Taps::new(i, o);
+            let t = Taps::new(i, o, 0, o).unwrap();
             for j in 0..o {
                 let (s, k) = t.weights(j);
                 assert!(s + k.len() <= i && !k.is_empty(), "{i}->{o} pixel {j}");

@@ -90,7 +90,16 @@ pub(super) struct Vocab {
     pub ranks: FxMap<u64, (u32, u32)>,
     pub sot: u32,
     pub eot: u32,
+    /// Whether every merge that has a merged token as a part ranks after every merge that
+    /// makes that token (true of any vocab a BPE training wrote, CLIP's included): then a merge
+    /// only ever creates pairs of a later rank, and the heap merge ([`Vocab::bpe`] on long
+    /// words) applies exactly the merges the reference loop does.
+    pub heap_exact: bool,
 }
+
+/// Words at least this long (in bytes) are merged with a heap, in O(n log n): the reference
+/// loop rescans the word once per merge, which is quadratic (a 1 MB word took 28 s).
+const HEAP_FROM: usize = 24;
 
 impl Vocab {
     /// Builds the vocabulary from the text of a vocab file; `path` names it in errors.
@@ -175,6 +184,15 @@ impl Vocab {
             v.extend_from_slice(end);
             bytes.push(v.into_boxed_slice());
         }
+        // The last rank that makes each merged token (-1: never made by a merge).
+        let mut made = vec![-1i64; tokens.len()];
+        for &(rank, merged) in ranks.values() {
+            made[merged as usize] = made[merged as usize].max(rank as i64);
+        }
+        let heap_exact = ranks.iter().all(|(&pair, &(rank, _))| {
+            let (a, b) = ((pair >> 32) as usize, (pair & 0xFFFF_FFFF) as usize);
+            made[a] < rank as i64 && made[b] < rank as i64
+        });
         let n = tokens.len() as u32;
         Ok(Vocab {
             bytes,
@@ -182,12 +200,95 @@ impl Vocab {
             ranks,
             sot: n - 2,
             eot: n - 1,
+            heap_exact,
         })
     }
 
     /// BPE of one pre-token (its UTF-8 bytes), appending the ids to `out`: repeatedly merge
-    /// every occurrence, left to right, of the adjacent pair with the lowest merge rank.
+    /// every occurrence, left to right, of the adjacent pair with the lowest merge rank. Long
+    /// words go through [`bpe_heap`](Self::bpe_heap), which gives the same ids in O(n log n).
     pub fn bpe(&self, word: &[u8], out: &mut Vec<u32>) {
+        if word.len() >= HEAP_FROM && self.heap_exact {
+            self.bpe_heap(word, out)
+        } else {
+            self.bpe_reference(word, out)
+        }
+    }
+
+    /// The merged token of adjacent symbols `a`, `b`, with its rank.
+    #[inline]
+    fn merge_of(&self, a: u32, b: u32) -> Option<(u32, u32)> {
+        self.ranks.get(&(((a as u64) << 32) | b as u64)).copied()
+    }
+
+    /// The symbols of a word before any merge: its bytes, the last one with `</w>`.
+    fn symbols(&self, word: &[u8]) -> Vec<u32> {
+        let mut sym: Vec<u32> = word.iter().map(|&b| self.byte_ids[b as usize]).collect();
+        if let Some(last) = sym.last_mut() {
+            *last += 256;
+        }
+        sym
+    }
+
+    /// The BPE of [`bpe`](Self::bpe) with a min-heap of (rank, position) over a linked list of
+    /// symbols. Ranks come out of the heap in increasing order (a merge only creates pairs of
+    /// later ranks when [`Vocab::heap_exact`]) and one rank's pairs left to right, which is
+    /// exactly the reference's pass per rank; entries made stale by a merge next to them are
+    /// recognised (a symbol only ever grows) and dropped.
+    pub fn bpe_heap(&self, word: &[u8], out: &mut Vec<u32>) {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        let mut sym = self.symbols(word);
+        let n = sym.len();
+        if n == 0 {
+            return;
+        }
+        const NONE: usize = usize::MAX;
+        let mut next: Vec<usize> = (1..=n).map(|i| if i == n { NONE } else { i }).collect();
+        let mut prev: Vec<usize> = (0..n).map(|i| i.wrapping_sub(1)).collect();
+        prev[0] = NONE;
+        let mut alive = vec![true; n];
+        // (rank, left position, left symbol, right symbol)
+        let mut heap: BinaryHeap<Reverse<(u32, usize, u32, u32)>> = BinaryHeap::new();
+        for i in 0..n - 1 {
+            if let Some((rank, _)) = self.merge_of(sym[i], sym[i + 1]) {
+                heap.push(Reverse((rank, i, sym[i], sym[i + 1])));
+            }
+        }
+        while let Some(Reverse((_, i, a, b))) = heap.pop() {
+            let j = next[i];
+            if !alive[i] || sym[i] != a || j == NONE || sym[j] != b {
+                continue; // stale
+            }
+            let (_, merged) = self.merge_of(a, b).expect("a pushed pair has a merge");
+            sym[i] = merged;
+            alive[j] = false;
+            next[i] = next[j];
+            if next[j] != NONE {
+                prev[next[j]] = i;
+            }
+            if prev[i] != NONE {
+                let p = prev[i];
+                if let Some((rank, _)) = self.merge_of(sym[p], merged) {
+                    heap.push(Reverse((rank, p, sym[p], merged)));
+                }
+            }
+            if next[i] != NONE {
+                let k = next[i];
+                if let Some((rank, _)) = self.merge_of(merged, sym[k]) {
+                    heap.push(Reverse((rank, i, merged, sym[k])));
+                }
+            }
+        }
+        let mut i = 0;
+        while i != NONE {
+            out.push(sym[i]);
+            i = next[i];
+        }
+    }
+
+    /// The reference BPE loop, as CLIP's `SimpleTokenizer.bpe` (quadratic in the word length).
+    pub fn bpe_reference(&self, word: &[u8], out: &mut Vec<u32>) {
         let Some((&last, head)) = word.split_last() else {
             return;
         };
@@ -222,5 +323,74 @@ impl Vocab {
             std::mem::swap(&mut sym, &mut next);
         }
         out.extend_from_slice(&sym);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn vocab() -> Vocab {
+        let mut text = String::new();
+        std::io::Read::read_to_string(
+            &mut flate2::read::GzDecoder::new(crate::tokenizer::CLIP_VOCAB_GZ),
+            &mut text,
+        )
+        .unwrap();
+        Vocab::parse(&text, "clip").unwrap()
+    }
+
+    #[test]
+    fn the_heap_merge_equals_the_reference_loop() {
+        let v = vocab();
+        assert!(v.heap_exact, "CLIP's merges are in creation order");
+        let mut r = rand::rngs::StdRng::seed_from_u64(16);
+        // words from a small alphabet (many merges, long runs of one letter) and from bytes
+        let alphabets: [&[u8]; 3] = [b"ab", b"etaoinshrdlu", b"aaaaaaab"];
+        for case in 0..600 {
+            let len = r.random_range(1..300);
+            let word: Vec<u8> = match case % 4 {
+                3 => (0..len).map(|_| r.random()).collect(),
+                k => {
+                    let a = alphabets[k];
+                    (0..len).map(|_| a[r.random_range(0..a.len())]).collect()
+                }
+            };
+            let (mut h, mut f) = (Vec::new(), Vec::new());
+            v.bpe_heap(&word, &mut h);
+            v.bpe_reference(&word, &mut f);
+            assert_eq!(h, f, "case {case}: {:?}", String::from_utf8_lossy(&word));
+        }
+        for word in [
+            &b"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"[..],
+            b"x",
+            b"ab",
+            b"photograph",
+        ] {
+            let (mut h, mut f) = (Vec::new(), Vec::new());
+            v.bpe_heap(word, &mut h);
+            v.bpe_reference(word, &mut f);
+            assert_eq!(h, f);
+        }
+    }
+
+    #[test]
+    fn a_vocab_whose_merges_are_out_of_creation_order_is_not_heap_exact() {
+        // "a b" makes "ab" at rank 1, but "ab c" comes first (rank 0): not creation order.
+        let mut text = String::from("#version: 0.2\n");
+        text += "ab c\na b\n";
+        for i in 0..N_MERGES - 2 {
+            // filler merges of byte symbols with </w> that never fire
+            let _ = i;
+            text += "x y</w>\n";
+        }
+        let v = Vocab::parse(&text, "test").unwrap();
+        assert!(!v.heap_exact);
+        let mut out = Vec::new();
+        v.bpe(b"abcabcabcabcabcabcabcabcabcabcabc", &mut out);
+        let mut f = Vec::new();
+        v.bpe_reference(b"abcabcabcabcabcabcabcabcabcabcabc", &mut f);
+        assert_eq!(out, f);
     }
 }

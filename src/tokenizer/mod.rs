@@ -31,7 +31,9 @@
 //! - `decode` skips ids outside the vocabulary (Python raises `KeyError`).
 //!
 //! BPE results are cached per word, as in the reference, but the cache is bounded (a shard is
-//! emptied when full), so memory stays flat on endless text.
+//! emptied when full; words over 256 bytes are not kept), so memory stays flat on endless text.
+//! Words of 24 bytes or more are merged with a heap, O(n log n), giving the reference loop's ids
+//! (which it would take quadratic time for: a 1 MB word took 28 s); see `Vocab::bpe_heap`.
 
 mod bpe;
 mod clean;
@@ -71,6 +73,9 @@ fn word_pattern() -> String {
 const CACHE_SHARDS: usize = 64;
 /// Words kept per cache shard before the shard is emptied (64 × 4096 ≈ 262k words in all).
 const CACHE_SHARD_CAPACITY: usize = 4096;
+
+/// Longer words are not cached.
+const CACHE_MAX_WORD: usize = 256;
 
 type Shard = RwLock<FxMap<Box<[u8]>, Box<[u32]>>>;
 
@@ -173,6 +178,11 @@ impl Tokenizer {
         let inner = &*self.0;
         if word.len() == 1 {
             out.push(inner.vocab.byte_ids[word[0] as usize] + 256);
+            return;
+        }
+        if word.len() > CACHE_MAX_WORD {
+            // not worth keeping (and a megabyte-long word would hold megabytes of ids)
+            inner.vocab.bpe(word, out);
             return;
         }
         let mut h = FxHasher::default();

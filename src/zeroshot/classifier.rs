@@ -36,6 +36,9 @@ pub enum CacheOutcome {
     /// The classifier was built and written to the cache; `reason` says why the file was not
     /// used ("no cache file", "class names differ", ...).
     Built { reason: String },
+    /// The classifier was built, but the cache file could not be written (a read-only folder,
+    /// a full disk): `error` says why. The classifier is as good; it is only not cached.
+    NotCached { reason: String, error: String },
 }
 
 impl ZeroShotClassifier {
@@ -176,11 +179,22 @@ impl ZeroShotClassifier {
         };
         let mut z = Self::build_keyed(model, class_names, &prompts, batch_size, model_key)?;
         z.templates_name = templates.name().to_string();
-        if let Some(dir) = cache_path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        // The cache is an optimisation: failing to write it is reported, not fatal.
+        let saved = match cache_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            Some(dir) => std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e)),
+            None => Ok(()),
         }
-        z.save(cache_path)?;
-        Ok((z, CacheOutcome::Built { reason }))
+        .and_then(|()| z.save(cache_path));
+        match saved {
+            Ok(()) => Ok((z, CacheOutcome::Built { reason })),
+            Err(e) => Ok((
+                z,
+                CacheOutcome::NotCached {
+                    reason,
+                    error: e.to_string(),
+                },
+            )),
+        }
     }
 
     /// Writes the weights and metadata as safetensors (atomically).

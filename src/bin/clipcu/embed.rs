@@ -106,6 +106,15 @@ pub fn model_from_flags(
     Ok(model)
 }
 
+/// How errors name the model's config: `--config`, or the weights that carry it.
+pub fn config_name(config: Option<&str>, weights: Option<&PathBuf>) -> String {
+    match (config, weights) {
+        (Some(c), _) => c.to_string(),
+        (None, Some(w)) => w.display().to_string(),
+        (None, None) => "the model config".into(),
+    }
+}
+
 /// Unnormalised image embeddings of image files, row-major [n, D], in batches.
 pub fn encode_image_files(model: &Clip, paths: &[PathBuf], batch_size: usize) -> Result<Vec<f32>> {
     let pre = Preprocess::clip(model.config.vision_cfg.image_size);
@@ -153,6 +162,9 @@ pub fn embed(a: &EmbedArgs) -> Result<()> {
     let device = crate::pick_device(&a.device)?;
     let model = model_from_flags(a.config.as_deref(), a.weights.as_ref(), a.seed, device)?;
     let cfg = &model.config;
+    if !a.texts.is_empty() {
+        cfg.check_tokenizer_vocab(&config_name(a.config.as_deref(), a.weights.as_ref()))?;
+    }
     let d = cfg.embed_dim;
     let image_rows = encode_image_files(&model, &a.images, a.batch_size)?;
     let text_rows = encode_texts(&model, &a.texts, a.batch_size)?;

@@ -3,7 +3,7 @@
 //! cached beside the weights and reused while nothing changed; `clipcu retrieval`: recall@1/5/10
 //! in both directions on a paired CSV (an image may have several captions).
 
-use crate::embed::{encode_image_files, encode_texts, model_from_flags};
+use crate::embed::{config_name, encode_image_files, encode_texts, model_from_flags};
 use clipcu::data::sources::read_csv;
 use clipcu::data::{load_image, CsvOptions, ImageFolder, Preprocess};
 use clipcu::model::Clip;
@@ -25,8 +25,13 @@ pub struct ModelFlags {
 }
 
 impl ModelFlags {
+    /// The model, which must take CLIP's tokenizer's ids (both commands encode text).
     fn load(&self, device: clipcu::Device) -> Result<Clip> {
-        model_from_flags(self.config.as_deref(), self.weights.as_ref(), 0, device)
+        let model = model_from_flags(self.config.as_deref(), self.weights.as_ref(), 0, device)?;
+        model
+            .config
+            .check_tokenizer_vocab(&config_name(self.config.as_deref(), self.weights.as_ref()))?;
+        Ok(model)
     }
 }
 
@@ -78,6 +83,12 @@ pub fn zeroshot(a: &ZeroShotArgs) -> Result<()> {
             classes.len(),
             templates.len(),
             cache.display()
+        ),
+        CacheOutcome::NotCached { error, .. } => eprintln!(
+            "warning: classifier built from {} classes × {} templates but not cached ({error}); \
+             going on without the cache",
+            classes.len(),
+            templates.len(),
         ),
     }
     let pre = Preprocess::clip(model.config.vision_cfg.image_size);

@@ -27,6 +27,24 @@ use clipcu::{Device, Result};
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    #[command(flatten)]
+    image_limits: ImageLimitFlags,
+}
+
+/// Bounds on input images, checked against the size a file declares before it is decoded: an
+/// image outside them is an error naming the file (`embed`, `zeroshot`, `retrieval`) or a
+/// skipped and counted sample (`train`). See docs/reliability.md.
+#[derive(clap::Args)]
+struct ImageLimitFlags {
+    /// Widest or tallest input image accepted, in pixels.
+    #[arg(long, global = true, default_value_t = clipcu::data::ImageLimits::DEFAULT.max_width)]
+    max_image_side: u32,
+    /// Most pixels (width × height) of an input image accepted.
+    #[arg(long, global = true, default_value_t = clipcu::data::ImageLimits::DEFAULT.max_pixels)]
+    max_image_pixels: u64,
+    /// Largest aspect ratio (long side : short side) of an input image accepted.
+    #[arg(long, global = true, default_value_t = clipcu::data::ImageLimits::DEFAULT.max_aspect)]
+    max_image_aspect: u32,
 }
 
 #[derive(Subcommand)]
@@ -69,6 +87,13 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() {
     clipcu::alloc::keep_freed_memory();
     let cli = Cli::parse();
+    let l = &cli.image_limits;
+    clipcu::data::ImageLimits::set_process_default(clipcu::data::ImageLimits {
+        max_width: l.max_image_side,
+        max_height: l.max_image_side,
+        max_pixels: l.max_image_pixels,
+        max_aspect: l.max_image_aspect,
+    });
     // No subcommand: the main job, `clipcu train` with its defaults (synthetic data, zero-shot).
     let command = cli.command.unwrap_or_else(|| {
         Cli::parse_from(["clipcu", "train"])

@@ -97,7 +97,11 @@ pub fn run(a: &TrainArgs) -> Result<()> {
             eprintln!("resumed {} at step {}", path.display(), t.step);
             t
         }
-        None => Trainer::new(&ClipConfig::load(&a.config)?, config, data.clone())?,
+        None => {
+            let cfg = ClipConfig::load(&a.config)?;
+            cfg.check_tokenizer_vocab(&a.config)?;
+            Trainer::new(&cfg, config, data.clone())?
+        }
     };
     trainer.to_device(device)?;
     let m = &trainer.model.config;
