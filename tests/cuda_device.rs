@@ -848,3 +848,52 @@ fn gpu_event_timing() {
     let bad = be.time_ms(|| matmul(&a, &Tensor::zeros([3, 3]), false, false));
     assert!(bad.is_err());
 }
+
+// ---- batch uploads ahead of their step (device::upload) --------------------------------------
+
+/// The double-buffered uploader, as the trainer drives it: batch k+1 is staged while kernels
+/// queued for batch k still read theirs; every batch arrives intact (against its host values),
+/// also when a caller keeps a batch (its slot then gets a fresh buffer) and when the batch's
+/// shape changes. On Emu a plain copy; on cuda:0 (when present) the copy stream, page-locked
+/// buffers and events — with a long chain of kernels on each batch so that copies overlap them.
+#[test]
+fn staged_batches_arrive_intact_while_earlier_ones_are_computed_on() {
+    use clipcu::device::upload::BatchUploader;
+    use clipcu::ops::unary::scale;
+    let base = seed();
+    for device in common::model_devices() {
+        let mut up = BatchUploader::new(device).unwrap();
+        let shape = |k: u64| {
+            if k == 5 {
+                vec![3, 7]
+            } else {
+                vec![64, 3, 32, 32]
+            }
+        };
+        let host = |k: u64| clipcu::Tensor::randn(shape(k), 1.0, base ^ k);
+        let mut staged = Some(up.upload(&host(0)).unwrap());
+        let mut kept = Vec::new();
+        for k in 0..8u64 {
+            let batch = staged.take().unwrap().ready().unwrap();
+            // work on the batch, queued before the next upload starts
+            let mut y = scale(&batch, 1.0).unwrap();
+            for _ in 0..20 {
+                y = scale(&y, 1.0).unwrap();
+            }
+            if k + 1 < 8 {
+                staged = Some(up.upload(&host(k + 1)).unwrap());
+            }
+            let got = y.to_device(Device::Cpu).unwrap().to_vec();
+            assert_eq!(got, host(k).to_vec(), "{device}: batch {k} (seed {base})");
+            up.release(&batch).unwrap();
+            if k == 2 {
+                kept.push(batch); // held past its step: its slot must not be overwritten
+            }
+        }
+        assert_eq!(
+            kept[0].to_device(Device::Cpu).unwrap().to_vec(),
+            host(2).to_vec(),
+            "{device}: a kept batch was overwritten (seed {base})"
+        );
+    }
+}

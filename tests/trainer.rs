@@ -132,6 +132,60 @@ fn resume_is_bit_exact() {
 }
 
 #[test]
+fn a_checkpoint_taken_with_the_next_batch_fetched_ahead_resumes_at_that_batch() {
+    // On Emu the trainer fetches (and uploads) step k+1's batch while step k computes; a
+    // checkpoint between them must record the data position before that batch, so that the
+    // resumed run trains on it: bit-exact against the straight run.
+    let seed = common::fresh_seed() % 1000;
+    let (k, total) = (3, 6);
+    let straight = tmpdir("ahead-straight");
+    let mut t = Trainer::new(&tiny(), config(total, seed), DataSpec::Synthetic).unwrap();
+    t.to_device(Device::Emu).unwrap();
+    t.run(&opts(&straight)).unwrap();
+
+    let split = tmpdir("ahead-split");
+    let mut t = Trainer::new(&tiny(), config(total, seed), DataSpec::Synthetic).unwrap();
+    t.to_device(Device::Emu).unwrap();
+    let mut first = Vec::new();
+    for _ in 0..k {
+        first.push(t.train_step().unwrap().loss);
+    }
+    assert!(
+        t.has_batch_ahead(),
+        "step {k} of {total}: no batch fetched ahead"
+    );
+    let ckpt = split.join("checkpoint.safetensors");
+    t.save_checkpoint(&ckpt).unwrap();
+    drop(t);
+    let mut t = Trainer::resume(&ckpt, config(total, seed), DataSpec::Synthetic).unwrap();
+    t.to_device(Device::Emu).unwrap();
+    let mut rest = Vec::new();
+    while t.step < total {
+        rest.push(t.train_step().unwrap().loss);
+    }
+    assert!(!t.has_batch_ahead(), "a batch fetched past the last step");
+    t.save_checkpoint(&ckpt).unwrap();
+    first.extend(rest);
+    // metrics.jsonl holds each f32 loss in its shortest form: exact as f32
+    let straight_losses: Vec<f32> = losses(&straight.join("metrics.jsonl"))
+        .iter()
+        .map(|&l| l as f32)
+        .collect();
+    assert_eq!(
+        straight_losses, first,
+        "seed {seed}: the resumed run's losses"
+    );
+    assert_eq!(
+        params(&straight.join("checkpoint.safetensors")),
+        params(&ckpt),
+        "seed {seed}: final parameters and optimizer state"
+    );
+    for d in [straight, split] {
+        std::fs::remove_dir_all(d).ok();
+    }
+}
+
+#[test]
 fn a_checkpoint_written_on_cpu_resumes_on_emu() {
     let seed = common::fresh_seed() % 1000;
     let (a, b, straight, split) = straight_and_resumed(seed, Device::Cpu, Device::Emu);

@@ -90,6 +90,13 @@ for t in bin/test-kernels*; do part "${t#bin/test-}" 60 "$t" --test-threads=1; d
 part cuda_device 60 bin/test-cuda_device --test-threads=1
 part device_transfers 60 bin/test-device_transfers
 part train_device 180 bin/test-train_device --nocapture
+# the CLI's run of a small ViT on the card (batches staged on the copy stream) against the CPU
+part train-cli-cuda 120 bin/clipcu train --config synthetic-tiny --device cuda --steps 40 --checkpoint-every 20 --eval-every 0 --out "$out/train-cuda"
+part train-cli-cpu 120 bin/clipcu train --config synthetic-tiny --device cpu --steps 40 --checkpoint-every 20 --eval-every 0 --out "$out/train-cpu"
+part train-cli-compare 10 python3 -c 'import json, sys
+ls = [[json.loads(l)["loss"] for l in open(sys.argv[i] + "/metrics.jsonl") if "\"loss\"" in l] for i in (1, 2)]
+rel = max(abs(a - b) / abs(b) for a, b in zip(*ls)) if ls[0] and len(ls[0]) == len(ls[1]) else float("inf")
+print("cuda vs cpu, %d steps: worst loss rel %.2e" % (len(ls[1]), rel)); sys.exit(0 if rel < 1e-3 else 1)' "$out/train-cuda" "$out/train-cpu"
 # benchmarks: GEMM, a ViT-B/32 training step at batch 128 in fp32 and tf32, PyTorch beside
 part bench-gemm 60 bin/clipcu-bench gemm --device cuda --iters 20
 part bench-train-fp32 90 bin/clipcu-bench train --device cuda --config ViT-B-32 --batch 128 --iters 10
@@ -98,7 +105,7 @@ part torch-gemm 60 python3 "$here/bench_torch_gpu.py"
 echo
 echo "================ gpu-check summary ($(( $(date +%s) - start )) s of ${budget}) ================"
 printf '%s\n' "${table[@]}" | tee "$out/summary.txt"
-grep -hE "GFLOP/s|pairs/s|error" "$out"/bench-*.log "$out"/torch-*.log 2>/dev/null | tee -a "$out/summary.txt"
+grep -hE "GFLOP/s|pairs/s|error|loss rel" "$out"/bench-*.log "$out"/torch-*.log "$out"/train-cli-*.log 2>/dev/null | tee -a "$out/summary.txt"
 RUN
 chmod +x gpu-stage/run.sh
 mb=$(du -sm gpu-stage | cut -f1)

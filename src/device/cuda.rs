@@ -17,6 +17,7 @@
 
 pub mod alloc;
 pub mod gemm;
+pub mod staging;
 
 use crate::tensor::CpuStorage;
 use crate::{DType, Error, Result};

@@ -8,6 +8,7 @@ pub mod emu;
 pub mod kernel;
 mod launch;
 pub mod transfers;
+pub mod upload;
 
 pub use launch::LaunchConfig;
 

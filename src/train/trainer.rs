@@ -7,6 +7,7 @@
 use super::{contrastive_forward_backward_deferred, eval, plot, read_scalars, samples_to_tensor};
 use crate::data::synthetic::{Split, Synthetic, SyntheticConfig, Task};
 use crate::data::{CsvOptions, DataPosition, Loader, LoaderConfig, SkipStats, Source};
+use crate::device::upload::{BatchUploader, Staged};
 use crate::io::safetensors as st;
 use crate::model::{weights, Clip, ClipConfig};
 use crate::nn::Module;
@@ -169,6 +170,19 @@ pub struct Trainer {
     /// Where the step runs: the model's parameters and the optimizer state live there, batches
     /// are uploaded there, and only the step's statistics come back ([`Trainer::to_device`]).
     pub device: Device,
+    /// Moves batches to a kernel device (on Cuda on a copy stream, double-buffered).
+    uploader: Option<BatchUploader>,
+    /// On a kernel device, the next step's batch: fetched and uploaded while this step computes.
+    next: Option<NextBatch>,
+}
+
+/// A batch fetched (and its upload started) one step ahead.
+struct NextBatch {
+    /// The data position before it was fetched: what a checkpoint records, since the batch has
+    /// not been trained on yet (a resumed run fetches it again).
+    position: serde_json::Value,
+    /// The fetch's outcome, reported by the step that would have used it.
+    batch: Result<(Staged, Vec<u32>)>,
 }
 
 /// What one step reports (a metrics line).
@@ -224,6 +238,8 @@ impl Trainer {
             data_spec,
             eval_data,
             device: Device::Cpu,
+            uploader: None,
+            next: None,
         })
     }
 
@@ -240,6 +256,21 @@ impl Trainer {
         // keeps the cut, which saves it compute.
         self.model.text.truncate = !crate::device::kernel::runs_kernels(device);
         self.opt.to_device(device)?;
+        if let Some(n) = self.next.take() {
+            // the batch fetched ahead follows the run (the data stream has moved past it)
+            let batch = n
+                .batch
+                .and_then(|(s, ids)| Ok((Staged::Ready(s.ready()?.to_device(device)?), ids)));
+            self.next = Some(NextBatch {
+                position: n.position,
+                batch,
+            });
+        }
+        self.uploader = if crate::device::kernel::runs_kernels(device) {
+            Some(BatchUploader::new(device)?)
+        } else {
+            None
+        };
         // Gradient storage now rather than in the first backward: the first step then allocates
         // what every later one does (no device allocation after it).
         for p in self.model.parameters() {
@@ -269,8 +300,41 @@ impl Trainer {
     pub fn train_step(&mut self) -> Result<StepLog> {
         let start = Instant::now();
         let ctx = self.model.config.text_cfg.context_length;
-        let (images, ids) = self.data.next_batch(self.config.batch_size, ctx)?;
-        self.train_step_on(&images, &ids, start)
+        let (images, ids) = match self.next.take() {
+            Some(next) => {
+                let (staged, ids) = next.batch?;
+                (staged.ready()?, ids)
+            }
+            None => {
+                let (images, ids) = self.data.next_batch(self.config.batch_size, ctx)?;
+                (self.upload(&images)?.ready()?, ids)
+            }
+        };
+        self.step_with(images, &ids, start, true)
+    }
+
+    /// Whether the next step's batch has already been fetched (and its upload started): on a
+    /// kernel device between two steps of a run, until the last.
+    pub fn has_batch_ahead(&self) -> bool {
+        self.next.is_some()
+    }
+
+    fn upload(&mut self, images: &Tensor) -> Result<Staged> {
+        match &mut self.uploader {
+            Some(up) => up.upload(images),
+            None => Ok(Staged::Ready(images.to_device(self.device)?)),
+        }
+    }
+
+    /// Fetch the next step's batch and start its upload (the device is busy with this step).
+    fn fetch_ahead(&mut self) {
+        let position = self.data.position();
+        let ctx = self.model.config.text_cfg.context_length;
+        let batch = self
+            .data
+            .next_batch(self.config.batch_size, ctx)
+            .and_then(|(images, ids)| Ok((self.upload(&images)?, ids)));
+        self.next = Some(NextBatch { position, batch });
     }
 
     /// One optimisation step on a given batch (images [N, 3, S, S], token rows [N, T]): what
@@ -283,18 +347,34 @@ impl Trainer {
         ids: &[u32],
         started: Instant,
     ) -> Result<StepLog> {
+        let images = images.to_device(self.device)?;
+        self.step_with(images, ids, started, false)
+    }
+
+    /// The step on a batch already on the device; with `fetch_ahead`, on a kernel device the
+    /// next step's batch is fetched and its upload started once this step's forward and
+    /// backward are queued (they run while the host loads data), when there is a next step.
+    fn step_with(
+        &mut self,
+        images: Tensor,
+        ids: &[u32],
+        started: Instant,
+        fetch_ahead: bool,
+    ) -> Result<StepLog> {
         let micro = if self.config.micro_batch == 0 {
             self.config.batch_size
         } else {
             self.config.micro_batch
         };
-        let images = images.to_device(self.device)?;
         let stats = contrastive_forward_backward_deferred(&self.model, &images, ids, micro)?;
         // On a kernel device the clip factor stays in device memory for the step below.
         let norm = match self.config.grad_clip {
             Some(max) => Some(self.opt.clip_grad_norm(max)?),
             None => None,
         };
+        if fetch_ahead && self.uploader.is_some() && self.step + 1 < self.config.steps {
+            self.fetch_ahead();
+        }
         // The one readback of the step, before the update is applied: loss, accuracies, the
         // scale the logits used, and the gradient norm before clipping.
         let scale = self.model.logit_scale.value();
@@ -321,6 +401,9 @@ impl Trainer {
         self.opt.step(lr)?;
         // CLIP clamps the temperature in place after every step: exp(logit_scale) ≤ 100.
         clamp_in_place(&self.model.logit_scale, 0.0, 100f32.ln())?;
+        if let Some(up) = &mut self.uploader {
+            up.release(&images)?; // every kernel that reads the batch is queued
+        }
         self.step += 1;
         Ok(StepLog {
             step: self.step,
@@ -366,7 +449,11 @@ impl Trainer {
             "clipcu.train".into(),
             serde_json::to_string(&self.config).expect("config serialises"),
         );
-        meta.insert("clipcu.data".into(), self.data.position().to_string());
+        let position = match &self.next {
+            Some(n) => n.position.clone(),
+            None => self.data.position(),
+        };
+        meta.insert("clipcu.data".into(), position.to_string());
         st::save(path, &refs, &meta)
     }
 
