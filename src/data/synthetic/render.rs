@@ -23,13 +23,15 @@ pub struct Placement {
 // ---- geometry --------------------------------------------------------------------------------
 
 /// A polygon edge from vertex `(x, y)` to the previous vertex, `(x + ex, y + ey)`, with
-/// `1 / |e|²` precomputed.
+/// `1 / |e|²` precomputed, and the previous vertex's `y` as stored: `y + ey` rounds, and can
+/// miss it by an ulp, so the crossing test must not rebuild it from the difference.
 #[derive(Clone, Copy)]
 pub(crate) struct Edge {
     x: f32,
     y: f32,
     ex: f32,
     ey: f32,
+    prev_y: f32,
     inv_len2: f32,
 }
 
@@ -43,6 +45,7 @@ fn edges(v: Vec<[f32; 2]>) -> Vec<Edge> {
                 y: v[i][1],
                 ex,
                 ey,
+                prev_y: v[j][1],
                 inv_len2: 1.0 / (ex * ex + ey * ey),
             }
         })
@@ -125,6 +128,12 @@ fn polygons() -> &'static Polygons {
 
 /// Exact signed distance to a simple polygon (Inigo Quilez's `sdPolygon`): the nearest edge,
 /// and a crossing count for the sign.
+///
+/// The count is a half-open test on each edge's two vertex `y`s, so both edges that meet at a
+/// vertex must compare against the very same number, the stored one (`prev_y`, not `y + ey`).
+/// Otherwise a point whose `y` is one of the two values or lies between them (they differ by an
+/// ulp or so) is counted across one edge but not the other, and comes out inside all along that
+/// horizontal line, however far from the polygon.
 fn sd_polygon(edges: &[Edge], x: f32, y: f32) -> f32 {
     let mut d = f32::INFINITY;
     let mut inside = false;
@@ -133,7 +142,7 @@ fn sd_polygon(edges: &[Edge], x: f32, y: f32) -> f32 {
         let t = ((wx * e.ex + wy * e.ey) * e.inv_len2).clamp(0.0, 1.0);
         let (bx, by) = (wx - e.ex * t, wy - e.ey * t);
         d = d.min(bx * bx + by * by);
-        let (c1, c2, c3) = (y >= e.y, y < e.y + e.ey, e.ex * wy > e.ey * wx);
+        let (c1, c2, c3) = (y >= e.y, y < e.prev_y, e.ex * wy > e.ey * wx);
         if (c1 && c2 && c3) || (!c1 && !c2 && !c3) {
             inside = !inside;
         }
@@ -435,4 +444,42 @@ pub(super) fn render(a: &Attributes, size: u32, seed: u64) -> (RgbImage, Vec<Pla
         }
     }
     (img, placements)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On the horizontal line through each vertex, and the few floats either side of it, every
+    /// polygon is positive well outside the unit disc, to the left and to the right. With the
+    /// previous vertex rebuilt as `y + ey` the triangle, square, star and arrow all came out
+    /// inside on some of these lines: the triangle's lower vertices are at y = 0.49 and
+    /// 0.49000007, and (−4.6, 0.49000004) was 3.75 inside.
+    #[test]
+    fn polygons_are_outside_along_the_lines_through_their_vertices() {
+        let p = polygons();
+        let all: [(&str, &[Edge]); 7] = [
+            ("triangle", &p.triangle),
+            ("square", &p.square),
+            ("arrow", &p.arrow),
+            ("star", &p.star),
+            ("cross", &p.cross),
+            ("diamond", &p.diamond),
+            ("heart body", &p.heart_body),
+        ];
+        assert!(sd_polygon(&p.triangle, -4.6, f32::from_bits(0x3efa_e149)) > 3.0);
+        for (name, edges) in all {
+            for e in edges {
+                for vy in [e.y, e.prev_y] {
+                    for k in -3i32..=3 {
+                        let y = f32::from_bits(vy.to_bits().wrapping_add_signed(k));
+                        for x in [-5.0f32, -1.5, 1.5, 5.0] {
+                            let d = sd_polygon(edges, x, y);
+                            assert!(d > 0.4, "{name}: sd({x}, {y}) = {d}");
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
