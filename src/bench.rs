@@ -210,3 +210,51 @@ impl TrainStepCase {
             .train_step_on(&self.images, &self.ids, std::time::Instant::now())
     }
 }
+
+/// CLIP's contrastive loss forward + backward at batch `n`, feature size `d`: the fused op
+/// (`Graph::contrastive`) or the composed one (normalize, matmul, two cross-entropies over the
+/// N×N logits). Reports the bytes the graph keeps for backward beside the time.
+pub struct ContrastiveCase {
+    pub n: usize,
+    pub d: usize,
+    pub fused: bool,
+    img: Tensor,
+    txt: Tensor,
+    scale: Tensor,
+}
+
+impl ContrastiveCase {
+    pub fn new(n: usize, d: usize, fused: bool, device: Device) -> Result<ContrastiveCase> {
+        Ok(ContrastiveCase {
+            n,
+            d,
+            fused,
+            img: Tensor::randn([n, d], 1.0, 11).to_device(device)?,
+            txt: Tensor::randn([n, d], 1.0, 12).to_device(device)?,
+            scale: Tensor::scalar(100f32.ln()).to_device(device)?,
+        })
+    }
+    /// Multiply-adds of the similarity tiles: forward once, backward twice more (the fused op
+    /// recomputes them) plus the two gradient products; the composed loss does the same work
+    /// minus the recomputation, counted alike so the ratio of times is the ratio of rates.
+    pub fn flops(&self) -> f64 {
+        2.0 * 3.0 * (self.n * self.n * self.d) as f64
+    }
+    /// One forward + backward; returns the bytes saved for backward.
+    pub fn run(&self) -> Result<usize> {
+        let g = Graph::new();
+        let (i, t, s) = (
+            g.leaf(self.img.clone()),
+            g.leaf(self.txt.clone()),
+            g.leaf(self.scale.clone()),
+        );
+        let loss = if self.fused {
+            g.contrastive(&i, &t, &s)?.0
+        } else {
+            crate::loss::contrastive_loss_composed(&g, &i, &t, &s)?.loss
+        };
+        let saved = g.saved_bytes();
+        g.backward(&loss)?;
+        Ok(saved)
+    }
+}

@@ -1455,6 +1455,65 @@ fn asan_cross_entropy() -> Vec<AsanLaunch> {
     v
 }
 
+/// contrastive.cu: mirrors src/ops/contrastive/gpu.rs — the forward stripes (q row groups of 32
+/// per block, dynamic shared memory 4·32·q floats), the column merge over `for_elements(n, 256)`,
+/// the one-block loss; backward's row-owner blocks with and without the d logit_scale partials,
+/// and the one-thread partial sum. Batches of 1, 7 and 70 rows (one, part of one, several
+/// tiles), features of 5, 40 and 33 (part of a chunk, more than one).
+fn asan_contrastive() -> Vec<AsanLaunch> {
+    let mut v = Vec::new();
+    for (n, d, q) in [(1usize, 5usize, 1usize), (7, 40, 1), (70, 33, 2)] {
+        let stripes = n.div_ceil(32 * q);
+        let mut fwd = vec![fbuf(n), fbuf(n), fbuf(n), fbuf(n)];
+        fwd.extend([fbuf(stripes * n), fbuf(stripes * n), fbuf(stripes * n)]);
+        fwd.extend([fbuf(n * d), fbuf(n * d), fbuf(1), int(n), int(d), int(q)]);
+        let stripe_cfg = cfg((stripes as u32, 1, 1), (32, 8, 1), (4 * 32 * q * 4) as u32);
+        v.push(launch_of("contrastive_fwd_f32", stripe_cfg, fwd));
+        let mut cols = vec![fbuf(n), fbuf(n), fbuf(n)];
+        cols.extend([fbuf(stripes * n), fbuf(stripes * n), fbuf(stripes * n)]);
+        cols.extend([int(stripes), int(n)]);
+        v.push(launch_of(
+            "contrastive_cols_f32",
+            LaunchConfig::for_elements(n, 256),
+            cols,
+        ));
+        let mut loss = vec![fbuf(1), fbuf(1), fbuf(1)];
+        loss.extend((0..7).map(|_| fbuf(n)));
+        loss.push(int(n));
+        v.push(launch_of(
+            "contrastive_loss_f32",
+            cfg((1, 1, 1), (256, 1, 1), 0),
+            loss,
+        ));
+        let blocks = n.div_ceil(32);
+        for want in [1, 0] {
+            let mut bwd = vec![
+                fbuf(n * d),
+                format!("f64buf:{blocks}"),
+                fbuf(n * d),
+                fbuf(n * d),
+            ];
+            bwd.extend((0..5).map(|_| fbuf(n)));
+            bwd.extend([fbuf(1), fbuf(1), int(n), int(d), int(want)]);
+            let tiles = cfg((blocks as u32, 1, 1), (32, 8, 1), 0);
+            v.push(launch_of("contrastive_bwd_f32", tiles, bwd));
+        }
+        let dlogit = vec![
+            fbuf(1),
+            format!("f64buf:{blocks}"),
+            fbuf(1),
+            int(blocks),
+            int(n),
+        ];
+        v.push(launch_of(
+            "contrastive_dlogit_f32",
+            cfg((1, 1, 1), (32, 1, 1), 0),
+            dlogit,
+        ));
+    }
+    v
+}
+
 /// layout.cu: mirrors src/ops/layout/gpu.rs — one `for_elements(part, 256)` launch per part of a
 /// concat into the whole [outer, total, inner] output, narrow / its gradient over the output
 /// elements, transpose01 over a·b·c.
@@ -1803,7 +1862,7 @@ fn asan_adamw() -> Vec<AsanLaunch> {
 type AsanFamily = (&'static str, fn() -> Vec<AsanLaunch>);
 
 /// Every family's launches, by kernels/ file.
-const ASAN_FAMILIES: [AsanFamily; 13] = [
+const ASAN_FAMILIES: [AsanFamily; 14] = [
     ("elementwise (unary)", asan_unary),
     ("elementwise (binary)", asan_binary),
     ("layernorm", asan_layernorm),
@@ -1811,6 +1870,7 @@ const ASAN_FAMILIES: [AsanFamily; 13] = [
     ("normalize", asan_normalize),
     ("reduce", asan_reduce),
     ("cross_entropy", asan_cross_entropy),
+    ("contrastive", asan_contrastive),
     ("layout", asan_layout),
     ("embedding", asan_embedding),
     ("batchnorm", asan_batchnorm),

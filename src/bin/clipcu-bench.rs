@@ -6,7 +6,9 @@
 //! Prints one line per workload: median and best time per iteration and GFLOP/s (from the median).
 
 use clap::{Parser, ValueEnum};
-use clipcu::bench::{BlockCase, EncodeImageCase, EncodeTextCase, GemmCase, TrainStepCase};
+use clipcu::bench::{
+    BlockCase, ContrastiveCase, EncodeImageCase, EncodeTextCase, GemmCase, TrainStepCase,
+};
 use clipcu::Device;
 use std::time::Instant;
 
@@ -23,6 +25,9 @@ enum Workload {
     Text,
     /// One training step of `--config` at `--batch` (not part of `all`)
     Train,
+    /// The contrastive loss forward+backward, fused vs composed, at `--batch` (default 4096 and
+    /// 16384) and D = 512 (not part of `all`)
+    Contrastive,
 }
 
 #[derive(Parser)]
@@ -160,6 +165,29 @@ fn main() {
                 best * 1e3,
                 batch as f64 / med
             );
+        }
+        if args.workload == Workload::Contrastive {
+            let sizes = match args.batch {
+                Some(n) => vec![n],
+                None => vec![4096, 16384],
+            };
+            for n in sizes {
+                for fused in [true, false] {
+                    let c = ContrastiveCase::new(n, 512, fused, device)?;
+                    let saved = c.run()?;
+                    let t = time(device, args.iters, || c.run())?;
+                    let name = format!(
+                        "contrastive {} n{n} d512",
+                        if fused { "fused" } else { "composed" }
+                    );
+                    report(&name, c.flops(), t);
+                    println!(
+                        "{:<34} {:>9.1} MiB saved for backward",
+                        "",
+                        saved as f64 / (1 << 20) as f64
+                    );
+                }
+            }
         }
         if matches!(args.workload, Workload::All | Workload::Text) {
             for truncate in [false, true] {

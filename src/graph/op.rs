@@ -4,10 +4,11 @@
 
 use super::checkpoint::Checkpoint;
 use crate::ops::{
-    attention::AttentionOp, batchnorm::BatchNorm2dOp, binary::BinaryOp, conv2d::Conv2dOp,
-    cross_entropy::CrossEntropyOp, embedding::EmbeddingOp, layernorm::LayerNormOp,
-    layout::LayoutOp, matmul::LinearOp, matmul::MatMulOp, normalize::L2NormalizeOp,
-    pool::AvgPool2dOp, reduce::ReduceOp, softmax::SoftmaxOp, unary::UnaryOp,
+    attention::AttentionOp, batchnorm::BatchNorm2dOp, binary::BinaryOp, contrastive::ContrastiveOp,
+    conv2d::Conv2dOp, cross_entropy::CrossEntropyOp, embedding::EmbeddingOp,
+    layernorm::LayerNormOp, layout::LayoutOp, matmul::LinearOp, matmul::MatMulOp,
+    normalize::L2NormalizeOp, pool::AvgPool2dOp, reduce::ReduceOp, softmax::SoftmaxOp,
+    unary::UnaryOp,
 };
 use crate::{Result, Tensor};
 
@@ -26,6 +27,7 @@ pub enum Op<'m> {
     Reduce(ReduceOp),
     L2Normalize(L2NormalizeOp),
     CrossEntropy(CrossEntropyOp),
+    Contrastive(ContrastiveOp),
     Attention(AttentionOp),
     Checkpoint(Checkpoint<'m>),
 }
@@ -53,6 +55,7 @@ pub(crate) fn backward(
         Op::Reduce(o) => o.backward(saved, gout, needs),
         Op::L2Normalize(o) => o.backward(saved, gout, needs),
         Op::CrossEntropy(o) => o.backward(saved, gout, needs),
+        Op::Contrastive(o) => o.backward(saved, gout, needs),
         Op::Attention(o) => o.backward(saved, gout, needs),
         Op::Checkpoint(o) => o.backward(saved, gout, needs),
     }

@@ -48,8 +48,26 @@ fn diagonal_accuracy(logits: &[f32], n: usize, transpose: bool) -> f32 {
 }
 
 /// Symmetric InfoNCE over unnormalised features [N, D] and a scalar `logit_scale` (log of the
-/// temperature's inverse, as CLIP stores it).
+/// temperature's inverse, as CLIP stores it): the fused op ([`Graph::contrastive`], which never
+/// forms the N×N logits on the CPU; on Emu/Cuda, until their kernels exist, the composed loss).
 pub fn contrastive_loss(
+    g: &Graph<'_>,
+    image_features: &Var,
+    text_features: &Var,
+    logit_scale: &Var,
+) -> Result<ContrastiveLoss> {
+    let (loss, image_to_text_acc, text_to_image_acc) =
+        g.contrastive(image_features, text_features, logit_scale)?;
+    Ok(ContrastiveLoss {
+        loss,
+        image_to_text_acc,
+        text_to_image_acc,
+    })
+}
+
+/// The same loss composed of ops — normalize, matmul, scale, two cross-entropies over the N×N
+/// logits — as open_clip computes it: the reference the fused op is tested against.
+pub fn contrastive_loss_composed(
     g: &Graph<'_>,
     image_features: &Var,
     text_features: &Var,

@@ -6,6 +6,7 @@
 pub mod attention;
 pub mod batchnorm;
 pub mod binary;
+pub mod contrastive;
 pub mod conv2d;
 pub mod cross_entropy;
 pub mod embedding;
