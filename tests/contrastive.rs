@@ -239,8 +239,7 @@ fn bad_input_is_an_error_naming_the_op_and_shapes() {
     let empty = g.leaf(Tensor::zeros(vec![0, 4]));
     let err = g
         .contrastive(&empty, &empty, &ls)
-        .err()
-        .expect("N = 0 is refused");
+        .expect_err("N = 0 is refused");
     assert!(
         err.to_string().contains("contrastive") && err.to_string().contains("N = 0"),
         "{err}"
@@ -249,8 +248,7 @@ fn bad_input_is_an_error_naming_the_op_and_shapes() {
     let b = g.leaf(Tensor::zeros(vec![3, 5]));
     let err = g
         .contrastive(&a, &b, &ls)
-        .err()
-        .expect("mismatched shapes are refused");
+        .expect_err("mismatched shapes are refused");
     assert!(
         err.to_string().contains("[3, 4]") && err.to_string().contains("[3, 5]"),
         "{err}"
@@ -258,8 +256,7 @@ fn bad_input_is_an_error_naming_the_op_and_shapes() {
     let two = g.leaf(Tensor::zeros(vec![2]));
     let err = g
         .contrastive(&a, &a, &two)
-        .err()
-        .expect("a non-scalar scale is refused");
+        .expect_err("a non-scalar scale is refused");
     assert!(err.to_string().contains("logit_scale"), "{err}");
 }
 
