@@ -1209,21 +1209,22 @@ fn class7_killed_runs_resume_to_the_uninterrupted_result() {
     succeeds(&train_cmd(&cfg, &reference, &common).output().unwrap());
 
     let run = dir.path().join("run");
-    // How each attempt is killed: after `n` metrics lines, as soon as a checkpoint is being
-    // written (its temporary file exists), or after a delay.
+    // How each attempt is killed: after `n` metrics lines; once there are `n` lines, as soon as
+    // this attempt writes a checkpoint (its temporary file, named with the pid, exists); or
+    // after a delay.
     enum Kill {
         AfterLines(usize),
-        MidCheckpoint,
+        MidCheckpoint(usize),
         After(Duration),
     }
     let plan = [
         Kill::After(Duration::from_millis(30)), // most likely before the first checkpoint
         Kill::AfterLines(3),
-        Kill::MidCheckpoint,
-        Kill::After(Duration::from_millis(400)),
-        Kill::MidCheckpoint,
+        Kill::MidCheckpoint(0),
+        Kill::After(Duration::from_millis(300)),
+        Kill::MidCheckpoint(7),
         Kill::AfterLines(9),
-        Kill::MidCheckpoint,
+        Kill::MidCheckpoint(10),
     ];
     let mut left_a_temp = 0;
     let started = Instant::now();
@@ -1237,17 +1238,24 @@ fn class7_killed_runs_resume_to_the_uninterrupted_result() {
             .spawn()
             .unwrap();
         let t0 = Instant::now();
+        // this child's checkpoint being written (the temporary name has the writer's pid)
+        let mine = format!(".checkpoint.safetensors.tmp.{}.", child.id());
         loop {
             if child.try_wait().unwrap().is_some() {
                 break; // finished before the moment came: fine, the next attempt resumes
             }
-            let now = match kill {
-                Kill::After(d) => t0.elapsed() >= *d,
-                Kill::AfterLines(n) => std::fs::read_to_string(run.join("metrics.jsonl"))
-                    .map(|t| t.lines().count() >= *n)
-                    .unwrap_or(false),
-                Kill::MidCheckpoint => run.is_dir() && !temp_files(&run).is_empty(),
-            };
+            let lines = std::fs::read_to_string(run.join("metrics.jsonl"))
+                .map(|t| t.lines().count())
+                .unwrap_or(0);
+            let writing = || temp_files(&run).iter().any(|n| n.starts_with(&mine));
+            // (every attempt is killed by step 11 at the latest, so that the last start has
+            // steps left to do)
+            let now = lines >= 11
+                || match kill {
+                    Kill::After(d) => t0.elapsed() >= *d,
+                    Kill::AfterLines(n) => lines >= *n,
+                    Kill::MidCheckpoint(n) => lines >= *n && run.is_dir() && writing(),
+                };
             if now {
                 child.kill().unwrap(); // SIGKILL
                 break;
@@ -1255,24 +1263,43 @@ fn class7_killed_runs_resume_to_the_uninterrupted_result() {
             std::thread::sleep(Duration::from_micros(200));
         }
         child.wait().unwrap();
-        if run.is_dir() && !temp_files(&run).is_empty() {
-            left_a_temp += 1;
-        }
+        let temps = if run.is_dir() {
+            temp_files(&run)
+        } else {
+            vec![]
+        };
+        left_a_temp += usize::from(temps.iter().any(|n| n.starts_with(&mine)));
+        eprintln!(
+            "attempt ({}): killed after {} metrics lines, leaving {temps:?}",
+            if resumable { "--resume" } else { "fresh" },
+            std::fs::read_to_string(run.join("metrics.jsonl"))
+                .map(|t| t.lines().count())
+                .unwrap_or(0)
+        );
         // whatever the kill left, every checkpoint on disk is whole
         if run.join("checkpoint.safetensors").exists() {
             clipcu::io::load(run.join("checkpoint.safetensors")).unwrap();
         }
     }
     assert!(left_a_temp > 0, "no kill landed mid-checkpoint");
-    // the last start: resume to the end
-    let o = train_cmd(&cfg, &run, &common)
-        .arg("--resume")
-        .output()
-        .unwrap();
-    let err = succeeds(&o);
-    assert!(err.contains("removed") || left_a_temp == 0, "{err}");
-    assert!(temp_files(&run).is_empty(), "{:?}", names(&run));
-    // each step exactly once, with the uninterrupted run's loss
+    // the last start: resume to the end, removing what the last kill left
+    let leftovers = temp_files(&run);
+    let at = clipcu::io::load(run.join("checkpoint.safetensors"))
+        .unwrap()
+        .metadata["clipcu.step"]
+        .clone();
+    if at != steps {
+        let o = train_cmd(&cfg, &run, &common)
+            .arg("--resume")
+            .output()
+            .unwrap();
+        let err = succeeds(&o);
+        for f in &leftovers {
+            assert!(err.contains("removed") && err.contains(f.as_str()), "{err}");
+        }
+        assert!(temp_files(&run).is_empty(), "{:?}", names(&run));
+    } // (else a killed attempt finished the run after all: a stalled test thread)
+      // each step exactly once, with the uninterrupted run's loss
     let want = step_losses(&reference.join("metrics.jsonl"));
     let got = step_losses(&run.join("metrics.jsonl"));
     assert_eq!(want.len(), 12);
@@ -1284,10 +1311,22 @@ fn class7_killed_runs_resume_to_the_uninterrupted_result() {
             "{f} differs from the uninterrupted run"
         );
     }
+    // the newest two numbered checkpoints are kept, as in the uninterrupted run (one whose
+    // link a kill prevented can be missing: a resumed run does not write it again)
+    let numbered = |d: &Path| -> Vec<String> {
+        names(d)
+            .into_iter()
+            .filter(|n| n.starts_with("checkpoint-"))
+            .collect()
+    };
+    let (got, want) = (numbered(&run), numbered(&reference));
     assert_eq!(
-        names(&run),
-        names(&reference),
-        "the same files as the uninterrupted run (two kept checkpoints)"
+        want,
+        ["checkpoint-11.safetensors", "checkpoint-12.safetensors"]
+    );
+    assert!(
+        got.iter().all(|n| want.contains(n)) && got.contains(&want[1]),
+        "{got:?}"
     );
     eprintln!("kill-and-resume: {:.1} s", started.elapsed().as_secs_f64());
 }
