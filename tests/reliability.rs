@@ -1335,6 +1335,18 @@ fn class7_killed_runs_resume_to_the_uninterrupted_result() {
 fn divergence_stops_the_run_and_the_kept_checkpoints_resume() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = run_config(dir.path());
+    // from the first step: stopped before anything but its metrics file is written
+    let fresh = dir.path().join("fresh");
+    let o = train_cmd(
+        &cfg,
+        &fresh,
+        &["--steps", "4", "--lr", "1e6", "--warmup", "0"],
+    )
+    .output()
+    .unwrap();
+    fails_with(&o, &["step 1:", "exploded", "no checkpoint was written"]);
+    assert_eq!(names(&fresh), ["metrics.jsonl"]);
+    assert!(step_losses(&fresh.join("metrics.jsonl")).is_empty());
     for device in ["cpu", "emu"] {
         let run = dir.path().join(device);
         let every = ["--checkpoint-every", "1", "--device", device];
