@@ -936,6 +936,16 @@ fn class4_garbage_is_an_error_not_a_result() {
         .arg(&ck)
         .output()
         .unwrap();
+    // (into the folder of another run: refused before the checkpoint is read)
+    fails_with(&o, &["--resume", "another folder", "mix the two runs"]);
+    let o = train_cmd(
+        &cfg,
+        &dir.path().join("elsewhere"),
+        &["--steps", "4", "--resume"],
+    )
+    .arg(&ck)
+    .output()
+    .unwrap();
     fails_with(&o, &[moment.as_str(), "non-finite"]);
 
     // finite weights whose forward overflows: the embedding is refused, not written

@@ -138,6 +138,23 @@ pub fn run(a: &TrainArgs) -> Result<()> {
             )));
         }
     }
+    // A checkpoint from elsewhere resumed into a folder that holds another run would continue
+    // that run's metrics with this one's steps.
+    if let Some(p) = a.resume.as_deref().filter(|p| !p.is_empty()) {
+        let dir = match std::path::Path::new(p).parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let found = clipcu::train::existing_run(&a.out);
+        if !found.is_empty() && !clipcu::io::same_file(&dir, &a.out) {
+            return Err(clipcu::Error::Msg(format!(
+                "--resume {p} is a checkpoint from another folder than --out {}, which holds a \
+                 run of its own ({}): resuming into it would mix the two runs; give another --out",
+                a.out.display(),
+                found.join(", ")
+            )));
+        }
+    }
     let device = crate::pick_device(&a.device)?;
     let (mut trainer, model_name) = match &a.resume {
         Some(p) => {
