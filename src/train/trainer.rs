@@ -452,6 +452,10 @@ impl Trainer {
     /// [`Trainer::train_step`] does after fetching its batch — forward/backward in micro-batches,
     /// clipping, AdamW at this step's learning rate, the `logit_scale` clamp. `started` is when the
     /// step began (for pairs/s). Public so that tests can drive the real step on fixture batches.
+    ///
+    /// Errors when the step diverged: a non-finite loss or gradient norm (the update is then not
+    /// applied), or, on the CPU, parameters that are non-finite or exploded after the update (it
+    /// is then applied in memory: stop the run; nothing of it has been saved).
     pub fn train_step_on(
         &mut self,
         images: &Tensor,
