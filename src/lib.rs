@@ -49,4 +49,4 @@ pub mod zeroshot;
 pub use device::Device;
 pub use error::{Error, Result};
 pub use graph::{Grads, Graph, Param, Var};
-pub use tensor::{DType, Shape, Tensor};
+pub use tensor::{DType, Shape, Tensor, ValueStats};

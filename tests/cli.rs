@@ -625,7 +625,7 @@ fn a_small_image_size_trains_on_files_and_is_an_error_for_the_synthetic_data() {
         "filepath,title\na.png,a red thing\nb.png,a blue thing\na.png,red again\nb.png,blue again\n",
     )
     .unwrap();
-    let train = |extra: &[&str]| {
+    let train = |out: &str, extra: &[&str]| {
         clipcu()
             .args(["train", "--config"])
             .arg(&cfg_path)
@@ -638,12 +638,12 @@ fn a_small_image_size_trains_on_files_and_is_an_error_for_the_synthetic_data() {
                 "cpu",
                 "--out",
             ])
-            .arg(dir.join("run"))
+            .arg(dir.join(out))
             .args(extra)
             .output()
             .unwrap()
     };
-    let o = train(&["--data", dir.join("d.csv").to_str().unwrap()]);
+    let o = train("files", &["--data", dir.join("d.csv").to_str().unwrap()]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert_eq!(
@@ -651,7 +651,7 @@ fn a_small_image_size_trains_on_files_and_is_an_error_for_the_synthetic_data() {
         1,
         "{err}"
     );
-    let o = train(&[]);
+    let o = train("synthetic", &[]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(

@@ -649,3 +649,793 @@ fn a_classifier_cache_that_cannot_be_written_is_a_warning() {
     );
     assert!(String::from_utf8_lossy(&o.stdout).contains("top-1"));
 }
+
+// ---- runs: classes 3, 4, 5, 7 and divergence -----------------------------------------------
+
+/// The trainer tests' tiny CLIP (16 px ViT, one layer per tower, CLIP's vocabulary), written to
+/// `dir`: a step takes milliseconds, a checkpoint about 19 MB.
+fn run_config(dir: &Path) -> PathBuf {
+    let p = dir.join("run.json");
+    std::fs::write(
+        &p,
+        r#"{"embed_dim": 16,
+            "vision_cfg": {"image_size": 16, "layers": 1, "width": 32, "patch_size": 8, "head_width": 32},
+            "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 1, "layers": 1}}"#,
+    )
+    .unwrap();
+    p
+}
+
+/// `clipcu train` on the tiny config into `out` with `extra`, and, where `extra` does not set
+/// them: CPU, batch 8, warmup 2, no evaluation.
+fn train_cmd(cfg: &Path, out: &Path, extra: &[&str]) -> Command {
+    let mut c = Command::new(clipcu());
+    c.args(["train", "--config"]).arg(cfg).arg("--out").arg(out);
+    for (flag, value) in [
+        ("--device", "cpu"),
+        ("--batch-size", "8"),
+        ("--warmup", "2"),
+        ("--eval-every", "0"),
+    ] {
+        if !extra.contains(&flag) {
+            c.args([flag, value]);
+        }
+    }
+    c.args(extra);
+    c
+}
+
+/// Exit 1 with every one of `needles` in stderr; returns stderr.
+fn fails_with(o: &Output, needles: &[&str]) -> String {
+    let err = never_crashed(o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    for n in needles {
+        assert!(err.contains(n), "{n:?} not in: {err}");
+    }
+    err
+}
+
+fn succeeds(o: &Output) -> String {
+    let err = never_crashed(o);
+    assert!(o.status.success(), "{err}");
+    err
+}
+
+/// The names of `dir`'s entries, sorted.
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// The (step, loss) lines of a metrics file, in file order.
+fn step_losses(metrics: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(metrics)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter_map(|v| Some((v["step"].as_u64()?, v["loss"].as_f64()?)))
+        .collect()
+}
+
+/// Every tensor of a safetensors file as bits, by name.
+fn tensor_bits(path: &Path) -> Vec<(String, Vec<u32>)> {
+    let mut v: Vec<(String, Vec<u32>)> = clipcu::io::load(path)
+        .unwrap()
+        .tensors
+        .into_iter()
+        .map(|(n, t)| (n, t.to_vec().iter().map(|x| x.to_bits()).collect()))
+        .collect();
+    v.sort();
+    v
+}
+
+fn all_finite(path: &Path) -> bool {
+    clipcu::io::load(path)
+        .unwrap()
+        .tensors
+        .iter()
+        .all(|(_, t)| t.value_stats().unwrap().non_finite == 0)
+}
+
+#[test]
+fn class3_a_run_or_an_input_is_never_overwritten_without_asking() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = run_config(dir.path());
+    let run = dir.path().join("run");
+    succeeds(
+        &train_cmd(&cfg, &run, &["--steps", "3", "--checkpoint-every", "1"])
+            .output()
+            .unwrap(),
+    );
+    let before: Vec<(String, Vec<u8>)> = names(&run)
+        .into_iter()
+        .map(|n| (n.clone(), std::fs::read(run.join(&n)).unwrap()))
+        .collect();
+    // a fresh run into it is refused, and nothing in the folder changes
+    let o = train_cmd(&cfg, &run, &["--steps", "2"]).output().unwrap();
+    fails_with(
+        &o,
+        &[
+            "already holds a run",
+            "checkpoint.safetensors",
+            "--overwrite",
+            "--resume",
+        ],
+    );
+    for (n, bytes) in &before {
+        assert_eq!(&std::fs::read(run.join(n)).unwrap(), bytes, "{n} changed");
+    }
+    // --overwrite replaces the whole run: no checkpoint of the old one is left to mix in
+    succeeds(
+        &train_cmd(&cfg, &run, &["--steps", "2", "--overwrite"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(
+        names(&run),
+        [
+            "checkpoint-2.safetensors",
+            "checkpoint.safetensors",
+            "metrics.jsonl",
+            "model.safetensors",
+            "training.png"
+        ]
+    );
+    assert_eq!(step_losses(&run.join("metrics.jsonl")).len(), 2);
+
+    // outputs that are inputs of the same command, however spelled
+    let weights = run.join("model.safetensors");
+    let model_bytes = std::fs::read(&weights).unwrap();
+    std::os::unix::fs::symlink(&weights, dir.path().join("alias.safetensors")).unwrap();
+    let img = dir.path().join("a.png");
+    std::fs::write(&img, png_bytes(20, 20, [200, 10, 10])).unwrap();
+    let spelled = run.join("..").join("run").join("model.safetensors");
+    for out in [
+        weights.clone(),
+        spelled,
+        dir.path().join("alias.safetensors"),
+    ] {
+        let o = Command::new(clipcu())
+            .args(["embed", "--weights"])
+            .arg(&weights)
+            .args(["--text", "a cat", "--out"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        fails_with(
+            &o,
+            &["--out", "same file as --weights", "model.safetensors"],
+        );
+    }
+    let o = Command::new(clipcu())
+        .args(["embed", "--weights"])
+        .arg(&weights)
+        .arg("--image")
+        .arg(&img)
+        .arg("--out")
+        .arg(&img)
+        .output()
+        .unwrap();
+    fails_with(&o, &["same file as --image", "a.png"]);
+    let folder = dir.path().join("folder");
+    for c in ["red", "blue"] {
+        std::fs::create_dir_all(folder.join(c)).unwrap();
+        std::fs::write(folder.join(c).join("0.png"), png_bytes(20, 20, [9, 9, 9])).unwrap();
+    }
+    for (cache, needle) in [
+        (weights.clone(), "same file as --weights"),
+        (folder.join("red").join("0.png"), "an image of --data"),
+    ] {
+        let o = Command::new(clipcu())
+            .args(["zeroshot", "--weights"])
+            .arg(&weights)
+            .arg("--data")
+            .arg(&folder)
+            .args(["--templates", "simple", "--cache"])
+            .arg(&cache)
+            .output()
+            .unwrap();
+        fails_with(&o, &["--cache", needle]);
+    }
+    assert_eq!(std::fs::read(&weights).unwrap(), model_bytes);
+    // --config pointing at a file the run writes
+    let o = train_cmd(
+        &run.join("metrics.jsonl"),
+        &run,
+        &["--steps", "2", "--overwrite"],
+    )
+    .output()
+    .unwrap();
+    fails_with(&o, &["same file as --config", "metrics.jsonl"]);
+    assert_eq!(step_losses(&run.join("metrics.jsonl")).len(), 2);
+}
+
+/// A copy of the safetensors file `src` at `dst` with `edit` applied to the tensor `name`.
+fn edited_weights(src: &Path, dst: &Path, name: &str, edit: impl Fn(&mut [f32])) {
+    let f = clipcu::io::load(src).unwrap();
+    let tensors: Vec<(String, clipcu::Tensor)> = f
+        .tensors
+        .into_iter()
+        .map(|(n, t)| {
+            if n == name {
+                let mut v = t.to_vec();
+                edit(&mut v);
+                (n, clipcu::Tensor::from_vec(v, t.shape().to_vec()).unwrap())
+            } else {
+                (n, t)
+            }
+        })
+        .collect();
+    let refs: Vec<(&str, &clipcu::Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    clipcu::io::save(dst, &refs, &f.metadata).unwrap();
+}
+
+#[test]
+fn class4_garbage_is_an_error_not_a_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = run_config(dir.path());
+    let run = dir.path().join("run");
+    succeeds(&train_cmd(&cfg, &run, &["--steps", "2"]).output().unwrap());
+    let img = dir.path().join("a.png");
+    std::fs::write(&img, png_bytes(20, 20, [200, 10, 10])).unwrap();
+    let embed = |weights: &Path| {
+        Command::new(clipcu())
+            .args(["embed", "--weights"])
+            .arg(weights)
+            .arg("--image")
+            .arg(&img)
+            .args(["--text", "a red square", "--out"])
+            .arg(dir.path().join("e.safetensors"))
+            .output()
+            .unwrap()
+    };
+    succeeds(&embed(&run.join("model.safetensors")));
+
+    // a NaN weight: refused when loaded, naming the tensor (CLI and library)
+    let nan = dir.path().join("nan.safetensors");
+    edited_weights(
+        &run.join("model.safetensors"),
+        &nan,
+        "ln_final.weight",
+        |v| v[3] = f32::NAN,
+    );
+    let _ = std::fs::remove_file(dir.path().join("e.safetensors"));
+    fails_with(
+        &embed(&nan),
+        &["nan.safetensors", "ln_final.weight", "non-finite"],
+    );
+    assert!(
+        !dir.path().join("e.safetensors").exists(),
+        "NaN embeddings written"
+    );
+    let Err(e) = clipcu::model::load_clip(&nan, None) else {
+        panic!("NaN weights loaded")
+    };
+    let e = e.to_string();
+    assert!(
+        e.contains("ln_final.weight") && e.contains("1 of its"),
+        "{e}"
+    );
+    // an infinite optimizer moment in a checkpoint: resume names it
+    let ck = dir.path().join("ck.safetensors");
+    let moment = clipcu::io::load(run.join("checkpoint.safetensors"))
+        .unwrap()
+        .tensors
+        .into_iter()
+        .map(|(n, _)| n)
+        .find(|n| n.starts_with("optim."))
+        .unwrap();
+    edited_weights(&run.join("checkpoint.safetensors"), &ck, &moment, |v| {
+        v[0] = f32::INFINITY
+    });
+    let o = train_cmd(&cfg, &run, &["--steps", "4", "--resume"])
+        .arg(&ck)
+        .output()
+        .unwrap();
+    // (into the folder of another run: refused before the checkpoint is read)
+    fails_with(&o, &["--resume", "another folder", "mix the two runs"]);
+    let o = train_cmd(
+        &cfg,
+        &dir.path().join("elsewhere"),
+        &["--steps", "4", "--resume"],
+    )
+    .arg(&ck)
+    .output()
+    .unwrap();
+    fails_with(&o, &[moment.as_str(), "non-finite"]);
+
+    // finite weights whose forward overflows: the embedding is refused, not written
+    let huge = dir.path().join("huge.safetensors");
+    edited_weights(&run.join("model.safetensors"), &huge, "visual.proj", |v| {
+        v.iter_mut().for_each(|x| *x = 3e38)
+    });
+    fails_with(
+        &embed(&huge),
+        &["embedding of the image", "a.png", "not finite"],
+    );
+    assert!(!dir.path().join("e.safetensors").exists());
+
+    // zero-shot on a folder none of whose images can be read: an error, not 0.00%
+    let folder = dir.path().join("folder");
+    for c in ["red", "blue"] {
+        std::fs::create_dir_all(folder.join(c)).unwrap();
+        std::fs::write(folder.join(c).join("0.png"), b"not a png").unwrap();
+    }
+    let zeroshot = || {
+        Command::new(clipcu())
+            .args(["zeroshot", "--weights"])
+            .arg(run.join("model.safetensors"))
+            .arg("--data")
+            .arg(&folder)
+            .args(["--templates", "simple"])
+            .output()
+            .unwrap()
+    };
+    let o = zeroshot();
+    fails_with(
+        &o,
+        &["folder", "none of its 2 images", "nothing to evaluate"],
+    );
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("top-1"));
+    // one readable image: evaluated, the other skipped and counted
+    std::fs::write(
+        folder.join("red").join("0.png"),
+        png_bytes(20, 20, [200, 9, 9]),
+    )
+    .unwrap();
+    let o = zeroshot();
+    succeeds(&o);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("on 1 images") && out.contains("1 unreadable skipped"),
+        "{out}"
+    );
+}
+
+#[test]
+fn class4_a_nan_loss_names_the_step_and_the_non_finite_weight() {
+    use clipcu::train::{DataSpec, TrainConfig, Trainer};
+    let cfg = ClipConfig::from_json(
+        &std::fs::read_to_string(run_config(tempfile::tempdir().unwrap().path())).unwrap(),
+        "run.json",
+    )
+    .unwrap();
+    for device in [clipcu::Device::Cpu, clipcu::Device::Emu] {
+        let tc = TrainConfig {
+            batch_size: 8,
+            micro_batch: 0,
+            steps: 4,
+            lr: 1e-3,
+            weight_decay: 0.1,
+            warmup: 2,
+            constant_lr: false,
+            grad_clip: None,
+            seed: 3,
+            checkpointing: false,
+            shape_groups: 0,
+        };
+        let mut t = Trainer::new(&cfg, tc, DataSpec::Synthetic).unwrap();
+        t.to_device(device).unwrap();
+        t.train_step().unwrap();
+        // a weight turned NaN on the device after step 1 (as an unchecked update would)
+        let (name, p) = t
+            .model
+            .named_params()
+            .into_iter()
+            .find(|(n, _)| n == "ln_final.bias")
+            .unwrap();
+        let nan = clipcu::Tensor::full(f32::NAN, p.value().shape().to_vec());
+        p.set_value(nan.to_device(device).unwrap()).unwrap();
+        let e = t.train_step().unwrap_err().to_string();
+        assert!(
+            e.contains("step 2:")
+                && e.contains("not applied")
+                && e.contains("already non-finite")
+                && e.contains(&name),
+            "{device}: {e}"
+        );
+        assert_eq!(t.step, 1, "{device}: the failed step counted");
+        // the checkpoint of such a state is refused before anything is written
+        let dir = tempfile::tempdir().unwrap();
+        let ck = dir.path().join("c.safetensors");
+        let e = t.save_checkpoint(&ck).unwrap_err().to_string();
+        assert!(
+            e.contains(&name) && e.contains("no checkpoint was written"),
+            "{e}"
+        );
+        assert!(!ck.exists());
+    }
+}
+
+#[test]
+fn class5_options_that_make_no_sense_are_errors_or_warnings() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = run_config(dir.path());
+    let fresh = dir.path().join("fresh");
+    for (args, needle) in [
+        (&["--steps", "3", "--batch-size", "1"][..], "--batch-size 1"),
+        (&["--steps", "3", "--lr", "nan"], "--lr NaN"),
+        (&["--steps", "3", "--lr", "inf"], "--lr inf"),
+        (&["--steps", "3", "--lr=-1"], "--lr -1"),
+        (&["--steps", "3", "--wd", "nan"], "--wd NaN"),
+        (&["--steps", "3", "--grad-clip", "nan"], "--grad-clip NaN"),
+        (&["--steps", "3", "--grad-clip", "0"], "--grad-clip 0"),
+        (
+            &["--steps", "3", "--eval-every", "2", "--eval-samples", "0"],
+            "--eval-samples 0",
+        ),
+        (&["--steps", "0"], "--steps 0"),
+    ] {
+        let mut c = Command::new(clipcu());
+        c.args(["train", "--config"])
+            .arg(&cfg)
+            .args(["--device", "cpu", "--out"])
+            .arg(&fresh)
+            .args(args);
+        fails_with(&c.output().unwrap(), &[needle]);
+        assert!(!fresh.exists(), "{args:?}: refused, yet wrote {fresh:?}");
+    }
+
+    // a batch larger than a finite dataset
+    for (i, rgb) in [[200, 9, 9], [9, 200, 9], [9, 9, 200]].iter().enumerate() {
+        std::fs::write(dir.path().join(format!("{i}.png")), png_bytes(20, 20, *rgb)).unwrap();
+    }
+    let csv = dir.path().join("d.csv");
+    std::fs::write(
+        &csv,
+        "filepath,title\n0.png,a red square\n1.png,a green square\n2.png,a blue square\n",
+    )
+    .unwrap();
+    let on_csv = dir.path().join("csv-run");
+    let o = train_cmd(
+        &cfg,
+        &on_csv,
+        &["--steps", "2", "--data", csv.to_str().unwrap()],
+    )
+    .output()
+    .unwrap();
+    fails_with(
+        &o,
+        &["--batch-size 8", "3 samples", "d.csv", "false negative"],
+    );
+    succeeds(
+        &train_cmd(
+            &cfg,
+            &on_csv,
+            &[
+                "--steps",
+                "2",
+                "--batch-size",
+                "3",
+                "--data",
+                csv.to_str().unwrap(),
+            ],
+        )
+        .output()
+        .unwrap(),
+    );
+    // resuming on other files: said, and it goes on
+    let moved = dir.path().join("moved.csv");
+    std::fs::copy(&csv, &moved).unwrap();
+    let o = train_cmd(
+        &cfg,
+        &on_csv,
+        &[
+            "--steps",
+            "3",
+            "--batch-size",
+            "3",
+            "--resume",
+            "--data",
+            moved.to_str().unwrap(),
+        ],
+    )
+    .output()
+    .unwrap();
+    let err = succeeds(&o);
+    assert!(
+        err.contains("warning") && err.contains("moved.csv") && err.contains("d.csv"),
+        "{err}"
+    );
+
+    // on resume: another model config, or nothing left to train
+    let run = dir.path().join("run");
+    succeeds(&train_cmd(&cfg, &run, &["--steps", "2"]).output().unwrap());
+    let mut c = Command::new(clipcu());
+    c.args([
+        "train", "--config", "ViT-B-32", "--resume", "--steps", "4", "--out",
+    ])
+    .arg(&run);
+    fails_with(&c.output().unwrap(), &["--config ViT-B-32", "checkpoint"]);
+    let o = train_cmd(&cfg, &run, &["--steps", "2", "--resume"])
+        .output()
+        .unwrap();
+    fails_with(
+        &o,
+        &["at step 2", "--steps is 2", "nothing is left to train"],
+    );
+    // the same config as the checkpoint's is fine
+    succeeds(
+        &train_cmd(&cfg, &run, &["--steps", "3", "--resume"])
+            .output()
+            .unwrap(),
+    );
+
+    // a checkpoint of an image-only config (vocab 1000) is refused on resume as on a fresh run
+    let mut tiny = ClipConfig::load("tiny-vit").unwrap();
+    tiny.vision_cfg.image_size = 16;
+    let tc = clipcu::train::TrainConfig {
+        batch_size: 8,
+        micro_batch: 0,
+        steps: 4,
+        lr: 1e-3,
+        weight_decay: 0.1,
+        warmup: 2,
+        constant_lr: false,
+        grad_clip: None,
+        seed: 0,
+        checkpointing: false,
+        shape_groups: 0,
+    };
+    let mut t = clipcu::train::Trainer::new(&tiny, tc, clipcu::train::DataSpec::Synthetic).unwrap();
+    t.step = 1;
+    let small_vocab = dir.path().join("v1000.safetensors");
+    t.save_checkpoint(&small_vocab).unwrap();
+    let o = train_cmd(&cfg, &dir.path().join("v"), &["--steps", "4", "--resume"])
+        .arg(&small_vocab)
+        .output()
+        .unwrap();
+    fails_with(&o, &["v1000.safetensors", "text_cfg.vocab_size"]);
+}
+
+/// The temporary files of atomic writes in `dir` (`.<name>.tmp.<pid>.<n>`).
+fn temp_files(dir: &Path) -> Vec<String> {
+    names(dir)
+        .into_iter()
+        .filter(|n| n.starts_with('.') && n.contains(".tmp."))
+        .collect()
+}
+
+#[test]
+fn class7_killed_runs_resume_to_the_uninterrupted_result() {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = run_config(dir.path());
+    let steps = "12";
+    let common = [
+        "--steps",
+        steps,
+        "--checkpoint-every",
+        "1",
+        "--keep-checkpoints",
+        "2",
+    ];
+    let reference = dir.path().join("reference");
+    succeeds(&train_cmd(&cfg, &reference, &common).output().unwrap());
+
+    let run = dir.path().join("run");
+    // How each attempt is killed: after `n` metrics lines; once there are `n` lines, as soon as
+    // this attempt writes a checkpoint (its temporary file, named with the pid, exists); or
+    // after a delay.
+    enum Kill {
+        AfterLines(usize),
+        MidCheckpoint(usize),
+        After(Duration),
+    }
+    let plan = [
+        Kill::After(Duration::from_millis(30)), // most likely before the first checkpoint
+        Kill::AfterLines(3),
+        Kill::MidCheckpoint(0),
+        Kill::After(Duration::from_millis(300)),
+        Kill::MidCheckpoint(7),
+        Kill::AfterLines(9),
+        Kill::MidCheckpoint(10),
+    ];
+    let mut left_a_temp = 0;
+    let started = Instant::now();
+    for kill in &plan {
+        let resumable = run.join("checkpoint.safetensors").exists();
+        let mut cmd = train_cmd(&cfg, &run, &common);
+        cmd.arg(if resumable { "--resume" } else { "--overwrite" });
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let t0 = Instant::now();
+        // this child's checkpoint being written (the temporary name has the writer's pid)
+        let mine = format!(".checkpoint.safetensors.tmp.{}.", child.id());
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                break; // finished before the moment came: fine, the next attempt resumes
+            }
+            let lines = std::fs::read_to_string(run.join("metrics.jsonl"))
+                .map(|t| t.lines().count())
+                .unwrap_or(0);
+            let writing = || temp_files(&run).iter().any(|n| n.starts_with(&mine));
+            // (every attempt is killed by step 11 at the latest, so that the last start has
+            // steps left to do)
+            let now = lines >= 11
+                || match kill {
+                    Kill::After(d) => t0.elapsed() >= *d,
+                    Kill::AfterLines(n) => lines >= *n,
+                    Kill::MidCheckpoint(n) => lines >= *n && run.is_dir() && writing(),
+                };
+            if now {
+                child.kill().unwrap(); // SIGKILL
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        child.wait().unwrap();
+        let temps = if run.is_dir() {
+            temp_files(&run)
+        } else {
+            vec![]
+        };
+        left_a_temp += usize::from(temps.iter().any(|n| n.starts_with(&mine)));
+        eprintln!(
+            "attempt ({}): killed after {} metrics lines, leaving {temps:?}",
+            if resumable { "--resume" } else { "fresh" },
+            std::fs::read_to_string(run.join("metrics.jsonl"))
+                .map(|t| t.lines().count())
+                .unwrap_or(0)
+        );
+        // whatever the kill left, every checkpoint on disk is whole
+        if run.join("checkpoint.safetensors").exists() {
+            clipcu::io::load(run.join("checkpoint.safetensors")).unwrap();
+        }
+    }
+    assert!(left_a_temp > 0, "no kill landed mid-checkpoint");
+    // the last start: resume to the end, removing what the last kill left
+    let leftovers = temp_files(&run);
+    let at = clipcu::io::load(run.join("checkpoint.safetensors"))
+        .unwrap()
+        .metadata["clipcu.step"]
+        .clone();
+    if at != steps {
+        let o = train_cmd(&cfg, &run, &common)
+            .arg("--resume")
+            .output()
+            .unwrap();
+        let err = succeeds(&o);
+        for f in &leftovers {
+            assert!(err.contains("removed") && err.contains(f.as_str()), "{err}");
+        }
+        assert!(temp_files(&run).is_empty(), "{:?}", names(&run));
+    } // (else a killed attempt finished the run after all: a stalled test thread)
+      // each step exactly once, with the uninterrupted run's loss
+    let want = step_losses(&reference.join("metrics.jsonl"));
+    let got = step_losses(&run.join("metrics.jsonl"));
+    assert_eq!(want.len(), 12);
+    assert_eq!(got, want, "metrics.jsonl");
+    // bit-identical weights and optimizer state
+    for f in ["model.safetensors", "checkpoint.safetensors"] {
+        assert!(
+            tensor_bits(&run.join(f)) == tensor_bits(&reference.join(f)),
+            "{f} differs from the uninterrupted run"
+        );
+    }
+    // the newest two numbered checkpoints are kept, as in the uninterrupted run (one whose
+    // link a kill prevented can be missing: a resumed run does not write it again)
+    let numbered = |d: &Path| -> Vec<String> {
+        names(d)
+            .into_iter()
+            .filter(|n| n.starts_with("checkpoint-"))
+            .collect()
+    };
+    let (got, want) = (numbered(&run), numbered(&reference));
+    assert_eq!(
+        want,
+        ["checkpoint-11.safetensors", "checkpoint-12.safetensors"]
+    );
+    assert!(
+        got.iter().all(|n| want.contains(n)) && got.contains(&want[1]),
+        "{got:?}"
+    );
+    eprintln!("kill-and-resume: {:.1} s", started.elapsed().as_secs_f64());
+}
+
+#[test]
+fn divergence_stops_the_run_and_the_kept_checkpoints_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = run_config(dir.path());
+    // from the first step: stopped before anything but its metrics file is written
+    let fresh = dir.path().join("fresh");
+    let o = train_cmd(
+        &cfg,
+        &fresh,
+        &["--steps", "4", "--lr", "1e6", "--warmup", "0"],
+    )
+    .output()
+    .unwrap();
+    fails_with(&o, &["step 1:", "exploded", "no checkpoint was written"]);
+    assert_eq!(names(&fresh), ["metrics.jsonl"]);
+    assert!(step_losses(&fresh.join("metrics.jsonl")).is_empty());
+    for device in ["cpu", "emu"] {
+        let run = dir.path().join(device);
+        let every = ["--checkpoint-every", "1", "--device", device];
+        succeeds(
+            &train_cmd(&cfg, &run, &[&["--steps", "3"][..], &every].concat())
+                .output()
+                .unwrap(),
+        );
+        // the learning rate blows up from step 4 on
+        let o = train_cmd(
+            &cfg,
+            &run,
+            &[&["--steps", "8", "--resume", "--lr", "1e6"][..], &every].concat(),
+        )
+        .output()
+        .unwrap();
+        let err = fails_with(&o, &["step 4:", "exploded", "learning rate", "--lr"]);
+        assert!(err.contains("checkpoint-3.safetensors"), "{device}: {err}");
+        // no checkpoint of the diverged step was written; its metrics line (the loss it
+        // computed, before its update) is there on a kernel device, where the update is checked
+        // at the checkpoint, not on the CPU, where it is checked before the line is written
+        let metrics = run.join("metrics.jsonl");
+        let steps: Vec<u64> = step_losses(&metrics).iter().map(|(s, _)| *s).collect();
+        let want: &[u64] = if device == "cpu" {
+            &[1, 2, 3]
+        } else {
+            &[1, 2, 3, 4]
+        };
+        assert_eq!(steps, want, "{device}");
+        let kept = [
+            "checkpoint-1.safetensors",
+            "checkpoint-2.safetensors",
+            "checkpoint-3.safetensors",
+            "checkpoint.safetensors",
+        ];
+        for k in kept {
+            assert!(
+                all_finite(&run.join(k)),
+                "{device}: {k} holds non-finite values"
+            );
+        }
+        let ck = clipcu::io::load(run.join("checkpoint.safetensors")).unwrap();
+        assert_eq!(ck.metadata["clipcu.step"], "3");
+        // resuming from the last good one (with a sane learning rate) works; the defaults keep
+        // three numbered checkpoints
+        succeeds(
+            &train_cmd(
+                &cfg,
+                &run,
+                &[&["--steps", "6", "--resume"][..], &every].concat(),
+            )
+            .output()
+            .unwrap(),
+        );
+        let steps: Vec<u64> = step_losses(&metrics).iter().map(|(s, _)| *s).collect();
+        assert_eq!(steps, [1, 2, 3, 4, 5, 6], "{device}");
+        let numbered: Vec<String> = names(&run)
+            .into_iter()
+            .filter(|n| n.starts_with("checkpoint-"))
+            .collect();
+        assert_eq!(
+            numbered,
+            [
+                "checkpoint-4.safetensors",
+                "checkpoint-5.safetensors",
+                "checkpoint-6.safetensors"
+            ]
+        );
+        // an earlier kept checkpoint resumes too
+        succeeds(
+            &train_cmd(
+                &cfg,
+                &run,
+                &[&["--steps", "6"][..], &every, &["--resume"]].concat(),
+            )
+            .arg(run.join("checkpoint-5.safetensors"))
+            .output()
+            .unwrap(),
+        );
+        assert_eq!(step_losses(&metrics).len(), 6);
+    }
+}

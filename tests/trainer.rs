@@ -39,6 +39,8 @@ fn opts(out: &Path) -> RunOptions {
         eval_every: 0,
         eval_samples: 16,
         progress: false,
+        overwrite: false,
+        keep_checkpoints: 3,
     }
 }
 
@@ -246,9 +248,17 @@ fn a_run_writes_metrics_checkpoints_model_and_plot() {
         .filter(|n| n.contains("tmp"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
-    // a second fresh run into the same folder replaces the metrics instead of appending to them
+    // a second fresh run into the same folder is refused: it would destroy the first
     let mut again = Trainer::new(&tiny(), config(3, 2), DataSpec::Synthetic).unwrap();
     o.eval_every = 0;
+    let e = again.run(&o).unwrap_err().to_string();
+    assert!(
+        e.contains("already holds a run") && e.contains("--overwrite"),
+        "{e}"
+    );
+    assert_eq!(losses(&out.join("metrics.jsonl")).len(), 4);
+    // with `overwrite` it replaces the metrics instead of appending to them
+    o.overwrite = true;
     again.run(&o).unwrap();
     let l2 = losses(&out.join("metrics.jsonl"));
     assert_eq!(l2.len(), 3, "metrics of the earlier run left in the file");

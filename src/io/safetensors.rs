@@ -111,7 +111,13 @@ pub fn save(
         let _ = fs::remove_file(&tmp);
         return result;
     }
-    // Make the rename itself durable; not every filesystem lets a directory be fsynced.
+    sync_parent(path);
+    Ok(())
+}
+
+/// Makes a rename into `path`'s directory durable; not every filesystem lets a directory be
+/// fsynced, so a failure is ignored.
+fn sync_parent(path: &Path) {
     if let Some(dir) = path.parent() {
         let dir = if dir.as_os_str().is_empty() {
             Path::new(".")
@@ -122,7 +128,100 @@ pub fn save(
             let _ = d.sync_all();
         }
     }
+}
+
+/// Writes `bytes` to `path` atomically, with the protocol of [`save`]: a temporary sibling
+/// (same naming, so [`stale_temp_files`] finds it after a kill), fsynced, renamed over `path`.
+pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
+    let path = path.as_ref();
+    let tmp = temp_path(path)?;
+    let result = (|| -> std::io::Result<()> {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })()
+    .map_err(|e| {
+        Error::io(
+            path,
+            std::io::Error::new(
+                e.kind(),
+                format!("writing via temporary file {}: {e}", tmp.display()),
+            ),
+        )
+    });
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+        return result;
+    }
+    sync_parent(path);
     Ok(())
+}
+
+/// Makes `dst` name the same file as `src`, atomically replacing whatever `dst` was: a hard link
+/// under a temporary name renamed over `dst` (no bytes copied), or, where the filesystem has no
+/// hard links, a copy written by the same protocol.
+pub fn link_atomic(src: impl AsRef<Path>, dst: impl AsRef<Path>) -> Result<()> {
+    let (src, dst) = (src.as_ref(), dst.as_ref());
+    let tmp = temp_path(dst)?;
+    let linked = fs::hard_link(src, &tmp).and_then(|()| fs::rename(&tmp, dst));
+    match linked {
+        Ok(()) => {
+            sync_parent(dst);
+            Ok(())
+        }
+        Err(_) => {
+            let _ = fs::remove_file(&tmp);
+            let bytes = fs::read(src).map_err(|e| Error::io(src, e))?;
+            write_atomic(dst, &bytes)
+        }
+    }
+}
+
+/// The temporary files of [`save`]/[`write_atomic`] (`.<name>.tmp.<pid>.<n>`) in `dir` that a
+/// process which is no longer running left behind (a run killed mid-write): each can be as large
+/// as a checkpoint, and nothing will ever rename it. Files of a live process other than this one
+/// (another run writing into the same folder) are not listed; on a system without `/proc` every
+/// such file of another process counts as stale. A missing `dir` has none.
+pub fn stale_temp_files(dir: impl AsRef<Path>) -> Result<Vec<PathBuf>> {
+    let dir = dir.as_ref();
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    let procfs = Path::new("/proc/self").exists();
+    let mut stale = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(temp_file_pid) else {
+            continue;
+        };
+        let alive = pid == std::process::id()
+            || (procfs && Path::new("/proc").join(pid.to_string()).exists());
+        if !alive && entry.file_type().map(|t| t.is_file()).unwrap_or(false) {
+            stale.push(entry.path());
+        }
+    }
+    stale.sort();
+    Ok(stale)
+}
+
+/// The writer's pid when `name` is one of our temporary names, `.<name>.tmp.<pid>.<n>`.
+fn temp_file_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix('.')?;
+    let (target, tail) = rest.rsplit_once(".tmp.")?;
+    let (pid, n) = tail.split_once('.')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if target.is_empty() || !digits(pid) || !digits(n) {
+        return None;
+    }
+    pid.parse().ok()
 }
 
 /// The padded JSON header for `tensors` in the order `save` writes them.

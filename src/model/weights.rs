@@ -11,7 +11,8 @@
 //!
 //! `num_batches_tracked`, `position_ids`, `attn_mask`, the OpenAI JIT scalars and the optimizer
 //! state of training checkpoints (`optim.*`) are skipped.
-//! Missing, unexpected and wrong-shaped keys are collected and reported in one error.
+//! Missing, unexpected and wrong-shaped keys are collected and reported in one error; a tensor
+//! with a NaN or infinite element is an error naming it.
 
 use super::clip::{Clip, VisionTower};
 use super::config::ClipConfig;
@@ -101,7 +102,9 @@ fn assign(model: &Clip, tensors: Vec<(String, Tensor)>, path: &Path) -> Result<(
     for (name, t) in tensors {
         let name = name.strip_prefix("module.").unwrap_or(&name).to_string();
         if !ignorable(&name) {
-            map.insert(name, t.try_to_dtype(DType::F32)?);
+            let t = t.try_to_dtype(DType::F32)?;
+            check_finite(&t, &name, path)?;
+            map.insert(name, t);
         }
     }
     if map
@@ -152,6 +155,25 @@ fn assign(model: &Clip, tensors: Vec<(String, Tensor)>, path: &Path) -> Result<(
         }
     }
     Err(Error::format(path, msg))
+}
+
+/// A weight with NaN or ±inf elements is an error naming the tensor: a model loaded from it
+/// would give NaN embeddings and meaningless accuracies without a word (issue 16). (An f64 value
+/// beyond f32's range, which `load` makes ±inf, is caught here too.)
+pub fn check_finite(t: &Tensor, name: &str, path: &Path) -> Result<()> {
+    let stats = t.value_stats()?;
+    if stats.non_finite > 0 {
+        return Err(Error::format(
+            path,
+            format!(
+                "tensor `{name}` holds non-finite values ({} of its {} elements are NaN or \
+                 infinite): the weights are corrupt or come from a diverged run",
+                stats.non_finite,
+                t.numel()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn take(map: &mut HashMap<String, Tensor>, key: &str, path: &Path) -> Result<Tensor> {

@@ -27,6 +27,15 @@ use half::{bf16, f16};
 use rand::{Rng, SeedableRng};
 use std::sync::Arc;
 
+/// What [`Tensor::value_stats`] finds.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ValueStats {
+    /// Elements that are NaN or ±inf.
+    pub non_finite: usize,
+    /// The largest |x| of the finite elements.
+    pub max_abs: f32,
+}
+
 /// Host memory in one of the supported element types.
 #[derive(Clone, Debug)]
 pub enum CpuStorage {
@@ -586,6 +595,36 @@ impl Tensor {
             CpuStorage::F16(v) => v[o..o + n].iter().map(|x| x.to_f32()).collect(),
             CpuStorage::BF16(v) => v[o..o + n].iter().map(|x| x.to_f32()).collect(),
         })
+    }
+
+    /// How many elements are NaN or ±inf, and the largest magnitude of the finite ones (0 for
+    /// an empty tensor): the check behind "non-finite weights" errors. A contiguous f32 host
+    /// tensor is read in place; any other is converted (a device tensor downloaded) first.
+    pub fn value_stats(&self) -> Result<ValueStats> {
+        use rayon::prelude::*;
+        let scan = |v: &[f32]| {
+            v.par_chunks(1 << 16)
+                .map(|c| {
+                    c.iter().fold(ValueStats::default(), |mut s, &x| {
+                        if x.is_finite() {
+                            s.max_abs = s.max_abs.max(x.abs());
+                        } else {
+                            s.non_finite += 1;
+                        }
+                        s
+                    })
+                })
+                .reduce(ValueStats::default, |a, b| ValueStats {
+                    non_finite: a.non_finite + b.non_finite,
+                    max_abs: a.max_abs.max(b.max_abs),
+                })
+        };
+        if self.device == Device::Cpu && self.is_contiguous() {
+            if let Storage::Cpu(CpuStorage::F32(v)) = &*self.storage {
+                return Ok(scan(&v[self.offset..self.offset + self.numel()]));
+            }
+        }
+        Ok(scan(&self.try_to_vec()?))
     }
 
     /// [`Tensor::try_to_vec`] for host code and tests: panics only if a device fails.

@@ -12,7 +12,8 @@ pub use step::{
     StepStats,
 };
 pub use trainer::{
-    DataSpec, DataStream, RunOptions, StepLog, SyntheticStream, TrainConfig, Trainer,
+    existing_run, numbered_checkpoint, numbered_checkpoints, DataSpec, DataStream, RunOptions,
+    StepLog, SyntheticStream, TrainConfig, Trainer, EXPLODED,
 };
 
 use crate::data::synthetic::Sample;

@@ -44,6 +44,53 @@ pub struct TrainConfig {
     pub shape_groups: usize,
 }
 
+impl TrainConfig {
+    /// Refuses settings that make no sense (issue 16): each error names the CLI option and what
+    /// it needs. Checked by [`Trainer::new`] and [`Trainer::resume`] before anything is built.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Msg(m));
+        if self.batch_size < 2 {
+            return bad(format!(
+                "--batch-size {}: the contrastive loss needs at least 2 pairs per batch (a pair \
+                 has only the other pairs of its batch as negatives; with one the loss is 0 by \
+                 construction)",
+                self.batch_size
+            ));
+        }
+        if self.micro_batch > self.batch_size {
+            return bad(format!(
+                "--micro-batch {} is larger than --batch-size {}: a micro-batch is a part of the \
+                 batch (0: the whole batch at once)",
+                self.micro_batch, self.batch_size
+            ));
+        }
+        if self.steps == 0 {
+            return bad("--steps 0: nothing to train; give at least 1 step".into());
+        }
+        if !self.lr.is_finite() || self.lr < 0.0 {
+            return bad(format!(
+                "--lr {}: the learning rate must be a finite number ≥ 0",
+                self.lr
+            ));
+        }
+        if !self.weight_decay.is_finite() || self.weight_decay < 0.0 {
+            return bad(format!(
+                "--wd {}: the weight decay must be a finite number ≥ 0",
+                self.weight_decay
+            ));
+        }
+        if let Some(c) = self.grad_clip {
+            if !c.is_finite() || c <= 0.0 {
+                return bad(format!(
+                    "--grad-clip {c}: the largest gradient norm must be a finite number > 0 \
+                     (leave --grad-clip out for no clipping)"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Where and how often a run writes and evaluates.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
@@ -53,6 +100,93 @@ pub struct RunOptions {
     /// Held-out samples per zero-shot evaluation.
     pub eval_samples: usize,
     pub progress: bool,
+    /// A fresh run into a folder that already holds a run replaces it (its checkpoints, model,
+    /// metrics and plot are deleted when the new run starts); without it such a run is refused.
+    pub overwrite: bool,
+    /// Step-numbered checkpoints kept besides `checkpoint.safetensors` (the latest), so that a
+    /// run which went wrong can resume from an earlier one: `checkpoint-<step>.safetensors`, the
+    /// newest `keep_checkpoints` of them (hard links of the latest: no extra bytes on disk).
+    pub keep_checkpoints: usize,
+}
+
+impl RunOptions {
+    /// The defaults of `clipcu train` for a run into `out`.
+    pub fn new(out: impl Into<PathBuf>) -> RunOptions {
+        RunOptions {
+            out: out.into(),
+            checkpoint_every: 200,
+            eval_every: 1000,
+            eval_samples: 1000,
+            progress: false,
+            overwrite: false,
+            keep_checkpoints: 3,
+        }
+    }
+
+    /// Refuses settings that make no sense (the CLI option is named).
+    pub fn validate(&self) -> Result<()> {
+        if self.eval_every > 0 && self.eval_samples == 0 {
+            return Err(Error::Msg(
+                "--eval-samples 0: an evaluation of no samples has no accuracy; give \
+                 --eval-every 0 to train without evaluating"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Files by which a folder holds a run: [`existing_run`].
+const RUN_FILES: [&str; 4] = [
+    CHECKPOINT,
+    "model.safetensors",
+    "metrics.jsonl",
+    "training.png",
+];
+
+/// The files of a run that `out` already holds (`checkpoint.safetensors`, the step-numbered
+/// checkpoints, `model.safetensors`, `metrics.jsonl`, `training.png`), by name; empty when none
+/// (or `out` does not exist). A fresh run into such a folder is refused unless
+/// [`RunOptions::overwrite`].
+pub fn existing_run(out: &Path) -> Vec<String> {
+    let mut found: Vec<String> = RUN_FILES
+        .iter()
+        .filter(|f| out.join(f).exists())
+        .map(|f| f.to_string())
+        .collect();
+    found.extend(numbered_checkpoints(out).into_iter().map(|(_, p)| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }));
+    found
+}
+
+/// The step-numbered checkpoints `checkpoint-<step>.safetensors` in `dir`, by step.
+pub fn numbered_checkpoints(dir: &Path) -> Vec<(usize, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut v: Vec<(usize, PathBuf)> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name();
+            let step = name
+                .to_str()?
+                .strip_prefix("checkpoint-")?
+                .strip_suffix(".safetensors")?
+                .parse()
+                .ok()?;
+            Some((step, e.path()))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// The name of the checkpoint kept for `step`.
+pub fn numbered_checkpoint(dir: &Path, step: usize) -> PathBuf {
+    dir.join(format!("checkpoint-{step}.safetensors"))
 }
 
 /// The embedded synthetic dataset, index-based: its position is the number of samples consumed.
@@ -114,6 +248,7 @@ impl DataStream {
                 } else {
                     Source::webdataset(d)?
                 };
+                check_batch_fits(&source, d, cfg.batch_size)?;
                 let mut lc = LoaderConfig::new(cfg.batch_size, image_size);
                 lc.context_length = model.text_cfg.context_length;
                 lc.seed = cfg.seed;
@@ -154,6 +289,35 @@ impl DataStream {
             DataStream::Files(l) => Some(l.skips()),
         }
     }
+}
+
+/// A batch larger than a finite dataset would hold some pairs twice, each then the other's false
+/// negative: an error. The samples of a CSV are its rows; those of WebDataset shards are counted
+/// (from the tar headers) when there are fewer shards than pairs in a batch — with more, every
+/// shard would have to be near empty for the batch not to fit.
+fn check_batch_fits(source: &Source, data: &str, batch: usize) -> Result<()> {
+    let samples = match source {
+        Source::Csv { rows, .. } => rows.len(),
+        Source::WebDataset { shards } if shards.len() < batch => {
+            let mut n = 0;
+            for s in shards {
+                // (a shard that cannot be read is the loader's to skip and count)
+                if let Ok(ix) = crate::data::sources::index_shard(s) {
+                    n += ix.samples.len();
+                }
+            }
+            n
+        }
+        _ => return Ok(()),
+    };
+    if batch > samples {
+        return Err(Error::Msg(format!(
+            "--batch-size {batch} is larger than the {samples} samples of --data {data}: a batch \
+             would hold some pairs twice, each the other's false negative; give --batch-size ≤ \
+             {samples} or more data"
+        )));
+    }
+    Ok(())
 }
 
 /// A run in progress.
@@ -201,6 +365,16 @@ pub struct StepLog {
 
 const CHECKPOINT: &str = "checkpoint.safetensors";
 
+/// A parameter magnitude that means the run diverged (see [`Trainer::check_params`]). CLIP's
+/// weights are initialised at O(0.01–1), LayerNorm keeps activations normalised and the
+/// temperature is clamped at ln 100; a weight past this is an update out of control (the issue's
+/// `--lr 1e6` made weights of 2·10¹⁵ in three steps).
+pub const EXPLODED: f32 = 1e5;
+
+/// Checkpoint metadata: the `--data` the run trains on (a [`DataSpec`] as JSON), so that a resume
+/// on other data is noticed.
+const DATA_SPEC_KEY: &str = "clipcu.data_spec";
+
 impl Trainer {
     /// A fresh run: model initialised from `seed`.
     pub fn new(model_config: &ClipConfig, config: TrainConfig, data: DataSpec) -> Result<Trainer> {
@@ -213,6 +387,7 @@ impl Trainer {
         data_spec: DataSpec,
         start: Option<DataPosition>,
     ) -> Result<Trainer> {
+        config.validate()?;
         let mut model = Clip::new(model_config, config.seed);
         model.set_checkpointing(config.checkpointing);
         let opt = AdamW::new(
@@ -341,6 +516,10 @@ impl Trainer {
     /// [`Trainer::train_step`] does after fetching its batch — forward/backward in micro-batches,
     /// clipping, AdamW at this step's learning rate, the `logit_scale` clamp. `started` is when the
     /// step began (for pairs/s). Public so that tests can drive the real step on fixture batches.
+    ///
+    /// Errors when the step diverged: a non-finite loss or gradient norm (the update is then not
+    /// applied), or, on the CPU, parameters that are non-finite or exploded after the update (it
+    /// is then applied in memory: stop the run; nothing of it has been saved).
     pub fn train_step_on(
         &mut self,
         images: &Tensor,
@@ -387,17 +566,22 @@ impl Trainer {
         scalars.extend(norm.as_ref());
         let v = read_scalars(&scalars)?;
         let (loss, logit_scale) = (v[0], v[3]);
-        if !loss.is_finite() {
-            return Err(Error::Msg(format!(
-                "step {}: the loss is {} — lower --lr or add --grad-clip",
-                self.step, loss
-            )));
-        }
         let grad_norm = norm.map(|_| v[4] as f64);
+        let lr = self.schedule().lr(self.step);
+        // Checked before the update is applied: a non-finite loss, or a non-finite gradient
+        // norm (which would make the whole update non-finite). The step is named as
+        // metrics.jsonl numbers it (its line would have said `"step": n`).
+        if !loss.is_finite() {
+            drop(scale);
+            return Err(self.diverged(format!("the loss is {loss}"), &images, lr));
+        }
+        if let Some(g) = grad_norm.filter(|g| !g.is_finite()) {
+            drop(scale);
+            return Err(self.diverged(format!("the gradient norm is {g}"), &images, lr));
+        }
         // The update writes logit_scale in place: a handle still held here would cost a
         // copy-on-write of it (and a new optimizer table) every step.
         drop(scale);
-        let lr = self.schedule().lr(self.step);
         self.opt.step(lr)?;
         // CLIP clamps the temperature in place after every step: exp(logit_scale) ≤ 100.
         clamp_in_place(&self.model.logit_scale, 0.0, 100f32.ln())?;
@@ -405,6 +589,20 @@ impl Trainer {
             up.release(&images)?; // every kernel that reads the batch is queued
         }
         self.step += 1;
+        // On the CPU the parameters are checked after every update (one pass over them, in
+        // place); on a kernel device that would download them every step, so there they are
+        // checked with the moments before each checkpoint ([`Trainer::check_state`]), and per
+        // step only through the loss and the gradient norm above.
+        if !crate::device::kernel::runs_kernels(self.device) {
+            if let Some(problem) = self.check_params()? {
+                return Err(Error::Msg(format!(
+                    "step {}: after its update (learning rate {lr:.3e}) {problem}; the run \
+                     diverged and nothing of this step was saved; {}",
+                    self.step,
+                    self.likely_cause(lr)
+                )));
+            }
+        }
         Ok(StepLog {
             step: self.step,
             loss,
@@ -417,8 +615,115 @@ impl Trainer {
         })
     }
 
+    /// The parameters' problem, if any: a non-finite element (named by tensor), or a largest
+    /// magnitude over [`EXPLODED`]. Reads every parameter (downloads them from a device).
+    pub fn check_params(&self) -> Result<Option<String>> {
+        let mut largest = (0f32, String::new());
+        for (name, p) in self.model.named_params() {
+            let v = p.value();
+            let s = v.value_stats()?;
+            if s.non_finite > 0 {
+                return Ok(Some(format!(
+                    "the parameter `{name}` is not finite ({} of its {} elements are NaN or \
+                     infinite)",
+                    s.non_finite,
+                    v.numel()
+                )));
+            }
+            if s.max_abs > largest.0 {
+                largest = (s.max_abs, name);
+            }
+        }
+        if largest.0 > EXPLODED {
+            return Ok(Some(format!(
+                "the parameters exploded: `{}` reaches |w| = {:.3e}, over {EXPLODED:e} (no \
+                 healthy CLIP weight comes near it)",
+                largest.1, largest.0
+            )));
+        }
+        Ok(None)
+    }
+
+    /// [`Trainer::check_params`], then the optimizer's moments (non-finite elements): what is
+    /// checked before a checkpoint is written, on every device.
+    pub fn check_state(&self) -> Result<Option<String>> {
+        if let Some(p) = self.check_params()? {
+            return Ok(Some(p));
+        }
+        for (name, t) in self.opt.state() {
+            let s = t.value_stats()?;
+            if s.non_finite > 0 {
+                return Ok(Some(format!(
+                    "the optimizer state `optim.{name}` is not finite ({} of its {} elements are \
+                     NaN or infinite)",
+                    s.non_finite,
+                    t.numel()
+                )));
+            }
+        }
+        Ok(None)
+    }
+
+    /// What most likely made a run diverge, and what to do.
+    fn likely_cause(&self, lr: f64) -> String {
+        let (clip, fix) = match self.config.grad_clip {
+            None => (
+                ", with no --grad-clip".to_string(),
+                "lower --lr or add --grad-clip",
+            ),
+            Some(c) => (format!(", with --grad-clip {c}"), "lower --lr"),
+        };
+        format!(
+            "the likely cause is a learning rate too high for this model (--lr {:e}, {lr:.3e} at \
+             this step{clip}): {fix}, and resume from a checkpoint written before the divergence",
+            self.config.lr
+        )
+    }
+
+    /// The error for a step whose loss or gradient norm is not finite (its update not applied):
+    /// the step as metrics.jsonl numbers it and what is likely wrong, found by looking at the
+    /// batch and the weights (downloaded from a device: this happens once, at the error).
+    fn diverged(&self, what: String, images: &Tensor, lr: f64) -> Error {
+        let step = self.step + 1;
+        let head = format!("step {step}: {what}, so its update was not applied");
+        if let Ok(s) = images.value_stats() {
+            if s.non_finite > 0 {
+                return Error::Msg(format!(
+                    "{head}: the batch's images hold {} non-finite values (a broken input \
+                     pipeline, not the learning rate)",
+                    s.non_finite
+                ));
+            }
+        }
+        match self.check_params() {
+            Ok(Some(problem)) if problem.contains("not finite") => Error::Msg(format!(
+                "{head}: the weights were already non-finite before this step: {problem}; an \
+                 earlier update diverged (on a kernel device the weights are checked at each \
+                 checkpoint, not every step); {}",
+                self.likely_cause(lr)
+            )),
+            Ok(Some(problem)) => {
+                Error::Msg(format!("{head}: {problem}; {}", self.likely_cause(lr)))
+            }
+            _ => Error::Msg(format!(
+                "{head}: the weights are finite, so the logits or gradients overflowed; {}",
+                self.likely_cause(lr)
+            )),
+        }
+    }
+
     /// Save weights, optimizer state, step and data position to `path`, atomically.
+    /// The state is checked first ([`Trainer::check_state`]): a diverged run is an error here
+    /// and the checkpoint already on disk is left as it was.
     pub fn save_checkpoint(&self, path: &Path) -> Result<()> {
+        if let Some(problem) = self.check_state()? {
+            return Err(Error::Msg(format!(
+                "step {}: {problem}, so no checkpoint was written ({} is left as it was); {}",
+                self.step,
+                path.display(),
+                self.likely_cause(self.schedule().lr(self.step.saturating_sub(1)))
+            )));
+        }
         let mut tensors: Vec<(String, Tensor)> = self
             .model
             .named_params()
@@ -434,6 +739,10 @@ impl Trainer {
         let refs: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
         let mut meta = BTreeMap::new();
         meta.insert("format".into(), "clipcu".into());
+        meta.insert(
+            DATA_SPEC_KEY.into(),
+            serde_json::to_string(&self.data_spec).expect("data spec serialises"),
+        );
         meta.insert(weights::CONFIG_KEY.into(), self.model.config.to_json());
         meta.insert(
             weights::ACTIVATION_KEY.into(),
@@ -470,6 +779,13 @@ impl Trainer {
         };
         let model_config =
             ClipConfig::from_json(&meta(weights::CONFIG_KEY)?, &path.display().to_string())?;
+        // As for a fresh run: the text tower must take the tokenizer's ids.
+        model_config.check_tokenizer_vocab(&format!(
+            "{} (metadata {})",
+            path.display(),
+            weights::CONFIG_KEY
+        ))?;
+        config.validate()?;
         let saved: TrainConfig = serde_json::from_str(&meta("clipcu.train")?)
             .map_err(|e| Error::format(path, format!("clipcu.train: {e}")))?;
         if saved.seed != config.seed
@@ -490,6 +806,22 @@ impl Trainer {
         if files_position.is_some() != matches!(data_spec, DataSpec::Files(_)) {
             return Err(Error::format(path, "the checkpoint was trained on other data (synthetic vs files): give the same --data"));
         }
+        // Other files: the stored position (epoch, shard, sample) would index into them as if
+        // they were the same; that is right when the data only moved, so a warning.
+        if let Some(saved) = file.metadata.get(DATA_SPEC_KEY) {
+            let saved: DataSpec = serde_json::from_str(saved)
+                .map_err(|e| Error::format(path, format!("{DATA_SPEC_KEY}: {e}")))?;
+            if let (DataSpec::Files(was), DataSpec::Files(now)) = (&saved, &data_spec) {
+                if was != now {
+                    eprintln!(
+                        "warning: the checkpoint was trained on --data {was:?}, this run gives \
+                         {now:?}: it resumes at the checkpoint's position (epoch, shard, sample) \
+                         in the new data as if it were the same data; if it is not, the data \
+                         order differs from an uninterrupted run"
+                    );
+                }
+            }
+        }
         let mut t = Trainer::build(&model_config, config, data_spec, files_position)?;
         weights::load_into(&t.model, path)?;
         let state: HashMap<String, Tensor> = file
@@ -497,10 +829,23 @@ impl Trainer {
             .into_iter()
             .filter_map(|(n, v)| n.strip_prefix("optim.").map(|k| (k.to_string(), v)))
             .collect();
+        for (name, v) in &state {
+            weights::check_finite(v, &format!("optim.{name}"), path)?;
+        }
         t.opt.load_state(&state)?;
         t.step = meta("clipcu.step")?
             .parse()
             .map_err(|_| Error::format(path, "clipcu.step is not a number"))?;
+        if t.step >= t.config.steps {
+            return Err(Error::format(
+                path,
+                format!(
+                    "the checkpoint is at step {} and --steps is {}: nothing is left to train \
+                     (give --steps above {})",
+                    t.step, t.config.steps, t.step
+                ),
+            ));
+        }
         if let DataStream::Synthetic(s) = &mut t.data {
             s.next_index = data["next_index"]
                 .as_u64()
@@ -511,12 +856,64 @@ impl Trainer {
 
     /// Train to `config.steps`, writing metrics, checkpoints, evaluations and the plot under
     /// `opts.out`. Returns the last evaluation (single-template, ensembled top-1 on shapes).
+    ///
+    /// Before the first step: temporary files that a killed run left in `opts.out` are removed;
+    /// a fresh run into a folder that holds a run is refused (or, with `opts.overwrite`, the old
+    /// run is deleted); a resumed run drops the lines of `metrics.jsonl` after its checkpoint's
+    /// step (written by a run stopped after that checkpoint), so each step is there once.
     pub fn run(&mut self, opts: &RunOptions) -> Result<Option<(f32, f32)>> {
+        opts.validate()?;
+        if self.step >= self.config.steps {
+            return Err(Error::Msg(format!(
+                "the run is at step {} and --steps is {}: nothing is left to train",
+                self.step, self.config.steps
+            )));
+        }
         std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
+        for tmp in st::stale_temp_files(&opts.out)? {
+            match std::fs::remove_file(&tmp) {
+                Ok(()) => eprintln!(
+                    "removed {}: a temporary file left by a run that was killed while writing",
+                    tmp.display()
+                ),
+                Err(e) => eprintln!("warning: could not remove {}: {e}", tmp.display()),
+            }
+        }
         let metrics_path = opts.out.join("metrics.jsonl");
-        // A fresh run starts the file anew (a second `clipcu train` into the same folder must not
-        // mix its curve with the last run's); a resumed one continues it.
+        // A fresh run starts the file anew; a resumed one continues it from its step.
         let fresh = self.step == 0;
+        if fresh {
+            let found = existing_run(&opts.out);
+            if !found.is_empty() && !opts.overwrite {
+                return Err(Error::Msg(format!(
+                    "{} already holds a run ({}): a fresh run would overwrite it; give --resume \
+                     to continue it, --overwrite to replace it, or another --out",
+                    opts.out.display(),
+                    found.join(", ")
+                )));
+            }
+            for f in &found {
+                let p = opts.out.join(f);
+                std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
+            }
+            if !found.is_empty() {
+                eprintln!(
+                    "--overwrite: removed the earlier run in {} ({})",
+                    opts.out.display(),
+                    found.join(", ")
+                );
+            }
+        } else {
+            let dropped = truncate_metrics(&metrics_path, self.step)?;
+            if dropped > 0 {
+                eprintln!(
+                    "{}: dropped {dropped} lines after step {} (written after the checkpoint by \
+                     the run that stopped)",
+                    metrics_path.display(),
+                    self.step
+                );
+            }
+        }
         let mut metrics = std::fs::OpenOptions::new()
             .create(true)
             .write(true)
@@ -530,7 +927,7 @@ impl Trainer {
         let mut said_no_eval = false;
         let mut recent = Vec::new();
         while self.step < self.config.steps {
-            let log = self.train_step()?;
+            let log = self.train_step().map_err(|e| stopped(e, &opts.out))?;
             recent.push(log.pairs_per_s);
             let line = serde_json::to_string(&log).expect("serialises");
             writeln!(metrics, "{line}").map_err(|e| Error::io(&metrics_path, e))?;
@@ -581,7 +978,9 @@ impl Trainer {
             if (opts.checkpoint_every > 0 && self.step.is_multiple_of(opts.checkpoint_every))
                 || at_end
             {
-                self.save_checkpoint(&opts.out.join(CHECKPOINT))?;
+                self.save_checkpoint(&opts.out.join(CHECKPOINT))
+                    .map_err(|e| stopped(e, &opts.out))?;
+                self.keep_checkpoint(&opts.out, opts.keep_checkpoints)?;
             }
         }
         bar.finish_and_clear();
@@ -604,6 +1003,82 @@ impl Trainer {
         plot_metrics(&metrics_path, &opts.out.join("training.png"))?;
         Ok(last_eval)
     }
+}
+
+impl Trainer {
+    /// After `checkpoint.safetensors` was written for this step: keep it as
+    /// `checkpoint-<step>.safetensors` too (a hard link) and delete the numbered checkpoints of
+    /// earlier steps beyond the newest `keep`. Numbered checkpoints of later steps than this one
+    /// (left by a run that went further before being resumed from an earlier checkpoint) are not
+    /// touched until this run's own checkpoint of that step replaces them.
+    fn keep_checkpoint(&self, out: &Path, keep: usize) -> Result<()> {
+        if keep > 0 {
+            st::link_atomic(out.join(CHECKPOINT), numbered_checkpoint(out, self.step))?;
+        }
+        let older: Vec<(usize, PathBuf)> = numbered_checkpoints(out)
+            .into_iter()
+            .filter(|(s, _)| *s <= self.step)
+            .collect();
+        for (_, p) in older.iter().take(older.len().saturating_sub(keep)) {
+            if let Err(e) = std::fs::remove_file(p) {
+                eprintln!(
+                    "warning: could not remove the old checkpoint {}: {e}",
+                    p.display()
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A run stopped by `e`: the error, with what is on disk to resume from.
+fn stopped(e: Error, out: &Path) -> Error {
+    let mut kept: Vec<String> = Vec::new();
+    if out.join(CHECKPOINT).is_file() {
+        kept.push(out.join(CHECKPOINT).display().to_string());
+    }
+    kept.extend(
+        numbered_checkpoints(out)
+            .into_iter()
+            .map(|(_, p)| p.display().to_string()),
+    );
+    let on_disk = if kept.is_empty() {
+        "no checkpoint was written".to_string()
+    } else {
+        format!(
+            "on disk to resume from (--resume [FILE]): {}",
+            kept.join(", ")
+        )
+    };
+    Error::Msg(format!("{e}\n  the run stopped; {on_disk}"))
+}
+
+/// Drops the lines of the metrics file at `path` whose step is after `step` (and any line that
+/// does not parse: one cut short by a kill), atomically; returns how many it dropped. A missing
+/// file has none.
+fn truncate_metrics(path: &Path, step: usize) -> Result<usize> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    let mut kept = String::with_capacity(text.len());
+    let mut dropped = 0;
+    for line in text.lines() {
+        let line_step = serde_json::from_str::<serde_json::Value>(line)
+            .ok()
+            .and_then(|v| v["step"].as_u64());
+        if line_step.is_some_and(|s| s <= step as u64) {
+            kept.push_str(line);
+            kept.push('\n');
+        } else if !line.trim().is_empty() {
+            dropped += 1;
+        }
+    }
+    if dropped > 0 || (!text.is_empty() && !text.ends_with('\n')) {
+        st::write_atomic(path, kept.as_bytes())?;
+    }
+    Ok(dropped)
 }
 
 fn progress_bar(visible: bool, len: u64, pos: u64) -> indicatif::ProgressBar {

@@ -124,14 +124,30 @@ pub fn encode_image_files(model: &Clip, paths: &[PathBuf], batch_size: usize) ->
             .batch_from(chunk.len(), |i| load_image(&chunk[i]))?
             .to_device(model.device())?;
         let g = Graph::inference();
-        rows.extend(
-            model
-                .encode_image(&g, &g.constant(pixels))?
-                .into_tensor()
-                .to_vec(),
-        );
+        let feats = model
+            .encode_image(&g, &g.constant(pixels))?
+            .into_tensor()
+            .try_to_vec()?;
+        check_rows(&feats, model.config.embed_dim, |i| {
+            format!("the embedding of the image {}", chunk[i].display())
+        })?;
+        rows.extend(feats);
     }
     Ok(rows)
+}
+
+/// A non-finite embedding is an error naming its input: written or ranked, it would pass garbage
+/// off as a result (NaN similarities sort anywhere). The weights are checked when loaded, so
+/// this catches what overflows in the forward pass.
+pub fn check_rows(rows: &[f32], dim: usize, what: impl Fn(usize) -> String) -> Result<()> {
+    if let Some(i) = rows.iter().position(|v| !v.is_finite()) {
+        return Err(Error::Msg(format!(
+            "{} is not finite (NaN or infinite values): the model's activations overflowed; \
+             the result would be meaningless",
+            what(i / dim.max(1))
+        )));
+    }
+    Ok(())
 }
 
 /// Unnormalised text embeddings, row-major [n, D], tokenized to the model's context length.
@@ -146,19 +162,29 @@ pub fn encode_texts<S: AsRef<str> + Sync>(
         return Ok(rows);
     }
     let ids = Tokenizer::clip().tokenize_batch(texts, ctx);
-    for chunk in ids.chunks(ctx * batch_size.max(1)) {
+    for (c, chunk) in ids.chunks(ctx * batch_size.max(1)).enumerate() {
         let g = Graph::inference();
-        rows.extend(
-            model
-                .encode_text(&g, chunk, chunk.len() / ctx)?
-                .into_tensor()
-                .to_vec(),
-        );
+        let feats = model
+            .encode_text(&g, chunk, chunk.len() / ctx)?
+            .into_tensor()
+            .try_to_vec()?;
+        check_rows(&feats, model.config.embed_dim, |i| {
+            format!(
+                "the embedding of the text {:?}",
+                texts[c * batch_size.max(1) + i].as_ref()
+            )
+        })?;
+        rows.extend(feats);
     }
     Ok(rows)
 }
 
 pub fn embed(a: &EmbedArgs) -> Result<()> {
+    let mut inputs: Vec<(&str, PathBuf)> = Vec::new();
+    inputs.extend(a.weights.iter().map(|w| ("--weights", w.clone())));
+    inputs.extend(a.config.iter().map(|c| ("--config", PathBuf::from(c))));
+    inputs.extend(a.images.iter().map(|i| ("--image", i.clone())));
+    crate::refuse_output_over_inputs("--out", &a.out, &inputs)?;
     let device = crate::pick_device(&a.device)?;
     let model = model_from_flags(a.config.as_deref(), a.weights.as_ref(), a.seed, device)?;
     let cfg = &model.config;

@@ -56,11 +56,38 @@ pub struct ZeroShotArgs {
 }
 
 pub fn zeroshot(a: &ZeroShotArgs) -> Result<()> {
+    let folder = ImageFolder::open(&a.data)?;
+    if let Some(cache) = &a.cache {
+        let mut inputs: Vec<(&str, PathBuf)> = Vec::new();
+        inputs.extend(a.model.weights.iter().map(|w| ("--weights", w.clone())));
+        inputs.extend(
+            a.model
+                .config
+                .iter()
+                .map(|c| ("--config", PathBuf::from(c))),
+        );
+        inputs.push(("--templates", PathBuf::from(&a.templates)));
+        inputs.extend(
+            folder
+                .samples
+                .iter()
+                .map(|(p, _)| ("an image of --data", p.clone())),
+        );
+        crate::refuse_output_over_inputs("--cache", cache, &inputs)?;
+    }
     let device = crate::pick_device(&a.device)?;
     let model = a.model.load(device)?;
-    let folder = ImageFolder::open(&a.data)?;
     let classes: Vec<String> = folder.classes.iter().map(|c| c.replace('_', " ")).collect();
     let items = folder.samples;
+    if items.is_empty() {
+        return Err(clipcu::Error::format(
+            &a.data,
+            format!(
+                "has no images in its {} class folders (nothing to evaluate)",
+                classes.len()
+            ),
+        ));
+    }
     let templates = Templates::parse(&a.templates)?;
     let cache = a.cache.clone().unwrap_or_else(|| {
         let base = a
@@ -76,6 +103,7 @@ pub fn zeroshot(a: &ZeroShotArgs) -> Result<()> {
     });
     let (clf, outcome) =
         ZeroShotClassifier::build_cached(&model, &classes, &templates, &cache, None, a.batch_size)?;
+    let loaded = matches!(outcome, CacheOutcome::Loaded);
     match outcome {
         CacheOutcome::Loaded => eprintln!("classifier: loaded {}", cache.display()),
         CacheOutcome::Built { .. } => eprintln!(
@@ -90,6 +118,19 @@ pub fn zeroshot(a: &ZeroShotArgs) -> Result<()> {
             classes.len(),
             templates.len(),
         ),
+    }
+    if clf.weights().value_stats()?.non_finite > 0 {
+        return Err(clipcu::Error::Msg(format!(
+            "the zero-shot classifier (text embeddings of {} classes × {} templates{}) is not \
+             finite: the model's text tower overflowed; accuracies from it would be meaningless",
+            classes.len(),
+            templates.len(),
+            if loaded {
+                format!(", loaded from {}", cache.display())
+            } else {
+                String::new()
+            }
+        )));
     }
     let pre = Preprocess::clip(model.config.vision_cfg.image_size);
     let (mut hits1, mut hits5, mut n, mut skipped) = (0f64, 0f64, 0usize, 0usize);
@@ -108,12 +149,25 @@ pub fn zeroshot(a: &ZeroShotArgs) -> Result<()> {
             .to_device(device)?;
         let g = Graph::inference();
         let feats = l2_normalize(&model.encode_image(&g, &g.constant(pixels))?.into_tensor())?;
+        crate::embed::check_rows(&feats.try_to_vec()?, model.config.embed_dim, |i| {
+            format!("the embedding of the image {}", ok[i].0.display())
+        })?;
         let logits = clf.classify(&feats)?;
         let labels: Vec<usize> = ok.iter().map(|(_, c)| *c).collect();
         let acc = accuracies(&logits, &labels, &[1, 5.min(classes.len())])?;
         hits1 += acc[0] as f64 * ok.len() as f64;
         hits5 += acc[1] as f64 * ok.len() as f64;
         n += ok.len();
+    }
+    if n == 0 {
+        // Nothing was evaluated: an accuracy of 0 would be no result passed off as one.
+        return Err(clipcu::Error::format(
+            &a.data,
+            format!(
+                "none of its {skipped} images could be read (each is named above as skipped): \
+                 there is nothing to evaluate"
+            ),
+        ));
     }
     println!(
         "zero-shot on {} images of {} classes ({} templates{}):",
@@ -126,8 +180,8 @@ pub fn zeroshot(a: &ZeroShotArgs) -> Result<()> {
             String::new()
         }
     );
-    println!("  top-1 {:.2}%", 100.0 * hits1 / n.max(1) as f64);
-    println!("  top-5 {:.2}%", 100.0 * hits5 / n.max(1) as f64);
+    println!("  top-1 {:.2}%", 100.0 * hits1 / n as f64);
+    println!("  top-5 {:.2}%", 100.0 * hits5 / n as f64);
     Ok(())
 }
 

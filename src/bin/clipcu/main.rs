@@ -80,6 +80,30 @@ pub fn pick_device(s: &str) -> Result<Device> {
     Ok(d)
 }
 
+/// Refuses an output path that names one of the command's inputs (the same file, however
+/// spelled: symbolic and hard links too): writing it would replace that input, e.g.
+/// `embed --out W` over the weights `W`.
+pub fn refuse_output_over_inputs<P: AsRef<std::path::Path>>(
+    out_flag: &str,
+    out: &std::path::Path,
+    inputs: &[(&str, P)],
+) -> Result<()> {
+    if !out.exists() {
+        return Ok(()); // (a file that does not exist yet is no input; saves a stat per input)
+    }
+    for (flag, input) in inputs {
+        if clipcu::io::same_file(out, input) {
+            return Err(clipcu::Error::Msg(format!(
+                "{out_flag} {} is the same file as {flag} {}: writing it would replace an input \
+                 of this command; give another {out_flag}",
+                out.display(),
+                input.as_ref().display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// See Cargo.toml: reuse of large buffers across ops.
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;

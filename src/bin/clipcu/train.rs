@@ -11,10 +11,11 @@ use std::time::Instant;
 
 #[derive(clap::Args, Clone)]
 pub struct TrainArgs {
-    /// Model config: a shipped name or a JSON file. The default, synthetic-rn, is a small
-    /// ModifiedResNet CLIP sized for the synthetic main job (docs/perf.md: why a CNN).
-    #[arg(long, default_value = "synthetic-rn")]
-    pub config: String,
+    /// Model config: a shipped name or a JSON file [default: synthetic-rn, a small
+    /// ModifiedResNet CLIP sized for the synthetic main job (docs/perf.md: why a CNN)]. A resumed
+    /// run keeps its checkpoint's model: a --config that differs from it is an error.
+    #[arg(long)]
+    pub config: Option<String>,
     /// Training data: a WebDataset shard or brace pattern, a CSV/TSV, or nothing for the
     /// embedded synthetic dataset.
     #[arg(long)]
@@ -43,8 +44,17 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Output folder: checkpoint.safetensors, model.safetensors, metrics.jsonl, training.png.
+    /// A fresh run into a folder that holds a run is refused (see --overwrite, --resume).
     #[arg(long, default_value = "runs/synthetic")]
     pub out: PathBuf,
+    /// Let a fresh run replace the run that OUT holds (its checkpoints, model, metrics and plot
+    /// are deleted when the new run starts).
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Step-numbered checkpoints (checkpoint-<step>.safetensors) kept besides the latest,
+    /// checkpoint.safetensors, to resume from if a run goes wrong; hard links, no extra disk.
+    #[arg(long, default_value_t = 3)]
+    pub keep_checkpoints: usize,
     /// Continue from a checkpoint (default: OUT/checkpoint.safetensors).
     #[arg(long, num_args = 0..=1, default_missing_value = "")]
     pub resume: Option<String>,
@@ -67,8 +77,10 @@ pub struct TrainArgs {
     pub shape_groups: usize,
 }
 
+/// The shipped config `clipcu train` uses when no --config is given.
+const DEFAULT_CONFIG: &str = "synthetic-rn";
+
 pub fn run(a: &TrainArgs) -> Result<()> {
-    let device = crate::pick_device(&a.device)?;
     let data = match &a.data {
         None => DataSpec::Synthetic,
         Some(d) => DataSpec::Files(d.clone()),
@@ -86,7 +98,65 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         checkpointing: a.checkpointing,
         shape_groups: a.shape_groups,
     };
-    let mut trainer = match &a.resume {
+    let opts = RunOptions {
+        out: a.out.clone(),
+        checkpoint_every: a.checkpoint_every,
+        eval_every: a.eval_every,
+        eval_samples: a.eval_samples,
+        progress: std::io::stderr().is_terminal(),
+        overwrite: a.overwrite,
+        keep_checkpoints: a.keep_checkpoints,
+    };
+    // Everything that can be refused is refused before a model is built.
+    config.validate()?;
+    opts.validate()?;
+    let outputs = [
+        "checkpoint.safetensors",
+        "model.safetensors",
+        "metrics.jsonl",
+        "training.png",
+    ]
+    .map(|f| a.out.join(f));
+    let mut inputs: Vec<(&str, PathBuf)> = Vec::new();
+    if let Some(c) = &a.config {
+        inputs.push(("--config", PathBuf::from(c)));
+    }
+    if let Some(d) = &a.data {
+        inputs.push(("--data", PathBuf::from(d)));
+    }
+    for out in &outputs {
+        crate::refuse_output_over_inputs("--out", out, &inputs)?;
+    }
+    if a.resume.is_none() && !a.overwrite {
+        let found = clipcu::train::existing_run(&a.out);
+        if !found.is_empty() {
+            return Err(clipcu::Error::Msg(format!(
+                "{} already holds a run ({}): a fresh run would overwrite it; give --resume to \
+                 continue it, --overwrite to replace it, or another --out",
+                a.out.display(),
+                found.join(", ")
+            )));
+        }
+    }
+    // A checkpoint from elsewhere resumed into a folder that holds another run would continue
+    // that run's metrics with this one's steps.
+    if let Some(p) = a.resume.as_deref().filter(|p| !p.is_empty()) {
+        let dir = match std::path::Path::new(p).parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let found = clipcu::train::existing_run(&a.out);
+        if !found.is_empty() && !clipcu::io::same_file(&dir, &a.out) {
+            return Err(clipcu::Error::Msg(format!(
+                "--resume {p} is a checkpoint from another folder than --out {}, which holds a \
+                 run of its own ({}): resuming into it would mix the two runs; give another --out",
+                a.out.display(),
+                found.join(", ")
+            )));
+        }
+    }
+    let device = crate::pick_device(&a.device)?;
+    let (mut trainer, model_name) = match &a.resume {
         Some(p) => {
             let path = if p.is_empty() {
                 a.out.join("checkpoint.safetensors")
@@ -94,20 +164,33 @@ pub fn run(a: &TrainArgs) -> Result<()> {
                 PathBuf::from(p)
             };
             let t = Trainer::resume(&path, config, data.clone())?;
+            // The checkpoint decides the model; a --config naming another one would be ignored.
+            if let Some(c) = &a.config {
+                let given = ClipConfig::load(c)?;
+                if given != t.model.config {
+                    return Err(clipcu::Error::Msg(format!(
+                        "--config {c} is not the model of the checkpoint {} (a resumed run keeps \
+                         its checkpoint's model): leave --config out, or start a fresh run",
+                        path.display()
+                    )));
+                }
+            }
             eprintln!("resumed {} at step {}", path.display(), t.step);
-            t
+            (t, format!("the model of {}", path.display()))
         }
         None => {
-            let cfg = ClipConfig::load(&a.config)?;
-            cfg.check_tokenizer_vocab(&a.config)?;
-            Trainer::new(&cfg, config, data.clone())?
+            let name = a.config.as_deref().unwrap_or(DEFAULT_CONFIG);
+            let cfg = ClipConfig::load(name)?;
+            cfg.check_tokenizer_vocab(name)?;
+            (Trainer::new(&cfg, config, data.clone())?, name.to_string())
         }
     };
     trainer.to_device(device)?;
+    let start_step = trainer.step;
     let m = &trainer.model.config;
     eprintln!(
         "training {} ({}×{} px, {} params) on {} ({device}): {} steps × {} pairs → {}",
-        a.config,
+        model_name,
         m.vision_cfg.image_size,
         m.vision_cfg.image_size,
         clipcu::nn::Module::num_trainable(&trainer.model),
@@ -116,21 +199,20 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         a.batch_size,
         a.out.display()
     );
-    let opts = RunOptions {
-        out: a.out.clone(),
-        checkpoint_every: a.checkpoint_every,
-        eval_every: a.eval_every,
-        eval_samples: a.eval_samples,
-        progress: std::io::stderr().is_terminal(),
-    };
     let start = Instant::now();
     let last = trainer.run(&opts)?;
     let secs = start.elapsed().as_secs_f64();
+    let done = trainer.step - start_step;
     println!(
-        "trained {} steps in {:.0} s ({:.0} pairs/s)",
-        trainer.step,
+        "trained {} steps in {:.0} s ({:.0} pairs/s){}",
+        done,
         secs,
-        (a.steps * a.batch_size) as f64 / secs
+        (done * a.batch_size) as f64 / secs,
+        if start_step > 0 {
+            format!(", steps {}–{} of the run", start_step + 1, trainer.step)
+        } else {
+            String::new()
+        }
     );
     if let Some((single, ens)) = last {
         println!(
