@@ -32,6 +32,18 @@ fn run(
     )
 }
 
+thread_local! {
+    /// Σ |dS·S| of the last [`reference_f64`].
+    static DLOGIT_TERMS: std::cell::Cell<f64> = const { std::cell::Cell::new(0.0) };
+}
+
+/// d logit_scale against a reference: 1e-5·tol of it, or 1e-7 of the size of its terms (it is a
+/// sum of terms of both signs when the pairs are weak; each carries f32 rounding).
+fn dlogit_close(got: f32, want: f64, tol: f64) -> bool {
+    let terms = DLOGIT_TERMS.with(|t| t.get());
+    (got as f64 - want).abs() <= tol * want.abs() + 1e-7 * terms
+}
+
 /// The loss in f64 from the definition (the whole N×N matrix): (loss, i2t, t2i, dI, dT, dlogit).
 fn reference_f64(img: &Tensor, txt: &Tensor, ls: f32) -> (f64, f32, f32, Vec<f64>, Vec<f64>, f64) {
     let (n, d) = (img.shape()[0], img.shape()[1]);
@@ -76,6 +88,8 @@ fn reference_f64(img: &Tensor, txt: &Tensor, ls: f32) -> (f64, f32, f32, Vec<f64
             / (2 * n) as f64
     };
     let dlogit: f64 = (0..n * n).map(|k| ds(k / n, k % n) * sim[k]).sum();
+    // Σ |dS·S|: the scale of d logit_scale's terms, which cancel when the pairs are weak
+    DLOGIT_TERMS.with(|t| t.set((0..n * n).map(|k| (ds(k / n, k % n) * sim[k]).abs()).sum()));
     let back = |u: &[f64], other: &[f64], norms: &[f64], rows: bool| -> Vec<f64> {
         let mut out = vec![0f64; n * d];
         for a in 0..n {
@@ -184,8 +198,12 @@ fn check_sizes(n: usize, d: usize, seed: u64, confident: bool) {
     assert!(gi < ftol, "{what}: dI off the f64 reference by {gi:.2e}");
     assert!(gt < ftol, "{what}: dT off the f64 reference by {gt:.2e}");
     if n > 1 {
-        let e = (f.5 as f64 - r.5).abs() / r.5.abs().max(1e-6);
-        assert!(e < ftol, "{what}: dlogit {} vs f64 {}", f.5, r.5);
+        assert!(
+            dlogit_close(f.5, r.5, ftol),
+            "{what}: dlogit {} vs f64 {}",
+            f.5,
+            r.5
+        );
     } else {
         // N = 1: the loss is 0 whatever the scale, and so is its gradient
         assert!(f.5.abs() < 1e-6, "{what}: dlogit {}", f.5);
@@ -200,7 +218,7 @@ fn check_sizes(n: usize, d: usize, seed: u64, confident: bool) {
             "{what}: dI, dT off composed by {ci:.2e}, {ct:.2e}"
         );
         assert!(
-            n == 1 || rel(f.5, c.5) < 1e-5,
+            n == 1 || dlogit_close(f.5, c.5 as f64, 1e-5),
             "{what}: dlogit {} vs composed {}",
             f.5,
             c.5
@@ -294,5 +312,86 @@ fn backward_keeps_order_n_d_where_the_composed_loss_keeps_n_squared() {
     assert!(
         composed >= 2 * n * n * 4,
         "composed keeps only {composed} bytes"
+    );
+}
+
+/// Rows `r·n..(r+1)·n` of a [N, D] tensor.
+fn rows_of(t: &Tensor, r: usize, n: usize) -> Tensor {
+    let d = t.shape()[1];
+    Tensor::from_vec(t.to_vec()[r * n * d..(r + 1) * n * d].to_vec(), vec![n, d]).unwrap()
+}
+
+/// Data parallelism simulated in one process: for world sizes 2 and 4, each rank's local loss
+/// (its rows against all gathered columns); the mean of the ranks' losses is the full batch's,
+/// and the sum of every rank's gradients — local rows plus the gathered columns, as the
+/// multi-GPU step all-reduces them — is `world` times the full batch's gradient.
+#[test]
+fn ranks_local_losses_and_gradients_add_up_to_the_full_batch() {
+    let seed = common::fresh_seed();
+    for (world, n, d) in [(2, 5, 72), (4, 33, 64), (2, 70, 16)] {
+        let total = world * n;
+        let (img, txt, ls) = features_of(total, d, seed ^ world as u64, false);
+        let full = run(&img, &txt, &ls, true);
+        let (mut loss, mut dlogit) = (0f64, 0f64);
+        let mut di = vec![0f64; total * d];
+        let mut dt = vec![0f64; total * d];
+        for rank in 0..world {
+            let g = Graph::new();
+            let vil = g.leaf(rows_of(&img, rank, n));
+            let vtl = g.leaf(rows_of(&txt, rank, n));
+            let (via, vta, vs) = (g.leaf(img.clone()), g.leaf(txt.clone()), g.leaf(ls.clone()));
+            let l = g
+                .contrastive_local(&vil, &vtl, &via, &vta, &vs, rank)
+                .unwrap();
+            loss += l.tensor().item().unwrap() as f64;
+            let grads = g.backward(&l).unwrap();
+            dlogit += grads.get(&vs).unwrap().item().unwrap() as f64;
+            for (acc, all, local) in [(&mut di, &via, &vil), (&mut dt, &vta, &vtl)] {
+                for (k, v) in grads.get(all).unwrap().to_vec().iter().enumerate() {
+                    acc[k] += *v as f64;
+                }
+                for (k, v) in grads.get(local).unwrap().to_vec().iter().enumerate() {
+                    acc[rank * n * d + k] += *v as f64;
+                }
+            }
+        }
+        let what = format!("world {world}, n {n}, D {d}, seed {seed}");
+        let w = world as f64;
+        assert!(
+            ((loss / w) as f32 - full.0).abs() / full.0 < 1e-5,
+            "{what}: mean loss {} vs {}",
+            loss / w,
+            full.0
+        );
+        // Σ|dS·S| ≤ s·Σ|dS| ≤ 2s bounds the terms of d logit_scale, which cancel for weak pairs
+        let floor = 1e-7 * 2.0 * (ls.item().unwrap() as f64).exp();
+        let dl = dlogit / w;
+        assert!(
+            (dl - full.5 as f64).abs() <= 1e-5 * dl.abs() + floor,
+            "{what}: dlogit {dl} vs {}",
+            full.5
+        );
+        let scaled = |v: &[f64]| v.iter().map(|x| x / w).collect::<Vec<f64>>();
+        let (ei, et) = (
+            rel_f64(&full.3, &scaled(&di)),
+            rel_f64(&full.4, &scaled(&dt)),
+        );
+        assert!(
+            ei < 1e-5 && et < 1e-5,
+            "{what}: dI off by {ei:.2e}, dT by {et:.2e}"
+        );
+    }
+}
+
+#[test]
+fn local_loss_gradients_match_central_differences() {
+    let seed = common::fresh_seed();
+    let (img, txt, _) = features_of(8, 5, seed, false);
+    let (il, tl) = (rows_of(&img, 1, 4), rows_of(&txt, 1, 4));
+    common::gradcheck(
+        "contrastive_local (rank 1 of 2)",
+        &[il, tl, img, txt, Tensor::scalar(1.3)],
+        common::Check::default(),
+        |g, v| g.contrastive_local(&v[0], &v[1], &v[2], &v[3], &v[4], 1),
     );
 }

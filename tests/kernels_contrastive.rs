@@ -76,8 +76,10 @@ fn fused_kernels_match_the_cpu_op() {
             common::check_kernel_tol(&format!("{what}: dI"), tag, seed, &got.3, &want.3, 1e-5);
             common::check_kernel_tol(&format!("{what}: dT"), tag, seed, &got.4, &want.4, 1e-5);
             if n > 1 {
+                // Σ|dS·S| ≤ s·Σ|dS| ≤ 2s bounds the terms, which cancel for weak pairs
+                let floor = 1e-7 * 2.0 * ls.item().unwrap().exp();
                 assert!(
-                    rel(got.5, want.5) < 1e-5,
+                    (got.5 - want.5).abs() <= 1e-5 * want.5.abs() + floor,
                     "{what}: dlogit {} vs cpu {}",
                     got.5,
                     want.5

@@ -4,11 +4,11 @@
 
 use super::checkpoint::Checkpoint;
 use crate::ops::{
-    attention::AttentionOp, batchnorm::BatchNorm2dOp, binary::BinaryOp, contrastive::ContrastiveOp,
-    conv2d::Conv2dOp, cross_entropy::CrossEntropyOp, embedding::EmbeddingOp,
-    layernorm::LayerNormOp, layout::LayoutOp, matmul::LinearOp, matmul::MatMulOp,
-    normalize::L2NormalizeOp, pool::AvgPool2dOp, reduce::ReduceOp, softmax::SoftmaxOp,
-    unary::UnaryOp,
+    attention::AttentionOp, batchnorm::BatchNorm2dOp, binary::BinaryOp,
+    contrastive::ContrastiveLocalOp, contrastive::ContrastiveOp, conv2d::Conv2dOp,
+    cross_entropy::CrossEntropyOp, embedding::EmbeddingOp, layernorm::LayerNormOp,
+    layout::LayoutOp, matmul::LinearOp, matmul::MatMulOp, normalize::L2NormalizeOp,
+    pool::AvgPool2dOp, reduce::ReduceOp, softmax::SoftmaxOp, unary::UnaryOp,
 };
 use crate::{Result, Tensor};
 
@@ -28,6 +28,7 @@ pub enum Op<'m> {
     L2Normalize(L2NormalizeOp),
     CrossEntropy(CrossEntropyOp),
     Contrastive(ContrastiveOp),
+    ContrastiveLocal(ContrastiveLocalOp),
     Attention(AttentionOp),
     Checkpoint(Checkpoint<'m>),
 }
@@ -56,6 +57,7 @@ pub(crate) fn backward(
         Op::L2Normalize(o) => o.backward(saved, gout, needs),
         Op::CrossEntropy(o) => o.backward(saved, gout, needs),
         Op::Contrastive(o) => o.backward(saved, gout, needs),
+        Op::ContrastiveLocal(o) => o.backward(saved, gout, needs),
         Op::Attention(o) => o.backward(saved, gout, needs),
         Op::Checkpoint(o) => o.backward(saved, gout, needs),
     }

@@ -17,9 +17,9 @@ use crate::ops::matmul::cpu::sgemm;
 use rayon::prelude::*;
 
 /// Rows per parallel block (and per tile).
-const ROWS: usize = 64;
+pub(super) const ROWS: usize = 64;
 /// Columns per tile.
-const COLS: usize = 256;
+pub(super) const COLS: usize = 256;
 
 /// The larger of two values, NaN if either is: an entry that is NaN makes its row and column
 /// misses (no diagonal is "strictly the largest" beside it), as the composed loss counts them.
@@ -33,19 +33,19 @@ fn max_nan(a: f32, b: f32) -> f32 {
 
 /// (max, Σexp against the max, max off the diagonal) of a row or column, merged in order.
 #[derive(Clone, Copy)]
-struct Online {
+pub(super) struct Online {
     max: f32,
     sum: f64,
     other: f32,
 }
 
 impl Online {
-    const EMPTY: Online = Online {
+    pub(super) const EMPTY: Online = Online {
         max: f32::NEG_INFINITY,
         sum: 0.0,
         other: f32::NEG_INFINITY,
     };
-    fn merge(self, b: Online) -> Online {
+    pub(super) fn merge(self, b: Online) -> Online {
         let max = self.max.max(b.max);
         let part = |o: Online| {
             if o.sum == 0.0 {
@@ -63,7 +63,7 @@ impl Online {
     /// The log-sum-exp as (max, log Σ e^(x − max)): kept apart, since the loss r − S_ii and the
     /// softmax e^(S − r) would otherwise lose r's rounding (|r|·2⁻²⁴, large beside a small loss)
     /// — (S − max) is exact when the two are close, and log Σ ∈ [0, log N] is small.
-    fn lse(self) -> Lse {
+    pub(super) fn lse(self) -> Lse {
         Lse {
             max: self.max,
             log_sum: self.sum.ln() as f32,
@@ -80,17 +80,17 @@ pub(super) struct Lse {
 
 impl Lse {
     /// e^(x − lse), the softmax entry of x.
-    fn softmax(self, x: f32) -> f32 {
+    pub(super) fn softmax(self, x: f32) -> f32 {
         ((x - self.max) - self.log_sum).exp()
     }
     /// e^(x − lse) − 1, accurate when the softmax entry is near 1.
-    fn softmax_minus_one(self, x: f32) -> f32 {
+    pub(super) fn softmax_minus_one(self, x: f32) -> f32 {
         ((x - self.max) - self.log_sum).exp_m1()
     }
 }
 
 /// The tile S[i0.., j0..] (rows × cols, row-major) of s·ÎT̂ᵀ: GEMM of the rows, times s.
-fn tile(
+pub(super) fn tile(
     img: &[f32],
     txt: &[f32],
     d: usize,
@@ -119,7 +119,7 @@ fn tile(
 
 /// The online statistics of `xs` (one row or column of a tile), the entry at `diag` (if inside)
 /// excluded from `other`.
-fn stats_of(xs: impl Iterator<Item = f32> + Clone, diag: Option<usize>) -> Online {
+pub(super) fn stats_of(xs: impl Iterator<Item = f32> + Clone, diag: Option<usize>) -> Online {
     let max = xs.clone().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0f64;
     let mut other = f32::NEG_INFINITY;

@@ -16,11 +16,16 @@
 //! size), the two norms and the two LSE vectors — O(N·D + N), against the composed loss's two
 //! N×N logits and softmaxes ([`crate::loss::contrastive_loss`], which stays as the reference).
 //!
+//! For data parallelism, [`Graph::contrastive_local`] (`local.rs`): one rank's rows against all
+//! gathered columns, open_clip's `local_loss=True, gather_with_grad=True` (CPU only so far).
+//!
 //! Backends: the CPU (`cpu.rs`, blocked and rayon-parallel) and Emu/Cuda (`gpu.rs`,
 //! `kernels/contrastive.cu`: f32 tiles on FMA; f16/bf16 tensor-core tiles are still to come).
 
 mod cpu;
 pub(crate) mod gpu;
+mod local;
+pub use local::ContrastiveLocalOp;
 
 use crate::device::kernel::runs_kernels;
 use crate::graph::{Graph, Op, Var};

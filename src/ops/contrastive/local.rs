@@ -1,0 +1,354 @@
+//! The contrastive loss of one rank in data parallelism: this rank's n rows against all N
+//! gathered columns (open_clip's `ClipLoss(local_loss=True, gather_with_grad=True)`, CLIP's
+//! "sharded similarity computation"). With Î_r, T̂_r this rank's unit features, Î, T̂ all N
+//! (every rank's, in rank order) and off = rank·n:
+//!
+//!   A = s·Î_r·T̂ᵀ [n, N] (each local image against every text),  B = s·T̂_r·Îᵀ [n, N]
+//!   loss_r = (mean_i (lse_j A_ij − A_i,i+off) + mean_i (lse_j B_ij − B_i,i+off)) / 2
+//!
+//! so the mean of the ranks' losses is the full batch's loss, and the sum of the ranks'
+//! gradients (the local rows' plus the all-reduced column gradients) is `world` times the full
+//! batch's gradient — what DDP's averaging then divides out. Backward: dA_ij = g·(P_ij − δ)/2n
+//! (row softmax only), d(local rows) = s·dA·T̂, d(columns) = s·dAᵀ·Î_r, likewise for B; and
+//! d logit_scale = Σ dA·A + Σ dB·B as Σ P·(S − S_diag). CPU only for now (the multi-GPU issue
+//! brings it to the device kernels); the same tiles as cpu.rs.
+
+use super::cpu::{stats_of, tile, Lse, Online, COLS, ROWS};
+use crate::graph::{Graph, Op, Var};
+use crate::ops::cpu_input;
+use crate::ops::matmul::cpu::sgemm;
+use crate::ops::normalize::{l2_normalize_backward, l2_normalize_stats};
+use crate::{bail_shape, Error, Result, Tensor};
+use rayon::prelude::*;
+
+/// One direction: local unit rows [n, d] against all unit columns [N, d].
+struct Side {
+    lse: Vec<Lse>,
+    diag: Vec<f32>,
+}
+
+/// Row LSEs and the label entries S_i,i+off of s·rows·colsᵀ.
+fn side_forward(
+    rows: &[f32],
+    cols: &[f32],
+    n: usize,
+    total: usize,
+    d: usize,
+    s: f32,
+    off: usize,
+) -> Side {
+    let blocks: Vec<(usize, usize)> = (0..n)
+        .step_by(ROWS)
+        .map(|i| (i, (i + ROWS).min(n)))
+        .collect();
+    let per: Vec<(Vec<Online>, Vec<f32>)> = blocks
+        .par_iter()
+        .map(|&(r0, r1)| {
+            let mut stats = vec![Online::EMPTY; r1 - r0];
+            let mut diag = vec![0f32; r1 - r0];
+            let mut buf = vec![0f32; ROWS * COLS];
+            for c0 in (0..total).step_by(COLS) {
+                let c1 = (c0 + COLS).min(total);
+                let bc = c1 - c0;
+                tile(rows, cols, d, s, (r0, r1), (c0, c1), &mut buf);
+                for (i, st) in stats.iter_mut().enumerate() {
+                    let label = r0 + i + off;
+                    let xs = &buf[i * bc..(i + 1) * bc];
+                    let k = (c0..c1).contains(&label).then(|| label - c0);
+                    if let Some(k) = k {
+                        diag[i] = xs[k];
+                    }
+                    *st = st.merge(stats_of(xs.iter().copied(), k));
+                }
+            }
+            (stats, diag)
+        })
+        .collect();
+    let mut side = Side {
+        lse: Vec::with_capacity(n),
+        diag: Vec::with_capacity(n),
+    };
+    for (stats, diag) in per {
+        side.lse.extend(stats.iter().map(|o| o.lse()));
+        side.diag.extend(diag);
+    }
+    side
+}
+
+/// dS·s of a tile of rows [r0, r1) × columns [c0, c1) (in place over S); Σ P·(S − S_diag).
+fn side_grad(
+    buf: &mut [f32],
+    rows: (usize, usize),
+    cols: (usize, usize),
+    side: &Side,
+    off: usize,
+    k: f32,
+    s: f32,
+) -> f64 {
+    let bc = cols.1 - cols.0;
+    let mut dlog = 0f64;
+    for i in 0..rows.1 - rows.0 {
+        let (gi, lse) = (rows.0 + i, side.lse[rows.0 + i]);
+        for j in 0..bc {
+            let x = buf[i * bc + j];
+            let p = if cols.0 + j == gi + off {
+                lse.softmax_minus_one(x)
+            } else {
+                let p = lse.softmax(x);
+                dlog += p as f64 * (x - side.diag[gi]) as f64;
+                p
+            };
+            buf[i * bc + j] = p * k * s;
+        }
+    }
+    dlog
+}
+
+/// (d rows [n, d], d columns [N, d], Σ P·(S − S_diag)) of one direction, for dS scaled by k.
+fn side_backward(
+    rows: &[f32],
+    cols: &[f32],
+    side: &Side,
+    n: usize,
+    total: usize,
+    d: usize,
+    s: f32,
+    off: usize,
+    k: f32,
+) -> (Vec<f32>, Vec<f32>, f64) {
+    let mut drows = vec![0f32; n * d];
+    let dlogs: Vec<f64> = drows
+        .par_chunks_mut(ROWS * d)
+        .enumerate()
+        .map(|(b, out)| {
+            let (r0, r1) = (b * ROWS, (b * ROWS + ROWS).min(n));
+            let mut buf = vec![0f32; ROWS * COLS];
+            let mut dlog = 0f64;
+            for c0 in (0..total).step_by(COLS) {
+                let c1 = (c0 + COLS).min(total);
+                tile(rows, cols, d, s, (r0, r1), (c0, c1), &mut buf);
+                dlog += side_grad(&mut buf, (r0, r1), (c0, c1), side, off, k, s);
+                sgemm(
+                    false,
+                    false,
+                    r1 - r0,
+                    d,
+                    c1 - c0,
+                    &buf,
+                    &cols[c0 * d..c1 * d],
+                    out,
+                    true,
+                    1,
+                );
+            }
+            dlog
+        })
+        .collect();
+    // columns: each block owns COLS-wide column ranges; dS tiles recomputed row-major
+    // (rows × its columns) and applied transposed: d cols[c, :] += Σ_i dS[i][c] · rows[i, :]
+    let mut dcols = vec![0f32; total * d];
+    dcols
+        .par_chunks_mut(COLS * d)
+        .enumerate()
+        .for_each(|(b, out)| {
+            let (c0, c1) = (b * COLS, (b * COLS + COLS).min(total));
+            let mut buf = vec![0f32; ROWS * COLS];
+            for r0 in (0..n).step_by(ROWS) {
+                let r1 = (r0 + ROWS).min(n);
+                tile(rows, cols, d, s, (r0, r1), (c0, c1), &mut buf);
+                side_grad(&mut buf, (r0, r1), (c0, c1), side, off, k, s);
+                // out[bc, d] += dSᵀ[bc, br] · rows[br, d]
+                sgemm(
+                    true,
+                    false,
+                    c1 - c0,
+                    d,
+                    r1 - r0,
+                    &buf,
+                    &rows[r0 * d..r1 * d],
+                    out,
+                    true,
+                    1,
+                );
+            }
+        });
+    (drows, dcols, dlogs.iter().sum())
+}
+
+/// What backward needs beyond the saved unit features.
+struct LocalSaved {
+    n: usize,
+    total: usize,
+    d: usize,
+    scale: f32,
+    off: usize,
+    image_rows: Side,
+    text_rows: Side,
+}
+
+/// The node: saved = [Î_r, T̂_r, Î, T̂, ‖I_r‖, ‖T_r‖, ‖I‖, ‖T‖].
+pub struct ContrastiveLocalOp {
+    saved: LocalSaved,
+    scale_shape: Vec<usize>,
+}
+
+impl<'m> Graph<'m> {
+    /// The contrastive loss of rank `rank`: its n image and text features against all N =
+    /// world·n gathered ones (module doc), `[]`. Inputs in the order (local images, local
+    /// texts, all images, all texts, logit_scale); the all-feature inputs include this rank's
+    /// own rows at rank·n, and get their own gradients (the multi-GPU step reduces those).
+    pub fn contrastive_local(
+        &self,
+        img_local: &Var,
+        txt_local: &Var,
+        img_all: &Var,
+        txt_all: &Var,
+        logit_scale: &Var,
+        rank: usize,
+    ) -> Result<Var> {
+        let op = "contrastive_local";
+        let (il, tl, ia, ta) = (
+            img_local.tensor(),
+            txt_local.tensor(),
+            img_all.tensor(),
+            txt_all.tensor(),
+        );
+        if il.shape().len() != 2
+            || il.shape() != tl.shape()
+            || ia.shape() != ta.shape()
+            || ia.shape().len() != 2
+            || ia.shape()[1] != il.shape()[1]
+        {
+            bail_shape!(
+                op,
+                "local features {:?} / {:?} must be [n, D] and all features {:?} / {:?} [N, D]",
+                il.shape(),
+                tl.shape(),
+                ia.shape(),
+                ta.shape()
+            );
+        }
+        let (n, d, total) = (il.shape()[0], il.shape()[1], ia.shape()[0]);
+        if n == 0 || d == 0 || (rank + 1) * n > total {
+            bail_shape!(
+                op,
+                "rank {rank}'s {n} rows at {} do not lie within the {total} gathered rows (D {d})",
+                rank * n
+            );
+        }
+        if logit_scale.tensor().numel() != 1 {
+            bail_shape!(
+                op,
+                "logit_scale must be a scalar, got {:?}",
+                logit_scale.shape()
+            );
+        }
+        let ins = [il, tl, ia, ta, logit_scale.tensor()].map(|t| cpu_input(op, t));
+        let [il, tl, ia, ta, ls] = ins;
+        let (il, tl, ia, ta, ls) = (il?, tl?, ia?, ta?, ls?);
+        let scale = ls.f32s(op)?[0].exp();
+        let ((nil, norm_il), (ntl, norm_tl)) = (l2_normalize_stats(&il)?, l2_normalize_stats(&tl)?);
+        let ((nia, norm_ia), (nta, norm_ta)) = (l2_normalize_stats(&ia)?, l2_normalize_stats(&ta)?);
+        let off = rank * n;
+        let image_rows = side_forward(nil.f32s(op)?, nta.f32s(op)?, n, total, d, scale, off);
+        let text_rows = side_forward(ntl.f32s(op)?, nia.f32s(op)?, n, total, d, scale, off);
+        let sum: f64 = [&image_rows, &text_rows]
+            .iter()
+            .flat_map(|s| s.lse.iter().zip(&s.diag))
+            .map(|(l, &dg)| (l.max - dg) as f64 + l.log_sum as f64)
+            .sum();
+        let loss = Tensor::scalar((sum / (2 * n) as f64) as f32);
+        let saved = LocalSaved {
+            n,
+            total,
+            d,
+            scale,
+            off,
+            image_rows,
+            text_rows,
+        };
+        Ok(self.record(
+            Op::ContrastiveLocal(ContrastiveLocalOp {
+                saved,
+                scale_shape: logit_scale.shape().to_vec(),
+            }),
+            &[img_local, txt_local, img_all, txt_all, logit_scale],
+            vec![nil, ntl, nia, nta, norm_il, norm_tl, norm_ia, norm_ta],
+            loss,
+        ))
+    }
+}
+
+impl ContrastiveLocalOp {
+    pub(crate) fn backward(
+        &self,
+        saved: &[Tensor],
+        gout: &Tensor,
+        needs: &[bool],
+    ) -> Result<Vec<Option<Tensor>>> {
+        let op = "contrastive_local backward";
+        let [nil, ntl, nia, nta, norm_il, norm_tl, norm_ia, norm_ta] = saved else {
+            return Err(Error::Msg(format!("{op}: expected 8 saved tensors")));
+        };
+        let sv = &self.saved;
+        let g = cpu_input(op, gout)?.f32s(op)?[0];
+        let k = g / (2 * sv.n) as f32;
+        let s = sv.scale;
+        fn f<'t>(t: &'t Tensor) -> Result<&'t [f32]> {
+            t.f32s("contrastive_local backward")
+        }
+        // images as rows (against all texts), texts as rows (against all images)
+        let (d_il, d_ta, dl_a) = side_backward(
+            f(nil)?,
+            f(nta)?,
+            &sv.image_rows,
+            sv.n,
+            sv.total,
+            sv.d,
+            s,
+            sv.off,
+            k,
+        );
+        let (d_tl, d_ia, dl_b) = side_backward(
+            f(ntl)?,
+            f(nia)?,
+            &sv.text_rows,
+            sv.n,
+            sv.total,
+            sv.d,
+            s,
+            sv.off,
+            k,
+        );
+        let (local, all) = ([sv.n, sv.d], [sv.total, sv.d]);
+        let back = |need: bool,
+                    y: &Tensor,
+                    norm: &Tensor,
+                    dy: Vec<f32>,
+                    shape: [usize; 2]|
+         -> Result<Option<Tensor>> {
+            if !need {
+                return Ok(None);
+            }
+            Ok(Some(l2_normalize_backward(
+                y,
+                norm,
+                &Tensor::from_f32(dy, &shape),
+            )?))
+        };
+        Ok(vec![
+            back(needs[0], nil, norm_il, d_il, local)?,
+            back(needs[1], ntl, norm_tl, d_tl, local)?,
+            back(needs[2], nia, norm_ia, d_ia, all)?,
+            back(needs[3], nta, norm_ta, d_ta, all)?,
+            if needs[4] {
+                Some(
+                    Tensor::scalar(((dl_a + dl_b) * k as f64) as f32)
+                        .reshape(self.scale_shape.clone())?,
+                )
+            } else {
+                None
+            },
+        ])
+    }
+}
