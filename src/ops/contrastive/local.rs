@@ -105,6 +105,7 @@ fn side_grad(
 }
 
 /// (d rows [n, d], d columns [N, d], Σ P·(S − S_diag)) of one direction, for dS scaled by k.
+#[allow(clippy::too_many_arguments)]
 fn side_backward(
     rows: &[f32],
     cols: &[f32],
@@ -294,7 +295,7 @@ impl ContrastiveLocalOp {
         let g = cpu_input(op, gout)?.f32s(op)?[0];
         let k = g / (2 * sv.n) as f32;
         let s = sv.scale;
-        fn f<'t>(t: &'t Tensor) -> Result<&'t [f32]> {
+        fn f(t: &Tensor) -> Result<&[f32]> {
             t.f32s("contrastive_local backward")
         }
         // images as rows (against all texts), texts as rows (against all images)
