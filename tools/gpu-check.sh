@@ -101,6 +101,7 @@ print("cuda vs cpu, %d steps: worst loss rel %.2e" % (len(ls[1]), rel)); sys.exi
 part bench-gemm 60 bin/clipcu-bench gemm --device cuda --iters 20
 part bench-train-fp32 90 bin/clipcu-bench train --device cuda --config ViT-B-32 --batch 128 --iters 10
 part bench-train-tf32 90 bin/clipcu-bench train --device cuda --config ViT-B-32 --batch 128 --iters 10 --tf32
+part bench-contrastive 90 bin/clipcu-bench contrastive --device cuda --batch 16384 --iters 5
 part torch-gemm 60 python3 "$here/bench_torch_gpu.py"
 echo
 echo "================ gpu-check summary ($(( $(date +%s) - start )) s of ${budget}) ================"

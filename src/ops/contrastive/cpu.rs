@@ -241,6 +241,38 @@ fn grad_tile(
     dlog * k as f64
 }
 
+/// The row-owner pass of a backward: for every block of `ROWS` rows (in parallel), every tile of
+/// s·rows·colsᵀ recomputed, turned into its gradient in place by `grad` (which returns its part
+/// of a sum, e.g. d logit_scale's), and multiplied into the block's own rows of d rows
+/// (`d rows[br, d] += dS[br, bc] · cols[bc, d]`). Returns d rows [n_rows, d] and the sum.
+pub(super) fn row_owner_pass(
+    rows: &[f32],
+    cols: &[f32],
+    (n_rows, n_cols, d): (usize, usize, usize),
+    s: f32,
+    grad: impl Fn(&mut [f32], (usize, usize), (usize, usize)) -> f64 + Sync,
+) -> (Vec<f32>, f64) {
+    let mut drows = vec![0f32; n_rows * d];
+    let parts: Vec<f64> = drows
+        .par_chunks_mut(ROWS * d)
+        .enumerate()
+        .map(|(b, out)| {
+            let (r0, r1) = (b * ROWS, (b * ROWS + ROWS).min(n_rows));
+            let mut buf = vec![0f32; ROWS * COLS];
+            let mut part = 0f64;
+            for c0 in (0..n_cols).step_by(COLS) {
+                let c1 = (c0 + COLS).min(n_cols);
+                tile(rows, cols, d, s, (r0, r1), (c0, c1), &mut buf);
+                part += grad(&mut buf, (r0, r1), (c0, c1));
+                let cs = &cols[c0 * d..c1 * d];
+                sgemm(false, false, r1 - r0, d, c1 - c0, &buf, cs, out, true, 1);
+            }
+            part
+        })
+        .collect();
+    (drows, parts.iter().sum())
+}
+
 /// Backward from the saved unit rows and LSEs: (dÎ, dT̂, d logit_scale) for the upstream `g`.
 pub(super) fn backward(
     saved: &Saved,
@@ -249,37 +281,10 @@ pub(super) fn backward(
     g: f32,
 ) -> (Vec<f32>, Vec<f32>, f32) {
     let (n, d, s) = (saved.n, saved.d, saved.scale);
-    let mut dimg = vec![0f32; n * d];
-    let mut dtxt = vec![0f32; n * d];
     // rows: dÎ_i = s·Σ_j dS_ij T̂_j (each block owns its rows), and the blocks' Σ dS·S
-    let dlogs: Vec<f64> = dimg
-        .par_chunks_mut(ROWS * d)
-        .enumerate()
-        .map(|(b, out)| {
-            let (r0, r1) = (b * ROWS, (b * ROWS + ROWS).min(n));
-            let mut buf = vec![0f32; ROWS * COLS];
-            let mut dlog = 0f64;
-            for c0 in (0..n).step_by(COLS) {
-                let c1 = (c0 + COLS).min(n);
-                tile(img, txt, d, s, (r0, r1), (c0, c1), &mut buf);
-                dlog += grad_tile(&mut buf, (r0, r1), (c0, c1), saved, g, true);
-                // out[br, d] += dS[br, bc] · T̂[bc, d]
-                sgemm(
-                    false,
-                    false,
-                    r1 - r0,
-                    d,
-                    c1 - c0,
-                    &buf,
-                    &txt[c0 * d..c1 * d],
-                    out,
-                    true,
-                    1,
-                );
-            }
-            dlog
-        })
-        .collect();
+    let (mut dimg, dlog) = row_owner_pass(img, txt, (n, n, d), s, |buf, rows, cols| {
+        grad_tile(buf, rows, cols, saved, g, true)
+    });
     // columns: dT̂_j = s·Σ_i dS_ij Î_i (each block owns its columns); tiles recomputed as rows
     // of Sᵀ = s·T̂Îᵀ, so dS comes out transposed: the roles of the LSEs swap.
     let swapped = Saved {
@@ -288,32 +293,11 @@ pub(super) fn backward(
         diag: saved.diag.clone(),
         ..*saved
     };
-    dtxt.par_chunks_mut(ROWS * d)
-        .enumerate()
-        .for_each(|(b, out)| {
-            let (c0, c1) = (b * ROWS, (b * ROWS + ROWS).min(n));
-            let mut buf = vec![0f32; ROWS * COLS];
-            for r0 in (0..n).step_by(COLS) {
-                let r1 = (r0 + COLS).min(n);
-                tile(txt, img, d, s, (c0, c1), (r0, r1), &mut buf);
-                grad_tile(&mut buf, (c0, c1), (r0, r1), &swapped, g, false);
-                sgemm(
-                    false,
-                    false,
-                    c1 - c0,
-                    d,
-                    r1 - r0,
-                    &buf,
-                    &img[r0 * d..r1 * d],
-                    out,
-                    true,
-                    1,
-                );
-            }
-        });
+    let (mut dtxt, _) = row_owner_pass(txt, img, (n, n, d), s, |buf, rows, cols| {
+        grad_tile(buf, rows, cols, &swapped, g, false)
+    });
     for v in dimg.iter_mut().chain(dtxt.iter_mut()) {
         *v *= s;
     }
-    let dlog: f64 = dlogs.iter().sum();
     (dimg, dtxt, dlog as f32)
 }

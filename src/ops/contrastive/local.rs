@@ -13,7 +13,7 @@
 //! d logit_scale = Σ dA·A + Σ dB·B as Σ P·(S − S_diag). CPU only for now (the multi-GPU issue
 //! brings it to the device kernels); the same tiles as cpu.rs.
 
-use super::cpu::{stats_of, tile, Lse, Online, COLS, ROWS};
+use super::cpu::{row_owner_pass, stats_of, tile, Lse, Online, COLS, ROWS};
 use crate::graph::{Graph, Op, Var};
 use crate::ops::cpu_input;
 use crate::ops::matmul::cpu::sgemm;
@@ -117,34 +117,9 @@ fn side_backward(
     off: usize,
     k: f32,
 ) -> (Vec<f32>, Vec<f32>, f64) {
-    let mut drows = vec![0f32; n * d];
-    let dlogs: Vec<f64> = drows
-        .par_chunks_mut(ROWS * d)
-        .enumerate()
-        .map(|(b, out)| {
-            let (r0, r1) = (b * ROWS, (b * ROWS + ROWS).min(n));
-            let mut buf = vec![0f32; ROWS * COLS];
-            let mut dlog = 0f64;
-            for c0 in (0..total).step_by(COLS) {
-                let c1 = (c0 + COLS).min(total);
-                tile(rows, cols, d, s, (r0, r1), (c0, c1), &mut buf);
-                dlog += side_grad(&mut buf, (r0, r1), (c0, c1), side, off, k, s);
-                sgemm(
-                    false,
-                    false,
-                    r1 - r0,
-                    d,
-                    c1 - c0,
-                    &buf,
-                    &cols[c0 * d..c1 * d],
-                    out,
-                    true,
-                    1,
-                );
-            }
-            dlog
-        })
-        .collect();
+    let (drows, dlog) = row_owner_pass(rows, cols, (n, total, d), s, |buf, r, c| {
+        side_grad(buf, r, c, side, off, k, s)
+    });
     // columns: each block owns COLS-wide column ranges; dS tiles recomputed row-major
     // (rows × its columns) and applied transposed: d cols[c, :] += Σ_i dS[i][c] · rows[i, :]
     let mut dcols = vec![0f32; total * d];
@@ -173,7 +148,7 @@ fn side_backward(
                 );
             }
         });
-    (drows, dcols, dlogs.iter().sum())
+    (drows, dcols, dlog)
 }
 
 /// What backward needs beyond the saved unit features.
