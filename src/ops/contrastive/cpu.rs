@@ -6,18 +6,21 @@
 //! not depend on scheduling: bitwise-deterministic. Backward recomputes the tiles twice: in row
 //! blocks for dÎ (each block owns its rows), in column blocks for dT̂ (each owns its columns).
 //!
+//! Tiles of 256 × 256: at N = 4096, D = 512 on 2 cores the fused op then matches the composed
+//! loss's time (64 × 256 took 1.4–2× longer: the GEMM packing of small tiles; docs/perf.md).
+//!
 //! Numerics: a tile's Σexp is taken against the tile's own max, in f64, and merged with the
 //! running pair as (M, l₁·e^(m₁−M) + l₂·e^(m₂−M)); every exp has a non-positive argument, so
-//! nothing overflows whatever the scale. Extra memory: the tile (ROWS·COLS), and per row block
-//! three f32 per column (N/ROWS·3·N in all, ≈ N²/21 bytes: 12 MB at N = 16,384 — against the
-//! composed loss's 2·N²·4 = 2 GB).
+//! nothing overflows whatever the scale. Extra memory: a tile (ROWS·COLS f32) per running block,
+//! and per row block a 16-byte (max, Σ, max off the diagonal) per column: N/ROWS·16·N bytes,
+//! N²/16 = 16 MB at N = 16,384 — against the composed loss's 2·N²·4 = 2 GB of logits alone.
 
 use super::Saved;
 use crate::ops::matmul::cpu::sgemm;
 use rayon::prelude::*;
 
 /// Rows per parallel block (and per tile).
-pub(super) const ROWS: usize = 64;
+pub(super) const ROWS: usize = 256;
 /// Columns per tile.
 pub(super) const COLS: usize = 256;
 
