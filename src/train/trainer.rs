@@ -335,7 +335,7 @@ pub struct Trainer {
     /// are uploaded there, and only the step's statistics come back ([`Trainer::to_device`]).
     pub device: Device,
     /// Moves batches to a kernel device (on Cuda on a copy stream, double-buffered).
-    uploader: Option<BatchUploader>,
+    uploader: BatchUploader,
     /// On a kernel device, the next step's batch: fetched and uploaded while this step computes.
     next: Option<NextBatch>,
 }
@@ -413,7 +413,7 @@ impl Trainer {
             data_spec,
             eval_data,
             device: Device::Cpu,
-            uploader: None,
+            uploader: BatchUploader::new(Device::Cpu)?,
             next: None,
         })
     }
@@ -441,11 +441,7 @@ impl Trainer {
                 batch,
             });
         }
-        self.uploader = if crate::device::kernel::runs_kernels(device) {
-            Some(BatchUploader::new(device)?)
-        } else {
-            None
-        };
+        self.uploader = BatchUploader::new(device)?;
         // Gradient storage now rather than in the first backward: the first step then allocates
         // what every later one does (no device allocation after it).
         for p in self.model.parameters() {
@@ -482,7 +478,7 @@ impl Trainer {
             }
             None => {
                 let (images, ids) = self.data.next_batch(self.config.batch_size, ctx)?;
-                (self.upload(&images)?.ready()?, ids)
+                (self.uploader.upload(&images)?.ready()?, ids)
             }
         };
         self.step_with(images, &ids, start, true)
@@ -494,13 +490,6 @@ impl Trainer {
         self.next.is_some()
     }
 
-    fn upload(&mut self, images: &Tensor) -> Result<Staged> {
-        match &mut self.uploader {
-            Some(up) => up.upload(images),
-            None => Ok(Staged::Ready(images.to_device(self.device)?)),
-        }
-    }
-
     /// Fetch the next step's batch and start its upload (the device is busy with this step).
     fn fetch_ahead(&mut self) {
         let position = self.data.position();
@@ -508,7 +497,7 @@ impl Trainer {
         let batch = self
             .data
             .next_batch(self.config.batch_size, ctx)
-            .and_then(|(images, ids)| Ok((self.upload(&images)?, ids)));
+            .and_then(|(images, ids)| Ok((self.uploader.upload(&images)?, ids)));
         self.next = Some(NextBatch { position, batch });
     }
 
@@ -551,7 +540,8 @@ impl Trainer {
             Some(max) => Some(self.opt.clip_grad_norm(max)?),
             None => None,
         };
-        if fetch_ahead && self.uploader.is_some() && self.step + 1 < self.config.steps {
+        let kernel_device = crate::device::kernel::runs_kernels(self.device);
+        if fetch_ahead && kernel_device && self.step + 1 < self.config.steps {
             self.fetch_ahead();
         }
         // The one readback of the step, before the update is applied: loss, accuracies, the
@@ -585,9 +575,7 @@ impl Trainer {
         self.opt.step(lr)?;
         // CLIP clamps the temperature in place after every step: exp(logit_scale) ≤ 100.
         clamp_in_place(&self.model.logit_scale, 0.0, 100f32.ln())?;
-        if let Some(up) = &mut self.uploader {
-            up.release(&images)?; // every kernel that reads the batch is queued
-        }
+        self.uploader.release(&images)?; // every kernel that reads the batch is queued
         self.step += 1;
         // On the CPU the parameters are checked after every update (one pass over them, in
         // place); on a kernel device that would download them every step, so there they are
