@@ -41,6 +41,7 @@ pub mod model;
 pub mod nn;
 pub mod ops;
 pub mod optim;
+pub mod process;
 pub mod tensor;
 pub mod tokenizer;
 pub mod train;

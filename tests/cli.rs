@@ -676,3 +676,31 @@ fn a_text_that_starts_with_a_dash_is_a_text() {
     assert_eq!(f.get("text_embeds").unwrap().shape()[0], 1);
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// A reader that closes the pipe early (`clipcu kernels | grep -q PTX`, `| head`) ends the
+/// process quietly by SIGPIPE, as it ends `cat` — not with a panic (exit 101) on the failed write.
+/// Here the read end is closed before the child has started, so its first line meets it.
+#[test]
+#[cfg(unix)]
+fn a_closed_stdout_ends_the_process_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let mut child = clipcu()
+        .arg("kernels")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("panicked"),
+        "clipcu kernels panicked: {stderr}"
+    );
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "status {:?}, stderr {stderr}",
+        out.status
+    );
+}

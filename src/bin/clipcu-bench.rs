@@ -93,6 +93,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     clipcu::alloc::keep_freed_memory();
+    clipcu::process::end_quietly_on_closed_stdout();
     let args = Args::parse();
     let device = match args.device.as_str() {
         "auto" => {

@@ -110,6 +110,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     clipcu::alloc::keep_freed_memory();
+    clipcu::process::end_quietly_on_closed_stdout();
     let cli = Cli::parse();
     let l = &cli.image_limits;
     clipcu::data::ImageLimits::set_process_default(clipcu::data::ImageLimits {
