@@ -77,6 +77,22 @@ fn step_transfers(device: Device, name: &str, micro: usize) {
         };
         assert_eq!(d, want, "{name} on {device}, micro {micro}, step {step}");
     }
+    // A checkpoint downloads each parameter once and the moments in one copy (checked for
+    // divergence on those same host copies), and uploads nothing.
+    let path = std::env::temp_dir().join(format!(
+        "clipcu-transfers-{}-{name}-{micro}.safetensors",
+        std::process::id()
+    ));
+    let before = transfers::stats(device);
+    t.save_checkpoint(&path).unwrap();
+    let d = transfers::stats(device) - before;
+    std::fs::remove_file(&path).ok();
+    let params = clipcu::nn::Module::parameters(&t.model).len() as u64;
+    assert_eq!(
+        (d.uploads, d.downloads),
+        (0, params + 1),
+        "{name} on {device}: a checkpoint's copies"
+    );
 }
 
 #[test]

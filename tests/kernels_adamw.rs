@@ -114,7 +114,7 @@ fn train(device: Device, seed: u64) -> Run {
             .iter()
             .map(|p| p.value().to_device(Device::Cpu).unwrap())
             .collect(),
-        state: opt.state(),
+        state: opt.state().unwrap(),
     }
 }
 
@@ -333,7 +333,7 @@ fn moments_round_trip_through_state_between_cpu_and_kernel_devices() {
                 }
             };
             run_steps(&params, &mut opt, first, 0..3);
-            let saved = opt.state();
+            let saved = opt.state().unwrap();
             assert!(saved.iter().all(|(_, t)| t.device() == Device::Cpu));
             // a fresh optimizer on the other device, as a resumed run builds it
             let moved: Vec<Param> = params
@@ -350,7 +350,7 @@ fn moments_round_trip_through_state_between_cpu_and_kernel_devices() {
                     .iter()
                     .map(|p| p.value().to_device(Device::Cpu).unwrap())
                     .collect(),
-                state: opt2.state(),
+                state: opt2.state().unwrap(),
             };
             let (worst, _) = compare(&what, &run, &cpu);
             println!("{what}: within {worst:.2e} of an uninterrupted cpu run");
@@ -360,7 +360,7 @@ fn moments_round_trip_through_state_between_cpu_and_kernel_devices() {
         let mut opt = AdamW::new(&params, config());
         opt.to_device(device).unwrap();
         assert_eq!(opt.moments_device(), device);
-        let round = state_map(opt.state());
+        let round = state_map(opt.state().unwrap());
         opt.to_device(Device::Cpu).unwrap();
         for (k, t) in &round {
             if k != "step" {

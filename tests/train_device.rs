@@ -79,7 +79,7 @@ fn train(name: &str, device: Device, seed: u64, micro: usize, checkpointing: boo
         assert_eq!(v.device(), device, "{n} left {device}");
         run.state.insert(n, v.to_device(Device::Cpu).unwrap());
     }
-    for (n, v) in t.opt.state() {
+    for (n, v) in t.opt.state().unwrap() {
         run.state
             .insert(format!("optim.{n}"), v.to_device(Device::Cpu).unwrap());
     }

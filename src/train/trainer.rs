@@ -606,30 +606,13 @@ impl Trainer {
     /// The parameters' problem, if any: a non-finite element (named by tensor), or a largest
     /// magnitude over [`EXPLODED`]. Reads every parameter (downloads them from a device).
     pub fn check_params(&self) -> Result<Option<String>> {
-        let mut largest = (0f32, String::new());
-        for (name, p) in self.model.named_params() {
-            let v = p.value();
-            let s = v.value_stats()?;
-            if s.non_finite > 0 {
-                return Ok(Some(format!(
-                    "the parameter `{name}` is not finite ({} of its {} elements are NaN or \
-                     infinite)",
-                    s.non_finite,
-                    v.numel()
-                )));
-            }
-            if s.max_abs > largest.0 {
-                largest = (s.max_abs, name);
-            }
-        }
-        if largest.0 > EXPLODED {
-            return Ok(Some(format!(
-                "the parameters exploded: `{}` reaches |w| = {:.3e}, over {EXPLODED:e} (no \
-                 healthy CLIP weight comes near it)",
-                largest.1, largest.0
-            )));
-        }
-        Ok(None)
+        let params: Vec<(String, Tensor)> = self
+            .model
+            .named_params()
+            .into_iter()
+            .map(|(n, p)| (n, p.value()))
+            .collect();
+        params_problem(&params)
     }
 
     /// [`Trainer::check_params`], then the optimizer's moments (non-finite elements): what is
@@ -638,18 +621,7 @@ impl Trainer {
         if let Some(p) = self.check_params()? {
             return Ok(Some(p));
         }
-        for (name, t) in self.opt.state() {
-            let s = t.value_stats()?;
-            if s.non_finite > 0 {
-                return Ok(Some(format!(
-                    "the optimizer state `optim.{name}` is not finite ({} of its {} elements are \
-                     NaN or infinite)",
-                    s.non_finite,
-                    t.numel()
-                )));
-            }
-        }
-        Ok(None)
+        moments_problem(&self.opt.state()?)
     }
 
     /// What most likely made a run diverge, and what to do.
@@ -701,10 +673,22 @@ impl Trainer {
     }
 
     /// Save weights, optimizer state, step and data position to `path`, atomically.
-    /// The state is checked first ([`Trainer::check_state`]): a diverged run is an error here
-    /// and the checkpoint already on disk is left as it was.
+    /// The state is checked first (as [`Trainer::check_state`], on the same host copies that are
+    /// then written: one download of parameters and moments per checkpoint): a diverged run is an
+    /// error here and the checkpoint already on disk is left as it was.
     pub fn save_checkpoint(&self, path: &Path) -> Result<()> {
-        if let Some(problem) = self.check_state()? {
+        let params = self
+            .model
+            .named_params()
+            .into_iter()
+            .map(|(n, p)| Ok((n, p.value().to_device(Device::Cpu)?)))
+            .collect::<Result<Vec<(String, Tensor)>>>()?;
+        let state = self.opt.state()?;
+        let problem = match params_problem(&params)? {
+            Some(p) => Some(p),
+            None => moments_problem(&state)?,
+        };
+        if let Some(problem) = problem {
             return Err(Error::Msg(format!(
                 "step {}: {problem}, so no checkpoint was written ({} is left as it was); {}",
                 self.step,
@@ -712,18 +696,8 @@ impl Trainer {
                 self.likely_cause(self.schedule().lr(self.step.saturating_sub(1)))
             )));
         }
-        let mut tensors: Vec<(String, Tensor)> = self
-            .model
-            .named_params()
-            .into_iter()
-            .map(|(n, p)| (n, p.value()))
-            .collect();
-        tensors.extend(
-            self.opt
-                .state()
-                .into_iter()
-                .map(|(n, t)| (format!("optim.{n}"), t)),
-        );
+        let mut tensors = params;
+        tensors.extend(state.into_iter().map(|(n, t)| (format!("optim.{n}"), t)));
         let refs: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
         let mut meta = BTreeMap::new();
         meta.insert("format".into(), "clipcu".into());
@@ -1109,4 +1083,48 @@ fn plot_metrics(metrics: &Path, png: &Path) -> Result<()> {
         }
     }
     plot::plot_training(png, &loss, &acc)
+}
+
+/// The problem of a set of parameters, if any: a non-finite element (named by tensor), or a
+/// largest magnitude over [`EXPLODED`].
+fn params_problem(params: &[(String, Tensor)]) -> Result<Option<String>> {
+    let mut largest = (0f32, "");
+    for (name, v) in params {
+        let s = v.value_stats()?;
+        if s.non_finite > 0 {
+            return Ok(Some(format!(
+                "the parameter `{name}` is not finite ({} of its {} elements are NaN or \
+                 infinite)",
+                s.non_finite,
+                v.numel()
+            )));
+        }
+        if s.max_abs > largest.0 {
+            largest = (s.max_abs, name);
+        }
+    }
+    if largest.0 > EXPLODED {
+        return Ok(Some(format!(
+            "the parameters exploded: `{}` reaches |w| = {:.3e}, over {EXPLODED:e} (no \
+             healthy CLIP weight comes near it)",
+            largest.1, largest.0
+        )));
+    }
+    Ok(None)
+}
+
+/// The optimizer state's problem, if any: a non-finite moment (named by tensor).
+fn moments_problem(state: &[(String, Tensor)]) -> Result<Option<String>> {
+    for (name, t) in state {
+        let s = t.value_stats()?;
+        if s.non_finite > 0 {
+            return Ok(Some(format!(
+                "the optimizer state `optim.{name}` is not finite ({} of its {} elements are \
+                 NaN or infinite)",
+                s.non_finite,
+                t.numel()
+            )));
+        }
+    }
+    Ok(None)
 }

@@ -299,13 +299,13 @@ impl AdamW {
 
     /// The optimizer state as named host tensors (`{name}.exp_avg`, `{name}.exp_avg_sq`,
     /// `step`), for checkpoints: the same on every device, so a checkpoint written on one loads
-    /// on any other. Moments on a device come back in one download (panics only when the device
-    /// fails during it, as the tensor readers do).
-    pub fn state(&self) -> Vec<(String, Tensor)> {
-        let device_moments = self.device.as_ref().map(|d| {
-            d.download(&self.slots)
-                .unwrap_or_else(|e| panic!("AdamW::state: reading the moments back failed: {e}"))
-        });
+    /// on any other. Moments on a device come back in one download (an error if the device
+    /// fails during it).
+    pub fn state(&self) -> Result<Vec<(String, Tensor)>> {
+        let device_moments = match &self.device {
+            Some(d) => Some(d.download(&self.slots)?),
+            None => None,
+        };
         let mut out = vec![("step".to_string(), Tensor::scalar(self.step as f32))];
         for (i, s) in self.slots.iter().enumerate() {
             let shape = s.param.value().shape().to_vec();
@@ -315,14 +315,14 @@ impl AdamW {
             };
             out.push((
                 format!("{}.exp_avg", s.param.name()),
-                Tensor::from_vec(m, shape.clone()).expect("sized"),
+                Tensor::from_vec(m, shape.clone())?,
             ));
             out.push((
                 format!("{}.exp_avg_sq", s.param.name()),
-                Tensor::from_vec(v, shape).expect("sized"),
+                Tensor::from_vec(v, shape)?,
             ));
         }
-        out
+        Ok(out)
     }
 
     /// Restore what `state` wrote (on any device); every slot must be present with its shape.
