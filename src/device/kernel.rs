@@ -79,41 +79,38 @@ impl DeviceBuf {
     }
     /// Host i32 values (token ids, indices) made readable by kernels on `device`.
     pub fn from_i32(device: Device, values: &[i32]) -> Result<DeviceBuf> {
-        crate::device::transfers::record(
-            device,
-            crate::device::transfers::Direction::Upload,
-            std::mem::size_of_val(values),
-        );
-        let data = match device {
-            Device::Emu => BufData::HostI32(values.to_vec()),
-            Device::Cuda(i) => BufData::CudaRaw(CudaBackend::get(i)?.upload(values)?, 4),
-            Device::Cpu => return Err(not_kernel_device("DeviceBuf", device)),
-        };
-        Ok(DeviceBuf {
-            device,
-            shape: vec![values.len()],
-            data,
-            _lease: emu_lease(device, std::mem::size_of_val(values)),
-        })
+        DeviceBuf::upload(device, values, BufData::HostI32)
     }
     /// Host 64-bit words (a launch table of device addresses and sizes) made readable by kernels
     /// on `device`: one upload.
     pub fn from_u64(device: Device, values: &[u64]) -> Result<DeviceBuf> {
+        DeviceBuf::upload(device, values, BufData::HostU64)
+    }
+    /// One upload of `values` (counted): held as `host` on Emu, as raw device memory on Cuda.
+    fn upload<T: bytemuck::Pod>(
+        device: Device,
+        values: &[T],
+        host: fn(Vec<T>) -> BufData,
+    ) -> Result<DeviceBuf> {
+        let bytes = std::mem::size_of_val(values);
         crate::device::transfers::record(
             device,
             crate::device::transfers::Direction::Upload,
-            std::mem::size_of_val(values),
+            bytes,
         );
         let data = match device {
-            Device::Emu => BufData::HostU64(values.to_vec()),
-            Device::Cuda(i) => BufData::CudaRaw(CudaBackend::get(i)?.upload(values)?, 8),
+            Device::Emu => host(values.to_vec()),
+            Device::Cuda(i) => BufData::CudaRaw(
+                CudaBackend::get(i)?.upload(values)?,
+                std::mem::size_of::<T>(),
+            ),
             Device::Cpu => return Err(not_kernel_device("DeviceBuf", device)),
         };
         Ok(DeviceBuf {
             device,
             shape: vec![values.len()],
             data,
-            _lease: emu_lease(device, std::mem::size_of_val(values)),
+            _lease: emu_lease(device, bytes),
         })
     }
     /// `n` uninitialised 64-bit words on `device` that kernels write (f64 partial sums): all

@@ -95,8 +95,15 @@ pub fn save(
     order.sort_by_key(|(_, t)| std::cmp::Reverse(t.dtype().size_in_bytes()));
     let header = build_header(path, &order, metadata)?;
 
+    replace_atomically(path, |tmp| write_file(tmp, &header, &order))
+}
+
+/// Writes `path` through a temporary sibling (the naming [`stale_temp_files`] finds after a
+/// kill): `write` fills and fsyncs it, then it is renamed over `path` and the rename made
+/// durable; on failure the temporary file is removed and the error names both files.
+fn replace_atomically(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()>) -> Result<()> {
     let tmp = temp_path(path)?;
-    let result = write_file(&tmp, &header, &order)
+    let result = write(&tmp)
         .and_then(|()| fs::rename(&tmp, path))
         .map_err(|e| {
             Error::io(
@@ -133,33 +140,15 @@ fn sync_parent(path: &Path) {
 /// Writes `bytes` to `path` atomically, with the protocol of [`save`]: a temporary sibling
 /// (same naming, so [`stale_temp_files`] finds it after a kill), fsynced, renamed over `path`.
 pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
-    let path = path.as_ref();
-    let tmp = temp_path(path)?;
-    let result = (|| -> std::io::Result<()> {
+    replace_atomically(path.as_ref(), |tmp| {
         let mut f = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
-            .open(&tmp)?;
+            .open(tmp)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })()
-    .map_err(|e| {
-        Error::io(
-            path,
-            std::io::Error::new(
-                e.kind(),
-                format!("writing via temporary file {}: {e}", tmp.display()),
-            ),
-        )
-    });
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-        return result;
-    }
-    sync_parent(path);
-    Ok(())
+        f.sync_all()
+    })
 }
 
 /// Makes `dst` name the same file as `src`, atomically replacing whatever `dst` was: a hard link
