@@ -181,6 +181,9 @@ impl TrainStepCase {
             seed: 0,
             checkpointing: false,
             shape_groups: 0,
+            lock: Default::default(),
+            epochs: None,
+            workers: None,
         };
         let mut trainer =
             crate::train::Trainer::new(&cfg, config, crate::train::DataSpec::Synthetic)?;

@@ -647,7 +647,8 @@ fn a_small_image_size_trains_on_files_and_is_an_error_for_the_synthetic_data() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert_eq!(
-        err.matches("no held-out synthetic evaluation").count(),
+        err.matches("the synthetic shape evaluation is not run")
+            .count(),
         1,
         "{err}"
     );
@@ -703,4 +704,186 @@ fn a_closed_stdout_ends_the_process_quietly() {
         "status {:?}, stderr {stderr}",
         out.status
     );
+}
+
+#[test]
+fn train_on_a_csv_evaluates_zero_shot_and_validation_on_the_users_data() {
+    let dir = tmpdir();
+    let cfg_path = small_config(&dir);
+    let classes = ["cat", "dog", "fox"];
+    let mut csv = String::from("filepath,title\n");
+    for (c, class) in classes.iter().enumerate() {
+        std::fs::create_dir_all(dir.join("zs").join(class)).unwrap();
+        for i in 0..4 {
+            let rel = format!("zs/{class}/{i}.png");
+            write_png(&dir.join(&rel), (c * 10 + i) as u64);
+            csv += &format!("{rel},a photo of a {class}, picture {i}\n");
+        }
+    }
+    std::fs::write(dir.join("train.csv"), &csv).unwrap();
+    std::fs::write(dir.join("val.csv"), &csv).unwrap();
+    std::fs::write(dir.join("names.txt"), "cat\tsmall cat\n").unwrap();
+    let run = |out: &str, extra: &[&str]| {
+        let o = clipcu()
+            .args(["train", "--config"])
+            .arg(&cfg_path)
+            .args([
+                "--epochs",
+                "2",
+                "--batch-size",
+                "4",
+                "--eval-every",
+                "2",
+                "--device",
+                "cpu",
+            ])
+            .args(["--data", dir.join("train.csv").to_str().unwrap(), "--out"])
+            .arg(dir.join(out))
+            .args(extra)
+            .output()
+            .unwrap();
+        let (out, err) = (
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+        );
+        assert!(o.status.success(), "{out}\n{err}");
+        (out.into_owned(), err.into_owned())
+    };
+    let (out, err) = run(
+        "with",
+        &[
+            "--zeroshot-data",
+            dir.join("zs").to_str().unwrap(),
+            "--zeroshot-templates",
+            "simple",
+            "--zeroshot-classnames",
+            dir.join("names.txt").to_str().unwrap(),
+            "--val-data",
+            dir.join("val.csv").to_str().unwrap(),
+        ],
+    );
+    assert!(
+        !out.contains("shape task") && !err.contains("held-out zero-shot"),
+        "{out}{err}"
+    );
+    assert!(
+        out.contains("zero-shot on") && out.contains("recall@10"),
+        "{out}"
+    );
+    let (losses, evals) = metrics(&dir.join("with/metrics.jsonl"));
+    assert_eq!(losses.len(), 6, "2 epochs × ⌊12 / 4⌋ steps");
+    let zs: Vec<_> = evals.iter().filter(|v| v["eval"] == "zeroshot").collect();
+    let val: Vec<_> = evals.iter().filter(|v| v["eval"] == "val").collect();
+    assert_eq!((zs.len(), val.len()), (3, 3), "{evals:?}");
+    for z in &zs {
+        let (t1, t5) = (z["top1"].as_f64().unwrap(), z["top5"].as_f64().unwrap());
+        assert!(
+            (0.0..=1.0).contains(&t1) && t5 == 1.0 && z["samples"] == 12,
+            "{z}"
+        );
+    }
+    for v in &val {
+        assert!(
+            v["val_loss"].as_f64().unwrap().is_finite() && v["samples"] == 12,
+            "{v}"
+        );
+        let r1 = v["image_to_text_r1"].as_f64().unwrap();
+        let r10 = v["image_to_text_r10"].as_f64().unwrap();
+        assert!(r1 <= r10 && r10 <= 1.0 && r1 >= 0.0, "{v}");
+    }
+    // without --zeroshot-data: no synthetic shape line, said once why
+    let (out, err) = run("without", &[]);
+    assert!(!out.contains("shape task"), "{out}");
+    assert_eq!(
+        err.matches("the synthetic shape evaluation is not run")
+            .count(),
+        1,
+        "{err}"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn fine_tune_flags_are_checked_before_training() {
+    let dir = tmpdir();
+    let cfg_path = small_config(&dir);
+    let o = clipcu()
+        .args(["train", "--config"])
+        .arg(&cfg_path)
+        .args(["--lock-image-unlocked-groups", "1", "--out"])
+        .arg(dir.join("r"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("add --lock-image"),
+        "{err}"
+    );
+    let o = clipcu()
+        .args(["train", "--epochs", "2", "--out"])
+        .arg(dir.join("r2"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("synthetic dataset is infinite"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn pretrained_with_lock_image_keeps_the_image_tower_of_the_file() {
+    let dir = tmpdir();
+    let cfg_path = small_config(&dir);
+    let train = |out: &str, extra: &[&str]| {
+        let o = clipcu()
+            .args([
+                "train",
+                "--steps",
+                "2",
+                "--batch-size",
+                "4",
+                "--eval-every",
+                "0",
+            ])
+            .args(["--device", "cpu", "--out"])
+            .arg(dir.join(out))
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    train("base", &["--config", cfg_path.to_str().unwrap()]);
+    let pre = dir.join("base/model.safetensors");
+    train(
+        "tuned",
+        &[
+            "--pretrained",
+            pre.to_str().unwrap(),
+            "--lock-image",
+            "--seed",
+            "5",
+        ],
+    );
+    let (a, b) = (
+        clipcu::io::safetensors::load(&pre).unwrap(),
+        clipcu::io::safetensors::load(dir.join("tuned/model.safetensors")).unwrap(),
+    );
+    let bits = |t: &clipcu::Tensor| t.to_vec().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    let (mut same, mut changed) = (0, 0);
+    for (n, t) in &a.tensors {
+        let u = b.get(n).unwrap();
+        if n.starts_with("visual.") {
+            assert_eq!(bits(t), bits(u), "{n} changed under --lock-image");
+            same += 1;
+        } else if bits(t) != bits(u) {
+            changed += 1;
+        }
+    }
+    assert!(
+        same > 10 && changed > 10,
+        "{same} image tensors kept, {changed} others changed"
+    );
+    std::fs::remove_dir_all(dir).ok();
 }

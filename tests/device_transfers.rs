@@ -28,6 +28,9 @@ fn step_transfers(device: Device, name: &str, micro: usize) {
         seed: 3,
         checkpointing: false,
         shape_groups: 0,
+        lock: Default::default(),
+        epochs: None,
+        workers: None,
     };
     let mut t = Trainer::new(&cfg, config, DataSpec::Synthetic).unwrap();
     t.to_device(device).unwrap();

@@ -1017,6 +1017,9 @@ fn class4_a_nan_loss_names_the_step_and_the_non_finite_weight() {
             seed: 3,
             checkpointing: false,
             shape_groups: 0,
+            lock: Default::default(),
+            epochs: None,
+            workers: None,
         };
         let mut t = Trainer::new(&cfg, tc, DataSpec::Synthetic).unwrap();
         t.to_device(device).unwrap();
@@ -1180,6 +1183,9 @@ fn class5_options_that_make_no_sense_are_errors_or_warnings() {
         seed: 0,
         checkpointing: false,
         shape_groups: 0,
+        lock: Default::default(),
+        epochs: None,
+        workers: None,
     };
     let mut t = clipcu::train::Trainer::new(&tiny, tc, clipcu::train::DataSpec::Synthetic).unwrap();
     t.step = 1;

@@ -29,6 +29,9 @@ fn config(micro_batch: usize, checkpointing: bool) -> TrainConfig {
         seed: 0,
         checkpointing,
         shape_groups: 0,
+        lock: Default::default(),
+        epochs: None,
+        workers: None,
     }
 }
 

@@ -50,6 +50,9 @@ fn fixture_trainer(grad_clip: Option<f64>, micro_batch: usize) -> Trainer {
         seed: 0,
         checkpointing: false,
         shape_groups: 0,
+        lock: Default::default(),
+        epochs: None,
+        workers: None,
     };
     let t = Trainer::new(&cfg, config, DataSpec::Synthetic).unwrap();
     load_into(&t.model, fixtures().join("models/tiny-vit.safetensors")).unwrap();

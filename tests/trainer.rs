@@ -29,6 +29,9 @@ fn config(steps: usize, seed: u64) -> TrainConfig {
         seed,
         checkpointing: false,
         shape_groups: 4, // the grouped stream, as the CLI default trains on
+        lock: Default::default(),
+        epochs: None,
+        workers: None,
     }
 }
 
@@ -41,6 +44,8 @@ fn opts(out: &Path) -> RunOptions {
         progress: false,
         overwrite: false,
         keep_checkpoints: 3,
+        zeroshot: None,
+        validation: None,
     }
 }
 
@@ -217,7 +222,7 @@ fn a_run_writes_metrics_checkpoints_model_and_plot() {
     let mut o = opts(&out);
     o.eval_every = 2;
     let last = t.run(&o).unwrap();
-    let (single, ens) = last.expect("an evaluation at the end");
+    let (single, ens) = last.heldout_shape.expect("an evaluation at the end");
     assert!((0.0..=1.0).contains(&single) && (0.0..=1.0).contains(&ens));
     let l = losses(&out.join("metrics.jsonl"));
     assert_eq!(l.len(), 4);

@@ -14,6 +14,7 @@
 //!   that copy.
 
 use crate::{Error, Result, Tensor};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, RwLockWriteGuard};
 
 #[derive(Clone)]
@@ -21,7 +22,8 @@ pub struct Param(Arc<ParamInner>);
 
 struct ParamInner {
     name: String,
-    requires_grad: bool,
+    /// Trainable (false for buffers, and for weights a fine-tune locks: `set_requires_grad`).
+    requires_grad: AtomicBool,
     value: RwLock<Tensor>,
     grad: RwLock<Option<Tensor>>,
     /// On a kernel device, the gradient storage that `zero_grad` set aside: the next first
@@ -50,7 +52,7 @@ impl Param {
     fn build(name: String, value: Tensor, requires_grad: bool) -> Param {
         Param(Arc::new(ParamInner {
             name,
-            requires_grad,
+            requires_grad: AtomicBool::new(requires_grad),
             value: RwLock::new(value),
             grad: RwLock::new(None),
             spare_grad: RwLock::new(None),
@@ -61,7 +63,13 @@ impl Param {
         &self.0.name
     }
     pub fn requires_grad(&self) -> bool {
-        self.0.requires_grad
+        self.0.requires_grad.load(Ordering::Relaxed)
+    }
+    /// Lock (`false`) or unlock a weight: a locked one enters graphs as a constant, so backward
+    /// computes nothing for it (nor for anything that depends only on locked weights), and an
+    /// optimizer made afterwards keeps no state for it. Set it before building the optimizer.
+    pub fn set_requires_grad(&self, on: bool) {
+        self.0.requires_grad.store(on, Ordering::Relaxed);
     }
     /// The current value (a cheap shared handle).
     pub fn value(&self) -> Tensor {

@@ -5,6 +5,7 @@
 
 pub mod clip;
 pub mod config;
+pub mod lock;
 pub mod resize;
 pub mod resnet;
 pub mod text;
@@ -13,4 +14,5 @@ pub mod weights;
 
 pub use clip::{Clip, VisionTower};
 pub use config::{ClipConfig, TextConfig, VisionConfig, VisionLayers};
+pub use lock::Locking;
 pub use weights::{load_clip, load_into, save_clip};

@@ -65,7 +65,7 @@ impl ConvBn {
             Ok(y)
         }
     }
-    fn visit(&self, f: &mut dyn FnMut(&Param)) {
+    pub(crate) fn visit(&self, f: &mut dyn FnMut(&Param)) {
         self.conv.visit_params(f);
         self.bn.visit_params(f);
     }
@@ -134,7 +134,7 @@ impl Bottleneck {
         self.c3.forward(g, &out, Some(&identity), true)
     }
 
-    fn visit(&self, f: &mut dyn FnMut(&Param)) {
+    pub(crate) fn visit(&self, f: &mut dyn FnMut(&Param)) {
         self.c1.visit(f);
         self.c2.visit(f);
         self.c3.visit(f);
@@ -200,7 +200,7 @@ impl AttentionPool2d {
         self.c_proj.forward(g, &g.reshape(&o, [n, c])?)
     }
 
-    fn visit(&self, f: &mut dyn FnMut(&Param)) {
+    pub(crate) fn visit(&self, f: &mut dyn FnMut(&Param)) {
         f(&self.positional_embedding);
         for l in [&self.q_proj, &self.k_proj, &self.v_proj, &self.c_proj] {
             l.visit_params(f);
@@ -286,6 +286,25 @@ impl ModifiedResNet {
             }
             if let Some(d) = &mut b.downsample {
                 d.bn.training = training;
+            }
+        }
+    }
+
+    /// Freeze the BatchNorm statistics of the first `groups` of [stem, layer1, …, layer4]
+    /// (`model::lock`): they normalise with their running statistics, in training too, and no
+    /// longer update them.
+    pub fn freeze_bn_stats(&mut self, groups: usize) {
+        if groups > 0 {
+            self.stem.iter_mut().for_each(|c| c.bn.frozen = true);
+        }
+        for layer in self.layers.iter_mut().take(groups.saturating_sub(1)) {
+            for b in layer {
+                for c in [&mut b.c1, &mut b.c2, &mut b.c3] {
+                    c.bn.frozen = true;
+                }
+                if let Some(d) = &mut b.downsample {
+                    d.bn.frozen = true;
+                }
             }
         }
     }

@@ -72,6 +72,9 @@ pub struct BatchNorm2d {
     pub eps: f32,
     /// Batch statistics (and running-stat updates) when true; running statistics when false.
     pub training: bool,
+    /// Always running statistics, whatever `training` says (LiT's `freeze_bn_stats` for a
+    /// locked tower: `ModifiedResNet::lock`).
+    pub frozen: bool,
 }
 
 impl BatchNorm2d {
@@ -84,6 +87,7 @@ impl BatchNorm2d {
             momentum: 0.1,
             eps: 1e-5,
             training: true,
+            frozen: false,
         }
     }
 
@@ -94,7 +98,7 @@ impl BatchNorm2d {
             &g.param(&self.bias),
             &self.running_mean,
             &self.running_var,
-            self.training,
+            self.training && !self.frozen,
             self.momentum,
             self.eps,
         )

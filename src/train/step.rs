@@ -106,11 +106,16 @@ pub fn contrastive_forward_backward_deferred(
     let mut start = 0;
     for p in parts {
         let len = p.image.shape()[0];
-        let seeds = [
-            (&p.image, gi.narrow(0, start, len)?.try_contiguous()?),
-            (&p.text, gt.narrow(0, start, len)?.try_contiguous()?),
-        ];
-        p.graph.backward_multi(&seeds)?;
+        // A locked tower's features depend on no trainable weight: nothing to backpropagate.
+        let mut seeds = Vec::with_capacity(2);
+        for (f, g) in [(&p.image, &gi), (&p.text, &gt)] {
+            if f.requires_grad() {
+                seeds.push((f, g.narrow(0, start, len)?.try_contiguous()?));
+            }
+        }
+        if !seeds.is_empty() {
+            p.graph.backward_multi(&seeds)?;
+        }
         start += len;
     }
     Ok(stats)

@@ -4,12 +4,13 @@
 //! bit-exact resume needs (weights, optimizer moments, step, data position), and a PNG plot at the
 //! end.
 
+use super::eval::{ValidationResult, ValidationSet, ZeroShotResult, ZeroShotSet};
 use super::{contrastive_forward_backward_deferred, eval, plot, read_scalars, samples_to_tensor};
 use crate::data::synthetic::{Split, Synthetic, SyntheticConfig, Task};
-use crate::data::{CsvOptions, DataPosition, Loader, LoaderConfig, SkipStats, Source};
+use crate::data::{DataPosition, Loader, LoaderConfig, SkipStats, Source};
 use crate::device::upload::{BatchUploader, Staged};
 use crate::io::safetensors as st;
-use crate::model::{weights, Clip, ClipConfig};
+use crate::model::{weights, Clip, ClipConfig, Locking};
 use crate::nn::Module;
 use crate::optim::{clamp_in_place, AdamW, AdamWConfig, LrSchedule};
 use crate::tokenizer::Tokenizer;
@@ -42,6 +43,17 @@ pub struct TrainConfig {
     /// random pairs.
     #[serde(default)]
     pub shape_groups: usize,
+    /// The towers a fine-tune locks (`model::lock`; nothing by default).
+    #[serde(default)]
+    pub lock: Locking,
+    /// `--epochs`: the run's length in passes over finite data (`steps` is then
+    /// [`steps_for_epochs`]); the progress shows the epoch.
+    #[serde(default)]
+    pub epochs: Option<usize>,
+    /// Data-loading threads (`--workers`; `None`: one per core). Changes no number, so it is
+    /// not saved with the run.
+    #[serde(skip)]
+    pub workers: Option<usize>,
 }
 
 impl TrainConfig {
@@ -79,6 +91,7 @@ impl TrainConfig {
                 self.weight_decay
             ));
         }
+        self.lock.validate()?;
         if let Some(c) = self.grad_clip {
             if !c.is_finite() || c <= 0.0 {
                 return bad(format!(
@@ -107,6 +120,21 @@ pub struct RunOptions {
     /// run which went wrong can resume from an earlier one: `checkpoint-<step>.safetensors`, the
     /// newest `keep_checkpoints` of them (hard links of the latest: no extra bytes on disk).
     pub keep_checkpoints: usize,
+    /// Zero-shot evaluation on the user's ImageFolder every `eval_every` steps and at the end
+    /// (`--zeroshot-data`).
+    pub zeroshot: Option<ZeroShotSet>,
+    /// Validation loss and recall on held-out pairs every `eval_every` steps and at the end
+    /// (`--val-data`).
+    pub validation: Option<ValidationSet>,
+}
+
+/// The last evaluations of a run (`Trainer::run`), each `None` when not evaluated.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RunSummary {
+    /// Held-out synthetic shape top-1: (single template, ensembled) — synthetic data only.
+    pub heldout_shape: Option<(f32, f32)>,
+    pub zeroshot: Option<ZeroShotResult>,
+    pub validation: Option<ValidationResult>,
 }
 
 impl RunOptions {
@@ -120,6 +148,8 @@ impl RunOptions {
             progress: false,
             overwrite: false,
             keep_checkpoints: 3,
+            zeroshot: None,
+            validation: None,
         }
     }
 
@@ -243,16 +273,15 @@ impl DataStream {
                 group: cfg.shape_groups,
             }),
             DataSpec::Files(d) => {
-                let source = if d.ends_with(".csv") || d.ends_with(".tsv") {
-                    Source::csv(d, &CsvOptions::default())?
-                } else {
-                    Source::webdataset(d)?
-                };
+                let source = eval::files_source(d)?;
                 check_batch_fits(&source, d, cfg.batch_size)?;
                 let mut lc = LoaderConfig::new(cfg.batch_size, image_size);
                 lc.context_length = model.text_cfg.context_length;
                 lc.seed = cfg.seed;
                 lc.drop_last = true;
+                if let Some(w) = cfg.workers {
+                    lc.workers = w;
+                }
                 DataStream::Files(Box::new(Loader::new(source, lc, start)?))
             }
         })
@@ -282,6 +311,14 @@ impl DataStream {
         }
     }
 
+    /// The epoch the next batch starts in (0-based; files only).
+    pub fn epoch(&self) -> Option<u64> {
+        match self {
+            DataStream::Synthetic(_) => None,
+            DataStream::Files(l) => Some(l.position().epoch),
+        }
+    }
+
     /// Samples skipped and counted so far (files only).
     pub fn skips(&self) -> Option<SkipStats> {
         match self {
@@ -297,18 +334,11 @@ impl DataStream {
 /// shard would have to be near empty for the batch not to fit.
 fn check_batch_fits(source: &Source, data: &str, batch: usize) -> Result<()> {
     let samples = match source {
-        Source::Csv { rows, .. } => rows.len(),
-        Source::WebDataset { shards } if shards.len() < batch => {
-            let mut n = 0;
-            for s in shards {
-                // (a shard that cannot be read is the loader's to skip and count)
-                if let Ok(ix) = crate::data::sources::index_shard(s) {
-                    n += ix.samples.len();
-                }
-            }
-            n
-        }
-        _ => return Ok(()),
+        Source::WebDataset { shards } if shards.len() >= batch => return Ok(()),
+        s => match samples_of(s) {
+            Some(n) => n,
+            None => return Ok(()),
+        },
     };
     if batch > samples {
         return Err(Error::Msg(format!(
@@ -318,6 +348,50 @@ fn check_batch_fits(source: &Source, data: &str, batch: usize) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// The samples of a finite source: a CSV's rows, the keys of WebDataset shards (counted from
+/// the tar headers; a shard that cannot be read counts none: the loader skips and counts it).
+fn samples_of(source: &Source) -> Option<usize> {
+    match source {
+        Source::Csv { rows, .. } => Some(rows.len()),
+        Source::WebDataset { shards } => Some(
+            shards
+                .iter()
+                .filter_map(|s| crate::data::sources::index_shard(s).ok())
+                .map(|ix| ix.samples.len())
+                .sum(),
+        ),
+        Source::ImageFolder(f) => Some(f.samples.len()),
+        Source::Synthetic { .. } => None,
+    }
+}
+
+/// The steps of `epochs` passes over `data` at `batch` pairs a step: `epochs × ⌊samples /
+/// batch⌋`. Batches run on across an epoch's end (the stream does not restart at a batch
+/// boundary), so the run sees `epochs × ⌊samples / batch⌋ × batch` samples: the samples of
+/// `epochs` full passes less `epochs × (samples mod batch)`, which fall at the end of the last
+/// pass. An error for the synthetic dataset (infinite) and for data smaller than a batch.
+pub fn steps_for_epochs(data: &DataSpec, epochs: usize, batch: usize) -> Result<usize> {
+    let DataSpec::Files(d) = data else {
+        return Err(Error::Msg(
+            "--epochs counts passes over finite --data; the synthetic dataset is infinite: give              --steps"
+                .into(),
+        ));
+    };
+    if epochs == 0 {
+        return Err(Error::Msg(
+            "--epochs 0: nothing to train; give at least 1".into(),
+        ));
+    }
+    let samples = samples_of(&eval::files_source(d)?).unwrap_or(0);
+    let per_epoch = samples / batch.max(1);
+    if per_epoch == 0 {
+        return Err(Error::Msg(format!(
+            "--data {d} has {samples} samples, fewer than one --batch-size {batch}: an epoch              would be no step"
+        )));
+    }
+    Ok(epochs * per_epoch)
 }
 
 /// A run in progress.
@@ -378,18 +452,28 @@ const DATA_SPEC_KEY: &str = "clipcu.data_spec";
 impl Trainer {
     /// A fresh run: model initialised from `seed`.
     pub fn new(model_config: &ClipConfig, config: TrainConfig, data: DataSpec) -> Result<Trainer> {
-        Self::build(model_config, config, data, None)
+        config.validate()?;
+        Self::build(Clip::new(model_config, config.seed), config, data, None)
+    }
+
+    /// A fine-tune: a fresh run (step 0, fresh optimizer) from `model`'s weights, e.g. loaded
+    /// with [`weights::load_clip`] from open_clip, OpenAI or Hugging Face files; its
+    /// `logit_scale` as loaded. `config.lock` is applied to it.
+    pub fn fine_tune(model: Clip, config: TrainConfig, data: DataSpec) -> Result<Trainer> {
+        config.validate()?;
+        Self::build(model, config, data, None)
     }
 
     fn build(
-        model_config: &ClipConfig,
+        mut model: Clip,
         config: TrainConfig,
         data_spec: DataSpec,
         start: Option<DataPosition>,
     ) -> Result<Trainer> {
-        config.validate()?;
-        let mut model = Clip::new(model_config, config.seed);
+        let model_config = &model.config.clone();
         model.set_checkpointing(config.checkpointing);
+        // Before the optimizer: it keeps state for the trainable parameters only.
+        config.lock.apply(&mut model)?;
         let opt = AdamW::new(
             &model.parameters(),
             AdamWConfig {
@@ -729,7 +813,7 @@ impl Trainer {
     }
 
     /// Continue a run from a checkpoint written by `save_checkpoint`.
-    pub fn resume(path: &Path, config: TrainConfig, data_spec: DataSpec) -> Result<Trainer> {
+    pub fn resume(path: &Path, mut config: TrainConfig, data_spec: DataSpec) -> Result<Trainer> {
         let file = st::load(path)?;
         let meta = |k: &str| {
             file.metadata.get(k).cloned().ok_or_else(|| {
@@ -750,6 +834,20 @@ impl Trainer {
         config.validate()?;
         let saved: TrainConfig = serde_json::from_str(&meta("clipcu.train")?)
             .map_err(|e| Error::format(path, format!("clipcu.train: {e}")))?;
+        // The locks decide which parameters have optimizer state: the checkpoint's hold.
+        if config.lock != saved.lock {
+            if config.lock != Locking::default() {
+                return Err(Error::format(
+                    path,
+                    format!(
+                        "the run was made with the locks {:?}, this resume gives {:?}: a resumed \
+                         run keeps its checkpoint's locks (leave the --lock-* options out)",
+                        saved.lock, config.lock
+                    ),
+                ));
+            }
+            config.lock = saved.lock;
+        }
         if saved.seed != config.seed
             || saved.batch_size != config.batch_size
             || saved.shape_groups != config.shape_groups
@@ -784,7 +882,8 @@ impl Trainer {
                 }
             }
         }
-        let mut t = Trainer::build(&model_config, config, data_spec, files_position)?;
+        let model = Clip::new(&model_config, config.seed);
+        let mut t = Trainer::build(model, config, data_spec, files_position)?;
         weights::load_into(&t.model, path)?;
         let state: HashMap<String, Tensor> = file
             .tensors
@@ -817,13 +916,14 @@ impl Trainer {
     }
 
     /// Train to `config.steps`, writing metrics, checkpoints, evaluations and the plot under
-    /// `opts.out`. Returns the last evaluation (single-template, ensembled top-1 on shapes).
+    /// `opts.out`. Returns the last evaluations: the held-out synthetic shapes (synthetic data
+    /// only), `opts.zeroshot`, `opts.validation`.
     ///
     /// Before the first step: temporary files that a killed run left in `opts.out` are removed;
     /// a fresh run into a folder that holds a run is refused (or, with `opts.overwrite`, the old
     /// run is deleted); a resumed run drops the lines of `metrics.jsonl` after its checkpoint's
     /// step (written by a run stopped after that checkpoint), so each step is there once.
-    pub fn run(&mut self, opts: &RunOptions) -> Result<Option<(f32, f32)>> {
+    pub fn run(&mut self, opts: &RunOptions) -> Result<RunSummary> {
         opts.validate()?;
         if self.step >= self.config.steps {
             return Err(Error::Msg(format!(
@@ -885,23 +985,35 @@ impl Trainer {
             .map_err(|e| Error::io(&metrics_path, e))?;
         let bar = progress_bar(opts.progress, self.config.steps as u64, self.step as u64);
         let started = Instant::now();
-        let mut last_eval = None;
+        let mut summary = RunSummary::default();
         let mut said_no_eval = false;
         let mut recent = Vec::new();
+        let on_files = matches!(self.data_spec, DataSpec::Files(_));
+        if on_files && opts.eval_every > 0 && opts.zeroshot.is_none() {
+            let msg = "note: training on --data: the synthetic shape evaluation is not run (it \
+                       measures the synthetic task); --zeroshot-data FOLDER evaluates zero-shot \
+                       on your classes, --val-data loss and recall on held-out pairs";
+            eprintln!("{msg}");
+        }
         while self.step < self.config.steps {
             let log = self.train_step().map_err(|e| stopped(e, &opts.out))?;
             recent.push(log.pairs_per_s);
             let line = serde_json::to_string(&log).expect("serialises");
             writeln!(metrics, "{line}").map_err(|e| Error::io(&metrics_path, e))?;
             let rate = recent.iter().rev().take(20).sum::<f64>() / recent.len().min(20) as f64;
+            let epoch = match (self.data.epoch(), self.config.epochs) {
+                (Some(e), Some(n)) => format!("epoch {}/{n} · ", (e + 1).min(n as u64)),
+                (Some(e), None) => format!("epoch {} · ", e + 1),
+                (None, _) => String::new(),
+            };
             bar.set_message(format!(
-                "loss {:.3} · scale {:.1} · {:.0} pairs/s",
+                "{epoch}loss {:.3} · scale {:.1} · {:.0} pairs/s",
                 log.loss, log.logit_scale, rate
             ));
             bar.set_position(self.step as u64);
             if !opts.progress && (self.step.is_multiple_of(25) || self.step == 1) {
                 eprintln!(
-                    "step {:>6}/{}  loss {:.4}  scale {:.1}  {:.0} pairs/s  {:.0}s",
+                    "step {:>6}/{}  {epoch}loss {:.4}  scale {:.1}  {:.0} pairs/s  {:.0}s",
                     self.step,
                     self.config.steps,
                     log.loss,
@@ -912,6 +1024,7 @@ impl Trainer {
             }
             let at_end = self.step == self.config.steps;
             let eval_data = match &self.eval_data {
+                _ if on_files => None,
                 Some(d) => Some(d),
                 None if opts.eval_every > 0 && !said_no_eval => {
                     said_no_eval = true;
@@ -920,22 +1033,61 @@ impl Trainer {
                 }
                 None => None,
             };
-            if let Some(eval_data) = eval_data.filter(|_| {
-                opts.eval_every > 0 && (self.step.is_multiple_of(opts.eval_every) || at_end)
-            }) {
+            let due = opts.eval_every > 0 && (self.step.is_multiple_of(opts.eval_every) || at_end);
+            // Evaluations see the model as it is used, BatchNorm on running statistics (the
+            // training step after them puts it back), and leave it as it was.
+            if due {
+                self.model.set_training(false);
+            }
+            let say = |msg: String| {
+                if opts.progress {
+                    bar.println(msg);
+                } else {
+                    eprintln!("{msg}");
+                }
+            };
+            if let Some(eval_data) = eval_data.filter(|_| due) {
                 let (single, ens) =
                     eval::zero_shot(&self.model, eval_data, Task::Shape, opts.eval_samples)?;
                 let (c_single, c_ens) =
                     eval::zero_shot(&self.model, eval_data, Task::Colour, opts.eval_samples)?;
                 let line = serde_json::json!({ "step": self.step, "eval": "zeroshot-heldout", "shape_single": single, "shape_ensemble": ens, "colour_single": c_single, "colour_ensemble": c_ens });
                 writeln!(metrics, "{line}").map_err(|e| Error::io(&metrics_path, e))?;
-                let msg = format!("step {}: held-out zero-shot top-1 — shape {:.1}% single template, {:.1}% ensembled; colour {:.1}% / {:.1}%", self.step, 100.0 * single, 100.0 * ens, 100.0 * c_single, 100.0 * c_ens);
-                if opts.progress {
-                    bar.println(msg);
-                } else {
-                    eprintln!("{msg}");
-                }
-                last_eval = Some((single, ens));
+                say(format!("step {}: held-out zero-shot top-1 — shape {:.1}% single template, {:.1}% ensembled; colour {:.1}% / {:.1}%", self.step, 100.0 * single, 100.0 * ens, 100.0 * c_single, 100.0 * c_ens));
+                summary.heldout_shape = Some((single, ens));
+            }
+            let workers = self.config.workers.unwrap_or_else(default_workers);
+            let batch = self.config.batch_size;
+            if let Some(z) = opts.zeroshot.as_ref().filter(|_| due) {
+                let r = z.evaluate(&self.model, batch, workers)?;
+                let line = serde_json::json!({ "step": self.step, "eval": "zeroshot", "data": z.name, "top1": r.top1, "top5": r.top5, "samples": r.samples });
+                writeln!(metrics, "{line}").map_err(|e| Error::io(&metrics_path, e))?;
+                say(format!(
+                    "step {}: zero-shot on {} ({} images, {} classes) — top-1 {:.1}%, top-5 {:.1}%",
+                    self.step,
+                    z.name,
+                    r.samples,
+                    z.classes.len(),
+                    100.0 * r.top1,
+                    100.0 * r.top5
+                ));
+                summary.zeroshot = Some(r);
+            }
+            if let Some(v) = opts.validation.as_ref().filter(|_| due) {
+                let r = v.evaluate(&self.model, batch, workers)?;
+                let [i1, i5, i10] = r.image_to_text;
+                let [t1, t5, t10] = r.text_to_image;
+                let line = serde_json::json!({ "step": self.step, "eval": "val", "data": v.name, "val_loss": r.loss, "image_to_text_r1": i1, "image_to_text_r5": i5, "image_to_text_r10": i10, "text_to_image_r1": t1, "text_to_image_r5": t5, "text_to_image_r10": t10, "samples": r.samples });
+                writeln!(metrics, "{line}").map_err(|e| Error::io(&metrics_path, e))?;
+                say(format!(
+                    "step {}: validation on {} ({} pairs) — loss {:.4}; recall@1/5/10 image→text {:.1}/{:.1}/{:.1}%, text→image {:.1}/{:.1}/{:.1}%",
+                    self.step, v.name, r.samples, r.loss,
+                    100.0 * i1, 100.0 * i5, 100.0 * i10, 100.0 * t1, 100.0 * t5, 100.0 * t10
+                ));
+                summary.validation = Some(r);
+            }
+            if due {
+                self.model.set_training(true);
             }
             if (opts.checkpoint_every > 0 && self.step.is_multiple_of(opts.checkpoint_every))
                 || at_end
@@ -963,7 +1115,7 @@ impl Trainer {
             &BTreeMap::new(),
         )?;
         plot_metrics(&metrics_path, &opts.out.join("training.png"))?;
-        Ok(last_eval)
+        Ok(summary)
     }
 }
 
@@ -1041,6 +1193,11 @@ fn truncate_metrics(path: &Path, step: usize) -> Result<usize> {
         st::write_atomic(path, kept.as_bytes())?;
     }
     Ok(dropped)
+}
+
+/// The loader's default: one decoding thread per core.
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 fn progress_bar(visible: bool, len: u64, pos: u64) -> indicatif::ProgressBar {

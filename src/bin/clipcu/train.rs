@@ -27,8 +27,54 @@ pub struct TrainArgs {
     /// Micro-batch size for gradient accumulation (the loss still spans the whole batch).
     #[arg(long, default_value_t = 0)]
     pub micro_batch: usize,
+    /// Optimisation steps (the schedule's length). See --epochs for finite data.
     #[arg(long, default_value_t = 5500)]
     pub steps: usize,
+    /// The run's length in passes over --data instead of --steps: E × ⌊samples / batch⌋ steps
+    /// (batches run on across an epoch's end; docs in `train::steps_for_epochs`).
+    #[arg(long, conflicts_with = "steps")]
+    pub epochs: Option<usize>,
+    /// Data decoding threads (default: one per core).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Start from these weights (open_clip/OpenAI or Hugging Face names, f32/f16/bf16, or a
+    /// clipcu model): a fine-tune, with a fresh optimizer and logit_scale as loaded. Give
+    /// --config when the file carries no config of its own.
+    #[arg(long)]
+    pub pretrained: Option<PathBuf>,
+    /// Lock the image tower (LiT): no gradients, no optimizer state, no backward through it.
+    #[arg(long)]
+    pub lock_image: bool,
+    /// With --lock-image: the last N groups of the image tower stay trainable (open_clip's
+    /// groups: for a ViT, 1 = the projection, 2 = also the last block and ln_post, ...).
+    #[arg(long, default_value_t = 0)]
+    pub lock_image_unlocked_groups: usize,
+    /// With --lock-image: the locked ResNet groups' BatchNorms use their running statistics.
+    #[arg(long)]
+    pub lock_image_freeze_bn_stats: bool,
+    /// Lock the text tower.
+    #[arg(long)]
+    pub lock_text: bool,
+    /// With --lock-text: the last N groups of the text tower stay trainable (1 = the
+    /// projection, 2 = also the last block and ln_final, ...).
+    #[arg(long, default_value_t = 0)]
+    pub lock_text_unlocked_layers: usize,
+    /// Zero-shot evaluation on an ImageFolder (one sub-folder per class) every --eval-every
+    /// steps and at the end.
+    #[arg(long)]
+    pub zeroshot_data: Option<String>,
+    /// Prompt templates of --zeroshot-data: openai (80), simple (7) or a file (one `{}` template
+    /// per line).
+    #[arg(long, default_value = "openai")]
+    pub zeroshot_templates: String,
+    /// Display names of --zeroshot-data's classes: one per line in the sorted folder order, or
+    /// `folder<TAB>name` lines (default: the folder names, `_` read as a space).
+    #[arg(long)]
+    pub zeroshot_classnames: Option<PathBuf>,
+    /// Validation pairs (a CSV/TSV or WebDataset shards): loss and image↔text recall@1/5/10
+    /// every --eval-every steps and at the end.
+    #[arg(long)]
+    pub val_data: Option<String>,
     /// Peak learning rate (the comparison on the synthetic default is in docs/perf.md).
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
@@ -85,10 +131,22 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         None => DataSpec::Synthetic,
         Some(d) => DataSpec::Files(d.clone()),
     };
+    let lock = clipcu::model::Locking {
+        image: a.lock_image,
+        image_unlocked_groups: a.lock_image_unlocked_groups,
+        image_freeze_bn_stats: a.lock_image_freeze_bn_stats,
+        text: a.lock_text,
+        text_unlocked_layers: a.lock_text_unlocked_layers,
+    };
+    lock.validate()?;
+    let steps = match a.epochs {
+        Some(e) => clipcu::train::steps_for_epochs(&data, e, a.batch_size)?,
+        None => a.steps,
+    };
     let config = TrainConfig {
         batch_size: a.batch_size,
         micro_batch: a.micro_batch,
-        steps: a.steps,
+        steps,
         lr: a.lr,
         weight_decay: a.wd,
         warmup: a.warmup,
@@ -97,7 +155,34 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         seed: a.seed,
         checkpointing: a.checkpointing,
         shape_groups: a.shape_groups,
+        lock,
+        epochs: a.epochs,
+        workers: a.workers,
     };
+    if a.pretrained.is_some() && a.resume.is_some() {
+        return Err(clipcu::Error::Msg(
+            "--pretrained starts a fresh fine-tune, --resume continues a run (whose checkpoint \
+             holds its weights): give one of them"
+                .into(),
+        ));
+    }
+    // The evaluation sets are opened (and refused) before anything is trained.
+    let zeroshot = a
+        .zeroshot_data
+        .as_deref()
+        .map(|z| {
+            clipcu::train::eval::ZeroShotSet::open(
+                z,
+                &a.zeroshot_templates,
+                a.zeroshot_classnames.as_deref(),
+            )
+        })
+        .transpose()?;
+    let validation = a
+        .val_data
+        .as_deref()
+        .map(clipcu::train::eval::ValidationSet::open)
+        .transpose()?;
     let opts = RunOptions {
         out: a.out.clone(),
         checkpoint_every: a.checkpoint_every,
@@ -106,6 +191,8 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         progress: std::io::stderr().is_terminal(),
         overwrite: a.overwrite,
         keep_checkpoints: a.keep_checkpoints,
+        zeroshot,
+        validation,
     };
     // Everything that can be refused is refused before a model is built.
     config.validate()?;
@@ -123,6 +210,12 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     }
     if let Some(d) = &a.data {
         inputs.push(("--data", PathBuf::from(d)));
+    }
+    if let Some(p) = &a.pretrained {
+        inputs.push(("--pretrained", p.clone()));
+    }
+    if let Some(v) = &a.val_data {
+        inputs.push(("--val-data", PathBuf::from(v)));
     }
     for out in &outputs {
         crate::refuse_output_over_inputs("--out", out, &inputs)?;
@@ -178,25 +271,51 @@ pub fn run(a: &TrainArgs) -> Result<()> {
             eprintln!("resumed {} at step {}", path.display(), t.step);
             (t, format!("the model of {}", path.display()))
         }
-        None => {
-            let name = a.config.as_deref().unwrap_or(DEFAULT_CONFIG);
-            let cfg = ClipConfig::load(name)?;
-            cfg.check_tokenizer_vocab(name)?;
-            (Trainer::new(&cfg, config, data.clone())?, name.to_string())
-        }
+        None => match &a.pretrained {
+            Some(p) => {
+                let given = a.config.as_deref().map(ClipConfig::load).transpose()?;
+                if let (Some(c), Some(stored)) = (&given, clipcu::model::weights::config_in(p)?) {
+                    if *c != stored {
+                        return Err(clipcu::Error::Msg(format!(
+                            "--config {} is not the model of --pretrained {}, which carries its \
+                             own config: leave --config out",
+                            a.config.as_deref().unwrap_or_default(),
+                            p.display()
+                        )));
+                    }
+                }
+                let model = clipcu::model::load_clip(p, given.as_ref())?;
+                let what = format!(
+                    "{} (fine-tuned from {})",
+                    a.config.as_deref().unwrap_or("the model"),
+                    p.display()
+                );
+                model.config.check_tokenizer_vocab(&what)?;
+                (Trainer::fine_tune(model, config, data.clone())?, what)
+            }
+            None => {
+                let name = a.config.as_deref().unwrap_or(DEFAULT_CONFIG);
+                let cfg = ClipConfig::load(name)?;
+                cfg.check_tokenizer_vocab(name)?;
+                (Trainer::new(&cfg, config, data.clone())?, name.to_string())
+            }
+        },
     };
     trainer.to_device(device)?;
     let start_step = trainer.step;
     let m = &trainer.model.config;
     eprintln!(
-        "training {} ({}×{} px, {} params) on {} ({device}): {} steps × {} pairs → {}",
+        "training {} ({}×{} px, {} trainable params) on {} ({device}): {} steps × {} pairs{} → {}",
         model_name,
         m.vision_cfg.image_size,
         m.vision_cfg.image_size,
         clipcu::nn::Module::num_trainable(&trainer.model),
         a.data.as_deref().unwrap_or("synthetic shapes"),
-        a.steps,
+        trainer.config.steps,
         a.batch_size,
+        a.epochs
+            .map(|e| format!(" ({e} epochs)"))
+            .unwrap_or_default(),
         a.out.display()
     );
     let start = Instant::now();
@@ -214,13 +333,37 @@ pub fn run(a: &TrainArgs) -> Result<()> {
             String::new()
         }
     );
-    if let Some((single, ens)) = last {
+    if let Some((single, ens)) = last.heldout_shape {
         println!(
             "zero-shot top-1 on held-out colour–shape combinations (shape task, {} samples):",
             a.eval_samples
         );
         println!("  single template  {:>5.1}%", 100.0 * single);
         println!("  ensembled        {:>5.1}%", 100.0 * ens);
+    }
+    if let (Some(r), Some(z)) = (&last.zeroshot, &a.zeroshot_data) {
+        println!(
+            "zero-shot on {z} ({} images, {} templates):",
+            r.samples, a.zeroshot_templates
+        );
+        println!(
+            "  top-1 {:>5.1}%   top-5 {:>5.1}%",
+            100.0 * r.top1,
+            100.0 * r.top5
+        );
+    }
+    if let (Some(r), Some(v)) = (&last.validation, &a.val_data) {
+        println!(
+            "validation on {v} ({} pairs): loss {:.4}",
+            r.samples, r.loss
+        );
+        for (i, k) in [1, 5, 10].iter().enumerate() {
+            println!(
+                "  recall@{k:<2}  image→text {:>5.1}%   text→image {:>5.1}%",
+                100.0 * r.image_to_text[i],
+                100.0 * r.text_to_image[i]
+            );
+        }
     }
     if let Some(skips) = trainer.data.skips() {
         println!(
