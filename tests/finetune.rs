@@ -246,13 +246,12 @@ fn epochs_count_steps_and_a_resume_in_epoch_two_is_bit_exact() {
     let mut cfg = config(steps, Locking::default());
     cfg.batch_size = 16;
     cfg.epochs = Some(2);
-    let straight_losses: Vec<f32>;
     let mut t = Trainer::new(&tiny_vit(), cfg.clone(), data.clone()).unwrap();
     let mut losses = Vec::new();
     for _ in 0..steps {
         losses.push(t.train_step().unwrap().loss);
     }
-    straight_losses = losses;
+    let straight_losses = losses;
     let straight = bits(&t.model);
     // 9 steps (144 samples: epoch 2, sample 44), a checkpoint, resumed to the end
     let mut a = Trainer::new(&tiny_vit(), cfg.clone(), data.clone()).unwrap();

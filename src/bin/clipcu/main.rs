@@ -50,7 +50,7 @@ struct ImageLimitFlags {
 #[derive(Subcommand)]
 enum Command {
     /// Train a CLIP from scratch (synthetic data by default) with zero-shot evaluation.
-    Train(train::TrainArgs),
+    Train(Box<train::TrainArgs>),
     /// Train a small causal transformer on a copy task: shows forward, backward, checkpointing.
     Demo(demo::DemoArgs),
     /// Zero-shot classification of an ImageFolder (top-1/top-5) with prompt ensembling.
