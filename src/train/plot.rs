@@ -123,6 +123,9 @@ pub fn plot_training(
         Rgb([44, 160, 44]),
         Rgb([148, 103, 189]),
         Rgb([255, 127, 14]),
+        Rgb([23, 190, 207]),
+        Rgb([140, 86, 75]),
+        Rgb([227, 119, 194]),
     ];
     let series: Vec<Series<'_>> = accuracy
         .iter()
@@ -132,7 +135,7 @@ pub fn plot_training(
     panel(
         &mut img,
         PANEL + 20,
-        "zero-shot top-1 (held-out)",
+        "evaluations (accuracy, recall)",
         &series,
         Some((0.0, 1.0)),
     );
