@@ -156,7 +156,9 @@ fn read_class_names(
         .collect();
     if lines.iter().all(|l| l.contains('\t')) {
         for (i, l) in lines.iter().enumerate() {
-            let (folder, name) = l.split_once('\t').expect("checked");
+            let Some((folder, name)) = l.split_once('\t') else {
+                continue; // (every line has a tab: checked above)
+            };
             let Some(c) = folders.iter().position(|f| f == folder) else {
                 return Err(Error::format(
                     path,
