@@ -5,6 +5,7 @@
 
 pub mod clip;
 pub mod config;
+pub mod flops;
 pub mod lock;
 pub mod resize;
 pub mod resnet;
@@ -14,5 +15,6 @@ pub mod weights;
 
 pub use clip::{Clip, VisionTower};
 pub use config::{ClipConfig, TextConfig, VisionConfig, VisionLayers};
+pub use flops::ForwardFlops;
 pub use lock::Locking;
 pub use weights::{load_clip, load_into, save_clip};
