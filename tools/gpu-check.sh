@@ -141,8 +141,8 @@ bench() {
 }
 if [ "$quick" = 1 ]; then
     part kernels 120 "$bin/test-kernels" --test-threads=2
-    part train-cli-$device 120 "$bin/clipcu" train --config tiny-vit --device "$device" --steps 4 --checkpoint-every 2 --eval-every 0 --out "$out/train-$device"
-    part train-cli-cpu 120 "$bin/clipcu" train --config tiny-vit --device cpu --steps 4 --checkpoint-every 2 --eval-every 0 --out "$out/train-cpu"
+    part train-cli-$device 120 "$bin/clipcu" train --config synthetic-tiny --device "$device" --steps 3 --batch-size 8 --checkpoint-every 2 --eval-every 0 --out "$out/train-$device"
+    part train-cli-cpu 120 "$bin/clipcu" train --config synthetic-tiny --device cpu --steps 3 --batch-size 8 --checkpoint-every 2 --eval-every 0 --out "$out/train-cpu"
 else
     # the kernel tests first (fast), then whole steps on the card
     for t in "$bin"/test-kernels*; do part "${t#"$bin"/test-}" 60 "$t" --test-threads=1; done
