@@ -752,6 +752,35 @@ fn gpu_matmul_op_matches_cpu() {
         let err = got.to_device(Device::Cpu).unwrap().rel_err(&want);
         assert!(err <= tolerance(dtype, DType::F32), "{dtype} bias: {err}");
     }
+    // Operands and a bias that start mid-buffer (views at odd element offsets): cuBLASLt is told
+    // their real alignment, and a bias its epilogue cannot read is added after a plain GEMM.
+    for (off_x, off_bias) in [(1usize, 1usize), (2, 3), (4, 0), (0, 2)] {
+        let x = Tensor::randn([off_x + 4 * 10 * 32], 1.0, s + 5);
+        let bias = Tensor::randn([off_bias + 24], 1.0, s + 6);
+        let w = Tensor::randn([24, 32], 0.5, s + 7);
+        let xv = |t: &Tensor| {
+            t.narrow(0, off_x, 4 * 10 * 32)
+                .unwrap()
+                .reshape([4, 10, 32])
+                .unwrap()
+        };
+        let bv = |t: &Tensor| t.narrow(0, off_bias, 24).unwrap();
+        let want = clipcu::ops::binary::add(&matmul(&xv(&x), &w, false, true).unwrap(), &bv(&bias))
+            .unwrap();
+        let (xg, bg, wg) = (
+            x.to_device(gpu).unwrap(),
+            bias.to_device(gpu).unwrap(),
+            w.to_device(gpu).unwrap(),
+        );
+        let opts = GemmOptions {
+            out_dtype: Some(DType::F32),
+            bias: Some(&bv(&bg)),
+            lt: true,
+        };
+        let got = clipcu::ops::matmul::gpu::gemm(&xv(&xg), &wg, false, true, &opts).unwrap();
+        let err = got.to_device(Device::Cpu).unwrap().rel_err(&want);
+        assert!(err <= 1e-5, "x at +{off_x}, bias at +{off_bias}: {err}");
+    }
     // Mixed dtypes and host operands are errors.
     let a = Tensor::randn([2, 3], 1.0, s).to_device(gpu).unwrap();
     let b = Tensor::randn([3, 2], 1.0, s)
@@ -896,4 +925,100 @@ fn staged_batches_arrive_intact_while_earlier_ones_are_computed_on() {
             "{device}: a kept batch was overwritten (seed {base})"
         );
     }
+}
+
+// ---- host-side rules that need no GPU --------------------------------------------------------
+
+#[test]
+fn cublaslt_alignment_is_what_every_batch_entry_has() {
+    use clipcu::device::cuda::gemm::{lt_bias_aligned, lt_min_alignment};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed());
+    for _ in 0..2000 {
+        let addr: u64 = rng.random_range(0..1 << 40) & !3; // f32 views: 4-byte multiples
+        let stride: u64 = 4 * rng.random_range(1..100_000);
+        let batch = rng.random_range(1..5);
+        let a = lt_min_alignment(addr, stride, batch) as u64;
+        assert!(a.is_power_of_two() && (4..=256).contains(&a), "{a}");
+        // every entry is aligned to it, and (below 256) the next power of two fails one entry
+        let entries: Vec<u64> = (0..batch as u64).map(|i| addr + i * stride).collect();
+        assert!(
+            entries.iter().all(|e| e % a == 0),
+            "{addr:#x} {stride} {batch}: {a}"
+        );
+        if a < 256 {
+            assert!(
+                entries.iter().any(|e| e % (2 * a) != 0),
+                "{addr:#x} {stride} {batch}: {a}"
+            );
+        }
+    }
+    assert_eq!(lt_min_alignment(0x7f00_0000_0000, 3 * 4, 1), 256);
+    assert!(lt_bias_aligned(0x1000) && lt_bias_aligned(0x1010));
+    assert!(!lt_bias_aligned(0x1004) && !lt_bias_aligned(0x1008));
+}
+
+#[test]
+fn allocation_mode_switch_and_fallback() {
+    use clipcu::device::cuda::alloc::AllocMode;
+    assert_eq!(AllocMode::from_env_value(None).unwrap(), None);
+    assert_eq!(AllocMode::from_env_value(Some("auto")).unwrap(), None);
+    assert_eq!(
+        AllocMode::from_env_value(Some("sync")).unwrap(),
+        Some(AllocMode::Sync)
+    );
+    assert_eq!(
+        AllocMode::from_env_value(Some(" async ")).unwrap(),
+        Some(AllocMode::Async)
+    );
+    let e = AllocMode::from_env_value(Some("pool"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("CLIPCU_CUDA_ALLOC=pool") && e.contains("sync"),
+        "{e}"
+    );
+    let unsupported = RawAllocError {
+        out_of_memory: false,
+        msg: "CUDA_ERROR_NOT_SUPPORTED".into(),
+    };
+    let oom = RawAllocError {
+        out_of_memory: true,
+        msg: "CUDA_ERROR_OUT_OF_MEMORY".into(),
+    };
+    assert_eq!(
+        AllocMode::Async.fallback(false, &unsupported),
+        Some(AllocMode::Sync)
+    );
+    assert_eq!(
+        AllocMode::Async.fallback(true, &unsupported),
+        None,
+        "forced async stays"
+    );
+    assert_eq!(
+        AllocMode::Async.fallback(false, &oom),
+        None,
+        "OOM is not a pool problem"
+    );
+    assert_eq!(AllocMode::Sync.fallback(false, &unsupported), None);
+}
+
+#[test]
+fn loaded_cuda_libraries_from_proc_maps() {
+    let maps = "\
+7f0000000000-7f0000001000 r--p 00000000 08:01 1234 /usr/lib/x86_64-linux-gnu/libcuda.so.580.159.03
+7f0000001000-7f0000002000 r-xp 00001000 08:01 1234 /usr/lib/x86_64-linux-gnu/libcuda.so.580.159.03
+7f0000003000-7f0000004000 r--p 00000000 08:01 99 /opt/venv/nvidia/cublas/lib/libcublasLt.so.13
+7f0000005000-7f0000006000 r--p 00000000 08:01 98 /opt/venv/nvidia/cublas/lib/libcublas.so.13
+7f0000007000-7f0000008000 r--p 00000000 08:01 97 /usr/lib/x86_64-linux-gnu/libc.so.6
+7f0000009000-7f000000a000 rw-p 00000000 00:00 0
+7ffd00000000-7ffd00001000 rw-p 00000000 00:00 0 [stack]
+";
+    assert_eq!(
+        cuda::cuda_libraries_in_maps(maps),
+        vec![
+            "/usr/lib/x86_64-linux-gnu/libcuda.so.580.159.03",
+            "/opt/venv/nvidia/cublas/lib/libcublasLt.so.13",
+            "/opt/venv/nvidia/cublas/lib/libcublas.so.13",
+        ]
+    );
 }

@@ -158,8 +158,10 @@ ls = [[json.loads(l)["loss"] for l in open(sys.argv[i] + "/metrics.jsonl") if "\
 rel = max(abs(a - b) / abs(b) for a, b in zip(*ls)) if ls[0] and len(ls[0]) == len(ls[1]) else float("inf")
 print("device vs cpu, %d steps: worst loss rel %.2e" % (len(ls[1]), rel)); sys.exit(0 if rel < 1e-3 else 1)' "$out/train-$device" "$out/train-cpu"
 if [ "$quick" = 1 ]; then
+    part bench-kernels 60 "$bin/clipcu-bench" kernels --device "$device" --quick --iters 1
     bench tiny-vit tiny-vit 8 fp32
 else
+    part bench-kernels 90 "$bin/clipcu-bench" kernels --device cuda --iters 20
     part bench-gemm 60 "$bin/clipcu-bench" gemm --device cuda --iters 20
     bench vit-b32-fp32 ViT-B-32 256 fp32 compile
     bench vit-b32-tf32 ViT-B-32 256 tf32
@@ -172,6 +174,7 @@ fi
 echo
 echo "================ gpu-check summary ($(( $(date +%s) - start )) s of ${budget}, device $device) ================"
 printf '%s\n' "${table[@]}" | tee "$out/summary.txt"
+cat "$out"/bench-kernels.log 2>/dev/null | tee -a "$out/summary.txt"
 grep -hE "GFLOP/s|error|loss rel" "$out"/bench-gemm.log "$out"/bench-contrastive.log "$out"/torch-gemm.log "$out"/train-cli-compare.log 2>/dev/null | tee -a "$out/summary.txt"
 echo
 python3 tools/bench_table.py "$results" | tee -a "$out/summary.txt"

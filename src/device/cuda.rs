@@ -33,6 +33,38 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 /// its PTX comes from nvcc 13.0, which drivers older than 580 reject.
 pub const MIN_DRIVER_VERSION: i32 = 13000;
 
+/// The oldest cuBLAS / cuBLASLt (`cublasGetVersion` format: major·10000 + minor·100 + patch).
+pub const MIN_CUBLAS_VERSION: usize = 130000;
+
+/// The CUDA libraries (libcuda, libcublas, libcublasLt, libnccl, libnvrtc) mapped into this
+/// process, as paths, each once, in the order the loader mapped them.
+pub fn loaded_cuda_libraries() -> Vec<String> {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    cuda_libraries_in_maps(&maps)
+}
+
+/// The CUDA library paths in the text of a `/proc/<pid>/maps` file (see
+/// [`loaded_cuda_libraries`]).
+pub fn cuda_libraries_in_maps(maps: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for path in maps.lines().filter_map(|l| l.split_whitespace().nth(5)) {
+        let file = path.rsplit('/').next().unwrap_or(path);
+        let wanted = [
+            "libcuda.so",
+            "libcublas.so",
+            "libcublasLt.so",
+            "libnccl.so",
+            "libnvrtc.so",
+        ]
+        .iter()
+        .any(|p| file.starts_with(p));
+        if wanted && !out.iter().any(|p| p == path) {
+            out.push(path.to_string());
+        }
+    }
+    out
+}
+
 /// A device buffer from the backend's caching allocator.
 pub type DeviceBlock = Block<CudaRawAlloc>;
 
@@ -65,6 +97,13 @@ pub struct DeviceInfo {
     pub driver_version: i32,
     /// `cublasLtGetVersion()`, e.g. 130000.
     pub cublaslt_version: usize,
+    /// `cublasGetVersion()`, e.g. 130000.
+    pub cublas_version: i32,
+    /// The CUDA library files this process loaded (from /proc/self/maps), so that a user sees
+    /// which libcublas came from where.
+    pub libraries: Vec<String>,
+    /// How device memory is allocated (stream-ordered pools or plain cuMemAlloc).
+    pub alloc_mode: alloc::AllocMode,
     /// Names of the PTX modules loaded.
     pub modules: Vec<String>,
 }
@@ -73,16 +112,23 @@ impl std::fmt::Display for DeviceInfo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} (sm_{}{}, {:.1} GiB), driver CUDA {}.{}, cuBLASLt {}, {} kernel modules",
+            "{} (sm_{}{}, {:.1} GiB), driver CUDA {}.{}, cuBLAS {}, cuBLASLt {}, {} kernel \
+             modules, {:?} allocation",
             self.name,
             self.compute_capability.0,
             self.compute_capability.1,
             self.total_mem as f64 / (1u64 << 30) as f64,
             self.driver_version / 1000,
             self.driver_version % 1000 / 10,
+            self.cublas_version,
             self.cublaslt_version,
-            self.modules.len()
-        )
+            self.modules.len(),
+            self.alloc_mode
+        )?;
+        if !self.libraries.is_empty() {
+            write!(f, "; loaded {}", self.libraries.join(", "))?;
+        }
+        Ok(())
     }
 }
 
@@ -239,22 +285,39 @@ impl CudaBackend {
         let cc = ctx
             .compute_capability()
             .map_err(|e| format!("reading the compute capability: {e:?}"))?;
-        let alloc = CachingAllocator::new(CudaRawAlloc {
-            stream: stream.clone(),
-        });
+        let alloc =
+            CachingAllocator::new(CudaRawAlloc::new(stream.clone()).map_err(|e| e.to_string())?);
         // cuBLASLt workspace as NVIDIA recommends: 32 MiB on Hopper, 4 MiB before.
         let ws = if cc.0 >= 9 { 32 << 20 } else { 4 << 20 };
         let lt_workspace = alloc
             .alloc(ws)
             .map_err(|e| format!("allocating the cuBLASLt workspace: {e}"))?;
         let modules = load_modules(&ctx, &embedded_ptx())?;
+        // The GEMM paths use cuBLAS 13's API (and its fixes for sm_90 epilogues); an older
+        // library found first on the loader path is refused by name, not used.
+        let cublaslt_version = unsafe { cudarc::cublaslt::sys::cublasLtGetVersion() };
+        let mut cublas_version = 0;
+        unsafe { cudarc::cublas::sys::cublasGetVersion_v2(*blas.handle(), &mut cublas_version) }
+            .result()
+            .map_err(|e| format!("cublasGetVersion: {e:?}"))?;
+        let libs = loaded_cuda_libraries().join(", ");
+        if cublas_version < MIN_CUBLAS_VERSION as i32 || cublaslt_version < MIN_CUBLAS_VERSION {
+            return Err(format!(
+                "cuBLAS {cublas_version} / cuBLASLt {cublaslt_version} were loaded ({libs}); \
+                 this build needs version 13 (130000) or newer: put CUDA 13's libcublas.so.13 \
+                 and libcublasLt.so.13 first on LD_LIBRARY_PATH"
+            ));
+        }
         let info = DeviceInfo {
             ordinal,
             name: ctx.name().unwrap_or_else(|e| format!("unknown ({e:?})")),
             compute_capability: cc,
             total_mem: ctx.total_mem().unwrap_or(0),
             driver_version,
-            cublaslt_version: unsafe { cudarc::cublaslt::sys::cublasLtGetVersion() },
+            cublaslt_version,
+            cublas_version,
+            libraries: loaded_cuda_libraries(),
+            alloc_mode: alloc.with_raw(|r| r.mode),
             modules: {
                 let mut m: Vec<String> = modules.keys().cloned().collect();
                 m.sort();

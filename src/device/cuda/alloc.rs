@@ -282,20 +282,151 @@ impl<R: RawAllocator> std::fmt::Debug for Block<R> {
     }
 }
 
-/// Real device memory: `cuMemAllocAsync` on the backend's stream (plain `cuMemAlloc` on devices
-/// without memory pools), through cudarc's `CudaSlice<u8>`, whose drop frees it.
+/// How real device memory is obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AllocMode {
+    /// `cuMemAllocAsync` / `cuMemFreeAsync` on the backend's stream (stream-ordered pools).
+    Async,
+    /// `cuMemAlloc` / `cuMemFree` (the stream is synchronised before a free).
+    Sync,
+}
+
+/// The environment switch that forces an allocation mode.
+pub const ALLOC_ENV: &str = "CLIPCU_CUDA_ALLOC";
+
+impl AllocMode {
+    /// The mode `CLIPCU_CUDA_ALLOC` asks for: `async`, `sync`, or unset/`auto` (`None`: async
+    /// where the device reports memory pools, falling back to sync, see [`CudaRawAlloc`]).
+    pub fn from_env_value(value: Option<&str>) -> Result<Option<AllocMode>> {
+        match value.map(str::trim) {
+            None | Some("") | Some("auto") => Ok(None),
+            Some("async") => Ok(Some(AllocMode::Async)),
+            Some("sync") => Ok(Some(AllocMode::Sync)),
+            Some(other) => Err(Error::Msg(format!(
+                "{ALLOC_ENV}={other}: expected async, sync or auto"
+            ))),
+        }
+    }
+
+    /// The mode to retry with after an allocation in `self` failed with `error`: a forced mode
+    /// never changes; async falls back to sync on anything but out-of-memory (sandboxed drivers
+    /// report memory pools that `cuMemAllocAsync` then refuses, e.g. CUDA_ERROR_NOT_SUPPORTED).
+    pub fn fallback(self, forced: bool, error: &RawAllocError) -> Option<AllocMode> {
+        (self == AllocMode::Async && !forced && !error.out_of_memory).then_some(AllocMode::Sync)
+    }
+}
+
+/// Real device memory from the driver, stream-ordered (`cuMemAllocAsync` on the backend's stream)
+/// or plain (`cuMemAlloc`). The mode starts as `CLIPCU_CUDA_ALLOC` says, else async when the
+/// device reports memory pools; an async failure other than out-of-memory switches the allocator
+/// to sync for the rest of the process (said once on stderr) and retries. Each buffer remembers
+/// how it was made and is freed the same way.
 pub struct CudaRawAlloc {
     pub(crate) stream: Arc<cudarc::driver::CudaStream>,
+    pub(crate) mode: AllocMode,
+    /// Whether the mode came from the environment (then it never falls back).
+    pub(crate) forced: bool,
+}
+
+impl CudaRawAlloc {
+    /// The allocator of `stream`'s device, in the mode the environment and the device imply.
+    pub fn new(stream: Arc<cudarc::driver::CudaStream>) -> Result<CudaRawAlloc> {
+        let env = std::env::var(ALLOC_ENV).ok();
+        let forced = AllocMode::from_env_value(env.as_deref())?;
+        let pools = stream.context().has_async_alloc();
+        Ok(CudaRawAlloc {
+            stream,
+            mode: forced.unwrap_or(if pools {
+                AllocMode::Async
+            } else {
+                AllocMode::Sync
+            }),
+            forced: forced.is_some(),
+        })
+    }
+
+    fn raw_alloc(&self, mode: AllocMode, bytes: usize) -> std::result::Result<u64, RawAllocError> {
+        use cudarc::driver::result;
+        let r = self
+            .stream
+            .context()
+            .bind_to_thread()
+            .and_then(|()| unsafe {
+                // SAFETY: the memory is uninitialised; every user writes a block before reading it.
+                match mode {
+                    AllocMode::Async => result::malloc_async(self.stream.cu_stream(), bytes.max(1)),
+                    AllocMode::Sync => result::malloc_sync(bytes.max(1)),
+                }
+            });
+        r.map_err(|e| RawAllocError {
+            out_of_memory: e.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY,
+            msg: format!(
+                "{e:?} ({})",
+                if mode == AllocMode::Async {
+                    "cuMemAllocAsync"
+                } else {
+                    "cuMemAlloc"
+                }
+            ),
+        })
+    }
+}
+
+/// A device buffer of [`CudaRawAlloc`]: its address, and how to free it.
+pub struct CudaRawBuf {
+    ptr: u64,
+    mode: AllocMode,
+    stream: Arc<cudarc::driver::CudaStream>,
+}
+
+impl Drop for CudaRawBuf {
+    fn drop(&mut self) {
+        use cudarc::driver::result;
+        let ctx = self.stream.context();
+        // Errors here cannot be returned; the context records them for its next checked call.
+        if ctx.bind_to_thread().is_err() {
+            return;
+        }
+        // SAFETY: `ptr` came from the matching allocation call and is freed once. A stream-ordered
+        // free runs after the work queued on the block; a plain free needs that work done first.
+        unsafe {
+            match self.mode {
+                AllocMode::Async => {
+                    let _ = result::free_async(self.ptr, self.stream.cu_stream());
+                }
+                AllocMode::Sync => {
+                    let _ = self.stream.synchronize();
+                    let _ = result::free_sync(self.ptr);
+                }
+            }
+        }
+    }
 }
 
 impl RawAllocator for CudaRawAlloc {
-    type Buf = cudarc::driver::CudaSlice<u8>;
+    type Buf = CudaRawBuf;
 
     fn alloc(&mut self, bytes: usize) -> std::result::Result<Self::Buf, RawAllocError> {
-        // SAFETY: the memory is uninitialised; every user writes a block before reading it.
-        unsafe { self.stream.alloc::<u8>(bytes) }.map_err(|e| RawAllocError {
-            out_of_memory: e.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY,
-            msg: format!("{e:?}"),
+        let ptr = match self.raw_alloc(self.mode, bytes) {
+            Ok(p) => p,
+            Err(e) => match self.mode.fallback(self.forced, &e) {
+                Some(next) => {
+                    let p = self.raw_alloc(next, bytes)?;
+                    eprintln!(
+                        "clipcu: stream-ordered allocation failed ({}); using cuMemAlloc from now \
+                         on (set {ALLOC_ENV}=sync to start so, or async to refuse the fallback)",
+                        e.msg
+                    );
+                    self.mode = next;
+                    p
+                }
+                None => return Err(e),
+            },
+        };
+        Ok(CudaRawBuf {
+            ptr,
+            mode: self.mode,
+            stream: self.stream.clone(),
         })
     }
 
@@ -304,9 +435,6 @@ impl RawAllocator for CudaRawAlloc {
     }
 
     fn address(buf: &Self::Buf) -> u64 {
-        use cudarc::driver::DevicePtr;
-        // Event tracking is off for the backend's context, so the guard records nothing.
-        let (ptr, _guard) = buf.device_ptr(buf.stream());
-        ptr
+        buf.ptr
     }
 }

@@ -258,6 +258,23 @@ pub struct GemmArgs {
     pub tf32: bool,
 }
 
+/// The alignment in bytes (a power of two, at most 256) that every batch entry of an operand
+/// starting at `addr`, `stride_bytes` apart, has: what `CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_*`
+/// must say so that cuBLASLt picks only algorithms that are safe for it.
+pub fn lt_min_alignment(addr: u64, stride_bytes: u64, batch: i32) -> u32 {
+    let mut bits = addr | 256;
+    if batch > 1 {
+        bits |= stride_bytes | 256;
+    }
+    1u32 << bits.trailing_zeros().min(8)
+}
+
+/// Whether cuBLASLt's bias epilogue may read a bias at `addr`; otherwise the GEMM goes to cuBLAS
+/// and the bias is added by the broadcast-add kernel after it.
+pub fn lt_bias_aligned(addr: u64) -> bool {
+    addr % 16 == 0
+}
+
 /// A cuBLASLt handle (created and destroyed here: cudarc's `CudaBlasLT` panics when its
 /// workspace cannot be allocated, and we keep our workspace in the caching allocator).
 pub struct LtHandle(pub(crate) cudarc::cublaslt::sys::cublasLtHandle_t);
@@ -397,6 +414,40 @@ impl CublasGemm {
             std::mem::size_of::<usize>(),
         )
         .map_err(|e| device_err("cublasLtMatmulPreferenceSetAttribute", e))?;
+        // cuBLASLt's heuristics assume 256-byte-aligned operands unless told otherwise, and an
+        // algorithm chosen for that faults (misaligned address, which kills the context) on a
+        // view that starts mid-buffer: give each operand's real alignment.
+        use sys::cublasLtMatmulPreferenceAttributes_t as P;
+        let (ie, oe) = (
+            args.input.size_in_bytes() as u64,
+            args.output.size_in_bytes() as u64,
+        );
+        for (attr, align) in [
+            (
+                P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                lt_min_alignment(args.b, self.stride_a as u64 * ie, self.batch),
+            ),
+            (
+                P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                lt_min_alignment(args.a, self.stride_b as u64 * ie, self.batch),
+            ),
+            (
+                P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                lt_min_alignment(args.c, self.stride_c as u64 * oe, self.batch),
+            ),
+            (
+                P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+                lt_min_alignment(args.c, self.stride_c as u64 * oe, self.batch),
+            ),
+        ] {
+            result::set_matmul_pref_attribute(
+                pref.0,
+                attr,
+                (&align) as *const u32 as *const _,
+                std::mem::size_of::<u32>(),
+            )
+            .map_err(|e| device_err("cublasLtMatmulPreferenceSetAttribute", e))?;
+        }
         let heuristic =
             result::get_matmul_algo_heuristic(handle.0, desc.0, la.0, lb.0, lc.0, lc.0, pref.0)
                 .map_err(|e| {

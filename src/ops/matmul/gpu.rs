@@ -113,16 +113,31 @@ pub(super) fn matmul(
     // SAFETY: the addresses point into live device buffers holding the operands the plan
     // describes (contiguous, checked dtypes and shapes); `a`, `b` and `bias` stay alive until the
     // call is queued, and the stream orders any later reuse of their blocks after it.
+    // A bias the epilogue cannot read (a view at an odd offset) is added after a plain GEMM.
+    // cuBLASLt finding no algorithm for the operands' real alignment (gemm.rs tells it) is not
+    // an error either: the product goes to cuBLAS, which takes any element-aligned operand.
+    let (epilogue_bias, mut late_bias) = match bias {
+        Some((t, addr)) if !gemm::lt_bias_aligned(addr) => (None, Some(t)),
+        other => (other, None),
+    };
     unsafe {
-        if opts.lt || bias.is_some() {
-            backend.gemm_lt(&plan, &args, bias.as_ref().map(|b| b.1))?;
-        } else {
+        if late_bias.is_some() || !(opts.lt || epilogue_bias.is_some()) {
             backend.gemm(&plan, &args)?;
+        } else if backend
+            .gemm_lt(&plan, &args, epilogue_bias.as_ref().map(|b| b.1))
+            .is_err()
+        {
+            backend.gemm(&plan, &args)?;
+            late_bias = epilogue_bias.map(|b| b.0);
         }
     }
     let mut shape = d.batch.clone();
     shape.extend([d.m, d.n]);
-    Tensor::from_cuda(out, &shape)
+    let out = Tensor::from_cuda(out, &shape)?;
+    match late_bias {
+        Some(b) => crate::ops::binary::add(&out, &b),
+        None => Ok(out),
+    }
 }
 
 /// The bias of a GEMM: `[n]` in the output dtype on the operands' device, contiguous.
