@@ -272,7 +272,7 @@ pub fn lt_min_alignment(addr: u64, stride_bytes: u64, batch: i32) -> u32 {
 /// Whether cuBLASLt's bias epilogue may read a bias at `addr`; otherwise the GEMM goes to cuBLAS
 /// and the bias is added by the broadcast-add kernel after it.
 pub fn lt_bias_aligned(addr: u64) -> bool {
-    addr % 16 == 0
+    addr.is_multiple_of(16)
 }
 
 /// A cuBLASLt handle (created and destroyed here: cudarc's `CudaBlasLT` panics when its
