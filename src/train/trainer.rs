@@ -7,7 +7,7 @@
 use super::eval::{ValidationResult, ValidationSet, ZeroShotResult, ZeroShotSet};
 use super::{contrastive_forward_backward_deferred, eval, plot, read_scalars, samples_to_tensor};
 use crate::data::synthetic::{Split, Synthetic, SyntheticConfig, Task};
-use crate::data::{DataPosition, Loader, LoaderConfig, SkipStats, Source};
+use crate::data::{DataPosition, Loader, LoaderConfig, RandomResizedCrop, SkipStats, Source};
 use crate::device::upload::{BatchUploader, Staged};
 use crate::io::safetensors as st;
 use crate::model::{weights, Clip, ClipConfig, Locking};
@@ -50,6 +50,12 @@ pub struct TrainConfig {
     /// [`steps_for_epochs`]); the progress shows the epoch.
     #[serde(default)]
     pub epochs: Option<usize>,
+    /// open_clip's training transform on file data: a `RandomResizedCrop` (scale 0.9–1, ratio
+    /// 3/4–4/3, bicubic) per sample, keyed by (seed, epoch, sample), instead of the center crop
+    /// (`--no-augment` turns it off). The synthetic data is never augmented. Absent from older
+    /// checkpoints, which trained without it: `false`. A resumed run keeps its checkpoint's.
+    #[serde(default)]
+    pub augment: bool,
     /// Data-loading threads (`--workers`; `None`: one per core). Changes no number, so it is
     /// not saved with the run.
     #[serde(skip)]
@@ -279,6 +285,9 @@ impl DataStream {
                 lc.context_length = model.text_cfg.context_length;
                 lc.seed = cfg.seed;
                 lc.drop_last = true;
+                if cfg.augment {
+                    lc.augment = Some(RandomResizedCrop::open_clip());
+                }
                 if let Some(w) = cfg.workers {
                     lc.workers = w;
                 }
@@ -848,6 +857,8 @@ impl Trainer {
             }
             config.lock = saved.lock;
         }
+        // The transform is part of how the run trains: the checkpoint's setting holds.
+        config.augment = saved.augment;
         if saved.seed != config.seed
             || saved.batch_size != config.batch_size
             || saved.shape_groups != config.shape_groups
