@@ -1125,7 +1125,7 @@ impl Trainer {
             opts.out.join("model.safetensors"),
             &BTreeMap::new(),
         )?;
-        plot_metrics(&metrics_path, &opts.out.join("training.png"))?;
+        plot::plot_metrics(&metrics_path, &opts.out.join("training.png"))?;
         Ok(summary)
     }
 }
@@ -1222,43 +1222,6 @@ fn progress_bar(visible: bool, len: u64, pos: u64) -> indicatif::ProgressBar {
     );
     bar.set_position(pos);
     bar
-}
-
-/// The plot of a run from its metrics file (so a resumed run plots its whole history): the
-/// per-step loss, and every evaluation kind present — held-out synthetic shapes and colours,
-/// zero-shot top-1/top-5 on `--zeroshot-data`, validation recall@1 on `--val-data`.
-fn plot_metrics(metrics: &Path, png: &Path) -> Result<()> {
-    let text = std::fs::read_to_string(metrics).map_err(|e| Error::io(metrics, e))?;
-    let mut loss = Vec::new();
-    // (legend, eval kind, key)
-    let curves = [
-        ("shape, 1 template", "zeroshot-heldout", "shape_single"),
-        ("shape, ensembled", "zeroshot-heldout", "shape_ensemble"),
-        ("colour, ensembled", "zeroshot-heldout", "colour_ensemble"),
-        ("zero-shot top-1", "zeroshot", "top1"),
-        ("zero-shot top-5", "zeroshot", "top5"),
-        ("val R@1 image>text", "val", "image_to_text_r1"),
-        ("val R@1 text>image", "val", "text_to_image_r1"),
-    ];
-    let mut acc: Vec<(&str, Vec<(f64, f64)>)> = curves.iter().map(|c| (c.0, vec![])).collect();
-    for line in text.lines() {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        let step = v["step"].as_f64().unwrap_or(0.0);
-        if let Some(l) = v["loss"].as_f64() {
-            loss.push((step, l));
-        }
-        for (i, (_, kind, key)) in curves.iter().enumerate() {
-            if v["eval"] == *kind {
-                if let Some(a) = v[key].as_f64() {
-                    acc[i].1.push((step, a));
-                }
-            }
-        }
-    }
-    acc.retain(|(_, points)| !points.is_empty());
-    plot::plot_training(png, &loss, &acc)
 }
 
 /// The problem of a set of parameters, if any: a non-finite element (named by tensor), or a
