@@ -335,8 +335,10 @@ fn draw_panel(
             }
             let mut last = None;
             for run in runs.into_iter().filter(|r| !r.is_empty()) {
-                // a lone finite value between gaps is a dot
-                let size = if run.len() == 1 { 3 } else { 0 };
+                // a lone finite value between gaps is a dot; the few evaluations of a run are
+                // marked on their line
+                let marked = c.colour != LOSS_RAW && c.colour != LOSS_SMOOTH && finite.len() <= 40;
+                let size = if run.len() == 1 || marked { 3 } else { 0 };
                 last = Some(
                     chart
                         .draw_series(
