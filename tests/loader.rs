@@ -609,29 +609,34 @@ fn augmented_stream_resumes_exactly_and_crops_anew_each_epoch() {
     use clipcu::data::RandomResizedCrop;
     let mut r = rng();
     let dir = tempfile::tempdir().unwrap();
-    let rows_n = 11;
+    let rows_n = 30;
     let mut rows = String::from("filepath,title\n");
     for i in 0..rows_n {
-        let (w, h) = (r.random_range(64..128), r.random_range(64..128));
+        // Near-square: an image far outside the ratio bounds (3/4–4/3, at 90% of its area or
+        // more) gets torchvision's deterministic fallback box, the same every epoch.
+        let (w, h) = (r.random_range(90..100), r.random_range(90..100));
         std::fs::write(dir.path().join(format!("{i}.png")), noise_png(&mut r, w, h)).unwrap();
         rows += &format!("{i}.png,row {i}\n");
     }
     let csv = dir.path().join("d.csv");
     std::fs::write(&csv, rows).unwrap();
     let source = Source::csv(&csv, &CsvOptions::default()).unwrap();
+    // 32 px, not cfg's 8: a downscale of ~12× averages a box's noise so widely that boxes a
+    // pixel apart round to the same bytes.
     let c = |workers, augment: bool| LoaderConfig {
         epochs: None,
         augment: augment.then(RandomResizedCrop::open_clip),
+        image_size: 32,
         ..cfg(3, workers)
     };
     let mut full = Loader::new(source.clone(), c(2, true), None).unwrap();
-    let all: Vec<Batch> = (0..12)
+    let all: Vec<Batch> = (0..24)
         .map(|_| full.next_batch().unwrap().unwrap())
         .collect();
     assert!(all.last().unwrap().position.epoch >= 2);
     // the workers change nothing
     let mut other = Loader::new(source.clone(), c(0, true), None).unwrap();
-    let again: Vec<Batch> = (0..12)
+    let again: Vec<Batch> = (0..24)
         .map(|_| other.next_batch().unwrap().unwrap())
         .collect();
     assert_same(&again, &all);
@@ -639,11 +644,11 @@ fn augmented_stream_resumes_exactly_and_crops_anew_each_epoch() {
     let in_epoch_2 = all
         .iter()
         .position(|b| b.position.epoch == 1 && b.position.sample > 0);
-    for k in [1, 4, in_epoch_2.unwrap() + 1, 9] {
+    for k in [1, 4, in_epoch_2.unwrap() + 1, 17] {
         let saved = serde_json::to_string(&all[k - 1].position).unwrap();
         let pos: DataPosition = serde_json::from_str(&saved).unwrap();
         let mut resumed = Loader::new(source.clone(), c(1, true), Some(pos)).unwrap();
-        let tail: Vec<Batch> = (k..12)
+        let tail: Vec<Batch> = (k..24)
             .map(|_| resumed.next_batch().unwrap().unwrap())
             .collect();
         assert_same(&tail, &all[k..]);
@@ -653,7 +658,7 @@ fn augmented_stream_resumes_exactly_and_crops_anew_each_epoch() {
     let (e1, e2) = (&imgs[..rows_n], &imgs[rows_n..2 * rows_n]);
     let mut plain = Loader::new(source.clone(), c(1, false), None).unwrap();
     let centre = images_by_caption(
-        &(0..4)
+        &(0..10)
             .map(|_| plain.next_batch().unwrap().unwrap())
             .collect::<Vec<_>>(),
     );
@@ -664,13 +669,15 @@ fn augmented_stream_resumes_exactly_and_crops_anew_each_epoch() {
         let c = &centre.iter().find(|(c, _)| c == cap).unwrap().1;
         not_centre += (c != img) as usize;
     }
-    // A box can repeat by chance (well under one in a hundred at these sizes); most must not.
+    // By chance a box can repeat, and about one sample in ten gets the whole image, which on an
+    // image this close to square (long side < 33/32 of the short) is what the center crop keeps
+    // too; so not every row differs, but far more than half must.
     assert!(
-        anew >= rows_n - 2,
+        anew >= rows_n / 2,
         "{anew} of {rows_n} rows cropped anew in epoch 2"
     );
     assert!(
-        not_centre >= rows_n - 2,
+        not_centre >= rows_n / 2,
         "{not_centre} of {rows_n} rows differ from the center crop"
     );
 }
