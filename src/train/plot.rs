@@ -225,19 +225,21 @@ fn bounds<'a>(curves: impl Iterator<Item = &'a (f64, f64)>) -> Option<((f64, f64
             Some(((x0, x1), (y0, y1))) => ((x0.min(x), x1.max(x)), (y0.min(y), y1.max(y))),
         });
     }
-    b.map(|((x0, x1), (y0, y1))| {
-        let (x0, x1) = if x1 > x0 {
-            (x0, x1)
-        } else {
-            (x0 - 1.0, x1 + 1.0)
-        };
-        let pad = if y1 > y0 {
-            0.05 * (y1 - y0)
-        } else {
-            0.5f64.max(y0.abs() * 0.1)
-        };
-        ((x0, x1), (y0 - pad, y1 + pad))
-    })
+    // a range too wide for f64 (values near ±1e308) cannot be drawn either
+    b.filter(|((x0, x1), (y0, y1))| (x1 - x0).is_finite() && (y1 - y0).is_finite())
+        .map(|((x0, x1), (y0, y1))| {
+            let (x0, x1) = if x1 > x0 {
+                (x0, x1)
+            } else {
+                (x0 - 1.0, x1 + 1.0)
+            };
+            let pad = if y1 > y0 {
+                0.05 * (y1 - y0)
+            } else {
+                0.5f64.max(y0.abs() * 0.1)
+            };
+            ((x0, x1), (y0 - pad, y1 + pad))
+        })
 }
 
 /// Draws one panel: `curves` in order (later ones on top), axes over `x` × `y`.
@@ -312,6 +314,9 @@ fn draw_panel(
             .copied()
             .filter(|p| p.0.is_finite() && p.1.is_finite())
             .collect();
+        if finite.is_empty() {
+            continue; // nothing of this curve to draw (the panel has other curves' points)
+        }
         // the faint per-step loss is a thin line, every other curve a thicker one
         let width = if c.colour == LOSS_RAW { 1 } else { 2 };
         let series = if c.dots || finite.len() == 1 {
