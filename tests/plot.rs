@@ -126,6 +126,8 @@ fn loss_only_runs_plot_one_row_and_empty_or_non_finite_metrics_give_a_valid_plot
         // every step's loss NaN but a finite validation loss; values too far apart for f64
         "{\"step\":1,\"loss\":null}\n{\"step\":2,\"loss\":null}\n{\"step\":2,\"eval\":\"val\",\"data\":\"v\",\"val_loss\":2.5}\n".to_string(),
         "{\"step\":1,\"loss\":-1.7e308}\n{\"step\":2,\"loss\":1.7e308}\n".to_string(),
+        // characters the embedded font lacks, in a data name
+        "{\"step\":1,\"loss\":2.0}\n{\"step\":1,\"eval\":\"zeroshot\",\"data\":\"données/日本 🐱\",\"top1\":0.5,\"top5\":0.9}\n".to_string(),
     ] {
         let img = render_file(dir.path(), &text);
         let m = Metrics::parse(&text);
