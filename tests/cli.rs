@@ -887,3 +887,54 @@ fn pretrained_with_lock_image_keeps_the_image_tower_of_the_file() {
     );
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[test]
+fn train_on_files_augments_unless_no_augment_and_a_resume_keeps_the_checkpoints_setting() {
+    let dir = tmpdir();
+    let mut cfg = ClipConfig::load("tiny-vit").unwrap();
+    cfg.vision_cfg.image_size = 8;
+    cfg.vision_cfg.patch_size = Some(4);
+    cfg.text_cfg.vocab_size = 49408;
+    let cfg_path = dir.join("is8.json");
+    std::fs::write(&cfg_path, cfg.to_json()).unwrap();
+    write_png(&dir.join("a.png"), 1);
+    write_png(&dir.join("b.png"), 2);
+    std::fs::write(
+        dir.join("d.csv"),
+        "filepath,title\na.png,a red thing\nb.png,a blue thing\na.png,red again\nb.png,blue again\n",
+    )
+    .unwrap();
+    let train = |out: &str, steps: &str, extra: &[&str]| {
+        let o = clipcu()
+            .args(["train", "--config"])
+            .arg(&cfg_path)
+            .args(["--steps", steps, "--batch-size", "2", "--device", "cpu"])
+            .args(["--data", dir.join("d.csv").to_str().unwrap(), "--out"])
+            .arg(dir.join(out))
+            .args(extra)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{err}");
+        err
+    };
+    let recorded = |out: &str| {
+        let f = st::load(dir.join(out).join("checkpoint.safetensors")).unwrap();
+        let t: serde_json::Value = serde_json::from_str(&f.metadata["clipcu.train"]).unwrap();
+        t["augment"].as_bool().unwrap()
+    };
+    let err = train("aug", "2", &[]);
+    assert!(err.contains("RandomResizedCrop"), "{err}");
+    assert!(recorded("aug"));
+    let err = train("plain", "2", &["--no-augment"]);
+    assert!(err.contains("no augmentation"), "{err}");
+    assert!(!recorded("plain"));
+    // a resume keeps the checkpoint's transform, whatever this command line says
+    let err = train("aug", "3", &["--resume", "--no-augment"]);
+    assert!(err.contains("--no-augment is ignored"), "{err}");
+    assert!(recorded("aug"));
+    let err = train("plain", "3", &["--resume"]);
+    assert!(err.contains("no augmentation"), "{err}");
+    assert!(!recorded("plain"));
+    std::fs::remove_dir_all(dir).ok();
+}

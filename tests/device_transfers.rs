@@ -30,6 +30,7 @@ fn step_transfers(device: Device, name: &str, micro: usize) {
         shape_groups: 0,
         lock: Default::default(),
         epochs: None,
+        augment: false,
         workers: None,
     };
     let mut t = Trainer::new(&cfg, config, DataSpec::Synthetic).unwrap();

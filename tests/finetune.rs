@@ -40,6 +40,7 @@ fn config(steps: usize, lock: Locking) -> TrainConfig {
         shape_groups: 0,
         lock,
         epochs: None,
+        augment: false,
         workers: Some(1),
     }
 }

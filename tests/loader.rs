@@ -575,3 +575,109 @@ fn image_folder_classes() {
         .to_string();
     assert!(err.contains("nope"), "{err}");
 }
+
+/// A noise-textured PNG (lossless: any change of crop changes the pixels).
+fn noise_png(r: &mut impl RngCore, w: u32, h: u32) -> Vec<u8> {
+    let mut img = RgbImage::new(w, h);
+    for p in img.pixels_mut() {
+        *p = image::Rgb([r.random(), r.random(), r.random()]);
+    }
+    let mut out = Cursor::new(Vec::new());
+    img.write_to(&mut out, ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+/// The image of each caption in `batches`, in stream order, as f32 bits.
+fn images_by_caption(batches: &[Batch]) -> Vec<(String, Vec<u32>)> {
+    let mut out = Vec::new();
+    for b in batches {
+        let per = b.images.numel() / b.len();
+        let v = b.images.to_vec();
+        for (i, c) in b.captions.iter().enumerate() {
+            let img = v[i * per..(i + 1) * per]
+                .iter()
+                .map(|x| x.to_bits())
+                .collect();
+            out.push((c.clone(), img));
+        }
+    }
+    out
+}
+
+#[test]
+fn augmented_stream_resumes_exactly_and_crops_anew_each_epoch() {
+    use clipcu::data::RandomResizedCrop;
+    let mut r = rng();
+    let dir = tempfile::tempdir().unwrap();
+    let rows_n = 30;
+    let mut rows = String::from("filepath,title\n");
+    for i in 0..rows_n {
+        // Near-square: an image far outside the ratio bounds (3/4–4/3, at 90% of its area or
+        // more) gets torchvision's deterministic fallback box, the same every epoch.
+        let (w, h) = (r.random_range(90..100), r.random_range(90..100));
+        std::fs::write(dir.path().join(format!("{i}.png")), noise_png(&mut r, w, h)).unwrap();
+        rows += &format!("{i}.png,row {i}\n");
+    }
+    let csv = dir.path().join("d.csv");
+    std::fs::write(&csv, rows).unwrap();
+    let source = Source::csv(&csv, &CsvOptions::default()).unwrap();
+    // 32 px, not cfg's 8: a downscale of ~12× averages a box's noise so widely that boxes a
+    // pixel apart round to the same bytes.
+    let c = |workers, augment: bool| LoaderConfig {
+        epochs: None,
+        augment: augment.then(RandomResizedCrop::open_clip),
+        image_size: 32,
+        ..cfg(3, workers)
+    };
+    let mut full = Loader::new(source.clone(), c(2, true), None).unwrap();
+    let all: Vec<Batch> = (0..24)
+        .map(|_| full.next_batch().unwrap().unwrap())
+        .collect();
+    assert!(all.last().unwrap().position.epoch >= 2);
+    // the workers change nothing
+    let mut other = Loader::new(source.clone(), c(0, true), None).unwrap();
+    let again: Vec<Batch> = (0..24)
+        .map(|_| other.next_batch().unwrap().unwrap())
+        .collect();
+    assert_same(&again, &all);
+    // resumed from a checkpointed position (one inside epoch 2 among them): bit-exact
+    let in_epoch_2 = all
+        .iter()
+        .position(|b| b.position.epoch == 1 && b.position.sample > 0);
+    for k in [1, 4, in_epoch_2.unwrap() + 1, 17] {
+        let saved = serde_json::to_string(&all[k - 1].position).unwrap();
+        let pos: DataPosition = serde_json::from_str(&saved).unwrap();
+        let mut resumed = Loader::new(source.clone(), c(1, true), Some(pos)).unwrap();
+        let tail: Vec<Batch> = (k..24)
+            .map(|_| resumed.next_batch().unwrap().unwrap())
+            .collect();
+        assert_same(&tail, &all[k..]);
+    }
+    // epoch 2 crops the same rows anew, and crops differ from the center crop
+    let imgs = images_by_caption(&all);
+    let (e1, e2) = (&imgs[..rows_n], &imgs[rows_n..2 * rows_n]);
+    let mut plain = Loader::new(source.clone(), c(1, false), None).unwrap();
+    let centre = images_by_caption(
+        &(0..10)
+            .map(|_| plain.next_batch().unwrap().unwrap())
+            .collect::<Vec<_>>(),
+    );
+    let (mut anew, mut not_centre) = (0, 0);
+    for (cap, img) in e1 {
+        let later = &e2.iter().find(|(c, _)| c == cap).unwrap().1;
+        anew += (later != img) as usize;
+        let c = &centre.iter().find(|(c, _)| c == cap).unwrap().1;
+        not_centre += (c != img) as usize;
+    }
+    // By chance a box can repeat, and about one sample in ten gets the whole image, which on an
+    // image this close to square (long side < 33/32 of the short) is what the center crop keeps
+    // too; so not every row differs, but far more than half must.
+    assert!(
+        anew >= rows_n / 2,
+        "{anew} of {rows_n} rows cropped anew in epoch 2"
+    );
+    assert!(
+        not_centre >= rows_n / 2,
+        "{not_centre} of {rows_n} rows differ from the center crop"
+    );
+}

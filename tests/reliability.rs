@@ -1019,6 +1019,7 @@ fn class4_a_nan_loss_names_the_step_and_the_non_finite_weight() {
             shape_groups: 0,
             lock: Default::default(),
             epochs: None,
+            augment: false,
             workers: None,
         };
         let mut t = Trainer::new(&cfg, tc, DataSpec::Synthetic).unwrap();
@@ -1185,6 +1186,7 @@ fn class5_options_that_make_no_sense_are_errors_or_warnings() {
         shape_groups: 0,
         lock: Default::default(),
         epochs: None,
+        augment: false,
         workers: None,
     };
     let mut t = clipcu::train::Trainer::new(&tiny, tc, clipcu::train::DataSpec::Synthetic).unwrap();

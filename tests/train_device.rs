@@ -31,6 +31,7 @@ fn config(micro_batch: usize, checkpointing: bool) -> TrainConfig {
         shape_groups: 0,
         lock: Default::default(),
         epochs: None,
+        augment: false,
         workers: None,
     }
 }

@@ -52,6 +52,7 @@ fn fixture_trainer(grad_clip: Option<f64>, micro_batch: usize) -> Trainer {
         shape_groups: 0,
         lock: Default::default(),
         epochs: None,
+        augment: false,
         workers: None,
     };
     let t = Trainer::new(&cfg, config, DataSpec::Synthetic).unwrap();

@@ -31,6 +31,7 @@ fn config(steps: usize, seed: u64) -> TrainConfig {
         shape_groups: 4, // the grouped stream, as the CLI default trains on
         lock: Default::default(),
         epochs: None,
+        augment: false,
         workers: None,
     }
 }
@@ -403,5 +404,45 @@ fn training_on_shards_skips_and_counts_bad_samples() {
     }
     assert_eq!(skips, oracle.skips());
     assert_eq!(losses(&dir.join("run/metrics.jsonl")).len(), 4);
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn an_augmented_run_on_files_resumes_bit_exact_and_trains_on_other_crops() {
+    let dir = tmpdir("augment");
+    let seed = common::fresh_seed();
+    shard(&dir.join("00000.tar"), 11, seed, &[]);
+    let data = DataSpec::Files(format!("{}/00000.tar", dir.display()));
+    let cfg = |steps, augment| TrainConfig {
+        augment,
+        shape_groups: 0,
+        ..config(steps, 5)
+    };
+    let run = |name: &str, steps, augment| {
+        let mut t = Trainer::new(&tiny(), cfg(steps, augment), data.clone()).unwrap();
+        t.run(&opts(&dir.join(name))).unwrap();
+        losses(&dir.join(name).join("metrics.jsonl"))
+    };
+    // 5 steps of 8 over 11 samples: the stream crosses into epochs 2, 3 and 4
+    let straight = run("straight", 5, true);
+    run("split", 2, true);
+    let mut t = Trainer::resume(
+        &dir.join("split/checkpoint.safetensors"),
+        cfg(5, false), // the checkpoint's transform holds
+        data.clone(),
+    )
+    .unwrap();
+    assert!(t.config.augment);
+    t.run(&opts(&dir.join("split"))).unwrap();
+    let resumed = losses(&dir.join("split/metrics.jsonl"));
+    assert_eq!(straight, resumed, "seed {seed}");
+    assert_eq!(
+        params(&dir.join("straight/checkpoint.safetensors")),
+        params(&dir.join("split/checkpoint.safetensors")),
+        "seed {seed}"
+    );
+    let plain = run("plain", 5, false);
+    assert_eq!(plain.len(), 5);
+    assert_ne!(plain, straight, "seed {seed}: the crops changed no loss");
     std::fs::remove_dir_all(dir).ok();
 }

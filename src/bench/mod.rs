@@ -190,6 +190,7 @@ impl TrainStepCase {
             shape_groups: 0,
             lock: Default::default(),
             epochs: None,
+            augment: false,
             workers: None,
         };
         let mut trainer =

@@ -33,15 +33,21 @@
 //! position just after its last sample; a loader made with that position produces the batch an
 //! uninterrupted run would have produced next, and counts only the skips after it.
 //!
+//! **Augmentation.** With [`LoaderConfig::augment`] each image gets open_clip's training
+//! transform ([`RandomResizedCrop`]) instead of the center crop, its box keyed by the seed and
+//! the sample's place in the stream (epoch, shard slot, sample), so it too is independent of
+//! the workers, the same after a resume, and new every epoch.
+//!
 //! **Epochs.** Batches run across epoch boundaries (every batch is full). With
 //! `epochs: Some(n)` the stream ends after `n` epochs and the last, partial batch is returned
 //! unless `drop_last`; with `None` it loops forever. The synthetic source is always infinite.
 
+use super::augment::RandomResizedCrop;
 use super::decode::{decode_image_with, Image, ImageLimits, Mode};
 use super::plan::{Item, Planner, Skip, Work};
 use super::preprocess::Preprocess;
 use super::sources::{read_span, Source};
-use super::synthetic::{Split, Synthetic};
+use super::synthetic::{splitmix64, Split, Synthetic};
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result, Tensor};
 use crossbeam_channel::{Receiver, Sender};
@@ -136,7 +142,7 @@ impl SkipStats {
 }
 
 /// The loader's settings. [`LoaderConfig::new`] gives the usual defaults.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct LoaderConfig {
     /// Samples per batch.
     pub batch_size: usize,
@@ -159,11 +165,17 @@ pub struct LoaderConfig {
     /// Images outside these bounds are skipped and counted as [`SkipKind::CorruptImage`]
     /// before their pixels are decoded.
     pub image_limits: ImageLimits,
+    /// The training transform: a [`RandomResizedCrop`] per sample instead of the center crop,
+    /// its box keyed by (seed, epoch, the sample's place in the epoch) so that a resumed stream
+    /// crops as the uninterrupted one and each epoch crops anew. `None` (the default): the
+    /// evaluation transform, an exact center crop.
+    pub augment: Option<RandomResizedCrop>,
 }
 
 impl LoaderConfig {
     /// `batch_size` × `image_size` px, context 77, seed 0, one worker per core, 2 batches
-    /// prefetched, looping forever, shuffled, [`ImageLimits::process_default`].
+    /// prefetched, looping forever, shuffled, [`ImageLimits::process_default`], center crop
+    /// (no augmentation).
     pub fn new(batch_size: usize, image_size: usize) -> LoaderConfig {
         LoaderConfig {
             batch_size,
@@ -176,6 +188,7 @@ impl LoaderConfig {
             drop_last: false,
             shuffle: true,
             image_limits: ImageLimits::process_default(),
+            augment: None,
         }
     }
 }
@@ -233,6 +246,9 @@ struct Context {
     context_length: usize,
     image_limits: ImageLimits,
     synthetic: Option<(Arc<Synthetic>, Split)>,
+    /// The training transform and the seed its crops are keyed by.
+    augment: Option<RandomResizedCrop>,
+    seed: u64,
     /// Set when the loader is dropped: workers stop taking jobs.
     stop: AtomicBool,
 }
@@ -275,6 +291,9 @@ impl Loader {
                 return Err(Error::Msg(format!("data loader: {name} is 0")));
             }
         }
+        if let Some(a) = &cfg.augment {
+            a.validate()?;
+        }
         let synthetic = match &source {
             Source::Synthetic { data, split } => Some((Arc::clone(data), *split)),
             _ => None,
@@ -286,6 +305,8 @@ impl Loader {
             context_length: cfg.context_length,
             image_limits: cfg.image_limits,
             synthetic,
+            augment: cfg.augment,
+            seed: cfg.seed,
             stop: AtomicBool::new(false),
         });
         let (job_tx, job_rx) = crossbeam_channel::unbounded::<Job>();
@@ -521,7 +542,7 @@ fn run_job(ctx: &Context, items: Vec<Item>) -> std::result::Result<Vec<Outcome>,
 
 fn run_item(ctx: &Context, item: Item) -> Outcome {
     let mut skips = item.notes;
-    let ready = match load(ctx, item.work) {
+    let ready = match load(ctx, item.work, crop_key(ctx.seed, item.next)) {
         Ok(r) => r,
         Err(skip) => {
             skips.push(skip);
@@ -551,8 +572,19 @@ fn skip(kind: SkipKind, name: &str, reason: impl Into<String>) -> Skip {
     }
 }
 
-/// Reads, decodes, preprocesses and tokenizes one item (`Ok(None)` for markers).
-fn load(ctx: &Context, work: Work) -> std::result::Result<Option<Ready>, Skip> {
+/// Keys the augmentation of the item just before `next` in the stream: a pure function of the
+/// seed and the item's place (epoch, shard slot, index in the shard or the epoch's row order),
+/// which is what a checkpoint's [`DataPosition`] restores.
+fn crop_key(seed: u64, next: DataPosition) -> u64 {
+    const TAG_CROP: u64 = 0x4352_4F50_0000_0004;
+    splitmix64(
+        splitmix64(splitmix64(splitmix64(seed ^ TAG_CROP) ^ next.epoch) ^ next.shard) ^ next.sample,
+    )
+}
+
+/// Reads, decodes, preprocesses and tokenizes one item (`Ok(None)` for markers); `crop_key`
+/// keys the random crop when the loader augments.
+fn load(ctx: &Context, work: Work, crop_key: u64) -> std::result::Result<Option<Ready>, Skip> {
     let mut label = None;
     let (image, caption, name) = match work {
         Work::Marker => return Ok(None),
@@ -613,9 +645,11 @@ fn load(ctx: &Context, work: Work) -> std::result::Result<Option<Ready>, Skip> {
     let s = ctx.pre.image_size;
     let mut out = crate::alloc::try_filled(3 * s * s, 0f32, "image")
         .map_err(|e| skip(SkipKind::CorruptImage, &name, e.to_string()))?;
-    ctx.pre
-        .apply_into(&image, &mut out)
-        .map_err(|e| skip(SkipKind::CorruptImage, &name, reason(e)))?;
+    match &ctx.augment {
+        Some(a) => a.apply_into(&ctx.pre, &image, crop_key, &mut out),
+        None => ctx.pre.apply_into(&image, &mut out),
+    }
+    .map_err(|e| skip(SkipKind::CorruptImage, &name, reason(e)))?;
     let ids = ctx.tokenizer.tokenize(&caption, ctx.context_length);
     Ok(Some(Ready {
         image: out,

@@ -13,6 +13,7 @@
 //! - [`decode`]: bytes → [`Image`] in the mode PIL would open the file in.
 //! - [`resample`]: PIL's antialiased bicubic `Image.resize`, reproduced exactly.
 //! - [`preprocess`]: resize short side, center crop, RGB, `ToTensor`, `Normalize`.
+//! - [`augment`]: open_clip's training transform, `RandomResizedCrop` keyed per sample.
 //! - [`synthetic`]: the embedded synthetic captioned-image dataset (coloured shapes with
 //!   attributes, generated on the fly, deterministic by seed, with held-out colour–shape
 //!   combinations for zero-shot evaluation).
@@ -20,6 +21,7 @@
 //! - [`loader`]: the multi-threaded training loader: ready batches, deterministic by seed,
 //!   resumable from a [`DataPosition`], bad input skipped and counted ([`SkipStats`]).
 
+pub mod augment;
 pub mod decode;
 pub mod loader;
 mod plan;
@@ -28,6 +30,7 @@ pub mod resample;
 pub mod sources;
 pub mod synthetic;
 
+pub use augment::{resized_crop, CropBox, RandomResizedCrop};
 pub use decode::{
     decode_image, decode_image_with, load_image, load_image_with, Image, ImageLimits, Mode,
 };

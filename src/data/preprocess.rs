@@ -122,6 +122,13 @@ impl Preprocess {
 
     /// The transform of one image, written into `out` (`3 · S · S` values, CHW).
     pub fn apply_into(&self, img: &Image, out: &mut [f32]) -> Result<()> {
+        self.check_out(out)?;
+        let rgb = self.resize_crop(img)?;
+        self.normalize_into(&rgb, out);
+        Ok(())
+    }
+
+    fn check_out(&self, out: &[f32]) -> Result<()> {
         let s = self.image_size;
         if out.len() != 3 * s * s {
             return Err(Error::shape(
@@ -129,8 +136,26 @@ impl Preprocess {
                 format!("output holds {} values, expected [3, {s}, {s}]", out.len()),
             ));
         }
-        let rgb = self.resize_crop(img)?;
-        self.normalize_into(&rgb, out);
+        Ok(())
+    }
+
+    /// `ToTensor` + `Normalize` of an `S × S` RGB image (the last steps of the evaluation and
+    /// the training transform alike), written into `out` (`3 · S · S` values, CHW).
+    pub fn normalize_rgb_into(&self, rgb: &Image, out: &mut [f32]) -> Result<()> {
+        self.check_out(out)?;
+        let s = self.image_size;
+        if rgb.mode() != Mode::Rgb || rgb.width() != s || rgb.height() != s {
+            return Err(Error::shape(
+                "Preprocess::normalize_rgb_into",
+                format!(
+                    "a {}x{} {:?} image, expected {s}x{s} RGB",
+                    rgb.width(),
+                    rgb.height(),
+                    rgb.mode()
+                ),
+            ));
+        }
+        self.normalize_into(rgb, out);
         Ok(())
     }
 

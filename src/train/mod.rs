@@ -3,7 +3,7 @@
 //! synthetic held-out split.
 
 pub mod eval;
-mod plot;
+pub mod plot;
 mod step;
 mod trainer;
 

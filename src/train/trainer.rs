@@ -7,7 +7,7 @@
 use super::eval::{ValidationResult, ValidationSet, ZeroShotResult, ZeroShotSet};
 use super::{contrastive_forward_backward_deferred, eval, plot, read_scalars, samples_to_tensor};
 use crate::data::synthetic::{Split, Synthetic, SyntheticConfig, Task};
-use crate::data::{DataPosition, Loader, LoaderConfig, SkipStats, Source};
+use crate::data::{DataPosition, Loader, LoaderConfig, RandomResizedCrop, SkipStats, Source};
 use crate::device::upload::{BatchUploader, Staged};
 use crate::io::safetensors as st;
 use crate::model::{weights, Clip, ClipConfig, Locking};
@@ -50,6 +50,12 @@ pub struct TrainConfig {
     /// [`steps_for_epochs`]); the progress shows the epoch.
     #[serde(default)]
     pub epochs: Option<usize>,
+    /// open_clip's training transform on file data: a `RandomResizedCrop` (scale 0.9–1, ratio
+    /// 3/4–4/3, bicubic) per sample, keyed by (seed, epoch, sample), instead of the center crop
+    /// (`--no-augment` turns it off). The synthetic data is never augmented. Absent from older
+    /// checkpoints, which trained without it: `false`. A resumed run keeps its checkpoint's.
+    #[serde(default)]
+    pub augment: bool,
     /// Data-loading threads (`--workers`; `None`: one per core). Changes no number, so it is
     /// not saved with the run.
     #[serde(skip)]
@@ -279,6 +285,9 @@ impl DataStream {
                 lc.context_length = model.text_cfg.context_length;
                 lc.seed = cfg.seed;
                 lc.drop_last = true;
+                if cfg.augment {
+                    lc.augment = Some(RandomResizedCrop::open_clip());
+                }
                 if let Some(w) = cfg.workers {
                     lc.workers = w;
                 }
@@ -848,6 +857,8 @@ impl Trainer {
             }
             config.lock = saved.lock;
         }
+        // The transform is part of how the run trains: the checkpoint's setting holds.
+        config.augment = saved.augment;
         if saved.seed != config.seed
             || saved.batch_size != config.batch_size
             || saved.shape_groups != config.shape_groups
@@ -1114,7 +1125,7 @@ impl Trainer {
             opts.out.join("model.safetensors"),
             &BTreeMap::new(),
         )?;
-        plot_metrics(&metrics_path, &opts.out.join("training.png"))?;
+        plot::plot_metrics(&metrics_path, &opts.out.join("training.png"))?;
         Ok(summary)
     }
 }
@@ -1211,43 +1222,6 @@ fn progress_bar(visible: bool, len: u64, pos: u64) -> indicatif::ProgressBar {
     );
     bar.set_position(pos);
     bar
-}
-
-/// The plot of a run from its metrics file (so a resumed run plots its whole history): the
-/// per-step loss, and every evaluation kind present — held-out synthetic shapes and colours,
-/// zero-shot top-1/top-5 on `--zeroshot-data`, validation recall@1 on `--val-data`.
-fn plot_metrics(metrics: &Path, png: &Path) -> Result<()> {
-    let text = std::fs::read_to_string(metrics).map_err(|e| Error::io(metrics, e))?;
-    let mut loss = Vec::new();
-    // (legend, eval kind, key)
-    let curves = [
-        ("shape, 1 template", "zeroshot-heldout", "shape_single"),
-        ("shape, ensembled", "zeroshot-heldout", "shape_ensemble"),
-        ("colour, ensembled", "zeroshot-heldout", "colour_ensemble"),
-        ("zero-shot top-1", "zeroshot", "top1"),
-        ("zero-shot top-5", "zeroshot", "top5"),
-        ("val R@1 image>text", "val", "image_to_text_r1"),
-        ("val R@1 text>image", "val", "text_to_image_r1"),
-    ];
-    let mut acc: Vec<(&str, Vec<(f64, f64)>)> = curves.iter().map(|c| (c.0, vec![])).collect();
-    for line in text.lines() {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        let step = v["step"].as_f64().unwrap_or(0.0);
-        if let Some(l) = v["loss"].as_f64() {
-            loss.push((step, l));
-        }
-        for (i, (_, kind, key)) in curves.iter().enumerate() {
-            if v["eval"] == *kind {
-                if let Some(a) = v[key].as_f64() {
-                    acc[i].1.push((step, a));
-                }
-            }
-        }
-    }
-    acc.retain(|(_, points)| !points.is_empty());
-    plot::plot_training(png, &loss, &acc)
 }
 
 /// The problem of a set of parameters, if any: a non-finite element (named by tensor), or a

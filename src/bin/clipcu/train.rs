@@ -121,6 +121,12 @@ pub struct TrainArgs {
     /// model see shape (0 or 1: plain random pairs).
     #[arg(long, default_value_t = 8)]
     pub shape_groups: usize,
+    /// Train on --data with the evaluation transform (resize, exact center crop) instead of
+    /// open_clip's training transform (RandomResizedCrop: scale 0.9–1, ratio 3/4–4/3, bicubic,
+    /// a new crop per sample and epoch). The synthetic data is never augmented; a resumed run
+    /// keeps its checkpoint's setting.
+    #[arg(long)]
+    pub no_augment: bool,
 }
 
 /// The shipped config `clipcu train` uses when no --config is given.
@@ -157,6 +163,8 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         shape_groups: a.shape_groups,
         lock,
         epochs: a.epochs,
+        // open_clip's training transform for file data unless --no-augment.
+        augment: a.data.is_some() && !a.no_augment,
         workers: a.workers,
     };
     if a.pretrained.is_some() && a.resume.is_some() {
@@ -257,6 +265,13 @@ pub fn run(a: &TrainArgs) -> Result<()> {
                 PathBuf::from(p)
             };
             let t = Trainer::resume(&path, config, data.clone())?;
+            if a.no_augment && t.config.augment {
+                eprintln!(
+                    "note: --no-augment is ignored: {} was trained with the training transform, \
+                     and a resumed run keeps its checkpoint's",
+                    path.display()
+                );
+            }
             // The checkpoint decides the model; a --config naming another one would be ignored.
             if let Some(c) = &a.config {
                 let given = ClipConfig::load(c)?;
@@ -305,12 +320,17 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     let start_step = trainer.step;
     let m = &trainer.model.config;
     eprintln!(
-        "training {} ({}×{} px, {} trainable params) on {} ({device}): {} steps × {} pairs{} → {}",
+        "training {} ({}×{} px, {} trainable params) on {}{} ({device}): {} steps × {} pairs{} → {}",
         model_name,
         m.vision_cfg.image_size,
         m.vision_cfg.image_size,
         clipcu::nn::Module::num_trainable(&trainer.model),
         a.data.as_deref().unwrap_or("synthetic shapes"),
+        match (a.data.is_some(), trainer.config.augment) {
+            (false, _) => "",
+            (true, true) => " with open_clip's RandomResizedCrop",
+            (true, false) => " center-cropped (no augmentation)",
+        },
         trainer.config.steps,
         a.batch_size,
         a.epochs
