@@ -395,3 +395,62 @@ fn local_loss_gradients_match_central_differences() {
         |g, v| g.contrastive_local(&v[0], &v[1], &v[2], &v[3], &v[4], 1),
     );
 }
+
+/// Each simulated rank's loss and gradients against open_clip's own data-parallel loss:
+/// `ClipLoss(local_loss=True, gather_with_grad=True)` run by 2 and 4 gloo processes on the CPU
+/// (tools/make_local_loss_fixture.py). A rank's gradient of its raw rows there is its own loss's
+/// gradient through its local rows plus every rank's gradient through its slot of the gathered
+/// columns (all_gather's backward sums them to the owner) — the sum clipcu's multi-GPU step
+/// reduces — and its logit-scale gradient is its own loss's.
+#[test]
+fn local_losses_and_gradients_equal_open_clip_gather_with_grad() {
+    let f = clipcu::io::load(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/contrastive/local-loss.safetensors"),
+    )
+    .unwrap();
+    for world in [2usize, 4] {
+        let get = |k: &str| f.get(&format!("w{world}.{k}")).unwrap().clone();
+        let (img, txt, ls) = (get("image"), get("text"), get("logit_scale"));
+        let (total, d) = (img.shape()[0], img.shape()[1]);
+        let n = total / world;
+        let mut di = vec![0f64; total * d];
+        let mut dt = vec![0f64; total * d];
+        let (want_loss, want_dlogit) = (get("loss").to_vec(), get("dlogit").to_vec());
+        for rank in 0..world {
+            let g = Graph::new();
+            let vil = g.leaf(rows_of(&img, rank, n));
+            let vtl = g.leaf(rows_of(&txt, rank, n));
+            let (via, vta, vs) = (g.leaf(img.clone()), g.leaf(txt.clone()), g.leaf(ls.clone()));
+            let l = g
+                .contrastive_local(&vil, &vtl, &via, &vta, &vs, rank)
+                .unwrap();
+            let loss = l.tensor().item().unwrap();
+            assert!(
+                rel(loss, want_loss[rank]) < 1e-5,
+                "world {world} rank {rank}: loss {loss} vs open_clip {}",
+                want_loss[rank]
+            );
+            let grads = g.backward(&l).unwrap();
+            let dl = grads.get(&vs).unwrap().item().unwrap();
+            assert!(
+                (dl - want_dlogit[rank]).abs() <= 1e-5 * want_dlogit[rank].abs() + 1e-7,
+                "world {world} rank {rank}: dlogit {dl} vs open_clip {}",
+                want_dlogit[rank]
+            );
+            for (acc, all, local) in [(&mut di, &via, &vil), (&mut dt, &vta, &vtl)] {
+                for (k, v) in grads.get(all).unwrap().to_vec().iter().enumerate() {
+                    acc[k] += *v as f64;
+                }
+                for (k, v) in grads.get(local).unwrap().to_vec().iter().enumerate() {
+                    acc[rank * n * d + k] += *v as f64;
+                }
+            }
+        }
+        let (ei, et) = (rel_f64(&get("dimage"), &di), rel_f64(&get("dtext"), &dt));
+        assert!(
+            ei < 1e-5 && et < 1e-5,
+            "world {world}: dI off open_clip's by {ei:.2e}, dT by {et:.2e}"
+        );
+    }
+}
