@@ -5,6 +5,9 @@
 
 pub mod clip;
 pub mod config;
+pub mod convert;
+pub mod hf;
+pub mod inspect;
 pub mod lock;
 pub mod resize;
 pub mod resnet;
