@@ -282,7 +282,8 @@ fn act(cfg: &ClipConfig) -> &'static str {
     }
 }
 
-/// transformers' `torch_dtype` spelling.
+/// transformers' dtype spelling (`dtype` since transformers 5, `torch_dtype` before: both are
+/// written).
 fn torch_dtype(d: DType) -> &'static str {
     match d {
         DType::F32 => "float32",
@@ -302,6 +303,7 @@ pub fn hf_config_json(cfg: &ClipConfig, dtype: DType) -> Value {
         "projection_dim": cfg.embed_dim,
         "logit_scale_init_value": 2.6592,
         "initializer_factor": 1.0,
+        "dtype": torch_dtype(dtype),
         "torch_dtype": torch_dtype(dtype),
         "text_config": {
             "model_type": "clip_text_model",
