@@ -593,3 +593,41 @@ fn convert_cli_writes_hf_and_refuses_to_overwrite() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn hf_config_json_round_trips_and_hub_defaults_are_transformers() {
+    use clipcu::model::hf::{config_from_hf_json, hf_config_json};
+    for name in ClipConfig::builtin_names() {
+        let cfg = ClipConfig::load(name).unwrap();
+        if cfg.is_resnet() {
+            continue;
+        }
+        let text = hf_config_json(&cfg, DType::F32).to_string();
+        assert_eq!(config_from_hf_json(&text, name).unwrap(), cfg, "{name}");
+    }
+    // keys a Hub config leaves out take transformers' defaults: those are OpenAI's ViT-B/32
+    let minimal = r#"{"text_config": {"hidden_act": "quick_gelu"}, "vision_config": {"hidden_act": "quick_gelu"}}"#;
+    assert_eq!(
+        config_from_hf_json(minimal, "minimal").unwrap(),
+        ClipConfig::load("ViT-B-32-quickgelu").unwrap()
+    );
+    for (text, needle) in [
+        (r#"{"vision_config": {}}"#, "text_config"),
+        (
+            r#"{"text_config": {"hidden_act": "gelu"}, "vision_config": {"hidden_act": "quick_gelu"}}"#,
+            "the same in both towers",
+        ),
+        (
+            r#"{"text_config": {"hidden_act": "relu"}, "vision_config": {"hidden_act": "relu"}}"#,
+            "relu",
+        ),
+        (
+            r#"{"text_config": {"hidden_size": -1}, "vision_config": {}}"#,
+            "text_config.hidden_size",
+        ),
+        ("not json", "not valid JSON"),
+    ] {
+        let e = config_from_hf_json(text, "c.json").unwrap_err().to_string();
+        assert!(e.contains(needle), "{text}: {e}");
+    }
+}

@@ -348,17 +348,43 @@ pub fn hf_config_json(cfg: &ClipConfig, dtype: DType) -> Value {
 pub fn config_from_hf_json(text: &str, source: &str) -> Result<ClipConfig> {
     let bad = |msg: String| Error::format(source, msg);
     let raw: Value = serde_json::from_str(text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
-    let get = |section: &str, key: &str| -> Result<&Value> {
-        raw.get(section)
-            .and_then(|s| s.get(key))
-            .ok_or_else(|| bad(format!("`{section}.{key}` is missing")))
+    // transformers' defaults (CLIPTextConfig / CLIPVisionConfig) for keys a config leaves out
+    let default = |section: &str, key: &str| -> Option<usize> {
+        Some(match (section, key) {
+            ("text_config", "vocab_size") => 49408,
+            ("text_config", "hidden_size") => 512,
+            ("text_config", "intermediate_size") => 2048,
+            ("text_config", "num_hidden_layers") => 12,
+            ("text_config", "num_attention_heads") => 8,
+            ("text_config", "max_position_embeddings") => 77,
+            ("vision_config", "hidden_size") => 768,
+            ("vision_config", "intermediate_size") => 3072,
+            ("vision_config", "num_hidden_layers") => 12,
+            ("vision_config", "num_attention_heads") => 12,
+            ("vision_config", "image_size") => 224,
+            ("vision_config", "patch_size") => 32,
+            _ => return None,
+        })
     };
     let num = |section: &str, key: &str| -> Result<usize> {
-        get(section, key)?
-            .as_u64()
-            .map(|n| n as usize)
-            .ok_or_else(|| bad(format!("`{section}.{key}` is not a non-negative integer")))
+        match raw.get(section).and_then(|s| s.get(key)) {
+            Some(v) => v.as_u64().map(|n| n as usize).ok_or_else(|| {
+                bad(format!(
+                    "`{section}.{key}` = {v} is not a non-negative integer"
+                ))
+            }),
+            None => {
+                default(section, key).ok_or_else(|| bad(format!("`{section}.{key}` is missing")))
+            }
+        }
     };
+    for s in ["text_config", "vision_config"] {
+        if !raw.get(s).is_some_and(Value::is_object) {
+            return Err(bad(format!(
+                "`{s}` is missing: not a transformers CLIPConfig (CLIPModel) config.json"
+            )));
+        }
+    }
     let acts: Vec<String> = ["text_config", "vision_config"]
         .iter()
         .map(|s| {
@@ -402,10 +428,14 @@ pub fn config_from_hf_json(text: &str, source: &str) -> Result<ClipConfig> {
             "vision_config.hidden_size {vw} is not a multiple of num_attention_heads {vh}"
         )));
     }
-    let embed = raw
-        .get("projection_dim")
-        .and_then(Value::as_u64)
-        .ok_or_else(|| bad("`projection_dim` is missing".into()))?;
+    let embed = match raw.get("projection_dim") {
+        None => 512, // transformers' default
+        Some(v) => v.as_u64().ok_or_else(|| {
+            bad(format!(
+                "`projection_dim` = {v} is not a non-negative integer"
+            ))
+        })?,
+    };
     let oc = json!({
         "embed_dim": embed,
         "quick_gelu": quick_gelu,

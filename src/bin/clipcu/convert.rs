@@ -42,8 +42,14 @@ pub fn run(a: &ConvertArgs) -> Result<()> {
     if format == Format::HuggingFace {
         outputs.push(config_json_beside(&a.out));
     }
+    // an HF input's config.json is an input too (its config is read from there)
+    let mut inputs = vec![("the input", a.input.clone())];
+    let input_json = config_json_beside(&a.input);
+    if input_json.exists() {
+        inputs.push(("the input's config.json", input_json));
+    }
     for out in &outputs {
-        crate::refuse_output_over_inputs("--out", out, &[("the input", &a.input)])?;
+        crate::refuse_output_over_inputs("--out", out, &inputs)?;
         if out.exists() && !a.overwrite {
             return Err(Error::Msg(format!(
                 "{} exists: give --overwrite to replace it, or another --out",
