@@ -297,6 +297,82 @@ fn module_prefix_half_precision_and_scalar_shapes_load() {
     std::fs::remove_dir_all(path.parent().unwrap()).ok();
 }
 
+/// Issue 17: a ModifiedResNet state dict as torch writes it (`save_file(model.state_dict())`,
+/// int64 `num_batches_tracked` included; tools/make_torch_state_dict_fixture.py) loads, and gives
+/// open_clip's embeddings.
+#[test]
+fn torch_state_dict_with_int64_buffers_loads_and_matches_open_clip() {
+    let path = fixture("tiny-rn-torch-state-dict.safetensors");
+    let file = st::load(&path).unwrap();
+    let ints: Vec<&str> = file
+        .raw
+        .iter()
+        .filter(|(_, r)| r.dtype == "I64")
+        .map(|(n, _)| n.as_str())
+        .collect();
+    assert!(
+        !ints.is_empty() && ints.iter().all(|n| n.ends_with("num_batches_tracked")),
+        "the fixture holds torch's int64 buffers: {ints:?}"
+    );
+    let f = io("tiny-rn");
+    let mut model = load_clip(&path, Some(&ClipConfig::load("tiny-rn").unwrap())).unwrap();
+    model.set_training(false);
+    let (img, txt) = embeds(&model, f.get("images").unwrap(), f.get("text_ids").unwrap());
+    check("torch RN image", &img, f.get("image_embeds").unwrap(), 1e-5);
+    check("torch RN text", &txt, f.get("text_embeds").unwrap(), 1e-5);
+}
+
+/// An integer tensor where the model needs a float weight is an error naming the tensor and its
+/// dtype; a DDP `module.` prefix does not hide an integer buffer from the skip list.
+#[test]
+fn integer_weight_is_an_error_naming_it() {
+    use safetensors::tensor::{serialize_to_file, Dtype, TensorView};
+    let file = st::load(fixture("tiny-vit.safetensors")).unwrap();
+    let bytes: Vec<(String, Vec<u8>, Vec<usize>, Dtype)> = file
+        .tensors
+        .iter()
+        .map(|(n, t)| {
+            if n == "ln_final.weight" {
+                let ints: Vec<u8> = (0..t.numel() as i32)
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect();
+                (n.clone(), ints, t.shape().to_vec(), Dtype::I32)
+            } else {
+                (
+                    format!("module.{n}"),
+                    t.to_le_bytes(),
+                    t.shape().to_vec(),
+                    Dtype::F32,
+                )
+            }
+        })
+        .chain(std::iter::once((
+            "module.visual.bn.num_batches_tracked".to_string(),
+            7i64.to_le_bytes().to_vec(),
+            vec![],
+            Dtype::I64,
+        )))
+        .collect();
+    let views: Vec<(String, TensorView)> = bytes
+        .iter()
+        .map(|(n, b, s, d)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    let path = tmp("int-weight.safetensors");
+    serialize_to_file(views, None, &path).unwrap();
+    let model = Clip::new(&ClipConfig::load("tiny-vit").unwrap(), 0);
+    let msg = load_into(&model, &path).unwrap_err().to_string();
+    for needle in [
+        "int-weight.safetensors",
+        "`ln_final.weight`",
+        "I32",
+        "F32, F16 or BF16",
+    ] {
+        assert!(msg.contains(needle), "error lacks `{needle}`: {msg}");
+    }
+    assert!(!msg.contains("visual.bn.num_batches_tracked"), "{msg}");
+    std::fs::remove_dir_all(path.parent().unwrap()).ok();
+}
+
 #[test]
 fn bad_weights_are_listed_in_one_error() {
     let file = st::load(fixture("tiny-vit.safetensors")).unwrap();

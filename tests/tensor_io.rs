@@ -4,7 +4,7 @@
 
 use clipcu::io::{load, save, SafeTensorsFile};
 use clipcu::{DType, Error, Tensor};
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -400,18 +400,55 @@ fn corrupt_files_are_format_errors() {
     expect_format(&cut, "truncated file");
 }
 
+/// Torch writes integer buffers (`num_batches_tracked` as I64, masks as BOOL or U8): they are
+/// read as raw tensors beside the float ones, with their dtype, shape and values, sign-extended
+/// where the dtype is signed; the values are random and checked against a little-endian encoder
+/// written independently here.
 #[test]
-fn unsupported_dtypes_name_tensor_and_dtype() {
+fn integer_and_bool_tensors_are_read_raw() {
     let dir = TempDir::new("dtype");
-    for (dtype, size) in [("I64", 8), ("U8", 1), ("I32", 4), ("BOOL", 1)] {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed());
+    for (dtype, size, signed) in [
+        ("I64", 8usize, true),
+        ("I32", 4, true),
+        ("I16", 2, true),
+        ("I8", 1, true),
+        ("U8", 1, false),
+        ("U16", 2, false),
+        ("U32", 4, false),
+        ("BOOL", 1, false),
+    ] {
+        let n = rng.random_range(1..6usize);
+        let bits = 8 * size as u32;
+        let want: Vec<i64> = (0..n)
+            .map(|_| match (dtype, signed) {
+                ("BOOL", _) => rng.random_range(0..2),
+                (_, true) => rng.random_range(-(1i128 << (bits - 1))..(1i128 << (bits - 1))) as i64,
+                (_, false) => rng.random_range(0..(1i128 << bits)) as i64,
+            })
+            .collect();
+        let mut data = 1.5f32.to_le_bytes().to_vec();
+        for v in &want {
+            data.extend_from_slice(&v.to_le_bytes()[..size]);
+        }
         let h = format!(
-            r#"{{"ok":{{"dtype":"F32","shape":[1],"data_offsets":[0,4]}},"ids":{{"dtype":"{dtype}","shape":[2],"data_offsets":[4,{}]}}}}"#,
-            4 + 2 * size
+            r#"{{"ok":{{"dtype":"F32","shape":[1],"data_offsets":[0,4]}},"ids":{{"dtype":"{dtype}","shape":[{n}],"data_offsets":[4,{}]}}}}"#,
+            4 + n * size
         );
-        let p = raw_file(&dir, dtype, &h, &vec![0u8; 4 + 2 * size]);
-        let msg = expect_format(&p, dtype);
-        assert!(msg.contains("'ids'") && msg.contains(dtype), "{msg}");
+        let f = load(raw_file(&dir, dtype, &h, &data)).unwrap();
+        assert_eq!(f.tensors.len(), 1, "{dtype}: the float tensor");
+        assert_eq!(f.get("ok").unwrap().to_vec(), vec![1.5]);
+        let raw = f.get_raw("ids").unwrap();
+        assert_eq!(raw.dtype, dtype);
+        assert_eq!(raw.shape, vec![n]);
+        assert_eq!(raw.bytes, data[4..].to_vec());
+        assert_eq!(raw.to_i64().unwrap(), want, "{dtype}");
     }
+    // An 8-bit float is kept as bytes too, with no integer view.
+    let h = r#"{"f8":{"dtype":"F8_E4M3","shape":[2],"data_offsets":[0,2]}}"#;
+    let f = load(raw_file(&dir, "f8", h, &[0x38, 0xb8])).unwrap();
+    let raw = f.get_raw("f8").unwrap();
+    assert_eq!((raw.dtype.as_str(), raw.to_i64()), ("F8_E4M3", None));
 }
 
 #[test]
@@ -419,7 +456,7 @@ fn safetensors_file_helpers() {
     let a = Tensor::randn([2], 1.0, seed());
     let f = SafeTensorsFile {
         tensors: vec![("a".into(), a.clone())],
-        metadata: BTreeMap::new(),
+        ..Default::default()
     };
     assert_same("a", f.get("a").unwrap(), &a);
     assert!(f.into_map().contains_key("a"));

@@ -3,7 +3,7 @@
 pub mod safetensors;
 
 pub use self::safetensors::{
-    link_atomic, load, save, stale_temp_files, write_atomic, SafeTensorsFile,
+    link_atomic, load, save, stale_temp_files, write_atomic, RawTensor, SafeTensorsFile,
 };
 
 use std::path::Path;

@@ -21,8 +21,9 @@
 //! sizes matching shape × dtype, no arithmetic overflow); the length checks against the file are
 //! done here, then each tensor is read in file order, so memory peaks at the tensors plus one
 //! tensor's bytes. F32, F16 and BF16 come back in their stored dtype; F64 is converted to f32
-//! (round to nearest; values beyond f32 range become ±inf); any other dtype is an
-//! [`Error::Format`] naming the tensor and its dtype. A missing or unreadable file is
+//! (round to nearest; values beyond f32 range become ±inf); every other dtype (the integers,
+//! BOOL, the 8-bit floats torch writes) comes back as a [`RawTensor`] in
+//! [`SafeTensorsFile::raw`], for the caller to keep or refuse by name. A missing or unreadable file is
 //! [`Error::Io`]; a truncated or corrupt one is [`Error::Format`]. Bad files never panic.
 
 use crate::tensor::{DType, Tensor};
@@ -40,11 +41,53 @@ const METADATA_KEY: &str = "__metadata__";
 /// Bytes of the header-length prefix.
 const N_LEN: usize = 8;
 
-/// The contents of a safetensors file: tensors in file order, and the metadata.
+/// The contents of a safetensors file: the float tensors in file order, every other tensor as
+/// its bytes ([`RawTensor`]), and the metadata.
 #[derive(Debug, Clone, Default)]
 pub struct SafeTensorsFile {
     pub tensors: Vec<(String, Tensor)>,
+    /// Tensors of a dtype clipcu does not compute in (integers, bools, 8-bit floats), in file
+    /// order: torch writes `num_batches_tracked` as I64 and transformers `position_ids` as I64,
+    /// and the loader that reads the file decides by name whether such a tensor matters.
+    pub raw: Vec<(String, RawTensor)>,
     pub metadata: BTreeMap<String, String>,
+}
+
+/// A tensor kept as stored: its safetensors dtype name (`I64`, `U8`, `BOOL`, `F8_E4M3`, ...), its
+/// shape and its little-endian bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawTensor {
+    pub dtype: String,
+    pub shape: Vec<usize>,
+    pub bytes: Vec<u8>,
+}
+
+impl RawTensor {
+    /// The elements as i64 when the dtype is a signed or unsigned integer or a bool of up to
+    /// 64 bits (U64 values above i64::MAX wrap), else `None`.
+    pub fn to_i64(&self) -> Option<Vec<i64>> {
+        let width = match self.dtype.as_str() {
+            "BOOL" | "U8" | "I8" => 1,
+            "U16" | "I16" => 2,
+            "U32" | "I32" => 4,
+            "U64" | "I64" => 8,
+            _ => return None,
+        };
+        let signed = self.dtype.starts_with('I');
+        Some(
+            self.bytes
+                .chunks_exact(width)
+                .map(|c| {
+                    let mut b = [0u8; 8];
+                    b[..width].copy_from_slice(c);
+                    if signed && c[width - 1] & 0x80 != 0 {
+                        b[width..].fill(0xff);
+                    }
+                    i64::from_le_bytes(b)
+                })
+                .collect(),
+        )
+    }
 }
 
 impl SafeTensorsFile {
@@ -53,7 +96,12 @@ impl SafeTensorsFile {
         self.tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t)
     }
 
-    /// The tensors by name (file order is lost).
+    /// The non-float tensor called `name`, if there is one.
+    pub fn get_raw(&self, name: &str) -> Option<&RawTensor> {
+        self.raw.iter().find(|(n, _)| n == name).map(|(_, t)| t)
+    }
+
+    /// The float tensors by name (file order is lost).
     pub fn into_map(self) -> HashMap<String, Tensor> {
         self.tensors.into_iter().collect()
     }
@@ -335,6 +383,7 @@ pub fn load(path: impl AsRef<Path>) -> Result<SafeTensorsFile> {
     }
 
     let mut tensors = Vec::new();
+    let mut raw = Vec::new();
     let mut buf = Vec::new();
     // `offset_keys` lists names by data offset; the crate has checked the offsets are contiguous
     // from 0, so reading the tensors one after another walks the data section in order.
@@ -361,10 +410,15 @@ pub fn load(path: impl AsRef<Path>) -> Result<SafeTensorsFile> {
                 Tensor::from_vec(v, shape)
             }
             other => {
-                return Err(bad(format!(
-                    "tensor '{name}' has dtype {other:?}; only F32, F16, BF16 (and F64, read as \
-                     f32) are supported"
-                )))
+                raw.push((
+                    name,
+                    RawTensor {
+                        dtype: format!("{other:?}"),
+                        shape,
+                        bytes: buf.clone(),
+                    },
+                ));
+                continue;
             }
         }
         .map_err(|e| bad(format!("tensor '{name}': {e}")))?;
@@ -376,5 +430,9 @@ pub fn load(path: impl AsRef<Path>) -> Result<SafeTensorsFile> {
         .as_ref()
         .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
         .unwrap_or_default();
-    Ok(SafeTensorsFile { tensors, metadata })
+    Ok(SafeTensorsFile {
+        tensors,
+        raw,
+        metadata,
+    })
 }

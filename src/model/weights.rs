@@ -6,7 +6,8 @@
 //!   ...), optionally behind a `module.` prefix (DistributedDataParallel);
 //! - Hugging Face `CLIPModel` names (`vision_model.*`, `text_model.*`, separate q/k/v projections,
 //!   `visual_projection`/`text_projection` stored transposed), converted to the above;
-//! - f32, f16 and bf16 (converted to f32), `logit_scale` 0-d or `[1]`;
+//! - f32, f16 and bf16 (converted to f32), `logit_scale` 0-d or `[1]`; integer tensors only
+//!   where torch keeps integer buffers (below), any other is an error naming the tensor;
 //! - a ViT positional embedding of another grid size, resized (bicubic, as open_clip does).
 //!
 //! `num_batches_tracked`, `position_ids`, `attn_mask`, the OpenAI JIT scalars and the optimizer
@@ -17,7 +18,7 @@
 use super::clip::{Clip, VisionTower};
 use super::config::ClipConfig;
 use super::resize::resize_pos_embed;
-use crate::io::safetensors::{load, save};
+use crate::io::safetensors::{load, save, SafeTensorsFile};
 use crate::ops::layout::concat;
 use crate::{DType, Error, Result, Tensor};
 use std::collections::{BTreeMap, HashMap};
@@ -87,19 +88,33 @@ pub fn load_clip(path: impl AsRef<Path>, fallback: Option<&ClipConfig>) -> Resul
         })?,
     };
     let model = Clip::new(&config, 0);
-    assign(&model, file.tensors, path)?;
+    assign(&model, file, path)?;
     Ok(model)
 }
 
 /// Load weights from `path` into `model` (see the module doc for the names accepted).
 pub fn load_into(model: &Clip, path: impl AsRef<Path>) -> Result<()> {
     let path = path.as_ref();
-    assign(model, load(path)?.tensors, path)
+    assign(model, load(path)?, path)
 }
 
-fn assign(model: &Clip, tensors: Vec<(String, Tensor)>, path: &Path) -> Result<()> {
+fn assign(model: &Clip, file: SafeTensorsFile, path: &Path) -> Result<()> {
+    for (name, raw) in &file.raw {
+        let short = name.strip_prefix("module.").unwrap_or(name);
+        if !ignorable(short) {
+            return Err(Error::format(
+                path,
+                format!(
+                    "tensor `{name}` is stored as {} {:?}: model weights must be F32, F16 or \
+                     BF16 (F64 is read as f32); only buffers such as num_batches_tracked, \
+                     position_ids and attn_mask may be integers",
+                    raw.dtype, raw.shape
+                ),
+            ));
+        }
+    }
     let mut map: HashMap<String, Tensor> = HashMap::new();
-    for (name, t) in tensors {
+    for (name, t) in file.tensors {
         let name = name.strip_prefix("module.").unwrap_or(&name).to_string();
         if !ignorable(&name) {
             let t = t.try_to_dtype(DType::F32)?;
