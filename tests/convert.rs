@@ -631,3 +631,34 @@ fn hf_config_json_round_trips_and_hub_defaults_are_transformers() {
         assert!(e.contains(needle), "{text}: {e}");
     }
 }
+
+/// A checkpoint exactly as torch writes it (int64 `num_batches_tracked` beside the floats):
+/// `info` lists the integer buffers as skipped and the rest as fitting tiny-rn; `convert` writes
+/// the float weights, bit for bit those of tiny-rn.safetensors.
+#[test]
+fn torch_state_dict_with_integer_buffers_is_described_and_converted() {
+    let dir = tmpdir();
+    let src = fixture("tiny-rn-torch-state-dict.safetensors");
+    let (ok, t) = info(&src, &[]);
+    assert!(ok, "{t}");
+    assert_has(
+        &t,
+        &[
+            "naming: open_clip",
+            "dtype: f32 (134 tensors)",
+            "145891 parameters",
+            "keys skipped on load",
+            "matches shipped config: tiny-rn",
+            "keys: all 134 fit",
+        ],
+    );
+    let out = dir.join("rn.safetensors");
+    let cfg = ClipConfig::load("tiny-rn").unwrap();
+    convert::convert(&src, &out, Format::OpenClip, None, Some(&cfg)).unwrap();
+    assert_same_tensors(
+        "torch state dict → open_clip",
+        &tensors(&out),
+        &tensors(&fixture("tiny-rn.safetensors")),
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
