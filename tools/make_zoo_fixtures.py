@@ -19,7 +19,9 @@ writes tests/fixtures/models/zoo/:
     open_clip's within 1e-5);
   - open_clip-embeds.safetensors: tiny-vit-hf.safetensors converted by `clipcu convert`
     hf -> clipcu -> open_clip, loaded by open_clip's `load_state_dict(strict=True)`, its
-    embeddings (GELU and QuickGELU models); the converted tensors equal the original bit for bit.
+    embeddings (GELU and QuickGELU models); the converted tensors equal the original bit for bit;
+  - (checked, not written) tiny-rn converted to open_clip names loads with strict=True in open_clip
+    and gives tiny-rn-io's embeddings.
 """
 import glob
 import json
@@ -166,6 +168,17 @@ def main():
                 err = rel(embeds[f"{what}_embeds{suffix}"], io[f"{what}_embeds{suffix}"])
                 assert err < 1e-6, err
         save_file(embeds, os.path.join(OUT, "open_clip-embeds.safetensors"))
+
+        # a ModifiedResNet in open_clip names (no num_batches_tracked: torch fills it in), loaded
+        # strictly by open_clip, gives tiny-rn-io's embeddings (checked only, nothing written)
+        rn = os.path.join(tmp, "rn.safetensors")
+        clipcu("convert", os.path.join(MODELS, "tiny-rn.safetensors"), "--to", "open_clip", "--config", "tiny-rn", "--out", rn)
+        model = open_clip.model.CLIP(**load_cfg("tiny-rn")).eval()
+        model.load_state_dict(load_file(rn), strict=True)
+        rio = load_file(os.path.join(MODELS, "tiny-rn-io.safetensors"))
+        with torch.no_grad():
+            assert rel(model.encode_image(rio["images"]), rio["image_embeds"]) < 1e-5
+            assert rel(model.encode_text(rio["text_ids"].to(torch.long)), rio["text_embeds"]) < 1e-5
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     total = sum(os.path.getsize(p) for p in glob.glob(os.path.join(OUT, "**"), recursive=True) if os.path.isfile(p))
