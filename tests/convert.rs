@@ -549,7 +549,7 @@ fn info_describes_open_clip_hf_clipcu_and_bad_files() {
 
 #[test]
 fn convert_cli_writes_hf_and_refuses_to_overwrite() {
-    let dir = tmpdir();
+    let dir = tmpdir().join("new-folder");
     let out = dir.join("model.safetensors");
     let run = |extra: &[&str]| {
         clipcu()
@@ -591,7 +591,7 @@ fn convert_cli_writes_hf_and_refuses_to_overwrite() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
-    std::fs::remove_dir_all(&dir).ok();
+    std::fs::remove_dir_all(dir.parent().unwrap()).ok();
 }
 
 #[test]

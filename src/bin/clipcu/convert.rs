@@ -63,6 +63,9 @@ pub fn run(a: &ConvertArgs) -> Result<()> {
             std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
         ));
     }
+    if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
     let (written, source, dtype) =
         convert::convert(&a.input, &a.out, format, dtype, config.as_ref())?;
     let from = match source {
