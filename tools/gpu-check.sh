@@ -1,19 +1,25 @@
 #!/usr/bin/env bash
-# The GPU check, in two halves (see docs/gpu.md):
+# The GPU check, in two halves (see docs/gpu.md, docs/perf.md):
 #
-#   tools/gpu-check.sh            here (no GPU needed): install the pinned nvcc, build with PTX, and
-#                                 stage stripped test binaries, clipcu, clipcu-bench and the PyTorch
-#                                 baseline into gpu-stage/ (git-ignored, kept <= 40 MiB: a GPU run
-#                                 receives at most 64 MiB with the working tree)
-#   gpu-stage/run.sh [--budget S] on the GPU machine (no Rust there): the kernel and device tests on
-#                                 the real card, the Emu-vs-Cuda-vs-Cpu training comparison, the
-#                                 transfer accounting, then clipcu-bench beside PyTorch; each part
-#                                 under its own timeout, going on past failures; a table last and
-#                                 everything under $OUT (when set) for the record
+#   tools/gpu-check.sh [--no-wheels]
+#       here (no GPU needed): install the pinned nvcc, build with PTX, and stage into gpu-stage/
+#       (git-ignored, kept <= 40 MiB: a GPU run receives at most 64 MiB with the working tree)
+#       stripped test binaries, clipcu, clipcu-bench, the PyTorch baseline (tools/bench_torch.py,
+#       the model configs) and the pure-Python wheels it needs that the GPU image lacks
+#       (open_clip_torch, ftfy, wcwidth; --no-wheels skips the download)
+#   gpu-stage/run.sh [--budget S] [--device cuda|emu] [--quick]
+#       on the GPU machine (no Rust there): the kernel and device tests on the card, the
+#       Emu/Cuda-vs-Cpu training comparison, clipcu-bench train beside open_clip + PyTorch (eager
+#       and torch.compile) for ViT-B/32 and RN50; each part under its own timeout, going on past
+#       failures; a table last, everything under $OUT (when set). Exit status 1 when a part failed.
+#       `--device emu --quick` is the dry run .ci/run makes on every change so that the script
+#       cannot rot: the same parts, on the emulator, at tiny sizes.
 #
 # With the device tool: run(command="gpu-stage/run.sh --budget 480", carry=["gpu-stage"]).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+wheels=1
+[ "${1:-}" = "--no-wheels" ] && wheels=0
 
 tools/install-nvcc.sh >/dev/null
 export NVCC="$PWD/.toolchain/cuda/bin/nvcc"
@@ -32,7 +38,7 @@ for line in sys.stdin:
             print(name, m["executable"])
 ')
 rm -rf gpu-stage
-mkdir -p gpu-stage/bin
+mkdir -p gpu-stage/bin gpu-stage/tools gpu-stage/assets
 while read -r name exe; do
     [ -n "$name" ] && cp "$exe" "gpu-stage/bin/test-$name"
 done <<< "$tests"
@@ -42,71 +48,134 @@ strip gpu-stage/bin/*
 # one xz stream with a 64 MiB dictionary stores it once (~70 MiB stripped -> ~7 MiB).
 tar -C gpu-stage -cf - bin | xz -9e -T2 > gpu-stage/bin.tar.xz
 rm -rf gpu-stage/bin
-cp tools/bench_torch_gpu.py gpu-stage/
+# bench_torch.py finds the configs at ../assets/models from its own folder, as in the repository.
+cp tools/bench_torch.py tools/bench_table.py tools/bench_torch_gpu.py gpu-stage/tools/
+cp -r assets/models gpu-stage/assets/
+if [ "$wheels" = 1 ]; then
+    # Pure-Python wheels (any Python, any platform); torch, timm, regex are on the GPU image.
+    python3 -m pip download -q --no-deps --only-binary=:all: -d gpu-stage/wheels \
+        open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.2.13 ||
+        echo "warning: could not download the open_clip wheels: the PyTorch baseline will not run" >&2
+fi
 cat > gpu-stage/run.sh <<'RUN'
 #!/usr/bin/env bash
-# Runs on the GPU machine: the tests on the card, then the benchmarks beside PyTorch, each part
-# under its own timeout (a hung part costs its timeout, not the run), a summary table last.
-#   gpu-stage/run.sh [--budget SECONDS]   (default 480)
+# Runs on the GPU machine (or, with --device emu --quick, anywhere as a dry run): the tests on the
+# card, then clipcu-bench train beside open_clip + PyTorch; each part under its own timeout (a hung
+# part costs its timeout, not the run), a summary table last. Exit status 1 when a part failed.
+#   gpu-stage/run.sh [--budget SECONDS] [--device cuda|emu] [--quick]
 set -uo pipefail
 cd "$(dirname "$0")"
-budget=480
-[ "${1:-}" = "--budget" ] && budget="${2:-480}"
+budget=480 device=cuda quick=0
+while [ $# -gt 0 ]; do
+    case $1 in
+        --budget) budget=$2; shift 2 ;;
+        --device) device=$2; shift 2 ;;
+        --quick) quick=1; shift ;;
+        *) echo "usage: run.sh [--budget S] [--device cuda|emu] [--quick]" >&2; exit 2 ;;
+    esac
+done
 start=$(date +%s)
 out="${OUT:-$PWD/out}"
 mkdir -p "$out"
+here=$PWD
 # the binaries travel as one xz archive (see tools/gpu-check.sh); unpack beside a scratch dir
 work="${TMPDIR:-/tmp}/clipcu-gpu-check"
 rm -rf "$work" && mkdir -p "$work"
 python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' bin.tar.xz "$work" ||
     tar -C "$work" -xJf bin.tar.xz
-here=$PWD
-cd "$work"
+bin="$work/bin"
 left() { echo $(( budget - ($(date +%s) - start) )); }
-# cuBLAS from the PyPI wheels that PyTorch brings, when no system CUDA is on the loader path.
-libs=$(python3 -c 'import nvidia, os; d = os.path.dirname(nvidia.__path__[0]); print(":".join(os.path.join(r, x) for r, ds, fs in os.walk(os.path.join(d, "nvidia")) for x in ds if x == "lib"))' 2>/dev/null || true)
-export LD_LIBRARY_PATH="${libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-# On the GPU machine a test whose cuda:0 run cannot start is a failure, not a skip.
-export CLIPCU_REQUIRE_CUDA=1
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee "$out/gpu.txt"
-bin/clipcu info 2>&1 | tee "$out/info.txt"
-table=()
+if [ "$device" = cuda ]; then
+    # cuBLAS from the PyPI wheels that PyTorch brings, when no system CUDA is on the loader path.
+    libs=$(python3 -c 'import nvidia, os; d = os.path.dirname(nvidia.__path__[0]); print(":".join(os.path.join(r, x) for r, ds, fs in os.walk(os.path.join(d, "nvidia")) for x in ds if x == "lib"))' 2>/dev/null || true)
+    export LD_LIBRARY_PATH="${libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    # On the GPU machine a test whose cuda:0 run cannot start is a failure, not a skip.
+    export CLIPCU_REQUIRE_CUDA=1
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader 2>&1 | tee "$out/gpu.txt"
+fi
+"$bin/clipcu" info 2>&1 | tee "$out/info.txt"
+# The PyTorch baseline: open_clip and its pure-Python needs from the staged wheels.
+torch_ok=0
+if ls wheels/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target "$work/site" wheels/*.whl > "$out/wheels.log" 2>&1 &&
+        export PYTHONPATH="$work/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+python3 -c 'import torch, open_clip' 2>/dev/null && torch_ok=1
+table=() failed=0 results="$out/bench.jsonl"
+: > "$results"
 # part NAME SECONDS CMD...: runs CMD under min(SECONDS, what is left), logs to $out/NAME.log
 part() {
     local name=$1 limit=$2; shift 2
     local l; l=$(left)
-    if [ "$l" -lt 20 ]; then table+=("$(printf '%-30s skipped: budget spent' "$name")"); return; fi
+    if [ "$l" -lt 20 ]; then table+=("$(printf '%-34s skipped: budget spent' "$name")"); return; fi
     [ "$limit" -gt "$l" ] && limit=$l
     echo "== $name (timeout ${limit}s)"
     timeout "$limit" "$@" > "$out/$name.log" 2>&1
     local rc=$?
-    tail -20 "$out/$name.log"
+    tail -8 "$out/$name.log"
     local res; res=$(grep -E "^test result" "$out/$name.log" | tail -1 | sed -E 's/test result: ([a-zA-Z]+)\. ([0-9]+) passed; ([0-9]+) failed.*/\1 \2 passed, \3 failed/')
-    [ "$rc" = 124 ] && res="TIMED OUT after ${limit}s"
-    table+=("$(printf '%-30s %-36s rc=%s' "$name" "${res:-see $name.log}" "$rc")")
+    if grep -q "is not built yet" "$out/$name.log"; then
+        res="not built yet (see log)"
+    elif [ "$rc" = 124 ]; then
+        res="TIMED OUT after ${limit}s"; failed=1
+    elif [ "$rc" != 0 ]; then
+        res="FAILED${res:+: $res}"; failed=1
+    fi
+    table+=("$(printf '%-34s %-40s rc=%s' "$name" "${res:-ok}" "$rc")")
 }
-# the kernel tests first (fast), then whole steps on the card
-for t in bin/test-kernels*; do part "${t#bin/test-}" 60 "$t" --test-threads=1; done
-part cuda_device 60 bin/test-cuda_device --test-threads=1
-part device_transfers 60 bin/test-device_transfers
-part train_device 180 bin/test-train_device --nocapture
-# the CLI's run of a small ViT on the card (batches staged on the copy stream) against the CPU
-part train-cli-cuda 120 bin/clipcu train --config synthetic-tiny --device cuda --steps 40 --checkpoint-every 20 --eval-every 0 --out "$out/train-cuda"
-part train-cli-cpu 120 bin/clipcu train --config synthetic-tiny --device cpu --steps 40 --checkpoint-every 20 --eval-every 0 --out "$out/train-cpu"
+# bench NAME CONFIG BATCH PRECISION [compile]: clipcu-bench train and the PyTorch baseline beside it
+bench() {
+    local name=$1 config=$2 batch=$3 precision=$4 compile=${5:-}
+    local sizes=() tdev=$device
+    [ "$quick" = 1 ] && sizes=(--steps 2 --warmup 1)
+    [ "$device" = emu ] && tdev=cpu
+    part "bench-$name" 150 "$bin/clipcu-bench" train --device "$device" --config "$config" --batch "$batch" --precision "$precision" "${sizes[@]}" --json
+    grep -h '^{' "$out/bench-$name.log" >> "$results"
+    if [ "$torch_ok" = 0 ]; then table+=("$(printf '%-34s skipped: no torch + open_clip here' "torch-$name")"); return; fi
+    for mode in eager $compile; do
+        local flag=(); [ "$mode" = compile ] && flag=(--compile)
+        part "torch-$name-$mode" 150 python3 "$here/tools/bench_torch.py" --device "$tdev" --config "$config" --batch "$batch" --precision "$precision" "${sizes[@]}" "${flag[@]}" --json
+        grep -h '^{' "$out/torch-$name-$mode.log" >> "$results"
+    done
+}
+if [ "$quick" = 1 ]; then
+    part kernels 120 "$bin/test-kernels" --test-threads=2
+    part train-cli-$device 120 "$bin/clipcu" train --config synthetic-tiny --device "$device" --steps 3 --batch-size 8 --checkpoint-every 2 --eval-every 0 --out "$out/train-$device"
+    part train-cli-cpu 120 "$bin/clipcu" train --config synthetic-tiny --device cpu --steps 3 --batch-size 8 --checkpoint-every 2 --eval-every 0 --out "$out/train-cpu"
+else
+    # the kernel tests first (fast), then whole steps on the card
+    for t in "$bin"/test-kernels*; do part "${t#"$bin"/test-}" 60 "$t" --test-threads=1; done
+    part cuda_device 60 "$bin/test-cuda_device" --test-threads=1
+    part device_transfers 60 "$bin/test-device_transfers"
+    part train_device 180 "$bin/test-train_device" --nocapture
+    # the CLI's run of a small ViT on the card (batches staged on the copy stream) against the CPU
+    part train-cli-cuda 120 "$bin/clipcu" train --config synthetic-tiny --device cuda --steps 40 --checkpoint-every 20 --eval-every 0 --out "$out/train-cuda"
+    part train-cli-cpu 120 "$bin/clipcu" train --config synthetic-tiny --device cpu --steps 40 --checkpoint-every 20 --eval-every 0 --out "$out/train-cpu"
+fi
 part train-cli-compare 10 python3 -c 'import json, sys
 ls = [[json.loads(l)["loss"] for l in open(sys.argv[i] + "/metrics.jsonl") if "\"loss\"" in l] for i in (1, 2)]
 rel = max(abs(a - b) / abs(b) for a, b in zip(*ls)) if ls[0] and len(ls[0]) == len(ls[1]) else float("inf")
-print("cuda vs cpu, %d steps: worst loss rel %.2e" % (len(ls[1]), rel)); sys.exit(0 if rel < 1e-3 else 1)' "$out/train-cuda" "$out/train-cpu"
-# benchmarks: GEMM, a ViT-B/32 training step at batch 128 in fp32 and tf32, PyTorch beside
-part bench-gemm 60 bin/clipcu-bench gemm --device cuda --iters 20
-part bench-train-fp32 90 bin/clipcu-bench train --device cuda --config ViT-B-32 --batch 128 --iters 10
-part bench-train-tf32 90 bin/clipcu-bench train --device cuda --config ViT-B-32 --batch 128 --iters 10 --tf32
-part bench-contrastive 90 bin/clipcu-bench contrastive --device cuda --batch 16384 --iters 5
-part torch-gemm 60 python3 "$here/bench_torch_gpu.py"
+print("device vs cpu, %d steps: worst loss rel %.2e" % (len(ls[1]), rel)); sys.exit(0 if rel < 1e-3 else 1)' "$out/train-$device" "$out/train-cpu"
+if [ "$quick" = 1 ]; then
+    bench tiny-vit tiny-vit 8 fp32
+else
+    part bench-gemm 60 "$bin/clipcu-bench" gemm --device cuda --iters 20
+    bench vit-b32-fp32 ViT-B-32 256 fp32 compile
+    bench vit-b32-tf32 ViT-B-32 256 tf32
+    bench vit-b32-amp_bf16 ViT-B-32 256 amp_bf16 compile
+    bench vit-b32-pure_bf16 ViT-B-32 256 pure_bf16
+    bench rn50-amp_bf16 RN50 256 amp_bf16
+    part bench-contrastive 90 "$bin/clipcu-bench" contrastive --device cuda --batch 16384 --iters 5
+    part torch-gemm 60 python3 "$here/tools/bench_torch_gpu.py"
+fi
 echo
-echo "================ gpu-check summary ($(( $(date +%s) - start )) s of ${budget}) ================"
+echo "================ gpu-check summary ($(( $(date +%s) - start )) s of ${budget}, device $device) ================"
 printf '%s\n' "${table[@]}" | tee "$out/summary.txt"
-grep -hE "GFLOP/s|pairs/s|error|loss rel" "$out"/bench-*.log "$out"/torch-*.log "$out"/train-cli-*.log 2>/dev/null | tee -a "$out/summary.txt"
+grep -hE "GFLOP/s|error|loss rel" "$out"/bench-gemm.log "$out"/bench-contrastive.log "$out"/torch-gemm.log "$out"/train-cli-compare.log 2>/dev/null | tee -a "$out/summary.txt"
+echo
+python3 tools/bench_table.py "$results" | tee -a "$out/summary.txt"
+exit "$failed"
 RUN
 chmod +x gpu-stage/run.sh
 mb=$(du -sm gpu-stage | cut -f1)

@@ -2,12 +2,14 @@
 //!
 //!     clipcu-bench                 # all workloads on the best device
 //!     clipcu-bench gemm --iters 20 --device cpu
+//!     clipcu-bench train --config ViT-B-32 --batch 256 --device cuda --steps 50 --warmup 10 --json
 //!
 //! Prints one line per workload: median and best time per iteration and GFLOP/s (from the median).
 
 use clap::{Parser, ValueEnum};
 use clipcu::bench::{
-    BlockCase, ContrastiveCase, EncodeImageCase, EncodeTextCase, GemmCase, TrainStepCase,
+    bench_kernels, bench_train, BlockCase, ContrastiveCase, EncodeImageCase, EncodeTextCase,
+    GemmCase, TrainBenchOptions,
 };
 use clipcu::Device;
 use std::time::Instant;
@@ -23,11 +25,15 @@ enum Workload {
     Rn50,
     /// ViT-B-32 text tower on 16 captions, with and without EOT truncation
     Text,
-    /// One training step of `--config` at `--batch` (not part of `all`)
+    /// The trainer's step of `--config` at `--batch`: pairs/s, step time percentiles, MFU,
+    /// peak memory (not part of `all`)
     Train,
     /// The contrastive loss forward+backward, fused vs composed, at `--batch` (default 4096 and
     /// 16384) and D = 512 (not part of `all`)
     Contrastive,
+    /// Every custom kernel family at CLIP's shapes: time, GB/s or TFLOP/s, fraction of the
+    /// card's roofline (`--quick`: tiny shapes, the default on emu; not part of `all`)
+    Kernels,
 }
 
 #[derive(Parser)]
@@ -45,15 +51,32 @@ struct Args {
     /// Timed iterations per workload (after one warm-up).
     #[arg(long, default_value_t = 10)]
     iters: usize,
-    /// Model config of the train workload (default: ViT-B-32 on cuda, tiny-vit elsewhere).
+    /// train: model config (default ViT-B-32; tiny-vit on emu).
     #[arg(long)]
     config: Option<String>,
-    /// Pairs per step of the train workload (default: 128 on cuda, 16 elsewhere).
+    /// train: pairs per step (default 256 on cuda, 16 on cpu, 8 on emu); contrastive: N.
     #[arg(long)]
     batch: Option<usize>,
-    /// TF32 tensor-core math for f32 GEMMs on cuda.
+    /// train: open_clip's precision names: fp32, tf32 (cuda), amp, amp_bf16, pure_fp16,
+    /// pure_bf16 (the 16-bit ones are refused until mixed precision lands).
+    #[arg(long, default_value = "fp32")]
+    precision: clipcu::bench::Precision,
+    /// train: timed steps (default 50 on cuda, 10 on cpu, 3 on emu).
     #[arg(long)]
-    tf32: bool,
+    steps: Option<usize>,
+    /// train: untimed steps first (default 10 on cuda, 2 on cpu, 1 on emu).
+    #[arg(long)]
+    warmup: Option<usize>,
+    /// train: the peak TFLOP/s an MFU is taken against (default: the card's datasheet figure
+    /// for the precision; none on a CPU).
+    #[arg(long)]
+    peak_tflops: Option<f64>,
+    /// train, kernels: print JSON (one object; one line per kernel) instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// kernels: tiny shapes instead of CLIP's (always on emu, which runs threads one by one).
+    #[arg(long)]
+    quick: bool,
 }
 
 /// (median, best) seconds of `iters` runs of `f` on `device` after one warm-up run; the first
@@ -112,14 +135,20 @@ fn main() {
             }
         },
     };
-    println!(
+    let banner = format!(
         "clipcu-bench on {device} ({} CPU threads)",
         Device::cpu_threads()
     );
-    println!(
-        "{:<34} {:>12} {:>12} {:>17}",
-        "workload", "median", "best", "throughput"
-    );
+    if matches!(args.workload, Workload::Train | Workload::Kernels) {
+        // The train and kernels reports is its own table (or JSON on stdout, which nothing else may share).
+        eprintln!("{banner}");
+    } else {
+        println!("{banner}");
+        println!(
+            "{:<34} {:>12} {:>12} {:>17}",
+            "workload", "median", "best", "throughput"
+        );
+    }
     let run = || -> clipcu::Result<()> {
         if matches!(args.workload, Workload::All | Workload::Gemm) {
             let c = GemmCase::new(4096, 768, 3072, device)?;
@@ -145,27 +174,56 @@ fn main() {
             }
         }
         if args.workload == Workload::Train {
-            let on_gpu = matches!(device, Device::Cuda(_));
-            let name = args
-                .config
-                .clone()
-                .unwrap_or_else(|| if on_gpu { "ViT-B-32" } else { "tiny-vit" }.into());
-            let batch = args.batch.unwrap_or(if on_gpu { 128 } else { 16 });
-            if let Device::Cuda(i) = device {
-                clipcu::device::cuda::CudaBackend::get(i)?.set_tf32(args.tf32);
+            let d = TrainBenchOptions::defaults_for(device);
+            let o = TrainBenchOptions {
+                config: args.config.clone().unwrap_or(d.config),
+                batch: args.batch.unwrap_or(d.batch),
+                precision: args.precision,
+                device,
+                steps: args.steps.unwrap_or(d.steps),
+                warmup: args.warmup.unwrap_or(d.warmup),
+                peak_tflops: args.peak_tflops,
+            };
+            let report = bench_train(&o)?;
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&report).expect("a report serialises")
+                );
+            } else {
+                println!("{report}");
             }
-            let mut c = TrainStepCase::new(&name, batch, device)?;
-            let (med, best) = time(device, args.iters, || c.run())?;
-            println!(
-                "{:<34} {:>9.2} ms {:>9.2} ms {:>9.1} pairs/s",
-                format!(
-                    "train {name} b{batch}{}",
-                    if args.tf32 { " tf32" } else { "" }
-                ),
-                med * 1e3,
-                best * 1e3,
-                batch as f64 / med
-            );
+        }
+        if args.workload == Workload::Kernels {
+            let quick = args.quick || device == Device::Emu;
+            if !args.json {
+                println!(
+                    "{:<28} {:<40} {:>13} {:>14}",
+                    "kernel", "shape", "time", "rate"
+                );
+            }
+            for r in bench_kernels(device, quick, args.iters)? {
+                if args.json {
+                    println!(
+                        "{}",
+                        serde_json::to_string(&r).expect("a report serialises")
+                    );
+                    continue;
+                }
+                let rate = if r.flops > 0.0 {
+                    format!("{:.2} TFLOP/s", r.tflops)
+                } else {
+                    format!("{:.1} GB/s", r.gb_per_s)
+                };
+                let roof = r
+                    .roofline_fraction
+                    .map(|f| format!("{:.0}% of roofline", 100.0 * f))
+                    .unwrap_or_default();
+                println!(
+                    "{:<28} {:<40} {:>10.1} us {:>14} {roof}",
+                    r.name, r.shape, r.time_us, rate
+                );
+            }
         }
         if args.workload == Workload::Contrastive {
             let sizes = match args.batch {

@@ -1,5 +1,12 @@
 //! Benchmark workloads shared by the Criterion benches (`benches/`) and `clipcu-bench`, so both
 //! measure exactly the same thing. Each workload knows its FLOP count for GFLOP/s figures.
+//! `train` is `clipcu-bench train`: the trainer's step timed the way engines are compared.
+
+pub mod kernels;
+pub mod train;
+
+pub use kernels::{bench_kernels, card_roofline, KernelReport};
+pub use train::{bench_train, peak_tflops, Precision, TrainBenchOptions, TrainBenchReport};
 
 use crate::nn::{Activation, BlockDims, BlockInit, Module, ResidualAttentionBlock};
 use crate::{Device, Graph, Result, Tensor};
@@ -135,7 +142,7 @@ impl EncodeTextCase {
         let mut model = crate::model::Clip::new(&cfg, 0);
         model.text.truncate = truncate;
         model.to_device(device)?;
-        let captions: Vec<&str> = include_str!("../assets/bench_captions.txt")
+        let captions: Vec<&str> = include_str!("../../assets/bench_captions.txt")
             .lines()
             .filter(|l| !l.trim().is_empty())
             .take(16)

@@ -1,0 +1,370 @@
+//! `clipcu-bench train`: the trainer's real step (forward, loss, backward, clipping, AdamW) timed
+//! over `steps` steps after `warmup` untimed ones, with the numbers a user compares engines by:
+//! pairs/s, step time median/p10/p90, MFU, peak memory and bytes per parameter.
+//!
+//! - **Times**: on Cuda, CUDA events around each step (the GPU's own clock between two points of
+//!   the stream; the step reads its loss back, so the host waits inside it anyway); on Cpu and
+//!   Emu, which run synchronously, a host clock around each step.
+//! - **MFU** = training FLOPs per step ([`ForwardFlops::train_step`]: 3 × forward, counted as
+//!   PyTorch's FlopCounterMode counts open_clip's modules) / median step time / the card's peak
+//!   for the precision (dense tensor-core figures from NVIDIA's datasheets, [`peak_tflops`]), or
+//!   `--peak-tflops`. Without a known peak (a CPU) no MFU is printed, only achieved TFLOP/s.
+//! - **Memory**: Cuda and Emu, the caching allocator's peak bytes in use (what the step needed;
+//!   the pool may hold more); Cpu, the process's peak resident set (VmHWM), which also counts the
+//!   binary and the allocator's retained pages. Bytes per parameter = that peak / parameters.
+
+use super::TrainStepCase;
+use crate::model::ClipConfig;
+use crate::{Device, Error, Result};
+use serde::Serialize;
+use std::time::Instant;
+
+/// open_clip's `--precision` names. clipcu trains in fp32 (and tf32 GEMMs on Cuda) today; the
+/// 16-bit modes are issue 14's and are refused with that reason until they land.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    Fp32,
+    Tf32,
+    Amp,
+    AmpBf16,
+    PureFp16,
+    PureBf16,
+}
+
+impl Precision {
+    pub const ALL: [Precision; 6] = [
+        Precision::Fp32,
+        Precision::Tf32,
+        Precision::Amp,
+        Precision::AmpBf16,
+        Precision::PureFp16,
+        Precision::PureBf16,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Tf32 => "tf32",
+            Precision::Amp => "amp",
+            Precision::AmpBf16 => "amp_bf16",
+            Precision::PureFp16 => "pure_fp16",
+            Precision::PureBf16 => "pure_bf16",
+        }
+    }
+
+    /// The math the GEMMs run in, which picks the peak an MFU is taken against.
+    fn math(self) -> Math {
+        match self {
+            Precision::Fp32 => Math::Fp32,
+            Precision::Tf32 => Math::Tf32,
+            _ => Math::Half,
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Precision> {
+        Precision::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Precision::ALL.iter().map(|p| p.name()).collect();
+                Error::Msg(format!(
+                    "unknown precision `{s}`: expected one of {}",
+                    names.join(", ")
+                ))
+            })
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Math {
+    Fp32,
+    Tf32,
+    Half,
+}
+
+/// Dense peak TFLOP/s of a card for a precision (NVIDIA datasheets; the "with sparsity" figures
+/// halved), found by its name as the driver reports it; the second value names the row used.
+pub fn peak_tflops(card: &str, precision: Precision) -> Option<(f64, &'static str)> {
+    // (name test, row, fp32 FMA, tf32 tensor, bf16/fp16 tensor)
+    type Row = (fn(&str) -> bool, &'static str, f64, f64, f64);
+    const ROWS: &[Row] = &[
+        (|n| n.contains("H200"), "H200 SXM", 67.0, 494.7, 989.4),
+        (
+            |n| n.contains("H100") && (n.contains("PCIe") || n.contains("PCIE")),
+            "H100 PCIe",
+            51.0,
+            378.0,
+            756.0,
+        ),
+        (|n| n.contains("H100"), "H100 SXM", 67.0, 494.7, 989.4),
+        (|n| n.contains("A100"), "A100", 19.5, 156.0, 312.0),
+        (|n| n.contains("L40S"), "L40S", 91.6, 183.0, 362.1),
+    ];
+    let (_, row, fp32, tf32, half) = ROWS.iter().find(|(test, ..)| test(card))?;
+    let peak = match precision.math() {
+        Math::Fp32 => *fp32,
+        Math::Tf32 => *tf32,
+        Math::Half => *half,
+    };
+    Some((peak, row))
+}
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct TrainBenchOptions {
+    pub config: String,
+    pub batch: usize,
+    pub precision: Precision,
+    pub device: Device,
+    /// Timed steps.
+    pub steps: usize,
+    /// Untimed steps first (allocator warm-up, cuBLASLt heuristics, page faults).
+    pub warmup: usize,
+    /// Overrides the card's peak for the MFU.
+    pub peak_tflops: Option<f64>,
+}
+
+impl TrainBenchOptions {
+    /// Sensible sizes per device: ViT-B-32 at batch 256 on Cuda (50 steps after 10); ViT-B-32 at
+    /// batch 16 on the CPU (10 after 2); the tiny ViT at batch 8 on the emulator (3 after 1).
+    pub fn defaults_for(device: Device) -> TrainBenchOptions {
+        let (config, batch, steps, warmup) = match device {
+            Device::Cuda(_) => ("ViT-B-32", 256, 50, 10),
+            Device::Cpu => ("ViT-B-32", 16, 10, 2),
+            Device::Emu => ("tiny-vit", 8, 3, 1),
+        };
+        TrainBenchOptions {
+            config: config.into(),
+            batch,
+            precision: Precision::Fp32,
+            device,
+            steps,
+            warmup,
+            peak_tflops: None,
+        }
+    }
+}
+
+/// Step times in milliseconds.
+#[derive(Clone, Debug, Serialize)]
+pub struct StepTimes {
+    pub median_ms: f64,
+    pub p10_ms: f64,
+    pub p90_ms: f64,
+    pub min_ms: f64,
+    pub max_ms: f64,
+}
+
+impl StepTimes {
+    /// Percentiles by linear interpolation between order statistics (numpy's default).
+    pub fn of(ms: &[f64]) -> StepTimes {
+        let mut v = ms.to_vec();
+        v.sort_by(f64::total_cmp);
+        let at = |q: f64| {
+            if v.is_empty() {
+                return f64::NAN;
+            }
+            let x = q * (v.len() - 1) as f64;
+            let (lo, hi) = (x.floor() as usize, x.ceil() as usize);
+            v[lo] + (v[hi] - v[lo]) * (x - lo as f64)
+        };
+        StepTimes {
+            median_ms: at(0.5),
+            p10_ms: at(0.1),
+            p90_ms: at(0.9),
+            min_ms: at(0.0),
+            max_ms: at(1.0),
+        }
+    }
+}
+
+/// What a run measured (`--json` prints it as is).
+#[derive(Clone, Debug, Serialize)]
+pub struct TrainBenchReport {
+    pub engine: &'static str,
+    pub config: String,
+    pub batch: usize,
+    pub precision: Precision,
+    pub device: String,
+    pub steps: usize,
+    pub warmup: usize,
+    pub step: StepTimes,
+    pub pairs_per_s: f64,
+    pub flops_per_step: f64,
+    pub achieved_tflops: f64,
+    pub peak_tflops: Option<f64>,
+    /// Where the peak came from: a datasheet row, `--peak-tflops`, or nothing.
+    pub peak_source: Option<String>,
+    pub mfu: Option<f64>,
+    pub peak_memory_bytes: Option<u64>,
+    /// What `peak_memory_bytes` counts (see the module doc).
+    pub memory_kind: &'static str,
+    pub parameters: u64,
+    pub bytes_per_parameter: Option<f64>,
+    /// The last timed step's loss: finite, or the numbers mean nothing.
+    pub last_loss: f32,
+}
+
+/// The process's peak resident set in bytes (Linux `VmHWM`), if the system says.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Runs the benchmark.
+pub fn bench_train(o: &TrainBenchOptions) -> Result<TrainBenchReport> {
+    if o.batch < 2 {
+        return Err(Error::Msg(format!(
+            "--batch {}: a contrastive step needs at least 2 pairs",
+            o.batch
+        )));
+    }
+    if o.steps == 0 {
+        return Err(Error::Msg("--steps must be at least 1".into()));
+    }
+    match (o.precision, o.device) {
+        (Precision::Fp32, _) => {}
+        (Precision::Tf32, Device::Cuda(i)) => {
+            crate::device::cuda::CudaBackend::get(i)?.set_tf32(true)
+        }
+        (Precision::Tf32, d) => {
+            return Err(Error::Msg(format!(
+                "--precision tf32 needs a Cuda device (TF32 is a tensor-core format); {d} \
+                 computes in fp32"
+            )))
+        }
+        (p, _) => {
+            return Err(Error::Msg(format!(
+                "--precision {p} is not built yet: clipcu trains in fp32 (and tf32 on Cuda) \
+                 until mixed precision lands (issue 14)"
+            )))
+        }
+    }
+    let cfg = ClipConfig::load(&o.config)?;
+    let mut case = TrainStepCase::new(&o.config, o.batch, o.device)?;
+    let cuda = match o.device {
+        Device::Cuda(i) => Some(crate::device::cuda::CudaBackend::get(i)?),
+        _ => None,
+    };
+    let step = |case: &mut TrainStepCase| -> Result<(f64, f32)> {
+        match &cuda {
+            Some(b) => {
+                let (log, ms) = b.time_ms(|| case.run())?;
+                Ok((ms as f64, log.loss))
+            }
+            None => {
+                let t = Instant::now();
+                let log = case.run()?;
+                Ok((t.elapsed().as_secs_f64() * 1e3, log.loss))
+            }
+        }
+    };
+    for _ in 0..o.warmup {
+        step(&mut case)?;
+    }
+    let mut ms = Vec::with_capacity(o.steps);
+    let mut last_loss = f32::NAN;
+    for _ in 0..o.steps {
+        let (t, loss) = step(&mut case)?;
+        ms.push(t);
+        last_loss = loss;
+    }
+    if !last_loss.is_finite() {
+        return Err(Error::Msg(format!(
+            "the benchmark's training diverged (loss {last_loss}): its numbers would mean nothing"
+        )));
+    }
+    let times = StepTimes::of(&ms);
+    let flops = cfg.forward_flops().train_step(o.batch) as f64;
+    let achieved = flops / (times.median_ms * 1e-3) / 1e12;
+    let card = cuda.as_ref().map(|b| b.info().name.clone());
+    let (peak, source) = match (o.peak_tflops, &card) {
+        (Some(p), _) => (Some(p), Some("--peak-tflops".to_string())),
+        (None, Some(name)) => match peak_tflops(name, o.precision) {
+            Some((p, row)) => (
+                Some(p),
+                Some(format!("{row} {} datasheet (dense)", o.precision)),
+            ),
+            None => (None, None),
+        },
+        (None, None) => (None, None),
+    };
+    let (peak_memory, memory_kind) = match o.device.memory_stats()? {
+        Some(s) => (Some(s.peak_in_use_bytes as u64), "allocator peak in use"),
+        None => (peak_rss_bytes(), "process peak resident set"),
+    };
+    let parameters = cfg.parameter_count() as u64;
+    Ok(TrainBenchReport {
+        engine: "clipcu",
+        config: o.config.clone(),
+        batch: o.batch,
+        precision: o.precision,
+        device: match &card {
+            Some(name) => format!("{} ({name})", o.device),
+            None => o.device.to_string(),
+        },
+        steps: o.steps,
+        warmup: o.warmup,
+        pairs_per_s: o.batch as f64 / (times.median_ms * 1e-3),
+        step: times,
+        flops_per_step: flops,
+        achieved_tflops: achieved,
+        peak_tflops: peak,
+        peak_source: source,
+        mfu: peak.map(|p| achieved / p),
+        peak_memory_bytes: peak_memory,
+        memory_kind,
+        parameters,
+        bytes_per_parameter: peak_memory.map(|b| b as f64 / parameters as f64),
+        last_loss,
+    })
+}
+
+impl std::fmt::Display for TrainBenchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = &self.step;
+        writeln!(
+            f,
+            "train {} batch {} {} on {}: {} timed steps after {} warm-up",
+            self.config, self.batch, self.precision, self.device, self.steps, self.warmup
+        )?;
+        writeln!(
+            f,
+            "  {:.1} pairs/s   step median {:.2} ms (p10 {:.2}, p90 {:.2})",
+            self.pairs_per_s, s.median_ms, s.p10_ms, s.p90_ms
+        )?;
+        write!(
+            f,
+            "  {:.2} TFLOP/s achieved ({:.1} GFLOP a step)",
+            self.achieved_tflops,
+            self.flops_per_step / 1e9
+        )?;
+        match (self.mfu, &self.peak_source) {
+            (Some(m), Some(src)) => writeln!(f, "   MFU {:.1}% of {src}", 100.0 * m)?,
+            _ => writeln!(f, "   MFU: no peak known for this device (--peak-tflops)")?,
+        }
+        match (self.peak_memory_bytes, self.bytes_per_parameter) {
+            (Some(b), Some(per)) => write!(
+                f,
+                "  peak memory {:.1} MiB ({}), {:.1} bytes per parameter ({:.2} M parameters)",
+                b as f64 / (1u64 << 20) as f64,
+                self.memory_kind,
+                per,
+                self.parameters as f64 / 1e6
+            ),
+            _ => write!(f, "  peak memory: not known on this system"),
+        }
+    }
+}
