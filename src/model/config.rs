@@ -128,6 +128,16 @@ const BUILTIN: &[(&str, &str)] = &[
         "RN50x4-quickgelu",
         include_str!("../../assets/models/RN50x4-quickgelu.json"),
     ),
+    ("RN50x16", include_str!("../../assets/models/RN50x16.json")),
+    (
+        "RN50x16-quickgelu",
+        include_str!("../../assets/models/RN50x16-quickgelu.json"),
+    ),
+    ("RN50x64", include_str!("../../assets/models/RN50x64.json")),
+    (
+        "RN50x64-quickgelu",
+        include_str!("../../assets/models/RN50x64-quickgelu.json"),
+    ),
     (
         "tiny-vit",
         include_str!("../../assets/models/tiny-vit.json"),

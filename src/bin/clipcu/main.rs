@@ -8,11 +8,15 @@
 //!     clipcu tokenize --json TEXT...
 //!     clipcu embed --config ViT-B-32 [--weights W] [--image P]... [--text S]... --out E.safetensors
 //!     clipcu info                 # devices and build facts
+//!     clipcu info --weights W [--config NAME]   # what a weights file is: names, config, dtype, keys
+//!     clipcu convert W --to open_clip|hf|clipcu --out OUT [--dtype f16] [--config NAME]
 //!     clipcu kernels              # the CUDA kernels in this build: PTX modules, ptxas report
 
+mod convert;
 mod demo;
 mod embed;
 mod evaluate;
+mod info;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -61,8 +65,10 @@ enum Command {
     Tokenize(embed::TokenizeArgs),
     /// Embed images and texts with a CLIP model; writes image_embeds and text_embeds.
     Embed(embed::EmbedArgs),
-    /// Print the devices this build can use.
-    Info,
+    /// Print the devices this build can use, or (--weights FILE) what a weights file is.
+    Info(info::InfoArgs),
+    /// Convert weights between open_clip, Hugging Face CLIPModel and clipcu files.
+    Convert(convert::ConvertArgs),
     /// List the CUDA kernels of this build (PTX modules, emulator) and print the ptxas report.
     Kernels,
 }
@@ -132,20 +138,8 @@ fn main() {
         Command::Retrieval(a) => evaluate::retrieval(&a),
         Command::Tokenize(a) => embed::tokenize(&a),
         Command::Embed(a) => embed::embed(&a),
-        Command::Info => {
-            println!(
-                "clipcu {} — CPU threads: {}",
-                env!("CARGO_PKG_VERSION"),
-                Device::cpu_threads()
-            );
-            for d in [Device::Cpu, Device::Cuda(0), Device::Emu] {
-                match d.ensure_available() {
-                    Ok(()) => println!("{d}: available"),
-                    Err(e) => println!("{d}: {e}"),
-                }
-            }
-            Ok(())
-        }
+        Command::Info(a) => info::run(&a),
+        Command::Convert(a) => convert::run(&a),
         Command::Kernels => {
             use clipcu::kernels;
             match kernels::NVCC_VERSION {
