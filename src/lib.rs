@@ -32,6 +32,7 @@ pub mod alloc;
 pub mod bench;
 pub mod data;
 pub mod device;
+pub mod dist;
 pub mod error;
 pub mod graph;
 pub mod io;

@@ -1,0 +1,220 @@
+//! The collectives a data-parallel step needs, behind one interface with two implementations:
+//! NCCL for GPUs (issue 19, to come), and [`InProcess`] — ranks as threads of one process — used
+//! to test the data-parallel logic on machines without GPUs (Cpu and Emu ranks).
+//!
+//! Semantics (NCCL's, so the two agree): every rank of the group calls the same collectives in
+//! the same order with tensors of the same shape and dtype; `all_reduce_sum` returns Σ over
+//! ranks on every rank; `all_gather` concatenates every rank's tensor along axis 0 in rank order;
+//! `reduce_scatter_sum` sums the ranks' tensors and returns rank r's r-th slice along axis 0;
+//! `broadcast` returns the root's tensor everywhere.
+//!
+//! Determinism: the in-process sums add the ranks' values in rank order (f64 accumulation,
+//! rounded once), so every rank gets the same bits and a rerun gives the same bits. (NCCL's ring
+//! order differs; what is shared is that a collective's result is the same on every rank.)
+
+use crate::{DType, Error, Result, Tensor};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// One rank's handle on its group.
+pub trait Communicator: Send {
+    fn rank(&self) -> usize;
+    fn world_size(&self) -> usize;
+    /// Σ over ranks, on every rank.
+    fn all_reduce_sum(&self, t: &Tensor) -> Result<Tensor>;
+    /// Every rank's tensor, concatenated along axis 0 in rank order.
+    fn all_gather(&self, t: &Tensor) -> Result<Tensor>;
+    /// The sum over ranks, split into `world_size` equal parts along axis 0: this rank's part.
+    fn reduce_scatter_sum(&self, t: &Tensor) -> Result<Tensor>;
+    /// The root rank's tensor, on every rank.
+    fn broadcast(&self, t: &Tensor, root: usize) -> Result<Tensor>;
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    AllReduce,
+    AllGather,
+    ReduceScatter,
+    Broadcast(usize),
+}
+
+/// What ranks exchange in one round: each rank's name of the collective and its values.
+struct Round {
+    generation: u64,
+    slots: Vec<Option<(Kind, Vec<usize>, Vec<f32>)>>,
+    /// Ranks that have read the result of the current round.
+    readers: usize,
+}
+
+struct Shared {
+    round: Mutex<Round>,
+    cv: Condvar,
+    timeout: Duration,
+}
+
+/// A group of ranks in one process: [`InProcess::group`] makes `world` handles, one per thread.
+pub struct InProcess {
+    rank: usize,
+    world: usize,
+    shared: Arc<Shared>,
+}
+
+impl InProcess {
+    /// `world` handles sharing one group; a collective waits at most `timeout` for the others.
+    pub fn group(world: usize, timeout: Duration) -> Vec<InProcess> {
+        let shared = Arc::new(Shared {
+            round: Mutex::new(Round {
+                generation: 0,
+                slots: vec![None; world],
+                readers: 0,
+            }),
+            cv: Condvar::new(),
+            timeout,
+        });
+        (0..world)
+            .map(|rank| InProcess {
+                rank,
+                world,
+                shared: shared.clone(),
+            })
+            .collect()
+    }
+
+    /// Deposits this rank's values, waits for every rank's, and returns all of them in rank
+    /// order (after checking that every rank called the same collective on the same shape).
+    fn exchange(&self, kind: Kind, t: &Tensor) -> Result<Vec<(Vec<usize>, Vec<f32>)>> {
+        let name = match kind {
+            Kind::AllReduce => "all_reduce",
+            Kind::AllGather => "all_gather",
+            Kind::ReduceScatter => "reduce_scatter",
+            Kind::Broadcast(_) => "broadcast",
+        };
+        if t.dtype() != DType::F32 {
+            return Err(Error::Msg(format!(
+                "{name}: the in-process communicator carries f32, got {}",
+                t.dtype()
+            )));
+        }
+        let values = t.to_device(crate::Device::Cpu)?.to_vec();
+        let deadline = Instant::now() + self.shared.timeout;
+        let mut r = self.shared.round.lock().unwrap_or_else(|p| p.into_inner());
+        // a previous round still being read: wait until it is cleared
+        while r.slots[self.rank].is_some() {
+            r = self.wait(r, deadline, name)?;
+        }
+        let generation = r.generation;
+        r.slots[self.rank] = Some((kind, t.shape().to_vec(), values));
+        self.shared.cv.notify_all();
+        while r.generation == generation && r.slots.iter().any(Option::is_none) {
+            r = self.wait(r, deadline, name)?;
+        }
+        let all: Vec<(Kind, Vec<usize>, Vec<f32>)> = r
+            .slots
+            .iter()
+            .map(|s| s.clone().expect("every rank deposited"))
+            .collect();
+        r.readers += 1;
+        if r.readers == self.world {
+            // the last reader opens the next round
+            r.slots.iter_mut().for_each(|s| *s = None);
+            r.readers = 0;
+            r.generation += 1;
+            self.shared.cv.notify_all();
+        }
+        drop(r);
+        let (k0, s0) = (all[0].0, &all[0].1);
+        for (q, (k, s, _)) in all.iter().enumerate() {
+            if *k != k0 || s != s0 {
+                return Err(Error::Msg(format!(
+                    "collectives out of step: rank 0 called {k0:?} on {s0:?}, rank {q} called \
+                     {k:?} on {s:?}"
+                )));
+            }
+        }
+        Ok(all.into_iter().map(|(_, s, v)| (s, v)).collect())
+    }
+
+    fn wait<'a>(
+        &self,
+        r: std::sync::MutexGuard<'a, Round>,
+        deadline: Instant,
+        name: &str,
+    ) -> Result<std::sync::MutexGuard<'a, Round>> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (r, timed_out) = self
+            .shared
+            .cv
+            .wait_timeout(r, left)
+            .map(|(g, t)| (g, t.timed_out()))
+            .unwrap_or_else(|p| {
+                let (g, t) = p.into_inner();
+                (g, t.timed_out())
+            });
+        if timed_out && Instant::now() >= deadline {
+            let missing: Vec<usize> = (0..self.world).filter(|&q| r.slots[q].is_none()).collect();
+            return Err(Error::Msg(format!(
+                "rank {}: {name} waited {:?} and rank(s) {missing:?} never arrived",
+                self.rank, self.shared.timeout
+            )));
+        }
+        Ok(r)
+    }
+
+    fn sum(all: &[(Vec<usize>, Vec<f32>)]) -> Vec<f32> {
+        let n = all[0].1.len();
+        (0..n)
+            .map(|i| all.iter().map(|(_, v)| v[i] as f64).sum::<f64>() as f32)
+            .collect()
+    }
+}
+
+impl Communicator for InProcess {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+    fn world_size(&self) -> usize {
+        self.world
+    }
+    fn all_reduce_sum(&self, t: &Tensor) -> Result<Tensor> {
+        let all = self.exchange(Kind::AllReduce, t)?;
+        Tensor::from_vec(Self::sum(&all), t.shape().to_vec())
+    }
+    fn all_gather(&self, t: &Tensor) -> Result<Tensor> {
+        if t.rank() == 0 {
+            return Err(Error::Msg("all_gather: a 0-d tensor has no axis 0".into()));
+        }
+        let all = self.exchange(Kind::AllGather, t)?;
+        let mut shape = t.shape().to_vec();
+        shape[0] *= self.world;
+        Tensor::from_vec(all.into_iter().flat_map(|(_, v)| v).collect(), shape)
+    }
+    fn reduce_scatter_sum(&self, t: &Tensor) -> Result<Tensor> {
+        if t.rank() == 0 || t.shape()[0] % self.world != 0 {
+            return Err(Error::Msg(format!(
+                "reduce_scatter: axis 0 of {:?} does not split into {} equal parts",
+                t.shape(),
+                self.world
+            )));
+        }
+        let all = self.exchange(Kind::ReduceScatter, t)?;
+        let sum = Self::sum(&all);
+        let part = sum.len() / self.world;
+        let mut shape = t.shape().to_vec();
+        shape[0] /= self.world;
+        Tensor::from_vec(
+            sum[self.rank * part..(self.rank + 1) * part].to_vec(),
+            shape,
+        )
+    }
+    fn broadcast(&self, t: &Tensor, root: usize) -> Result<Tensor> {
+        if root >= self.world {
+            return Err(Error::Msg(format!(
+                "broadcast: root {root} is not a rank of a world of {}",
+                self.world
+            )));
+        }
+        let mut all = self.exchange(Kind::Broadcast(root), t)?;
+        let (shape, v) = all.swap_remove(root);
+        Tensor::from_vec(v, shape)
+    }
+}

@@ -1,0 +1,291 @@
+//! Data-parallel foundations without a GPU: ranks from torchrun's and SLURM's variables, SLURM
+//! host lists, the in-process communicator against sums computed here, and the TCP rendezvous
+//! between threads (including the error naming the ranks that never came).
+mod common;
+
+use clipcu::dist::{first_host, rendezvous, Communicator, InProcess, RankInfo};
+use clipcu::Tensor;
+use rand::{Rng, SeedableRng};
+use std::collections::HashMap;
+use std::time::Duration;
+
+fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    let m: HashMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    move |k| m.get(k).cloned()
+}
+
+#[test]
+fn ranks_from_torchrun_and_slurm() {
+    assert_eq!(RankInfo::from_env(env(&[])).unwrap(), None);
+    let t = RankInfo::from_env(env(&[
+        ("RANK", "3"),
+        ("WORLD_SIZE", "8"),
+        ("LOCAL_RANK", "1"),
+        ("MASTER_ADDR", "10.0.0.7"),
+        ("MASTER_PORT", "1234"),
+        ("SLURM_PROCID", "5"),
+        ("SLURM_NTASKS", "16"),
+    ]))
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        (
+            t.rank,
+            t.world_size,
+            t.local_rank,
+            t.master_addr.as_str(),
+            t.master_port,
+            t.launcher
+        ),
+        (3, 8, 1, "10.0.0.7", 1234, "torchrun"),
+        "torchrun's variables win over SLURM's"
+    );
+    let s = RankInfo::from_env(env(&[
+        ("SLURM_PROCID", "5"),
+        ("SLURM_NTASKS", "16"),
+        ("SLURM_LOCALID", "1"),
+        ("SLURM_JOB_NODELIST", "gpu-[017-020,033],login1"),
+    ]))
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        (
+            s.rank,
+            s.world_size,
+            s.local_rank,
+            s.master_addr.as_str(),
+            s.master_port,
+            s.launcher
+        ),
+        (5, 16, 1, "gpu-017", 29500, "slurm")
+    );
+    for (bad, needle) in [
+        (
+            vec![("RANK", "x"), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "h")],
+            "RANK=\"x\"",
+        ),
+        (
+            vec![("RANK", "2"), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "h")],
+            "rank 2 of a world of 2",
+        ),
+        (vec![("RANK", "0"), ("WORLD_SIZE", "2")], "MASTER_ADDR"),
+        (
+            vec![
+                ("RANK", "0"),
+                ("WORLD_SIZE", "2"),
+                ("MASTER_ADDR", "h"),
+                ("MASTER_PORT", "70000"),
+            ],
+            "MASTER_PORT",
+        ),
+        (
+            vec![("SLURM_PROCID", "0"), ("SLURM_NTASKS", "2")],
+            "SLURM_JOB_NODELIST",
+        ),
+    ] {
+        let e = RankInfo::from_env(env(&bad)).unwrap_err().to_string();
+        assert!(e.contains(needle), "{bad:?}: {e}");
+    }
+}
+
+#[test]
+fn first_host_of_slurm_host_lists() {
+    for (list, host) in [
+        ("node01", "node01"),
+        ("a,b,c", "a"),
+        ("node[01-04,07],gpu5", "node01"),
+        ("n[3-5]", "n3"),
+        ("rack1-n[001-010]", "rack1-n001"),
+        ("r[2-3]n[07-09]", "r2n07"),
+        (" host7 ", "host7"),
+    ] {
+        assert_eq!(first_host(list).unwrap(), host, "{list}");
+    }
+    for bad in ["", "node[", "node[]", "node[a-b]", "x]"] {
+        let e = first_host(bad).unwrap_err().to_string();
+        assert!(e.contains("SLURM_JOB_NODELIST"), "{bad:?}: {e}");
+    }
+}
+
+/// Every rank runs the same sequence of collectives on its own random data in its own thread;
+/// the results are checked against sums and concatenations made here from all ranks' data.
+#[test]
+fn in_process_collectives_equal_sums_made_here() {
+    let seed = common::fresh_seed();
+    for world in [1usize, 2, 3, 4] {
+        let shape = [world * 2, 5];
+        let data: Vec<Vec<Tensor>> = (0..world)
+            .map(|r| {
+                (0..4)
+                    .map(|i| Tensor::randn(shape, 1.0, seed ^ ((r * 16 + i) as u64)))
+                    .collect()
+            })
+            .collect();
+        let comms = InProcess::group(world, Duration::from_secs(30));
+        let results: Vec<Vec<Tensor>> = std::thread::scope(|s| {
+            let handles: Vec<_> = comms
+                .into_iter()
+                .zip(&data)
+                .map(|(c, d)| {
+                    s.spawn(move || {
+                        vec![
+                            c.all_reduce_sum(&d[0]).unwrap(),
+                            c.all_gather(&d[1]).unwrap(),
+                            c.reduce_scatter_sum(&d[2]).unwrap(),
+                            c.broadcast(&d[3], world - 1).unwrap(),
+                            // a second round of the same collective
+                            c.all_reduce_sum(&d[1]).unwrap(),
+                        ]
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let sum = |i: usize| -> Vec<f64> {
+            let mut acc = vec![0f64; 2 * world * 5];
+            for d in &data {
+                for (a, v) in acc.iter_mut().zip(d[i].to_vec()) {
+                    *a += v as f64;
+                }
+            }
+            acc
+        };
+        let close = |got: &[f32], want: &[f64], what: &str| {
+            for (g, w) in got.iter().zip(want) {
+                assert!(
+                    (*g as f64 - w).abs() <= 1e-6 * (1.0 + w.abs()),
+                    "{what}: {g} vs {w}"
+                );
+            }
+        };
+        let gathered: Vec<f32> = data.iter().flat_map(|d| d[1].to_vec()).collect();
+        for (rank, r) in results.iter().enumerate() {
+            let what = format!("world {world} rank {rank}");
+            close(&r[0].to_vec(), &sum(0), &format!("{what} all_reduce"));
+            assert_eq!(r[1].shape(), [2 * world * world, 5]);
+            assert_eq!(r[1].to_vec(), gathered, "{what} all_gather");
+            let part = sum(2)[rank * 10..(rank + 1) * 10].to_vec();
+            assert_eq!(r[2].shape(), [2, 5]);
+            close(&r[2].to_vec(), &part, &format!("{what} reduce_scatter"));
+            assert_eq!(
+                r[3].to_vec(),
+                data[world - 1][3].to_vec(),
+                "{what} broadcast"
+            );
+            close(
+                &r[4].to_vec(),
+                &sum(1),
+                &format!("{what} second all_reduce"),
+            );
+            // every rank holds the same bits
+            assert_eq!(
+                r[0].to_vec(),
+                results[0][0].to_vec(),
+                "{what}: bits differ from rank 0"
+            );
+        }
+    }
+}
+
+#[test]
+fn in_process_mismatch_and_missing_ranks_are_errors() {
+    let comms = InProcess::group(2, Duration::from_secs(10));
+    let errs: Vec<String> = std::thread::scope(|s| {
+        let hs: Vec<_> = comms
+            .into_iter()
+            .map(|c| {
+                s.spawn(move || {
+                    let t = Tensor::zeros([c.rank() + 1, 3]);
+                    c.all_reduce_sum(&t).unwrap_err().to_string()
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for e in &errs {
+        assert!(
+            e.contains("out of step") && e.contains("[1, 3]") && e.contains("[2, 3]"),
+            "{e}"
+        );
+    }
+    // rank 1 never calls: rank 0's collective times out naming it
+    let mut comms = InProcess::group(2, Duration::from_millis(200));
+    let _idle = comms.pop().unwrap();
+    let e = comms[0]
+        .all_gather(&Tensor::zeros([2]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("[1]") && e.contains("never arrived"), "{e}");
+}
+
+fn free_port(rng: &mut impl Rng) -> u16 {
+    loop {
+        let p = rng.random_range(20000..60000);
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
+}
+
+fn info(rank: usize, world: usize, port: u16) -> RankInfo {
+    RankInfo {
+        rank,
+        world_size: world,
+        local_rank: rank,
+        master_addr: "127.0.0.1".into(),
+        master_port: port,
+        launcher: "torchrun",
+    }
+}
+
+#[test]
+fn rendezvous_hands_rank_zeros_blob_to_everyone() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(common::fresh_seed());
+    let blob: Vec<u8> = (0..128).map(|_| rng.random()).collect();
+    let world = 4;
+    let port = free_port(&mut rng);
+    let got: Vec<Vec<u8>> = std::thread::scope(|s| {
+        // ranks 3, 2, 1 start before rank 0: they retry until it listens
+        let hs: Vec<_> = (0..world)
+            .rev()
+            .map(|r| {
+                let blob = blob.clone();
+                s.spawn(move || {
+                    if r == 0 {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    let mine = (r == 0).then_some(blob.as_slice());
+                    rendezvous(&info(r, world, port), mine, Duration::from_secs(20)).unwrap()
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for g in got {
+        assert_eq!(g, blob);
+    }
+}
+
+#[test]
+fn rendezvous_names_the_ranks_that_never_arrived() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(common::fresh_seed());
+    let port = free_port(&mut rng);
+    let e = std::thread::scope(|s| {
+        let r1 = s.spawn(move || rendezvous(&info(1, 3, port), None, Duration::from_secs(3)));
+        let e = rendezvous(&info(0, 3, port), Some(b"id"), Duration::from_millis(800))
+            .unwrap_err()
+            .to_string();
+        let _ = r1.join();
+        e
+    });
+    assert!(e.contains("[2]") && e.contains("never arrived"), "{e}");
+    // a rank whose rank 0 never comes
+    let port = free_port(&mut rng);
+    let e = rendezvous(&info(2, 3, port), None, Duration::from_millis(300))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("rank 2") && e.contains("did not answer"), "{e}");
+}
