@@ -38,10 +38,13 @@ enum Kind {
     Broadcast(usize),
 }
 
-/// What ranks exchange in one round: each rank's name of the collective and its values.
+/// One rank's deposit: which collective it called, on what shape, with what values.
+type Deposit = (Kind, Vec<usize>, Vec<f32>);
+
+/// What ranks exchange in one round.
 struct Round {
     generation: u64,
-    slots: Vec<Option<(Kind, Vec<usize>, Vec<f32>)>>,
+    slots: Vec<Option<Deposit>>,
     /// Ranks that have read the result of the current round.
     readers: usize,
 }
@@ -108,7 +111,7 @@ impl InProcess {
         while r.generation == generation && r.slots.iter().any(Option::is_none) {
             r = self.wait(r, deadline, name)?;
         }
-        let all: Vec<(Kind, Vec<usize>, Vec<f32>)> = r
+        let all: Vec<Deposit> = r
             .slots
             .iter()
             .map(|s| s.clone().expect("every rank deposited"))
@@ -189,7 +192,7 @@ impl Communicator for InProcess {
         Tensor::from_vec(all.into_iter().flat_map(|(_, v)| v).collect(), shape)
     }
     fn reduce_scatter_sum(&self, t: &Tensor) -> Result<Tensor> {
-        if t.rank() == 0 || t.shape()[0] % self.world != 0 {
+        if t.rank() == 0 || !t.shape()[0].is_multiple_of(self.world) {
             return Err(Error::Msg(format!(
                 "reduce_scatter: axis 0 of {:?} does not split into {} equal parts",
                 t.shape(),
