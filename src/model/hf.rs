@@ -30,37 +30,86 @@ pub enum HfName {
     SplitQkv([String; 3]),
 }
 
+/// (open_clip name, Hugging Face `CLIPModel` name, stored transposed) of every tensor outside
+/// the transformer blocks: the one table both directions of the mapping read (and `weights.rs`).
+pub(crate) const FIXED_NAMES: &[(&str, &str, bool)] = &[
+    ("logit_scale", "logit_scale", false),
+    (
+        "token_embedding.weight",
+        "text_model.embeddings.token_embedding.weight",
+        false,
+    ),
+    (
+        "positional_embedding",
+        "text_model.embeddings.position_embedding.weight",
+        false,
+    ),
+    (
+        "ln_final.weight",
+        "text_model.final_layer_norm.weight",
+        false,
+    ),
+    ("ln_final.bias", "text_model.final_layer_norm.bias", false),
+    ("text_projection", "text_projection.weight", true),
+    (
+        "visual.class_embedding",
+        "vision_model.embeddings.class_embedding",
+        false,
+    ),
+    (
+        "visual.conv1.weight",
+        "vision_model.embeddings.patch_embedding.weight",
+        false,
+    ),
+    (
+        "visual.positional_embedding",
+        "vision_model.embeddings.position_embedding.weight",
+        false,
+    ),
+    (
+        "visual.ln_pre.weight",
+        "vision_model.pre_layrnorm.weight",
+        false,
+    ),
+    (
+        "visual.ln_pre.bias",
+        "vision_model.pre_layrnorm.bias",
+        false,
+    ),
+    (
+        "visual.ln_post.weight",
+        "vision_model.post_layernorm.weight",
+        false,
+    ),
+    (
+        "visual.ln_post.bias",
+        "vision_model.post_layernorm.bias",
+        false,
+    ),
+    ("visual.proj", "visual_projection.weight", true),
+];
+
+/// (open_clip, Hugging Face) module names inside a transformer block, besides the attention's
+/// packed `in_proj` (split into q/k/v projections in HF).
+pub(crate) const LAYER_PARTS: &[(&str, &str)] = &[
+    ("attn.out_proj", "self_attn.out_proj"),
+    ("ln_1", "layer_norm1"),
+    ("ln_2", "layer_norm2"),
+    ("mlp.c_fc", "mlp.fc1"),
+    ("mlp.c_proj", "mlp.fc2"),
+];
+
 /// The Hugging Face name(s) of an open_clip ViT-CLIP tensor; `None` for a name `CLIPModel` has no
 /// place for (a ModifiedResNet tensor, or an unknown key).
 pub fn hf_name(name: &str) -> Option<HfName> {
     use HfName::*;
-    let fixed = match name {
-        "logit_scale" => Some(Renamed("logit_scale".into())),
-        "token_embedding.weight" => Some(Renamed(
-            "text_model.embeddings.token_embedding.weight".into(),
-        )),
-        "positional_embedding" => Some(Renamed(
-            "text_model.embeddings.position_embedding.weight".into(),
-        )),
-        "ln_final.weight" => Some(Renamed("text_model.final_layer_norm.weight".into())),
-        "ln_final.bias" => Some(Renamed("text_model.final_layer_norm.bias".into())),
-        "text_projection" => Some(Transposed("text_projection.weight".into())),
-        "visual.class_embedding" => Some(Renamed("vision_model.embeddings.class_embedding".into())),
-        "visual.conv1.weight" => Some(Renamed(
-            "vision_model.embeddings.patch_embedding.weight".into(),
-        )),
-        "visual.positional_embedding" => Some(Renamed(
-            "vision_model.embeddings.position_embedding.weight".into(),
-        )),
-        "visual.ln_pre.weight" => Some(Renamed("vision_model.pre_layrnorm.weight".into())),
-        "visual.ln_pre.bias" => Some(Renamed("vision_model.pre_layrnorm.bias".into())),
-        "visual.ln_post.weight" => Some(Renamed("vision_model.post_layernorm.weight".into())),
-        "visual.ln_post.bias" => Some(Renamed("vision_model.post_layernorm.bias".into())),
-        "visual.proj" => Some(Transposed("visual_projection.weight".into())),
-        _ => None,
-    };
-    if fixed.is_some() {
-        return fixed;
+    if let Some((_, hf, transposed)) = FIXED_NAMES.iter().find(|(oc, ..)| *oc == name) {
+        let hf = hf.to_string();
+        return Some(if *transposed {
+            Transposed(hf)
+        } else {
+            Renamed(hf)
+        });
     }
     let (tower, rest) = if let Some(r) = name.strip_prefix("visual.transformer.resblocks.") {
         ("vision_model", r)
@@ -84,14 +133,7 @@ pub fn hf_name(name: &str) -> Option<HfName> {
     if p != "weight" && p != "bias" {
         return None;
     }
-    let m = match module {
-        "attn.out_proj" => "self_attn.out_proj",
-        "ln_1" => "layer_norm1",
-        "ln_2" => "layer_norm2",
-        "mlp.c_fc" => "mlp.fc1",
-        "mlp.c_proj" => "mlp.fc2",
-        _ => return None,
-    };
+    let (_, m) = LAYER_PARTS.iter().find(|(oc, _)| *oc == module)?;
     Some(Renamed(format!("{h}.{m}.{p}")))
 }
 
@@ -169,63 +211,7 @@ pub fn hf_specs(specs: &[TensorSpec]) -> (Vec<TensorSpec>, Vec<TensorSpec>) {
 /// `in_proj`, whose shape is returned: three times as many rows), or `None` when `CLIPModel` has
 /// no such tensor. Used to read shapes (`clipcu info`); `weights.rs` converts the tensors.
 pub fn open_clip_spec(name: &str, shape: &[usize]) -> Option<(String, Vec<usize>)> {
-    let fixed: &[(&str, &str, bool)] = &[
-        ("logit_scale", "logit_scale", false),
-        (
-            "text_model.embeddings.token_embedding.weight",
-            "token_embedding.weight",
-            false,
-        ),
-        (
-            "text_model.embeddings.position_embedding.weight",
-            "positional_embedding",
-            false,
-        ),
-        (
-            "text_model.final_layer_norm.weight",
-            "ln_final.weight",
-            false,
-        ),
-        ("text_model.final_layer_norm.bias", "ln_final.bias", false),
-        ("text_projection.weight", "text_projection", true),
-        (
-            "vision_model.embeddings.class_embedding",
-            "visual.class_embedding",
-            false,
-        ),
-        (
-            "vision_model.embeddings.patch_embedding.weight",
-            "visual.conv1.weight",
-            false,
-        ),
-        (
-            "vision_model.embeddings.position_embedding.weight",
-            "visual.positional_embedding",
-            false,
-        ),
-        (
-            "vision_model.pre_layrnorm.weight",
-            "visual.ln_pre.weight",
-            false,
-        ),
-        (
-            "vision_model.pre_layrnorm.bias",
-            "visual.ln_pre.bias",
-            false,
-        ),
-        (
-            "vision_model.post_layernorm.weight",
-            "visual.ln_post.weight",
-            false,
-        ),
-        (
-            "vision_model.post_layernorm.bias",
-            "visual.ln_post.bias",
-            false,
-        ),
-        ("visual_projection.weight", "visual.proj", true),
-    ];
-    if let Some((_, o, t)) = fixed.iter().find(|(h, _, _)| *h == name) {
+    if let Some((o, _, t)) = FIXED_NAMES.iter().find(|(_, h, _)| *h == name) {
         let shape = if *t {
             shape.iter().rev().copied().collect()
         } else {
@@ -256,14 +242,7 @@ pub fn open_clip_spec(name: &str, shape: &[usize]) -> Option<(String, Vec<usize>
             Some((format!("{o}.attn.in_proj_{p}"), s))
         }
         _ => {
-            let m = match module {
-                "self_attn.out_proj" => "attn.out_proj",
-                "layer_norm1" => "ln_1",
-                "layer_norm2" => "ln_2",
-                "mlp.fc1" => "mlp.c_fc",
-                "mlp.fc2" => "mlp.c_proj",
-                _ => return None,
-            };
+            let (m, _) = LAYER_PARTS.iter().find(|(_, hf)| *hf == module)?;
             Some((format!("{o}.{m}.{p}"), shape.to_vec()))
         }
     }

@@ -12,6 +12,7 @@
 use super::config::{ClipConfig, VisionLayers};
 use super::convert::{expected_tensors, is_buffer_name, Format, TensorSpec};
 use super::hf;
+use super::weights::ignorable;
 use super::weights::CONFIG_KEY;
 use crate::{Error, Result};
 use ::safetensors::tensor::Metadata;
@@ -92,17 +93,6 @@ pub fn read_header(path: &Path) -> Result<Header> {
         .into_iter()
         .collect();
     Ok(Header { entries, metadata })
-}
-
-/// Keys that carry no weights (as `weights.rs` skips them): optimizer state, step counters, ...
-fn ignorable(name: &str) -> bool {
-    name.starts_with("optim.")
-        || name.ends_with("num_batches_tracked")
-        || name.ends_with("position_ids")
-        || matches!(
-            name,
-            "attn_mask" | "input_resolution" | "context_length" | "vocab_size"
-        )
 }
 
 fn strip(name: &str) -> &str {

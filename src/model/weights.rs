@@ -31,7 +31,7 @@ pub const CONFIG_KEY: &str = "clipcu.config";
 pub const ACTIVATION_KEY: &str = "clipcu.activation";
 
 /// Keys that carry no weights for us.
-fn ignorable(name: &str) -> bool {
+pub(crate) fn ignorable(name: &str) -> bool {
     name.starts_with("optim.")
         || name.ends_with("num_batches_tracked")
         || name.ends_with("position_ids")
@@ -203,65 +203,10 @@ fn from_hugging_face(
 ) -> Result<HashMap<String, Tensor>> {
     let mut out = HashMap::new();
     // (Hugging Face name, open_clip name, stored transposed)
-    let mut renames: Vec<(String, String, bool)> = [
-        ("logit_scale", "logit_scale", false),
-        (
-            "text_model.embeddings.token_embedding.weight",
-            "token_embedding.weight",
-            false,
-        ),
-        (
-            "text_model.embeddings.position_embedding.weight",
-            "positional_embedding",
-            false,
-        ),
-        (
-            "text_model.final_layer_norm.weight",
-            "ln_final.weight",
-            false,
-        ),
-        ("text_model.final_layer_norm.bias", "ln_final.bias", false),
-        ("text_projection.weight", "text_projection", true),
-        (
-            "vision_model.embeddings.class_embedding",
-            "visual.class_embedding",
-            false,
-        ),
-        (
-            "vision_model.embeddings.patch_embedding.weight",
-            "visual.conv1.weight",
-            false,
-        ),
-        (
-            "vision_model.embeddings.position_embedding.weight",
-            "visual.positional_embedding",
-            false,
-        ),
-        (
-            "vision_model.pre_layrnorm.weight",
-            "visual.ln_pre.weight",
-            false,
-        ),
-        (
-            "vision_model.pre_layrnorm.bias",
-            "visual.ln_pre.bias",
-            false,
-        ),
-        (
-            "vision_model.post_layernorm.weight",
-            "visual.ln_post.weight",
-            false,
-        ),
-        (
-            "vision_model.post_layernorm.bias",
-            "visual.ln_post.bias",
-            false,
-        ),
-        ("visual_projection.weight", "visual.proj", true),
-    ]
-    .iter()
-    .map(|(a, b, t)| (a.to_string(), b.to_string(), *t))
-    .collect();
+    let mut renames: Vec<(String, String, bool)> = super::hf::FIXED_NAMES
+        .iter()
+        .map(|(oc, hf, t)| (hf.to_string(), oc.to_string(), *t))
+        .collect();
     for (hf_prefix, oc_prefix) in [
         ("text_model.encoder.layers", "transformer.resblocks"),
         (
@@ -282,13 +227,7 @@ fn from_hugging_face(
                     format!("{o}.attn.in_proj_{part}"),
                     concat(&[&q, &k, &v], 0)?,
                 );
-                for (a, b) in [
-                    ("self_attn.out_proj", "attn.out_proj"),
-                    ("layer_norm1", "ln_1"),
-                    ("layer_norm2", "ln_2"),
-                    ("mlp.fc1", "mlp.c_fc"),
-                    ("mlp.fc2", "mlp.c_proj"),
-                ] {
+                for (b, a) in super::hf::LAYER_PARTS {
                     renames.push((format!("{h}.{a}.{part}"), format!("{o}.{b}.{part}"), false));
                 }
             }
