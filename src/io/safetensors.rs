@@ -343,14 +343,21 @@ fn write_file(tmp: &Path, header: &[u8], order: &[&(&str, &Tensor)]) -> std::io:
     file.sync_all()
 }
 
-/// Reads a safetensors file: tensors in file order (stored dtype; F64 becomes f32) and metadata.
-pub fn load(path: impl AsRef<Path>) -> Result<SafeTensorsFile> {
-    let path = path.as_ref();
+/// Opens `path` and reads its header, validated by the crate (offsets contiguous, sizes matching
+/// shape × dtype) and against the file's length; the file is left at the first tensor byte.
+fn open_validated(path: &Path) -> Result<(File, Metadata)> {
     let io = |e: std::io::Error| Error::io(path, e);
     let bad = |msg: String| Error::format(path, msg);
 
     let mut file = File::open(path).map_err(io)?;
-    let file_len = file.metadata().map_err(io)?.len();
+    let stat = file.metadata().map_err(io)?;
+    if stat.is_dir() {
+        return Err(io(std::io::Error::new(
+            std::io::ErrorKind::IsADirectory,
+            "is a directory, not a safetensors file",
+        )));
+    }
+    let file_len = stat.len();
     if file_len < N_LEN as u64 {
         return Err(bad(format!(
             "not a safetensors file: {file_len} bytes, shorter than the 8-byte header length"
@@ -381,6 +388,43 @@ pub fn load(path: impl AsRef<Path>) -> Result<SafeTensorsFile> {
             meta.data_len()
         )));
     }
+    Ok((file, meta))
+}
+
+/// One tensor as the header describes it: name, safetensors dtype name (`F32`, `I64`, ...),
+/// shape.
+pub type HeaderTensor = (String, String, Vec<usize>);
+
+/// The header of a safetensors file — its tensors (in file order) and metadata — validated as
+/// [`load`] validates it, without reading any tensor.
+pub fn read_header(
+    path: impl AsRef<Path>,
+) -> Result<(Vec<HeaderTensor>, BTreeMap<String, String>)> {
+    let (_, meta) = open_validated(path.as_ref())?;
+    let tensors = meta
+        .offset_keys()
+        .into_iter()
+        .filter_map(|name| {
+            let info = meta.info(&name)?;
+            Some((name, format!("{:?}", info.dtype), info.shape.clone()))
+        })
+        .collect();
+    Ok((tensors, metadata_of(&meta)))
+}
+
+fn metadata_of(meta: &Metadata) -> BTreeMap<String, String> {
+    meta.metadata()
+        .as_ref()
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .unwrap_or_default()
+}
+
+/// Reads a safetensors file: tensors in file order (stored dtype; F64 becomes f32) and metadata.
+pub fn load(path: impl AsRef<Path>) -> Result<SafeTensorsFile> {
+    let path = path.as_ref();
+    let io = |e: std::io::Error| Error::io(path, e);
+    let bad = |msg: String| Error::format(path, msg);
+    let (mut file, meta) = open_validated(path)?;
 
     let mut tensors = Vec::new();
     let mut raw = Vec::new();
@@ -425,11 +469,7 @@ pub fn load(path: impl AsRef<Path>) -> Result<SafeTensorsFile> {
         tensors.push((name, tensor));
     }
 
-    let metadata = meta
-        .metadata()
-        .as_ref()
-        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-        .unwrap_or_default();
+    let metadata = metadata_of(&meta);
     Ok(SafeTensorsFile {
         tensors,
         raw,

@@ -15,10 +15,8 @@ use super::hf;
 use super::weights::ignorable;
 use super::weights::CONFIG_KEY;
 use crate::{Error, Result};
-use ::safetensors::tensor::Metadata;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::io::Read;
 use std::path::Path;
 
 /// One tensor as the header describes it.
@@ -40,58 +38,12 @@ pub struct Header {
 /// Reads (and validates, as the loader does: offsets, sizes, the file's length) the header of a
 /// safetensors file, without reading the tensors.
 pub fn read_header(path: &Path) -> Result<Header> {
-    let io = |e: std::io::Error| Error::io(path, e);
-    let bad = |msg: String| Error::format(path, msg);
-    let mut file = std::fs::File::open(path).map_err(io)?;
-    let len = file.metadata().map_err(io)?.len();
-    if file.metadata().map_err(io)?.is_dir() {
-        return Err(bad("is a directory, not a safetensors file".into()));
-    }
-    if len < 8 {
-        return Err(bad(format!(
-            "not a safetensors file: {len} bytes, shorter than the 8-byte header length"
-        )));
-    }
-    let mut n = [0u8; 8];
-    file.read_exact(&mut n).map_err(io)?;
-    let n = u64::from_le_bytes(n);
-    if n > len - 8 {
-        return Err(bad(format!(
-            "not a safetensors file (or truncated): header length {n} exceeds the {} bytes \
-             after the length prefix",
-            len - 8
-        )));
-    }
-    let mut header = vec![0u8; n as usize];
-    file.read_exact(&mut header).map_err(io)?;
-    let header = std::str::from_utf8(&header)
-        .map_err(|e| bad(format!("corrupt safetensors header: not UTF-8 ({e})")))?;
-    let meta: Metadata = serde_json::from_str(header)
-        .map_err(|e| bad(format!("corrupt safetensors header: {e}")))?;
-    if meta.data_len() as u64 != len - 8 - n {
-        return Err(bad(format!(
-            "the header describes {} bytes of tensor data but the file holds {} (truncated or \
-             corrupt)",
-            meta.data_len(),
-            len - 8 - n
-        )));
-    }
-    let mut entries: Vec<HeaderEntry> = meta
-        .tensors()
+    let (tensors, metadata) = crate::io::safetensors::read_header(path)?;
+    let mut entries: Vec<HeaderEntry> = tensors
         .into_iter()
-        .map(|(name, info)| HeaderEntry {
-            name,
-            dtype: format!("{:?}", info.dtype),
-            shape: info.shape.clone(),
-        })
+        .map(|(name, dtype, shape)| HeaderEntry { name, dtype, shape })
         .collect();
     entries.sort_by(|a, b| a.name.cmp(&b.name));
-    let metadata = meta
-        .metadata()
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
     Ok(Header { entries, metadata })
 }
 
