@@ -289,3 +289,18 @@ fn rendezvous_names_the_ranks_that_never_arrived() {
         .to_string();
     assert!(e.contains("rank 2") && e.contains("did not answer"), "{e}");
 }
+
+/// Without libnccl (this machine, CI) the probe is an error naming the library and where to get
+/// it, never a panic; with it, a version no older than the minimum.
+#[test]
+fn nccl_probe_is_an_error_naming_the_library_or_a_new_enough_version() {
+    use clipcu::dist::nccl::{probe, version_string, MIN_NCCL_VERSION};
+    assert_eq!(version_string(22703), "2.27.3");
+    match probe() {
+        Ok(v) => assert!(v >= MIN_NCCL_VERSION, "{v}"),
+        Err(e) => {
+            let e = e.to_string();
+            assert!(e.contains("libnccl") && e.contains("nvidia-nccl"), "{e}");
+        }
+    }
+}

@@ -30,6 +30,13 @@ pub fn run(a: &InfoArgs) -> Result<()> {
                 Err(e) => println!("{d}: {e}"),
             }
         }
+        match clipcu::dist::nccl::probe() {
+            Ok(v) => println!(
+                "nccl: {} (multi-GPU collectives)",
+                clipcu::dist::nccl::version_string(v)
+            ),
+            Err(e) => println!("nccl: {e}"),
+        }
         return Ok(());
     };
     let config = match &a.config {
