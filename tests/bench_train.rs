@@ -152,7 +152,13 @@ fn datasheet_peaks_by_driver_name() {
 fn kernels_bench_covers_every_family_on_cpu_and_emu() {
     use clipcu::bench::{bench_kernels, card_roofline};
     for device in [Device::Cpu, Device::Emu] {
-        let reports = bench_kernels(device, true, 1).unwrap();
+        let mut streamed = 0;
+        let reports = bench_kernels(device, true, 1, |_| streamed += 1).unwrap();
+        assert_eq!(
+            streamed,
+            reports.len(),
+            "every report is streamed as it is measured"
+        );
         for family in [
             "layer_norm fwd",
             "layer_norm bwd",

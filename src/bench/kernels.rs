@@ -289,8 +289,14 @@ fn cfg_name(quick: bool) -> &'static str {
     }
 }
 
-/// Runs every case `iters` times after one warm-up and reports each.
-pub fn bench_kernels(device: Device, quick: bool, iters: usize) -> Result<Vec<KernelReport>> {
+/// Runs every case `iters` times after one warm-up; `each` sees every report as soon as it is
+/// measured (a CPU run at CLIP's shapes takes minutes); all of them are returned at the end.
+pub fn bench_kernels(
+    device: Device,
+    quick: bool,
+    iters: usize,
+    mut each: impl FnMut(&KernelReport),
+) -> Result<Vec<KernelReport>> {
     let cuda = match device {
         Device::Cuda(i) => Some(crate::device::cuda::CudaBackend::get(i)?),
         _ => None,
@@ -313,7 +319,7 @@ pub fn bench_kernels(device: Device, quick: bool, iters: usize) -> Result<Vec<Ke
             }
         } / iters as f64;
         let (gbs, tfs) = (case.bytes / seconds / 1e9, case.flops / seconds / 1e12);
-        out.push(KernelReport {
+        let report = KernelReport {
             name: case.name,
             shape: case.shape,
             time_us: seconds * 1e6,
@@ -322,7 +328,9 @@ pub fn bench_kernels(device: Device, quick: bool, iters: usize) -> Result<Vec<Ke
             gb_per_s: gbs,
             tflops: tfs,
             roofline_fraction: roof.map(|(bw, fl, _)| (gbs / (bw * 1e3)).max(tfs / fl)),
-        });
+        };
+        each(&report);
+        out.push(report);
     }
     Ok(out)
 }

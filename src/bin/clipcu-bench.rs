@@ -202,13 +202,10 @@ fn main() {
                     "kernel", "shape", "time", "rate"
                 );
             }
-            for r in bench_kernels(device, quick, args.iters)? {
+            bench_kernels(device, quick, args.iters, |r| {
                 if args.json {
-                    println!(
-                        "{}",
-                        serde_json::to_string(&r).expect("a report serialises")
-                    );
-                    continue;
+                    println!("{}", serde_json::to_string(r).expect("a report serialises"));
+                    return;
                 }
                 let rate = if r.flops > 0.0 {
                     format!("{:.2} TFLOP/s", r.tflops)
@@ -223,7 +220,7 @@ fn main() {
                     "{:<28} {:<40} {:>10.1} us {:>14} {roof}",
                     r.name, r.shape, r.time_us, rate
                 );
-            }
+            })?;
         }
         if args.workload == Workload::Contrastive {
             let sizes = match args.batch {
