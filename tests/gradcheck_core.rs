@@ -215,6 +215,46 @@ fn gelu_is_accurate_in_both_tails() {
     );
 }
 
+/// GELU's backward against `Φ(x) + x·φ(x)` in f64 (Φ through erfc, so the tails are exact), on
+/// fresh random inputs and a sweep of both tails: within 1e-6 of the size of its two terms
+/// (|Φ| + |x·φ|; the derivative itself crosses zero near x = −0.75, where a relative error means
+/// nothing), and within 1e-5 relative wherever the two terms cancel by less than 10× and the
+/// result is a normal f32.
+#[test]
+fn gelu_derivative_is_accurate_in_both_tails() {
+    let seed = fresh_seed();
+    let mut xs = Tensor::randn([100_000], 3.0, seed).to_vec();
+    xs.extend((0..=24_000).map(|i| -14.0 + i as f32 * 1e-3)); // -14 … 10
+    xs.extend([0.0, -0.0, 1e-30, -1e-30, 1e-6, -1e-6, 30.0, 1e4, -30.0]);
+    let n = xs.len();
+    let g = Tensor::randn([n], 1.0, seed ^ 1).to_vec();
+    let got = clipcu::ops::unary::unary_backward(
+        UnaryKind::Gelu,
+        &Tensor::from_vec(xs.clone(), [n]).unwrap(),
+        &Tensor::from_vec(g.clone(), [n]).unwrap(),
+    )
+    .unwrap()
+    .to_vec();
+    for ((&x, &gi), &y) in xs.iter().zip(&g).zip(&got) {
+        let v = x as f64;
+        let cdf = 0.5 * libm::erfc(-v / std::f64::consts::SQRT_2);
+        let pdf = (-0.5 * v * v).exp() / (2.0 * std::f64::consts::PI).sqrt();
+        let exact = gi as f64 * (cdf + v * pdf);
+        let scale = gi.abs() as f64 * (cdf.abs() + (v * pdf).abs());
+        let err = (y as f64 - exact).abs();
+        assert!(
+            err <= 1e-6 * scale + 1e-38,
+            "gelu'({x})·{gi} = {y} vs {exact:e} (seed {seed})"
+        );
+        if exact.abs() > 0.1 * scale && exact.abs() > f32::MIN_POSITIVE as f64 {
+            assert!(
+                err <= 1e-5 * exact.abs(),
+                "gelu'({x})·{gi} = {y} vs {exact:e}"
+            );
+        }
+    }
+}
+
 #[test]
 fn unary_forward_values() {
     // Independent formulas in f64: exact GELU uses erf, QuickGELU x·σ(1.702x).
