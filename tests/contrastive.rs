@@ -321,6 +321,49 @@ fn rows_of(t: &Tensor, r: usize, n: usize) -> Tensor {
     Tensor::from_vec(t.to_vec()[r * n * d..(r + 1) * n * d].to_vec(), vec![n, d]).unwrap()
 }
 
+/// Data parallelism simulated in one process: every rank's local loss (its rows of `img`/`txt`
+/// against all of them as columns) and its logit-scale gradient, and the sums over ranks of the
+/// gradients of each sample's features — through its own rank's local rows plus every rank's
+/// gathered columns, as the multi-GPU step reduces them.
+struct Ranks {
+    loss: Vec<f32>,
+    dlogit: Vec<f32>,
+    di: Vec<f64>,
+    dt: Vec<f64>,
+}
+
+fn simulate_ranks(img: &Tensor, txt: &Tensor, ls: &Tensor, world: usize) -> Ranks {
+    let (total, d) = (img.shape()[0], img.shape()[1]);
+    let n = total / world;
+    let mut r = Ranks {
+        loss: Vec::new(),
+        dlogit: Vec::new(),
+        di: vec![0f64; total * d],
+        dt: vec![0f64; total * d],
+    };
+    for rank in 0..world {
+        let g = Graph::new();
+        let vil = g.leaf(rows_of(img, rank, n));
+        let vtl = g.leaf(rows_of(txt, rank, n));
+        let (via, vta, vs) = (g.leaf(img.clone()), g.leaf(txt.clone()), g.leaf(ls.clone()));
+        let l = g
+            .contrastive_local(&vil, &vtl, &via, &vta, &vs, rank)
+            .unwrap();
+        r.loss.push(l.tensor().item().unwrap());
+        let grads = g.backward(&l).unwrap();
+        r.dlogit.push(grads.get(&vs).unwrap().item().unwrap());
+        for (acc, all, local) in [(&mut r.di, &via, &vil), (&mut r.dt, &vta, &vtl)] {
+            for (k, v) in grads.get(all).unwrap().to_vec().iter().enumerate() {
+                acc[k] += *v as f64;
+            }
+            for (k, v) in grads.get(local).unwrap().to_vec().iter().enumerate() {
+                acc[rank * n * d + k] += *v as f64;
+            }
+        }
+    }
+    r
+}
+
 /// Data parallelism simulated in one process: for world sizes 2 and 4, each rank's local loss
 /// (its rows against all gathered columns); the mean of the ranks' losses is the full batch's,
 /// and the sum of every rank's gradients — local rows plus the gathered columns, as the
@@ -332,29 +375,10 @@ fn ranks_local_losses_and_gradients_add_up_to_the_full_batch() {
         let total = world * n;
         let (img, txt, ls) = features_of(total, d, seed ^ world as u64, false);
         let full = run(&img, &txt, &ls, true);
-        let (mut loss, mut dlogit) = (0f64, 0f64);
-        let mut di = vec![0f64; total * d];
-        let mut dt = vec![0f64; total * d];
-        for rank in 0..world {
-            let g = Graph::new();
-            let vil = g.leaf(rows_of(&img, rank, n));
-            let vtl = g.leaf(rows_of(&txt, rank, n));
-            let (via, vta, vs) = (g.leaf(img.clone()), g.leaf(txt.clone()), g.leaf(ls.clone()));
-            let l = g
-                .contrastive_local(&vil, &vtl, &via, &vta, &vs, rank)
-                .unwrap();
-            loss += l.tensor().item().unwrap() as f64;
-            let grads = g.backward(&l).unwrap();
-            dlogit += grads.get(&vs).unwrap().item().unwrap() as f64;
-            for (acc, all, local) in [(&mut di, &via, &vil), (&mut dt, &vta, &vtl)] {
-                for (k, v) in grads.get(all).unwrap().to_vec().iter().enumerate() {
-                    acc[k] += *v as f64;
-                }
-                for (k, v) in grads.get(local).unwrap().to_vec().iter().enumerate() {
-                    acc[rank * n * d + k] += *v as f64;
-                }
-            }
-        }
+        let ranks = simulate_ranks(&img, &txt, &ls, world);
+        let loss: f64 = ranks.loss.iter().map(|&l| l as f64).sum();
+        let dlogit: f64 = ranks.dlogit.iter().map(|&l| l as f64).sum();
+        let (di, dt) = (ranks.di, ranks.dt);
         let what = format!("world {world}, n {n}, D {d}, seed {seed}");
         let w = world as f64;
         assert!(
@@ -412,41 +436,23 @@ fn local_losses_and_gradients_equal_open_clip_gather_with_grad() {
     for world in [2usize, 4] {
         let get = |k: &str| f.get(&format!("w{world}.{k}")).unwrap().clone();
         let (img, txt, ls) = (get("image"), get("text"), get("logit_scale"));
-        let (total, d) = (img.shape()[0], img.shape()[1]);
-        let n = total / world;
-        let mut di = vec![0f64; total * d];
-        let mut dt = vec![0f64; total * d];
         let (want_loss, want_dlogit) = (get("loss").to_vec(), get("dlogit").to_vec());
+        let ranks = simulate_ranks(&img, &txt, &ls, world);
         for rank in 0..world {
-            let g = Graph::new();
-            let vil = g.leaf(rows_of(&img, rank, n));
-            let vtl = g.leaf(rows_of(&txt, rank, n));
-            let (via, vta, vs) = (g.leaf(img.clone()), g.leaf(txt.clone()), g.leaf(ls.clone()));
-            let l = g
-                .contrastive_local(&vil, &vtl, &via, &vta, &vs, rank)
-                .unwrap();
-            let loss = l.tensor().item().unwrap();
+            let loss = ranks.loss[rank];
             assert!(
                 rel(loss, want_loss[rank]) < 1e-5,
                 "world {world} rank {rank}: loss {loss} vs open_clip {}",
                 want_loss[rank]
             );
-            let grads = g.backward(&l).unwrap();
-            let dl = grads.get(&vs).unwrap().item().unwrap();
+            let dl = ranks.dlogit[rank];
             assert!(
                 (dl - want_dlogit[rank]).abs() <= 1e-5 * want_dlogit[rank].abs() + 1e-7,
                 "world {world} rank {rank}: dlogit {dl} vs open_clip {}",
                 want_dlogit[rank]
             );
-            for (acc, all, local) in [(&mut di, &via, &vil), (&mut dt, &vta, &vtl)] {
-                for (k, v) in grads.get(all).unwrap().to_vec().iter().enumerate() {
-                    acc[k] += *v as f64;
-                }
-                for (k, v) in grads.get(local).unwrap().to_vec().iter().enumerate() {
-                    acc[rank * n * d + k] += *v as f64;
-                }
-            }
         }
+        let (di, dt) = (ranks.di, ranks.dt);
         let (ei, et) = (rel_f64(&get("dimage"), &di), rel_f64(&get("dtext"), &dt));
         assert!(
             ei < 1e-5 && et < 1e-5,

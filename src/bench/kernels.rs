@@ -20,19 +20,10 @@ use crate::{Device, Result, Tensor};
 use serde::Serialize;
 use std::time::Instant;
 
-/// HBM bandwidth (TB/s) and dense fp32 FMA TFLOP/s of a card, by the name the driver reports.
+/// HBM bandwidth (TB/s) and dense fp32 FMA TFLOP/s of a card, by the name the driver reports
+/// (the table of [`super::train::card`]).
 pub fn card_roofline(card: &str) -> Option<(f64, f64, &'static str)> {
-    let rows: [(&str, bool, f64, f64, &'static str); 5] = [
-        ("H200", false, 4.8, 67.0, "H200 SXM"),
-        ("H100", true, 2.0, 51.0, "H100 PCIe"),
-        ("H100", false, 3.35, 67.0, "H100 SXM"),
-        ("A100", false, 2.04, 19.5, "A100 80GB"),
-        ("L40S", false, 0.864, 91.6, "L40S"),
-    ];
-    let pcie = card.to_ascii_uppercase().contains("PCIE");
-    rows.iter()
-        .find(|(n, p, ..)| card.contains(n) && (!p || pcie))
-        .map(|&(_, _, bw, fl, row)| (bw, fl, row))
+    super::train::card(card).map(|c| (c.hbm_tb_s, c.fp32, c.row))
 }
 
 /// One measured kernel.
@@ -243,7 +234,8 @@ fn build_cases(device: Device, quick: bool) -> Result<Vec<Case>> {
 
     // AdamW over ViT-B/32's parameters (the tiny ViT when quick): p, g, m, v read, p, m, v
     // written.
-    let cfg = crate::model::ClipConfig::load(if quick { "tiny-vit" } else { "ViT-B-32" })?;
+    let name = if quick { "tiny-vit" } else { "ViT-B-32" };
+    let cfg = crate::model::ClipConfig::load(name)?;
     let model = crate::model::Clip::new(&cfg, 0);
     model.to_device(device)?;
     let params: Vec<crate::graph::Param> = model
@@ -263,11 +255,7 @@ fn build_cases(device: Device, quick: bool) -> Result<Vec<Case>> {
     // counted in the bytes with AdamW's own p, g, m, v read and p, m, v written.
     cases.push(Case {
         name: "grad refill + adamw step".into(),
-        shape: format!(
-            "{} ({:.1} M parameters)",
-            cfg_name(quick),
-            count as f64 / 1e6
-        ),
+        shape: format!("{name} ({:.1} M parameters)", count as f64 / 1e6),
         bytes: 9.0 * count as f64 * F32,
         flops: 0.0,
         run: Box::new(move || {
@@ -279,14 +267,6 @@ fn build_cases(device: Device, quick: bool) -> Result<Vec<Case>> {
         }),
     });
     Ok(cases)
-}
-
-fn cfg_name(quick: bool) -> &'static str {
-    if quick {
-        "tiny-vit"
-    } else {
-        "ViT-B-32"
-    }
 }
 
 /// Runs every case `iters` times after one warm-up; `each` sees every report as soon as it is

@@ -92,31 +92,53 @@ enum Math {
     Half,
 }
 
-/// Dense peak TFLOP/s of a card for a precision (NVIDIA datasheets; the "with sparsity" figures
-/// halved), found by its name as the driver reports it; the second value names the row used.
-pub fn peak_tflops(card: &str, precision: Precision) -> Option<(f64, &'static str)> {
-    // (name test, row, fp32 FMA, tf32 tensor, bf16/fp16 tensor)
-    type Row = (fn(&str) -> bool, &'static str, f64, f64, f64);
-    const ROWS: &[Row] = &[
-        (|n| n.contains("H200"), "H200 SXM", 67.0, 494.7, 989.4),
-        (
-            |n| n.contains("H100") && (n.contains("PCIe") || n.contains("PCIE")),
-            "H100 PCIe",
-            51.0,
-            378.0,
-            756.0,
-        ),
-        (|n| n.contains("H100"), "H100 SXM", 67.0, 494.7, 989.4),
-        (|n| n.contains("A100"), "A100", 19.5, 156.0, 312.0),
-        (|n| n.contains("L40S"), "L40S", 91.6, 183.0, 362.1),
+/// One card's datasheet figures (NVIDIA's; the "with sparsity" figures halved to dense).
+pub struct Card {
+    /// The row's name, as reports print it.
+    pub row: &'static str,
+    /// HBM bandwidth, TB/s.
+    pub hbm_tb_s: f64,
+    /// Dense TFLOP/s: fp32 FMA, tf32 tensor core, bf16/fp16 tensor core.
+    pub fp32: f64,
+    pub tf32: f64,
+    pub half: f64,
+}
+
+/// The cards whose peaks are known, by the name the driver reports (`NVIDIA H100 80GB HBM3`,
+/// `NVIDIA H100 PCIe`, `NVIDIA A100-SXM4-80GB`, ...); the first row that matches wins.
+pub fn card(name: &str) -> Option<&'static Card> {
+    const fn c(row: &'static str, hbm_tb_s: f64, fp32: f64, tf32: f64, half: f64) -> Card {
+        Card {
+            row,
+            hbm_tb_s,
+            fp32,
+            tf32,
+            half,
+        }
+    }
+    // (substring of the name, needs "PCIe" in it, figures)
+    const ROWS: &[(&str, bool, Card)] = &[
+        ("H200", false, c("H200 SXM", 4.8, 67.0, 494.7, 989.4)),
+        ("H100", true, c("H100 PCIe", 2.0, 51.0, 378.0, 756.0)),
+        ("H100", false, c("H100 SXM", 3.35, 67.0, 494.7, 989.4)),
+        ("A100", false, c("A100", 2.04, 19.5, 156.0, 312.0)),
+        ("L40S", false, c("L40S", 0.864, 91.6, 183.0, 362.1)),
     ];
-    let (_, row, fp32, tf32, half) = ROWS.iter().find(|(test, ..)| test(card))?;
+    let pcie = name.to_ascii_uppercase().contains("PCIE");
+    ROWS.iter()
+        .find(|(n, needs_pcie, _)| name.contains(n) && (!needs_pcie || pcie))
+        .map(|(_, _, c)| c)
+}
+
+/// Dense peak TFLOP/s of a card for a precision ([`card`]); the second value names the row used.
+pub fn peak_tflops(card_name: &str, precision: Precision) -> Option<(f64, &'static str)> {
+    let c = card(card_name)?;
     let peak = match precision.math() {
-        Math::Fp32 => *fp32,
-        Math::Tf32 => *tf32,
-        Math::Half => *half,
+        Math::Fp32 => c.fp32,
+        Math::Tf32 => c.tf32,
+        Math::Half => c.half,
     };
-    Some((peak, row))
+    Some((peak, c.row))
 }
 
 /// What to run.
@@ -305,7 +327,9 @@ pub fn bench_train(o: &TrainBenchOptions) -> Result<TrainBenchReport> {
         Some(s) => (Some(s.peak_in_use_bytes as u64), "allocator peak in use"),
         None => (peak_rss_bytes(), "process peak resident set"),
     };
-    let parameters = cfg.parameter_count() as u64;
+    // as PyTorch's `model.parameters()` counts them (BatchNorm running statistics are buffers),
+    // so that bytes per parameter compares with tools/bench_torch.py's
+    let parameters = crate::model::convert::parameter_count(&cfg) as u64;
     Ok(TrainBenchReport {
         engine: "clipcu",
         config: o.config.clone(),

@@ -459,7 +459,7 @@ pub fn load(path: impl AsRef<Path>) -> Result<SafeTensorsFile> {
                     RawTensor {
                         dtype: format!("{other:?}"),
                         shape,
-                        bytes: buf.clone(),
+                        bytes: std::mem::take(&mut buf),
                     },
                 ));
                 continue;

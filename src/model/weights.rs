@@ -62,11 +62,12 @@ pub fn save_clip(
     save(path, &refs, &meta)
 }
 
-/// The model config stored in a clipcu checkpoint, if the file has one.
+/// The model config stored in a clipcu checkpoint, if the file has one (read from the header
+/// alone: the tensors are loaded once, by whoever builds the model).
 pub fn config_in(path: impl AsRef<Path>) -> Result<Option<ClipConfig>> {
     let path = path.as_ref();
-    let file = load(path)?;
-    file.metadata
+    let (_, metadata) = crate::io::safetensors::read_header(path)?;
+    metadata
         .get(CONFIG_KEY)
         .map(|j| ClipConfig::from_json(j, &format!("{} (metadata {CONFIG_KEY})", path.display())))
         .transpose()
