@@ -13,7 +13,8 @@ fn contrastive(c: &mut Criterion) {
         .sample_size(10)
         .measurement_time(Duration::from_secs(20));
     for fused in [true, false] {
-        let case = ContrastiveCase::new(4096, 512, fused, Device::Cpu).expect("contrastive case");
+        let case = ContrastiveCase::new(4096, 512, fused, clipcu::DType::F32, Device::Cpu)
+            .expect("contrastive case");
         group.throughput(Throughput::Elements(case.flops() as u64));
         let name = if fused {
             "fused n4096 d512"

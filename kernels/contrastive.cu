@@ -1,18 +1,29 @@
-// contrastive.cu — CLIP's contrastive loss fused, f32 (src/ops/contrastive/gpu.rs ↔ this file):
-// tiles of S = s·ÎT̂ᵀ (Î, T̂ the unit rows, normalised beforehand by normalize.cu), never the
-// N×N matrix. The algebra is in src/ops/contrastive/mod.rs; in short
+// contrastive.cu — CLIP's contrastive loss fused, f32, f16 and bf16 (src/ops/contrastive/gpu.rs ↔
+// this file): tiles of S = s·ÎT̂ᵀ (Î, T̂ the unit rows, normalised beforehand by normalize.cu in the
+// features' dtype), never the N×N matrix. The algebra is in src/ops/contrastive/mod.rs; in short
 //
 //   r_i = lse_j S_ij, c_j = lse_i S_ij, loss = Σ_i (r_i − S_ii + c_i − S_ii) / 2N,
 //   dS_ij = g·(e^(S_ij − r_i) + e^(S_ij − c_j) − 2δ_ij) / 2N,
-//   dÎ = s·dS·T̂, dT̂ = s·dSᵀ·Î, d logit_scale = Σ dS_ij·S_ij.
+//   dÎ = s·dS·T̂, dT̂ = s·dSᵀ·Î, d logit_scale = Σ dS_ij·S_ij,
 //
-// Tiles are 32×32, blocks (32, 8): thread (x, y) computes column x of rows y, y+8, y+16, y+24 of
-// a tile, from 32-wide feature chunks of both operands staged in shared memory (rows padded to
-// 33 floats: the column reads sB[x][k] fall in 32 different banks). Each dot product is an fma
-// chain over k in order, so a tile's values never depend on the launch.
+// then dI = (dÎ − Î·(Î·dÎ)) / ‖I‖ (F.normalize's backward), folded into the backward kernel.
+//
+// Tiles are 32×32, blocks (32, 8). Two ways to compute a tile (cl_tile), chosen by the storage type:
+//   f32 (FMA): thread (x, y) computes column x of rows y, y+8, y+16, y+24 of a tile, from 32-wide
+//     feature chunks of both operands staged in shared memory (rows padded to 33 floats: the
+//     column reads sB[x][k] fall in 32 different banks). Each dot product is an fma chain over k
+//     in order, so a tile's values never depend on the launch.
+//   f16/bf16 (tensor cores): the 32×32 tile is 2×4 mma.m16n8k16 tiles, one per warp (warp w owns
+//     rows 16·(w/4).., columns 8·(w%4)..), accumulated in f32 over 16-wide k steps of 32-wide chunks
+//     staged as 16-bit rows of 40 values (80 bytes: every ldmatrix row address is 16-byte
+//     aligned, and the 8 rows of one 8×8 matrix start in 8 different 4-bank groups — no conflicts).
+//     A = Î rows (row-major, ldmatrix_x4), B = T̂ rows, which are exactly the n×k "col" operand
+//     (ldmatrix_x2, not transposed). The fragment layouts are written once, in common.cuh.
+// Everything after the tile (the softmax statistics, the LSEs, dS, the sums) is f32 whatever the
+// storage type, with the same code.
 //
 // Forward, one pass over the tiles for both directions:
-//   contrastive_fwd_f32: block b owns a stripe of q·32 rows and walks every column tile; for each
+//   contrastive_fwd_*: block b owns a stripe of q·32 rows and walks every column tile; for each
 //     it computes the tile of each of its q row groups in turn. Rows: a warp reduces each row of
 //     the tile (max, Σe^(x − max), max off the diagonal) and merges it into the row's running
 //     triple in shared memory, tile after tile. Columns: a warp reduces each column over the q
@@ -22,20 +33,33 @@
 // No float atomics anywhere: every result is bitwise reproducible for a given N, D and q.
 // Memory beyond inputs: 3 floats per (stripe, column) — the launcher picks q so that stays small.
 //
-// Backward, the tiles recomputed; contrastive_bwd_f32 is launched twice with the roles swapped:
-//   (A = Î, B = T̂, LSEs rows then columns) gives dÎ; (A = T̂, B = Î, swapped LSEs) gives dT̂, since
+// Backward, the tiles recomputed; contrastive_bwd_* is launched twice with the roles swapped:
+//   (A = Î, B = T̂, LSEs rows then columns) gives dI; (A = T̂, B = Î, swapped LSEs) gives dT, since
 //   Sᵀ's tiles are the same entries and dS is symmetric in the roles. Block b owns 32 rows of A:
-//   per column tile it turns S into dS·s in shared memory, then adds dS·B[tile] into its rows of
-//   dA chunk by chunk (each (row, feature) belongs to one thread of one block: no atomics).
-//   With want_dlog it also sums, per block, Σ P^row·(S − S_ii) + P^col·(S − S_jj) over the
-//   off-diagonal entries — Σ dS·S with the δ terms gone (each softmax sums to 1), terms of one
-//   sign so nothing cancels — and contrastive_dlogit_f32 adds the blocks' sums in order.
+//   per column tile it turns S into dS in shared memory, then adds dS·B[tile] into its rows of
+//   an f32 accumulator dÂ chunk by chunk (each (row, feature) belongs to one thread of one block:
+//   no atomics); last, each warp turns four of the block's rows of dÂ into dA through the
+//   normalisation backward (the block owns whole rows, so no other launch is needed), rounded
+//   once to the storage type. In f16/bf16 the dS·B product runs on the tensor cores too: the
+//   unscaled P = P^row + P^col − 2δ ∈ [−2, 2] is rounded to 16 bits (so f16 keeps its precision:
+//   the factor g·s/2N, ~10⁻⁴ at N = 32k, would push dS into f16's subnormals) and the factor is
+//   applied to the f32 accumulator. With want_dlog the kernel also sums, per block,
+//   Σ P^row·(S − S_ii) + P^col·(S − S_jj) over the off-diagonal entries — Σ dS·S with the δ terms
+//   gone (each softmax sums to 1), terms of one sign so nothing cancels — and
+//   contrastive_dlogit_f32 adds the blocks' sums in order.
 // Numerics as the CPU reference (cpu.rs): LSEs kept as (max, log Σ) pairs, e^(x − max − log Σ);
 // on the diagonal P − 1 as expm1 (a confident pair has P ≈ 1).
 #include "common.cuh"
-
+#ifdef __CUDACC__
+#include <type_traits>
+#endif
 #define CL_TILE 32
 #define CL_NEG_INF (-INFINITY)
+// A staged 16-bit chunk row: 32 values and 8 of padding (80 bytes; see the header).
+#define CL_LD16 40
+// The kernels' staging buffer: two f32 chunks [32][33] (8448 bytes), or in 16 bits two chunks
+// and the backward's P tile, [32][40] each (7680 bytes).
+#define CL_STAGE_BYTES (2 * CL_TILE * (CL_TILE + 1) * 4)
 
 // The larger of two values, NaN if either is: a NaN entry makes its row and column misses (no
 // diagonal is "strictly the largest" beside it), as the composed loss counts them. fmaxf would
@@ -57,11 +81,14 @@ __device__ __forceinline__ void cl_merge(float& max, float& sum, float m, float 
     sum = a + b;
 }
 
-// sS[i][j] = s · A[r0 + i] · B[c0 + j] for the 32×32 tile (0 past n), staged through sA, sB.
+// ---- one tile: sS[i][j] = s · A[r0 + i] · B[c0 + j] (0 past n) ---------------------------------
 // Every thread of the block must call it (it synchronises).
-__device__ void cl_tile(float (*sS)[CL_TILE + 1], float (*sA)[CL_TILE + 1], float (*sB)[CL_TILE + 1],
-                        const float* __restrict__ A, const float* __restrict__ B, int n, int d, int r0,
-                        int c0, float s) {
+
+// f32, on FMA: `stage` holds sA, sB [32][33].
+__device__ void cl_tile(float (*sS)[CL_TILE + 1], unsigned char* stage, const float* __restrict__ A,
+                        const float* __restrict__ B, int n, int d, int r0, int c0, float s) {
+    float(*sA)[CL_TILE + 1] = reinterpret_cast<float(*)[CL_TILE + 1]>(stage);
+    float(*sB)[CL_TILE + 1] = sA + CL_TILE;
     int tx = threadIdx.x, ty = threadIdx.y;
     float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     for (int k0 = 0; k0 < d; k0 += CL_TILE) {
@@ -82,19 +109,67 @@ __device__ void cl_tile(float (*sS)[CL_TILE + 1], float (*sA)[CL_TILE + 1], floa
     __syncthreads();
 }
 
+// d += a·b on the tensor cores, f32 accumulation, for the storage type's mma.
+__device__ __forceinline__ void cl_mma(float d[4], const uint32_t a[4], const uint32_t b[2], __half) {
+    mma_m16n8k16_f16(d, a, b, d);
+}
+__device__ __forceinline__ void cl_mma(float d[4], const uint32_t a[4], const uint32_t b[2], __nv_bfloat16) {
+    mma_m16n8k16_bf16(d, a, b, d);
+}
+
+// dst[r][x] = X[r0 + r][k0 + x] for the 32×32 chunk, 0 past n rows and d features.
+template <class T>
+__device__ __forceinline__ void cl_stage16(T (*dst)[CL_LD16], const T* __restrict__ X, int n, int d, int r0, int k0) {
+    int tx = threadIdx.x, ty = threadIdx.y, k = k0 + tx;
+    for (int q = 0; q < 4; ++q) {
+        int r = ty + 8 * q;
+        dst[r][tx] = (r0 + r < n && k < d) ? X[(long long)(r0 + r) * d + k] : from_f32<T>(0.0f);
+    }
+}
+
+// f16/bf16, on the tensor cores: `stage` holds sA, sB [32][40] (16-bit). Warp w computes the
+// 16×8 block (rows 16·(w/4) + 0..15, columns 8·(w%4) + 0..7) of the tile; the lane address
+// patterns are the ones common.cuh derives for ldmatrix_x4 (A) and ldmatrix_x2 (B, n×k rows).
+template <class T>
+__device__ void cl_tile(float (*sS)[CL_TILE + 1], unsigned char* stage, const T* __restrict__ A,
+                        const T* __restrict__ B, int n, int d, int r0, int c0, float s) {
+    T(*sA)[CL_LD16] = reinterpret_cast<T(*)[CL_LD16]>(stage);
+    T(*sB)[CL_LD16] = sA + CL_TILE;
+    int lane = threadIdx.x, wm = threadIdx.y / 4, wn = threadIdx.y % 4;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int k0 = 0; k0 < d; k0 += CL_TILE) {
+        cl_stage16(sA, A, n, d, r0, k0);
+        cl_stage16(sB, B, n, d, c0, k0);
+        __syncthreads();
+        for (int kk = 0; kk < CL_TILE; kk += 16) {
+            uint32_t a[4], b[2];
+            ldmatrix_x4(a, &sA[16 * wm + (lane & 15)][kk + (lane >> 4) * 8]);
+            ldmatrix_x2(b, &sB[8 * wn + (lane & 7)][kk + ((lane >> 3) & 1) * 8]);
+            cl_mma(acc, a, b, T());
+        }
+        __syncthreads();  // before the next chunk overwrites sA, sB
+    }
+    // C fragment: c[0], c[1] at (row g, cols 2t, 2t+1), c[2], c[3] at row g + 8
+    int r = 16 * wm + (lane >> 2), c = 8 * wn + 2 * (lane & 3);
+    sS[r][c] = acc[0] * s;
+    sS[r][c + 1] = acc[1] * s;
+    sS[r + 8][c] = acc[2] * s;
+    sS[r + 8][c + 1] = acc[3] * s;
+    __syncthreads();
+}
+
+// ---- forward ------------------------------------------------------------------------------------
 // Grid: ceil(n / (32·q)) blocks of (32, 8); dynamic shared memory 4·32·q floats (the stripe's
 // row triples and diagonal). Writes row_max, row_lsum (log Σ), row_other, diag [n] and the
 // stripe partials part_{max,sum,other} [stripes, n].
-// clipcu: hot
-extern "C" __global__ void contrastive_fwd_f32(float* __restrict__ row_max, float* __restrict__ row_lsum,
-                                               float* __restrict__ row_other, float* __restrict__ diag,
-                                               float* __restrict__ part_max, float* __restrict__ part_sum,
-                                               float* __restrict__ part_other, const float* __restrict__ img,
-                                               const float* __restrict__ txt,
-                                               const float* __restrict__ logit_scale, int n, int d, int q) {
-    __shared__ float sS[CL_TILE][CL_TILE + 1];
-    __shared__ float sA[CL_TILE][CL_TILE + 1];
-    __shared__ float sB[CL_TILE][CL_TILE + 1];
+template <class T>
+__device__ __forceinline__ void contrastive_fwd(float (*sS)[CL_TILE + 1], unsigned char* stage,
+                                                float* __restrict__ row_max, float* __restrict__ row_lsum,
+                                                float* __restrict__ row_other, float* __restrict__ diag,
+                                                float* __restrict__ part_max, float* __restrict__ part_sum,
+                                                float* __restrict__ part_other, const T* __restrict__ img,
+                                                const T* __restrict__ txt, const float* __restrict__ logit_scale,
+                                                int n, int d, int q) {
     int rows = CL_TILE * q;
     float* rm = dynamic_smem<float>();
     float* rs = rm + rows;
@@ -117,7 +192,7 @@ extern "C" __global__ void contrastive_fwd_f32(float* __restrict__ row_max, floa
         for (int g = 0; g < q; ++g) {
             int r0 = stripe0 + g * CL_TILE;
             if (r0 >= n) break;  // uniform over the block
-            cl_tile(sS, sA, sB, img, txt, n, d, r0, c0, s);
+            cl_tile(sS, stage, img, txt, n, d, r0, c0, s);
             for (int p = 0; p < 4; ++p) {
                 // row r0 + i, lane = column
                 int i = ty + 8 * p, gi = r0 + i, gj = c0 + tx;
@@ -170,6 +245,32 @@ extern "C" __global__ void contrastive_fwd_f32(float* __restrict__ row_max, floa
             diag[gi] = rd[i];
         }
     }
+}
+
+#define CL_FWD_PARAMS(T)                                                                                   \
+    float *__restrict__ row_max, float *__restrict__ row_lsum, float *__restrict__ row_other,             \
+        float *__restrict__ diag, float *__restrict__ part_max, float *__restrict__ part_sum,             \
+        float *__restrict__ part_other, const T *__restrict__ img, const T *__restrict__ txt,             \
+        const float *__restrict__ logit_scale, int n, int d, int q
+#define CL_FWD_ARGS row_max, row_lsum, row_other, diag, part_max, part_sum, part_other, img, txt, logit_scale, n, d, q
+
+// clipcu: hot
+extern "C" __global__ void contrastive_fwd_f32(CL_FWD_PARAMS(float)) {
+    __shared__ float sS[CL_TILE][CL_TILE + 1];
+    __shared__ __align__(16) unsigned char stage[CL_STAGE_BYTES];
+    contrastive_fwd(sS, stage, CL_FWD_ARGS);
+}
+// clipcu: hot
+extern "C" __global__ void contrastive_fwd_f16(CL_FWD_PARAMS(__half)) {
+    __shared__ float sS[CL_TILE][CL_TILE + 1];
+    __shared__ __align__(16) unsigned char stage[CL_STAGE_BYTES];
+    contrastive_fwd(sS, stage, CL_FWD_ARGS);
+}
+// clipcu: hot
+extern "C" __global__ void contrastive_fwd_bf16(CL_FWD_PARAMS(__nv_bfloat16)) {
+    __shared__ float sS[CL_TILE][CL_TILE + 1];
+    __shared__ __align__(16) unsigned char stage[CL_STAGE_BYTES];
+    contrastive_fwd(sS, stage, CL_FWD_ARGS);
 }
 
 // One thread per column: the stripes' partials merged in stripe order.
@@ -234,36 +335,98 @@ extern "C" __global__ void contrastive_loss_f32(float* __restrict__ loss, float*
     }
 }
 
-// Grid: ceil(n / 32) blocks of (32, 8). dA [n, d] (written whole), dlog_part [blocks] (with
-// want_dlog). a_* are the LSEs of A's rows, b_* of B's rows (the other direction).
-// clipcu: hot
-extern "C" __global__ void contrastive_bwd_f32(float* __restrict__ dA, double* __restrict__ dlog_part,
-                                               const float* __restrict__ A, const float* __restrict__ B,
-                                               const float* __restrict__ a_max, const float* __restrict__ a_lsum,
-                                               const float* __restrict__ b_max, const float* __restrict__ b_lsum,
-                                               const float* __restrict__ diag,
-                                               const float* __restrict__ logit_scale,
-                                               const float* __restrict__ dloss, int n, int d, int want_dlog) {
-    __shared__ float sS[CL_TILE][CL_TILE + 1];
-    __shared__ float sA[CL_TILE][CL_TILE + 1];
-    __shared__ float sB[CL_TILE][CL_TILE + 1];
-    __shared__ double red[CL_TILE * 8];
+// ---- backward -----------------------------------------------------------------------------------
+
+// dacc[r0 + i][k0 + x] (+)= f · Σ_c dS[i][c] · B[c0 + c][k0 + x] for every 32-wide chunk k0 of
+// the features, where dS is in sS (f32, f = 1: the factor is already in) or, in 16 bits, in sP
+// [32][40] (unscaled P; f = g·s/2N). Every thread must call it (it synchronises).
+__device__ void cl_add_dsb(float* __restrict__ dacc, float (*sS)[CL_TILE + 1], unsigned char* stage,
+                           const float* __restrict__ B, int n, int d, int r0, int c0, float) {
+    float(*sB)[CL_TILE + 1] = reinterpret_cast<float(*)[CL_TILE + 1]>(stage) + CL_TILE;
+    int tx = threadIdx.x, ty = threadIdx.y;
+    for (int k0 = 0; k0 < d; k0 += CL_TILE) {
+        int kk = k0 + tx;
+        for (int q = 0; q < 4; ++q) {
+            int r = ty + 8 * q;
+            sB[r][tx] = (c0 + r < n && kk < d) ? B[(long long)(c0 + r) * d + kk] : 0.0f;
+        }
+        __syncthreads();
+        for (int p = 0; p < 4; ++p) {
+            int i = ty + 8 * p, gi = r0 + i;
+            float acc = 0.0f;
+            for (int c = 0; c < CL_TILE; ++c) acc = fmaf(sS[i][c], sB[c][tx], acc);
+            if (gi < n && kk < d) {
+                long long at = (long long)gi * d + kk;
+                dacc[at] = (c0 == 0) ? acc : dacc[at] + acc;
+            }
+        }
+        __syncthreads();  // before the next chunk overwrites sB
+    }
+}
+
+// 16 bits: M = the block's 32 rows, N = 32 features, K = the tile's 32 columns; warp w computes
+// rows 16·(w/4).., features 8·(w%4).. . A = sP [i][c] (row-major, ldmatrix_x4); B = the staged
+// B chunk [c][feature], a k×n row-major tile, hence ldmatrix_x2_trans (common.cuh).
+template <class T>
+__device__ void cl_add_dsb(float* __restrict__ dacc, float (*)[CL_TILE + 1], unsigned char* stage,
+                           const T* __restrict__ B, int n, int d, int r0, int c0, float f) {
+    T(*sB)[CL_LD16] = reinterpret_cast<T(*)[CL_LD16]>(stage) + CL_TILE;
+    T(*sP)[CL_LD16] = sB + CL_TILE;
+    int lane = threadIdx.x, wm = threadIdx.y / 4, wn = threadIdx.y % 4;
+    int r = 16 * wm + (lane >> 2), c = 8 * wn + 2 * (lane & 3);
+    for (int k0 = 0; k0 < d; k0 += CL_TILE) {
+        cl_stage16(sB, B, n, d, c0, k0);
+        __syncthreads();
+        float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        for (int kk = 0; kk < CL_TILE; kk += 16) {
+            uint32_t a[4], b[2];
+            ldmatrix_x4(a, &sP[16 * wm + (lane & 15)][kk + (lane >> 4) * 8]);
+            ldmatrix_x2_trans(b, &sB[kk + (lane & 15)][8 * wn]);
+            cl_mma(acc, a, b, T());
+        }
+        for (int e = 0; e < 4; ++e) {
+            int gi = r0 + r + (e >= 2 ? 8 : 0), gk = k0 + c + (e & 1);
+            if (gi < n && gk < d) {
+                long long at = (long long)gi * d + gk;
+                float v = acc[e] * f;
+                dacc[at] = (c0 == 0) ? v : dacc[at] + v;
+            }
+        }
+        __syncthreads();  // before the next chunk overwrites sB
+    }
+}
+
+// Grid: ceil(n / 32) blocks of (32, 8). dA [n, d] (written whole, in the storage type), dacc
+// [n, d] f32 scratch (dÂ), dlog_part [blocks] (with want_dlog). a_* are the LSEs of A's rows,
+// b_* of B's rows (the other direction); a_norm the norms of A's rows before normalisation.
+template <class T>
+__device__ __forceinline__ void contrastive_bwd(float (*sS)[CL_TILE + 1], unsigned char* stage, double* red,
+                                                T* __restrict__ dA, float* __restrict__ dacc,
+                                                double* __restrict__ dlog_part, const T* __restrict__ A,
+                                                const T* __restrict__ B, const float* __restrict__ a_norm,
+                                                const float* __restrict__ a_max, const float* __restrict__ a_lsum,
+                                                const float* __restrict__ b_max, const float* __restrict__ b_lsum,
+                                                const float* __restrict__ diag,
+                                                const float* __restrict__ logit_scale,
+                                                const float* __restrict__ dloss, int n, int d, int want_dlog,
+                                                float eps) {
+    constexpr bool f32 = std::is_same<T, float>::value;
     int tx = threadIdx.x, ty = threadIdx.y;
     int r0 = blockIdx.x * CL_TILE;
     float s = expf(logit_scale[0]);
     float k = dloss[0] / (float)(2 * n);
+    T(*sP)[CL_LD16] = reinterpret_cast<T(*)[CL_LD16]>(stage) + 2 * CL_TILE;
     double dl = 0.0;
     for (int c0 = 0; c0 < n; c0 += CL_TILE) {
-        cl_tile(sS, sA, sB, A, B, n, d, r0, c0, s);
+        cl_tile(sS, stage, A, B, n, d, r0, c0, s);
         int gj = c0 + tx;
         for (int p = 0; p < 4; ++p) {
             int i = ty + 8 * p, gi = r0 + i;
-            float ds = 0.0f;
+            float pr = 0.0f;
             if (gi < n && gj < n) {
                 float x = sS[i][tx];
                 float a = (x - a_max[gi]) - a_lsum[gi];
                 float b = (x - b_max[gj]) - b_lsum[gj];
-                float pr;
                 if (gi == gj) {
                     pr = expm1f(a) + expm1f(b);
                 } else {
@@ -271,29 +434,31 @@ extern "C" __global__ void contrastive_bwd_f32(float* __restrict__ dA, double* _
                     pr = ea + eb;
                     if (want_dlog) dl += (double)ea * (double)(x - diag[gi]) + (double)eb * (double)(x - diag[gj]);
                 }
-                ds = pr * k * s;
             }
-            sS[i][tx] = ds;
+            if constexpr (f32) {
+                sS[i][tx] = pr * k * s;
+            } else {
+                sP[i][tx] = from_f32<T>(pr);
+            }
         }
         __syncthreads();
-        // dA[r0 + i, k0 + tx] (+)= Σ_c dS[i][c] · B[c0 + c, k0 + tx]
-        for (int k0 = 0; k0 < d; k0 += CL_TILE) {
-            int kk = k0 + tx;
-            for (int q = 0; q < 4; ++q) {
-                int r = ty + 8 * q;
-                sB[r][tx] = (c0 + r < n && kk < d) ? B[(long long)(c0 + r) * d + kk] : 0.0f;
+        cl_add_dsb(dacc, sS, stage, B, n, d, r0, c0, k * s);
+    }
+    // The block's rows of dÂ are complete (its own global writes are visible to it after the
+    // barrier): dA = (dÂ − Â·(Â·dÂ)) / ‖a‖, or dÂ / eps below eps, as normalize.cu's backward.
+    __syncthreads();
+    for (int p = 0; p < 4; ++p) {
+        int gi = r0 + ty + 8 * p;
+        if (gi < n) {  // uniform over the warp
+            long long o = (long long)gi * d;
+            float dot = 0.0f;
+            for (int x = tx; x < d; x += 32) dot += to_f32(A[o + x]) * dacc[o + x];
+            dot = warp_sum(dot);
+            float nr = a_norm[gi];
+            for (int x = tx; x < d; x += 32) {
+                float g = dacc[o + x];
+                dA[o + x] = from_f32<T>(nr > eps ? (g - to_f32(A[o + x]) * dot) / nr : g / eps);
             }
-            __syncthreads();
-            for (int p = 0; p < 4; ++p) {
-                int i = ty + 8 * p, gi = r0 + i;
-                float acc = 0.0f;
-                for (int c = 0; c < CL_TILE; ++c) acc = fmaf(sS[i][c], sB[c][tx], acc);
-                if (gi < n && kk < d) {
-                    long long at = (long long)gi * d + kk;
-                    dA[at] = (c0 == 0) ? acc : dA[at] + acc;
-                }
-            }
-            __syncthreads();  // before the next chunk overwrites sB
         }
     }
     if (want_dlog) {
@@ -306,6 +471,37 @@ extern "C" __global__ void contrastive_bwd_f32(float* __restrict__ dA, double* _
         }
         if (t == 0) dlog_part[blockIdx.x] = red[0];
     }
+}
+
+#define CL_BWD_PARAMS(T)                                                                                   \
+    T *__restrict__ dA, float *__restrict__ dacc, double *__restrict__ dlog_part, const T *__restrict__ A, \
+        const T *__restrict__ B, const float *__restrict__ a_norm, const float *__restrict__ a_max,        \
+        const float *__restrict__ a_lsum, const float *__restrict__ b_max, const float *__restrict__ b_lsum,  \
+        const float *__restrict__ diag, const float *__restrict__ logit_scale, const float *__restrict__ dloss, \
+        int n, int d, int want_dlog, float eps
+#define CL_BWD_ARGS \
+    dA, dacc, dlog_part, A, B, a_norm, a_max, a_lsum, b_max, b_lsum, diag, logit_scale, dloss, n, d, want_dlog, eps
+
+// clipcu: hot
+extern "C" __global__ void contrastive_bwd_f32(CL_BWD_PARAMS(float)) {
+    __shared__ float sS[CL_TILE][CL_TILE + 1];
+    __shared__ __align__(16) unsigned char stage[CL_STAGE_BYTES];
+    __shared__ double red[CL_TILE * 8];
+    contrastive_bwd(sS, stage, red, CL_BWD_ARGS);
+}
+// clipcu: hot
+extern "C" __global__ void contrastive_bwd_f16(CL_BWD_PARAMS(__half)) {
+    __shared__ float sS[CL_TILE][CL_TILE + 1];
+    __shared__ __align__(16) unsigned char stage[CL_STAGE_BYTES];
+    __shared__ double red[CL_TILE * 8];
+    contrastive_bwd(sS, stage, red, CL_BWD_ARGS);
+}
+// clipcu: hot
+extern "C" __global__ void contrastive_bwd_bf16(CL_BWD_PARAMS(__nv_bfloat16)) {
+    __shared__ float sS[CL_TILE][CL_TILE + 1];
+    __shared__ __align__(16) unsigned char stage[CL_STAGE_BYTES];
+    __shared__ double red[CL_TILE * 8];
+    contrastive_bwd(sS, stage, red, CL_BWD_ARGS);
 }
 
 // One thread: the blocks' Σ P·(S − S_ii) in block order, times g/2n.

@@ -188,10 +188,10 @@ fn kernels_bench_covers_every_family_on_cpu_and_emu() {
             );
         }
     }
-    let (bw, fp32, row) = card_roofline("NVIDIA H100 80GB HBM3").unwrap();
+    let (bw, fp32, half, row) = card_roofline("NVIDIA H100 80GB HBM3").unwrap();
     assert_eq!(row, "H100 SXM");
-    assert!(bw > 3.0 && fp32 > 60.0);
-    assert_eq!(card_roofline("NVIDIA H100 PCIe").unwrap().2, "H100 PCIe");
-    assert_eq!(card_roofline("NVIDIA H200").unwrap().2, "H200 SXM");
+    assert!(bw > 3.0 && fp32 > 60.0 && half > 900.0);
+    assert_eq!(card_roofline("NVIDIA H100 PCIe").unwrap().3, "H100 PCIe");
+    assert_eq!(card_roofline("NVIDIA H200").unwrap().3, "H200 SXM");
     assert!(card_roofline("Tesla T4").is_none());
 }

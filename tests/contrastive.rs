@@ -460,3 +460,38 @@ fn local_losses_and_gradients_equal_open_clip_gather_with_grad() {
         );
     }
 }
+
+#[test]
+fn sixteen_bit_features_on_the_cpu_are_widened_and_their_gradients_rounded_back() {
+    use clipcu::DType;
+    let seed = common::fresh_seed();
+    let (img, txt, ls) = features(33, 20, seed);
+    for dtype in [DType::F16, DType::BF16] {
+        let (ih, th) = (img.to_dtype(dtype), txt.to_dtype(dtype));
+        let (i32_, t32) = (ih.to_dtype(DType::F32), th.to_dtype(DType::F32));
+        let got = run(&ih, &th, &ls, true);
+        let want = run(&i32_, &t32, &ls, true);
+        assert_eq!(
+            (got.0.to_bits(), got.1, got.2, got.5.to_bits()),
+            (want.0.to_bits(), want.1, want.2, want.5.to_bits()),
+            "{dtype}, seed {seed}: the loss of the widened features"
+        );
+        for (g, w) in [(&got.3, &want.3), (&got.4, &want.4)] {
+            assert_eq!(g.dtype(), dtype, "seed {seed}: gradient dtype");
+            assert_eq!(
+                g.to_dtype(DType::F32).to_vec(),
+                w.to_dtype(dtype).to_dtype(DType::F32).to_vec(),
+                "{dtype}, seed {seed}: gradients rounded once from f32"
+            );
+        }
+    }
+    let g = Graph::new();
+    let err = g
+        .contrastive(
+            &g.leaf(img.to_dtype(DType::F16)),
+            &g.leaf(txt.clone()),
+            &g.leaf(ls),
+        )
+        .expect_err("f16 images with f32 texts are refused");
+    assert!(err.to_string().contains("one dtype"), "{err}");
+}

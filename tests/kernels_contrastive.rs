@@ -4,10 +4,16 @@
 //! the 32-wide chunks: loss, both accuracies, dI, dT and d logit_scale, fresh random features,
 //! outputs NaN-poisoned on Emu; Emu in normal and reverse lane order, Cuda when present. Also:
 //! two runs bitwise equal, NaN features, and the stripe geometry (several row groups per block).
+//!
+//! f16/bf16 (tensor-core tiles): the same op on features rounded to 16 bits, against the CPU's f32
+//! op on the *same rounded values* — loss and d logit_scale within 2e-3 (f16) / 1e-2 (bf16)
+//! relative, dI and dT within the same relative L2 error, accuracies equal but for rows or
+//! columns whose f32 margin (diagonal minus the best other entry) is within the 16-bit error of
+//! S (there the argmax may flip legitimately); the gradients come back in the features' dtype.
 mod common;
 use common::on_each_kernel_device as on_each;
 
-use clipcu::{Device, Graph, Tensor};
+use clipcu::{DType, Device, Graph, Tensor};
 
 /// (loss, i2t, t2i, dI, dT, dlogit) on `device`, all read back to the host.
 fn run(
@@ -128,5 +134,132 @@ fn two_runs_are_bitwise_equal_and_nan_features_give_a_nan_loss() {
             cpu.text_to_image_acc.item().unwrap()
         ),
         "seed {seed}: accuracies with a NaN row (its row and every column miss)"
+    );
+}
+
+/// Rows and columns whose own pair's margin over the best other pair is within `slack`, of
+/// S = s·ÎT̂ᵀ computed on the host in f64 from `img`, `txt` (f32): (rows, columns).
+fn near_ties(img: &Tensor, txt: &Tensor, ls: f32, slack: f64) -> (usize, usize) {
+    let (n, d) = (img.shape()[0], img.shape()[1]);
+    let unit = |t: &Tensor| -> Vec<Vec<f64>> {
+        t.to_vec()
+            .chunks(d)
+            .map(|r| {
+                let norm = r.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
+                r.iter().map(|&v| v as f64 / norm).collect()
+            })
+            .collect()
+    };
+    let (a, b) = (unit(img), unit(txt));
+    let s = (ls as f64).exp();
+    let sim = |i: usize, j: usize| s * a[i].iter().zip(&b[j]).map(|(x, y)| x * y).sum::<f64>();
+    let (mut rows, mut cols) = (0, 0);
+    for i in 0..n {
+        let other_r = (0..n)
+            .filter(|&j| j != i)
+            .map(|j| sim(i, j))
+            .fold(f64::MIN, f64::max);
+        let other_c = (0..n)
+            .filter(|&j| j != i)
+            .map(|j| sim(j, i))
+            .fold(f64::MIN, f64::max);
+        rows += ((sim(i, i) - other_r).abs() <= slack) as usize;
+        cols += ((sim(i, i) - other_c).abs() <= slack) as usize;
+    }
+    (rows, cols)
+}
+
+#[test]
+fn tensor_core_tiles_match_the_f32_op_on_the_same_rounded_features() {
+    for (n, d) in [(1, 64), (7, 72), (77, 64), (129, 72), (300, 64), (77, 512)] {
+        for (dtype, tol) in [(DType::F16, 2e-3f32), (DType::BF16, 1e-2)] {
+            let seed = common::fresh_seed();
+            let (img, txt, ls) = features(n, d, seed);
+            let (img, txt) = (img.to_dtype(dtype), txt.to_dtype(dtype));
+            let (imgf, txtf) = (img.to_dtype(DType::F32), txt.to_dtype(DType::F32));
+            let want = run(&imgf, &txtf, &ls, Device::Cpu);
+            let scale = ls.item().unwrap().exp() as f64;
+            // S's 16-bit error: each unit row rounded (half an ulp per element) and the
+            // products summed in f32, at most ~2u·s over a dot product of unit vectors
+            let u = if dtype == DType::F16 {
+                2f64.powi(-11)
+            } else {
+                2f64.powi(-8)
+            };
+            let (tie_r, tie_c) = near_ties(&imgf, &txtf, ls.item().unwrap(), 4.0 * u * scale);
+            on_each(|device, tag| {
+                let got = run(&img, &txt, &ls, device);
+                let what = format!("{dtype} N {n} D {d} on {tag}, seed {seed}");
+                assert!(
+                    rel(got.0, want.0) < tol,
+                    "{what}: loss {} vs cpu f32 {}",
+                    got.0,
+                    want.0
+                );
+                let (dacc_r, dacc_c) = ((got.1 - want.1).abs(), (got.2 - want.2).abs());
+                assert!(
+                    dacc_r * n as f32 <= tie_r as f32 + 0.5
+                        && dacc_c * n as f32 <= tie_c as f32 + 0.5,
+                    "{what}: accuracies {:?} vs cpu f32 {:?} with {tie_r}/{tie_c} near ties",
+                    (got.1, got.2),
+                    (want.1, want.2)
+                );
+                for (name, g, w) in [("dI", &got.3, &want.3), ("dT", &got.4, &want.4)] {
+                    assert_eq!(g.dtype(), dtype, "{what}: {name} dtype");
+                    let g = g.to_dtype(DType::F32);
+                    common::check_kernel_tol(
+                        &format!("{what}: {name}"),
+                        tag,
+                        seed,
+                        &g,
+                        w,
+                        tol as f64,
+                    );
+                }
+                if n > 1 {
+                    let floor = tol * 1e-2 * 2.0 * scale as f32;
+                    assert!(
+                        (got.5 - want.5).abs() <= tol * want.5.abs() + floor,
+                        "{what}: dlogit {} vs cpu f32 {}",
+                        got.5,
+                        want.5
+                    );
+                }
+            });
+        }
+    }
+}
+
+#[test]
+fn tensor_core_runs_are_bitwise_equal_and_mixed_dtypes_are_an_error() {
+    let seed = common::fresh_seed();
+    let (img, txt, ls) = features(70, 40, seed);
+    let (img, txt) = (img.to_dtype(DType::BF16), txt.to_dtype(DType::BF16));
+    let a = run(&img, &txt, &ls, Device::Emu);
+    let b = run(&img, &txt, &ls, Device::Emu);
+    assert_eq!(
+        (a.0.to_bits(), a.5.to_bits()),
+        (b.0.to_bits(), b.5.to_bits()),
+        "seed {seed}"
+    );
+    assert_eq!(
+        a.3.to_dtype(DType::F32).to_vec(),
+        b.3.to_dtype(DType::F32).to_vec(),
+        "seed {seed}: dI"
+    );
+    assert_eq!(
+        a.4.to_dtype(DType::F32).to_vec(),
+        b.4.to_dtype(DType::F32).to_vec(),
+        "seed {seed}: dT"
+    );
+    let on = |t: &Tensor| t.to_device(Device::Emu).unwrap();
+    let err =
+        clipcu::ops::contrastive::contrastive(&on(&img), &on(&txt.to_dtype(DType::F16)), &on(&ls))
+            .err()
+            .expect("bf16 images with f16 texts must be refused")
+            .to_string();
+    assert!(
+        err.contains("contrastive") && err.contains("bf16") && err.contains("f16"),
+        "{err}"
     );
 }

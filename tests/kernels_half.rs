@@ -209,3 +209,43 @@ fn mixed_dtypes_are_clear_errors() {
         "{e}"
     );
 }
+
+#[test]
+fn l2_normalize_16bit_matches_f32_reference() {
+    use clipcu::ops::normalize::{l2_normalize_backward, l2_normalize_stats};
+    on_each(|device, tag| {
+        for dtype in [DType::F16, DType::BF16] {
+            for (r, d) in [(1, 1), (7, 50), (77, 64), (3, 1000)] {
+                let seed = common::fresh_seed();
+                let (x, xf) = rounded(&[r, d], 1.0, seed, dtype);
+                let (dy, dyf) = rounded(&[r, d], 1.0, seed + 1, dtype);
+                let dev = |t: &Tensor| t.to_device(device).unwrap();
+                let (y, norm) = l2_normalize_stats(&dev(&x)).unwrap();
+                let (yf, normf) = l2_normalize_stats(&xf).unwrap();
+                check16(&format!("l2norm_fwd [{r},{d}]"), tag, seed, dtype, &y, &yf);
+                // the norm stays f32: only the f32 part of the bound
+                let got = norm.to_device(Device::Cpu).unwrap();
+                assert_eq!(got.dtype(), DType::F32, "{tag}: norm dtype");
+                common::check_kernel(
+                    &format!("l2norm_fwd {dtype} norm [{r},{d}]"),
+                    tag,
+                    seed,
+                    &got,
+                    &normf,
+                );
+                // backward from the rounded y the forward stored, as the graph saves it
+                let yr = y.to_device(Device::Cpu).unwrap().to_dtype(DType::F32);
+                let dx = l2_normalize_backward(&y, &norm, &dev(&dy)).unwrap();
+                let want = l2_normalize_backward(&yr, &normf, &dyf).unwrap();
+                check16(
+                    &format!("l2norm_bwd [{r},{d}]"),
+                    tag,
+                    seed,
+                    dtype,
+                    &dx,
+                    &want,
+                );
+            }
+        }
+    });
+}

@@ -20,10 +20,10 @@ use crate::{Device, Result, Tensor};
 use serde::Serialize;
 use std::time::Instant;
 
-/// HBM bandwidth (TB/s) and dense fp32 FMA TFLOP/s of a card, by the name the driver reports
+/// HBM bandwidth (TB/s), dense fp32 FMA and bf16/fp16 tensor-core TFLOP/s of a card, by the name the driver reports
 /// (the table of [`super::train::card`]).
-pub fn card_roofline(card: &str) -> Option<(f64, f64, &'static str)> {
-    super::train::card(card).map(|c| (c.hbm_tb_s, c.fp32, c.row))
+pub fn card_roofline(card: &str) -> Option<(f64, f64, f64, &'static str)> {
+    super::train::card(card).map(|c| (c.hbm_tb_s, c.fp32, c.half, c.row))
 }
 
 /// One measured kernel.
@@ -47,6 +47,9 @@ struct Case {
     shape: String,
     bytes: f64,
     flops: f64,
+    /// The FLOPs run on the tensor cores (16-bit inputs): the roofline takes the card's
+    /// bf16/fp16 peak instead of its fp32 FMA peak.
+    tensor_cores: bool,
     run: Run,
 }
 
@@ -82,6 +85,7 @@ fn tower_cases(
             shape: shape.clone(),
             bytes: 2.0 * n * F32,
             flops: 0.0,
+            tensor_cores: false,
             run: Box::new(move || crate::ops::layernorm::layer_norm(&x, &w, &b, 1e-5).map(drop)),
         });
     }
@@ -92,6 +96,7 @@ fn tower_cases(
             shape: shape.clone(),
             bytes: 3.0 * n * F32,
             flops: 0.0,
+            tensor_cores: false,
             run: Box::new(move || {
                 crate::ops::layernorm::layer_norm_backward(&x, &w, &mean, &rstd, &dy).map(drop)
             }),
@@ -104,6 +109,7 @@ fn tower_cases(
             shape: shape.clone(),
             bytes: 3.0 * n * F32,
             flops: 0.0,
+            tensor_cores: false,
             run: Box::new(move || crate::ops::binary::add(&x, &dy).map(drop)),
         });
     }
@@ -117,6 +123,7 @@ fn tower_cases(
             shape: format!("{tag} b{batch}: {rows}×{}", 4 * width),
             bytes: 2.0 * m * F32,
             flops: 0.0,
+            tensor_cores: false,
             run: Box::new(move || crate::ops::unary::unary(act, &h).map(drop)),
         });
     }
@@ -127,6 +134,7 @@ fn tower_cases(
             shape: format!("{tag} b{batch}: {rows}×{}", 4 * width),
             bytes: 3.0 * m * F32,
             flops: 0.0,
+            tensor_cores: false,
             run: Box::new(move || crate::ops::unary::unary_backward(act, &h, &dh).map(drop)),
         });
     }
@@ -145,6 +153,7 @@ fn tower_cases(
             ),
             bytes: 4.0 * n * F32,
             flops: 4.0 * batch as f64 * t * t * width as f64,
+            tensor_cores: false,
             run: Box::new(move || {
                 // what the training step runs on a device today: split the packed projection
                 // into heads, attention (GEMMs + softmax), merge the heads
@@ -188,6 +197,7 @@ fn build_cases(device: Device, quick: bool) -> Result<Vec<Case>> {
             shape: format!("{rows} ids of {vocab}×{width}"),
             bytes: 2.0 * (rows * width) as f64 * F32,
             flops: 0.0,
+            tensor_cores: false,
             run: Box::new(move || {
                 crate::ops::embedding::embedding(&table, &ids, &[rows]).map(drop)
             }),
@@ -199,6 +209,7 @@ fn build_cases(device: Device, quick: bool) -> Result<Vec<Case>> {
         shape: format!("{rows} ids into {vocab}×{width}"),
         bytes: ((rows + vocab) * width) as f64 * F32,
         flops: 0.0,
+        tensor_cores: false,
         run: Box::new(move || {
             crate::ops::embedding::embedding_backward(&gout, &ids, vocab).map(drop)
         }),
@@ -213,21 +224,32 @@ fn build_cases(device: Device, quick: bool) -> Result<Vec<Case>> {
         shape: format!("RN50 layer1 b{nb}: {c}×{hw}×{hw}"),
         bytes: 2.0 * (nb * c * hw * hw) as f64 * F32,
         flops: 0.0,
+        tensor_cores: false,
         run: Box::new(move || {
             crate::ops::batchnorm::batch_norm2d_train(&x, &g, &b, 1e-5).map(drop)
         }),
     });
 
     // The fused contrastive loss, forward + backward (similarity tiles recomputed in backward).
-    for n in if quick { vec![16] } else { vec![256, 32768] } {
+    // f32 on FMA tiles, bf16 on the tensor cores (mixed precision's loss inputs).
+    for (n, dtype) in if quick {
+        vec![(16, crate::DType::F32), (16, crate::DType::BF16)]
+    } else {
+        vec![
+            (256, crate::DType::F32),
+            (32768, crate::DType::F32),
+            (32768, crate::DType::BF16),
+        ]
+    } {
         let d = if quick { 32 } else { 512 };
-        let case = super::ContrastiveCase::new(n, d, true, device)?;
+        let case = super::ContrastiveCase::new(n, d, true, dtype, device)?;
         let flops = case.flops();
         cases.push(Case {
-            name: "contrastive fused fwd+bwd".into(),
+            name: format!("contrastive fused fwd+bwd {dtype}"),
             shape: format!("N {n}, D {d}"),
-            bytes: 4.0 * (n * d) as f64 * F32,
+            bytes: 4.0 * (n * d) as f64 * dtype.size_in_bytes() as f64,
             flops,
+            tensor_cores: dtype != crate::DType::F32,
             run: Box::new(move || case.run().map(drop)),
         });
     }
@@ -258,6 +280,7 @@ fn build_cases(device: Device, quick: bool) -> Result<Vec<Case>> {
         shape: format!("{name} ({:.1} M parameters)", count as f64 / 1e6),
         bytes: 9.0 * count as f64 * F32,
         flops: 0.0,
+        tensor_cores: false,
         run: Box::new(move || {
             let _keep = &model;
             for (p, g) in params.iter().zip(&grads) {
@@ -307,7 +330,10 @@ pub fn bench_kernels(
             flops: case.flops,
             gb_per_s: gbs,
             tflops: tfs,
-            roofline_fraction: roof.map(|(bw, fl, _)| (gbs / (bw * 1e3)).max(tfs / fl)),
+            roofline_fraction: roof.map(|(bw, fp32, half, _)| {
+                let peak = if case.tensor_cores { half } else { fp32 };
+                (gbs / (bw * 1e3)).max(tfs / peak)
+            }),
         };
         each(&report);
         out.push(report);

@@ -9,7 +9,7 @@ pub use kernels::{bench_kernels, card_roofline, KernelReport};
 pub use train::{bench_train, peak_tflops, Precision, TrainBenchOptions, TrainBenchReport};
 
 use crate::nn::{Activation, BlockDims, BlockInit, Module, ResidualAttentionBlock};
-use crate::{Device, Graph, Result, Tensor};
+use crate::{DType, Device, Graph, Result, Tensor};
 use rand::SeedableRng;
 
 /// A GEMM `[m, k] · [k, n]` on f32 inputs.
@@ -229,19 +229,33 @@ pub struct ContrastiveCase {
     pub n: usize,
     pub d: usize,
     pub fused: bool,
+    /// The features' storage type (f16/bf16: the fused op's tensor-core tiles).
+    pub dtype: DType,
     img: Tensor,
     txt: Tensor,
     scale: Tensor,
 }
 
 impl ContrastiveCase {
-    pub fn new(n: usize, d: usize, fused: bool, device: Device) -> Result<ContrastiveCase> {
+    pub fn new(
+        n: usize,
+        d: usize,
+        fused: bool,
+        dtype: DType,
+        device: Device,
+    ) -> Result<ContrastiveCase> {
+        let features = |seed| {
+            Tensor::randn([n, d], 1.0, seed)
+                .try_to_dtype(dtype)?
+                .to_device(device)
+        };
         Ok(ContrastiveCase {
             n,
             d,
             fused,
-            img: Tensor::randn([n, d], 1.0, 11).to_device(device)?,
-            txt: Tensor::randn([n, d], 1.0, 12).to_device(device)?,
+            dtype,
+            img: features(11)?,
+            txt: features(12)?,
             scale: Tensor::scalar(100f32.ln()).to_device(device)?,
         })
     }

@@ -77,11 +77,19 @@ struct Args {
     /// kernels: tiny shapes instead of CLIP's (always on emu, which runs threads one by one).
     #[arg(long)]
     quick: bool,
+    /// contrastive: the features' dtype, f32, f16 or bf16 (16 bits: the fused op's tensor-core
+    /// tiles; the composed loss is then skipped).
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// contrastive: only the fused loss (at batches whose N×N logits would not fit).
+    #[arg(long)]
+    fused_only: bool,
 }
 
 /// (median, best) seconds of `iters` runs of `f` on `device` after one warm-up run; the first
-/// error ends it. Each timed run includes waiting for the device to finish the work it queued
-/// (on Cuda a launch returns at once: a host timer alone would measure only the enqueue).
+/// error ends it. On Cuda each run is timed by CUDA events around it on the backend's stream
+/// (the GPU's clock: a launch returns at once, so a host timer would measure the enqueue); on
+/// Cpu and Emu, which run synchronously, by the host clock.
 fn time<T>(
     device: Device,
     iters: usize,
@@ -89,12 +97,19 @@ fn time<T>(
 ) -> clipcu::Result<(f64, f64)> {
     f()?;
     device.synchronize()?;
+    let cuda = match device {
+        Device::Cuda(i) => Some(clipcu::device::cuda::CudaBackend::get(i)?),
+        _ => None,
+    };
     let mut t = (0..iters.max(1))
-        .map(|_| {
-            let s = Instant::now();
-            f()?;
-            device.synchronize()?;
-            Ok(s.elapsed().as_secs_f64())
+        .map(|_| match &cuda {
+            Some(b) => Ok(b.time_ms(&mut f)?.1 as f64 * 1e-3),
+            None => {
+                let s = Instant::now();
+                f()?;
+                device.synchronize()?;
+                Ok(s.elapsed().as_secs_f64())
+            }
         })
         .collect::<clipcu::Result<Vec<f64>>>()?;
     t.sort_by(f64::total_cmp);
@@ -227,20 +242,37 @@ fn main() {
                 Some(n) => vec![n],
                 None => vec![4096, 16384],
             };
+            let dtype = clipcu::model::convert::parse_dtype(&args.dtype)?;
+            let kinds: &[bool] = if args.fused_only || dtype != clipcu::DType::F32 {
+                &[true]
+            } else {
+                &[true, false]
+            };
+            let mib = |b: f64| b / (1 << 20) as f64;
             for n in sizes {
-                for fused in [true, false] {
-                    let c = ContrastiveCase::new(n, 512, fused, device)?;
+                for &fused in kinds {
+                    let c = ContrastiveCase::new(n, 512, fused, dtype, device)?;
+                    // inputs and their gradients: what any loss must hold
+                    let io = 4.0 * (n * 512 * dtype.size_in_bytes()) as f64;
                     let saved = c.run()?;
                     let t = time(device, args.iters, || c.run())?;
                     let name = format!(
-                        "contrastive {} n{n} d512",
+                        "contrastive {} {dtype} n{n} d512",
                         if fused { "fused" } else { "composed" }
                     );
                     report(&name, c.flops(), t);
+                    let peak = match device.memory_stats()? {
+                        Some(s) => format!(
+                            ", peak device memory {:.1} MiB: {:.1} MiB beyond inputs and gradients",
+                            mib(s.peak_in_use_bytes as f64),
+                            mib(s.peak_in_use_bytes as f64 - io)
+                        ),
+                        None => String::new(),
+                    };
                     println!(
-                        "{:<34} {:>9.1} MiB saved for backward",
+                        "{:<34} {:>9.1} MiB saved for backward{peak}",
                         "",
-                        saved as f64 / (1 << 20) as f64
+                        mib(saved as f64)
                     );
                 }
             }

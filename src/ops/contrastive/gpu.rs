@@ -1,11 +1,14 @@
-//! Launchers of `kernels/contrastive.cu` on Emu or Cuda (f32): the forward pass over the tiles
-//! (`contrastive_fwd_f32`, then `contrastive_cols_f32` and `contrastive_loss_f32`), and the two
-//! backward passes (`contrastive_bwd_f32` with the roles of the two sides swapped, and
-//! `contrastive_dlogit_f32`). Inputs are the unit rows (normalize.cu runs first); nothing is
-//! read back to the host.
+//! Launchers of `kernels/contrastive.cu` on Emu or Cuda, f32, f16 or bf16 features (the kernel
+//! named by [`kernel::dtype_suffix`]; statistics, the loss and d logit_scale are f32 whatever the
+//! features' type): the forward pass over the tiles (`contrastive_fwd_*`, then
+//! `contrastive_cols_f32` and `contrastive_loss_f32`), and the two backward passes
+//! (`contrastive_bwd_*` with the roles of the two sides swapped, the normalisation backward
+//! folded in, and `contrastive_dlogit_f32`). Inputs are the unit rows (normalize.cu runs first,
+//! in the features' dtype); nothing is read back to the host.
 
 use crate::device::kernel::{self, DeviceBuf, KernelArg};
 use crate::device::LaunchConfig;
+use crate::ops::normalize::L2_EPS;
 use crate::{Result, Tensor};
 
 const MODULE: &str = "contrastive";
@@ -43,10 +46,11 @@ pub(super) fn forward(img: &Tensor, txt: &Tensor, logit_scale: &Tensor) -> Resul
     let op = "contrastive";
     let device = kernel::kernel_device(op, &[img, txt, logit_scale])?;
     let (img, txt, ls) = (
-        kernel::f32_input(op, img)?,
-        kernel::f32_input(op, txt)?,
+        kernel::typed_input(op, img)?,
+        kernel::typed_input(op, txt)?,
         kernel::f32_input(op, logit_scale)?,
     );
+    let name = format!("contrastive_fwd_{}", kernel::dtype_suffix(img.dtype()));
     let (n, d) = (img.shape()[0], img.shape()[1]);
     let (ni, di) = (kernel::i32_len(op, n)?, kernel::i32_len(op, d)?);
     let q = groups_per_stripe(n, d);
@@ -57,13 +61,13 @@ pub(super) fn forward(img: &Tensor, txt: &Tensor, logit_scale: &Tensor) -> Resul
         (buf(stripes * n)?, buf(stripes * n)?, buf(stripes * n)?);
     let mut cfg = tile_block(stripes);
     cfg.shared_bytes = (4 * TILE * q * 4) as u32;
-    // SAFETY: img and txt hold n·d f32, logit_scale one; the row outputs hold n, the partials
-    // stripes·n, and the dynamic shared memory 4·32·q floats.
+    // SAFETY: img and txt hold n·d elements of the kernel's type, logit_scale one f32; the row
+    // outputs hold n, the partials stripes·n, and the dynamic shared memory 4·32·q floats.
     unsafe {
         kernel::launch(
             device,
             MODULE,
-            "contrastive_fwd_f32",
+            &name,
             cfg,
             &mut [
                 KernelArg::Out(&mut row_max),
@@ -147,12 +151,14 @@ pub(super) fn forward(img: &Tensor, txt: &Tensor, logit_scale: &Tensor) -> Resul
     })
 }
 
-/// dA = s·dS·B for the rows of A (`a_lse`: their (max, log Σ); `b_lse`: B's rows', the other
-/// direction), and with `want_dlog` d logit_scale as a `[]` tensor.
+/// The gradient of the unnormalised rows behind A: dÂ = s·dS·B through the normalisation
+/// backward (`a_norm`: ‖·‖ of those rows), in A's dtype. `a_lse`: the (max, log Σ) of A's rows,
+/// `b_lse`: B's rows', the other direction. With `want_dlog`, d logit_scale as a `[]` tensor.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn backward_side(
     a: &Tensor,
     b: &Tensor,
+    a_norm: &Tensor,
     a_lse: (&Tensor, &Tensor),
     b_lse: (&Tensor, &Tensor),
     diag: &Tensor,
@@ -166,6 +172,7 @@ pub(super) fn backward_side(
         &[
             a,
             b,
+            a_norm,
             a_lse.0,
             a_lse.1,
             b_lse.0,
@@ -176,8 +183,9 @@ pub(super) fn backward_side(
         ],
     )?;
     let input = |t: &Tensor| kernel::f32_input(op, t);
-    let (a, b) = (input(a)?, input(b)?);
-    let (am, al, bm, bl, dg, ls, g) = (
+    let (a, b) = (kernel::typed_input(op, a)?, kernel::typed_input(op, b)?);
+    let (an, am, al, bm, bl, dg, ls, g) = (
+        input(a_norm)?,
         input(a_lse.0)?,
         input(a_lse.1)?,
         input(b_lse.0)?,
@@ -190,19 +198,24 @@ pub(super) fn backward_side(
     let (ni, di) = (kernel::i32_len(op, n)?, kernel::i32_len(op, d)?);
     let blocks = n.div_ceil(TILE);
     let mut da = DeviceBuf::like(&a)?;
+    let mut dacc = DeviceBuf::f32(device, &[n, d])?;
     let mut parts = DeviceBuf::words(device, blocks.max(1))?;
-    // SAFETY: a, b, da hold n·d f32; the statistics n; parts one f64 per block.
+    let name = format!("contrastive_bwd_{}", kernel::dtype_suffix(a.dtype()));
+    // SAFETY: a, b, da hold n·d elements of the kernel's type, dacc n·d f32; the norms and
+    // statistics n; parts one f64 per block.
     unsafe {
         kernel::launch(
             device,
             MODULE,
-            "contrastive_bwd_f32",
+            &name,
             tile_block(blocks),
             &mut [
                 KernelArg::Out(&mut da),
+                KernelArg::Out(&mut dacc),
                 KernelArg::Out(&mut parts),
                 KernelArg::In(&a),
                 KernelArg::In(&b),
+                KernelArg::In(&an),
                 KernelArg::In(&am),
                 KernelArg::In(&al),
                 KernelArg::In(&bm),
@@ -213,6 +226,7 @@ pub(super) fn backward_side(
                 KernelArg::I32(ni),
                 KernelArg::I32(di),
                 KernelArg::I32(want_dlog as i32),
+                KernelArg::F32(L2_EPS),
             ],
         )
     }?;

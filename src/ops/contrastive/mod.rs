@@ -20,7 +20,8 @@
 //! gathered columns, open_clip's `local_loss=True, gather_with_grad=True` (CPU only so far).
 //!
 //! Backends: the CPU (`cpu.rs`, blocked and rayon-parallel) and Emu/Cuda (`gpu.rs`,
-//! `kernels/contrastive.cu`: f32 tiles on FMA; f16/bf16 tensor-core tiles are still to come).
+//! `kernels/contrastive.cu`: f32 tiles on FMA, f16/bf16 tiles on the tensor cores with f32
+//! accumulation). 16-bit features on the CPU are widened to f32 and their gradients rounded back.
 
 mod cpu;
 pub(crate) mod gpu;
@@ -31,7 +32,7 @@ use crate::device::kernel::runs_kernels;
 use crate::graph::{Graph, Op, Var};
 use crate::ops::cpu_input;
 use crate::ops::normalize::{l2_normalize_backward, l2_normalize_stats};
-use crate::{bail_shape, Error, Result, Tensor};
+use crate::{bail_shape, DType, Error, Result, Tensor};
 
 /// What the CPU's backward needs besides Î and T̂ (host vectors).
 #[derive(Clone)]
@@ -51,6 +52,8 @@ pub struct ContrastiveOp {
     host: Option<Saved>,
     /// `logit_scale`'s shape (`[]` or `[1]`), for its gradient.
     scale_shape: Vec<usize>,
+    /// The features' dtype, that of their gradients.
+    dtype: DType,
 }
 
 /// The fused loss's forward outputs.
@@ -79,6 +82,23 @@ fn check(img: &Tensor, txt: &Tensor, logit_scale: &Tensor) -> Result<(usize, usi
             "features {:?}: an empty batch (N = 0) or empty features (D = 0) have no loss",
             img.shape()
         );
+    }
+    if img.dtype() != txt.dtype() {
+        bail_shape!(
+            op,
+            "image features {:?} are {} and text features {:?} {}: both must have one dtype",
+            img.shape(),
+            img.dtype(),
+            txt.shape(),
+            txt.dtype()
+        );
+    }
+    if logit_scale.dtype() != DType::F32 {
+        return Err(Error::DType {
+            op,
+            got: logit_scale.dtype(),
+            expected: "f32 (logit_scale stays f32 under every precision)",
+        });
     }
     if logit_scale.numel() != 1 {
         bail_shape!(
@@ -112,7 +132,12 @@ fn forward(
         saved.extend(f.stats);
         return Ok((out, saved, None));
     }
-    let (img, txt) = (cpu_input(op, img)?, cpu_input(op, txt)?);
+    // The CPU op computes in f32: 16-bit features are widened (exactly) first, and their
+    // gradients rounded back to the features' dtype in backward.
+    let (img, txt) = (
+        cpu_input(op, &img.try_to_dtype(DType::F32)?)?,
+        cpu_input(op, &txt.try_to_dtype(DType::F32)?)?,
+    );
     let ls = cpu_input(op, logit_scale)?.f32s(op)?[0];
     let (ni, norm_i) = l2_normalize_stats(&img)?;
     let (nt, norm_t) = l2_normalize_stats(&txt)?;
@@ -162,6 +187,7 @@ impl<'m> Graph<'m> {
             Op::Contrastive(ContrastiveOp {
                 host,
                 scale_shape: logit_scale.shape().to_vec(),
+                dtype: img.tensor().dtype(),
             }),
             &[img, txt, logit_scale],
             saved_tensors,
@@ -179,23 +205,41 @@ impl ContrastiveOp {
         needs: &[bool],
     ) -> Result<Vec<Option<Tensor>>> {
         let op = "contrastive backward";
+        let need = |i: usize, t: Result<Tensor>| -> Result<Option<Tensor>> {
+            if needs[i] {
+                t.map(Some)
+            } else {
+                Ok(None)
+            }
+        };
         let (di, dt, dlog) = match (&self.host, saved) {
-            (Some(host), [ni, nt, _, _]) => {
+            (Some(host), [ni, nt, norm_i, norm_t]) => {
+                // the CPU's dÎ, dT̂, then the normalisation backward, in f32
                 let g = cpu_input(op, gout)?.f32s(op)?[0];
                 let (di, dt, dlog) = cpu::backward(host, ni.f32s(op)?, nt.f32s(op)?, g);
+                let back = |y: &Tensor, norm: &Tensor, dy: Vec<f32>| {
+                    l2_normalize_backward(y, norm, &Tensor::from_f32(dy, y.shape()))?
+                        .try_to_dtype(self.dtype)
+                };
                 (
-                    Tensor::from_f32(di, ni.shape()),
-                    Tensor::from_f32(dt, ni.shape()),
+                    need(0, back(ni, norm_i, di))?,
+                    need(1, back(nt, norm_t, dt))?,
                     Tensor::scalar(dlog),
                 )
             }
-            (None, [ni, nt, _, _, ls, row_max, row_lsum, col_max, col_lsum, diag]) => {
+            (None, [ni, nt, norm_i, norm_t, ls, row_max, row_lsum, col_max, col_lsum, diag]) => {
+                // the kernels fold the normalisation backward in
                 let rows = (row_max, row_lsum);
                 let cols = (col_max, col_lsum);
-                let (di, dlog) = gpu::backward_side(ni, nt, rows, cols, diag, ls, gout, true)?;
-                let (dt, _) = gpu::backward_side(nt, ni, cols, rows, diag, ls, gout, false)?;
+                let (di, dlog) =
+                    gpu::backward_side(ni, nt, norm_i, rows, cols, diag, ls, gout, true)?;
+                let dt = if needs[1] {
+                    Some(gpu::backward_side(nt, ni, norm_t, cols, rows, diag, ls, gout, false)?.0)
+                } else {
+                    None
+                };
                 let dlog = dlog.ok_or_else(|| Error::Msg(format!("{op}: no d logit_scale")))?;
-                (di, dt, dlog)
+                (need(0, Ok(di))?, dt, dlog)
             }
             _ => {
                 return Err(Error::Msg(format!(
@@ -204,18 +248,9 @@ impl ContrastiveOp {
                 )))
             }
         };
-        let (ni, nt, norm_i, norm_t) = (&saved[0], &saved[1], &saved[2], &saved[3]);
         Ok(vec![
-            if needs[0] {
-                Some(l2_normalize_backward(ni, norm_i, &di)?)
-            } else {
-                None
-            },
-            if needs[1] {
-                Some(l2_normalize_backward(nt, norm_t, &dt)?)
-            } else {
-                None
-            },
+            di,
+            dt,
             if needs[2] {
                 Some(dlog.reshape(self.scale_shape.clone())?)
             } else {

@@ -1,6 +1,7 @@
 //! Launchers of `kernels/normalize.cu` on Emu or Cuda: one warp per row
 //! ([`LaunchConfig::warp_per_row`]). `l2norm_fwd_f32(y, norm, x, rows, d, eps)`,
-//! `l2norm_bwd_f32(dx, y, norm, dy, rows, d, eps)`.
+//! `l2norm_bwd_f32(dx, y, norm, dy, rows, d, eps)`; also `_f16` / `_bf16` (y, dy, dx in the
+//! input's dtype, the norm and the arithmetic f32) for mixed precision.
 
 use crate::device::kernel::{self, DeviceBuf, KernelArg};
 use crate::device::LaunchConfig;
@@ -11,17 +12,18 @@ const MODULE: &str = "normalize";
 /// `(y, norm)`: `y = x / max(‖x‖, eps)` per row of the last dim, and the row norms.
 pub(crate) fn forward(x: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
     let op = "l2_normalize";
-    let x = kernel::f32_input(op, x)?;
+    let x = kernel::typed_input(op, x)?;
     let d = *x.shape().last().unwrap_or(&1);
     let rows = kernel::rows_of(op, &x, d)?;
     let mut y = DeviceBuf::like(&x)?;
     let mut norm = DeviceBuf::f32(x.device(), &[rows])?;
+    let name = format!("l2norm_fwd_{}", kernel::dtype_suffix(x.dtype()));
     // SAFETY: x and y hold rows·d elements, norm rows.
     unsafe {
         kernel::launch(
             x.device(),
             MODULE,
-            "l2norm_fwd_f32",
+            &name,
             LaunchConfig::warp_per_row(rows),
             &mut [
                 KernelArg::Out(&mut y),
@@ -41,18 +43,21 @@ pub(crate) fn backward(y: &Tensor, norm: &Tensor, dy: &Tensor, eps: f32) -> Resu
     let op = "l2_normalize backward";
     let device = kernel::kernel_device(op, &[y, norm, dy])?;
     let (y, norm, dy) = (
-        kernel::f32_input(op, y)?,
+        kernel::typed_input(op, y)?,
         kernel::f32_input(op, norm)?,
-        kernel::f32_input(op, dy)?,
+        kernel::typed_input(op, dy)?,
     );
-    if y.shape() != dy.shape() {
+    if y.shape() != dy.shape() || y.dtype() != dy.dtype() {
         crate::bail_shape!(
             op,
-            "gradient {:?} does not match output {:?}",
+            "gradient {:?} {} does not match output {:?} {}",
             dy.shape(),
-            y.shape()
+            dy.dtype(),
+            y.shape(),
+            y.dtype()
         );
     }
+    let name = format!("l2norm_bwd_{}", kernel::dtype_suffix(y.dtype()));
     let d = *y.shape().last().unwrap_or(&1);
     let rows = kernel::rows_of(op, &y, d)?;
     let mut dx = DeviceBuf::like(&y)?;
@@ -61,7 +66,7 @@ pub(crate) fn backward(y: &Tensor, norm: &Tensor, dy: &Tensor, eps: f32) -> Resu
         kernel::launch(
             device,
             MODULE,
-            "l2norm_bwd_f32",
+            &name,
             LaunchConfig::warp_per_row(rows),
             &mut [
                 KernelArg::Out(&mut dx),
