@@ -4,11 +4,12 @@
 
 use super::checkpoint::Checkpoint;
 use crate::ops::{
-    attention::AttentionOp, batchnorm::BatchNorm2dOp, binary::BinaryOp,
-    contrastive::ContrastiveLocalOp, contrastive::ContrastiveOp, conv2d::Conv2dOp,
-    cross_entropy::CrossEntropyOp, embedding::EmbeddingOp, layernorm::LayerNormOp,
-    layout::LayoutOp, matmul::LinearOp, matmul::MatMulOp, normalize::L2NormalizeOp,
-    pool::AvgPool2dOp, reduce::ReduceOp, softmax::SoftmaxOp, unary::UnaryOp,
+    attention::packed::PackedAttentionOp, attention::AttentionOp, batchnorm::BatchNorm2dOp,
+    binary::BinaryOp, contrastive::ContrastiveLocalOp, contrastive::ContrastiveOp,
+    conv2d::Conv2dOp, cross_entropy::CrossEntropyOp, embedding::EmbeddingOp,
+    layernorm::LayerNormOp, layout::LayoutOp, matmul::LinearOp, matmul::MatMulOp,
+    normalize::L2NormalizeOp, pool::AvgPool2dOp, reduce::ReduceOp, softmax::SoftmaxOp,
+    unary::UnaryOp,
 };
 use crate::{Result, Tensor};
 
@@ -30,6 +31,7 @@ pub enum Op<'m> {
     Contrastive(ContrastiveOp),
     ContrastiveLocal(ContrastiveLocalOp),
     Attention(AttentionOp),
+    PackedAttention(PackedAttentionOp),
     Checkpoint(Checkpoint<'m>),
 }
 
@@ -59,6 +61,7 @@ pub(crate) fn backward(
         Op::Contrastive(o) => o.backward(saved, gout, needs),
         Op::ContrastiveLocal(o) => o.backward(saved, gout, needs),
         Op::Attention(o) => o.backward(saved, gout, needs),
+        Op::PackedAttention(o) => o.backward(saved, gout, needs),
         Op::Checkpoint(o) => o.backward(saved, gout, needs),
     }
 }

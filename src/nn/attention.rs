@@ -48,6 +48,12 @@ impl MultiheadAttention {
             let o = crate::ops::attention::attention_qkv(qkv.tensor(), b, h, causal)?;
             return self.out_proj.forward(g, &g.constant(o.reshape([b, t, d])?));
         }
+        if crate::ops::attention::packed::supported(qkv.tensor(), b, h) {
+            // Emu/Cuda: the fused kernels read q, k, v in place and write merged heads,
+            // keeping only qkv, the output and the log-sum-exp for backward
+            let o = g.attention_packed(&qkv, b, h, causal)?;
+            return self.out_proj.forward(g, &g.reshape(&o, [b, t, d])?);
+        }
         // [B·T, 3D] → [3, B, H, T, Dh]: split heads
         let qkv = g.permute(&g.reshape(&qkv, [b, t, 3, h, dh])?, &[2, 0, 3, 1, 4])?;
         let split = |i| g.reshape(&g.narrow(&qkv, 0, i, 1)?, [b, h, t, dh]);

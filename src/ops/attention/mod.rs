@@ -7,6 +7,7 @@
 
 pub mod fused;
 pub(crate) mod gpu;
+pub mod packed;
 
 use crate::graph::{Graph, Op, Var};
 use crate::ops::matmul::cpu::sgemm_batched;
