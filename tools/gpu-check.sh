@@ -49,7 +49,7 @@ strip gpu-stage/bin/*
 tar -C gpu-stage -cf - bin | xz -9e -T2 > gpu-stage/bin.tar.xz
 rm -rf gpu-stage/bin
 # bench_torch.py finds the configs at ../assets/models from its own folder, as in the repository.
-cp tools/bench_torch.py tools/bench_table.py tools/bench_torch_gpu.py tools/bench_torch_contrastive.py gpu-stage/tools/
+cp tools/bench_torch.py tools/bench_table.py tools/bench_torch_gpu.py tools/bench_torch_contrastive.py tools/bench_torch_attention.py gpu-stage/tools/
 cp -r assets/models gpu-stage/assets/
 if [ "$wheels" = 1 ]; then
     # Pure-Python wheels (any Python, any platform); torch, timm, regex are on the GPU image.
@@ -160,6 +160,7 @@ print("device vs cpu, %d steps: worst loss rel %.2e" % (len(ls[1]), rel)); sys.e
 if [ "$quick" = 1 ]; then
     part bench-kernels 60 "$bin/clipcu-bench" kernels --device "$device" --quick --iters 1
     part bench-contrastive-32k 60 "$bin/clipcu-bench" contrastive --device "$device" --batch 64 --dtype bf16 --fused-only --iters 1
+    part bench-attention 120 "$bin/clipcu-bench" attention --device "$device" --quick --iters 1
     bench tiny-vit tiny-vit 8 fp32
 else
     part bench-kernels 90 "$bin/clipcu-bench" kernels --device cuda --iters 20
@@ -174,6 +175,9 @@ else
     # cross-entropies in the same run (>= 3x), and N = 262,144 on one card (< 2 GB extra)
     part bench-contrastive-32k 60 "$bin/clipcu-bench" contrastive --device cuda --batch 32768 --dtype bf16 --iters 5
     part torch-contrastive-32k 60 python3 "$here/tools/bench_torch_contrastive.py" --batch 32768 --dtype bf16 --iters 5
+    # issue 13's target: fused attention fwd+bwd at CLIP's shapes, bf16, >= 1.5x the fastest SDPA
+    part bench-attention 60 "$bin/clipcu-bench" attention --device cuda --dtype bf16 --iters 20
+    part torch-attention 90 python3 "$here/tools/bench_torch_attention.py" --dtype bf16 --iters 20
     part bench-contrastive-262k 120 "$bin/clipcu-bench" contrastive --device cuda --batch 262144 --dtype bf16 --fused-only --iters 1
     part torch-gemm 60 python3 "$here/tools/bench_torch_gpu.py"
 fi
@@ -181,7 +185,7 @@ echo
 echo "================ gpu-check summary ($(( $(date +%s) - start )) s of ${budget}, device $device) ================"
 printf '%s\n' "${table[@]}" | tee "$out/summary.txt"
 cat "$out"/bench-kernels.log 2>/dev/null | tee -a "$out/summary.txt"
-grep -hE "GFLOP/s|error|loss rel|MiB|memory" "$out"/bench-gemm.log "$out"/bench-contrastive*.log "$out"/torch-contrastive*.log "$out"/torch-gemm.log "$out"/train-cli-compare.log 2>/dev/null | tee -a "$out/summary.txt"
+grep -hE "GFLOP/s|error|loss rel|MiB|memory" "$out"/bench-gemm.log "$out"/bench-contrastive*.log "$out"/torch-contrastive*.log "$out"/bench-attention.log "$out"/torch-attention.log "$out"/torch-gemm.log "$out"/train-cli-compare.log 2>/dev/null | tee -a "$out/summary.txt"
 echo
 python3 tools/bench_table.py "$results" | tee -a "$out/summary.txt"
 exit "$failed"

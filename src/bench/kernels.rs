@@ -76,6 +76,7 @@ fn tower_cases(
     let hidden = randn(&[rows, 4 * width], 5, device)?;
     let dhidden = randn(&[rows, 4 * width], 6, device)?;
     let qkv = randn(&[rows, 3 * width], 7, device)?;
+    let qkv_packed = qkv.clone();
     let (_, mean, rstd) = crate::ops::layernorm::layer_norm_stats(&x, &w, &b, 1e-5)?;
     let mut cases = Vec::new();
     {
@@ -166,7 +167,53 @@ fn tower_cases(
             }),
         });
     }
+    if crate::ops::attention::packed::supported(&qkv_packed, batch, heads) {
+        cases.push(
+            super::AttentionCase::new(
+                batch,
+                tokens,
+                heads,
+                width / heads,
+                causal,
+                crate::DType::F32,
+                device,
+            )?
+            .into_case(tag)?,
+        );
+        cases.push(
+            super::AttentionCase::new(
+                batch,
+                tokens,
+                heads,
+                width / heads,
+                causal,
+                crate::DType::BF16,
+                device,
+            )?
+            .into_case(tag)?,
+        );
+    }
     Ok(cases)
+}
+
+impl super::AttentionCase {
+    fn into_case(self, tag: &str) -> Result<Case> {
+        Ok(Case {
+            name: format!(
+                "attention fused fwd+bwd{} {}",
+                if self.causal { " causal" } else { "" },
+                self.dtype
+            ),
+            shape: format!(
+                "{tag} b{}: T {}, {} heads of {}",
+                self.batch, self.tokens, self.heads, self.head_dim
+            ),
+            bytes: self.bytes(),
+            flops: self.flops(),
+            tensor_cores: false,
+            run: Box::new(move || self.run()),
+        })
+    }
 }
 
 fn build_cases(device: Device, quick: bool) -> Result<Vec<Case>> {

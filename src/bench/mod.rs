@@ -283,3 +283,67 @@ impl ContrastiveCase {
         Ok(saved)
     }
 }
+
+/// Fused self-attention forward + backward from a packed projection `[B·T, 3·H·dh]`
+/// (`Graph::attention_packed`, kernel devices) at CLIP's shapes.
+pub struct AttentionCase {
+    pub batch: usize,
+    pub tokens: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub causal: bool,
+    pub dtype: DType,
+    qkv: Tensor,
+    dout: Tensor,
+}
+
+impl AttentionCase {
+    pub fn new(
+        batch: usize,
+        tokens: usize,
+        heads: usize,
+        head_dim: usize,
+        causal: bool,
+        dtype: DType,
+        device: Device,
+    ) -> Result<AttentionCase> {
+        let rows = batch * tokens;
+        let width = heads * head_dim;
+        let rand = |shape: [usize; 2], seed| {
+            Tensor::randn(shape, 1.0, seed)
+                .try_to_dtype(dtype)?
+                .to_device(device)
+        };
+        Ok(AttentionCase {
+            batch,
+            tokens,
+            heads,
+            head_dim,
+            causal,
+            dtype,
+            qkv: rand([rows, 3 * width], 21)?,
+            dout: rand([rows, width], 22)?,
+        })
+    }
+    /// Useful FLOPs as FlashAttention counts them: forward 4·B·T²·D (q·kᵀ and P·v), backward
+    /// 2.5× that (dV, dP, dQ, dK); a causal mask halves both.
+    pub fn flops(&self) -> f64 {
+        let t = self.tokens as f64;
+        let fwd = 4.0 * self.batch as f64 * t * t * (self.heads * self.head_dim) as f64;
+        3.5 * fwd * if self.causal { 0.5 } else { 1.0 }
+    }
+    /// Compulsory traffic: forward reads qkv and writes out; backward reads qkv, out and dout and
+    /// writes dqkv — 12 elements of a D-wide row per token.
+    pub fn bytes(&self) -> f64 {
+        12.0 * (self.batch * self.tokens * self.heads * self.head_dim * self.dtype.size_in_bytes())
+            as f64
+    }
+    /// One forward and backward.
+    pub fn run(&self) -> Result<()> {
+        let g = Graph::new();
+        let x = g.leaf(self.qkv.clone());
+        let out = g.attention_packed(&x, self.batch, self.heads, self.causal)?;
+        g.backward_with(&out, self.dout.clone())?;
+        Ok(())
+    }
+}

@@ -8,8 +8,8 @@
 
 use clap::{Parser, ValueEnum};
 use clipcu::bench::{
-    bench_kernels, bench_train, BlockCase, ContrastiveCase, EncodeImageCase, EncodeTextCase,
-    GemmCase, TrainBenchOptions,
+    bench_kernels, bench_train, AttentionCase, BlockCase, ContrastiveCase, EncodeImageCase,
+    EncodeTextCase, GemmCase, TrainBenchOptions,
 };
 use clipcu::Device;
 use std::time::Instant;
@@ -31,6 +31,10 @@ enum Workload {
     /// The contrastive loss forward+backward, fused vs composed, at `--batch` (default 4096 and
     /// 16384) and D = 512 (not part of `all`)
     Contrastive,
+    /// Fused self-attention forward+backward from the packed projection (emu, cuda) at CLIP's
+    /// shapes — ViT-B/32 B=256 H=12 T=50, the text tower B=256 H=8 T=77 causal, ViT-B/16 B=64
+    /// H=12 T=197 — in `--dtype` (default bf16; `--quick`: B=2; not part of `all`)
+    Attention,
     /// Every custom kernel family at CLIP's shapes: time, GB/s or TFLOP/s, fraction of the
     /// card's roofline (`--quick`: tiny shapes, the default on emu; not part of `all`)
     Kernels,
@@ -77,10 +81,11 @@ struct Args {
     /// kernels: tiny shapes instead of CLIP's (always on emu, which runs threads one by one).
     #[arg(long)]
     quick: bool,
-    /// contrastive: the features' dtype, f32, f16 or bf16 (16 bits: the fused op's tensor-core
-    /// tiles; the composed loss is then skipped).
-    #[arg(long, default_value = "f32")]
-    dtype: String,
+    /// contrastive: the features' dtype, f32 (default), f16 or bf16 (16 bits: the fused op's
+    /// tensor-core tiles; the composed loss is then skipped); attention: the activations' dtype
+    /// (default bf16).
+    #[arg(long)]
+    dtype: Option<String>,
     /// contrastive: only the fused loss (at batches whose N×N logits would not fit).
     #[arg(long)]
     fused_only: bool,
@@ -242,7 +247,8 @@ fn main() {
                 Some(n) => vec![n],
                 None => vec![4096, 16384],
             };
-            let dtype = clipcu::model::convert::parse_dtype(&args.dtype)?;
+            let dtype =
+                clipcu::model::convert::parse_dtype(args.dtype.as_deref().unwrap_or("f32"))?;
             let kinds: &[bool] = if args.fused_only || dtype != clipcu::DType::F32 {
                 &[true]
             } else {
@@ -275,6 +281,25 @@ fn main() {
                         mib(saved as f64)
                     );
                 }
+            }
+        }
+        if args.workload == Workload::Attention {
+            let dtype =
+                clipcu::model::convert::parse_dtype(args.dtype.as_deref().unwrap_or("bf16"))?;
+            let b = |n: usize| if args.quick { 2 } else { n };
+            // (batch, tokens, heads, causal): ViT-B/32, the text tower, ViT-B/16
+            for (batch, tokens, heads, causal) in [
+                (b(256), 50, 12, false),
+                (b(256), 77, 8, true),
+                (b(64), 197, 12, false),
+            ] {
+                let c = AttentionCase::new(batch, tokens, heads, 64, causal, dtype, device)?;
+                let t = time(device, args.iters, || c.run())?;
+                let name = format!(
+                    "attention {dtype} b{batch} h{heads} t{tokens}{}",
+                    if causal { " causal" } else { "" }
+                );
+                report(&name, c.flops(), t);
             }
         }
         if matches!(args.workload, Workload::All | Workload::Text) {
