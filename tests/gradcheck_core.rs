@@ -616,6 +616,22 @@ fn attention_plain_and_causal() {
 }
 
 #[test]
+fn packed_attention_plain_and_causal() {
+    // straight from the packed projection [B·T, 3·H·dh] (src/ops/attention/fused.rs)
+    for &(b, h, t, dh) in &[(1, 1, 1, 1), (2, 3, 7, 5), (1, 2, 13, 8)] {
+        for causal in [false, true] {
+            let xs = [randn(&[b * t, 3 * h * dh])];
+            gradcheck(
+                &format!("attention_packed {b}x{h}x{t}x{dh} causal={causal}"),
+                &xs,
+                Check::default(),
+                |g, x| g.attention_packed(&x[0], b, h, causal),
+            );
+        }
+    }
+}
+
+#[test]
 fn attention_equals_composed_ops() {
     // The fused op against matmul → scale → softmax → matmul recorded as separate ops.
     let (b, h, t, dh) = (2, 2, 50, 8);

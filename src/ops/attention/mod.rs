@@ -188,7 +188,7 @@ pub fn merge_heads_backward(g: &Tensor, b: usize, h: usize) -> Result<Tensor> {
 pub fn attention_qkv(qkv: &Tensor, b: usize, h: usize, causal: bool) -> Result<Tensor> {
     let [b, t, h, dh, _] = head_dims("attention_qkv", qkv, b, h, 3)?;
     let qkv = cpu_input("attention_qkv", qkv)?;
-    let out = fused::forward(qkv.f32s("attention_qkv")?, b, t, h, dh, causal);
+    let (out, _) = fused::forward(qkv.f32s("attention_qkv")?, b, t, h, dh, causal);
     Ok(Tensor::from_f32(out, &[b * t, h * dh]))
 }
 

@@ -1,5 +1,7 @@
-//! Self-attention straight from the packed in-projection, as one graph op with a fused kernel for
-//! forward and for backward on Emu and Cuda (`kernels/attention.cu`, f32, f16, bf16; issue 13):
+//! Self-attention straight from the packed in-projection as one graph op, on every device:
+//! fused kernels for forward and for backward on Emu and Cuda (`kernels/attention.cu`, f32, f16,
+//! bf16; issue 13), and on the CPU the same shape (`fused.rs`: per (batch, head) GEMMs on strided
+//! operands with the scores in cache):
 //!
 //! ```text
 //! qkv [B·T, 3·H·dh] ──▶ out [B·T, H·dh] (heads merged) and lse [B, H, T] (f32)
@@ -9,13 +11,14 @@
 //! q, k and v are read in place through their columns (row `b·T + t`; columns `h·dh ..`,
 //! `D + h·dh ..`, `2D + h·dh ..`, as [`super::split_qkv_heads`] defines them); the backward
 //! writes dqkv in the same layout. `out` equals `merge_heads(attention(split_qkv_heads(qkv)))`,
-//! the composed path, which stays the reference (and the CPU's path: a packed CPU backward is
-//! still to come). Head dims up to 64 ([`MAX_HEAD_DIM`]); anything else is a clear error, so a
-//! caller can fall back to the composed path.
+//! the composed path, which stays the reference. The kernels take head dims up to 64
+//! ([`MAX_HEAD_DIM`]; the CPU any); anything else is a clear error, so a caller can fall back to
+//! the composed path ([`supported`]).
 
 use crate::device::kernel::{self, runs_kernels, DeviceBuf, KernelArg};
 use crate::device::LaunchConfig;
 use crate::graph::{Graph, Op, Var};
+use crate::ops::cpu_input;
 use crate::{bail_shape, Error, Result, Tensor};
 
 const MODULE: &str = "attention";
@@ -32,6 +35,7 @@ pub struct PackedAttentionOp {
 /// (B, T, H, dh) of `qkv` [B·T, 3·H·dh] for `b` batches of `h` heads, or an error naming the op,
 /// the shape and what is supported.
 fn dims(op: &'static str, qkv: &Tensor, b: usize, h: usize) -> Result<[usize; 4]> {
+    let on_kernels = runs_kernels(qkv.device());
     let s = qkv.shape();
     if s.len() != 2
         || b == 0
@@ -46,20 +50,27 @@ fn dims(op: &'static str, qkv: &Tensor, b: usize, h: usize) -> Result<[usize; 4]
         );
     }
     let (t, dh) = (s[0] / b, s[1] / (3 * h));
-    if dh > MAX_HEAD_DIM {
+    if on_kernels && dh > MAX_HEAD_DIM {
         bail_shape!(
             op,
             "head dim {dh} (qkv {s:?}, {h} heads): the fused attention kernels take head dims up to {MAX_HEAD_DIM}"
         );
     }
-    kernel::i32_len(op, qkv.numel())?;
+    if on_kernels {
+        kernel::i32_len(op, qkv.numel())?;
+    }
     Ok([b, t, h, dh])
 }
 
-/// Whether the fused kernels run `qkv` of `b` batches and `h` heads (a kernel device, a head dim
-/// they take): the test [`crate::nn::MultiheadAttention`] makes before choosing this path.
+/// Whether [`Graph::attention_packed`] takes `qkv` of `b` batches and `h` heads (on a kernel
+/// device: a head dim the kernels take; on the CPU: f32): the test
+/// [`crate::nn::MultiheadAttention`] makes before choosing this path.
 pub fn supported(qkv: &Tensor, b: usize, h: usize) -> bool {
-    runs_kernels(qkv.device()) && dims("attention_packed", qkv, b, h).is_ok()
+    let device_ok = match qkv.device() {
+        crate::Device::Cpu => qkv.dtype() == crate::DType::F32,
+        d => runs_kernels(d),
+    };
+    device_ok && dims("attention_packed", qkv, b, h).is_ok()
 }
 
 fn grid(t: usize, bh: usize) -> LaunchConfig {
@@ -74,6 +85,14 @@ fn grid(t: usize, bh: usize) -> LaunchConfig {
 pub fn forward(qkv: &Tensor, b: usize, h: usize, causal: bool) -> Result<(Tensor, Tensor)> {
     let op = "attention_packed";
     let [b, t, h, dh] = dims(op, qkv, b, h)?;
+    if !runs_kernels(qkv.device()) {
+        let qkv = cpu_input(op, qkv)?;
+        let (out, lse) = super::fused::forward(qkv.f32s(op)?, b, t, h, dh, causal);
+        return Ok((
+            Tensor::from_f32(out, &[b * t, h * dh]),
+            Tensor::from_f32(lse, &[b * h * t]),
+        ));
+    }
     let qkv = kernel::typed_input(op, qkv)?;
     let mut out = DeviceBuf::typed(qkv.device(), &[b * t, h * dh], qkv.dtype())?;
     let mut lse = DeviceBuf::f32(qkv.device(), &[b * h * t])?;
@@ -112,8 +131,36 @@ pub fn backward(
     causal: bool,
 ) -> Result<Tensor> {
     let op = "attention_packed backward";
-    let device = kernel::kernel_device(op, &[qkv, out, lse, dout])?;
     let [b, t, h, dh] = dims(op, qkv, b, h)?;
+    if !runs_kernels(qkv.device()) {
+        crate::ops::same_device(op, &[qkv, out, lse, dout])?;
+        let (qkv, lse, dout) = (
+            cpu_input(op, qkv)?,
+            cpu_input(op, lse)?,
+            cpu_input(op, dout)?,
+        );
+        if dout.shape() != [b * t, h * dh] || lse.numel() != b * h * t {
+            bail_shape!(
+                op,
+                "gradient {:?} and lse {:?} do not match qkv {:?} ({h} heads)",
+                dout.shape(),
+                lse.shape(),
+                qkv.shape()
+            );
+        }
+        let dqkv = super::fused::backward(
+            qkv.f32s(op)?,
+            lse.f32s(op)?,
+            dout.f32s(op)?,
+            b,
+            t,
+            h,
+            dh,
+            causal,
+        );
+        return Ok(Tensor::from_f32(dqkv, qkv.shape()));
+    }
+    let device = kernel::kernel_device(op, &[qkv, out, lse, dout])?;
     let (qkv, out, dout) = (
         kernel::typed_input(op, qkv)?,
         kernel::typed_input(op, out)?,
@@ -184,18 +231,10 @@ pub fn backward(
 
 impl<'m> Graph<'m> {
     /// Self-attention of the packed projection `qkv` [B·T, 3·H·dh] (`b` batches, `h` heads,
-    /// causal for the text tower) with heads merged, [B·T, H·dh]; fused kernels on Emu and Cuda,
-    /// keeping only qkv, the output and the per-row log-sum-exp for backward (module doc).
+    /// causal for the text tower) with heads merged, [B·T, H·dh]: fused kernels on Emu and Cuda,
+    /// per-head GEMMs on the CPU, keeping only qkv, the output and the per-row log-sum-exp for
+    /// backward (module doc).
     pub fn attention_packed(&self, qkv: &Var, b: usize, h: usize, causal: bool) -> Result<Var> {
-        if !runs_kernels(qkv.tensor().device()) {
-            return Err(Error::Device {
-                op: "attention_packed",
-                msg: format!(
-                    "runs on emu and cuda (the fused kernels); on {} use split_qkv_heads + attention + merge_heads",
-                    qkv.tensor().device()
-                ),
-            });
-        }
         let qkv_t = qkv.tensor().try_contiguous()?;
         let (out, lse) = forward(&qkv_t, b, h, causal)?;
         Ok(self.record(
