@@ -80,7 +80,7 @@ fn fused_attention_matches_the_composed_cpu_path_f32() {
         let dy = Tensor::randn([b * t, h * dh], 1.0, seed + 1);
         let (want, want_d) = reference(&qkv, &dy, b, h, causal);
         let what = format!("attention_packed B{b} H{h} T{t} dh{dh} causal={causal}");
-        let mut check = |device, tag: &str| {
+        let check = |device, tag: &str| {
             let (out, d) = fused(&qkv, &dy, b, h, causal, device);
             common::check_kernel(&format!("{what} out"), tag, seed, &out, &want);
             common::check_kernel(&format!("{what} dqkv"), tag, seed, &d, &want_d);
