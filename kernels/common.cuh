@@ -1,7 +1,8 @@
 // common.cuh — helpers shared by every kernel family, for both compilers: nvcc (PTX for the GPU)
 // and g++ against the emulator (kernels/emu/emu.h). Everything a kernel needs beyond plain CUDA C++
-// lives here: dynamic shared memory, warp reductions, and the wrappers around the instructions
-// that have no C++ spelling (ldmatrix, mma.sync, cp.async).
+// lives here: dynamic shared memory, warp reductions, 16-bit conversions and stochastic rounding
+// (with its counter-based random bits), and the wrappers around the instructions that have no
+// C++ spelling (ldmatrix, mma.sync, cp.async).
 //
 // Rule (DESIGN §4): inline PTX appears only in this file, and only in a helper that also has an
 // emulator implementation (the #else branch), so every kernel runs under the emulator.
@@ -64,6 +65,89 @@ template <> __device__ __forceinline__ float from_f32<float>(float v) { return v
 template <> __device__ __forceinline__ __half from_f32<__half>(float v) { return __float2half_rn(v); }
 template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) {
     return __float2bfloat16_rn(v);
+}
+
+// ---- stochastic rounding (f32 → f16 / bf16) ----------------------------------------------------
+// Rounding x up with probability (x − lo)/(hi − lo) (lo, hi its 16-bit neighbours) makes the
+// stored value an unbiased estimate of x: many updates each smaller than half an ulp still add up
+// (round-to-nearest drops every one of them). The random bits are a counter-based hash of
+// (element index, step, tensor id, stream) — never of thread or block ids — so Cuda, the emulator,
+// any launch geometry and the CPU reference (src/optim/sround.rs, which documents and mirrors
+// these functions bit for bit) draw the same bits for the same element:
+//   key  = sr_key(step, tensor_id, stream)   (once per tensor and launch)
+//   bits = sr_bits(key, index)               (64 bits per element: splitmix64 at key + (index+1)·γ)
+// `stream` separates the draws of different arrays of one tensor (weights, m, v) in one step.
+// All integer arithmetic: no PTX, no float rounding mode involved.
+__device__ __forceinline__ uint64_t sr_mix64(uint64_t z) {
+    // splitmix64's finaliser (Steele, Lea & Flood 2014): a bijection with full avalanche
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+__device__ __forceinline__ uint64_t sr_key(uint64_t step, uint32_t tensor_id, uint32_t stream) {
+    return sr_mix64(sr_mix64(step + 0x9E3779B97F4A7C15ull) ^ (((uint64_t)tensor_id << 8) | (stream & 0xffu)));
+}
+__device__ __forceinline__ uint64_t sr_bits(uint64_t key, uint64_t index) {
+    return sr_mix64(key + (index + 1) * 0x9E3779B97F4A7C15ull);
+}
+
+// f32 → f16 bits, rounded stochastically with the random bits r. NaN → the canonical 0x7fff,
+// ±inf kept; a finite x whose rounding would leave the finite range saturates at ±65504 and adds
+// one to *overflow (the caller sums and reports it).
+// Normal f16 range (|x| ≥ 2^-14): the 13 mantissa bits f16 drops are exactly what a uniform 13-bit
+// r decides on — adding r to them and truncating rounds up with probability dropped/2^13, exactly
+// unbiased; a carry into the exponent is the correct next value.
+// Subnormal f16 range: the spacing is the subnormal ulp 2^-24 whatever the exponent of x, so the
+// dropped part is the full 24-bit significand shifted right by 126 − e (14 or more bits), rounded
+// with that many random bits: exact up to a 63-bit shift; below |x| < 2^-63 (a shift of 64 or
+// more) the result is 0, a bias under 2^-39 of the subnormal ulp.
+__device__ __forceinline__ uint16_t sround_f16_bits(float x, uint64_t r, unsigned int* overflow) {
+    const uint32_t u = __float_as_uint(x);
+    const uint32_t sign = (u >> 16) & 0x8000u;
+    const uint32_t a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) return 0x7fffu;
+    if (a == 0x7f800000u) return (uint16_t)(sign | 0x7c00u);
+    uint32_t q;
+    if (a >= 0x38800000u) {
+        q = (a - 0x38000000u + (uint32_t)(r & 0x1fffu)) >> 13;  // rebias 127 → 15, round 13 bits
+        if (q >= 0x7c00u) {
+            q = 0x7bffu;
+            *overflow += 1;
+        }
+    } else {
+        const uint32_t e = a >> 23;  // 0 (an f32 subnormal) … 112
+        const uint64_t m = (a & 0x7fffffu) | (e ? 0x800000u : 0u);
+        const uint32_t shift = e ? 126u - e : 125u;  // |x| = m·2^-shift in units of 2^-24
+        q = shift < 64u ? (uint32_t)((m + (r & ((1ull << shift) - 1ull))) >> shift) : 0u;
+    }
+    return (uint16_t)(sign | q);
+}
+
+// f32 → bf16 bits, rounded stochastically: bf16 is the top half of an f32 (f32 subnormals
+// included, with the same uniform spacing), so 16 random bits added to the dropped half decide,
+// exactly unbiased. NaN → 0x7fff, ±inf kept, finite overflow saturates at ±max finite
+// (0x7f7f, ≈ 3.39e38) and counts.
+__device__ __forceinline__ uint16_t sround_bf16_bits(float x, uint64_t r, unsigned int* overflow) {
+    const uint32_t u = __float_as_uint(x);
+    const uint32_t a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) return 0x7fffu;
+    if (a == 0x7f800000u) return (uint16_t)(u >> 16);
+    uint32_t q = (a + (uint32_t)(r & 0xffffu)) >> 16;
+    if (q >= 0x7f80u) {
+        q = 0x7f7fu;
+        *overflow += 1;
+    }
+    return (uint16_t)(((u >> 16) & 0x8000u) | q);
+}
+
+// Stochastic rounding as a storage conversion, like from_f32<T> (T = float: x itself).
+template <class T> __device__ __forceinline__ T sround(float x, uint64_t r, unsigned int* overflow);
+template <> __device__ __forceinline__ float sround<float>(float x, uint64_t, unsigned int*) { return x; }
+template <> __device__ __forceinline__ __half sround<__half>(float x, uint64_t r, unsigned int* overflow) {
+    return __ushort_as_half(sround_f16_bits(x, r, overflow));
+}
+template <> __device__ __forceinline__ __nv_bfloat16 sround<__nv_bfloat16>(float x, uint64_t r, unsigned int* overflow) {
+    return __ushort_as_bfloat16(sround_bf16_bits(x, r, overflow));
 }
 
 // ---- 16-bit packing ---------------------------------------------------------------------------

@@ -38,6 +38,15 @@
 //                                  widening is exact, so there is one rounding, as on the CPU).
 //                                  NaN becomes the canonical 16-bit NaN (0x7fff), as __float2half
 //                                  does; the CPU's `half` keeps payload bits — the only difference.
+//
+//   cast_sr_f32_to_<f16|bf16>(out, in, n, step, tensor_id, stream, overflow): out[i] = in[i]
+//                                  rounded stochastically (common.cuh: sround_*_bits) with the bits
+//                                  sr_bits(sr_key(step, tensor_id, stream), i) — a hash of the
+//                                  element index, never of the thread, so any grid and block size
+//                                  give the same bits as the CPU's src/optim/sround.rs. Finite
+//                                  values that would round past the largest finite saturate
+//                                  there; each thread counts them and adds its count to
+//                                  *overflow (an integer sum: the total is order-independent).
 #include "common.cuh"
 
 // clipcu: hot
@@ -165,4 +174,27 @@ extern "C" __global__ void cast_f16_to_bf16(__nv_bfloat16* __restrict__ out, con
 extern "C" __global__ void cast_bf16_to_f16(__half* __restrict__ out, const __nv_bfloat16* __restrict__ in,
                                             long long n) {
     cast(out, in, n);
+}
+
+// Launch: grid-stride, any grid and block (the launcher: as the casts above; tests vary them).
+template <class To>
+__device__ __forceinline__ void cast_sr(To* __restrict__ out, const float* __restrict__ in, long long n,
+                                        long long step, unsigned int tensor_id, unsigned int stream,
+                                        unsigned long long* __restrict__ overflow) {
+    const uint64_t key = sr_key((uint64_t)step, tensor_id, stream);
+    unsigned int over = 0;
+    long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+        out[i] = sround<To>(in[i], sr_bits(key, (uint64_t)i), &over);
+    if (over) atomicAdd(overflow, (unsigned long long)over);
+}
+extern "C" __global__ void cast_sr_f32_to_f16(__half* __restrict__ out, const float* __restrict__ in, long long n,
+                                              long long step, unsigned int tensor_id, unsigned int stream,
+                                              unsigned long long* __restrict__ overflow) {
+    cast_sr(out, in, n, step, tensor_id, stream, overflow);
+}
+extern "C" __global__ void cast_sr_f32_to_bf16(__nv_bfloat16* __restrict__ out, const float* __restrict__ in,
+                                               long long n, long long step, unsigned int tensor_id,
+                                               unsigned int stream, unsigned long long* __restrict__ overflow) {
+    cast_sr(out, in, n, step, tensor_id, stream, overflow);
 }

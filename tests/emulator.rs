@@ -1620,6 +1620,26 @@ fn asan_layout() -> Vec<AsanLaunch> {
             ));
         }
     }
+    // stochastic-rounding casts (mirrors `cast_stochastic`): the default grid and geometries
+    // the tests pass (a block that does not divide n, a single thread)
+    for to in ["f16", "bf16"] {
+        for (n, cfg) in [
+            (1000usize, grid_stride(1000)),
+            (1000, LaunchConfig::for_elements(96 * 3, 96)),
+            (7, LaunchConfig::for_elements(1, 1)),
+        ] {
+            let args = vec![
+                tbuf(to, n),
+                fbuf(n),
+                long(n as i64),
+                long(5),
+                "u32:3".to_string(),
+                "u32:1".to_string(),
+                "u64zeros:1".to_string(),
+            ];
+            v.push(launch_of(format!("cast_sr_f32_to_{to}"), cfg, args));
+        }
+    }
     v
 }
 
@@ -1801,7 +1821,8 @@ fn asan_pool() -> Vec<AsanLaunch> {
 /// over two chunks); `step` on grid (chunks) of 256, with the clip factor and without (null);
 /// the norm's stage 1 on one block per chunk (`NormLaunch::default`) and on other geometries
 /// (the launch knob `set_norm_launch`), stage 2 on one block; `clamp_in_place` on
-/// `for_elements(n, 256)`.
+/// `for_elements(n, 256)`; the 16-bit steps (`adamw_step_f16s`, `adamw_step_bf16sr`) on tables
+/// of 16-bit moments (and block scales) with f32, f16 and bf16 values.
 fn asan_adamw() -> Vec<AsanLaunch> {
     const CHUNK: usize = 4096;
     let mut v = Vec::new();
@@ -1812,11 +1833,30 @@ fn asan_adamw() -> Vec<AsanLaunch> {
         for clip in [fbuf(1), "null".to_string()] {
             let mut args = vec![table(), "adamwchunks".to_string(), clip];
             args.extend([0.999f32, 1e-3, 0.3, 0.9, 0.98, 1e-6].map(flt));
+            args.extend([long(3), "null".to_string()]);
             v.push(launch_of(
                 "adamw_step_f32",
                 cfg((chunks as u32, 1, 1), (256, 1, 1), 0),
                 args,
             ));
+        }
+        // 16-bit moments (f16 with block scales, bf16) and f32/f16/bf16 values, with the
+        // overflow counter, on the default block and on blocks that do not divide 256
+        for (kernel, mom) in [("adamw_step_f16s", "f16s"), ("adamw_step_bf16sr", "bf16")] {
+            for block in [256, 96, 32] {
+                let mut args = vec![
+                    format!("adamwtable16:{CHUNK}:{mom}:{}", list.join(",")),
+                    "adamwchunks".to_string(),
+                    "null".to_string(),
+                ];
+                args.extend([0.999f32, 1e-3, 0.3, 0.9, 0.98, 1e-6].map(flt));
+                args.extend([long(3), "u64zeros:1".to_string()]);
+                v.push(launch_of(
+                    kernel,
+                    cfg((chunks as u32, 1, 1), (block, 1, 1), 0),
+                    args,
+                ));
+            }
         }
         for (grid, block) in [(chunks as u32, 256), (1, 32), (3, 96)] {
             let args = vec![

@@ -27,7 +27,13 @@
 //                       per tensor of Ni elements, whose value, gradient, exp_avg and exp_avg_sq
 //                       are exact-size f32 buffers of their own (exp_avg_sq non-negative), cut in
 //                       chunks of CHUNK elements, every other entry decayed
+//     adamwtable16:CHUNK:MOM:N1,N2,...   the same with 16-bit storage: exp_avg and exp_avg_sq
+//                       exact-size 16-bit buffers (MOM = f16s: f16, and `reserved` an exact-size
+//                       buffer of the entry's 2·ceil(Ni/256) f32 block scales, powers of two;
+//                       MOM = bf16: bf16, no scales), values f32, f16, bf16 in turn by entry
+//                       (flags ADAMW_P_F16 / ADAMW_P_BF16), gradients f32
 //     adamwchunks       the chunk → entry index of the last adamwtable (one int per chunk)
+//     u64zeros:N        N zeroed 64-bit words (counters the kernel adds to)
 // prints "ok" after the last launch (exit 0), or "error: <message>" for the first launch the
 // emulator refuses or fails (exit 2); ASan findings abort with its report, which names the kernel.
 #include "emu.h"  // __half / __nv_bfloat16 (emu_half.h)
@@ -192,6 +198,77 @@ static int run_launch(int argc, char** argv, uint64_t& state) {
             }
             ptrs.push_back(table);
             args.push_back({0, 8, &ptrs.back()});
+        } else if (a.rfind("adamwtable16:", 0) == 0) {
+            const char* s = a.c_str() + 13;
+            long long chunk = 0;
+            if (!number(s, chunk) || chunk < 1 || *s++ != ':') return bad(a);
+            bool f16s;
+            if (std::strncmp(s, "f16s:", 5) == 0) {
+                f16s = true;
+                s += 5;
+            } else if (std::strncmp(s, "bf16:", 5) == 0) {
+                f16s = false;
+                s += 5;
+            } else {
+                return bad(a);
+            }
+            std::vector<long long> sizes;
+            while (*s) {
+                long long v = 0;
+                if (!number(s, v) || v < 0 || (*s && *s++ != ',')) return bad(a);
+                sizes.push_back(v);
+            }
+            uint64_t* table = static_cast<uint64_t*>(std::malloc(sizes.size() * 64));
+            chunk_entry.clear();
+            for (size_t e = 0; e < sizes.size(); ++e) {
+                const size_t n = (size_t)sizes[e];
+                uint64_t w[8] = {0};
+                const int pkind = (int)(e % 3);  // 0 f32, 1 f16, 2 bf16 values
+                void* p;
+                if (pkind == 0) {
+                    float* b = static_cast<float*>(std::malloc(n * sizeof(float)));
+                    for (size_t i = 0; i < n; ++i) b[i] = next_float();
+                    p = b;
+                } else {
+                    uint16_t* b = static_cast<uint16_t*>(std::malloc(n * 2));
+                    for (size_t i = 0; i < n; ++i)
+                        b[i] = pkind == 1 ? __half_as_ushort(__float2half_rn(next_float()))
+                                          : __bfloat16_as_ushort(__float2bfloat16_rn(next_float()));
+                    p = b;
+                }
+                owned.push_back(p);
+                w[0] = (uint64_t)(uintptr_t)p;
+                float* g = static_cast<float*>(std::malloc(n * sizeof(float)));
+                for (size_t i = 0; i < n; ++i) g[i] = next_float();
+                owned.push_back(g);
+                w[1] = (uint64_t)(uintptr_t)g;
+                for (int k = 2; k < 4; ++k) {
+                    uint16_t* b = static_cast<uint16_t*>(std::malloc(n * 2));
+                    for (size_t i = 0; i < n; ++i) {
+                        const float x = k == 3 ? std::fabs(next_float()) : next_float();
+                        b[i] = f16s ? __half_as_ushort(__float2half_rn(x)) : __bfloat16_as_ushort(__float2bfloat16_rn(x));
+                    }
+                    owned.push_back(b);
+                    w[k] = (uint64_t)(uintptr_t)b;
+                }
+                w[4] = (uint64_t)n;
+                w[5] = (uint64_t)chunk_entry.size();
+                w[6] = (uint64_t)(e % 2) | (uint64_t)(pkind == 1 ? 2 : pkind == 2 ? 4 : 0) | ((uint64_t)e << 32);
+                if (f16s) {
+                    const size_t nb = 2 * ((n + 255) / 256);
+                    float* sc = static_cast<float*>(std::malloc(nb * sizeof(float)));
+                    for (size_t i = 0; i < nb; ++i) sc[i] = (float)(1u << (i % 4)) / 4.0f;
+                    owned.push_back(sc);
+                    w[7] = (uint64_t)(uintptr_t)sc;
+                }
+                for (long long c = 0; c < (sizes[e] + chunk - 1) / chunk; ++c) chunk_entry.push_back((int32_t)e);
+                std::memcpy(table + 8 * e, w, sizeof w);
+            }
+            ptrs.push_back(table);
+            args.push_back({0, 8, &ptrs.back()});
+        } else if (a.rfind("u64zeros:", 0) == 0) {
+            if (!count(9, n)) return bad(a);
+            buffer((size_t)n, [](size_t) { return (uint64_t)0; });
         } else if (a == "adamwchunks") {
             buffer(chunk_entry.size(), [&](size_t k) { return chunk_entry[k]; });
         } else {

@@ -239,4 +239,8 @@ impl ValueWrite<'_> {
     pub(crate) fn in_place_addr(&mut self, op: &'static str) -> Result<u64> {
         self.value.in_place_addr(op)
     }
+    /// [`ValueWrite::in_place_addr`] for a value that may also be f16 or bf16.
+    pub(crate) fn in_place_addr_any_dtype(&mut self, op: &'static str) -> Result<u64> {
+        self.value.in_place_addr_any_dtype(op)
+    }
 }

@@ -1,11 +1,12 @@
 //! Optimisation: AdamW with decoupled weight decay and open_clip's parameter groups, learning-rate
-//! schedules, gradient-norm clipping.
+//! schedules, gradient-norm clipping, stochastic rounding to 16 bits ([`sround`]).
 
 mod adamw;
 mod schedule;
+pub mod sround;
 
 use adamw::gpu::clamp_in_place as clamp_on_device;
-pub use adamw::{clip_grad_norm, decays, AdamW, AdamWConfig};
+pub use adamw::{clip_grad_norm, decays, AdamW, AdamWConfig, MomentPrecision, SCALE_BLOCK};
 pub use schedule::LrSchedule;
 
 use crate::{Param, Result, Tensor};

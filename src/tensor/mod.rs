@@ -427,6 +427,37 @@ impl Tensor {
         })
     }
 
+    /// [`Tensor::in_place_addr`] for an f32, f16 or bf16 tensor (the 16-bit weights the optimizer
+    /// updates in place): the same copy-on-write rule, the copy made by the strided-copy kernel.
+    pub(crate) fn in_place_addr_any_dtype(&mut self, op: &'static str) -> Result<u64> {
+        if self.dtype() == DType::F32 {
+            return self.in_place_addr(op);
+        }
+        let unique = |t: &mut Tensor| -> Option<u64> {
+            if !crate::device::kernel::runs_kernels(t.device)
+                || !t.is_contiguous()
+                || t.offset != 0
+                || t.storage_len() != t.numel()
+            {
+                return None;
+            }
+            match Arc::get_mut(&mut t.storage)? {
+                Storage::Cuda(s) => Some(s.address()),
+                Storage::Cpu(CpuStorage::F16(v)) => Some(v.as_mut_ptr() as usize as u64),
+                Storage::Cpu(CpuStorage::BF16(v)) => Some(v.as_mut_ptr() as usize as u64),
+                Storage::Cpu(CpuStorage::F32(_)) => None,
+            }
+        };
+        if let Some(a) = unique(self) {
+            return Ok(a);
+        }
+        *self = crate::ops::layout::gpu::strided_copy(self)?;
+        unique(self).ok_or_else(|| Error::Device {
+            op,
+            msg: "a fresh device copy is not uniquely owned".into(),
+        })
+    }
+
     /// The address of element 0 of this host tensor's storage, whatever its layout (for the
     /// strided-copy kernel on Emu, which indexes the storage with the view's offset and strides).
     pub(crate) fn host_storage_ptr(&self, op: &'static str) -> Result<*mut std::ffi::c_void> {

@@ -289,6 +289,65 @@ pub(crate) fn cast(x: &Tensor, dtype: DType) -> Result<Tensor> {
     out.into_tensor()
 }
 
+/// Contiguous f32 `x` on Emu or Cuda converted to f16/bf16 with stochastic rounding by
+/// `cast_sr_f32_to_<dtype>` (element i draws `sround::bits(seed.key(), i)`), and the number of
+/// elements that saturated. `launch`: (threads, blocks) of the grid-stride loop instead of the
+/// default (tests: the result does not depend on it).
+pub(crate) fn cast_stochastic(
+    x: &Tensor,
+    dtype: DType,
+    seed: crate::optim::sround::SrSeed,
+    launch: Option<(u32, u32)>,
+) -> Result<(Tensor, u64)> {
+    let op = "to_dtype_stochastic";
+    let device = kernel::kernel_device(op, &[x])?;
+    let x = kernel::f32_input(op, x)?;
+    if dtype == DType::F32 {
+        return Err(Error::Msg(format!("{op}: the target must be f16 or bf16")));
+    }
+    let name = format!("cast_sr_f32_to_{}", kernel::dtype_suffix(dtype));
+    let mut out = DeviceBuf::typed(device, x.shape(), dtype)?;
+    let n = x.numel();
+    if n == 0 {
+        return Ok((out.into_tensor()?, 0));
+    }
+    let cfg = match launch {
+        None => grid_stride(n),
+        Some((threads, blocks)) => {
+            if !(1..=1024).contains(&threads) || blocks == 0 {
+                return Err(Error::Msg(format!("{op}: bad launch {launch:?}")));
+            }
+            LaunchConfig {
+                grid: (blocks, 1, 1),
+                block: (threads, 1, 1),
+                shared_bytes: 0,
+            }
+        }
+    };
+    let mut overflow = DeviceBuf::from_u64(device, &[0])?;
+    // SAFETY: x (contiguous, checked by the launch) and out hold n elements, indices < n;
+    // overflow is one 64-bit counter.
+    unsafe {
+        kernel::launch(
+            device,
+            MODULE,
+            &name,
+            cfg,
+            &mut [
+                KernelArg::Out(&mut out),
+                KernelArg::In(&x),
+                i64_arg(op, n)?,
+                KernelArg::I64(seed.step as i64),
+                KernelArg::U32(seed.tensor_id),
+                KernelArg::U32(seed.stream),
+                KernelArg::Out(&mut overflow),
+            ],
+        )
+    }?;
+    let over = overflow.to_host_u64()?[0];
+    Ok((out.into_tensor()?, over))
+}
+
 #[cfg(test)]
 mod tests {
     use crate::{Device, Tensor};

@@ -20,24 +20,22 @@
 //!   which scales the gradients as it reads them; without a clip since the last step it passes
 //!   a null pointer (factor 1). No host↔device copy after the first step.
 
-use super::{Slot, StepScalars};
+use super::{HostMoments, MomentPrecision, Slot, StepScalars, SCALE_BLOCK};
 use crate::device::kernel::{self, DeviceBuf, KernelArg};
 use crate::device::LaunchConfig;
 use crate::graph::ValueWrite;
-use crate::{Device, Error, Result, Tensor};
+use crate::{DType, Device, Error, Result, Tensor};
 
 const MODULE: &str = "adamw";
 /// Elements per chunk: `ADAMW_CHUNK` in kernels/adamw.cu.
 pub(crate) const CHUNK: usize = 4096;
-/// Threads per block of the update.
-const THREADS: u32 = 256;
 /// u64 words per table entry (`AdamWEntry`, 64 bytes).
 const ENTRY_WORDS: usize = 8;
 /// `ADAMW_DECAY`: the entry's parameter is weight-decayed.
 const FLAG_DECAY: u64 = 1;
-
-/// One host vector of a moment per slot.
-pub(super) type HostMoments = Vec<Vec<f32>>;
+/// `ADAMW_P_F16`, `ADAMW_P_BF16`: the entry's values are 16-bit (stochastically rounded).
+const FLAG_P_F16: u64 = 2;
+const FLAG_P_BF16: u64 = 4;
 
 /// Block size of both norm stages and the first stage's grid (`None`: one block per chunk).
 /// The norm does not depend on either (tests vary them).
@@ -58,10 +56,19 @@ impl Default for NormLaunch {
 
 pub(super) struct DeviceState {
     device: Device,
-    /// f32 `[2·half]` (at least one element): every slot's exp_avg, then every slot's exp_avg_sq.
+    precision: MomentPrecision,
+    /// `[2·half]` (at least one element) of the precision's dtype: every slot's exp_avg, then
+    /// every slot's exp_avg_sq.
     moments: Tensor,
     offsets: Vec<usize>,
     half: usize,
+    /// `F16Scaled`: f32 block scales, slot i's m scales then its v scales from
+    /// `scale_offsets[i]`.
+    scales: Option<Tensor>,
+    scale_offsets: Vec<usize>,
+    /// One u64 counter of saturated 16-bit stores (made when any store can saturate: 16-bit
+    /// moments or values).
+    overflow: Option<DeviceBuf>,
     table: Option<Table>,
     /// The table's words ([`Table`]), sized for every slot having a gradient.
     table_words: DeviceBuf,
@@ -91,6 +98,8 @@ struct Table {
 /// lock.
 struct Held<'s> {
     slot: usize,
+    /// The value's dtype (f32, or 16-bit: stochastically rounded).
+    dtype: DType,
     grad: Tensor,
     _value: ValueWrite<'s>,
 }
@@ -105,8 +114,25 @@ fn layout(slots: &[Slot]) -> (Vec<usize>, usize) {
     (offsets, half)
 }
 
+/// Offsets of each slot's block scales (2 per block of 256) and their total.
+fn scale_layout(slots: &[Slot]) -> (Vec<usize>, usize) {
+    let mut offsets = Vec::with_capacity(slots.len());
+    let mut total = 0;
+    for s in slots {
+        offsets.push(total);
+        total += 2 * s.param.value().numel().div_ceil(SCALE_BLOCK);
+    }
+    (offsets, total)
+}
+
 impl DeviceState {
-    fn with_moments(slots: &[Slot], device: Device, moments: Tensor) -> Result<DeviceState> {
+    fn with_moments(
+        slots: &[Slot],
+        device: Device,
+        precision: MomentPrecision,
+        moments: Tensor,
+        scales: Option<Tensor>,
+    ) -> Result<DeviceState> {
         // One write lock per parameter is held during a launch: a parameter listed twice would
         // wait for itself.
         for (i, a) in slots.iter().enumerate() {
@@ -123,13 +149,23 @@ impl DeviceState {
             .map(|s| s.param.value().numel().div_ceil(CHUNK))
             .sum();
         let table_capacity = (slots.len() * ENTRY_WORDS + all_chunks.div_ceil(2)).max(1);
+        let saturates = precision != MomentPrecision::F32
+            || slots.iter().any(|s| s.param.value().dtype() != DType::F32);
         Ok(DeviceState {
             table_words: DeviceBuf::words(device, table_capacity)?,
             partials: DeviceBuf::words(device, all_chunks.max(1))?,
             device,
+            precision,
             moments,
             offsets,
             half,
+            scales,
+            scale_offsets: scale_layout(slots).0,
+            overflow: if saturates {
+                Some(DeviceBuf::from_u64(device, &[0])?)
+            } else {
+                None
+            },
             table: None,
             clip: DeviceBuf::f32(device, &[1])?,
             clip_pending: false,
@@ -138,48 +174,131 @@ impl DeviceState {
         })
     }
 
-    /// Zero moments made on `device` by a kernel (no upload).
-    pub(super) fn zeros(slots: &[Slot], device: Device) -> Result<DeviceState> {
+    /// Zero moments made on `device` by a kernel (no upload; a cast kernel for 16-bit ones).
+    pub(super) fn zeros(
+        slots: &[Slot],
+        device: Device,
+        precision: MomentPrecision,
+    ) -> Result<DeviceState> {
         let half = layout(slots).1;
-        let moments = Tensor::full_on(0.0, [(2 * half).max(1)], device)?;
-        Self::with_moments(slots, device, moments)
+        let moments =
+            Tensor::full_on(0.0, [(2 * half).max(1)], device)?.try_to_dtype(precision.dtype())?;
+        let scales = match precision {
+            MomentPrecision::F16Scaled => Some(Tensor::full_on(
+                1.0,
+                [scale_layout(slots).1.max(1)],
+                device,
+            )?),
+            _ => None,
+        };
+        Self::with_moments(slots, device, precision, moments, scales)
     }
 
-    /// The slots' host moments sent to `device` in one upload.
-    pub(super) fn upload(slots: &[Slot], device: Device) -> Result<DeviceState> {
+    /// The slots' host moments sent to `device` in one upload (two with scales).
+    pub(super) fn upload(
+        slots: &[Slot],
+        device: Device,
+        precision: MomentPrecision,
+    ) -> Result<DeviceState> {
         let half = layout(slots).1;
-        let mut host = Vec::with_capacity((2 * half).max(1));
-        for s in slots {
-            host.extend_from_slice(&s.m);
+        let len = (2 * half).max(1);
+        let bad = || Error::Msg("AdamW: host moments do not match the parameters".into());
+        let moments = if precision == MomentPrecision::F32 {
+            let mut host = Vec::with_capacity(len);
+            slots.iter().for_each(|s| host.extend_from_slice(&s.m));
+            slots.iter().for_each(|s| host.extend_from_slice(&s.v));
+            if host.len() != 2 * half {
+                return Err(bad());
+            }
+            host.resize(len, 0.0);
+            Tensor::from_vec(host, [len])?
+        } else {
+            let mut host: Vec<u16> = Vec::with_capacity(len);
+            slots.iter().for_each(|s| host.extend_from_slice(&s.m16));
+            slots.iter().for_each(|s| host.extend_from_slice(&s.v16));
+            if host.len() != 2 * half {
+                return Err(bad());
+            }
+            host.resize(len, 0);
+            if precision == MomentPrecision::F16Scaled {
+                Tensor::from_f16(host.into_iter().map(half::f16::from_bits).collect(), [len])?
+            } else {
+                Tensor::from_bf16(host.into_iter().map(half::bf16::from_bits).collect(), [len])?
+            }
         }
-        for s in slots {
-            host.extend_from_slice(&s.v);
+        .to_device(device)?;
+        let scales = match precision {
+            MomentPrecision::F16Scaled => {
+                let mut host: Vec<f32> = slots
+                    .iter()
+                    .flat_map(|s| s.scales.iter().copied())
+                    .collect();
+                if host.len() != scale_layout(slots).1 {
+                    return Err(bad());
+                }
+                if host.is_empty() {
+                    host.push(1.0);
+                }
+                let n = host.len();
+                Some(Tensor::from_vec(host, [n])?.to_device(device)?)
+            }
+            _ => None,
+        };
+        Self::with_moments(slots, device, precision, moments, scales)
+    }
+
+    /// Saturated 16-bit stores counted on the device so far (one small download; 0 when
+    /// nothing can saturate).
+    pub(super) fn overflows(&self) -> Result<u64> {
+        match &self.overflow {
+            Some(b) => Ok(b.to_host_u64()?[0]),
+            None => Ok(0),
         }
-        if host.len() != 2 * half {
-            return Err(Error::Msg(
-                "AdamW: host moments do not match the parameters".into(),
-            ));
-        }
-        host.resize((2 * half).max(1), 0.0);
-        let len = host.len();
-        let moments = Tensor::from_vec(host, [len])?.to_device(device)?;
-        Self::with_moments(slots, device, moments)
     }
 
     pub(super) fn device(&self) -> Device {
         self.device
     }
 
-    /// Every slot's (exp_avg, exp_avg_sq) on the host, from one download.
-    pub(super) fn download(&self, slots: &[Slot]) -> Result<(HostMoments, HostMoments)> {
-        let host = self.moments.to_device(Device::Cpu)?.to_vec();
-        let (mut m, mut v) = (Vec::new(), Vec::new());
-        for (s, &o) in slots.iter().zip(&self.offsets) {
+    /// Every slot's moments on the host as stored (one download, two with scales), and the
+    /// device's overflow count.
+    pub(super) fn download(&self, slots: &[Slot]) -> Result<(Vec<HostMoments>, u64)> {
+        let host = self.moments.to_device(Device::Cpu)?;
+        let scales = match &self.scales {
+            Some(t) => t.to_device(Device::Cpu)?.to_vec(),
+            None => Vec::new(),
+        };
+        let (f32s, bits) = if self.precision == MomentPrecision::F32 {
+            (host.to_vec(), Vec::new())
+        } else {
+            (Vec::new(), super::bits16(&host))
+        };
+        let mut out = Vec::with_capacity(slots.len());
+        for (i, (s, &o)) in slots.iter().zip(&self.offsets).enumerate() {
             let n = s.param.value().numel();
-            m.push(host[o..o + n].to_vec());
-            v.push(host[self.half + o..self.half + o + n].to_vec());
+            let (a, b) = (o..o + n, self.half + o..self.half + o + n);
+            out.push(if self.precision == MomentPrecision::F32 {
+                HostMoments {
+                    m: f32s[a].to_vec(),
+                    v: f32s[b].to_vec(),
+                    ..Default::default()
+                }
+            } else {
+                let so = self.scale_offsets[i];
+                let ns = if self.scales.is_some() {
+                    2 * n.div_ceil(SCALE_BLOCK)
+                } else {
+                    0
+                };
+                HostMoments {
+                    m16: bits[a].to_vec(),
+                    v16: bits[b].to_vec(),
+                    scales: scales.get(so..so + ns).unwrap_or(&[]).to_vec(),
+                    ..Default::default()
+                }
+            });
         }
-        Ok((m, v))
+        Ok((out, self.overflows()?))
     }
 
     /// The slots with a gradient, held for a launch, and the table for their current
@@ -187,7 +306,7 @@ impl DeviceState {
     fn prepare<'s>(&mut self, slots: &'s [Slot], op: &'static str) -> Result<Vec<Held<'s>>> {
         let mut held = Vec::new();
         let mut key = Vec::with_capacity(1 + 2 * slots.len());
-        key.push(self.moments.in_place_addr(op)?);
+        key.push(self.moments.in_place_addr_any_dtype(op)?);
         for (i, s) in slots.iter().enumerate() {
             let Some(g) = s.param.grad() else {
                 key.extend([0, 0]);
@@ -218,19 +337,26 @@ impl DeviceState {
                 });
             }
             let grad = kernel::f32_input(op, &g)?;
-            key.extend([value.in_place_addr(op)?, grad.device_addr(op)?]);
+            key.extend([value.in_place_addr_any_dtype(op)?, grad.device_addr(op)?]);
             held.push(Held {
                 slot: i,
+                dtype: value.tensor().dtype(),
                 grad,
                 _value: value,
             });
         }
         if self.table.as_ref().map(|t| &t.key) != Some(&key) {
             self.table = None;
+            let scales = match self.scales.as_mut() {
+                Some(t) => Some(t.in_place_addr(op)?),
+                None => None,
+            };
             self.table = Some(build_table(
                 &mut self.table_words,
                 &self.offsets,
                 self.half,
+                self.precision.dtype().size_in_bytes() as u64,
+                scales.map(|a| (a, &self.scale_offsets[..])),
                 slots,
                 &held,
                 key,
@@ -248,7 +374,16 @@ impl DeviceState {
     }
 
     /// One AdamW update of every slot with a gradient: one launch.
-    pub(super) fn step(&mut self, slots: &[Slot], sc: &StepScalars) -> Result<()> {
+    pub(super) fn step(
+        &mut self,
+        slots: &[Slot],
+        sc: &StepScalars,
+        step: u64,
+        threads: u32,
+    ) -> Result<()> {
+        if !(1..=1024).contains(&threads) {
+            return Err(Error::Msg(format!("AdamW::step: bad block size {threads}")));
+        }
         let held = self.prepare(slots, "AdamW::step")?;
         let t = self.table.as_ref().expect("prepared");
         if t.chunks > 0 {
@@ -259,17 +394,27 @@ impl DeviceState {
             };
             let cfg = LaunchConfig {
                 grid: (t.chunks as u32, 1, 1),
-                block: (THREADS, 1, 1),
+                block: (threads, 1, 1),
                 shared_bytes: 0,
+            };
+            let name = match self.precision {
+                MomentPrecision::F32 => "adamw_step_f32",
+                MomentPrecision::F16Scaled => "adamw_step_f16s",
+                MomentPrecision::Bf16Sr => "adamw_step_bf16sr",
+            };
+            let overflow = match self.overflow.as_mut() {
+                Some(b) => KernelArg::Out(b),
+                None => KernelArg::Null,
             };
             // SAFETY: the table's entries address live storage of their numel elements (the
             // gradients and the values' write locks are held in `held` until after the launch,
-            // the moments are ours), and block c touches only chunk c of its entry.
+            // the moments and scales are ours), and block c touches only chunk c of its entry
+            // (and that chunk's block scales); the overflow counter takes integer atomics.
             unsafe {
                 kernel::launch(
                     self.device,
                     MODULE,
-                    "adamw_step_f32",
+                    name,
                     cfg,
                     &mut [
                         KernelArg::Buf(&self.table_words),
@@ -281,6 +426,8 @@ impl DeviceState {
                         KernelArg::F32(sc.b1),
                         KernelArg::F32(sc.b2),
                         KernelArg::F32(sc.eps),
+                        KernelArg::I64(step as i64),
+                        overflow,
                     ],
                 )
             }?;
@@ -387,11 +534,15 @@ pub(crate) fn clamp_in_place(p: &crate::Param, lo: f32, hi: f32) -> Result<()> {
     }
 }
 
-/// The launch table of the slots in `held`, written into `words_buf` (one upload).
+/// The launch table of the slots in `held`, written into `words_buf` (one upload): moments of
+/// `elem` bytes, and with `scales` (address, per-slot offsets) each entry's block scales.
+#[allow(clippy::too_many_arguments)]
 fn build_table(
     words_buf: &mut DeviceBuf,
     offsets: &[usize],
     half: usize,
+    elem: u64,
+    scales: Option<(u64, &[usize])>,
     slots: &[Slot],
     held: &[Held],
     key: Vec<u64>,
@@ -404,16 +555,22 @@ fn build_table(
         let off = offsets[h.slot] as u64;
         let first = chunk_entry.len() as u64;
         chunk_entry.extend(std::iter::repeat_n(e as u32, n.div_ceil(CHUNK)));
-        let flags = if slots[h.slot].decay { FLAG_DECAY } else { 0 };
+        let mut flags = if slots[h.slot].decay { FLAG_DECAY } else { 0 };
+        flags |= match h.dtype {
+            DType::F16 => FLAG_P_F16,
+            DType::BF16 => FLAG_P_BF16,
+            DType::F32 => 0,
+        };
+        let reserved = scales.map_or(0, |(a, so)| a + 4 * so[h.slot] as u64);
         words.extend([
             key[1 + 2 * h.slot],
             key[2 + 2 * h.slot],
-            moments + 4 * off,
-            moments + 4 * (half as u64 + off),
+            moments + elem * off,
+            moments + elem * (half as u64 + off),
             n as u64,
             first,
             flags | (h.slot as u64) << 32,
-            0,
+            reserved,
         ]);
     }
     let chunks = chunk_entry.len();
