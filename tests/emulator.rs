@@ -1335,18 +1335,27 @@ fn asan_normalize() -> Vec<AsanLaunch> {
     let mut v = Vec::new();
     for (rows, d) in [(0, 5), (7, 50), (13, 77)] {
         let (c, e) = (LaunchConfig::warp_per_row(rows), rows * d);
-        let fwd = vec![fbuf(e), fbuf(rows), fbuf(e), int(rows), int(d), flt(1e-12)];
-        v.push(launch_of("l2norm_fwd_f32", c, fwd));
-        let bwd = vec![
-            fbuf(e),
-            fbuf(e),
-            fbuf(rows),
-            fbuf(e),
-            int(rows),
-            int(d),
-            flt(1e-12),
-        ];
-        v.push(launch_of("l2norm_bwd_f32", c, bwd));
+        for t in DTYPES {
+            let fwd = vec![
+                tbuf(t, e),
+                fbuf(rows),
+                tbuf(t, e),
+                int(rows),
+                int(d),
+                flt(1e-12),
+            ];
+            v.push(launch_of(format!("l2norm_fwd_{t}"), c, fwd));
+            let bwd = vec![
+                tbuf(t, e),
+                tbuf(t, e),
+                fbuf(rows),
+                tbuf(t, e),
+                int(rows),
+                int(d),
+                flt(1e-12),
+            ];
+            v.push(launch_of(format!("l2norm_bwd_{t}"), c, bwd));
+        }
     }
     v
 }
@@ -1468,7 +1477,12 @@ fn asan_contrastive() -> Vec<AsanLaunch> {
         fwd.extend([fbuf(stripes * n), fbuf(stripes * n), fbuf(stripes * n)]);
         fwd.extend([fbuf(n * d), fbuf(n * d), fbuf(1), int(n), int(d), int(q)]);
         let stripe_cfg = cfg((stripes as u32, 1, 1), (32, 8, 1), (4 * 32 * q * 4) as u32);
-        v.push(launch_of("contrastive_fwd_f32", stripe_cfg, fwd));
+        for t in DTYPES {
+            let mut fwd = fwd.clone();
+            fwd[7] = tbuf(t, n * d);
+            fwd[8] = tbuf(t, n * d);
+            v.push(launch_of(format!("contrastive_fwd_{t}"), stripe_cfg, fwd));
+        }
         let mut cols = vec![fbuf(n), fbuf(n), fbuf(n)];
         cols.extend([fbuf(stripes * n), fbuf(stripes * n), fbuf(stripes * n)]);
         cols.extend([int(stripes), int(n)]);
@@ -1486,17 +1500,20 @@ fn asan_contrastive() -> Vec<AsanLaunch> {
             loss,
         ));
         let blocks = n.div_ceil(32);
-        for want in [1, 0] {
+        for (want, t) in [(1, "f32"), (0, "f32"), (1, "f16"), (1, "bf16")] {
+            // dA, the f32 accumulator dÂ, the partials, A, B, A's norms, then the statistics
             let mut bwd = vec![
+                tbuf(t, n * d),
                 fbuf(n * d),
                 format!("f64buf:{blocks}"),
-                fbuf(n * d),
-                fbuf(n * d),
+                tbuf(t, n * d),
+                tbuf(t, n * d),
+                fbuf(n),
             ];
             bwd.extend((0..5).map(|_| fbuf(n)));
-            bwd.extend([fbuf(1), fbuf(1), int(n), int(d), int(want)]);
+            bwd.extend([fbuf(1), fbuf(1), int(n), int(d), int(want), flt(1e-12)]);
             let tiles = cfg((blocks as u32, 1, 1), (32, 8, 1), 0);
-            v.push(launch_of("contrastive_bwd_f32", tiles, bwd));
+            v.push(launch_of(format!("contrastive_bwd_{t}"), tiles, bwd));
         }
         let dlogit = vec![
             fbuf(1),
@@ -1510,6 +1527,67 @@ fn asan_contrastive() -> Vec<AsanLaunch> {
             cfg((1, 1, 1), (32, 1, 1), 0),
             dlogit,
         ));
+    }
+    v
+}
+
+/// attention.cu: mirrors src/ops/attention/packed.rs — grid (⌈T/32⌉, B·H) of (32, 4) over the
+/// packed qkv [B·T, 3·H·dh], the merged output and the [B·H·T] lse; the backward's row dot
+/// (`warp_per_row(B·T·H)`) and the key- and query-tile owners. T of 1, 7 (part of a tile) and 40
+/// (two tiles, the second partial), head dims 16, 24 and 64, plain and causal.
+fn asan_attention() -> Vec<AsanLaunch> {
+    let mut v = Vec::new();
+    for (b, h, t, dh, causal) in [
+        (1usize, 1usize, 1usize, 64usize, 0usize),
+        (2, 1, 7, 24, 1),
+        (1, 2, 40, 16, 1),
+        (1, 1, 40, 64, 0),
+    ] {
+        let (rows, d) = (b * t, h * dh);
+        let g = cfg((t.div_ceil(32) as u32, (b * h) as u32, 1), (32, 4, 1), 0);
+        let scale = 1.0 / (dh as f32).sqrt();
+        for ty in DTYPES {
+            let fwd = vec![
+                tbuf(ty, rows * d),
+                fbuf(b * h * t),
+                tbuf(ty, rows * 3 * d),
+                int(t),
+                int(h),
+                int(dh),
+                int(causal),
+                flt(scale),
+            ];
+            v.push(launch_of(format!("attn_fwd_{ty}"), g, fwd));
+            let dot = vec![
+                fbuf(b * h * t),
+                tbuf(ty, rows * d),
+                tbuf(ty, rows * d),
+                int(rows),
+                int(t),
+                int(h),
+                int(dh),
+            ];
+            v.push(launch_of(
+                format!("attn_bwd_dot_{ty}"),
+                LaunchConfig::warp_per_row(rows * h),
+                dot,
+            ));
+            for k in ["attn_bwd_dkv", "attn_bwd_dq"] {
+                let bwd = vec![
+                    tbuf(ty, rows * 3 * d),
+                    tbuf(ty, rows * 3 * d),
+                    tbuf(ty, rows * d),
+                    fbuf(b * h * t),
+                    fbuf(b * h * t),
+                    int(t),
+                    int(h),
+                    int(dh),
+                    int(causal),
+                    flt(scale),
+                ];
+                v.push(launch_of(format!("{k}_{ty}"), g, bwd));
+            }
+        }
     }
     v
 }
@@ -1902,7 +1980,7 @@ fn asan_adamw() -> Vec<AsanLaunch> {
 type AsanFamily = (&'static str, fn() -> Vec<AsanLaunch>);
 
 /// Every family's launches, by kernels/ file.
-const ASAN_FAMILIES: [AsanFamily; 14] = [
+const ASAN_FAMILIES: [AsanFamily; 15] = [
     ("elementwise (unary)", asan_unary),
     ("elementwise (binary)", asan_binary),
     ("layernorm", asan_layernorm),
@@ -1911,6 +1989,7 @@ const ASAN_FAMILIES: [AsanFamily; 14] = [
     ("reduce", asan_reduce),
     ("cross_entropy", asan_cross_entropy),
     ("contrastive", asan_contrastive),
+    ("attention", asan_attention),
     ("layout", asan_layout),
     ("embedding", asan_embedding),
     ("batchnorm", asan_batchnorm),
