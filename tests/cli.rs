@@ -680,18 +680,21 @@ fn a_text_that_starts_with_a_dash_is_a_text() {
 
 /// A reader that closes the pipe early (`clipcu kernels | grep -q PTX`, `| head`) ends the
 /// process quietly by SIGPIPE, as it ends `cat` — not with a panic (exit 101) on the failed write.
-/// Here the read end is closed before the child has started, so its first line meets it.
+/// Here the read end is closed before the child is spawned, so its first line meets it (closing
+/// it after the spawn raced the child: on a loaded machine its whole output, < 64 KiB, could fit
+/// the pipe's buffer first and the process would exit 0).
 #[test]
 #[cfg(unix)]
 fn a_closed_stdout_ends_the_process_quietly() {
     use std::os::unix::process::ExitStatusExt;
-    let mut child = clipcu()
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let child = clipcu()
         .arg("kernels")
-        .stdout(std::process::Stdio::piped())
+        .stdout(writer)
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    drop(child.stdout.take());
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

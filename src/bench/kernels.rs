@@ -167,7 +167,9 @@ fn tower_cases(
             }),
         });
     }
-    if crate::ops::attention::packed::supported(&qkv_packed, batch, heads) {
+    if crate::device::kernel::runs_kernels(device)
+        && crate::ops::attention::packed::supported(&qkv_packed, batch, heads)
+    {
         cases.push(
             super::AttentionCase::new(
                 batch,
