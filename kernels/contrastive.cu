@@ -47,6 +47,12 @@
 //   Σ P^row·(S − S_ii) + P^col·(S − S_jj) over the off-diagonal entries — Σ dS·S with the δ terms
 //   gone (each softmax sums to 1), terms of one sign so nothing cancels — and
 //   contrastive_dlogit_f32 adds the blocks' sums in order.
+// The local form (src/ops/contrastive/local.rs: one rank's n rows against all N gathered
+// columns, labels at column i + rank·n, row softmaxes only) runs the same kernels: the forward
+// with nb = N, off = rank·n and no column statistics, once per side (images against all texts,
+// texts against all images), the loss kernel with the two sides as "rows" and "columns"; the
+// backward per side as a row-owner pass (CL_ROWS: d local rows) and a column-owner pass over
+// the N columns (CL_COLS, off = −rank·n: d all columns), each with the normalisation folded in.
 // Numerics as the CPU reference (cpu.rs): LSEs kept as (max, log Σ) pairs, e^(x − max − log Σ);
 // on the diagonal P − 1 as expm1 (a confident pair has P ≈ 1).
 #include "common.cuh"
@@ -81,12 +87,12 @@ __device__ __forceinline__ void cl_merge(float& max, float& sum, float m, float 
     sum = a + b;
 }
 
-// ---- one tile: sS[i][j] = s · A[r0 + i] · B[c0 + j] (0 past n) ---------------------------------
+// ---- one tile: sS[i][j] = s · A[r0 + i] · B[c0 + j] (0 past A's na, B's nb rows) -----------------
 // Every thread of the block must call it (it synchronises).
 
 // f32, on FMA: `stage` holds sA, sB [32][33].
 __device__ void cl_tile(float (*sS)[CL_TILE + 1], unsigned char* stage, const float* __restrict__ A,
-                        const float* __restrict__ B, int n, int d, int r0, int c0, float s) {
+                        const float* __restrict__ B, int na, int nb, int d, int r0, int c0, float s) {
     float(*sA)[CL_TILE + 1] = reinterpret_cast<float(*)[CL_TILE + 1]>(stage);
     float(*sB)[CL_TILE + 1] = sA + CL_TILE;
     int tx = threadIdx.x, ty = threadIdx.y;
@@ -95,8 +101,8 @@ __device__ void cl_tile(float (*sS)[CL_TILE + 1], unsigned char* stage, const fl
         int k = k0 + tx;
         for (int q = 0; q < 4; ++q) {
             int r = ty + 8 * q;
-            sA[r][tx] = (r0 + r < n && k < d) ? A[(long long)(r0 + r) * d + k] : 0.0f;
-            sB[r][tx] = (c0 + r < n && k < d) ? B[(long long)(c0 + r) * d + k] : 0.0f;
+            sA[r][tx] = (r0 + r < na && k < d) ? A[(long long)(r0 + r) * d + k] : 0.0f;
+            sB[r][tx] = (c0 + r < nb && k < d) ? B[(long long)(c0 + r) * d + k] : 0.0f;
         }
         __syncthreads();
         for (int kk = 0; kk < CL_TILE; ++kk) {
@@ -132,14 +138,14 @@ __device__ __forceinline__ void cl_stage16(T (*dst)[CL_LD16], const T* __restric
 // patterns are the ones common.cuh derives for ldmatrix_x4 (A) and ldmatrix_x2 (B, n×k rows).
 template <class T>
 __device__ void cl_tile(float (*sS)[CL_TILE + 1], unsigned char* stage, const T* __restrict__ A,
-                        const T* __restrict__ B, int n, int d, int r0, int c0, float s) {
+                        const T* __restrict__ B, int na, int nb, int d, int r0, int c0, float s) {
     T(*sA)[CL_LD16] = reinterpret_cast<T(*)[CL_LD16]>(stage);
     T(*sB)[CL_LD16] = sA + CL_TILE;
     int lane = threadIdx.x, wm = threadIdx.y / 4, wn = threadIdx.y % 4;
     float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     for (int k0 = 0; k0 < d; k0 += CL_TILE) {
-        cl_stage16(sA, A, n, d, r0, k0);
-        cl_stage16(sB, B, n, d, c0, k0);
+        cl_stage16(sA, A, na, d, r0, k0);
+        cl_stage16(sB, B, nb, d, c0, k0);
         __syncthreads();
         for (int kk = 0; kk < CL_TILE; kk += 16) {
             uint32_t a[4], b[2];
@@ -160,8 +166,10 @@ __device__ void cl_tile(float (*sS)[CL_TILE + 1], unsigned char* stage, const T*
 
 // ---- forward ------------------------------------------------------------------------------------
 // Grid: ceil(n / (32·q)) blocks of (32, 8); dynamic shared memory 4·32·q floats (the stripe's
-// row triples and diagonal). Writes row_max, row_lsum (log Σ), row_other, diag [n] and the
-// stripe partials part_{max,sum,other} [stripes, n].
+// row triples and diagonal). A (img) has n rows, B (txt) nb; row i's label is column i + off.
+// Writes row_max, row_lsum (log Σ), row_other, diag [n] and, with want_cols, the stripe
+// partials part_{max,sum,other} [stripes, nb]. The full loss: nb = n, off = 0, want_cols; one
+// rank's local rows against all gathered columns: nb = N, off = rank·n, rows only.
 template <class T>
 __device__ __forceinline__ void contrastive_fwd(float (*sS)[CL_TILE + 1], unsigned char* stage,
                                                 float* __restrict__ row_max, float* __restrict__ row_lsum,
@@ -169,7 +177,7 @@ __device__ __forceinline__ void contrastive_fwd(float (*sS)[CL_TILE + 1], unsign
                                                 float* __restrict__ part_max, float* __restrict__ part_sum,
                                                 float* __restrict__ part_other, const T* __restrict__ img,
                                                 const T* __restrict__ txt, const float* __restrict__ logit_scale,
-                                                int n, int d, int q) {
+                                                int n, int nb, int off, int want_cols, int d, int q) {
     int rows = CL_TILE * q;
     float* rm = dynamic_smem<float>();
     float* rs = rm + rows;
@@ -185,34 +193,34 @@ __device__ __forceinline__ void contrastive_fwd(float (*sS)[CL_TILE + 1], unsign
     }
     __syncthreads();
     float s = expf(logit_scale[0]);
-    for (int c0 = 0; c0 < n; c0 += CL_TILE) {
+    for (int c0 = 0; c0 < nb; c0 += CL_TILE) {
         // this warp's four columns c0 + ty + 8p: the stripe's running triple, lane-uniform
         float cm[4], cs[4], co[4];
         for (int p = 0; p < 4; ++p) cm[p] = CL_NEG_INF, cs[p] = 0.0f, co[p] = CL_NEG_INF;
         for (int g = 0; g < q; ++g) {
             int r0 = stripe0 + g * CL_TILE;
             if (r0 >= n) break;  // uniform over the block
-            cl_tile(sS, stage, img, txt, n, d, r0, c0, s);
+            cl_tile(sS, stage, img, txt, n, nb, d, r0, c0, s);
             for (int p = 0; p < 4; ++p) {
                 // row r0 + i, lane = column
                 int i = ty + 8 * p, gi = r0 + i, gj = c0 + tx;
                 if (gi < n) {  // uniform over the warp
-                    float x = gj < n ? sS[i][tx] : CL_NEG_INF;
+                    float x = gj < nb ? sS[i][tx] : CL_NEG_INF;
                     float m = warp_max(x);
                     float e = warp_sum(x == CL_NEG_INF ? 0.0f : expf(x - m));
-                    float o = cl_warp_max_nan(gj == gi ? CL_NEG_INF : x);
+                    float o = cl_warp_max_nan(gj == gi + off ? CL_NEG_INF : x);
                     if (tx == 0) {
                         int li = g * CL_TILE + i;
                         cl_merge(rm[li], rs[li], m, e);
                         ro[li] = cl_max_nan(ro[li], o);
-                        if (gi >= c0 && gi < c0 + CL_TILE) rd[li] = sS[i][gi - c0];
+                        if (gi + off >= c0 && gi + off < c0 + CL_TILE) rd[li] = sS[i][gi + off - c0];
                     }
                 }
                 // column c0 + j, lane = row
                 int j = ty + 8 * p;
                 gj = c0 + j;
                 gi = r0 + tx;
-                if (gj < n) {
+                if (want_cols && gj < nb) {  // uniform over the warp
                     float x = gi < n ? sS[tx][j] : CL_NEG_INF;
                     float m = warp_max(x);
                     float e = warp_sum(x == CL_NEG_INF ? 0.0f : expf(x - m));
@@ -223,11 +231,11 @@ __device__ __forceinline__ void contrastive_fwd(float (*sS)[CL_TILE + 1], unsign
             }
             __syncthreads();  // the tile is read; the next one may overwrite it
         }
-        if (tx == 0) {
+        if (want_cols && tx == 0) {
             for (int p = 0; p < 4; ++p) {
                 int gj = c0 + ty + 8 * p;
-                if (gj < n) {
-                    long long at = (long long)blockIdx.x * n + gj;
+                if (gj < nb) {
+                    long long at = (long long)blockIdx.x * nb + gj;
                     part_max[at] = cm[p];
                     part_sum[at] = cs[p];
                     part_other[at] = co[p];
@@ -251,8 +259,9 @@ __device__ __forceinline__ void contrastive_fwd(float (*sS)[CL_TILE + 1], unsign
     float *__restrict__ row_max, float *__restrict__ row_lsum, float *__restrict__ row_other,             \
         float *__restrict__ diag, float *__restrict__ part_max, float *__restrict__ part_sum,             \
         float *__restrict__ part_other, const T *__restrict__ img, const T *__restrict__ txt,             \
-        const float *__restrict__ logit_scale, int n, int d, int q
-#define CL_FWD_ARGS row_max, row_lsum, row_other, diag, part_max, part_sum, part_other, img, txt, logit_scale, n, d, q
+        const float *__restrict__ logit_scale, int n, int nb, int off, int want_cols, int d, int q
+#define CL_FWD_ARGS \
+    row_max, row_lsum, row_other, diag, part_max, part_sum, part_other, img, txt, logit_scale, n, nb, off, want_cols, d, q
 
 // clipcu: hot
 extern "C" __global__ void contrastive_fwd_f32(CL_FWD_PARAMS(float)) {
@@ -292,9 +301,14 @@ extern "C" __global__ void contrastive_cols_f32(float* __restrict__ col_max, flo
 }
 
 #define CL_RED 256
+// Softmax terms of the backward (`terms`).
+#define CL_ROWS 1
+#define CL_COLS 2
 
-// One block of CL_RED threads: loss = Σ_i ((row_max − d) + row_lsum + (col_max − d) + col_lsum)
-// / 2n in f64, and the hit fractions (a row hits when its diagonal beats every other entry).
+// One block of CL_RED threads: loss = Σ_i ((row_max − d) + row_lsum + (col_max − d') + col_lsum)
+// / 2n in f64, and the hit fractions (a row hits when its diagonal beats every other entry). The
+// full loss passes one diagonal twice (d = d'); the local form its two sides' rows as "rows" and
+// "columns", each with its own label entries.
 extern "C" __global__ void contrastive_loss_f32(float* __restrict__ loss, float* __restrict__ i2t,
                                                 float* __restrict__ t2i, const float* __restrict__ row_max,
                                                 const float* __restrict__ row_lsum,
@@ -302,7 +316,8 @@ extern "C" __global__ void contrastive_loss_f32(float* __restrict__ loss, float*
                                                 const float* __restrict__ col_max,
                                                 const float* __restrict__ col_lsum,
                                                 const float* __restrict__ col_other,
-                                                const float* __restrict__ diag, int n) {
+                                                const float* __restrict__ diag,
+                                                const float* __restrict__ col_diag, int n) {
     __shared__ double sl[CL_RED];
     __shared__ int sh_r[CL_RED];
     __shared__ int sh_c[CL_RED];
@@ -310,10 +325,10 @@ extern "C" __global__ void contrastive_loss_f32(float* __restrict__ loss, float*
     double l = 0.0;
     int hr = 0, hc = 0;
     for (int i = t; i < n; i += CL_RED) {
-        double dg = diag[i];
-        l += ((double)row_max[i] - dg) + (double)row_lsum[i] + ((double)col_max[i] - dg) + (double)col_lsum[i];
+        double dg = diag[i], dc = col_diag[i];
+        l += ((double)row_max[i] - dg) + (double)row_lsum[i] + ((double)col_max[i] - dc) + (double)col_lsum[i];
         hr += diag[i] > row_other[i];
-        hc += diag[i] > col_other[i];
+        hc += col_diag[i] > col_other[i];
     }
     sl[t] = l;
     sh_r[t] = hr;
@@ -341,21 +356,21 @@ extern "C" __global__ void contrastive_loss_f32(float* __restrict__ loss, float*
 // the features, where dS is in sS (f32, f = 1: the factor is already in) or, in 16 bits, in sP
 // [32][40] (unscaled P; f = g·s/2N). Every thread must call it (it synchronises).
 __device__ void cl_add_dsb(float* __restrict__ dacc, float (*sS)[CL_TILE + 1], unsigned char* stage,
-                           const float* __restrict__ B, int n, int d, int r0, int c0, float) {
+                           const float* __restrict__ B, int na, int nb, int d, int r0, int c0, float) {
     float(*sB)[CL_TILE + 1] = reinterpret_cast<float(*)[CL_TILE + 1]>(stage) + CL_TILE;
     int tx = threadIdx.x, ty = threadIdx.y;
     for (int k0 = 0; k0 < d; k0 += CL_TILE) {
         int kk = k0 + tx;
         for (int q = 0; q < 4; ++q) {
             int r = ty + 8 * q;
-            sB[r][tx] = (c0 + r < n && kk < d) ? B[(long long)(c0 + r) * d + kk] : 0.0f;
+            sB[r][tx] = (c0 + r < nb && kk < d) ? B[(long long)(c0 + r) * d + kk] : 0.0f;
         }
         __syncthreads();
         for (int p = 0; p < 4; ++p) {
             int i = ty + 8 * p, gi = r0 + i;
             float acc = 0.0f;
             for (int c = 0; c < CL_TILE; ++c) acc = fmaf(sS[i][c], sB[c][tx], acc);
-            if (gi < n && kk < d) {
+            if (gi < na && kk < d) {
                 long long at = (long long)gi * d + kk;
                 dacc[at] = (c0 == 0) ? acc : dacc[at] + acc;
             }
@@ -369,13 +384,13 @@ __device__ void cl_add_dsb(float* __restrict__ dacc, float (*sS)[CL_TILE + 1], u
 // B chunk [c][feature], a k×n row-major tile, hence ldmatrix_x2_trans (common.cuh).
 template <class T>
 __device__ void cl_add_dsb(float* __restrict__ dacc, float (*)[CL_TILE + 1], unsigned char* stage,
-                           const T* __restrict__ B, int n, int d, int r0, int c0, float f) {
+                           const T* __restrict__ B, int na, int nb, int d, int r0, int c0, float f) {
     T(*sB)[CL_LD16] = reinterpret_cast<T(*)[CL_LD16]>(stage) + CL_TILE;
     T(*sP)[CL_LD16] = sB + CL_TILE;
     int lane = threadIdx.x, wm = threadIdx.y / 4, wn = threadIdx.y % 4;
     int r = 16 * wm + (lane >> 2), c = 8 * wn + 2 * (lane & 3);
     for (int k0 = 0; k0 < d; k0 += CL_TILE) {
-        cl_stage16(sB, B, n, d, c0, k0);
+        cl_stage16(sB, B, nb, d, c0, k0);
         __syncthreads();
         float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
         for (int kk = 0; kk < CL_TILE; kk += 16) {
@@ -386,7 +401,7 @@ __device__ void cl_add_dsb(float* __restrict__ dacc, float (*)[CL_TILE + 1], uns
         }
         for (int e = 0; e < 4; ++e) {
             int gi = r0 + r + (e >= 2 ? 8 : 0), gk = k0 + c + (e & 1);
-            if (gi < n && gk < d) {
+            if (gi < na && gk < d) {
                 long long at = (long long)gi * d + gk;
                 float v = acc[e] * f;
                 dacc[at] = (c0 == 0) ? v : dacc[at] + v;
@@ -396,9 +411,14 @@ __device__ void cl_add_dsb(float* __restrict__ dacc, float (*)[CL_TILE + 1], uns
     }
 }
 
-// Grid: ceil(n / 32) blocks of (32, 8). dA [n, d] (written whole, in the storage type), dacc
-// [n, d] f32 scratch (dÂ), dlog_part [blocks] (with want_dlog). a_* are the LSEs of A's rows,
-// b_* of B's rows (the other direction); a_norm the norms of A's rows before normalisation.
+// Grid: ceil(na / 32) blocks of (32, 8). dA [na, d] (written whole, in the storage type), dacc
+// [na, d] f32 scratch (dÂ), dlog_part [blocks] (with want_dlog). Entry (i, j) of A·Bᵀ is a label
+// when j = i + off. The softmax terms: with CL_ROWS, P^row = e^(S − lse of A's row i) (a_max,
+// a_lsum; label entries a_diag[i]); with CL_COLS, P^col = e^(S − lse of B's row j) (b_max,
+// b_lsum; b_diag[j]); the full loss takes both (na = nb = n, off = 0), the local form one per
+// pass (the rank's rows against all columns: CL_ROWS, off = rank·n; all columns against the
+// rank's rows: CL_COLS, off = −rank·n). dS is divided by 2·kn (kn = the rows a loss averages).
+// a_norm: the norms of A's rows before normalisation.
 template <class T>
 __device__ __forceinline__ void contrastive_bwd(float (*sS)[CL_TILE + 1], unsigned char* stage, double* red,
                                                 T* __restrict__ dA, float* __restrict__ dacc,
@@ -406,33 +426,38 @@ __device__ __forceinline__ void contrastive_bwd(float (*sS)[CL_TILE + 1], unsign
                                                 const T* __restrict__ B, const float* __restrict__ a_norm,
                                                 const float* __restrict__ a_max, const float* __restrict__ a_lsum,
                                                 const float* __restrict__ b_max, const float* __restrict__ b_lsum,
-                                                const float* __restrict__ diag,
+                                                const float* __restrict__ a_diag, const float* __restrict__ b_diag,
                                                 const float* __restrict__ logit_scale,
-                                                const float* __restrict__ dloss, int n, int d, int want_dlog,
-                                                float eps) {
+                                                const float* __restrict__ dloss, int na, int nb, int kn, int off,
+                                                int terms, int d, int want_dlog, float eps) {
     constexpr bool f32 = std::is_same<T, float>::value;
     int tx = threadIdx.x, ty = threadIdx.y;
     int r0 = blockIdx.x * CL_TILE;
     float s = expf(logit_scale[0]);
-    float k = dloss[0] / (float)(2 * n);
+    float k = dloss[0] / (float)(2 * kn);
+    const bool use_a = terms & CL_ROWS, use_b = terms & CL_COLS;
     T(*sP)[CL_LD16] = reinterpret_cast<T(*)[CL_LD16]>(stage) + 2 * CL_TILE;
     double dl = 0.0;
-    for (int c0 = 0; c0 < n; c0 += CL_TILE) {
-        cl_tile(sS, stage, A, B, n, d, r0, c0, s);
+    for (int c0 = 0; c0 < nb; c0 += CL_TILE) {
+        cl_tile(sS, stage, A, B, na, nb, d, r0, c0, s);
         int gj = c0 + tx;
         for (int p = 0; p < 4; ++p) {
             int i = ty + 8 * p, gi = r0 + i;
             float pr = 0.0f;
-            if (gi < n && gj < n) {
+            if (gi < na && gj < nb) {
                 float x = sS[i][tx];
-                float a = (x - a_max[gi]) - a_lsum[gi];
-                float b = (x - b_max[gj]) - b_lsum[gj];
-                if (gi == gj) {
-                    pr = expm1f(a) + expm1f(b);
+                // a term that is off reads nothing (its statistics may be absent)
+                float a = use_a ? (x - a_max[gi]) - a_lsum[gi] : 0.0f;
+                float b = use_b ? (x - b_max[gj]) - b_lsum[gj] : 0.0f;
+                if (gj == gi + off) {
+                    pr = (use_a ? expm1f(a) : 0.0f) + (use_b ? expm1f(b) : 0.0f);
                 } else {
-                    float ea = expf(a), eb = expf(b);
+                    float ea = use_a ? expf(a) : 0.0f, eb = use_b ? expf(b) : 0.0f;
                     pr = ea + eb;
-                    if (want_dlog) dl += (double)ea * (double)(x - diag[gi]) + (double)eb * (double)(x - diag[gj]);
+                    if (want_dlog) {
+                        if (use_a) dl += (double)ea * (double)(x - a_diag[gi]);
+                        if (use_b) dl += (double)eb * (double)(x - b_diag[gj]);
+                    }
                 }
             }
             if constexpr (f32) {
@@ -442,14 +467,14 @@ __device__ __forceinline__ void contrastive_bwd(float (*sS)[CL_TILE + 1], unsign
             }
         }
         __syncthreads();
-        cl_add_dsb(dacc, sS, stage, B, n, d, r0, c0, k * s);
+        cl_add_dsb(dacc, sS, stage, B, na, nb, d, r0, c0, k * s);
     }
     // The block's rows of dÂ are complete (its own global writes are visible to it after the
     // barrier): dA = (dÂ − Â·(Â·dÂ)) / ‖a‖, or dÂ / eps below eps, as normalize.cu's backward.
     __syncthreads();
     for (int p = 0; p < 4; ++p) {
         int gi = r0 + ty + 8 * p;
-        if (gi < n) {  // uniform over the warp
+        if (gi < na) {  // uniform over the warp
             long long o = (long long)gi * d;
             float dot = 0.0f;
             for (int x = tx; x < d; x += 32) dot += to_f32(A[o + x]) * dacc[o + x];
@@ -477,10 +502,11 @@ __device__ __forceinline__ void contrastive_bwd(float (*sS)[CL_TILE + 1], unsign
     T *__restrict__ dA, float *__restrict__ dacc, double *__restrict__ dlog_part, const T *__restrict__ A, \
         const T *__restrict__ B, const float *__restrict__ a_norm, const float *__restrict__ a_max,        \
         const float *__restrict__ a_lsum, const float *__restrict__ b_max, const float *__restrict__ b_lsum,  \
-        const float *__restrict__ diag, const float *__restrict__ logit_scale, const float *__restrict__ dloss, \
-        int n, int d, int want_dlog, float eps
-#define CL_BWD_ARGS \
-    dA, dacc, dlog_part, A, B, a_norm, a_max, a_lsum, b_max, b_lsum, diag, logit_scale, dloss, n, d, want_dlog, eps
+        const float *__restrict__ a_diag, const float *__restrict__ b_diag, const float *__restrict__ logit_scale, \
+        const float *__restrict__ dloss, int na, int nb, int kn, int off, int terms, int d, int want_dlog, float eps
+#define CL_BWD_ARGS                                                                                            \
+    dA, dacc, dlog_part, A, B, a_norm, a_max, a_lsum, b_max, b_lsum, a_diag, b_diag, logit_scale, dloss, na, nb, kn, \
+        off, terms, d, want_dlog, eps
 
 // clipcu: hot
 extern "C" __global__ void contrastive_bwd_f32(CL_BWD_PARAMS(float)) {

@@ -1475,7 +1475,18 @@ fn asan_contrastive() -> Vec<AsanLaunch> {
         let stripes = n.div_ceil(32 * q);
         let mut fwd = vec![fbuf(n), fbuf(n), fbuf(n), fbuf(n)];
         fwd.extend([fbuf(stripes * n), fbuf(stripes * n), fbuf(stripes * n)]);
-        fwd.extend([fbuf(n * d), fbuf(n * d), fbuf(1), int(n), int(d), int(q)]);
+        // the full loss (nb = n, off 0, columns); the local form's rows-only pass below
+        fwd.extend([
+            fbuf(n * d),
+            fbuf(n * d),
+            fbuf(1),
+            int(n),
+            int(n),
+            int(0),
+            int(1),
+            int(d),
+            int(q),
+        ]);
         let stripe_cfg = cfg((stripes as u32, 1, 1), (32, 8, 1), (4 * 32 * q * 4) as u32);
         for t in DTYPES {
             let mut fwd = fwd.clone();
@@ -1483,6 +1494,28 @@ fn asan_contrastive() -> Vec<AsanLaunch> {
             fwd[8] = tbuf(t, n * d);
             v.push(launch_of(format!("contrastive_fwd_{t}"), stripe_cfg, fwd));
         }
+        // rows against 3n columns, labels at column i + n, no column partials (one float each)
+        let mut local = vec![
+            fbuf(n),
+            fbuf(n),
+            fbuf(n),
+            fbuf(n),
+            fbuf(1),
+            fbuf(1),
+            fbuf(1),
+        ];
+        local.extend([
+            fbuf(n * d),
+            fbuf(3 * n * d),
+            fbuf(1),
+            int(n),
+            int(3 * n),
+            int(n),
+            int(0),
+            int(d),
+            int(q),
+        ]);
+        v.push(launch_of("contrastive_fwd_f32", stripe_cfg, local));
         let mut cols = vec![fbuf(n), fbuf(n), fbuf(n)];
         cols.extend([fbuf(stripes * n), fbuf(stripes * n), fbuf(stripes * n)]);
         cols.extend([int(stripes), int(n)]);
@@ -1492,7 +1525,7 @@ fn asan_contrastive() -> Vec<AsanLaunch> {
             cols,
         ));
         let mut loss = vec![fbuf(1), fbuf(1), fbuf(1)];
-        loss.extend((0..7).map(|_| fbuf(n)));
+        loss.extend((0..8).map(|_| fbuf(n)));
         loss.push(int(n));
         v.push(launch_of(
             "contrastive_loss_f32",
@@ -1510,11 +1543,34 @@ fn asan_contrastive() -> Vec<AsanLaunch> {
                 tbuf(t, n * d),
                 fbuf(n),
             ];
-            bwd.extend((0..5).map(|_| fbuf(n)));
-            bwd.extend([fbuf(1), fbuf(1), int(n), int(d), int(want), flt(1e-12)]);
+            bwd.extend((0..6).map(|_| fbuf(n)));
+            bwd.extend([fbuf(1), fbuf(1), int(n), int(n), int(n), int(0), int(3)]);
+            bwd.extend([int(d), int(want), flt(1e-12)]);
             let tiles = cfg((blocks as u32, 1, 1), (32, 8, 1), 0);
             v.push(launch_of(format!("contrastive_bwd_{t}"), tiles, bwd));
         }
+        // the local form's column-owner pass: 2n columns against n rows, labels at −n (j = i − n),
+        // only B's statistics (A's stand-ins are never read)
+        let cblocks = (2 * n).div_ceil(32);
+        let mut colpass = vec![
+            fbuf(2 * n * d),
+            fbuf(2 * n * d),
+            format!("f64buf:{cblocks}"),
+        ];
+        colpass.extend([fbuf(2 * n * d), fbuf(n * d), fbuf(2 * n)]);
+        colpass.extend([
+            fbuf(2 * n),
+            fbuf(2 * n),
+            fbuf(n),
+            fbuf(n),
+            fbuf(2 * n),
+            fbuf(n),
+        ]);
+        colpass.extend([fbuf(1), fbuf(1), int(2 * n), int(n), int(n)]);
+        colpass.push(format!("i32:{}", -(n as i64)));
+        colpass.extend([int(2), int(d), int(0), flt(1e-12)]);
+        let tiles = cfg((cblocks as u32, 1, 1), (32, 8, 1), 0);
+        v.push(launch_of("contrastive_bwd_f32", tiles, colpass));
         let dlogit = vec![
             fbuf(1),
             format!("f64buf:{blocks}"),

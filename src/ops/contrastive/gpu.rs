@@ -4,7 +4,9 @@
 //! `contrastive_cols_f32` and `contrastive_loss_f32`), and the two backward passes
 //! (`contrastive_bwd_*` with the roles of the two sides swapped, the normalisation backward
 //! folded in, and `contrastive_dlogit_f32`). Inputs are the unit rows (normalize.cu runs first,
-//! in the features' dtype); nothing is read back to the host.
+//! in the features' dtype); nothing is read back to the host. The local form (one rank's rows
+//! against all gathered columns, `local.rs`) runs the same kernels: [`forward_local`] and
+//! [`backward_pass`] with one softmax term per pass.
 
 use crate::device::kernel::{self, DeviceBuf, KernelArg};
 use crate::device::LaunchConfig;
@@ -42,27 +44,46 @@ pub(super) struct Forward {
     pub stats: Vec<Tensor>,
 }
 
-pub(super) fn forward(img: &Tensor, txt: &Tensor, logit_scale: &Tensor) -> Result<Forward> {
-    let op = "contrastive";
-    let device = kernel::kernel_device(op, &[img, txt, logit_scale])?;
-    let (img, txt, ls) = (
-        kernel::typed_input(op, img)?,
-        kernel::typed_input(op, txt)?,
-        kernel::f32_input(op, logit_scale)?,
+/// One forward pass's per-row statistics of A·Bᵀ: max, log Σ e^(x − max), the best entry other
+/// than the label, the label entry; and with columns, the stripes' column partials.
+struct RowPass {
+    max: DeviceBuf,
+    lsum: DeviceBuf,
+    other: DeviceBuf,
+    diag: DeviceBuf,
+    /// (part_max, part_sum, part_other, stripes) when the columns were asked for.
+    cols: Option<(DeviceBuf, DeviceBuf, DeviceBuf, usize)>,
+}
+
+/// `contrastive_fwd_*` over A [na, d] against B [nb, d] (row i's label at column i + off).
+fn row_pass(
+    op: &'static str,
+    a: &Tensor,
+    b: &Tensor,
+    ls: &Tensor,
+    off: usize,
+    want_cols: bool,
+) -> Result<RowPass> {
+    let device = a.device();
+    let (na, nb, d) = (a.shape()[0], b.shape()[0], a.shape()[1]);
+    let (ni, nbi, di) = (
+        kernel::i32_len(op, na)?,
+        kernel::i32_len(op, nb)?,
+        kernel::i32_len(op, d)?,
     );
-    let name = format!("contrastive_fwd_{}", kernel::dtype_suffix(img.dtype()));
-    let (n, d) = (img.shape()[0], img.shape()[1]);
-    let (ni, di) = (kernel::i32_len(op, n)?, kernel::i32_len(op, d)?);
-    let q = groups_per_stripe(n, d);
-    let stripes = n.div_ceil(TILE * q);
+    kernel::i32_len(op, na.max(nb) * d)?;
+    let q = groups_per_stripe(na, d);
+    let stripes = na.div_ceil(TILE * q);
     let buf = |len: usize| DeviceBuf::f32(device, &[len]);
-    let (mut row_max, mut row_lsum, mut row_other, mut diag) = (buf(n)?, buf(n)?, buf(n)?, buf(n)?);
-    let (mut part_max, mut part_sum, mut part_other) =
-        (buf(stripes * n)?, buf(stripes * n)?, buf(stripes * n)?);
+    let (mut max, mut lsum, mut other, mut diag) = (buf(na)?, buf(na)?, buf(na)?, buf(na)?);
+    let part = if want_cols { stripes * nb } else { 1 };
+    let (mut pm, mut ps, mut po) = (buf(part)?, buf(part)?, buf(part)?);
     let mut cfg = tile_block(stripes);
     cfg.shared_bytes = (4 * TILE * q * 4) as u32;
-    // SAFETY: img and txt hold n·d elements of the kernel's type, logit_scale one f32; the row
-    // outputs hold n, the partials stripes·n, and the dynamic shared memory 4·32·q floats.
+    let name = format!("contrastive_fwd_{}", kernel::dtype_suffix(a.dtype()));
+    // SAFETY: a holds na·d and b nb·d elements of the kernel's type, ls one f32; the row
+    // outputs hold na, the partials stripes·nb (written only with want_cols; else 1), and the
+    // dynamic shared memory 4·32·q floats.
     unsafe {
         kernel::launch(
             device,
@@ -70,42 +91,42 @@ pub(super) fn forward(img: &Tensor, txt: &Tensor, logit_scale: &Tensor) -> Resul
             &name,
             cfg,
             &mut [
-                KernelArg::Out(&mut row_max),
-                KernelArg::Out(&mut row_lsum),
-                KernelArg::Out(&mut row_other),
+                KernelArg::Out(&mut max),
+                KernelArg::Out(&mut lsum),
+                KernelArg::Out(&mut other),
                 KernelArg::Out(&mut diag),
-                KernelArg::Out(&mut part_max),
-                KernelArg::Out(&mut part_sum),
-                KernelArg::Out(&mut part_other),
-                KernelArg::In(&img),
-                KernelArg::In(&txt),
-                KernelArg::In(&ls),
+                KernelArg::Out(&mut pm),
+                KernelArg::Out(&mut ps),
+                KernelArg::Out(&mut po),
+                KernelArg::In(a),
+                KernelArg::In(b),
+                KernelArg::In(ls),
                 KernelArg::I32(ni),
+                KernelArg::I32(nbi),
+                KernelArg::I32(kernel::i32_len(op, off)?),
+                KernelArg::I32(want_cols as i32),
                 KernelArg::I32(di),
                 KernelArg::I32(q as i32),
             ],
         )
     }?;
-    let (mut col_max, mut col_lsum, mut col_other) = (buf(n)?, buf(n)?, buf(n)?);
-    // SAFETY: the partials hold stripes·n, the column outputs n.
-    unsafe {
-        kernel::launch(
-            device,
-            MODULE,
-            "contrastive_cols_f32",
-            LaunchConfig::for_elements(n, 256),
-            &mut [
-                KernelArg::Out(&mut col_max),
-                KernelArg::Out(&mut col_lsum),
-                KernelArg::Out(&mut col_other),
-                KernelArg::Buf(&part_max),
-                KernelArg::Buf(&part_sum),
-                KernelArg::Buf(&part_other),
-                KernelArg::I32(stripes as i32),
-                KernelArg::I32(ni),
-            ],
-        )
-    }?;
+    Ok(RowPass {
+        max,
+        lsum,
+        other,
+        diag,
+        cols: want_cols.then_some((pm, ps, po, stripes)),
+    })
+}
+
+/// (loss, hits of the rows, hits of the columns) from the two directions' statistics.
+fn loss_of(
+    device: crate::Device,
+    rows: [&DeviceBuf; 3],
+    cols: [&DeviceBuf; 3],
+    diags: [&DeviceBuf; 2],
+    n: usize,
+) -> Result<(Tensor, Tensor, Tensor)> {
     let (mut loss, mut i2t, mut t2i) = (
         DeviceBuf::f32(device, &[])?,
         DeviceBuf::f32(device, &[])?,
@@ -126,83 +147,171 @@ pub(super) fn forward(img: &Tensor, txt: &Tensor, logit_scale: &Tensor) -> Resul
                 KernelArg::Out(&mut loss),
                 KernelArg::Out(&mut i2t),
                 KernelArg::Out(&mut t2i),
-                KernelArg::Buf(&row_max),
-                KernelArg::Buf(&row_lsum),
-                KernelArg::Buf(&row_other),
-                KernelArg::Buf(&col_max),
-                KernelArg::Buf(&col_lsum),
-                KernelArg::Buf(&col_other),
-                KernelArg::Buf(&diag),
-                KernelArg::I32(ni),
+                KernelArg::Buf(rows[0]),
+                KernelArg::Buf(rows[1]),
+                KernelArg::Buf(rows[2]),
+                KernelArg::Buf(cols[0]),
+                KernelArg::Buf(cols[1]),
+                KernelArg::Buf(cols[2]),
+                KernelArg::Buf(diags[0]),
+                KernelArg::Buf(diags[1]),
+                KernelArg::I32(kernel::i32_len("contrastive", n)?),
             ],
         )
     }?;
+    Ok((loss.into_tensor()?, i2t.into_tensor()?, t2i.into_tensor()?))
+}
+
+fn inputs(
+    op: &'static str,
+    features: &[&Tensor],
+    logit_scale: &Tensor,
+) -> Result<(Vec<Tensor>, Tensor)> {
+    let mut all: Vec<&Tensor> = features.to_vec();
+    all.push(logit_scale);
+    kernel::kernel_device(op, &all)?;
+    let f = features
+        .iter()
+        .map(|t| kernel::typed_input(op, t))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((f, kernel::f32_input(op, logit_scale)?))
+}
+
+pub(super) fn forward(img: &Tensor, txt: &Tensor, logit_scale: &Tensor) -> Result<Forward> {
+    let op = "contrastive";
+    let (f, ls) = inputs(op, &[img, txt], logit_scale)?;
+    let (img, txt) = (&f[0], &f[1]);
+    let device = img.device();
+    let n = img.shape()[0];
+    let rows = row_pass(op, img, txt, &ls, 0, true)?;
+    let Some((pm, ps, po, stripes)) = &rows.cols else {
+        unreachable!("the column partials were asked for")
+    };
+    let buf = |len: usize| DeviceBuf::f32(device, &[len]);
+    let (mut col_max, mut col_lsum, mut col_other) = (buf(n)?, buf(n)?, buf(n)?);
+    // SAFETY: the partials hold stripes·n, the column outputs n.
+    unsafe {
+        kernel::launch(
+            device,
+            MODULE,
+            "contrastive_cols_f32",
+            LaunchConfig::for_elements(n, 256),
+            &mut [
+                KernelArg::Out(&mut col_max),
+                KernelArg::Out(&mut col_lsum),
+                KernelArg::Out(&mut col_other),
+                KernelArg::Buf(pm),
+                KernelArg::Buf(ps),
+                KernelArg::Buf(po),
+                KernelArg::I32(*stripes as i32),
+                KernelArg::I32(kernel::i32_len(op, n)?),
+            ],
+        )
+    }?;
+    let (loss, i2t, t2i) = loss_of(
+        device,
+        [&rows.max, &rows.lsum, &rows.other],
+        [&col_max, &col_lsum, &col_other],
+        [&rows.diag, &rows.diag],
+        n,
+    )?;
     Ok(Forward {
-        loss: loss.into_tensor()?,
-        i2t: i2t.into_tensor()?,
-        t2i: t2i.into_tensor()?,
+        loss,
+        i2t,
+        t2i,
         stats: vec![
-            row_max.into_tensor()?,
-            row_lsum.into_tensor()?,
+            rows.max.into_tensor()?,
+            rows.lsum.into_tensor()?,
             col_max.into_tensor()?,
             col_lsum.into_tensor()?,
-            diag.into_tensor()?,
+            rows.diag.into_tensor()?,
         ],
     })
 }
 
-/// The gradient of the unnormalised rows behind A: dÂ = s·dS·B through the normalisation
-/// backward (`a_norm`: ‖·‖ of those rows), in A's dtype. `a_lse`: the (max, log Σ) of A's rows,
-/// `b_lse`: B's rows', the other direction. With `want_dlog`, d logit_scale as a `[]` tensor.
+/// The local form's forward on unit features: this rank's rows `il`, `tl` [n, d] against all
+/// `ia`, `ta` [N, d], labels at column i + off. Returns the loss and, for backward, [image rows'
+/// max, log Σ, label entries, text rows' max, log Σ, label entries], each [n].
+pub(super) fn forward_local(
+    il: &Tensor,
+    tl: &Tensor,
+    ia: &Tensor,
+    ta: &Tensor,
+    logit_scale: &Tensor,
+    off: usize,
+) -> Result<(Tensor, Vec<Tensor>)> {
+    let op = "contrastive_local";
+    let (f, ls) = inputs(op, &[il, tl, ia, ta], logit_scale)?;
+    let img_rows = row_pass(op, &f[0], &f[3], &ls, off, false)?;
+    let txt_rows = row_pass(op, &f[1], &f[2], &ls, off, false)?;
+    let (loss, _, _) = loss_of(
+        f[0].device(),
+        [&img_rows.max, &img_rows.lsum, &img_rows.other],
+        [&txt_rows.max, &txt_rows.lsum, &txt_rows.other],
+        [&img_rows.diag, &txt_rows.diag],
+        f[0].shape()[0],
+    )?;
+    let mut stats = Vec::with_capacity(6);
+    for side in [img_rows, txt_rows] {
+        stats.push(side.max.into_tensor()?);
+        stats.push(side.lsum.into_tensor()?);
+        stats.push(side.diag.into_tensor()?);
+    }
+    Ok((loss, stats))
+}
+
+/// A softmax term of the backward: the (max, log Σ, label entries) of one side's rows.
+pub(super) type Lse<'a> = (&'a Tensor, &'a Tensor, &'a Tensor);
+
+/// One backward pass: the gradient of the unnormalised rows behind the unit rows A [na, d], in
+/// A's dtype — dÂ = s·dS·B through the normalisation backward (`a_norm`: ‖·‖ of those rows) —
+/// where dS has P^row (`rows`: A's row statistics) and/or P^col (`cols`: B's row statistics),
+/// labels at column i + off (negative: the column-owner pass of the local form), divided by 2·kn.
+/// With `want_dlog`, d logit_scale as a `[]` tensor (this pass's terms of Σ dS·S).
 #[allow(clippy::too_many_arguments)]
-pub(super) fn backward_side(
+pub(super) fn backward_pass(
     a: &Tensor,
     b: &Tensor,
     a_norm: &Tensor,
-    a_lse: (&Tensor, &Tensor),
-    b_lse: (&Tensor, &Tensor),
-    diag: &Tensor,
+    rows: Option<Lse>,
+    cols: Option<Lse>,
     logit_scale: &Tensor,
     dloss: &Tensor,
+    kn: usize,
+    off: i64,
     want_dlog: bool,
 ) -> Result<(Tensor, Option<Tensor>)> {
     let op = "contrastive backward";
-    let device = kernel::kernel_device(
-        op,
-        &[
-            a,
-            b,
-            a_norm,
-            a_lse.0,
-            a_lse.1,
-            b_lse.0,
-            b_lse.1,
-            diag,
-            logit_scale,
-            dloss,
-        ],
-    )?;
+    let mut all = vec![a, b, a_norm, logit_scale, dloss];
+    for (m, l, dg) in rows.iter().chain(cols.iter()) {
+        all.extend([*m, *l, *dg]);
+    }
+    let device = kernel::kernel_device(op, &all)?;
     let input = |t: &Tensor| kernel::f32_input(op, t);
     let (a, b) = (kernel::typed_input(op, a)?, kernel::typed_input(op, b)?);
-    let (an, am, al, bm, bl, dg, ls, g) = (
-        input(a_norm)?,
-        input(a_lse.0)?,
-        input(a_lse.1)?,
-        input(b_lse.0)?,
-        input(b_lse.1)?,
-        input(diag)?,
-        input(logit_scale)?,
-        input(dloss)?,
+    let (an, ls, g) = (input(a_norm)?, input(logit_scale)?, input(dloss)?);
+    // an absent term's statistics are never read: any f32 buffer stands in
+    let lse = |t: Option<Lse>| -> Result<[Tensor; 3]> {
+        match t {
+            Some((m, l, dg)) => Ok([input(m)?, input(l)?, input(dg)?]),
+            None => Ok([an.clone(), an.clone(), an.clone()]),
+        }
+    };
+    let (terms, [am, al, ad], [bm, bl, bd]) = (
+        rows.is_some() as i32 | (cols.is_some() as i32) << 1,
+        lse(rows)?,
+        lse(cols)?,
     );
-    let (n, d) = (a.shape()[0], a.shape()[1]);
-    let (ni, di) = (kernel::i32_len(op, n)?, kernel::i32_len(op, d)?);
-    let blocks = n.div_ceil(TILE);
+    let (na, nb, d) = (a.shape()[0], b.shape()[0], a.shape()[1]);
+    let off = i32::try_from(off)
+        .map_err(|_| crate::Error::shape(op, format!("label offset {off} exceeds i32")))?;
+    let blocks = na.div_ceil(TILE);
     let mut da = DeviceBuf::like(&a)?;
-    let mut dacc = DeviceBuf::f32(device, &[n, d])?;
+    let mut dacc = DeviceBuf::f32(device, &[na, d])?;
     let mut parts = DeviceBuf::words(device, blocks.max(1))?;
     let name = format!("contrastive_bwd_{}", kernel::dtype_suffix(a.dtype()));
-    // SAFETY: a, b, da hold n·d elements of the kernel's type, dacc n·d f32; the norms and
-    // statistics n; parts one f64 per block.
+    // SAFETY: a and da hold na·d elements of the kernel's type, b nb·d, dacc na·d f32; the norms
+    // and A's statistics na, B's nb (absent ones are never read); parts one f64 per block.
     unsafe {
         kernel::launch(
             device,
@@ -220,11 +329,16 @@ pub(super) fn backward_side(
                 KernelArg::In(&al),
                 KernelArg::In(&bm),
                 KernelArg::In(&bl),
-                KernelArg::In(&dg),
+                KernelArg::In(&ad),
+                KernelArg::In(&bd),
                 KernelArg::In(&ls),
                 KernelArg::In(&g),
-                KernelArg::I32(ni),
-                KernelArg::I32(di),
+                KernelArg::I32(kernel::i32_len(op, na)?),
+                KernelArg::I32(kernel::i32_len(op, nb)?),
+                KernelArg::I32(kernel::i32_len(op, kn)?),
+                KernelArg::I32(off),
+                KernelArg::I32(terms),
+                KernelArg::I32(kernel::i32_len(op, d)?),
                 KernelArg::I32(want_dlog as i32),
                 KernelArg::F32(L2_EPS),
             ],
@@ -248,7 +362,7 @@ pub(super) fn backward_side(
                     KernelArg::Buf(&parts),
                     KernelArg::In(&g),
                     KernelArg::I32(blocks as i32),
-                    KernelArg::I32(ni),
+                    KernelArg::I32(kernel::i32_len(op, kn)?),
                 ],
             )
         }?;

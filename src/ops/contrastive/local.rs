@@ -10,8 +10,9 @@
 //! gradients (the local rows' plus the all-reduced column gradients) is `world` times the full
 //! batch's gradient — what DDP's averaging then divides out. Backward: dA_ij = g·(P_ij − δ)/2n
 //! (row softmax only), d(local rows) = s·dA·T̂, d(columns) = s·dAᵀ·Î_r, likewise for B; and
-//! d logit_scale = Σ dA·A + Σ dB·B as Σ P·(S − S_diag). CPU only for now (the multi-GPU issue
-//! brings it to the device kernels); the same tiles as cpu.rs.
+//! d logit_scale = Σ dA·A + Σ dB·B as Σ P·(S − S_diag). On the CPU the same tiles as cpu.rs; on
+//! Emu/Cuda the kernels of `kernels/contrastive.cu` (f32, f16, bf16): per side a rows-only
+//! forward, then a row-owner and a column-owner backward pass (`gpu.rs`).
 
 use super::cpu::{row_owner_pass, stats_of, tile, Lse, Online, COLS, ROWS};
 use crate::graph::{Graph, Op, Var};
@@ -162,9 +163,13 @@ struct LocalSaved {
     text_rows: Side,
 }
 
-/// The node: saved = [Î_r, T̂_r, Î, T̂, ‖I_r‖, ‖T_r‖, ‖I‖, ‖T‖].
+/// The node: saved = [Î_r, T̂_r, Î, T̂, ‖I_r‖, ‖T_r‖, ‖I‖, ‖T‖] and, on a kernel device,
+/// [logit_scale, then per side (images, texts as rows) max, log Σ and label entries].
 pub struct ContrastiveLocalOp {
-    saved: LocalSaved,
+    /// The CPU's host statistics; `None` on a kernel device (they are saved tensors there).
+    saved: Option<LocalSaved>,
+    n: usize,
+    off: usize,
     scale_shape: Vec<usize>,
 }
 
@@ -219,13 +224,44 @@ impl<'m> Graph<'m> {
                 logit_scale.shape()
             );
         }
+        let off = rank * n;
+        if crate::device::kernel::runs_kernels(il.device()) {
+            if [tl, ia, ta].iter().any(|t| t.dtype() != il.dtype()) {
+                bail_shape!(
+                    op,
+                    "features are {}, {}, {}, {}: all four must have one dtype",
+                    il.dtype(),
+                    tl.dtype(),
+                    ia.dtype(),
+                    ta.dtype()
+                );
+            }
+            let ((nil, norm_il), (ntl, norm_tl)) =
+                (l2_normalize_stats(il)?, l2_normalize_stats(tl)?);
+            let ((nia, norm_ia), (nta, norm_ta)) =
+                (l2_normalize_stats(ia)?, l2_normalize_stats(ta)?);
+            let ls = logit_scale.tensor().clone();
+            let (loss, stats) = super::gpu::forward_local(&nil, &ntl, &nia, &nta, &ls, off)?;
+            let mut saved = vec![nil, ntl, nia, nta, norm_il, norm_tl, norm_ia, norm_ta, ls];
+            saved.extend(stats);
+            return Ok(self.record(
+                Op::ContrastiveLocal(ContrastiveLocalOp {
+                    saved: None,
+                    n,
+                    off,
+                    scale_shape: logit_scale.shape().to_vec(),
+                }),
+                &[img_local, txt_local, img_all, txt_all, logit_scale],
+                saved,
+                loss,
+            ));
+        }
         let ins = [il, tl, ia, ta, logit_scale.tensor()].map(|t| cpu_input(op, t));
         let [il, tl, ia, ta, ls] = ins;
         let (il, tl, ia, ta, ls) = (il?, tl?, ia?, ta?, ls?);
         let scale = ls.f32s(op)?[0].exp();
         let ((nil, norm_il), (ntl, norm_tl)) = (l2_normalize_stats(&il)?, l2_normalize_stats(&tl)?);
         let ((nia, norm_ia), (nta, norm_ta)) = (l2_normalize_stats(&ia)?, l2_normalize_stats(&ta)?);
-        let off = rank * n;
         let image_rows = side_forward(nil.f32s(op)?, nta.f32s(op)?, n, total, d, scale, off);
         let text_rows = side_forward(ntl.f32s(op)?, nia.f32s(op)?, n, total, d, scale, off);
         let sum: f64 = [&image_rows, &text_rows]
@@ -245,7 +281,9 @@ impl<'m> Graph<'m> {
         };
         Ok(self.record(
             Op::ContrastiveLocal(ContrastiveLocalOp {
-                saved,
+                saved: Some(saved),
+                n,
+                off,
                 scale_shape: logit_scale.shape().to_vec(),
             }),
             &[img_local, txt_local, img_all, txt_all, logit_scale],
@@ -263,10 +301,12 @@ impl ContrastiveLocalOp {
         needs: &[bool],
     ) -> Result<Vec<Option<Tensor>>> {
         let op = "contrastive_local backward";
+        let Some(sv) = &self.saved else {
+            return self.backward_kernels(saved, gout, needs);
+        };
         let [nil, ntl, nia, nta, norm_il, norm_tl, norm_ia, norm_ta] = saved else {
             return Err(Error::Msg(format!("{op}: expected 8 saved tensors")));
         };
-        let sv = &self.saved;
         let g = cpu_input(op, gout)?.f32s(op)?[0];
         let k = g / (2 * sv.n) as f32;
         let s = sv.scale;
@@ -322,6 +362,49 @@ impl ContrastiveLocalOp {
                     Tensor::scalar(((dl_a + dl_b) * k as f64) as f32)
                         .reshape(self.scale_shape.clone())?,
                 )
+            } else {
+                None
+            },
+        ])
+    }
+
+    /// Emu/Cuda: per side (images, then texts as rows) a row-owner pass for the local rows and a
+    /// column-owner pass for all N columns (labels at −off seen from the columns), the
+    /// normalisation backward folded into each; d logit_scale from the row passes.
+    fn backward_kernels(
+        &self,
+        saved: &[Tensor],
+        gout: &Tensor,
+        needs: &[bool],
+    ) -> Result<Vec<Option<Tensor>>> {
+        use super::gpu::backward_pass;
+        let op = "contrastive_local backward";
+        let [nil, ntl, nia, nta, norm_il, norm_tl, norm_ia, norm_ta, ls, im, il, idg, tm, tl, tdg] =
+            saved
+        else {
+            return Err(Error::Msg(format!("{op}: expected 15 saved tensors")));
+        };
+        let (n, off) = (self.n, self.off as i64);
+        let (img, txt) = (Some((im, il, idg)), Some((tm, tl, tdg)));
+        let (d_il, dl_a) = backward_pass(nil, nta, norm_il, img, None, ls, gout, n, off, true)?;
+        let (d_tl, dl_b) = backward_pass(ntl, nia, norm_tl, txt, None, ls, gout, n, off, true)?;
+        let cols = |need: bool, a, b, norm, side| -> Result<Option<Tensor>> {
+            need.then(|| Ok(backward_pass(a, b, norm, None, side, ls, gout, n, -off, false)?.0))
+                .transpose()
+        };
+        let d_ia = cols(needs[2], nia, ntl, norm_ia, txt)?;
+        let d_ta = cols(needs[3], nta, nil, norm_ta, img)?;
+        let dlog = match (dl_a, dl_b) {
+            (Some(a), Some(b)) => crate::ops::binary::add(&a, &b)?,
+            _ => return Err(Error::Msg(format!("{op}: no d logit_scale"))),
+        };
+        Ok(vec![
+            needs[0].then_some(d_il),
+            needs[1].then_some(d_tl),
+            d_ia,
+            d_ta,
+            if needs[4] {
+                Some(dlog.reshape(self.scale_shape.clone())?)
             } else {
                 None
             },

@@ -17,7 +17,7 @@
 //! N×N logits and softmaxes ([`crate::loss::contrastive_loss`], which stays as the reference).
 //!
 //! For data parallelism, [`Graph::contrastive_local`] (`local.rs`): one rank's rows against all
-//! gathered columns, open_clip's `local_loss=True, gather_with_grad=True` (CPU only so far).
+//! gathered columns, open_clip's `local_loss=True, gather_with_grad=True`, on every device.
 //!
 //! Backends: the CPU (`cpu.rs`, blocked and rayon-parallel) and Emu/Cuda (`gpu.rs`,
 //! `kernels/contrastive.cu`: f32 tiles on FMA, f16/bf16 tiles on the tensor cores with f32
@@ -229,12 +229,14 @@ impl ContrastiveOp {
             }
             (None, [ni, nt, norm_i, norm_t, ls, row_max, row_lsum, col_max, col_lsum, diag]) => {
                 // the kernels fold the normalisation backward in
-                let rows = (row_max, row_lsum);
-                let cols = (col_max, col_lsum);
+                let n = ni.shape()[0];
+                let rows = Some((row_max, row_lsum, diag));
+                let cols = Some((col_max, col_lsum, diag));
                 let (di, dlog) =
-                    gpu::backward_side(ni, nt, norm_i, rows, cols, diag, ls, gout, true)?;
+                    gpu::backward_pass(ni, nt, norm_i, rows, cols, ls, gout, n, 0, true)?;
                 let dt = if needs[1] {
-                    Some(gpu::backward_side(nt, ni, norm_t, cols, rows, diag, ls, gout, false)?.0)
+                    let t = gpu::backward_pass(nt, ni, norm_t, cols, rows, ls, gout, n, 0, false);
+                    Some(t?.0)
                 } else {
                     None
                 };
