@@ -23,8 +23,10 @@
 //! global-norm clip and AdamW need no further communication and give the same bits on every
 //! rank (the in-process sums are rank-ordered, so every rank receives identical values).
 //!
-//! Not synchronised: BatchNorm statistics (ModifiedResNet) are each rank's own, as DDP without
-//! SyncBatchNorm; a ResNet run therefore differs from one process on the combined batch.
+//! BatchNorm (ModifiedResNet): on the CPU the step runs SyncBatchNorm (`Graph::sync_batch_norm`:
+//! statistics over all ranks' samples, so a ResNet equals one process on the combined batch too,
+//! when each rank's micro-batch is its whole part); on a kernel device each rank's statistics
+//! are its own, as DDP without SyncBatchNorm.
 //!
 //! [`run_ranks`] runs `world` ranks as threads on the in-process communicator; the step itself
 //! is generic over [`Communicator`], so NCCL slots in unchanged.
@@ -201,7 +203,10 @@ pub fn data_parallel_forward_backward(
     micro: usize,
     comm: &dyn Communicator,
 ) -> Result<DeviceStats> {
-    let parts = forward_micro(model, images, ids, micro)?;
+    // SyncBatchNorm on the CPU (a ViT has no BatchNorm: nothing changes); on a kernel device
+    // a ResNet's statistics stay each rank's own, as DDP without SyncBatchNorm.
+    let sync_bn = (images.device() == Device::Cpu).then_some(comm);
+    let parts = forward_micro(model, images, ids, micro, sync_bn)?;
     let join = |f: &dyn Fn(&super::step::Micro) -> Tensor| -> Result<Tensor> {
         let ts: Vec<Tensor> = parts.iter().map(f).collect();
         let refs: Vec<&Tensor> = ts.iter().collect();
@@ -294,13 +299,17 @@ pub fn run_ranks<T: Send>(
     if errors.is_empty() {
         return Ok(ok);
     }
-    let pick = errors
-        .iter()
-        .position(|(_, e)| !e.to_string().contains("never arrived"))
-        .unwrap_or(0);
+    let echo = |e: &Error| {
+        let e = e.to_string();
+        e.contains("never arrived") || e.contains(FAILED_TO_START)
+    };
+    let pick = errors.iter().position(|(_, e)| !echo(e)).unwrap_or(0);
     let (r, e) = errors.swap_remove(pick);
     Err(Error::Msg(format!("rank {r} of {world}: {e}")))
 }
+
+/// What [`all_ok`] says on the ranks that did start (an echo of another rank's error).
+const FAILED_TO_START: &str = "ranks failed to start";
 
 /// Whether every rank succeeded at something (e.g. building its trainer): an error on every
 /// rank when one did not, so that the others stop at once instead of waiting for it in the
@@ -311,7 +320,7 @@ pub fn all_ok(comm: &dyn Communicator, ok: bool) -> Result<()> {
         .item()?;
     if (n as usize) < comm.world_size() {
         return Err(Error::Msg(format!(
-            "{} of {} ranks failed to start",
+            "{} of {} {FAILED_TO_START}",
             comm.world_size() - n as usize,
             comm.world_size()
         )));

@@ -65,7 +65,7 @@ pub fn contrastive_forward_backward_deferred(
     ids: &[u32],
     micro: usize,
 ) -> Result<DeviceStats> {
-    let parts = forward_micro(model, images, ids, micro)?;
+    let parts = forward_micro(model, images, ids, micro, None)?;
     let lg = Graph::new();
     let images_f: Vec<&Tensor> = parts.iter().map(|p| p.image.tensor()).collect();
     let texts_f: Vec<&Tensor> = parts.iter().map(|p| p.text.tensor()).collect();
@@ -96,12 +96,14 @@ pub(super) struct Micro<'m> {
 }
 
 /// The forward of `images` [N, 3, S, S] and token rows `ids` [N, T] in micro-batches of
-/// `micro` pairs, each on its own recording graph.
+/// `micro` pairs, each on its own recording graph; with `sync_bn`, BatchNorm statistics over
+/// every rank of that group (SyncBatchNorm).
 pub(super) fn forward_micro<'m>(
     model: &'m Clip,
     images: &Tensor,
     ids: &[u32],
     micro: usize,
+    sync_bn: Option<&'m dyn crate::dist::Communicator>,
 ) -> Result<Vec<Micro<'m>>> {
     let n = images.shape()[0];
     if n == 0 || !ids.len().is_multiple_of(n) {
@@ -112,7 +114,10 @@ pub(super) fn forward_micro<'m>(
     let mut parts = Vec::new();
     for start in (0..n).step_by(micro) {
         let len = micro.min(n - start);
-        let graph = Graph::new();
+        let mut graph = Graph::new();
+        if let Some(group) = sync_bn {
+            graph.sync_batch_norm(group);
+        }
         let imgs = graph.constant(images.narrow(0, start, len)?.try_contiguous()?);
         let image = model.encode_image(&graph, &imgs)?;
         let text = model.encode_text(&graph, &ids[start * t..(start + len) * t], len)?;
