@@ -67,12 +67,14 @@ fn rel(a: &[f32], b: &[f32]) -> f64 {
 /// on any output and its true gradient is 0; what it gets is rounding noise (~1e-10), which
 /// AdamW normalises into updates that differ between any two summation orders (the ViT's stays
 /// within ~3e-7 of its zero init, while the query and value thirds move by 2e-2 and agree to
-/// ~1e-6). So a key bias is held to an absolute max |a − b| ≤ 1e-5 (asserted here) and the
+/// ~1e-6). Its only bound is AdamW's step (about lr per step): measured up to 4.7e-7 apart in
+/// the 10-step test, 1.04e-4 through the CLI (lr 1e-3 from the first step). So a key bias is
+/// held only to an absolute max |a − b| ≤ 1e-3 (asserted here: it must not run away) and the
 /// rest of the tensor compared relatively.
 fn param_error(what: &str, name: &str, a: &[f32], b: &[f32]) -> f64 {
     let key = |a: &[f32], b: &[f32]| {
         let d = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-        assert!(d <= 1e-5, "{what}: the key bias {name} moved {d:e} apart");
+        assert!(d <= 1e-3, "{what}: the key bias {name} moved {d:e} apart");
     };
     if name.ends_with("k_proj.bias") {
         key(a, b);
@@ -84,6 +86,86 @@ fn param_error(what: &str, name: &str, a: &[f32], b: &[f32]) -> f64 {
         return rel(&a[..k], &b[..k]).max(rel(&a[2 * k..], &b[2 * k..]));
     }
     rel(a, b)
+}
+
+/// The parameters that start at zero (LayerNorm and attention biases): their values are nothing
+/// but the sum of their AdamW updates, and AdamW normalises an element's gradient — so where a
+/// gradient is small, its rounding moves the element by more than its share of ‖b‖ (the same
+/// holds, less often, for the rows of a text positional embedding that few captions reach).
+/// Measured over 70 ViT runs of 10 steps (35 seeds × worlds 2 and 4): single tensors up to
+/// 3.96e-5 of their norm (`transformer.resblocks.0.attn.out_proj.bias`, zero-initialised) and
+/// 1.68e-5 (`positional_embedding`), the whole model within 1.6e-7. So the 1e-5 is held
+/// over the whole model (to 1e-6 in the ViT test), each tensor to 1e-4.
+fn zero_init(cfg: &ClipConfig, seed: u64) -> std::collections::HashSet<String> {
+    clipcu::model::Clip::new(cfg, seed)
+        .named_params()
+        .into_iter()
+        .filter(|(_, p)| p.value().to_vec().iter().all(|&v| v == 0.0))
+        .map(|(n, _)| n)
+        .collect()
+}
+
+/// Compares `got` against the reference `want` (the same names in the same order): each
+/// tensor's [`param_error`] within `limit(name)` (at least 1e-4 for a zero-initialised one),
+/// and the whole model (‖Δ‖/‖want‖ over every element) within `global`. Returns the largest
+/// per-tensor error and its name; with `DP_REPORT` set, prints every error instead of asserting.
+fn compare_params(
+    what: &str,
+    got: &[(String, Vec<f32>)],
+    want: &[(String, Vec<f32>)],
+    zero: &std::collections::HashSet<String>,
+    limit: &dyn Fn(&str) -> f64,
+    global: f64,
+) -> (f64, String) {
+    let report = std::env::var("DP_REPORT").is_ok();
+    assert_eq!(got.len(), want.len(), "{what}: parameter count");
+    let mut worst = (0f64, String::new());
+    let (mut num, mut den) = (0f64, 0f64);
+    for ((n, a), (m, b)) in got.iter().zip(want) {
+        assert_eq!(n, m);
+        let e = param_error(what, n, a, b);
+        let l = if zero.contains(n) {
+            limit(n).max(1e-4)
+        } else {
+            limit(n)
+        };
+        if report {
+            println!("REPORT {what} param {n} {e:.2e}");
+        } else {
+            assert!(e <= l, "{what}: {n} differs by {e:e} (limit {l:e})");
+        }
+        if e > worst.0 {
+            worst = (e, n.clone());
+        }
+        if !n.ends_with("in_proj_bias") && !n.ends_with("k_proj.bias") {
+            for (x, y) in a.iter().zip(b) {
+                num += (*x as f64 - *y as f64).powi(2);
+                den += (*y as f64).powi(2);
+            }
+        }
+    }
+    let e = (num / den).sqrt();
+    println!(
+        "{what}: whole model {e:.2e}, largest tensor {:.2e} ({})",
+        worst.0, worst.1
+    );
+    assert!(
+        report || e <= global,
+        "{what}: the whole model differs by {e:e}"
+    );
+    worst
+}
+
+/// A safetensors file's tensors as (name, values), sorted by name.
+fn file_params(path: &Path) -> Vec<(String, Vec<f32>)> {
+    let mut v: Vec<(String, Vec<f32>)> = st::load(path)
+        .unwrap()
+        .tensors
+        .into_iter()
+        .map(|(n, t)| (n, t.to_vec()))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
 }
 
 fn params_of(t: &Trainer) -> Vec<(String, Vec<f32>)> {
@@ -146,13 +228,16 @@ fn tiny_rn() -> ClipConfig {
 
 /// Ten steps of a tiny ViT CLIP at world sizes 2 and 4 give the losses and parameters of one
 /// process on the combined batch (the trainer's own one-process step, through the composed loss:
-/// an independent path), within 1e-5; every rank ends with the same bits.
+/// an independent path): losses within 1e-5, the whole model within 1e-6, each tensor within
+/// 1e-4 ([`zero_init`] says why not 1e-5), gradient norms within 1e-4; every rank ends with the
+/// same bits.
 #[test]
 fn vit_data_parallel_equals_one_process_on_the_combined_batch() {
     let tol = Tolerance {
         loss: 1e-5,
         norm: 1e-4,
-        param: |_| 1e-5,
+        param: |_| 1e-4,
+        global: 1e-6,
     };
     equals_one_process("ViT", &tiny_vit(), 10, tol);
 }
@@ -185,6 +270,7 @@ fn resnet_data_parallel_with_sync_batch_norm_equals_one_process() {
                 3e-2
             }
         },
+        global: 1e-1,
     };
     equals_one_process("ResNet", &tiny_rn(), 10, drift);
 }
@@ -285,13 +371,17 @@ fn one_step_gradients_equal(model: &str, cfg: &ClipConfig) {
 struct Tolerance {
     loss: f32,
     norm: f64,
+    /// Per tensor (zero-initialised ones: at least 1e-4, [`zero_init`]).
     param: fn(&str) -> f64,
+    /// The whole model.
+    global: f64,
 }
 
 fn equals_one_process(model: &str, cfg: &ClipConfig, steps: usize, tol: Tolerance) {
     let seed = common::fresh_seed();
     let batch = 8;
     let (ref_losses, ref_params) = one_process(cfg, batch, steps, seed);
+    let zero = zero_init(cfg, seed);
     for world in [2, 4] {
         let started = Instant::now();
         let ranks = data_parallel(cfg, batch, steps, seed, world);
@@ -318,24 +408,7 @@ fn equals_one_process(model: &str, cfg: &ClipConfig, steps: usize, tol: Toleranc
                 s + 1
             );
         }
-        let mut worst = (0f64, String::new());
-        for ((n, a), (m, b)) in params.iter().zip(&ref_params) {
-            assert_eq!(n, m);
-            let e = param_error(&what, n, a, b);
-            let limit = (tol.param)(n);
-            if report {
-                println!("REPORT {what} param {n} {e:.2e}");
-            } else {
-                assert!(e <= limit, "{what}: {n} differs by {e:e} (limit {limit:e})");
-            }
-            if e > worst.0 {
-                worst = (e, n.clone());
-            }
-        }
-        println!(
-            "{what}: largest parameter difference {:.2e} ({})",
-            worst.0, worst.1
-        );
+        compare_params(&what, params, &ref_params, &zero, &tol.param, tol.global);
         // the replicas stay equal: same bits on every rank
         for (r, (l, p)) in ranks.iter().enumerate().skip(1) {
             assert_eq!(l, losses, "{what}: rank {r}'s losses");
@@ -530,7 +603,8 @@ fn run_group(world: usize, steps: usize, seed: u64, out: &Path, resume: Option<&
 
 /// A world-size-2 run stopped at step 3 and resumed at world size 4 continues the same data
 /// order (the checkpoint holds the global position) and matches the uninterrupted world-size-2
-/// run: losses of all 6 steps and the final parameters within 1e-5. Only rank 0 writes.
+/// run: losses of all 6 steps, and the final weights within 1e-5 over the whole model (1e-4
+/// per tensor). Only rank 0 writes.
 #[test]
 fn resume_at_another_world_size_continues_the_same_data_order() {
     let seed = common::fresh_seed();
@@ -562,22 +636,20 @@ fn resume_at_another_world_size_continues_the_same_data_order() {
             "seed {seed}: step {s}: uninterrupted loss {x}, resumed {y}"
         );
     }
-    let load = |p: &Path| -> std::collections::HashMap<String, Tensor> {
-        st::load(p).unwrap().tensors.into_iter().collect()
-    };
     let (pa, pb) = (
-        load(&straight.join("model.safetensors")),
-        load(&split.join("model.safetensors")),
+        file_params(&straight.join("model.safetensors")),
+        file_params(&split.join("model.safetensors")),
     );
     assert!(!pa.is_empty());
-    for (name, t) in &pa {
-        param_error(
-            &format!("seed {seed}"),
-            name,
-            &pb[name].to_vec(),
-            &t.to_vec(),
-        );
-    }
+    let zero = zero_init(&tiny_vit(), seed);
+    compare_params(
+        &format!("resume, seed {seed}"),
+        &pb,
+        &pa,
+        &zero,
+        &|_| 1e-4,
+        1e-5,
+    );
     // a resumed run that read other samples would be far off: the check can fail
     let shifted = tmpdir("shifted");
     run_group(2, 3, seed ^ 1, &shifted, None);
@@ -603,4 +675,89 @@ fn a_world_size_that_does_not_divide_the_batch_is_an_error() {
         .to_string();
     assert!(e.contains("--batch-size 6") && e.contains("4 ranks"), "{e}");
     assert_eq!(t.world_size(), 1, "the trainer stays a single process");
+}
+
+fn clipcu() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_clipcu"))
+}
+
+fn write_png(path: &Path, seed: u64) {
+    let img = image::RgbImage::from_fn(40, 30, |x, y| {
+        let v = common::splitmix64(seed ^ ((x as u64) << 8) ^ y as u64);
+        image::Rgb([v as u8, (v >> 8) as u8, (v >> 16) as u8])
+    });
+    img.save(path).unwrap();
+}
+
+/// `clipcu train --nproc-per-node` as a user runs it, on the synthetic stream and on a CSV
+/// (where every rank keeps its rows of the loader's global batch, augmented): 4 steps on one
+/// process against 2 steps on 2 ranks resumed to 4 steps on 4 ranks — the same losses and final
+/// weights within 1e-5 over the whole model (1e-4 per tensor).
+#[test]
+fn clipcu_train_on_ranks_equals_one_process_on_synthetic_and_csv_data() {
+    let seed = common::fresh_seed();
+    let dir = tmpdir("cli");
+    let cfg = dir.join("tiny.json");
+    std::fs::write(&cfg, tiny_vit().to_json()).unwrap();
+    let words = [
+        "red", "blue", "cat", "dog", "square", "round", "small", "large",
+    ];
+    let mut csv = String::from("filepath,title\n");
+    for i in 0..16u64 {
+        let rel = format!("{i}.png");
+        write_png(&dir.join(&rel), seed ^ i);
+        let w = |k: u64| words[(common::splitmix64(seed ^ (i * 8 + k)) % 8) as usize];
+        csv += &format!("{rel},a {} {} {}\n", w(0), w(1), w(2));
+    }
+    let csv_path = dir.join("train.csv");
+    std::fs::write(&csv_path, csv).unwrap();
+    let run = |out: &str, ranks: usize, steps: usize, extra: &[&str]| {
+        let o = clipcu()
+            .arg("train")
+            .arg("--config")
+            .arg(&cfg)
+            .args(["--device", "cpu", "--batch-size", "8", "--eval-every", "0"])
+            .args(["--checkpoint-every", "2", "--constant-lr", "--warmup", "1"])
+            .args(["--workers", "1", "--seed", &(seed % 1000).to_string()])
+            .args(["--steps", &steps.to_string()])
+            .args(["--nproc-per-node", &ranks.to_string(), "--out"])
+            .arg(dir.join(out))
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    let csv_arg = ["--data", csv_path.to_str().unwrap()];
+    for (data, extra) in [("synthetic", &[][..]), ("csv", &csv_arg[..])] {
+        let (one, ranks) = (format!("one-{data}"), format!("ranks-{data}"));
+        run(&one, 1, 4, extra);
+        run(&ranks, 2, 2, extra);
+        run(&ranks, 4, 4, &[extra, &["--resume"]].concat());
+        let (a, b) = (
+            losses(&dir.join(&one).join("metrics.jsonl")),
+            losses(&dir.join(&ranks).join("metrics.jsonl")),
+        );
+        assert_eq!(a.len(), 4, "{data}: {a:?}");
+        assert_eq!(a.len(), b.len(), "{data}: {b:?}");
+        for ((s, x), (t, y)) in a.iter().zip(&b) {
+            assert_eq!(s, t);
+            assert!(
+                ((x - y) / x).abs() <= 1e-5,
+                "{data}, seed {seed}: step {s}: one process {x}, ranks {y}"
+            );
+        }
+        let (pa, pb) = (
+            file_params(&dir.join(&one).join("model.safetensors")),
+            file_params(&dir.join(&ranks).join("model.safetensors")),
+        );
+        let zero = zero_init(&tiny_vit(), seed % 1000);
+        let what = format!("clipcu train, {data}, seed {seed}");
+        compare_params(&what, &pb, &pa, &zero, &|_| 1e-4, 1e-5);
+    }
+    let _ = std::fs::remove_dir_all(dir);
 }
