@@ -76,6 +76,9 @@ pub struct Graph<'m> {
     /// Inference-only fast paths allowed (`Graph::inference`); off on the quiet graph of a
     /// checkpointed forward, whose values must be those the recording recomputation gives.
     fast_inference: bool,
+    /// SyncBatchNorm ([`Graph::sync_batch_norm`]): the data-parallel group whose ranks'
+    /// batches training-mode BatchNorm takes its statistics over. `None`: this batch's own.
+    batch_stats_group: Option<&'m dyn crate::dist::Communicator>,
     tape: RefCell<Tape<'m>>,
 }
 
@@ -104,6 +107,7 @@ impl<'m> Graph<'m> {
             recording: true,
             recomputing: false,
             fast_inference: false,
+            batch_stats_group: None,
             tape: RefCell::new(Tape::default()),
         }
     }
@@ -115,6 +119,7 @@ impl<'m> Graph<'m> {
             recording: false,
             recomputing: false,
             fast_inference: true,
+            batch_stats_group: None,
             tape: RefCell::new(Tape::default()),
         }
     }
@@ -127,8 +132,22 @@ impl<'m> Graph<'m> {
             recording: false,
             recomputing: false,
             fast_inference: false,
+            batch_stats_group: None,
             tape: RefCell::new(Tape::default()),
         }
+    }
+
+    /// SyncBatchNorm: training-mode BatchNorm on this graph normalises by the statistics of the
+    /// whole data-parallel batch — every rank of `group` (per-channel sums all-reduced in
+    /// forward, the two gradient sums in backward) — as one process on the combined batch
+    /// does. Every rank must run the same BatchNorms in the same order. CPU only so far.
+    pub fn sync_batch_norm(&mut self, group: &'m dyn crate::dist::Communicator) {
+        self.batch_stats_group = Some(group);
+    }
+
+    /// The SyncBatchNorm group, if any.
+    pub(crate) fn batch_stats_group(&self) -> Option<&'m dyn crate::dist::Communicator> {
+        self.batch_stats_group
     }
 
     pub fn is_recording(&self) -> bool {

@@ -23,7 +23,7 @@ pub enum Op<'m> {
     Embedding(EmbeddingOp),
     Layout(LayoutOp),
     Conv2d(Conv2dOp),
-    BatchNorm2d(BatchNorm2dOp),
+    BatchNorm2d(BatchNorm2dOp<'m>),
     AvgPool2d(AvgPool2dOp),
     Reduce(ReduceOp),
     L2Normalize(L2NormalizeOp),

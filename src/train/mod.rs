@@ -1,7 +1,8 @@
 //! Training: the contrastive step (with gradient accumulation over micro-batches), the trainer
 //! (schedule, metrics, checkpoints, resume, evaluation, plot) and zero-shot evaluation on the
-//! synthetic held-out split.
+//! synthetic held-out split; the data-parallel step (`data_parallel`).
 
+pub mod data_parallel;
 pub mod eval;
 pub mod plot;
 mod step;

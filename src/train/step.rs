@@ -65,26 +65,7 @@ pub fn contrastive_forward_backward_deferred(
     ids: &[u32],
     micro: usize,
 ) -> Result<DeviceStats> {
-    let n = images.shape()[0];
-    if n == 0 || !ids.len().is_multiple_of(n) {
-        bail_shape!("train step", "{} token ids for {n} images", ids.len());
-    }
-    let t = ids.len() / n;
-    let micro = micro.clamp(1, n);
-    struct Micro<'m> {
-        graph: Graph<'m>,
-        image: Var,
-        text: Var,
-    }
-    let mut parts = Vec::new();
-    for start in (0..n).step_by(micro) {
-        let len = micro.min(n - start);
-        let graph = Graph::new();
-        let imgs = graph.constant(images.narrow(0, start, len)?.try_contiguous()?);
-        let image = model.encode_image(&graph, &imgs)?;
-        let text = model.encode_text(&graph, &ids[start * t..(start + len) * t], len)?;
-        parts.push(Micro { graph, image, text });
-    }
+    let parts = forward_micro(model, images, ids, micro, None)?;
     let lg = Graph::new();
     let images_f: Vec<&Tensor> = parts.iter().map(|p| p.image.tensor()).collect();
     let texts_f: Vec<&Tensor> = parts.iter().map(|p| p.text.tensor()).collect();
@@ -103,12 +84,57 @@ pub fn contrastive_forward_backward_deferred(
             "the loss did not reach the features".into(),
         ));
     };
+    backward_micro(parts, &gi, &gt)?;
+    Ok(stats)
+}
+
+/// One micro-batch's recording graph and its features, kept alive until its backward.
+pub(super) struct Micro<'m> {
+    graph: Graph<'m>,
+    pub(super) image: Var,
+    pub(super) text: Var,
+}
+
+/// The forward of `images` [N, 3, S, S] and token rows `ids` [N, T] in micro-batches of
+/// `micro` pairs, each on its own recording graph; with `sync_bn`, BatchNorm statistics over
+/// every rank of that group (SyncBatchNorm).
+pub(super) fn forward_micro<'m>(
+    model: &'m Clip,
+    images: &Tensor,
+    ids: &[u32],
+    micro: usize,
+    sync_bn: Option<&'m dyn crate::dist::Communicator>,
+) -> Result<Vec<Micro<'m>>> {
+    let n = images.shape()[0];
+    if n == 0 || !ids.len().is_multiple_of(n) {
+        bail_shape!("train step", "{} token ids for {n} images", ids.len());
+    }
+    let t = ids.len() / n;
+    let micro = micro.clamp(1, n);
+    let mut parts = Vec::new();
+    for start in (0..n).step_by(micro) {
+        let len = micro.min(n - start);
+        let mut graph = Graph::new();
+        if let Some(group) = sync_bn {
+            graph.sync_batch_norm(group);
+        }
+        let imgs = graph.constant(images.narrow(0, start, len)?.try_contiguous()?);
+        let image = model.encode_image(&graph, &imgs)?;
+        let text = model.encode_text(&graph, &ids[start * t..(start + len) * t], len)?;
+        parts.push(Micro { graph, image, text });
+    }
+    Ok(parts)
+}
+
+/// Feeds the gradients `gi`, `gt` of the joined features [N, D] (micro-batches in order) into
+/// each micro-batch's graph; parameter gradients accumulate in the parameters.
+pub(super) fn backward_micro(parts: Vec<Micro<'_>>, gi: &Tensor, gt: &Tensor) -> Result<()> {
     let mut start = 0;
     for p in parts {
         let len = p.image.shape()[0];
         // A locked tower's features depend on no trainable weight: nothing to backpropagate.
         let mut seeds = Vec::with_capacity(2);
-        for (f, g) in [(&p.image, &gi), (&p.text, &gt)] {
+        for (f, g) in [(&p.image, gi), (&p.text, gt)] {
             if f.requires_grad() {
                 seeds.push((f, g.narrow(0, start, len)?.try_contiguous()?));
             }
@@ -118,5 +144,5 @@ pub fn contrastive_forward_backward_deferred(
         }
         start += len;
     }
-    Ok(stats)
+    Ok(())
 }

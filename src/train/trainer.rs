@@ -4,11 +4,13 @@
 //! bit-exact resume needs (weights, optimizer moments, step, data position), and a PNG plot at the
 //! end.
 
+use super::data_parallel::{data_parallel_forward_backward, local_batch};
 use super::eval::{ValidationResult, ValidationSet, ZeroShotResult, ZeroShotSet};
 use super::{contrastive_forward_backward_deferred, eval, plot, read_scalars, samples_to_tensor};
 use crate::data::synthetic::{Split, Synthetic, SyntheticConfig, Task};
 use crate::data::{DataPosition, Loader, LoaderConfig, RandomResizedCrop, SkipStats, Source};
 use crate::device::upload::{BatchUploader, Staged};
+use crate::dist::Communicator;
 use crate::io::safetensors as st;
 use crate::model::{weights, Clip, ClipConfig, Locking};
 use crate::nn::Module;
@@ -235,9 +237,24 @@ pub struct SyntheticStream {
 
 impl SyntheticStream {
     fn next_batch(&mut self, n: usize, ctx: usize) -> Result<(Tensor, Vec<u32>)> {
-        let samples = self
-            .data
-            .grouped_batch(Split::Train, self.next_index, n, self.group);
+        self.next_part(n, ctx, 0, n)
+    }
+
+    /// Pairs `offset..offset + len` of the next global batch of `n` (a rank's part; samples are
+    /// made by index, so only these are rendered); the position moves past the whole batch.
+    fn next_part(
+        &mut self,
+        n: usize,
+        ctx: usize,
+        offset: usize,
+        len: usize,
+    ) -> Result<(Tensor, Vec<u32>)> {
+        let samples = self.data.grouped_batch(
+            Split::Train,
+            self.next_index + offset as u64,
+            len,
+            self.group,
+        );
         self.next_index += n as u64;
         let images = samples_to_tensor(&samples)?;
         let captions: Vec<&str> = samples.iter().map(|s| s.caption.as_str()).collect();
@@ -304,6 +321,43 @@ impl DataStream {
                     .next_batch()?
                     .ok_or_else(|| Error::Msg("the training data ran out".into()))?;
                 Ok((b.images, b.ids))
+            }
+        }
+    }
+
+    /// Rank `rank`'s part of the next global batch of `n` pairs in a world of `world`: pairs
+    /// `rank·n/world..(rank+1)·n/world`, so the global batch is the same samples whatever the
+    /// world size, and the position (what a checkpoint stores) is the global one. The synthetic
+    /// stream makes only this rank's samples; the file loader reads the global batch and keeps
+    /// this rank's rows (every rank decodes the whole batch: simple and exact, not economical).
+    fn next_part(
+        &mut self,
+        n: usize,
+        ctx: usize,
+        rank: usize,
+        world: usize,
+    ) -> Result<(Tensor, Vec<u32>)> {
+        if world == 1 {
+            return self.next_batch(n, ctx);
+        }
+        let local = local_batch(n, world)?;
+        match self {
+            DataStream::Synthetic(s) => s.next_part(n, ctx, rank * local, local),
+            DataStream::Files(_) => {
+                let (images, ids) = self.next_batch(n, ctx)?;
+                let got = images.shape()[0];
+                if got != n || !ids.len().is_multiple_of(n) {
+                    return Err(Error::Msg(format!(
+                        "the loader gave a batch of {got} pairs ({} token ids) for a global \
+                         batch of {n}",
+                        ids.len()
+                    )));
+                }
+                let t = ids.len() / n;
+                Ok((
+                    images.narrow(0, rank * local, local)?.try_contiguous()?,
+                    ids[rank * local * t..(rank + 1) * local * t].to_vec(),
+                ))
             }
         }
     }
@@ -421,6 +475,9 @@ pub struct Trainer {
     uploader: BatchUploader,
     /// On a kernel device, the next step's batch: fetched and uploaded while this step computes.
     next: Option<NextBatch>,
+    /// Data parallelism ([`Trainer::set_communicator`]): this rank's handle on its group. `None`:
+    /// one process.
+    dist: Option<Box<dyn Communicator>>,
 }
 
 /// A batch fetched (and its upload started) one step ahead.
@@ -508,6 +565,7 @@ impl Trainer {
             device: Device::Cpu,
             uploader: BatchUploader::new(Device::Cpu)?,
             next: None,
+            dist: None,
         })
     }
 
@@ -544,6 +602,35 @@ impl Trainer {
         Ok(())
     }
 
+    /// Make this trainer one rank of a data-parallel group (`train::data_parallel`): from now on
+    /// each step reads this rank's part of the global batch (`--batch-size` pairs over all
+    /// ranks), runs the data-parallel step, and — in [`Trainer::run`] — only rank 0 writes
+    /// metrics, evaluations and checkpoints. Every rank must be built the same way (same
+    /// config, seed, weights or checkpoint), so that the replicas start equal. An error when the
+    /// world size does not divide the batch, or once a batch was fetched ahead.
+    pub fn set_communicator(&mut self, comm: Box<dyn Communicator>) -> Result<()> {
+        local_batch(self.config.batch_size, comm.world_size())?;
+        if self.next.is_some() {
+            return Err(Error::Msg(
+                "set_communicator: a batch was already fetched for one process; join the group \
+                 before the first step"
+                    .into(),
+            ));
+        }
+        self.dist = Some(comm);
+        Ok(())
+    }
+
+    /// This process's rank in its data-parallel group (0 without one).
+    pub fn rank(&self) -> usize {
+        self.dist.as_ref().map_or(0, |c| c.rank())
+    }
+
+    /// The ranks of the data-parallel group (1 without one).
+    pub fn world_size(&self) -> usize {
+        self.dist.as_ref().map_or(1, |c| c.world_size())
+    }
+
     pub fn schedule(&self) -> LrSchedule {
         let c = &self.config;
         if c.constant_lr {
@@ -570,7 +657,10 @@ impl Trainer {
                 (staged.ready()?, ids)
             }
             None => {
-                let (images, ids) = self.data.next_batch(self.config.batch_size, ctx)?;
+                let (rank, world) = (self.rank(), self.world_size());
+                let (images, ids) =
+                    self.data
+                        .next_part(self.config.batch_size, ctx, rank, world)?;
                 (self.uploader.upload(&images)?.ready()?, ids)
             }
         };
@@ -587,9 +677,10 @@ impl Trainer {
     fn fetch_ahead(&mut self) {
         let position = self.data.position();
         let ctx = self.model.config.text_cfg.context_length;
+        let (rank, world) = (self.rank(), self.world_size());
         let batch = self
             .data
-            .next_batch(self.config.batch_size, ctx)
+            .next_part(self.config.batch_size, ctx, rank, world)
             .and_then(|(images, ids)| Ok((self.uploader.upload(&images)?, ids)));
         self.next = Some(NextBatch { position, batch });
     }
@@ -627,7 +718,14 @@ impl Trainer {
         } else {
             self.config.micro_batch
         };
-        let stats = contrastive_forward_backward_deferred(&self.model, &images, ids, micro)?;
+        // Data parallel: gradients all-reduced inside, so that every rank holds the full batch's
+        // gradient and the clip below sees the global norm.
+        let stats = match &self.dist {
+            Some(comm) => {
+                data_parallel_forward_backward(&self.model, &images, ids, micro, comm.as_ref())?
+            }
+            None => contrastive_forward_backward_deferred(&self.model, &images, ids, micro)?,
+        };
         // On a kernel device the clip factor stays in device memory for the step below.
         let norm = match self.config.grad_clip {
             Some(max) => Some(self.opt.clip_grad_norm(max)?),
@@ -692,7 +790,8 @@ impl Trainer {
             i2t_acc: v[1],
             t2i_acc: v[2],
             grad_norm,
-            pairs_per_s: images.shape()[0] as f64 / started.elapsed().as_secs_f64(),
+            pairs_per_s: (images.shape()[0] * self.world_size()) as f64
+                / started.elapsed().as_secs_f64(),
         })
     }
 
@@ -809,6 +908,8 @@ impl Trainer {
             .into(),
         );
         meta.insert("clipcu.step".into(), self.step.to_string());
+        // For the record: the data position is global, so the run resumes at any world size.
+        meta.insert("clipcu.world_size".into(), self.world_size().to_string());
         meta.insert(
             "clipcu.train".into(),
             serde_json::to_string(&self.config).expect("config serialises"),
@@ -941,6 +1042,9 @@ impl Trainer {
                 "the run is at step {} and --steps is {}: nothing is left to train",
                 self.step, self.config.steps
             )));
+        }
+        if self.rank() != 0 {
+            return self.run_follower();
         }
         std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
         for tmp in st::stale_temp_files(&opts.out)? {
@@ -1131,6 +1235,16 @@ impl Trainer {
 }
 
 impl Trainer {
+    /// [`Trainer::run`] on a rank other than 0 of a data-parallel group: the same steps (their
+    /// collectives pair with rank 0's), nothing written — rank 0 writes metrics, evaluations and
+    /// checkpoints for the group (every rank holds the same weights and optimizer state).
+    fn run_follower(&mut self) -> Result<RunSummary> {
+        while self.step < self.config.steps {
+            self.train_step()?;
+        }
+        Ok(RunSummary::default())
+    }
+
     /// After `checkpoint.safetensors` was written for this step: keep it as
     /// `checkpoint-<step>.safetensors` too (a hard link) and delete the numbered checkpoints of
     /// earlier steps beyond the newest `keep`. Numbered checkpoints of later steps than this one

@@ -7,7 +7,7 @@ use clipcu::train::{DataSpec, RunOptions, TrainConfig, Trainer};
 use clipcu::Result;
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[derive(clap::Args, Clone)]
 pub struct TrainArgs {
@@ -127,6 +127,17 @@ pub struct TrainArgs {
     /// keeps its checkpoint's setting.
     #[arg(long)]
     pub no_augment: bool,
+    /// Data-parallel ranks: N > 1 trains on N ranks, here threads on the in-process
+    /// communicator (--device cpu or emu; NCCL across GPUs is not wired yet). --batch-size is the
+    /// global batch, which N must divide; the run's numbers are those of one process on that
+    /// batch (a ResNet's BatchNorm is synchronised on the CPU, per rank on emu). Only rank 0
+    /// writes; a resumed run may use another N.
+    #[arg(long, default_value_t = 1)]
+    pub nproc_per_node: usize,
+    /// Seconds a rank waits in a collective for the others before failing, naming the ranks
+    /// that never arrived.
+    #[arg(long, default_value_t = 600)]
+    pub dist_timeout: u64,
 }
 
 /// The shipped config `clipcu train` uses when no --config is given.
@@ -205,6 +216,12 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     // Everything that can be refused is refused before a model is built.
     config.validate()?;
     opts.validate()?;
+    if a.nproc_per_node == 0 {
+        return Err(clipcu::Error::Msg(
+            "--nproc-per-node 0: give at least 1 rank".into(),
+        ));
+    }
+    clipcu::train::data_parallel::local_batch(a.batch_size, a.nproc_per_node)?;
     let outputs = [
         "checkpoint.safetensors",
         "model.safetensors",
@@ -257,70 +274,140 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         }
     }
     let device = crate::pick_device(&a.device)?;
-    let (mut trainer, model_name) = match &a.resume {
-        Some(p) => {
-            let path = if p.is_empty() {
-                a.out.join("checkpoint.safetensors")
-            } else {
-                PathBuf::from(p)
-            };
-            let t = Trainer::resume(&path, config, data.clone())?;
-            if a.no_augment && t.config.augment {
-                eprintln!(
+    if a.nproc_per_node > 1 && matches!(device, clipcu::Device::Cuda(_)) {
+        return Err(clipcu::Error::Msg(format!(
+            "--nproc-per-node {} on {device}: data parallelism across GPUs needs NCCL, which is \
+             not wired into the trainer yet; ranks as threads run on --device cpu or emu",
+            a.nproc_per_node
+        )));
+    }
+    // Every rank builds its own replica the same way (`lead`: rank 0, which says what it does).
+    let make = |lead: bool| -> Result<(Trainer, String)> {
+        Ok(match &a.resume {
+            Some(p) => {
+                let path = if p.is_empty() {
+                    a.out.join("checkpoint.safetensors")
+                } else {
+                    PathBuf::from(p)
+                };
+                let t = Trainer::resume(&path, config.clone(), data.clone())?;
+                if lead && a.no_augment && t.config.augment {
+                    eprintln!(
                     "note: --no-augment is ignored: {} was trained with the training transform, \
                      and a resumed run keeps its checkpoint's",
                     path.display()
                 );
-            }
-            // The checkpoint decides the model; a --config naming another one would be ignored.
-            if let Some(c) = &a.config {
-                let given = ClipConfig::load(c)?;
-                if given != t.model.config {
-                    return Err(clipcu::Error::Msg(format!(
+                }
+                // The checkpoint decides the model; a --config naming another one would be ignored.
+                if let Some(c) = &a.config {
+                    let given = ClipConfig::load(c)?;
+                    if given != t.model.config {
+                        return Err(clipcu::Error::Msg(format!(
                         "--config {c} is not the model of the checkpoint {} (a resumed run keeps \
                          its checkpoint's model): leave --config out, or start a fresh run",
                         path.display()
                     )));
+                    }
                 }
+                if lead {
+                    eprintln!("resumed {} at step {}", path.display(), t.step);
+                }
+                (t, format!("the model of {}", path.display()))
             }
-            eprintln!("resumed {} at step {}", path.display(), t.step);
-            (t, format!("the model of {}", path.display()))
-        }
-        None => match &a.pretrained {
-            Some(p) => {
-                let given = a.config.as_deref().map(ClipConfig::load).transpose()?;
-                if let (Some(c), Some(stored)) = (&given, clipcu::model::weights::config_in(p)?) {
-                    if *c != stored {
-                        return Err(clipcu::Error::Msg(format!(
+            None => match &a.pretrained {
+                Some(p) => {
+                    let given = a.config.as_deref().map(ClipConfig::load).transpose()?;
+                    if let (Some(c), Some(stored)) = (&given, clipcu::model::weights::config_in(p)?)
+                    {
+                        if *c != stored {
+                            return Err(clipcu::Error::Msg(format!(
                             "--config {} is not the model of --pretrained {}, which carries its \
                              own config: leave --config out",
                             a.config.as_deref().unwrap_or_default(),
                             p.display()
                         )));
+                        }
                     }
+                    let model = clipcu::model::load_clip(p, given.as_ref())?;
+                    let what = format!(
+                        "{} (fine-tuned from {})",
+                        a.config.as_deref().unwrap_or("the model"),
+                        p.display()
+                    );
+                    model.config.check_tokenizer_vocab(&what)?;
+                    (
+                        Trainer::fine_tune(model, config.clone(), data.clone())?,
+                        what,
+                    )
                 }
-                let model = clipcu::model::load_clip(p, given.as_ref())?;
-                let what = format!(
-                    "{} (fine-tuned from {})",
-                    a.config.as_deref().unwrap_or("the model"),
-                    p.display()
-                );
-                model.config.check_tokenizer_vocab(&what)?;
-                (Trainer::fine_tune(model, config, data.clone())?, what)
-            }
-            None => {
-                let name = a.config.as_deref().unwrap_or(DEFAULT_CONFIG);
-                let cfg = ClipConfig::load(name)?;
-                cfg.check_tokenizer_vocab(name)?;
-                (Trainer::new(&cfg, config, data.clone())?, name.to_string())
-            }
-        },
+                None => {
+                    let name = a.config.as_deref().unwrap_or(DEFAULT_CONFIG);
+                    let cfg = ClipConfig::load(name)?;
+                    cfg.check_tokenizer_vocab(name)?;
+                    (
+                        Trainer::new(&cfg, config.clone(), data.clone())?,
+                        name.to_string(),
+                    )
+                }
+            },
+        })
     };
-    trainer.to_device(device)?;
-    let start_step = trainer.step;
+    if a.nproc_per_node <= 1 {
+        let (mut trainer, model_name) = make(true)?;
+        trainer.to_device(device)?;
+        header(a, &trainer, &model_name, device);
+        let start_step = trainer.step;
+        let start = Instant::now();
+        let last = trainer.run(&opts)?;
+        let secs = start.elapsed().as_secs_f64();
+        return report(
+            a,
+            &last,
+            start_step,
+            trainer.step,
+            secs,
+            trainer.data.skips(),
+        );
+    }
+    let ranks = clipcu::train::data_parallel::run_ranks(
+        a.nproc_per_node,
+        Duration::from_secs(a.dist_timeout),
+        |comm| {
+            let lead = clipcu::dist::Communicator::rank(&comm) == 0;
+            let made = make(lead).and_then(|(mut t, name)| {
+                t.to_device(device)?;
+                Ok((t, name))
+            });
+            // a rank that could not start stops the others now, not at the step's timeout
+            let all = clipcu::train::data_parallel::all_ok(&comm, made.is_ok());
+            let (mut trainer, model_name) = made?;
+            all?;
+            trainer.set_communicator(Box::new(comm))?;
+            if lead {
+                header(a, &trainer, &model_name, device);
+            }
+            let start_step = trainer.step;
+            let start = Instant::now();
+            let last = trainer.run(&opts)?;
+            let secs = start.elapsed().as_secs_f64();
+            Ok(lead.then(|| (last, start_step, trainer.step, secs, trainer.data.skips())))
+        },
+    )?;
+    let Some(Some((last, start_step, end_step, secs, skips))) = ranks.into_iter().next() else {
+        return Err(clipcu::Error::Msg("rank 0 reported nothing".into()));
+    };
+    report(a, &last, start_step, end_step, secs, skips)
+}
+
+/// What a run is about to train, said once (by rank 0).
+fn header(a: &TrainArgs, trainer: &Trainer, model_name: &str, device: clipcu::Device) {
     let m = &trainer.model.config;
+    let ranks = match trainer.world_size() {
+        1 => String::new(),
+        n => format!(" × {n} ranks (threads, in-process communicator)"),
+    };
     eprintln!(
-        "training {} ({}×{} px, {} trainable params) on {}{} ({device}): {} steps × {} pairs{} → {}",
+        "training {} ({}×{} px, {} trainable params) on {}{} ({device}{ranks}): {} steps × {} pairs{} → {}",
         model_name,
         m.vision_cfg.image_size,
         m.vision_cfg.image_size,
@@ -338,17 +425,36 @@ pub fn run(a: &TrainArgs) -> Result<()> {
             .unwrap_or_default(),
         a.out.display()
     );
-    let start = Instant::now();
-    let last = trainer.run(&opts)?;
-    let secs = start.elapsed().as_secs_f64();
-    let done = trainer.step - start_step;
+    let resnet = matches!(
+        m.vision_cfg.layers,
+        clipcu::model::config::VisionLayers::ResNet(_)
+    );
+    if trainer.world_size() > 1 && resnet && device != clipcu::Device::Cpu {
+        eprintln!(
+            "note: on {device} the ResNet's BatchNorm statistics are each rank's own \
+             (SyncBatchNorm runs on the CPU only so far): the run's numbers differ from one \
+             process on the combined batch"
+        );
+    }
+}
+
+/// The run's summary on stdout.
+fn report(
+    a: &TrainArgs,
+    last: &clipcu::train::RunSummary,
+    start_step: usize,
+    end_step: usize,
+    secs: f64,
+    skips: Option<clipcu::data::SkipStats>,
+) -> Result<()> {
+    let done = end_step - start_step;
     println!(
         "trained {} steps in {:.0} s ({:.0} pairs/s){}",
         done,
         secs,
         (done * a.batch_size) as f64 / secs,
         if start_step > 0 {
-            format!(", steps {}–{} of the run", start_step + 1, trainer.step)
+            format!(", steps {}–{} of the run", start_step + 1, end_step)
         } else {
             String::new()
         }
@@ -385,7 +491,7 @@ pub fn run(a: &TrainArgs) -> Result<()> {
             );
         }
     }
-    if let Some(skips) = trainer.data.skips() {
+    if let Some(skips) = skips {
         println!(
             "data: skipped and counted {} corrupt and {} missing images, {} missing and {} empty captions, {} truncated and {} unreadable shards",
             skips.corrupt_image, skips.missing_image, skips.missing_caption, skips.empty_caption, skips.truncated_shard, skips.unreadable_shard

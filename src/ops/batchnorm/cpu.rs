@@ -30,18 +30,25 @@ fn channel_sums(
 /// Batch mean and biased variance per channel (f64, two passes: mean, then centred squares).
 pub fn batch_stats(x: &[f32], c: usize, hw: usize) -> (Vec<f64>, Vec<f64>) {
     let m = (x.len() / (c * hw).max(1) * hw).max(1) as f64;
-    let mean: Vec<f64> = channel_sums(x, c, hw, |_, p| p.iter().map(|&v| v as f64).sum())
+    let mean: Vec<f64> = sums(x, c, hw).into_iter().map(|s| s / m).collect();
+    let var: Vec<f64> = centred_square_sums(x, c, hw, &mean)
         .into_iter()
         .map(|s| s / m)
         .collect();
-    let var: Vec<f64> = channel_sums(x, c, hw, |q, p| {
+    (mean, var)
+}
+
+/// Per-channel Σx (f64; SyncBatchNorm all-reduces these).
+pub fn sums(x: &[f32], c: usize, hw: usize) -> Vec<f64> {
+    channel_sums(x, c, hw, |_, p| p.iter().map(|&v| v as f64).sum())
+}
+
+/// Per-channel Σ(x − mean)² (f64).
+pub fn centred_square_sums(x: &[f32], c: usize, hw: usize, mean: &[f64]) -> Vec<f64> {
+    channel_sums(x, c, hw, |q, p| {
         let mu = mean[q % c];
         p.iter().map(|&v| (v as f64 - mu).powi(2)).sum()
     })
-    .into_iter()
-    .map(|s| s / m)
-    .collect();
-    (mean, var)
 }
 
 /// `y = (x − mean[c])·scale[c] + shift[c]`.

@@ -14,14 +14,47 @@ pub mod cpu;
 pub(crate) mod gpu;
 
 use crate::device::kernel::runs_kernels;
+use crate::dist::Communicator;
 use crate::graph::{Graph, Op, Param, Var};
 use crate::ops::{cpu_input, same_device};
-use crate::{bail_shape, Result, Tensor};
+use crate::{bail_shape, Error, Result, Tensor};
 
 const OP: &str = "batch_norm2d";
 
-pub struct BatchNorm2dOp {
+pub struct BatchNorm2dOp<'m> {
     training: bool,
+    /// SyncBatchNorm's group (`Graph::sync_batch_norm`): backward sums over every rank.
+    group: Option<&'m dyn Communicator>,
+}
+
+/// SyncBatchNorm's statistics (CPU): per-channel Σx over every rank's batch, then Σ(x − μ)²
+/// about the global mean (the same two passes as one process; partial sums cross the
+/// communicator as f32). Returns (mean, biased var, values per channel over all ranks).
+fn sync_stats(
+    group: &dyn Communicator,
+    x: &[f32],
+    c: usize,
+    hw: usize,
+) -> Result<(Vec<f64>, Vec<f64>, f64)> {
+    let reduce = |v: Vec<f64>| -> Result<Vec<f64>> {
+        let t = Tensor::from_f32(f32v(&v), &[v.len()]);
+        Ok(group
+            .all_reduce_sum(&t)?
+            .to_vec()
+            .iter()
+            .map(|&s| s as f64)
+            .collect())
+    };
+    let m = (x.len() / (c * hw).max(1) * hw * group.world_size()) as f64;
+    let mean: Vec<f64> = reduce(cpu::sums(x, c, hw))?
+        .into_iter()
+        .map(|s| s / m)
+        .collect();
+    let var: Vec<f64> = reduce(cpu::centred_square_sums(x, c, hw, &mean))?
+        .into_iter()
+        .map(|s| s / m)
+        .collect();
+    Ok((mean, var, m))
 }
 
 /// Checks x [N, C, H, W] against weight and bias [C]; returns (N, C, H·W).
@@ -239,6 +272,13 @@ impl<'m> Graph<'m> {
     ) -> Result<Var> {
         let (xt, wt, bt) = (x.tensor(), weight.tensor(), bias.tensor());
         let (rm, rv) = (running_mean.value(), running_var.value());
+        let group = self.batch_stats_group().filter(|_| training);
+        if group.is_some() && runs_kernels(xt.device()) {
+            return Err(Error::Msg(format!(
+                "{OP}: SyncBatchNorm runs on the CPU only so far, the input is on {}",
+                xt.device()
+            )));
+        }
         let (y, mean, rstd) = if training && runs_kernels(xt.device()) {
             check(xt, wt, bt)?;
             check_running(xt, &rm, &rv)?;
@@ -267,9 +307,22 @@ impl<'m> Graph<'m> {
         } else if training {
             check(xt, wt, bt)?;
             check_running(xt, &rm, &rv)?;
-            let (y, mean, var, rstd) = train_forward(xt, wt, bt, eps)?;
             let s = xt.shape();
-            let n = (s[0] * s[2] * s[3]) as f64;
+            let (y, mean, var, rstd, n) = match self.batch_stats_group() {
+                Some(group) => {
+                    let (x, w, b) = (cpu_input(OP, xt)?, cpu_input(OP, wt)?, cpu_input(OP, bt)?);
+                    let hw = s[2] * s[3];
+                    let (mean, var, n) = sync_stats(group, x.f32s(OP)?, s[1], hw)?;
+                    let rstd: Vec<f64> =
+                        var.iter().map(|&v| 1.0 / (v + eps as f64).sqrt()).collect();
+                    let (y, _, rstd_t) = apply(&x, &w, &b, &mean, &rstd, hw)?;
+                    (y, mean, var, rstd_t, n)
+                }
+                None => {
+                    let (y, mean, var, rstd) = train_forward(xt, wt, bt, eps)?;
+                    (y, mean, var, rstd, (s[0] * s[2] * s[3]) as f64)
+                }
+            };
             let m = momentum as f64;
             let (rm, rv) = (
                 cpu_input(OP, &rm.to_device(crate::Device::Cpu)?)?,
@@ -305,7 +358,7 @@ impl<'m> Graph<'m> {
             vec![cpu_input(OP, xt)?, cpu_input(OP, wt)?, mean, rstd]
         };
         Ok(self.record(
-            Op::BatchNorm2d(BatchNorm2dOp { training }),
+            Op::BatchNorm2d(BatchNorm2dOp { training, group }),
             &[x, weight, bias],
             saved,
             y,
@@ -313,7 +366,7 @@ impl<'m> Graph<'m> {
     }
 }
 
-impl BatchNorm2dOp {
+impl BatchNorm2dOp<'_> {
     pub(crate) fn backward(
         &self,
         saved: &[Tensor],
@@ -340,7 +393,7 @@ impl BatchNorm2dOp {
         }
         let s = x.shape();
         let (c, hw) = (s[1], s[2] * s[3]);
-        let m = (s[0] * hw) as f64;
+        let mut m = (s[0] * hw) as f64;
         let g = cpu_input(BOP, gout)?;
         let (xs, gs, ms, rs, ws) = (
             x.f32s(BOP)?,
@@ -355,6 +408,24 @@ impl BatchNorm2dOp {
         } else {
             (vec![0.0; c], vec![0.0; c])
         };
+        // SyncBatchNorm: the input gradient goes through the statistics of all ranks' values,
+        // so it needs Σdy and Σdy·x̂ over all of them; the weight and bias gradients stay this
+        // rank's sums (the step all-reduces parameter gradients afterwards).
+        let (g_dy, g_dy_xhat) = match self.group.filter(|_| needs[0] && self.training) {
+            Some(group) => {
+                let both: Vec<f64> = sum_dy.iter().chain(&sum_dy_xhat).copied().collect();
+                let t = Tensor::from_f32(f32v(&both), &[2 * c]);
+                let r: Vec<f64> = group
+                    .all_reduce_sum(&t)?
+                    .to_vec()
+                    .iter()
+                    .map(|&v| v as f64)
+                    .collect();
+                m *= group.world_size() as f64;
+                (r[..c].to_vec(), r[c..].to_vec())
+            }
+            None => (sum_dy.clone(), sum_dy_xhat.clone()),
+        };
         let dx = if needs[0] {
             let a: Vec<f64> = ws
                 .iter()
@@ -365,8 +436,8 @@ impl BatchNorm2dOp {
                 (0..c)
                     .map(|i| {
                         (
-                            (-a[i] * sum_dy[i] / m) as f32,
-                            (-a[i] * sum_dy_xhat[i] / m) as f32,
+                            (-a[i] * g_dy[i] / m) as f32,
+                            (-a[i] * g_dy_xhat[i] / m) as f32,
                         )
                     })
                     .unzip()

@@ -66,6 +66,11 @@ impl Online {
     /// The log-sum-exp as (max, log Σ e^(x − max)): kept apart, since the loss r − S_ii and the
     /// softmax e^(S − r) would otherwise lose r's rounding (|r|·2⁻²⁴, large beside a small loss)
     /// — (S − max) is exact when the two are close, and log Σ ∈ [0, log N] is small.
+    /// Whether the label entry `diag` is strictly the largest of its row (or column): a hit of
+    /// the accuracies.
+    pub(super) fn hit(self, diag: f32) -> bool {
+        diag > self.other
+    }
     pub(super) fn lse(self) -> Lse {
         Lse {
             max: self.max,

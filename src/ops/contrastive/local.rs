@@ -26,6 +26,8 @@ use rayon::prelude::*;
 struct Side {
     lse: Vec<Lse>,
     diag: Vec<f32>,
+    /// Rows whose label entry is strictly the largest (the accuracy's numerator).
+    hits: usize,
 }
 
 /// Row LSEs and the label entries S_i,i+off of s·rows·colsᵀ.
@@ -68,8 +70,10 @@ fn side_forward(
     let mut side = Side {
         lse: Vec::with_capacity(n),
         diag: Vec::with_capacity(n),
+        hits: 0,
     };
     for (stats, diag) in per {
+        side.hits += stats.iter().zip(&diag).filter(|(o, &d)| o.hit(d)).count();
         side.lse.extend(stats.iter().map(|o| o.lse()));
         side.diag.extend(diag);
     }
@@ -187,6 +191,29 @@ impl<'m> Graph<'m> {
         logit_scale: &Var,
         rank: usize,
     ) -> Result<Var> {
+        let (loss, _, _) = self.contrastive_local_with_accuracy(
+            img_local,
+            txt_local,
+            img_all,
+            txt_all,
+            logit_scale,
+            rank,
+        )?;
+        Ok(loss)
+    }
+
+    /// [`Graph::contrastive_local`] and this rank's accuracies as `[]` tensors: the fraction of
+    /// its images whose own caption scores highest among all N captions, and of its captions
+    /// whose own image does (the full batch's accuracies are the mean over ranks).
+    pub fn contrastive_local_with_accuracy(
+        &self,
+        img_local: &Var,
+        txt_local: &Var,
+        img_all: &Var,
+        txt_all: &Var,
+        logit_scale: &Var,
+        rank: usize,
+    ) -> Result<(Var, Tensor, Tensor)> {
         let op = "contrastive_local";
         let (il, tl, ia, ta) = (
             img_local.tensor(),
@@ -270,6 +297,9 @@ impl<'m> Graph<'m> {
             .map(|(l, &dg)| (l.max - dg) as f64 + l.log_sum as f64)
             .sum();
         let loss = Tensor::scalar((sum / (2 * n) as f64) as f32);
+        let inv = 1.0 / n as f32;
+        let i2t = Tensor::scalar(image_rows.hits as f32 * inv);
+        let t2i = Tensor::scalar(text_rows.hits as f32 * inv);
         let saved = LocalSaved {
             n,
             total,
@@ -279,7 +309,7 @@ impl<'m> Graph<'m> {
             image_rows,
             text_rows,
         };
-        Ok(self.record(
+        let loss = self.record(
             Op::ContrastiveLocal(ContrastiveLocalOp {
                 saved: Some(saved),
                 n,
@@ -289,7 +319,8 @@ impl<'m> Graph<'m> {
             &[img_local, txt_local, img_all, txt_all, logit_scale],
             vec![nil, ntl, nia, nta, norm_il, norm_tl, norm_ia, norm_ta],
             loss,
-        ))
+        );
+        Ok((loss, i2t, t2i))
     }
 }
 

@@ -1,0 +1,329 @@
+//! The data-parallel training step (issue 19): every rank holds a replica of the model and of
+//! the optimizer, reads its own `n = N / world` pairs of the global batch of N, and after the
+//! step holds the same parameters as one process that trained on all N pairs.
+//!
+//! One step on rank r, as open_clip's `ClipLoss(local_loss=True, gather_with_grad=True)` under
+//! DDP computes it:
+//!
+//! 1. forward its n pairs through its towers (micro-batches as in `step.rs`): features I_r, T_r;
+//! 2. all-gather the features of every rank (rank order): I, T [N, D];
+//! 3. the loss of its rows against all columns, `Graph::contrastive_local`; the mean over ranks
+//!    of these local losses is the full batch's loss L;
+//! 4. backward of loss_r / world: gradients for its own rows, for all N gathered columns and for
+//!    `logit_scale`; the column gradients are summed over ranks and each rank keeps the slice of
+//!    its own samples (reduce-scatter — the backward of gather_with_grad's all-gather), added to
+//!    its rows' gradient: now dI_r, dT_r are exactly ∂L/∂I_r, ∂L/∂T_r;
+//! 5. backward through its towers, then the parameter gradients (and `logit_scale`'s) summed
+//!    over ranks in buckets ([`all_reduce_gradients`]): ∂L/∂θ on every rank.
+//!
+//! The scaling: open_clip's per-rank loss is the mean over its n rows, and DDP *averages* the
+//! ranks' gradients (sum / world). Seeding backward with 1/world and *summing* is the same
+//! arithmetic (exact for power-of-two worlds) and keeps one rule for every gradient, the
+//! gathered-feature ones included. Since every rank then holds the same full gradient, the
+//! global-norm clip and AdamW need no further communication and give the same bits on every
+//! rank (the in-process sums are rank-ordered, so every rank receives identical values).
+//!
+//! BatchNorm (ModifiedResNet): on the CPU the step runs SyncBatchNorm (`Graph::sync_batch_norm`:
+//! statistics over all ranks' samples, so a ResNet equals one process on the combined batch too,
+//! when each rank's micro-batch is its whole part); on a kernel device each rank's statistics
+//! are its own, as DDP without SyncBatchNorm.
+//!
+//! [`run_ranks`] runs `world` ranks as threads on the in-process communicator; the step itself
+//! is generic over [`Communicator`], so NCCL slots in unchanged.
+
+use super::step::{backward_micro, forward_micro};
+use super::DeviceStats;
+use crate::dist::{Communicator, InProcess};
+use crate::model::Clip;
+use crate::nn::Module;
+use crate::ops::layout::concat;
+use crate::{Device, Error, Graph, Param, Result, Tensor};
+use std::time::Duration;
+
+/// Gradient elements all-reduced together: big enough that a bucket's fixed cost vanishes, small
+/// enough that NCCL could overlap one bucket's reduction with the next one's backward (4 Mi
+/// elements, 16 MiB of f32, in the range of DDP's default 25 MiB).
+pub const BUCKET_ELEMENTS: usize = 1 << 22;
+
+/// The pairs each of `world` ranks reads from a global batch of `global`: an error unless the
+/// world divides the batch (every rank must contribute the same number of rows to the gathered
+/// features).
+pub fn local_batch(global: usize, world: usize) -> Result<usize> {
+    if world == 0 {
+        return Err(Error::Msg(
+            "a world of 0 ranks has no data-parallel step".into(),
+        ));
+    }
+    if !global.is_multiple_of(world) {
+        return Err(Error::Msg(format!(
+            "--batch-size {global} does not split over {world} ranks: the global batch must be a \
+             multiple of the world size (each rank reads batch / world pairs); give a \
+             --batch-size that {world} divides, e.g. {}",
+            (global / world).max(1) * world
+        )));
+    }
+    Ok(global / world)
+}
+
+/// What [`gathered_contrastive_backward`] computes on one rank.
+pub struct GatheredLoss {
+    /// `[]`: this rank's local loss (the full batch's loss is the mean over ranks).
+    pub loss: Tensor,
+    /// `[]`: this rank's accuracies (the full batch's are the mean over ranks).
+    pub image_to_text_acc: Tensor,
+    pub text_to_image_acc: Tensor,
+    /// ∂L/∂(this rank's image features) [n, D], L the full batch's loss (on the features'
+    /// device; zeros when not asked for).
+    pub d_image: Tensor,
+    /// ∂L/∂(this rank's text features) [n, D].
+    pub d_text: Tensor,
+}
+
+/// Steps 2–4 of the module doc on this rank's features `image`, `text` [n, D]: gather, the local
+/// loss, its backward seeded with 1/world, and the column gradients reduced to their owners.
+/// `logit_scale` receives this rank's share of ∂L/∂logit_scale (the sum over ranks is the full
+/// gradient). `need_image` / `need_text` false (a locked tower) skips that side's reduction;
+/// every rank must pass the same flags, since they decide which collectives run.
+pub fn gathered_contrastive_backward(
+    comm: &dyn Communicator,
+    image: &Tensor,
+    text: &Tensor,
+    logit_scale: &Param,
+    need_image: bool,
+    need_text: bool,
+) -> Result<GatheredLoss> {
+    let (rank, world) = (comm.rank(), comm.world_size());
+    let device = image.device();
+    // The local form runs on the CPU only so far: features (N×D, small) go there and their
+    // gradients come back.
+    let cpu = |t: &Tensor| t.to_device(Device::Cpu);
+    let (il, tl) = (cpu(image)?, cpu(text)?);
+    let (ia, ta) = (comm.all_gather(&il)?, comm.all_gather(&tl)?);
+    let lg = Graph::new();
+    let (vil, vtl, via, vta) = (
+        lg.leaf(il.clone()),
+        lg.leaf(tl.clone()),
+        lg.leaf(ia),
+        lg.leaf(ta),
+    );
+    let ls_device = logit_scale.value().device();
+    let vs = lg.leaf(cpu(&logit_scale.value())?);
+    let (loss, i2t, t2i) = lg.contrastive_local_with_accuracy(&vil, &vtl, &via, &vta, &vs, rank)?;
+    let seed = Tensor::full_on(1.0 / world as f32, loss.shape().to_vec(), Device::Cpu)?;
+    let grads = lg.backward_with(&loss, seed)?;
+    let grad = |v: &crate::Var| -> Result<Tensor> {
+        grads
+            .get(v)
+            .cloned()
+            .ok_or_else(|| Error::Graph("the local loss did not reach its inputs".into()))
+    };
+    if logit_scale.requires_grad() {
+        logit_scale.accumulate_grad(grad(&vs)?.to_device(ls_device)?)?;
+    }
+    let side = |need: bool, local: &crate::Var, all: &crate::Var| -> Result<Tensor> {
+        if !need {
+            return Tensor::zeros(local.shape().to_vec()).to_device(device);
+        }
+        // the backward of the all-gather: every rank's gradients for my samples, summed
+        let mine = comm.reduce_scatter_sum(&grad(all)?)?;
+        let mut d = grad(local)?;
+        crate::ops::binary::add_assign(&mut d, &mine)?;
+        d.to_device(device)
+    };
+    let d_image = side(need_image, &vil, &via)?;
+    let d_text = side(need_text, &vtl, &vta)?;
+    Ok(GatheredLoss {
+        loss: loss.tensor().clone(),
+        image_to_text_acc: i2t,
+        text_to_image_acc: t2i,
+        d_image,
+        d_text,
+    })
+}
+
+/// Sums the gradients of the trainable `params` over ranks, in place, `bucket` elements at a
+/// time (parameters in the given order, each bucket one all-reduce of their gradients joined;
+/// a parameter larger than a bucket is a bucket of its own). Every rank must hold gradients for
+/// the same parameters (the same model, the same locks). Nothing to do in a world of one.
+pub fn all_reduce_gradients(
+    params: &[Param],
+    comm: &dyn Communicator,
+    bucket: usize,
+) -> Result<()> {
+    if comm.world_size() == 1 {
+        return Ok(());
+    }
+    let with: Vec<(&Param, Tensor)> = params
+        .iter()
+        .filter(|p| p.requires_grad())
+        .filter_map(|p| p.grad().map(|g| (p, g)))
+        .collect();
+    let mut i = 0;
+    while i < with.len() {
+        let (mut j, mut elements) = (i, 0);
+        while j < with.len() && (j == i || elements + with[j].1.numel() <= bucket) {
+            elements += with[j].1.numel();
+            j += 1;
+        }
+        let flat: Vec<Tensor> = with[i..j]
+            .iter()
+            .map(|(_, g)| g.try_contiguous()?.reshape([g.numel()]))
+            .collect::<Result<_>>()?;
+        let refs: Vec<&Tensor> = flat.iter().collect();
+        let joined = if refs.len() == 1 {
+            flat[0].clone()
+        } else {
+            concat(&refs, 0)?
+        };
+        let sum = comm.all_reduce_sum(&joined)?.to_device(joined.device())?;
+        let mut off = 0;
+        for (p, g) in &with[i..j] {
+            let k = g.numel();
+            let part = sum
+                .narrow(0, off, k)?
+                .try_contiguous()?
+                .reshape(g.shape().to_vec())?;
+            p.zero_grad();
+            p.accumulate_grad(part)?;
+            off += k;
+        }
+        i = j;
+    }
+    Ok(())
+}
+
+/// One data-parallel forward + backward (the module doc) on this rank's pairs: `images`
+/// [n, 3, S, S] and token rows `ids` [n, T], in micro-batches of `micro`. Afterwards every
+/// rank's parameters hold ∂L/∂θ of the full batch's loss; the statistics are the full batch's
+/// (means over ranks). The optimizer step is the caller's, the same on every rank.
+pub fn data_parallel_forward_backward(
+    model: &Clip,
+    images: &Tensor,
+    ids: &[u32],
+    micro: usize,
+    comm: &dyn Communicator,
+) -> Result<DeviceStats> {
+    // SyncBatchNorm on the CPU (a ViT has no BatchNorm: nothing changes); on a kernel device
+    // a ResNet's statistics stay each rank's own, as DDP without SyncBatchNorm.
+    let sync_bn = (images.device() == Device::Cpu).then_some(comm);
+    let parts = forward_micro(model, images, ids, micro, sync_bn)?;
+    let join = |f: &dyn Fn(&super::step::Micro) -> Tensor| -> Result<Tensor> {
+        let ts: Vec<Tensor> = parts.iter().map(f).collect();
+        let refs: Vec<&Tensor> = ts.iter().collect();
+        concat(&refs, 0)
+    };
+    let image = join(&|p| p.image.tensor().clone())?;
+    let text = join(&|p| p.text.tensor().clone())?;
+    let need_image = parts.iter().any(|p| p.image.requires_grad());
+    let need_text = parts.iter().any(|p| p.text.requires_grad());
+    let g = gathered_contrastive_backward(
+        comm,
+        &image,
+        &text,
+        &model.logit_scale,
+        need_image,
+        need_text,
+    )?;
+    backward_micro(parts, &g.d_image, &g.d_text)?;
+    all_reduce_gradients(&model.parameters(), comm, BUCKET_ELEMENTS)?;
+    // the full batch's statistics: means of the ranks' (equal row counts)
+    let local = Tensor::from_vec(
+        vec![
+            g.loss.item()?,
+            g.image_to_text_acc.item()?,
+            g.text_to_image_acc.item()?,
+        ],
+        [3],
+    )?;
+    let w = comm.world_size() as f32;
+    let v: Vec<f32> = comm
+        .all_reduce_sum(&local)?
+        .to_vec()
+        .iter()
+        .map(|x| x / w)
+        .collect();
+    let device = images.device();
+    let on = |x: f32| Tensor::scalar(x).to_device(device);
+    Ok(DeviceStats {
+        loss: on(v[0])?,
+        image_to_text_acc: on(v[1])?,
+        text_to_image_acc: on(v[2])?,
+    })
+}
+
+/// Runs `f` on `world` ranks, each a thread with its handle on one in-process group whose
+/// collectives wait at most `timeout`; returns every rank's result in rank order. When ranks
+/// fail, the error is the first rank's that is not a timeout waiting for a failed rank (the
+/// cause, not its echo), prefixed with the rank.
+pub fn run_ranks<T: Send>(
+    world: usize,
+    timeout: Duration,
+    f: impl Fn(InProcess) -> Result<T> + Sync,
+) -> Result<Vec<T>> {
+    if world == 0 {
+        return Err(Error::Msg(
+            "--nproc-per-node 0: give at least 1 rank".into(),
+        ));
+    }
+    let comms = InProcess::group(world, timeout);
+    let results: Vec<Result<T>> = std::thread::scope(|s| {
+        let f = &f;
+        let handles: Vec<_> = comms
+            .into_iter()
+            .enumerate()
+            .map(|(r, c)| {
+                std::thread::Builder::new()
+                    .name(format!("rank-{r}"))
+                    .spawn_scoped(s, move || f(c))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .enumerate()
+            .map(|(r, h)| match h {
+                Err(e) => Err(Error::Msg(format!("rank {r}: could not start: {e}"))),
+                Ok(h) => h
+                    .join()
+                    .unwrap_or_else(|_| Err(Error::Msg(format!("rank {r} panicked")))),
+            })
+            .collect()
+    });
+    let mut errors: Vec<(usize, Error)> = Vec::new();
+    let mut ok = Vec::with_capacity(world);
+    for (r, res) in results.into_iter().enumerate() {
+        match res {
+            Ok(v) => ok.push(v),
+            Err(e) => errors.push((r, e)),
+        }
+    }
+    if errors.is_empty() {
+        return Ok(ok);
+    }
+    let echo = |e: &Error| {
+        let e = e.to_string();
+        e.contains("never arrived") || e.contains(FAILED_TO_START)
+    };
+    let pick = errors.iter().position(|(_, e)| !echo(e)).unwrap_or(0);
+    let (r, e) = errors.swap_remove(pick);
+    Err(Error::Msg(format!("rank {r} of {world}: {e}")))
+}
+
+/// What [`all_ok`] says on the ranks that did start (an echo of another rank's error).
+const FAILED_TO_START: &str = "ranks failed to start";
+
+/// Whether every rank succeeded at something (e.g. building its trainer): an error on every
+/// rank when one did not, so that the others stop at once instead of waiting for it in the
+/// step's first collective until the timeout.
+pub fn all_ok(comm: &dyn Communicator, ok: bool) -> Result<()> {
+    let n = comm
+        .all_reduce_sum(&Tensor::scalar(if ok { 1.0 } else { 0.0 }).reshape([1])?)?
+        .item()?;
+    if (n as usize) < comm.world_size() {
+        return Err(Error::Msg(format!(
+            "{} of {} {FAILED_TO_START}",
+            comm.world_size() - n as usize,
+            comm.world_size()
+        )));
+    }
+    Ok(())
+}
