@@ -230,8 +230,9 @@ pub(super) fn forward(img: &Tensor, txt: &Tensor, logit_scale: &Tensor) -> Resul
 }
 
 /// The local form's forward on unit features: this rank's rows `il`, `tl` [n, d] against all
-/// `ia`, `ta` [N, d], labels at column i + off. Returns the loss and, for backward, [image rows'
-/// max, log Σ, label entries, text rows' max, log Σ, label entries], each [n].
+/// `ia`, `ta` [N, d], labels at column i + off. Returns the loss, the fractions of local images
+/// and texts whose own pair scores highest, and, for backward, [image rows' max, log Σ, label
+/// entries, text rows' max, log Σ, label entries], each [n].
 pub(super) fn forward_local(
     il: &Tensor,
     tl: &Tensor,
@@ -239,12 +240,12 @@ pub(super) fn forward_local(
     ta: &Tensor,
     logit_scale: &Tensor,
     off: usize,
-) -> Result<(Tensor, Vec<Tensor>)> {
+) -> Result<(Tensor, Tensor, Tensor, Vec<Tensor>)> {
     let op = "contrastive_local";
     let (f, ls) = inputs(op, &[il, tl, ia, ta], logit_scale)?;
     let img_rows = row_pass(op, &f[0], &f[3], &ls, off, false)?;
     let txt_rows = row_pass(op, &f[1], &f[2], &ls, off, false)?;
-    let (loss, _, _) = loss_of(
+    let (loss, i2t, t2i) = loss_of(
         f[0].device(),
         [&img_rows.max, &img_rows.lsum, &img_rows.other],
         [&txt_rows.max, &txt_rows.lsum, &txt_rows.other],
@@ -257,7 +258,7 @@ pub(super) fn forward_local(
         stats.push(side.lsum.into_tensor()?);
         stats.push(side.diag.into_tensor()?);
     }
-    Ok((loss, stats))
+    Ok((loss, i2t, t2i, stats))
 }
 
 /// A softmax term of the backward: the (max, log Σ, label entries) of one side's rows.

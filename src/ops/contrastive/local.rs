@@ -268,10 +268,11 @@ impl<'m> Graph<'m> {
             let ((nia, norm_ia), (nta, norm_ta)) =
                 (l2_normalize_stats(ia)?, l2_normalize_stats(ta)?);
             let ls = logit_scale.tensor().clone();
-            let (loss, stats) = super::gpu::forward_local(&nil, &ntl, &nia, &nta, &ls, off)?;
+            let (loss, i2t, t2i, stats) =
+                super::gpu::forward_local(&nil, &ntl, &nia, &nta, &ls, off)?;
             let mut saved = vec![nil, ntl, nia, nta, norm_il, norm_tl, norm_ia, norm_ta, ls];
             saved.extend(stats);
-            return Ok(self.record(
+            let loss = self.record(
                 Op::ContrastiveLocal(ContrastiveLocalOp {
                     saved: None,
                     n,
@@ -281,7 +282,8 @@ impl<'m> Graph<'m> {
                 &[img_local, txt_local, img_all, txt_all, logit_scale],
                 saved,
                 loss,
-            ));
+            );
+            return Ok((loss, i2t, t2i));
         }
         let ins = [il, tl, ia, ta, logit_scale.tensor()].map(|t| cpu_input(op, t));
         let [il, tl, ia, ta, ls] = ins;
