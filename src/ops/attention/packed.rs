@@ -1,7 +1,7 @@
 //! Self-attention straight from the packed in-projection as one graph op, on every device:
-//! fused kernels for forward and for backward on Emu and Cuda (`kernels/attention.cu`, f32, f16,
-//! bf16; issue 13), and on the CPU the same shape (`fused.rs`: per (batch, head) GEMMs on strided
-//! operands with the scores in cache):
+//! fused kernels for forward and for backward on Emu and Cuda (`kernels/attention.cu`: f32 on
+//! FMA, f16/bf16 on the tensor cores; issue 13), and on the CPU the same shape (`fused.rs`: per
+//! (batch, head) GEMMs on strided operands with the scores in cache):
 //!
 //! ```text
 //! qkv [B·T, 3·H·dh] ──▶ out [B·T, H·dh] (heads merged) and lse [B, H, T] (f32)
@@ -22,7 +22,14 @@ use crate::ops::cpu_input;
 use crate::{bail_shape, Error, Result, Tensor};
 
 const MODULE: &str = "attention";
-const TILE: usize = 32;
+/// Rows a block owns: 32 for the f32 kernels (FMA, a warp per 8 rows), 64 for the f16/bf16
+/// kernels (tensor cores, a warp per 16 rows: the m of mma.m16n8k16).
+fn tile(dtype: crate::DType) -> usize {
+    match dtype {
+        crate::DType::F32 => 32,
+        _ => 64,
+    }
+}
 /// The largest head dim the fused kernels take (two features per lane of a warp).
 pub const MAX_HEAD_DIM: usize = 64;
 
@@ -73,10 +80,10 @@ pub fn supported(qkv: &Tensor, b: usize, h: usize) -> bool {
     device_ok && dims("attention_packed", qkv, b, h).is_ok()
 }
 
-fn grid(t: usize, bh: usize) -> LaunchConfig {
+fn grid(t: usize, bh: usize, dtype: crate::DType) -> LaunchConfig {
     LaunchConfig {
-        grid: (t.div_ceil(TILE).max(1) as u32, bh as u32, 1),
-        block: (TILE as u32, 4, 1),
+        grid: (t.div_ceil(tile(dtype)).max(1) as u32, bh as u32, 1),
+        block: (32, 4, 1),
         shared_bytes: 0,
     }
 }
@@ -104,7 +111,7 @@ pub fn forward(qkv: &Tensor, b: usize, h: usize, causal: bool) -> Result<(Tensor
             qkv.device(),
             MODULE,
             &name,
-            grid(t, b * h),
+            grid(t, b * h, qkv.dtype()),
             &mut [
                 KernelArg::Out(&mut out),
                 KernelArg::Out(&mut lse),
@@ -210,7 +217,7 @@ pub fn backward(
                 device,
                 MODULE,
                 &format!("{kernel_name}_{sfx}"),
-                grid(t, b * h),
+                grid(t, b * h, qkv.dtype()),
                 &mut [
                     KernelArg::Out(&mut dqkv),
                     KernelArg::In(&qkv),
