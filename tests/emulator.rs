@@ -1587,7 +1587,7 @@ fn asan_contrastive() -> Vec<AsanLaunch> {
     v
 }
 
-/// attention.cu: mirrors src/ops/attention/packed.rs — grid (⌈T/32⌉, B·H) of (32, 4) over the
+/// attention.cu: mirrors src/ops/attention/packed.rs — grid (⌈T/32⌉ f32, ⌈T/64⌉ 16-bit, B·H) of (32, 4) over the
 /// packed qkv [B·T, 3·H·dh], the merged output and the [B·H·T] lse; the backward's row dot
 /// (`warp_per_row(B·T·H)`) and the key- and query-tile owners. T of 1, 7 (part of a tile) and 40
 /// (two tiles, the second partial), head dims 16, 24 and 64, plain and causal.
@@ -1600,9 +1600,15 @@ fn asan_attention() -> Vec<AsanLaunch> {
         (1, 1, 40, 64, 0),
     ] {
         let (rows, d) = (b * t, h * dh);
-        let g = cfg((t.div_ceil(32) as u32, (b * h) as u32, 1), (32, 4, 1), 0);
         let scale = 1.0 / (dh as f32).sqrt();
         for ty in DTYPES {
+            // f32 blocks own 32 rows, the tensor-core (16-bit) blocks 64
+            let rows_per_block = if ty == "f32" { 32 } else { 64 };
+            let g = cfg(
+                (t.div_ceil(rows_per_block) as u32, (b * h) as u32, 1),
+                (32, 4, 1),
+                0,
+            );
             let fwd = vec![
                 tbuf(ty, rows * d),
                 fbuf(b * h * t),

@@ -170,30 +170,11 @@ fn tower_cases(
     if crate::device::kernel::runs_kernels(device)
         && crate::ops::attention::packed::supported(&qkv_packed, batch, heads)
     {
-        cases.push(
-            super::AttentionCase::new(
-                batch,
-                tokens,
-                heads,
-                width / heads,
-                causal,
-                crate::DType::F32,
-                device,
-            )?
-            .into_case(tag)?,
-        );
-        cases.push(
-            super::AttentionCase::new(
-                batch,
-                tokens,
-                heads,
-                width / heads,
-                causal,
-                crate::DType::BF16,
-                device,
-            )?
-            .into_case(tag)?,
-        );
+        for dtype in [crate::DType::F32, crate::DType::BF16] {
+            let (dh, case) = (width / heads, super::AttentionCase::new);
+            let case = case(batch, tokens, heads, dh, causal, dtype, device)?;
+            cases.push(case.into_case(tag)?);
+        }
     }
     Ok(cases)
 }
