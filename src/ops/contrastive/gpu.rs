@@ -185,7 +185,9 @@ pub(super) fn forward(img: &Tensor, txt: &Tensor, logit_scale: &Tensor) -> Resul
     let n = img.shape()[0];
     let rows = row_pass(op, img, txt, &ls, 0, true)?;
     let Some((pm, ps, po, stripes)) = &rows.cols else {
-        unreachable!("the column partials were asked for")
+        return Err(crate::Error::Msg(format!(
+            "{op}: the forward pass left no column partials"
+        )));
     };
     let buf = |len: usize| DeviceBuf::f32(device, &[len]);
     let (mut col_max, mut col_lsum, mut col_other) = (buf(n)?, buf(n)?, buf(n)?);
