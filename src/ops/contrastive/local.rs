@@ -252,21 +252,21 @@ impl<'m> Graph<'m> {
             );
         }
         let off = rank * n;
+        if [tl, ia, ta].iter().any(|t| t.dtype() != il.dtype()) {
+            bail_shape!(
+                op,
+                "features are {}, {}, {}, {}: all four must have one dtype",
+                il.dtype(),
+                tl.dtype(),
+                ia.dtype(),
+                ta.dtype()
+            );
+        }
+        crate::ops::same_device(op, &[il, tl, ia, ta, logit_scale.tensor()])?;
+        // the unit rows, on the features' device (the CPU's checks its inputs are f32)
+        let ((nil, norm_il), (ntl, norm_tl)) = (l2_normalize_stats(il)?, l2_normalize_stats(tl)?);
+        let ((nia, norm_ia), (nta, norm_ta)) = (l2_normalize_stats(ia)?, l2_normalize_stats(ta)?);
         if crate::device::kernel::runs_kernels(il.device()) {
-            if [tl, ia, ta].iter().any(|t| t.dtype() != il.dtype()) {
-                bail_shape!(
-                    op,
-                    "features are {}, {}, {}, {}: all four must have one dtype",
-                    il.dtype(),
-                    tl.dtype(),
-                    ia.dtype(),
-                    ta.dtype()
-                );
-            }
-            let ((nil, norm_il), (ntl, norm_tl)) =
-                (l2_normalize_stats(il)?, l2_normalize_stats(tl)?);
-            let ((nia, norm_ia), (nta, norm_ta)) =
-                (l2_normalize_stats(ia)?, l2_normalize_stats(ta)?);
             let ls = logit_scale.tensor().clone();
             let (loss, i2t, t2i, stats) =
                 super::gpu::forward_local(&nil, &ntl, &nia, &nta, &ls, off)?;
@@ -285,12 +285,7 @@ impl<'m> Graph<'m> {
             );
             return Ok((loss, i2t, t2i));
         }
-        let ins = [il, tl, ia, ta, logit_scale.tensor()].map(|t| cpu_input(op, t));
-        let [il, tl, ia, ta, ls] = ins;
-        let (il, tl, ia, ta, ls) = (il?, tl?, ia?, ta?, ls?);
-        let scale = ls.f32s(op)?[0].exp();
-        let ((nil, norm_il), (ntl, norm_tl)) = (l2_normalize_stats(&il)?, l2_normalize_stats(&tl)?);
-        let ((nia, norm_ia), (nta, norm_ta)) = (l2_normalize_stats(&ia)?, l2_normalize_stats(&ta)?);
+        let scale = cpu_input(op, logit_scale.tensor())?.f32s(op)?[0].exp();
         let image_rows = side_forward(nil.f32s(op)?, nta.f32s(op)?, n, total, d, scale, off);
         let text_rows = side_forward(ntl.f32s(op)?, nia.f32s(op)?, n, total, d, scale, off);
         let sum: f64 = [&image_rows, &text_rows]

@@ -205,12 +205,9 @@ impl ContrastiveOp {
         needs: &[bool],
     ) -> Result<Vec<Option<Tensor>>> {
         let op = "contrastive backward";
-        let need = |i: usize, t: Result<Tensor>| -> Result<Option<Tensor>> {
-            if needs[i] {
-                t.map(Some)
-            } else {
-                Ok(None)
-            }
+        // input i's gradient, computed only when it is wanted
+        let need = |i: usize, t: &dyn Fn() -> Result<Tensor>| -> Result<Option<Tensor>> {
+            needs[i].then(t).transpose()
         };
         let (di, dt, dlog) = match (&self.host, saved) {
             (Some(host), [ni, nt, norm_i, norm_t]) => {
@@ -222,8 +219,8 @@ impl ContrastiveOp {
                         .try_to_dtype(self.dtype)
                 };
                 (
-                    need(0, back(ni, norm_i, di))?,
-                    need(1, back(nt, norm_t, dt))?,
+                    need(0, &|| back(ni, norm_i, di.clone()))?,
+                    need(1, &|| back(nt, norm_t, dt.clone()))?,
                     Tensor::scalar(dlog),
                 )
             }
@@ -241,7 +238,7 @@ impl ContrastiveOp {
                     None
                 };
                 let dlog = dlog.ok_or_else(|| Error::Msg(format!("{op}: no d logit_scale")))?;
-                (need(0, Ok(di))?, dt, dlog)
+                (needs[0].then_some(di), dt, dlog)
             }
             _ => {
                 return Err(Error::Msg(format!(
