@@ -2,7 +2,7 @@
 //! `in_proj_weight` [3D, D] (q, k, v rows) with `in_proj_bias`, and `out_proj`.
 
 use super::{join, Init, Linear, Module};
-use crate::{Device, Graph, Param, Result, Tensor, Var};
+use crate::{Graph, Param, Result, Tensor, Var};
 use rand::Rng;
 
 pub struct MultiheadAttention {
@@ -43,14 +43,10 @@ impl MultiheadAttention {
         let (h, dh) = (self.heads, d / self.heads);
         let x2 = g.reshape(x, [b * t, d])?;
         let qkv = super::linear::project(g, &x2, &self.in_proj_weight, Some(&self.in_proj_bias))?;
-        if g.fast_inference() && x.tensor().device() == Device::Cpu {
-            // inference: heads read from and written to their columns in place
-            let o = crate::ops::attention::attention_qkv(qkv.tensor(), b, h, causal)?;
-            return self.out_proj.forward(g, &g.constant(o.reshape([b, t, d])?));
-        }
         if crate::ops::attention::packed::supported(qkv.tensor(), b, h) {
-            // Emu/Cuda: the fused kernels read q, k, v in place and write merged heads,
-            // keeping only qkv, the output and the log-sum-exp for backward
+            // q, k, v read in place and heads written merged (fused kernels on Emu/Cuda,
+            // per-head GEMMs on the CPU, training or inference alike), keeping only qkv, the
+            // output and the log-sum-exp for backward
             let o = g.attention_packed(&qkv, b, h, causal)?;
             return self.out_proj.forward(g, &g.reshape(&o, [b, t, d])?);
         }

@@ -57,13 +57,13 @@ fn dims(op: &'static str, qkv: &Tensor, b: usize, h: usize) -> Result<[usize; 4]
         );
     }
     let (t, dh) = (s[0] / b, s[1] / (3 * h));
-    if on_kernels && dh > MAX_HEAD_DIM {
-        bail_shape!(
-            op,
-            "head dim {dh} (qkv {s:?}, {h} heads): the fused attention kernels take head dims up to {MAX_HEAD_DIM}"
-        );
-    }
     if on_kernels {
+        if dh > MAX_HEAD_DIM {
+            bail_shape!(
+                op,
+                "head dim {dh} (qkv {s:?}, {h} heads): the fused attention kernels take head dims up to {MAX_HEAD_DIM}"
+            );
+        }
         kernel::i32_len(op, qkv.numel())?;
     }
     Ok([b, t, h, dh])
