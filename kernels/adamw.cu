@@ -338,7 +338,7 @@ extern "C" __global__ void adamw_grad_sumsq_f32(double* __restrict__ partials, c
 // Launch: grid (1), block (any, 256 from the launcher).
 extern "C" __global__ void adamw_grad_norm_f32(float* __restrict__ norm, float* __restrict__ clip,
                                                double* __restrict__ sumsq, const double* __restrict__ partials,
-                                               int n_partials, double max_norm) {
+                                               int n_partials, double max_norm, double inv_grad_scale) {
     __shared__ double s[ADAMW_LANES];
     // The same fixed order over the partials: lane l adds partials l, l + 256, … in index order.
     for (int l = threadIdx.x; l < ADAMW_LANES; l += blockDim.x) {
@@ -350,12 +350,16 @@ extern "C" __global__ void adamw_grad_norm_f32(float* __restrict__ norm, float* 
     lanes_tree_sum(s);
     if (threadIdx.x == 0) {
         *sumsq = s[0];
-        const double total = sqrt(s[0]);
+        // The gradients are the loss scaler's multiple of the true ones (inv_grad_scale = 1 / a
+        // power of two, 1 without a scaler): the norm and the clip are those of the true
+        // gradients, and the factor the step applies also unscales. Products with a power of
+        // two are exact, so inv_grad_scale = 1 gives the unscaled path's bits.
+        const double total = sqrt(s[0]) * inv_grad_scale;
         const double coef = max_norm / (total + 1e-6);
         *norm = (float)total;
         // torch.nn.utils.clip_grad_norm_: scale by the clamped coefficient (NaN: left as is, as
         // the CPU reference's `coef < 1` test leaves it).
-        *clip = coef < 1.0 ? (float)coef : 1.0f;
+        *clip = (float)((coef < 1.0 ? coef : 1.0) * inv_grad_scale);
     }
 }
 

@@ -46,6 +46,7 @@ fn config(batch: usize, steps: usize, seed: u64) -> TrainConfig {
         epochs: None,
         augment: false,
         workers: Some(1),
+        precision: None,
     }
 }
 

@@ -32,6 +32,7 @@ fn step_transfers(device: Device, name: &str, micro: usize) {
         epochs: None,
         augment: false,
         workers: None,
+        precision: None,
     };
     let mut t = Trainer::new(&cfg, config, DataSpec::Synthetic).unwrap();
     t.to_device(device).unwrap();

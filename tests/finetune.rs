@@ -42,6 +42,7 @@ fn config(steps: usize, lock: Locking) -> TrainConfig {
         epochs: None,
         augment: false,
         workers: Some(1),
+        precision: None,
     }
 }
 

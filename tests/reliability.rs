@@ -1021,6 +1021,7 @@ fn class4_a_nan_loss_names_the_step_and_the_non_finite_weight() {
             epochs: None,
             augment: false,
             workers: None,
+            precision: None,
         };
         let mut t = Trainer::new(&cfg, tc, DataSpec::Synthetic).unwrap();
         t.to_device(device).unwrap();
@@ -1188,6 +1189,7 @@ fn class5_options_that_make_no_sense_are_errors_or_warnings() {
         epochs: None,
         augment: false,
         workers: None,
+        precision: None,
     };
     let mut t = clipcu::train::Trainer::new(&tiny, tc, clipcu::train::DataSpec::Synthetic).unwrap();
     t.step = 1;

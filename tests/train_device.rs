@@ -33,6 +33,7 @@ fn config(micro_batch: usize, checkpointing: bool) -> TrainConfig {
         epochs: None,
         augment: false,
         workers: None,
+        precision: None,
     }
 }
 

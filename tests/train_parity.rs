@@ -54,6 +54,7 @@ fn fixture_trainer(grad_clip: Option<f64>, micro_batch: usize) -> Trainer {
         epochs: None,
         augment: false,
         workers: None,
+        precision: None,
     };
     let t = Trainer::new(&cfg, config, DataSpec::Synthetic).unwrap();
     load_into(&t.model, fixtures().join("models/tiny-vit.safetensors")).unwrap();

@@ -33,6 +33,7 @@ fn config(steps: usize, seed: u64) -> TrainConfig {
         epochs: None,
         augment: false,
         workers: None,
+        precision: None,
     }
 }
 

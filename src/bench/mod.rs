@@ -192,6 +192,7 @@ impl TrainStepCase {
             epochs: None,
             augment: false,
             workers: None,
+            precision: None,
         };
         let mut trainer =
             crate::train::Trainer::new(&cfg, config, crate::train::DataSpec::Synthetic)?;

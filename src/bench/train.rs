@@ -19,69 +19,14 @@ use crate::{Device, Error, Result};
 use serde::Serialize;
 use std::time::Instant;
 
-/// open_clip's `--precision` names. clipcu trains in fp32 (and tf32 GEMMs on Cuda) today; the
-/// 16-bit modes are issue 14's and are refused with that reason until they land.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Precision {
-    Fp32,
-    Tf32,
-    Amp,
-    AmpBf16,
-    PureFp16,
-    PureBf16,
-}
+pub use crate::train::Precision;
 
-impl Precision {
-    pub const ALL: [Precision; 6] = [
-        Precision::Fp32,
-        Precision::Tf32,
-        Precision::Amp,
-        Precision::AmpBf16,
-        Precision::PureFp16,
-        Precision::PureBf16,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Precision::Fp32 => "fp32",
-            Precision::Tf32 => "tf32",
-            Precision::Amp => "amp",
-            Precision::AmpBf16 => "amp_bf16",
-            Precision::PureFp16 => "pure_fp16",
-            Precision::PureBf16 => "pure_bf16",
-        }
-    }
-
-    /// The math the GEMMs run in, which picks the peak an MFU is taken against.
-    fn math(self) -> Math {
-        match self {
-            Precision::Fp32 => Math::Fp32,
-            Precision::Tf32 => Math::Tf32,
-            _ => Math::Half,
-        }
-    }
-}
-
-impl std::str::FromStr for Precision {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Precision> {
-        Precision::ALL
-            .into_iter()
-            .find(|p| p.name() == s)
-            .ok_or_else(|| {
-                let names: Vec<&str> = Precision::ALL.iter().map(|p| p.name()).collect();
-                Error::Msg(format!(
-                    "unknown precision `{s}`: expected one of {}",
-                    names.join(", ")
-                ))
-            })
-    }
-}
-
-impl std::fmt::Display for Precision {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
+/// The math a precision's GEMMs run in, which picks the peak an MFU is taken against.
+fn math(p: Precision) -> Math {
+    match p {
+        Precision::Fp32 => Math::Fp32,
+        Precision::Tf32 => Math::Tf32,
+        _ => Math::Half,
     }
 }
 
@@ -133,7 +78,7 @@ pub fn card(name: &str) -> Option<&'static Card> {
 /// Dense peak TFLOP/s of a card for a precision ([`card`]); the second value names the row used.
 pub fn peak_tflops(card_name: &str, precision: Precision) -> Option<(f64, &'static str)> {
     let c = card(card_name)?;
-    let peak = match precision.math() {
+    let peak = match math(precision) {
         Math::Fp32 => c.fp32,
         Math::Tf32 => c.tf32,
         Math::Half => c.half,

@@ -10,6 +10,8 @@ type BlockFn<'m> = Box<dyn Fn(&Graph<'m>, &[Var]) -> Result<Var> + 'm>;
 
 pub struct Checkpoint<'m> {
     block: BlockFn<'m>,
+    /// The forward graph's autocast format, which the recomputation must round with too.
+    autocast: Option<crate::DType>,
 }
 
 impl<'m> Graph<'m> {
@@ -24,7 +26,8 @@ impl<'m> Graph<'m> {
             let xs: Vec<Var> = inputs.iter().map(|v| (*v).clone()).collect();
             return block(self, &xs);
         }
-        let quiet = Graph::quiet();
+        let mut quiet = Graph::quiet();
+        quiet.set_autocast(self.autocast_dtype());
         let xs: Vec<Var> = inputs
             .iter()
             .map(|v| quiet.constant(v.tensor().clone()))
@@ -35,6 +38,7 @@ impl<'m> Graph<'m> {
         Ok(self.push_node(
             Op::Checkpoint(Checkpoint {
                 block: Box::new(block),
+                autocast: self.autocast_dtype(),
             }),
             inputs,
             saved,
@@ -52,6 +56,7 @@ impl<'m> Checkpoint<'m> {
     ) -> Result<Vec<Option<Tensor>>> {
         let mut g: Graph<'m> = Graph::new();
         g.recomputing = true;
+        g.set_autocast(self.autocast);
         let xs: Vec<Var> = saved
             .iter()
             .zip(needs)

@@ -79,6 +79,9 @@ pub struct Graph<'m> {
     /// SyncBatchNorm ([`Graph::sync_batch_norm`]): the data-parallel group whose ranks'
     /// batches training-mode BatchNorm takes its statistics over. `None`: this batch's own.
     batch_stats_group: Option<&'m dyn crate::dist::Communicator>,
+    /// Mixed precision ([`Graph::set_autocast`]): the 16-bit format the layers' storage points
+    /// round to (`ops::round`). `None`: f32 throughout.
+    autocast: Option<crate::DType>,
     tape: RefCell<Tape<'m>>,
 }
 
@@ -108,6 +111,7 @@ impl<'m> Graph<'m> {
             recomputing: false,
             fast_inference: false,
             batch_stats_group: None,
+            autocast: None,
             tape: RefCell::new(Tape::default()),
         }
     }
@@ -120,6 +124,7 @@ impl<'m> Graph<'m> {
             recomputing: false,
             fast_inference: true,
             batch_stats_group: None,
+            autocast: None,
             tape: RefCell::new(Tape::default()),
         }
     }
@@ -133,6 +138,7 @@ impl<'m> Graph<'m> {
             recomputing: false,
             fast_inference: false,
             batch_stats_group: None,
+            autocast: None,
             tape: RefCell::new(Tape::default()),
         }
     }
@@ -143,6 +149,20 @@ impl<'m> Graph<'m> {
     /// does. Every rank must run the same BatchNorms in the same order. CPU only so far.
     pub fn sync_batch_norm(&mut self, group: &'m dyn crate::dist::Communicator) {
         self.batch_stats_group = Some(group);
+    }
+
+    /// Mixed precision on this graph: the layers round their GEMM/attention inputs and
+    /// outputs and the activations between them to `dtype` (f16 or bf16), and the gradients
+    /// flowing back through those points likewise (`ops::round`); LayerNorm, softmax and
+    /// BatchNorm statistics, the residual stream, the loss and `logit_scale` stay f32, as under
+    /// PyTorch's autocast. `None` or `Some(F32)`: f32 throughout.
+    pub fn set_autocast(&mut self, dtype: Option<crate::DType>) {
+        self.autocast = dtype.filter(|&d| d != crate::DType::F32);
+    }
+
+    /// The autocast format, if any ([`Graph::set_autocast`]).
+    pub fn autocast_dtype(&self) -> Option<crate::DType> {
+        self.autocast
     }
 
     /// The SyncBatchNorm group, if any.
@@ -194,16 +214,29 @@ impl<'m> Graph<'m> {
     }
 
     /// A model parameter: its gradient is accumulated into the `Param` by backward.
+    /// A 16-bit value (the pure precision policies' weights) enters widened to f32, its gradient
+    /// rounded to the parameter's format on the way back (`ops::round`).
     pub fn param(&self, p: &Param) -> Var {
+        let value = p.value();
         if !self.recording || !p.requires_grad() {
-            return self.constant(p.value());
+            return self.constant(match value.dtype() {
+                crate::DType::F32 => value,
+                // a failed widening (device lost) surfaces at the op that reads it
+                _ => value.try_to_dtype(crate::DType::F32).unwrap_or(value),
+            });
         }
         let id = self.new_id();
         self.tape.borrow_mut().params.push((id, p.clone()));
-        Var {
-            tensor: p.value(),
+        let v = Var {
+            tensor: value,
             id: Some(id),
+        };
+        if v.tensor.dtype() == crate::DType::F32 {
+            return v;
         }
+        let widened = self.widen(v.clone());
+        // same: the op reading the 16-bit value reports the device's error
+        widened.unwrap_or(v)
     }
 
     /// Wrap an op's output, recording a node when any input needs a gradient.

@@ -8,8 +8,8 @@ use crate::ops::{
     binary::BinaryOp, contrastive::ContrastiveLocalOp, contrastive::ContrastiveOp,
     conv2d::Conv2dOp, cross_entropy::CrossEntropyOp, embedding::EmbeddingOp,
     layernorm::LayerNormOp, layout::LayoutOp, matmul::LinearOp, matmul::MatMulOp,
-    normalize::L2NormalizeOp, pool::AvgPool2dOp, reduce::ReduceOp, softmax::SoftmaxOp,
-    unary::UnaryOp,
+    normalize::L2NormalizeOp, pool::AvgPool2dOp, reduce::ReduceOp, round::RoundOp,
+    softmax::SoftmaxOp, unary::UnaryOp,
 };
 use crate::{Result, Tensor};
 
@@ -26,6 +26,7 @@ pub enum Op<'m> {
     BatchNorm2d(BatchNorm2dOp<'m>),
     AvgPool2d(AvgPool2dOp),
     Reduce(ReduceOp),
+    Round(RoundOp),
     L2Normalize(L2NormalizeOp),
     CrossEntropy(CrossEntropyOp),
     Contrastive(ContrastiveOp),
@@ -56,6 +57,7 @@ pub(crate) fn backward(
         Op::BatchNorm2d(o) => o.backward(saved, gout, needs),
         Op::AvgPool2d(o) => o.backward(saved, gout, needs),
         Op::Reduce(o) => o.backward(saved, gout, needs),
+        Op::Round(o) => o.backward(saved, gout, needs),
         Op::L2Normalize(o) => o.backward(saved, gout, needs),
         Op::CrossEntropy(o) => o.backward(saved, gout, needs),
         Op::Contrastive(o) => o.backward(saved, gout, needs),

@@ -21,6 +21,27 @@ pub struct Clip {
     pub visual: VisionTower,
     pub text: TextTransformer,
     pub logit_scale: Param,
+    /// The training step's mixed precision, set by the trainer from its `--precision`
+    /// (`train::Precision`): the autocast format of the step's recording graphs
+    /// ([`Graph::set_autocast`]; inference graphs stay f32) and the loss scale its backward is
+    /// seeded with (1 without a scaler).
+    pub step_precision: StepPrecision,
+}
+
+/// See [`Clip::step_precision`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepPrecision {
+    pub autocast: Option<crate::DType>,
+    pub loss_scale: f32,
+}
+
+impl Default for StepPrecision {
+    fn default() -> Self {
+        StepPrecision {
+            autocast: None,
+            loss_scale: 1.0,
+        }
+    }
 }
 
 impl Clip {
@@ -44,6 +65,7 @@ impl Clip {
             visual,
             text: TextTransformer::new(config, rng),
             logit_scale: Param::new("logit_scale", Tensor::scalar((1.0f32 / 0.07).ln())),
+            step_precision: StepPrecision::default(),
         }
     }
 

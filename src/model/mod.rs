@@ -17,7 +17,7 @@ pub mod text;
 pub mod vit;
 pub mod weights;
 
-pub use clip::{Clip, VisionTower};
+pub use clip::{Clip, StepPrecision, VisionTower};
 pub use config::{ClipConfig, TextConfig, VisionConfig, VisionLayers};
 pub use flops::ForwardFlops;
 pub use lock::Locking;

@@ -35,7 +35,14 @@ impl ConvBn {
     /// `relu?(bn(conv(x)) [+ residual])`. In eval mode with nothing recorded on the CPU, one
     /// fused pass (`ops::conv2d::conv2d_bn_eval`); otherwise the separate ops, with their backward.
     fn forward(&self, g: &Graph<'_>, x: &Var, residual: Option<&Var>, relu: bool) -> Result<Var> {
-        if g.fast_inference() && !self.bn.training && x.tensor().device() == Device::Cpu {
+        let f32_weights = [&self.conv.weight, &self.bn.weight, &self.bn.bias]
+            .iter()
+            .all(|p| p.value().dtype() == crate::DType::F32);
+        if g.fast_inference()
+            && !self.bn.training
+            && x.tensor().device() == Device::Cpu
+            && f32_weights
+        {
             let bn = &self.bn;
             let (mean, scale, shift) = batchnorm::eval_affine(
                 &bn.weight.value(),
@@ -55,9 +62,11 @@ impl ConvBn {
             )?;
             return Ok(g.constant(y));
         }
-        let mut y = self.bn.forward(g, &self.conv.forward(g, x)?)?;
+        // Under autocast the trunk's activations are 16-bit, as cuDNN's convolution and
+        // BatchNorm store them: BN (statistics in f32) and the residual sum are rounded.
+        let mut y = g.autocast(&self.bn.forward(g, &self.conv.forward(g, x)?)?)?;
         if let Some(r) = residual {
-            y = g.add(&y, r)?;
+            y = g.autocast(&g.add(&y, r)?)?;
         }
         if relu {
             g.relu(&y)
@@ -117,13 +126,13 @@ impl Bottleneck {
         let mut out = self.c1.forward(g, x, None, true)?;
         out = self.c2.forward(g, &out, None, true)?;
         if self.stride > 1 {
-            out = g.avg_pool2d(&out, self.stride, self.stride)?;
+            out = g.autocast(&g.avg_pool2d(&out, self.stride, self.stride)?)?;
         }
         let identity = match &self.downsample {
             None => x.clone(),
             Some(d) => {
                 let pooled = if self.stride > 1 {
-                    g.avg_pool2d(x, self.stride, self.stride)?
+                    g.autocast(&g.avg_pool2d(x, self.stride, self.stride)?)?
                 } else {
                     x.clone()
                 };
@@ -186,7 +195,7 @@ impl AttentionPool2d {
         let (n, c, h, w) = (x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]);
         let (heads, dh, l) = (self.heads, c / self.heads, h * w + 1);
         let x = g.permute(&g.reshape(x, [n, c, h * w])?, &[0, 2, 1])?; // [N, HW, C]
-        let mean = g.reshape(&g.mean(&x, Some(1))?, [n, 1, c])?;
+        let mean = g.reshape(&g.autocast(&g.mean(&x, Some(1))?)?, [n, 1, c])?;
         let x = g.add(
             &g.concat(&[&mean, &x], 1)?,
             &g.param(&self.positional_embedding),
@@ -196,7 +205,7 @@ impl AttentionPool2d {
         let q = split(&self.q_proj.forward(g, &g.narrow(&x, 1, 0, 1)?)?, 1)?;
         let k = split(&self.k_proj.forward(g, &x)?, l)?;
         let v = split(&self.v_proj.forward(g, &x)?, l)?;
-        let o = g.attention(&q, &k, &v, false)?; // [N, heads, 1, dh]
+        let o = g.autocast(&g.attention(&q, &k, &v, false)?)?; // [N, heads, 1, dh]
         self.c_proj.forward(g, &g.reshape(&o, [n, c])?)
     }
 
@@ -315,7 +324,7 @@ impl ModifiedResNet {
         for c in &self.stem {
             x = c.forward(g, &x, None, true)?;
         }
-        x = g.avg_pool2d(&x, 2, 2)?;
+        x = g.autocast(&g.avg_pool2d(&x, 2, 2)?)?;
         for block in self.layers.iter().flatten() {
             x = block.forward(g, &x)?;
         }

@@ -47,13 +47,15 @@ impl MultiheadAttention {
             // q, k, v read in place and heads written merged (fused kernels on Emu/Cuda,
             // per-head GEMMs on the CPU, training or inference alike), keeping only qkv, the
             // output and the log-sum-exp for backward
-            let o = g.attention_packed(&qkv, b, h, causal)?;
+            // (under autocast qkv is already rounded, as the in-projection's output, and the
+            // attention's output is stored in the autocast format)
+            let o = g.autocast(&g.attention_packed(&qkv, b, h, causal)?)?;
             return self.out_proj.forward(g, &g.reshape(&o, [b, t, d])?);
         }
         // [B·T, 3D] → [3, B, H, T, Dh]: split heads
         let qkv = g.permute(&g.reshape(&qkv, [b, t, 3, h, dh])?, &[2, 0, 3, 1, 4])?;
         let split = |i| g.reshape(&g.narrow(&qkv, 0, i, 1)?, [b, h, t, dh]);
-        let o = g.attention(&split(0)?, &split(1)?, &split(2)?, causal)?;
+        let o = g.autocast(&g.attention(&split(0)?, &split(1)?, &split(2)?, causal)?)?;
         // merge heads: [B, H, T, Dh] → [B, T, D]
         let o = g.reshape(&g.permute(&o, &[0, 2, 1, 3])?, [b, t, d])?;
         self.out_proj.forward(g, &o)

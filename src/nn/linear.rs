@@ -61,12 +61,18 @@ impl Module for Linear {
 /// `x·Wᵀ + b` for x [rows, in] and the parameters W [out, in], b [out]: the recorded `linear` op,
 /// or, on a CPU graph that records nothing, the same product from W's cached transpose
 /// (`Param::transposed`), which spares the GEMM a repacking of W on every call.
+///
+/// Under autocast ([`Graph::set_autocast`]) x, W and b are rounded to the 16-bit format as the
+/// GEMM reads them, and so is the product as it is stored.
 pub(crate) fn project(g: &Graph<'_>, x: &Var, weight: &Param, bias: Option<&Param>) -> Result<Var> {
-    if g.fast_inference() && x.tensor().device() == Device::Cpu {
+    let f32_weights = weight.value().dtype() == crate::DType::F32
+        && bias.is_none_or(|b| b.value().dtype() == crate::DType::F32);
+    if g.fast_inference() && x.tensor().device() == Device::Cpu && f32_weights {
         let b = bias.map(|b| b.value());
         let y = crate::ops::matmul::linear_wt(x.tensor(), &weight.transposed()?, b.as_ref())?;
         return Ok(g.constant(y));
     }
-    let b = bias.map(|b| g.param(b));
-    g.linear(x, &g.param(weight), b.as_ref())
+    let b = bias.map(|b| g.autocast(&g.param(b))).transpose()?;
+    let y = g.linear(&g.autocast(x)?, &g.autocast(&g.param(weight))?, b.as_ref())?;
+    g.autocast(&y)
 }

@@ -30,7 +30,8 @@ impl Mlp {
             Activation::Gelu => g.gelu(&h)?,
             Activation::QuickGelu => g.quick_gelu(&h)?,
         };
-        self.c_proj.forward(g, &h)
+        // the activation is stored in the autocast format, as the GEMM's output before it
+        self.c_proj.forward(g, &g.autocast(&h)?)
     }
 }
 

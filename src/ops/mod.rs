@@ -16,6 +16,7 @@ pub mod matmul;
 pub mod normalize;
 pub mod pool;
 pub mod reduce;
+pub mod round;
 pub mod softmax;
 pub mod unary;
 

@@ -5,9 +5,11 @@
 pub mod data_parallel;
 pub mod eval;
 pub mod plot;
+pub mod precision;
 mod step;
 mod trainer;
 
+pub use precision::{LossScaler, Precision};
 pub use step::{
     contrastive_forward_backward, contrastive_forward_backward_deferred, read_scalars, DeviceStats,
     StepStats,

@@ -77,7 +77,13 @@ pub fn contrastive_forward_backward_deferred(
         image_to_text_acc: out.image_to_text_acc,
         text_to_image_acc: out.text_to_image_acc,
     };
-    let grads = lg.backward(&out.loss)?;
+    // the loss scaler's factor (1 without one): the gradients below are that multiple
+    let seed = crate::Tensor::full_on(
+        model.step_precision.loss_scale,
+        out.loss.shape().to_vec(),
+        out.loss.tensor().device(),
+    )?;
+    let grads = lg.backward_with(&out.loss, seed)?;
     let (gi, gt) = (grads.get(&img).cloned(), grads.get(&txt).cloned());
     let (Some(gi), Some(gt)) = (gi, gt) else {
         return Err(crate::Error::Graph(
@@ -115,6 +121,7 @@ pub(super) fn forward_micro<'m>(
     for start in (0..n).step_by(micro) {
         let len = micro.min(n - start);
         let mut graph = Graph::new();
+        graph.set_autocast(model.step_precision.autocast);
         if let Some(group) = sync_bn {
             graph.sync_batch_norm(group);
         }

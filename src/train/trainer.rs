@@ -6,6 +6,7 @@
 
 use super::data_parallel::{data_parallel_forward_backward, local_batch};
 use super::eval::{ValidationResult, ValidationSet, ZeroShotResult, ZeroShotSet};
+use super::precision::{LossScaler, Precision};
 use super::{contrastive_forward_backward_deferred, eval, plot, read_scalars, samples_to_tensor};
 use crate::data::synthetic::{Split, Synthetic, SyntheticConfig, Task};
 use crate::data::{DataPosition, Loader, LoaderConfig, RandomResizedCrop, SkipStats, Source};
@@ -62,9 +63,19 @@ pub struct TrainConfig {
     /// not saved with the run.
     #[serde(skip)]
     pub workers: Option<usize>,
+    /// `--precision`: open_clip's names, the CLIP paper's recipe for the pure ones
+    /// ([`Precision`]). `None`: fp32 for a fresh run, the checkpoint's on resume. Absent from
+    /// older checkpoints, which trained in fp32.
+    #[serde(default)]
+    pub precision: Option<Precision>,
 }
 
 impl TrainConfig {
+    /// The run's precision policy (fp32 when none was given).
+    pub fn precision(&self) -> Precision {
+        self.precision.unwrap_or_default()
+    }
+
     /// Refuses settings that make no sense (issue 16): each error names the CLI option and what
     /// it needs. Checked by [`Trainer::new`] and [`Trainer::resume`] before anything is built.
     pub fn validate(&self) -> Result<()> {
@@ -478,6 +489,8 @@ pub struct Trainer {
     /// Data parallelism ([`Trainer::set_communicator`]): this rank's handle on its group. `None`:
     /// one process.
     dist: Option<Box<dyn Communicator>>,
+    /// The dynamic loss scale of the f16 precisions (`None` under the others).
+    pub scaler: Option<LossScaler>,
 }
 
 /// A batch fetched (and its upload started) one step ahead.
@@ -501,6 +514,14 @@ pub struct StepLog {
     pub t2i_acc: f32,
     pub grad_norm: Option<f64>,
     pub pairs_per_s: f64,
+    /// f16 precisions: the loss scale this step's backward used, whether its update was skipped
+    /// (a gradient overflowed at that scale) and the steps skipped so far in the run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<f32>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub skipped: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped_steps: Option<u64>,
 }
 
 const CHECKPOINT: &str = "checkpoint.safetensors";
@@ -514,6 +535,9 @@ pub const EXPLODED: f32 = 1e5;
 /// Checkpoint metadata: the `--data` the run trains on (a [`DataSpec`] as JSON), so that a resume
 /// on other data is noticed.
 const DATA_SPEC_KEY: &str = "clipcu.data_spec";
+
+/// Checkpoint metadata: the f16 precisions' loss scaler ([`LossScaler`] as JSON).
+const LOSS_SCALER_KEY: &str = "clipcu.loss_scaler";
 
 impl Trainer {
     /// A fresh run: model initialised from `seed`.
@@ -540,11 +564,18 @@ impl Trainer {
         model.set_checkpointing(config.checkpointing);
         // Before the optimizer: it keeps state for the trainable parameters only.
         config.lock.apply(&mut model)?;
+        let precision = config.precision();
+        store_weights_as(&model, precision.weights())?;
+        model.step_precision = crate::model::StepPrecision {
+            autocast: precision.autocast(),
+            loss_scale: 1.0,
+        };
         let opt = AdamW::new(
             &model.parameters(),
             AdamWConfig {
                 lr: config.lr,
                 weight_decay: config.weight_decay,
+                moments: precision.moments(),
                 ..AdamWConfig::default()
             },
         );
@@ -566,6 +597,7 @@ impl Trainer {
             uploader: BatchUploader::new(Device::Cpu)?,
             next: None,
             dist: None,
+            scaler: precision.loss_scaling().then(LossScaler::default),
         })
     }
 
@@ -574,6 +606,16 @@ impl Trainer {
     /// a run saved on one device resumes on any other.
     pub fn to_device(&mut self, device: Device) -> Result<()> {
         device.ensure_available()?;
+        if self.config.precision() == Precision::Tf32 {
+            match device {
+                Device::Cuda(i) => crate::device::cuda::CudaBackend::get(i)?.set_tf32(true),
+                d => {
+                    return Err(Error::Msg(format!(
+                        "--precision tf32 needs a Cuda device (TF32 is a tensor-core format);                          {d} computes in fp32: give --precision fp32 there"
+                    )))
+                }
+            }
+        }
         self.model.to_device(device)?;
         // Fixed shapes on a kernel device: the text tower runs the full context instead of
         // cutting each batch after its last EOT (exact either way under the causal mask), so every
@@ -610,6 +652,13 @@ impl Trainer {
     /// world size does not divide the batch, or once a batch was fetched ahead.
     pub fn set_communicator(&mut self, comm: Box<dyn Communicator>) -> Result<()> {
         local_batch(self.config.batch_size, comm.world_size())?;
+        if self.scaler.is_some() && comm.world_size() > 1 {
+            return Err(Error::Msg(format!(
+                "--precision {} with {} ranks: the data-parallel step does not scale the loss                  yet; use amp_bf16 or pure_bf16 (bf16 needs no loss scaling) or one rank",
+                self.config.precision(),
+                comm.world_size()
+            )));
+        }
         if self.next.is_some() {
             return Err(Error::Msg(
                 "set_communicator: a batch was already fetched for one process; join the group \
@@ -718,6 +767,8 @@ impl Trainer {
         } else {
             self.config.micro_batch
         };
+        let loss_scale = self.scaler.map(|s| s.scale);
+        self.model.step_precision.loss_scale = loss_scale.unwrap_or(1.0);
         // Data parallel: gradients all-reduced inside, so that every rank holds the full batch's
         // gradient and the clip below sees the global norm.
         let stats = match &self.dist {
@@ -726,10 +777,16 @@ impl Trainer {
             }
             None => contrastive_forward_backward_deferred(&self.model, &images, ids, micro)?,
         };
-        // On a kernel device the clip factor stays in device memory for the step below.
-        let norm = match self.config.grad_clip {
-            Some(max) => Some(self.opt.clip_grad_norm(max)?),
-            None => None,
+        // On a kernel device the clip factor stays in device memory for the step below. With a
+        // loss scaler the norm is always taken: it unscales the gradients and tells an
+        // overflowed step.
+        let norm = match (self.config.grad_clip, loss_scale) {
+            (max, Some(s)) => Some(
+                self.opt
+                    .unscale_clip_grad_norm(max.unwrap_or(f64::INFINITY), 1.0 / s as f64)?,
+            ),
+            (Some(max), None) => Some(self.opt.clip_grad_norm(max)?),
+            (None, None) => None,
         };
         let kernel_device = crate::device::kernel::runs_kernels(self.device);
         if fetch_ahead && kernel_device && self.step + 1 < self.config.steps {
@@ -749,6 +806,33 @@ impl Trainer {
         let (loss, logit_scale) = (v[0], v[3]);
         let grad_norm = norm.map(|_| v[4] as f64);
         let lr = self.schedule().lr(self.step);
+        // The f16 scaler: an overflowed gradient (non-finite norm at this scale) skips the
+        // update and halves the scale; the step still counts (the schedule moves on), as under
+        // torch's GradScaler.
+        let world = self.world_size();
+        if let Some(scaler) = self.scaler.as_mut() {
+            let finite = grad_norm.is_some_and(f64::is_finite);
+            if loss.is_finite() && !scaler.update(finite) {
+                drop(scale);
+                self.opt.skip_step();
+                self.uploader.release(&images)?;
+                self.step += 1;
+                return Ok(StepLog {
+                    step: self.step,
+                    loss,
+                    lr,
+                    logit_scale: logit_scale.exp(),
+                    i2t_acc: v[1],
+                    t2i_acc: v[2],
+                    grad_norm,
+                    pairs_per_s: (images.shape()[0] * world) as f64
+                        / started.elapsed().as_secs_f64(),
+                    loss_scale,
+                    skipped: true,
+                    skipped_steps: Some(scaler.skipped),
+                });
+            }
+        }
         // Checked before the update is applied: a non-finite loss, or a non-finite gradient
         // norm (which would make the whole update non-finite). The step is named as
         // metrics.jsonl numbers it (its line would have said `"step": n`).
@@ -792,6 +876,9 @@ impl Trainer {
             grad_norm,
             pairs_per_s: (images.shape()[0] * self.world_size()) as f64
                 / started.elapsed().as_secs_f64(),
+            loss_scale,
+            skipped: false,
+            skipped_steps: self.scaler.map(|s| s.skipped),
         })
     }
 
@@ -919,6 +1006,16 @@ impl Trainer {
             None => self.data.position(),
         };
         meta.insert("clipcu.data".into(), position.to_string());
+        meta.insert(
+            "clipcu.precision".into(),
+            self.config.precision().to_string(),
+        );
+        if let Some(s) = &self.scaler {
+            meta.insert(
+                LOSS_SCALER_KEY.into(),
+                serde_json::to_string(s).expect("scaler serialises"),
+            );
+        }
         st::save(path, &refs, &meta)
     }
 
@@ -960,6 +1057,16 @@ impl Trainer {
         }
         // The transform is part of how the run trains: the checkpoint's setting holds.
         config.augment = saved.augment;
+        // The precision: the checkpoint's unless --precision gives another, which converts the
+        // stored weights and moments on load.
+        match config.precision {
+            None => config.precision = Some(saved.precision()),
+            Some(p) if p != saved.precision() => eprintln!(
+                "note: the checkpoint was trained under --precision {}, this run continues under                  {p}: weights and Adam moments are converted on load (rounded to nearest where                  they narrow), so the numbers differ from an uninterrupted run",
+                saved.precision()
+            ),
+            Some(_) => {}
+        }
         if saved.seed != config.seed
             || saved.batch_size != config.batch_size
             || saved.shape_groups != config.shape_groups
@@ -997,6 +1104,14 @@ impl Trainer {
         let model = Clip::new(&model_config, config.seed);
         let mut t = Trainer::build(model, config, data_spec, files_position)?;
         weights::load_into(&t.model, path)?;
+        // load_into widens to f32; the pure precisions store the weights in 16 bits (exact when
+        // the checkpoint's were those 16 bits)
+        store_weights_as(&t.model, t.config.precision().weights())?;
+        if let (Some(scaler), Some(saved)) = (t.scaler.as_mut(), file.metadata.get(LOSS_SCALER_KEY))
+        {
+            *scaler = serde_json::from_str(saved)
+                .map_err(|e| Error::format(path, format!("{LOSS_SCALER_KEY}: {e}")))?;
+        }
         let state: HashMap<String, Tensor> = file
             .tensors
             .into_iter()
@@ -1121,14 +1236,19 @@ impl Trainer {
                 (Some(e), None) => format!("epoch {} · ", e + 1),
                 (None, _) => String::new(),
             };
+            // f16 precisions: the loss scale and the overflowed steps skipped so far
+            let scaler = match (log.loss_scale, log.skipped_steps) {
+                (Some(s), Some(k)) => format!(" · loss scale 2^{} · {k} skipped", s.log2()),
+                _ => String::new(),
+            };
             bar.set_message(format!(
-                "{epoch}loss {:.3} · scale {:.1} · {:.0} pairs/s",
+                "{epoch}loss {:.3} · scale {:.1} · {:.0} pairs/s{scaler}",
                 log.loss, log.logit_scale, rate
             ));
             bar.set_position(self.step as u64);
             if !opts.progress && (self.step.is_multiple_of(25) || self.step == 1) {
                 eprintln!(
-                    "step {:>6}/{}  {epoch}loss {:.4}  scale {:.1}  {:.0} pairs/s  {:.0}s",
+                    "step {:>6}/{}  {epoch}loss {:.4}  scale {:.1}  {:.0} pairs/s  {:.0}s{scaler}",
                     self.step,
                     self.config.steps,
                     log.loss,
@@ -1321,6 +1441,20 @@ fn truncate_metrics(path: &Path, step: usize) -> Result<usize> {
 }
 
 /// The loader's default: one decoding thread per core.
+/// Store the trainable weights (all but `logit_scale`, which stays f32 under every precision) as
+/// `dtype`: 16 bits under the pure precisions (rounded to nearest once; AdamW then updates them
+/// with stochastic rounding), f32 otherwise (widened exactly, when a pure run resumes as another).
+/// Buffers (BatchNorm's running statistics) and locked weights are left as they are.
+fn store_weights_as(model: &Clip, dtype: crate::DType) -> Result<()> {
+    for p in model.parameters() {
+        if !p.requires_grad() || p.ptr_eq(&model.logit_scale) || p.value().dtype() == dtype {
+            continue;
+        }
+        p.set_value(p.value().try_to_dtype(dtype)?)?;
+    }
+    Ok(())
+}
+
 fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }

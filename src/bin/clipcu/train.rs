@@ -138,6 +138,12 @@ pub struct TrainArgs {
     /// that never arrived.
     #[arg(long, default_value_t = 600)]
     pub dist_timeout: u64,
+    /// Numerics, open_clip's names: fp32, tf32 (cuda: TF32 GEMMs), amp (f16 activations, f32
+    /// master weights, dynamic loss scaling), amp_bf16, pure_fp16 / pure_bf16 (16-bit weights
+    /// updated with stochastic rounding, f16 Adam moments: the CLIP paper's recipe). Default:
+    /// fp32, or a resumed checkpoint's (another one converts it on load).
+    #[arg(long)]
+    pub precision: Option<clipcu::train::Precision>,
 }
 
 /// The shipped config `clipcu train` uses when no --config is given.
@@ -177,6 +183,7 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         // open_clip's training transform for file data unless --no-augment.
         augment: a.data.is_some() && !a.no_augment,
         workers: a.workers,
+        precision: a.precision,
     };
     if a.pretrained.is_some() && a.resume.is_some() {
         return Err(clipcu::Error::Msg(

@@ -437,12 +437,18 @@ impl DeviceState {
         Ok(())
     }
 
+    /// Drop a pending clip factor (a skipped step: its gradients are discarded).
+    pub(super) fn discard_clip(&mut self) {
+        self.clip_pending = false;
+    }
+
     /// The global L2 norm of the slots' gradients as a `[]` tensor; the factor
     /// `min(1, max_norm / (norm + 1e-6))` stays in device memory for the next step.
     pub(super) fn clip_grad_norm(
         &mut self,
         slots: &[Slot],
         max_norm: f64,
+        inv_grad_scale: f64,
         launch: NormLaunch,
     ) -> Result<Tensor> {
         let op = "clip_grad_norm";
@@ -500,6 +506,7 @@ impl DeviceState {
                     KernelArg::Buf(partials),
                     KernelArg::I32(t.chunks as i32),
                     KernelArg::F64(max_norm),
+                    KernelArg::F64(inv_grad_scale),
                 ],
             )
         }?;

@@ -436,14 +436,38 @@ impl AdamW {
     /// gradients are not rewritten: the factor stays in device memory and the next
     /// [`AdamW::step`] applies it, so call this right before `step`, as one calls torch's.
     pub fn clip_grad_norm(&mut self, max_norm: f64) -> Result<Tensor> {
+        self.unscale_clip_grad_norm(max_norm, 1.0)
+    }
+
+    /// [`AdamW::clip_grad_norm`] of gradients that are `1 / inv_grad_scale` times the true ones
+    /// (a loss scaler's, `inv_grad_scale` a power of two): the norm returned and the clip are the
+    /// true gradients', and the gradients the step uses are unscaled as well as clipped (on a
+    /// kernel device by the same pending factor, no extra pass). `max_norm = ∞` only unscales.
+    /// A non-finite norm means an overflowed gradient: skip the step ([`AdamW::skip_step`]).
+    pub fn unscale_clip_grad_norm(&mut self, max_norm: f64, inv_grad_scale: f64) -> Result<Tensor> {
         let device = self.params_device()?;
         self.to_device(device)?;
         match self.device.as_mut() {
-            Some(state) => state.clip_grad_norm(&self.slots, max_norm, self.norm_launch),
+            Some(state) => {
+                state.clip_grad_norm(&self.slots, max_norm, inv_grad_scale, self.norm_launch)
+            }
             None => {
                 let params: Vec<Param> = self.slots.iter().map(|s| s.param.clone()).collect();
-                Tensor::scalar(clip_grad_norm(&params, max_norm)? as f32).to_device(device)
+                let norm = unscale_clip_grad_norm(&params, max_norm, inv_grad_scale)?;
+                Tensor::scalar(norm as f32).to_device(device)
             }
+        }
+    }
+
+    /// Discard the accumulated gradients without an update (a loss scaler's skipped step: a
+    /// gradient overflowed). The step count, and so the bias corrections and the stochastic
+    /// rounding's bits, stay where they were, as torch's `GradScaler` leaves the optimizer.
+    pub fn skip_step(&mut self) {
+        if let Some(state) = self.device.as_mut() {
+            state.discard_clip();
+        }
+        for s in &self.slots {
+            s.param.zero_grad();
         }
     }
 
@@ -783,17 +807,27 @@ fn host_step_16(
 /// `torch.nn.utils.clip_grad_norm_`: factor `max_norm / (norm + 1e-6)` when below 1). Returns the
 /// norm before clipping.
 pub fn clip_grad_norm(params: &[Param], max_norm: f64) -> Result<f64> {
+    unscale_clip_grad_norm(params, max_norm, 1.0)
+}
+
+/// [`clip_grad_norm`] of gradients that are `1 / inv_grad_scale` times the true ones (a loss
+/// scaler's; a power of two): the norm and the clip are the true gradients', and the gradients
+/// are left unscaled and clipped, by one factor — the arithmetic of the kernels
+/// (`adamw_grad_norm_f32`), so every device computes the same bits.
+pub fn unscale_clip_grad_norm(params: &[Param], max_norm: f64, inv_grad_scale: f64) -> Result<f64> {
     let grads: Vec<(Param, Tensor)> = params
         .iter()
         .filter_map(|p| p.grad().map(|g| (p.clone(), g)))
         .collect();
     let norm =
-        crate::ops::reduce::global_l2_norm(&grads.iter().map(|(_, g)| g).collect::<Vec<_>>())?;
+        crate::ops::reduce::global_l2_norm(&grads.iter().map(|(_, g)| g).collect::<Vec<_>>())?
+            * inv_grad_scale;
     let coef = max_norm / (norm + 1e-6);
-    if coef < 1.0 {
+    let factor = if coef < 1.0 { coef } else { 1.0 } * inv_grad_scale;
+    if factor != 1.0 {
         for (p, g) in grads {
             p.zero_grad();
-            p.accumulate_grad(crate::ops::unary::scale(&g, coef as f32)?)?;
+            p.accumulate_grad(crate::ops::unary::scale(&g, factor as f32)?)?;
         }
     }
     Ok(norm)

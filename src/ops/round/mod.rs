@@ -1,0 +1,109 @@
+//! Storage rounding, the numerics of mixed precision (issue 14) on every device.
+//!
+//! A 16-bit storage policy (`amp`, `amp_bf16`, `pure_*`) computes in f32 and stores some tensors
+//! in f16 or bf16: GEMM and attention inputs and outputs, the activations between them, the
+//! weights of the pure policies. What that does to the numbers is one rounding (IEEE
+//! round-to-nearest-even) at every place a tensor is stored in 16 bits, and the same rounding of
+//! the gradient flowing back into it (the gradient of a 16-bit tensor is a 16-bit tensor). This
+//! op is that rounding, on f32 tensors:
+//!
+//! - [`Graph::round_to`]: `y = rne16(x)`, kept as f32; backward `dx = rne16(dy)`. The gradient
+//!   rounds with the same format, so an f16 gradient past 65504 becomes inf — what the dynamic
+//!   loss scaler watches for.
+//! - [`Graph::autocast`]: `round_to` with the graph's autocast format ([`Graph::set_autocast`]),
+//!   or the identity when the graph has none (fp32): what the layers call at their storage
+//!   points, so one model code serves every policy.
+//! - A parameter whose value is 16-bit (the pure policies) enters the graph widened to f32 by
+//!   [`Graph::param`] through the same node: forward exact, backward `rne16(dy)`.
+//!
+//! Every device computes the same bits: the CPU with the `half` crate's conversions, Emu and Cuda
+//! with the cast kernels of `kernels/layout.cu` (f32 → 16 bits → f32, both IEEE RNE). The
+//! tensors themselves stay f32 here, so a policy's numbers are reproduced everywhere, the CPU
+//! included; storing them in 16 bits on a GPU (half the activation bytes) is the kernels' part.
+
+use crate::graph::{Graph, Op, Var};
+use crate::{DType, Result, Tensor};
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+/// The recorded rounding: backward rounds the gradient to `dtype`.
+pub struct RoundOp {
+    dtype: DType,
+}
+
+/// `x` (any dtype) as f32 values rounded to `dtype`'s nearest (ties to even); f32 for
+/// `dtype = F32` (then an exact widening or nothing).
+pub fn round_to(x: &Tensor, dtype: DType) -> Result<Tensor> {
+    if dtype == DType::F32 || x.dtype() == dtype {
+        return x.try_to_dtype(DType::F32);
+    }
+    if crate::device::kernel::runs_kernels(x.device()) || x.dtype() != DType::F32 {
+        return x.try_to_dtype(dtype)?.try_to_dtype(DType::F32);
+    }
+    let x = crate::ops::cpu_input("round_to", x)?;
+    let xs = x.f32s("round_to")?;
+    let mut y = vec![0f32; xs.len()];
+    let round: fn(f32) -> f32 = match dtype {
+        DType::F16 => |v| f16::from_f32(v).to_f32(),
+        DType::BF16 => |v| bf16::from_f32(v).to_f32(),
+        DType::F32 => unreachable!("returned above"),
+    };
+    y.par_chunks_mut(1 << 14)
+        .zip(xs.par_chunks(1 << 14))
+        .for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, &x)| *y = round(x)));
+    Ok(Tensor::from_f32(y, x.shape()))
+}
+
+impl RoundOp {
+    pub(crate) fn backward(
+        &self,
+        _saved: &[Tensor],
+        gout: &Tensor,
+        needs: &[bool],
+    ) -> Result<Vec<Option<Tensor>>> {
+        Ok(vec![if needs[0] {
+            Some(round_to(gout, self.dtype)?)
+        } else {
+            None
+        }])
+    }
+}
+
+impl<'m> Graph<'m> {
+    /// `x` rounded to `dtype` as a 16-bit store would round it (kept f32); backward rounds the
+    /// gradient the same way. The identity for `dtype = F32`.
+    pub fn round_to(&self, x: &Var, dtype: DType) -> Result<Var> {
+        if dtype == DType::F32 && x.tensor().dtype() == DType::F32 {
+            return Ok(x.clone());
+        }
+        let y = round_to(x.tensor(), dtype)?;
+        Ok(self.record(Op::Round(RoundOp { dtype }), &[x], vec![], y))
+    }
+
+    /// [`Graph::round_to`] with this graph's autocast format: a layer's storage point (a GEMM's
+    /// input or output, an activation between them). The identity without autocast.
+    pub fn autocast(&self, x: &Var) -> Result<Var> {
+        match self.autocast_dtype() {
+            Some(dt) => self.round_to(x, dt),
+            None => Ok(x.clone()),
+        }
+    }
+
+    /// `a·b` as autocast runs a matmul: both inputs and the product rounded to the autocast
+    /// format; a plain [`Graph::matmul`] without autocast.
+    pub fn autocast_matmul(&self, a: &Var, b: &Var) -> Result<Var> {
+        let y = self.matmul(&self.autocast(a)?, &self.autocast(b)?, false, false)?;
+        self.autocast(&y)
+    }
+
+    /// A 16-bit parameter value widened to f32 (exact), its gradient rounded back to the
+    /// parameter's format: what [`Graph::param`] records for the pure policies' weights.
+    pub(crate) fn widen(&self, x: Var) -> Result<Var> {
+        let dtype = x.tensor().dtype();
+        if dtype == DType::F32 {
+            return Ok(x);
+        }
+        let y = x.tensor().try_to_dtype(DType::F32)?;
+        Ok(self.record(Op::Round(RoundOp { dtype }), &[&x], vec![], y))
+    }
+}
