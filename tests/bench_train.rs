@@ -1,6 +1,7 @@
 //! `clipcu-bench train` (clipcu::bench::train): the report's numbers are consistent with each
-//! other and with the config's FLOP count, 16-bit precisions are refused with their reason until
-//! they exist, and the datasheet lookup finds cards by the names drivers report.
+//! other and with the config's FLOP count, every precision runs and counts the bytes its weights,
+//! gradients and optimizer state take, and the datasheet lookup finds cards by the names drivers
+//! report.
 mod common;
 
 use clipcu::bench::train::StepTimes;
@@ -68,14 +69,37 @@ fn report_is_consistent_on_cpu_and_emu() {
     }
 }
 
+/// Bytes per parameter of weights + gradients + AdamW state, as counted from the trainer's
+/// tensors: f32 weights, gradients and moments are 16; 16-bit weights with f32 gradient buffers
+/// and f16 moments (one f32 scale per 256 elements and moment) are 2 + 4 + 4 + 8/256.
 #[test]
-fn unbuilt_precisions_and_bad_sizes_are_clear_errors() {
-    for p in ["amp", "amp_bf16", "pure_fp16", "pure_bf16"] {
-        let mut o = tiny(Device::Cpu);
-        o.precision = p.parse().unwrap();
-        let e = bench_train(&o).unwrap_err().to_string();
-        assert!(e.contains(p) && e.contains("issue 14"), "{e}");
+fn every_precision_runs_and_counts_its_state_bytes() {
+    for (p, want) in [
+        ("fp32", 16.0),
+        ("amp", 16.0),
+        ("amp_bf16", 16.0),
+        ("pure_fp16", 10.0 + 8.0 / 256.0),
+        ("pure_bf16", 10.0 + 8.0 / 256.0),
+    ] {
+        for device in [Device::Cpu, Device::Emu] {
+            let mut o = tiny(device);
+            o.precision = p.parse().unwrap();
+            let r = bench_train(&o).unwrap();
+            assert!(r.last_loss.is_finite(), "{p} on {device}");
+            // the scales round up to whole blocks per tensor: a little over 8/256
+            let got = r.state_bytes_per_parameter;
+            assert!(
+                got >= want - 1e-9 && got < want + 0.2,
+                "{p} on {device}: {got} bytes per parameter, want ≈ {want}"
+            );
+            let json: serde_json::Value = serde_json::to_value(&r).unwrap();
+            assert_eq!(json["precision"], p);
+        }
     }
+}
+
+#[test]
+fn bad_precisions_and_sizes_are_clear_errors() {
     let mut o = tiny(Device::Cpu);
     o.precision = Precision::Tf32;
     let e = bench_train(&o).unwrap_err().to_string();

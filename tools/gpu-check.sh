@@ -29,7 +29,7 @@ cargo build --release --quiet --bin clipcu-bench --bin clipcu
 tests=$(cargo test --release --no-run --message-format=json 2>/dev/null |
     python3 -c '
 import json, sys
-keep = ("cuda_device", "train_device", "device_transfers")
+keep = ("cuda_device", "train_device", "device_transfers", "precision")
 for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
@@ -162,6 +162,7 @@ if [ "$quick" = 1 ]; then
     part bench-contrastive-32k 60 "$bin/clipcu-bench" contrastive --device "$device" --batch 64 --dtype bf16 --fused-only --iters 1
     part bench-attention 120 "$bin/clipcu-bench" attention --device "$device" --quick --iters 1
     bench tiny-vit tiny-vit 8 fp32
+    bench tiny-vit-amp_bf16 tiny-vit 8 amp_bf16
 else
     part bench-kernels 90 "$bin/clipcu-bench" kernels --device cuda --iters 20
     part bench-gemm 60 "$bin/clipcu-bench" gemm --device cuda --iters 20
@@ -180,6 +181,9 @@ else
     part torch-attention 90 python3 "$here/tools/bench_torch_attention.py" --dtype bf16 --iters 20
     part bench-contrastive-262k 120 "$bin/clipcu-bench" contrastive --device cuda --batch 262144 --dtype bf16 --fused-only --iters 1
     part torch-gemm 60 python3 "$here/tools/bench_torch_gpu.py"
+    # last (the measurements come first): every --precision policy on the card against the
+    # CPU under the same policy (issue 14)
+    part precision 240 "$bin/test-precision" --nocapture --test-threads=4
 fi
 echo
 echo "================ gpu-check summary ($(( $(date +%s) - start )) s of ${budget}, device $device) ================"

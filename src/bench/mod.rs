@@ -173,7 +173,12 @@ pub struct TrainStepCase {
 }
 
 impl TrainStepCase {
-    pub fn new(config_name: &str, batch: usize, device: Device) -> Result<TrainStepCase> {
+    pub fn new(
+        config_name: &str,
+        batch: usize,
+        device: Device,
+        precision: crate::train::Precision,
+    ) -> Result<TrainStepCase> {
         use rand::Rng;
         let cfg = crate::model::ClipConfig::load(config_name)?;
         let config = crate::train::TrainConfig {
@@ -192,7 +197,7 @@ impl TrainStepCase {
             epochs: None,
             augment: false,
             workers: None,
-            precision: None,
+            precision: Some(precision),
         };
         let mut trainer =
             crate::train::Trainer::new(&cfg, config, crate::train::DataSpec::Synthetic)?;
@@ -220,6 +225,30 @@ impl TrainStepCase {
     pub fn run(&mut self) -> Result<crate::train::StepLog> {
         self.trainer
             .train_step_on(&self.images, &self.ids, std::time::Instant::now())
+    }
+
+    /// Bytes of the trainable weights, their gradient buffers and AdamW's state, as the trainer
+    /// stores them under its precision, per trainable parameter: counted from the tensors
+    /// themselves (weights at their dtype, gradients f32, the moments and their scales as
+    /// `AdamW::state` holds them), not from the policy's table.
+    pub fn state_bytes_per_parameter(&self) -> Result<f64> {
+        let mut n = 0usize;
+        let mut bytes = 0usize;
+        for p in self.trainer.model.parameters() {
+            if !p.requires_grad() {
+                continue;
+            }
+            let v = p.value();
+            n += v.numel();
+            // the gradient buffer: f32 whatever the weight's dtype (AdamW reads f32 gradients)
+            bytes += v.numel() * (v.dtype().size_in_bytes() + 4);
+        }
+        for (name, t) in self.trainer.opt.state()? {
+            if name != "step" {
+                bytes += t.numel() * t.dtype().size_in_bytes();
+            }
+        }
+        Ok(bytes as f64 / n.max(1) as f64)
     }
 }
 

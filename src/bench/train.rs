@@ -178,6 +178,10 @@ pub struct TrainBenchReport {
     pub memory_kind: &'static str,
     pub parameters: u64,
     pub bytes_per_parameter: Option<f64>,
+    /// Weights + gradients + optimizer state as stored under the precision, per trainable
+    /// parameter (fp32/amp ≈ 16, pure 16-bit with f16 Adam moments ≈ 10: 16-bit weights, f32
+    /// gradient buffers, 4 bytes of moments and 8 of scales per 256).
+    pub state_bytes_per_parameter: f64,
     /// The last timed step's loss: finite, or the numbers mean nothing.
     pub last_loss: f32,
 }
@@ -201,26 +205,9 @@ pub fn bench_train(o: &TrainBenchOptions) -> Result<TrainBenchReport> {
     if o.steps == 0 {
         return Err(Error::Msg("--steps must be at least 1".into()));
     }
-    match (o.precision, o.device) {
-        (Precision::Fp32, _) => {}
-        (Precision::Tf32, Device::Cuda(i)) => {
-            crate::device::cuda::CudaBackend::get(i)?.set_tf32(true)
-        }
-        (Precision::Tf32, d) => {
-            return Err(Error::Msg(format!(
-                "--precision tf32 needs a Cuda device (TF32 is a tensor-core format); {d} \
-                 computes in fp32"
-            )))
-        }
-        (p, _) => {
-            return Err(Error::Msg(format!(
-                "--precision {p} is not built yet: clipcu trains in fp32 (and tf32 on Cuda) \
-                 until mixed precision lands (issue 14)"
-            )))
-        }
-    }
+    // (tf32 off a Cuda device is refused by the trainer, naming the option)
     let cfg = ClipConfig::load(&o.config)?;
-    let mut case = TrainStepCase::new(&o.config, o.batch, o.device)?;
+    let mut case = TrainStepCase::new(&o.config, o.batch, o.device, o.precision)?;
     let cuda = match o.device {
         Device::Cuda(i) => Some(crate::device::cuda::CudaBackend::get(i)?),
         _ => None,
@@ -275,6 +262,7 @@ pub fn bench_train(o: &TrainBenchOptions) -> Result<TrainBenchReport> {
     // as PyTorch's `model.parameters()` counts them (BatchNorm running statistics are buffers),
     // so that bytes per parameter compares with tools/bench_torch.py's
     let parameters = crate::model::convert::parameter_count(&cfg) as u64;
+    let state_bytes_per_parameter = case.state_bytes_per_parameter()?;
     Ok(TrainBenchReport {
         engine: "clipcu",
         config: o.config.clone(),
@@ -297,6 +285,7 @@ pub fn bench_train(o: &TrainBenchOptions) -> Result<TrainBenchReport> {
         memory_kind,
         parameters,
         bytes_per_parameter: peak_memory.map(|b| b as f64 / parameters as f64),
+        state_bytes_per_parameter,
         last_loss,
     })
 }
@@ -334,6 +323,11 @@ impl std::fmt::Display for TrainBenchReport {
                 self.parameters as f64 / 1e6
             ),
             _ => write!(f, "  peak memory: not known on this system"),
-        }
+        }?;
+        write!(
+            f,
+            "\n  weights + gradients + AdamW state: {:.2} bytes per parameter",
+            self.state_bytes_per_parameter
+        )
     }
 }

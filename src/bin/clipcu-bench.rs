@@ -62,7 +62,8 @@ struct Args {
     #[arg(long)]
     batch: Option<usize>,
     /// train: open_clip's precision names: fp32, tf32 (cuda), amp, amp_bf16, pure_fp16,
-    /// pure_bf16 (the 16-bit ones are refused until mixed precision lands).
+    /// pure_bf16 (`clipcu train --help`; the 16-bit policies' numerics on every device, their
+    /// activations still stored in f32 tensors).
     #[arg(long, default_value = "fp32")]
     precision: clipcu::bench::Precision,
     /// train: timed steps (default 50 on cuda, 10 on cpu, 3 on emu).
