@@ -646,3 +646,24 @@ fn checkpoints_keep_the_precision_and_resume_bit_exact() {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+/// The data-parallel step does not scale the loss yet: the f16 policies with several ranks are
+/// refused, naming the way out; bf16 joins a group.
+#[test]
+fn f16_policies_with_several_ranks_are_refused() {
+    let group = clipcu::dist::InProcess::group(2, std::time::Duration::from_secs(5));
+    for (comm, precision) in group.into_iter().zip([Precision::Amp, Precision::AmpBf16]) {
+        let mut t = trainer("tiny-vit", precision, Device::Cpu, 1, 2);
+        let r = t.set_communicator(Box::new(comm));
+        match precision {
+            Precision::Amp => {
+                let e = r.unwrap_err().to_string();
+                assert!(
+                    e.contains("--precision amp") && e.contains("amp_bf16"),
+                    "{e}"
+                );
+            }
+            _ => r.unwrap(),
+        }
+    }
+}

@@ -462,7 +462,8 @@ pub fn steps_for_epochs(data: &DataSpec, epochs: usize, batch: usize) -> Result<
     let per_epoch = samples / batch.max(1);
     if per_epoch == 0 {
         return Err(Error::Msg(format!(
-            "--data {d} has {samples} samples, fewer than one --batch-size {batch}: an epoch              would be no step"
+            "--data {d} has {samples} samples, fewer than one --batch-size {batch}: an epoch \
+             would be no step"
         )));
     }
     Ok(epochs * per_epoch)
@@ -611,7 +612,8 @@ impl Trainer {
                 Device::Cuda(i) => crate::device::cuda::CudaBackend::get(i)?.set_tf32(true),
                 d => {
                     return Err(Error::Msg(format!(
-                        "--precision tf32 needs a Cuda device (TF32 is a tensor-core format);                          {d} computes in fp32: give --precision fp32 there"
+                        "--precision tf32 needs a Cuda device (TF32 is a tensor-core format); \
+                         {d} computes in fp32: give --precision fp32 there"
                     )))
                 }
             }
@@ -654,7 +656,8 @@ impl Trainer {
         local_batch(self.config.batch_size, comm.world_size())?;
         if self.scaler.is_some() && comm.world_size() > 1 {
             return Err(Error::Msg(format!(
-                "--precision {} with {} ranks: the data-parallel step does not scale the loss                  yet; use amp_bf16 or pure_bf16 (bf16 needs no loss scaling) or one rank",
+                "--precision {} with {} ranks: the data-parallel step does not scale the loss \
+                 yet; use amp_bf16 or pure_bf16 (bf16 needs no loss scaling) or one rank",
                 self.config.precision(),
                 comm.world_size()
             )));
@@ -1062,7 +1065,9 @@ impl Trainer {
         match config.precision {
             None => config.precision = Some(saved.precision()),
             Some(p) if p != saved.precision() => eprintln!(
-                "note: the checkpoint was trained under --precision {}, this run continues under                  {p}: weights and Adam moments are converted on load (rounded to nearest where                  they narrow), so the numbers differ from an uninterrupted run",
+                "note: the checkpoint was trained under --precision {}, this run continues under \
+                 {p}: weights and Adam moments are converted on load (rounded to nearest where \
+                 they narrow), so the numbers differ from an uninterrupted run",
                 saved.precision()
             ),
             Some(_) => {}
@@ -1440,7 +1445,6 @@ fn truncate_metrics(path: &Path, step: usize) -> Result<usize> {
     Ok(dropped)
 }
 
-/// The loader's default: one decoding thread per core.
 /// Store the trainable weights (all but `logit_scale`, which stays f32 under every precision) as
 /// `dtype`: 16 bits under the pure precisions (rounded to nearest once; AdamW then updates them
 /// with stochastic rounding), f32 otherwise (widened exactly, when a pure run resumes as another).
@@ -1455,6 +1459,7 @@ fn store_weights_as(model: &Clip, dtype: crate::DType) -> Result<()> {
     Ok(())
 }
 
+/// The loader's default: one decoding thread per core.
 fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
