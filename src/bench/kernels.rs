@@ -284,41 +284,71 @@ fn build_cases(device: Device, quick: bool) -> Result<Vec<Case>> {
         });
     }
 
-    // AdamW over ViT-B/32's parameters (the tiny ViT when quick): p, g, m, v read, p, m, v
-    // written.
+    // AdamW over ViT-B/32's parameters (the tiny ViT when quick), as fp32/amp run it (f32
+    // weights and moments) and as the pure 16-bit policies do (bf16 weights written with
+    // stochastic rounding, f16 moments with one f32 scale per 256 elements and moment).
     let name = if quick { "tiny-vit" } else { "ViT-B-32" };
     let cfg = crate::model::ClipConfig::load(name)?;
-    let model = crate::model::Clip::new(&cfg, 0);
-    model.to_device(device)?;
-    let params: Vec<crate::graph::Param> = model
-        .named_params()
-        .into_iter()
-        .map(|(_, p)| p)
-        .filter(|p| p.requires_grad())
-        .collect();
-    let count: usize = params.iter().map(|p| p.value().numel()).sum();
-    let grads: Vec<Tensor> = params
-        .iter()
-        .map(|p| Tensor::randn(p.value().shape().to_vec(), 1e-3, 13).to_device(device))
-        .collect::<Result<_>>()?;
-    let mut opt = crate::optim::AdamW::new(&params, Default::default());
-    // A step consumes the gradients (zero_grad after it), so each run first puts them back: on
-    // a kernel device that is a copy into the kept gradient storage (g read, storage written),
-    // counted in the bytes with AdamW's own p, g, m, v read and p, m, v written.
-    cases.push(Case {
-        name: "grad refill + adamw step".into(),
-        shape: format!("{name} ({:.1} M parameters)", count as f64 / 1e6),
-        bytes: 9.0 * count as f64 * F32,
-        flops: 0.0,
-        tensor_cores: false,
-        run: Box::new(move || {
-            let _keep = &model;
-            for (p, g) in params.iter().zip(&grads) {
-                p.accumulate_grad(g.clone())?;
+    for pure in [false, true] {
+        let model = crate::model::Clip::new(&cfg, 0);
+        model.to_device(device)?;
+        let params: Vec<crate::graph::Param> = model
+            .named_params()
+            .into_iter()
+            .map(|(_, p)| p)
+            .filter(|p| p.requires_grad())
+            .collect();
+        if pure {
+            for p in &params {
+                p.set_value(p.value().try_to_dtype(crate::DType::BF16)?)?;
             }
-            opt.step(1e-4)
-        }),
-    });
+        }
+        let count: usize = params.iter().map(|p| p.value().numel()).sum();
+        let grads: Vec<Tensor> = params
+            .iter()
+            .map(|p| Tensor::randn(p.value().shape().to_vec(), 1e-3, 13).to_device(device))
+            .collect::<Result<_>>()?;
+        let moments = if pure {
+            crate::optim::MomentPrecision::F16Scaled
+        } else {
+            crate::optim::MomentPrecision::F32
+        };
+        let mut opt = crate::optim::AdamW::new(
+            &params,
+            crate::optim::AdamWConfig {
+                moments,
+                ..Default::default()
+            },
+        );
+        // A step consumes the gradients (zero_grad after it), so each run first puts them back:
+        // on a kernel device a copy into the kept gradient storage (g read, storage written: 8
+        // bytes), counted with AdamW's own traffic: f32 p, g, m, v read and p, m, v written (28
+        // bytes), or bf16 p, f32 g, f16 m, v read and p, m, v written (16 bytes) plus the m and
+        // v scales read and written (16 bytes per 256 elements).
+        let per_param = if pure {
+            8.0 + 16.0 + 16.0 / 256.0
+        } else {
+            8.0 + 28.0
+        };
+        cases.push(Case {
+            name: if pure {
+                "grad refill + adamw step bf16 SR, f16 moments".into()
+            } else {
+                "grad refill + adamw step".into()
+            },
+            shape: format!("{name} ({:.1} M parameters)", count as f64 / 1e6),
+            bytes: per_param * count as f64,
+            flops: 0.0,
+            tensor_cores: false,
+            run: Box::new(move || {
+                let _keep = &model;
+                for (p, g) in params.iter().zip(&grads) {
+                    p.accumulate_grad(g.clone())?;
+                }
+                opt.step(1e-4)
+            }),
+        });
+    }
     Ok(cases)
 }
 
