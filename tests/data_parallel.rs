@@ -12,7 +12,7 @@ use clipcu::train::data_parallel::{
     all_reduce_gradients, gathered_contrastive_backward, run_ranks,
 };
 use clipcu::train::{DataSpec, RunOptions, TrainConfig, Trainer};
-use clipcu::{Graph, Param, Tensor};
+use clipcu::{Device, Graph, Param, Tensor};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -172,7 +172,7 @@ fn params_of(t: &Trainer) -> Vec<(String, Vec<f32>)> {
     t.model
         .named_params()
         .into_iter()
-        .map(|(n, p)| (n, p.value().to_vec()))
+        .map(|(n, p)| (n, p.value().to_device(Device::Cpu).unwrap().to_vec()))
         .collect()
 }
 
@@ -191,6 +191,19 @@ fn one_process(cfg: &ClipConfig, batch: usize, steps: usize, seed: u64) -> Run {
     (logs, params_of(&t))
 }
 
+/// `steps` steps of one process on `device`.
+fn one_process_on(cfg: &ClipConfig, batch: usize, steps: usize, seed: u64, device: Device) -> Run {
+    let mut t = Trainer::new(cfg, config(batch, steps, seed), DataSpec::Synthetic).unwrap();
+    t.to_device(device).unwrap();
+    let logs = (0..steps)
+        .map(|_| {
+            let l = t.train_step().unwrap();
+            (l.loss, l.grad_norm.unwrap())
+        })
+        .collect();
+    (logs, params_of(&t))
+}
+
 /// The same on `world` ranks: every rank's (losses, parameters).
 fn data_parallel(
     cfg: &ClipConfig,
@@ -199,8 +212,21 @@ fn data_parallel(
     seed: u64,
     world: usize,
 ) -> Vec<Run> {
+    data_parallel_on(cfg, batch, steps, seed, world, Device::Cpu)
+}
+
+/// [`data_parallel`] with every rank's model on `device`.
+fn data_parallel_on(
+    cfg: &ClipConfig,
+    batch: usize,
+    steps: usize,
+    seed: u64,
+    world: usize,
+    device: Device,
+) -> Vec<Run> {
     run_ranks(world, TIMEOUT, |comm| {
         let mut t = Trainer::new(cfg, config(batch, steps, seed), DataSpec::Synthetic)?;
+        t.to_device(device)?;
         t.set_communicator(Box::new(comm))?;
         let mut logs = Vec::new();
         for _ in 0..steps {
@@ -504,6 +530,139 @@ fn reduced_column_gradients_equal_the_full_batch_feature_gradients() {
             "{what}: d logit_scale {dl} vs {dls}"
         );
     }
+}
+
+/// On Emu ranks the gathered loss runs on the kernels and stays on the device: the reduced
+/// feature gradients equal the full batch's (the composed CPU loss on all N features, an
+/// independent path), at world sizes 2 and 4, and every result is an Emu tensor.
+#[test]
+fn the_gathered_loss_runs_on_the_ranks_kernel_device() {
+    let seed = common::fresh_seed();
+    let emu = Device::Emu;
+    for (world, n, d) in [(2usize, 6usize, 24usize), (4, 3, 16)] {
+        let total = world * n;
+        let img = Tensor::randn([total, d], 1.0, seed ^ (world as u64 * 11 + 1));
+        let txt = Tensor::randn([total, d], 1.0, seed ^ (world as u64 * 11 + 2));
+        let ls = Tensor::scalar(2.0 + (seed % 100) as f32 / 100.0);
+        let g = Graph::new();
+        let (vi, vt, vs) = (g.leaf(img.clone()), g.leaf(txt.clone()), g.leaf(ls.clone()));
+        let out = clipcu::loss::contrastive_loss(&g, &vi, &vt, &vs).unwrap();
+        let full_loss = out.loss.tensor().item().unwrap();
+        let grads = g.backward(&out.loss).unwrap();
+        let (di, dt) = (
+            grads.get(&vi).unwrap().to_vec(),
+            grads.get(&vt).unwrap().to_vec(),
+        );
+        let dls = grads.get(&vs).unwrap().item().unwrap();
+        let ranks = run_ranks(world, TIMEOUT, |comm| {
+            let r = comm.rank();
+            let p = Param::new("logit_scale", ls.to_device(emu)?);
+            let out = gathered_contrastive_backward(
+                &comm,
+                &rows_of(&img, r, n).to_device(emu)?,
+                &rows_of(&txt, r, n).to_device(emu)?,
+                &p,
+                true,
+                true,
+            )?;
+            let grad = p.grad().unwrap();
+            for (what, t) in [
+                ("loss", &out.loss),
+                ("accuracy", &out.image_to_text_acc),
+                ("d_image", &out.d_image),
+                ("d_text", &out.d_text),
+                ("d logit_scale", &grad),
+            ] {
+                assert_eq!(t.device(), emu, "world {world}: the {what} left the device");
+            }
+            let host = |t: &Tensor| t.to_device(Device::Cpu).map(|t| t.to_vec());
+            Ok((
+                host(&out.loss)?[0],
+                host(&out.d_image)?,
+                host(&out.d_text)?,
+                host(&grad)?[0],
+            ))
+        })
+        .unwrap();
+        let what = format!("Emu ranks, world {world}, n {n}, D {d}, seed {seed}");
+        let joined = |k: usize| -> Vec<f32> {
+            ranks
+                .iter()
+                .flat_map(|r| if k == 0 { r.1.clone() } else { r.2.clone() })
+                .collect()
+        };
+        let (ei, et) = (rel(&joined(0), &di), rel(&joined(1), &dt));
+        println!("{what}: feature gradients rel {ei:.2e} / {et:.2e}");
+        assert!(
+            ei <= 1e-5 && et <= 1e-5,
+            "{what}: images {ei:e}, texts {et:e}"
+        );
+        let loss = ranks.iter().map(|r| r.0 as f64).sum::<f64>() / world as f64;
+        assert!(
+            (loss - full_loss as f64).abs() <= 1e-5 * full_loss.abs() as f64,
+            "{what}: mean loss {loss} vs {full_loss}"
+        );
+        let dl: f64 = ranks.iter().map(|r| r.3 as f64).sum();
+        assert!(
+            (dl - dls as f64).abs() <= 1e-5 * (dls.abs() as f64) + 1e-6,
+            "{what}: d logit_scale {dl} vs {dls}"
+        );
+    }
+}
+
+/// Training on Emu ranks (world 2; the model, the gathered loss and AdamW on the device)
+/// equals one Emu process on the combined batch within the ViT's bounds above, and Cpu ranks
+/// within the bound tests/train_device.rs holds Emu to against the CPU (1e-4).
+#[test]
+fn emu_ranks_train_as_one_emu_process_and_as_cpu_ranks() {
+    let seed = common::fresh_seed();
+    let (cfg, batch, steps, world) = (tiny_vit(), 8, 4, 2);
+    let zero = zero_init(&cfg, seed);
+    let emu = data_parallel_on(&cfg, batch, steps, seed, world, Device::Emu);
+    let one = one_process_on(&cfg, batch, steps, seed, Device::Emu);
+    let cpu = data_parallel_on(&cfg, batch, steps, seed, world, Device::Cpu);
+    for (what, reference, loss_tol, tensor_tol, global) in [
+        ("one Emu process", &one, 1e-5, 1e-4, 1e-5),
+        ("Cpu ranks", &cpu[0], 1e-4, 1e-4, 1e-4),
+    ] {
+        let what = format!("Emu ranks (world {world}) against {what}, seed {seed}");
+        for (s, ((a, ga), (b, gb))) in emu[0].0.iter().zip(&reference.0).enumerate() {
+            let (e, en) = (((a - b) / b).abs(), ((ga - gb) / gb).abs());
+            assert!(
+                e <= loss_tol,
+                "{what}: step {} loss {a} vs {b} ({e:e})",
+                s + 1
+            );
+            assert!(
+                en <= 1e-4,
+                "{what}: step {} norm {ga} vs {gb} ({en:e})",
+                s + 1
+            );
+        }
+        compare_params(
+            &what,
+            &emu[0].1,
+            &reference.1,
+            &zero,
+            &|_| tensor_tol,
+            global,
+        );
+    }
+    assert!(
+        emu[1] == emu[0],
+        "seed {seed}: the Emu ranks' replicas differ"
+    );
+    let init =
+        params_of(&Trainer::new(&cfg, config(batch, steps, seed), DataSpec::Synthetic).unwrap());
+    let moved = init
+        .iter()
+        .zip(&emu[0].1)
+        .map(|((_, a), (_, b))| rel(a, b))
+        .fold(0f64, f64::max);
+    assert!(
+        moved > 1e-3,
+        "seed {seed}: the parameters barely moved ({moved:e})"
+    );
 }
 
 /// The bucketed all-reduce sums every parameter's gradient over ranks, whatever the bucket
