@@ -850,12 +850,12 @@ fn write_png(path: &Path, seed: u64) {
     img.save(path).unwrap();
 }
 
-/// `clipcu train --nproc-per-node` as a user runs it, on the synthetic stream and on a CSV
-/// (where every rank keeps its rows of the loader's global batch, augmented): 4 steps on one
-/// process against 2 steps on 2 ranks resumed to 4 steps on 4 ranks — the same losses and final
-/// weights within 1e-5 over the whole model (1e-4 per tensor).
+/// `clipcu train --nproc-per-node` as a user runs it, on the synthetic stream, on a CSV and on
+/// WebDataset shards (each rank reads and decodes only its part of the global batch,
+/// augmented): 4 steps on one process against 2 steps on 2 ranks resumed to 4 steps on 4 ranks
+/// — the same losses and final weights within 1e-5 over the whole model (1e-4 per tensor).
 #[test]
-fn clipcu_train_on_ranks_equals_one_process_on_synthetic_and_csv_data() {
+fn clipcu_train_on_ranks_equals_one_process_on_synthetic_csv_and_webdataset_data() {
     let seed = common::fresh_seed();
     let dir = tmpdir("cli");
     let cfg = dir.join("tiny.json");
@@ -872,6 +872,26 @@ fn clipcu_train_on_ranks_equals_one_process_on_synthetic_and_csv_data() {
     }
     let csv_path = dir.join("train.csv");
     std::fs::write(&csv_path, csv).unwrap();
+    // the same pairs as WebDataset shards of uneven sizes (9 and 7 samples)
+    for (s, keys) in [(0, 0..9u64), (1, 9..16)] {
+        let mut b =
+            tar::Builder::new(std::fs::File::create(dir.join(format!("s{s}.tar"))).unwrap());
+        for i in keys {
+            let png = std::fs::read(dir.join(format!("{i}.png"))).unwrap();
+            let w = |k: u64| words[(common::splitmix64(seed ^ (i * 8 + k)) % 8) as usize];
+            let txt = format!("a {} {} {}", w(0), w(1), w(2)).into_bytes();
+            for (ext, data) in [("png", png), ("txt", txt)] {
+                let mut h = tar::Header::new_gnu();
+                h.set_size(data.len() as u64);
+                h.set_mode(0o644);
+                h.set_cksum();
+                b.append_data(&mut h, format!("k{i:03}.{ext}"), data.as_slice())
+                    .unwrap();
+            }
+        }
+        b.finish().unwrap();
+    }
+    let shards = format!("{}/s{{0..1}}.tar", dir.display());
     let run = |out: &str, ranks: usize, steps: usize, extra: &[&str]| {
         let o = clipcu()
             .arg("train")
@@ -894,7 +914,12 @@ fn clipcu_train_on_ranks_equals_one_process_on_synthetic_and_csv_data() {
         );
     };
     let csv_arg = ["--data", csv_path.to_str().unwrap()];
-    for (data, extra) in [("synthetic", &[][..]), ("csv", &csv_arg[..])] {
+    let wds_arg = ["--data", shards.as_str()];
+    for (data, extra) in [
+        ("synthetic", &[][..]),
+        ("csv", &csv_arg[..]),
+        ("webdataset", &wds_arg[..]),
+    ] {
         let (one, ranks) = (format!("one-{data}"), format!("ranks-{data}"));
         run(&one, 1, 4, extra);
         run(&ranks, 2, 2, extra);

@@ -327,9 +327,9 @@ impl DataStream {
 
     /// Rank `rank`'s part of the next global batch of `n` pairs in a world of `world`: pairs
     /// `rank·n/world..(rank+1)·n/world`, so the global batch is the same samples whatever the
-    /// world size, and the position (what a checkpoint stores) is the global one. The synthetic
-    /// stream makes only this rank's samples; the file loader reads the global batch and keeps
-    /// this rank's rows (every rank decodes the whole batch: simple and exact, not economical).
+    /// world size, and the position (what a checkpoint stores) is the global one. Both streams
+    /// make only this rank's samples: the synthetic one by index, the file loader in its part
+    /// mode (set by [`Trainer::set_communicator`]; `data::loader`'s "Ranks").
     fn next_part(
         &mut self,
         n: usize,
@@ -343,21 +343,24 @@ impl DataStream {
         let local = local_batch(n, world)?;
         match self {
             DataStream::Synthetic(s) => s.next_part(n, ctx, rank * local, local),
-            DataStream::Files(_) => {
+            DataStream::Files(l) => {
+                let part = l.config().part;
+                if part != Some(crate::data::Part { rank, world }) {
+                    return Err(Error::Msg(format!(
+                        "the file loader reads {part:?}, not rank {rank} of {world}: join the \
+                         group with Trainer::set_communicator"
+                    )));
+                }
                 let (images, ids) = self.next_batch(n, ctx)?;
                 let got = images.shape()[0];
-                if got != n || !ids.len().is_multiple_of(n) {
+                if got != local || ids.len() != local * ctx {
                     return Err(Error::Msg(format!(
-                        "the loader gave a batch of {got} pairs ({} token ids) for a global \
-                         batch of {n}",
+                        "the loader gave rank {rank} {got} pairs ({} token ids) for its part of \
+                         {local} of a global batch of {n}",
                         ids.len()
                     )));
                 }
-                let t = ids.len() / n;
-                Ok((
-                    images.narrow(0, rank * local, local)?.try_contiguous()?,
-                    ids[rank * local * t..(rank + 1) * local * t].to_vec(),
-                ))
+                Ok((images, ids))
             }
         }
     }
@@ -616,6 +619,17 @@ impl Trainer {
                  before the first step"
                     .into(),
             ));
+        }
+        // file data: from now on this rank reads and decodes only its part of each global
+        // batch (the loader's part mode), from the same global position
+        if let DataStream::Files(l) = &self.data {
+            let part = (comm.world_size() > 1).then(|| crate::data::Part {
+                rank: comm.rank(),
+                world: comm.world_size(),
+            });
+            if l.config().part != part {
+                self.data = DataStream::Files(Box::new(l.repartitioned(part)?));
+            }
         }
         self.dist = Some(comm);
         Ok(())
