@@ -1,5 +1,5 @@
 //! The collectives a data-parallel step needs, behind one interface with two implementations:
-//! NCCL for GPUs (issue 19, to come), and [`InProcess`] — ranks as threads of one process — used
+//! NCCL for GPUs (`super::nccl::Nccl`), and [`InProcess`] — ranks as threads of one process — used
 //! to test the data-parallel logic on machines without GPUs (Cpu and Emu ranks).
 //!
 //! Semantics (NCCL's, so the two agree): every rank of the group calls the same collectives in
