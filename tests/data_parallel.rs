@@ -749,6 +749,18 @@ fn data_position(checkpoint: &Path) -> u64 {
 
 /// `Trainer::run` on `world` ranks into `out`, fresh or resumed from `resume`.
 fn run_group(world: usize, steps: usize, seed: u64, out: &Path, resume: Option<&Path>) {
+    run_group_with(world, steps, seed, out, resume, false)
+}
+
+/// [`run_group`], with ZeRO-1 when `zero1`.
+fn run_group_with(
+    world: usize,
+    steps: usize,
+    seed: u64,
+    out: &Path,
+    resume: Option<&Path>,
+    zero1: bool,
+) {
     run_ranks(world, TIMEOUT, |comm| {
         let cfg = config(8, steps, seed);
         let mut t = match resume {
@@ -756,10 +768,165 @@ fn run_group(world: usize, steps: usize, seed: u64, out: &Path, resume: Option<&
             None => Trainer::new(&tiny_vit(), cfg, DataSpec::Synthetic)?,
         };
         t.set_communicator(Box::new(comm))?;
+        if zero1 {
+            t.set_zero1()?;
+        }
         t.run(&opts(out))?;
         Ok(())
     })
     .unwrap();
+}
+
+/// Every tensor of two safetensors files, bit for bit (names sorted).
+fn same_bits(a: &Path, b: &Path, what: &str) {
+    let (x, y) = (file_params(a), file_params(b));
+    assert_eq!(x.len(), y.len(), "{what}: tensor count");
+    for ((n, u), (m, v)) in x.iter().zip(&y) {
+        assert_eq!(n, m, "{what}");
+        let bits = |t: &[f32]| t.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert!(bits(u) == bits(v), "{what}: {n} differs");
+    }
+}
+
+/// ZeRO-1 on the in-process communicator equals the unsharded data-parallel run bit for bit
+/// (each element's AdamW update is the same arithmetic on the same all-reduced gradient, made
+/// by its owner instead of by every rank): losses, parameters, and the checkpoint — whose
+/// moments are gathered from their owners, so it is the unsharded checkpoint — at world sizes 2
+/// and 4; a ZeRO-1 checkpoint of 2 ranks resumes unsharded on 4 and with ZeRO-1 on 4, both as
+/// the straight run.
+#[test]
+fn zero1_equals_the_unsharded_run_and_its_checkpoints_resume_anywhere() {
+    let seed = common::fresh_seed();
+    for world in [2, 4] {
+        let (plain, zero) = (tmpdir("plain"), tmpdir("zero1"));
+        run_group_with(world, 6, seed, &plain, None, false);
+        run_group_with(world, 6, seed, &zero, None, true);
+        let what = format!("world {world}, seed {seed}");
+        assert_eq!(
+            losses(&plain.join("metrics.jsonl")),
+            losses(&zero.join("metrics.jsonl")),
+            "{what}: losses"
+        );
+        same_bits(
+            &plain.join("checkpoint.safetensors"),
+            &zero.join("checkpoint.safetensors"),
+            &format!("{what}: checkpoint (parameters and gathered moments)"),
+        );
+        same_bits(
+            &plain.join("model.safetensors"),
+            &zero.join("model.safetensors"),
+            &format!("{what}: model"),
+        );
+        let ckpt = file_params(&zero.join("checkpoint.safetensors"));
+        let moments = ckpt
+            .iter()
+            .filter(|(n, _)| n.ends_with(".exp_avg_sq"))
+            .count();
+        assert!(moments > 10, "{what}: {moments} moments in the checkpoint");
+        assert!(
+            ckpt.iter()
+                .filter(|(n, _)| n.ends_with(".exp_avg_sq"))
+                .all(|(_, v)| v.iter().any(|&x| x > 0.0)),
+            "{what}: a gathered moment is all zeros (not its owner's)"
+        );
+        for d in [plain, zero] {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+    // 3 steps with ZeRO-1 on 2 ranks, then resumed on 4 ranks with and without it
+    let straight = tmpdir("z-straight");
+    run_group_with(2, 6, seed, &straight, None, false);
+    for zero_after in [false, true] {
+        let split = tmpdir("z-split");
+        run_group_with(2, 3, seed, &split, None, true);
+        let ckpt = split.join("checkpoint.safetensors");
+        run_group_with(4, 6, seed, &split, Some(&ckpt), zero_after);
+        let (a, b) = (
+            losses(&straight.join("metrics.jsonl")),
+            losses(&split.join("metrics.jsonl")),
+        );
+        assert_eq!(a.len(), b.len());
+        for ((s, x), (_, y)) in a.iter().zip(&b) {
+            assert!(
+                ((x - y) / x).abs() <= 1e-5,
+                "seed {seed}, resumed with zero1 {zero_after}: step {s}: {x} vs {y}"
+            );
+        }
+        let zero = zero_init(&tiny_vit(), seed);
+        compare_params(
+            &format!("ZeRO-1 resume 2 → 4 (zero1 after: {zero_after}), seed {seed}"),
+            &file_params(&split.join("model.safetensors")),
+            &file_params(&straight.join("model.safetensors")),
+            &zero,
+            &|_| 1e-4,
+            1e-5,
+        );
+        let _ = std::fs::remove_dir_all(split);
+    }
+    let _ = std::fs::remove_dir_all(straight);
+}
+
+/// The shards: contiguous, every parameter owned once, every rank some when there are enough
+/// parameters, and sizes near the mean; ZeRO-1 without ranks, or on Emu, is a clear error.
+#[test]
+fn zero1_shards_and_its_errors() {
+    use clipcu::train::zero1_owners;
+    let seed = common::fresh_seed();
+    let sizes: Vec<usize> = (0..40)
+        .map(|i| 1 + (common::splitmix64(seed ^ i) % 5000) as usize)
+        .collect();
+    let total: usize = sizes.iter().sum();
+    for world in [1, 2, 3, 4, 8] {
+        let o = zero1_owners(&sizes, world);
+        assert_eq!(o.len(), sizes.len());
+        assert!(o.windows(2).all(|w| w[0] <= w[1]), "contiguous: {o:?}");
+        assert!(o.iter().all(|&r| r < world));
+        for r in 0..world {
+            let mine: usize = sizes
+                .iter()
+                .zip(&o)
+                .filter(|(_, &q)| q == r)
+                .map(|(n, _)| n)
+                .sum();
+            // within one largest parameter of the even share
+            assert!(
+                (mine as i64 - (total / world) as i64).unsigned_abs() as usize <= 5000,
+                "world {world}: rank {r} owns {mine} of {total}"
+            );
+        }
+    }
+    // each rank keeps only its share of the moments, and together they are all of them
+    let full = Trainer::new(&tiny_vit(), config(8, 1, 1), DataSpec::Synthetic)
+        .unwrap()
+        .opt
+        .state()
+        .unwrap()
+        .len();
+    let kept = run_ranks(2, TIMEOUT, |comm| {
+        let mut t = Trainer::new(&tiny_vit(), config(8, 1, 1), DataSpec::Synthetic)?;
+        t.set_communicator(Box::new(comm))?;
+        t.set_zero1()?;
+        assert!(t.zero1());
+        Ok(t.opt.state()?.len() - 1) // less `step`
+    })
+    .unwrap();
+    assert!(
+        kept.iter().all(|&k| k > 0 && k < full - 1),
+        "{kept:?} of {full}"
+    );
+    assert_eq!(kept.iter().sum::<usize>(), full - 1, "{kept:?} of {full}");
+    let mut t = Trainer::new(&tiny_vit(), config(8, 1, 1), DataSpec::Synthetic).unwrap();
+    let e = t.set_zero1().unwrap_err().to_string();
+    assert!(
+        e.contains("--zero1") && e.contains("--nproc-per-node"),
+        "{e}"
+    );
+    let mut comms = InProcess::group(2, Duration::from_secs(1));
+    t.to_device(Device::Emu).unwrap();
+    t.set_communicator(Box::new(comms.remove(0))).unwrap();
+    let e = t.set_zero1().unwrap_err().to_string();
+    assert!(e.contains("--zero1") && e.contains("emu"), "{e}");
+    assert!(!t.zero1());
 }
 
 /// A world-size-2 run stopped at step 3 and resumed at world size 4 continues the same data
@@ -945,5 +1112,53 @@ fn clipcu_train_on_ranks_equals_one_process_on_synthetic_csv_and_webdataset_data
         let what = format!("clipcu train, {data}, seed {seed}");
         compare_params(&what, &pb, &pa, &zero, &|_| 1e-4, 1e-5);
     }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `clipcu train --zero1` through the CLI: on 2 thread ranks the same losses as without it
+/// (exactly); without ranks, an error naming the flag.
+#[test]
+fn clipcu_train_zero1_flag() {
+    let seed = common::fresh_seed() % 1000;
+    let dir = tmpdir("cli-zero1");
+    let cfg = dir.join("tiny.json");
+    std::fs::write(&cfg, tiny_vit().to_json()).unwrap();
+    let run = |out: &str, extra: &[&str]| {
+        clipcu()
+            .arg("train")
+            .arg("--config")
+            .arg(&cfg)
+            .args(["--device", "cpu", "--batch-size", "8", "--eval-every", "0"])
+            .args([
+                "--steps",
+                "3",
+                "--workers",
+                "1",
+                "--seed",
+                &seed.to_string(),
+            ])
+            .arg("--out")
+            .arg(dir.join(out))
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    for (out, extra) in [
+        ("plain", &["--nproc-per-node", "2"][..]),
+        ("zero1", &["--nproc-per-node", "2", "--zero1"][..]),
+    ] {
+        let o = run(out, extra);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    assert_eq!(
+        losses(&dir.join("plain").join("metrics.jsonl")),
+        losses(&dir.join("zero1").join("metrics.jsonl"))
+    );
+    let o = run("alone", &["--zero1"]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && e.contains("--zero1") && e.contains("--nproc-per-node"),
+        "{e}"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -141,6 +141,11 @@ pub struct TrainArgs {
     /// communicator is then aborted).
     #[arg(long, default_value_t = 600)]
     pub dist_timeout: u64,
+    /// ZeRO stage 1: shard the AdamW moments over the data-parallel ranks (each updates its
+    /// share of the parameters, then every parameter is sent from its owner to all). The same
+    /// numbers as without it; checkpoints hold the whole state. Cpu ranks only so far.
+    #[arg(long)]
+    pub zero1: bool,
 }
 
 /// The shipped config `clipcu train` uses when no --config is given.
@@ -389,6 +394,9 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         let (mut trainer, model_name) = made?;
         all?;
         trainer.set_communicator(comm)?;
+        if a.zero1 {
+            trainer.set_zero1()?;
+        }
         if lead {
             header(a, &trainer, &model_name, device);
         }
@@ -409,6 +417,9 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         _ => {
             let (mut trainer, model_name) = make(true)?;
             trainer.to_device(device)?;
+            if a.zero1 {
+                trainer.set_zero1()?; // the error: it needs ranks
+            }
             header(a, &trainer, &model_name, device);
             let start_step = trainer.step;
             let start = Instant::now();
