@@ -115,7 +115,7 @@ struct RawComm(sys::ncclComm_t);
 unsafe impl Send for RawComm {}
 
 /// One rank's NCCL communicator on its GPU, implementing [`Communicator`] on Cuda tensors
-/// (f32, f16, bf16), its collectives enqueued on the GPU's stream (the one every kernel runs
+/// (f32, f16, bf16; a host tensor goes up and its result comes back), its collectives enqueued on the GPU's stream (the one every kernel runs
 /// on, so they are ordered with the step's compute).
 ///
 /// Faults: after enqueuing a collective the host waits for it (an event) while polling
@@ -246,9 +246,17 @@ impl Nccl {
                 self.rank
             )));
         }
+        // host tensors (a few flags and scalars, e.g. `all_ok`) go through the GPU: up here, and
+        // the result back down in `result`
+        let t = if t.device() == Device::Cpu {
+            t.to_device(self.device())?
+        } else {
+            t.clone()
+        };
         if t.device() != self.device() {
             return Err(Error::Msg(format!(
-                "rank {}: {name}: the NCCL communicator carries tensors on {}, got one on {}",
+                "rank {}: {name}: the NCCL communicator carries tensors on {} (or the host), \
+                 got one on {}",
                 self.rank,
                 self.device(),
                 t.device()
@@ -260,6 +268,15 @@ impl Nccl {
             DType::BF16 => sys::ncclDataType_t::ncclBfloat16,
         };
         Ok((t.try_contiguous()?, dt))
+    }
+
+    /// A collective's result on the device its input came from (the GPU, or the host).
+    fn result(like: &Tensor, out: Tensor) -> Result<Tensor> {
+        if like.device() == Device::Cpu {
+            out.to_device(Device::Cpu)
+        } else {
+            Ok(out)
+        }
     }
 
     fn address(t: &Tensor) -> Result<u64> {
@@ -363,8 +380,8 @@ impl Communicator for Nccl {
     fn world_size(&self) -> usize {
         self.world
     }
-    fn all_reduce_sum(&self, t: &Tensor) -> Result<Tensor> {
-        let (t, dt) = self.operand("all_reduce", t)?;
+    fn all_reduce_sum(&self, input: &Tensor) -> Result<Tensor> {
+        let (t, dt) = self.operand("all_reduce", input)?;
         let out = self.output(t.dtype(), t.shape().to_vec())?;
         let (src, dst, n) = (Self::address(&t)?, Self::address(&out)?, t.numel());
         self.run("all_reduce", n, |s| unsafe {
@@ -378,13 +395,13 @@ impl Communicator for Nccl {
                 s,
             )
         })?;
-        Ok(out)
+        Self::result(input, out)
     }
-    fn all_gather(&self, t: &Tensor) -> Result<Tensor> {
-        if t.rank() == 0 {
+    fn all_gather(&self, input: &Tensor) -> Result<Tensor> {
+        if input.rank() == 0 {
             return Err(Error::Msg("all_gather: a 0-d tensor has no axis 0".into()));
         }
-        let (t, dt) = self.operand("all_gather", t)?;
+        let (t, dt) = self.operand("all_gather", input)?;
         let mut shape = t.shape().to_vec();
         shape[0] *= self.world;
         let out = self.output(t.dtype(), shape)?;
@@ -392,17 +409,17 @@ impl Communicator for Nccl {
         self.run("all_gather", n, |s| unsafe {
             sys::ncclAllGather(src as _, dst as _, n, dt, self.comm.0, s)
         })?;
-        Ok(out)
+        Self::result(input, out)
     }
-    fn reduce_scatter_sum(&self, t: &Tensor) -> Result<Tensor> {
-        if t.rank() == 0 || !t.shape()[0].is_multiple_of(self.world) {
+    fn reduce_scatter_sum(&self, input: &Tensor) -> Result<Tensor> {
+        if input.rank() == 0 || !input.shape()[0].is_multiple_of(self.world) {
             return Err(Error::Msg(format!(
                 "reduce_scatter: axis 0 of {:?} does not split into {} equal parts",
-                t.shape(),
+                input.shape(),
                 self.world
             )));
         }
-        let (t, dt) = self.operand("reduce_scatter", t)?;
+        let (t, dt) = self.operand("reduce_scatter", input)?;
         let mut shape = t.shape().to_vec();
         shape[0] /= self.world;
         let out = self.output(t.dtype(), shape)?;
@@ -418,21 +435,21 @@ impl Communicator for Nccl {
                 s,
             )
         })?;
-        Ok(out)
+        Self::result(input, out)
     }
-    fn broadcast(&self, t: &Tensor, root: usize) -> Result<Tensor> {
+    fn broadcast(&self, input: &Tensor, root: usize) -> Result<Tensor> {
         if root >= self.world {
             return Err(Error::Msg(format!(
                 "broadcast: root {root} is not a rank of a world of {}",
                 self.world
             )));
         }
-        let (t, dt) = self.operand("broadcast", t)?;
+        let (t, dt) = self.operand("broadcast", input)?;
         let out = self.output(t.dtype(), t.shape().to_vec())?;
         let (src, dst, n) = (Self::address(&t)?, Self::address(&out)?, t.numel());
         self.run("broadcast", n, |s| unsafe {
             sys::ncclBroadcast(src as _, dst as _, n, dt, root as i32, self.comm.0, s)
         })?;
-        Ok(out)
+        Self::result(input, out)
     }
 }
