@@ -398,7 +398,10 @@ fn rendezvous_errors_between_processes_are_clear_and_timely() {
         e0.contains("3 ranks") && e0.contains("rank 0 says 2") && e0.contains("inconsistently"),
         "{e0}"
     );
-    assert!(e1.contains("rank 1"), "{e1}");
+    assert!(
+        e1.contains("rank 1: rank 0 refused this rank") && e1.contains("inconsistently"),
+        "{e1}"
+    );
 }
 
 /// `clipcu train --nproc-per-node 2 --device cuda` spawns two rank processes that meet at the
