@@ -12,7 +12,7 @@ use clipcu::train::data_parallel::{
     all_reduce_gradients, gathered_contrastive_backward, run_ranks,
 };
 use clipcu::train::{DataSpec, RunOptions, TrainConfig, Trainer};
-use clipcu::{Graph, Param, Tensor};
+use clipcu::{Device, Graph, Param, Tensor};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -173,7 +173,7 @@ fn params_of(t: &Trainer) -> Vec<(String, Vec<f32>)> {
     t.model
         .named_params()
         .into_iter()
-        .map(|(n, p)| (n, p.value().to_vec()))
+        .map(|(n, p)| (n, p.value().to_device(Device::Cpu).unwrap().to_vec()))
         .collect()
 }
 
@@ -192,6 +192,19 @@ fn one_process(cfg: &ClipConfig, batch: usize, steps: usize, seed: u64) -> Run {
     (logs, params_of(&t))
 }
 
+/// `steps` steps of one process on `device`.
+fn one_process_on(cfg: &ClipConfig, batch: usize, steps: usize, seed: u64, device: Device) -> Run {
+    let mut t = Trainer::new(cfg, config(batch, steps, seed), DataSpec::Synthetic).unwrap();
+    t.to_device(device).unwrap();
+    let logs = (0..steps)
+        .map(|_| {
+            let l = t.train_step().unwrap();
+            (l.loss, l.grad_norm.unwrap())
+        })
+        .collect();
+    (logs, params_of(&t))
+}
+
 /// The same on `world` ranks: every rank's (losses, parameters).
 fn data_parallel(
     cfg: &ClipConfig,
@@ -200,8 +213,21 @@ fn data_parallel(
     seed: u64,
     world: usize,
 ) -> Vec<Run> {
+    data_parallel_on(cfg, batch, steps, seed, world, Device::Cpu)
+}
+
+/// [`data_parallel`] with every rank's model on `device`.
+fn data_parallel_on(
+    cfg: &ClipConfig,
+    batch: usize,
+    steps: usize,
+    seed: u64,
+    world: usize,
+    device: Device,
+) -> Vec<Run> {
     run_ranks(world, TIMEOUT, |comm| {
         let mut t = Trainer::new(cfg, config(batch, steps, seed), DataSpec::Synthetic)?;
+        t.to_device(device)?;
         t.set_communicator(Box::new(comm))?;
         let mut logs = Vec::new();
         for _ in 0..steps {
@@ -507,6 +533,139 @@ fn reduced_column_gradients_equal_the_full_batch_feature_gradients() {
     }
 }
 
+/// On Emu ranks the gathered loss runs on the kernels and stays on the device: the reduced
+/// feature gradients equal the full batch's (the composed CPU loss on all N features, an
+/// independent path), at world sizes 2 and 4, and every result is an Emu tensor.
+#[test]
+fn the_gathered_loss_runs_on_the_ranks_kernel_device() {
+    let seed = common::fresh_seed();
+    let emu = Device::Emu;
+    for (world, n, d) in [(2usize, 6usize, 24usize), (4, 3, 16)] {
+        let total = world * n;
+        let img = Tensor::randn([total, d], 1.0, seed ^ (world as u64 * 11 + 1));
+        let txt = Tensor::randn([total, d], 1.0, seed ^ (world as u64 * 11 + 2));
+        let ls = Tensor::scalar(2.0 + (seed % 100) as f32 / 100.0);
+        let g = Graph::new();
+        let (vi, vt, vs) = (g.leaf(img.clone()), g.leaf(txt.clone()), g.leaf(ls.clone()));
+        let out = clipcu::loss::contrastive_loss(&g, &vi, &vt, &vs).unwrap();
+        let full_loss = out.loss.tensor().item().unwrap();
+        let grads = g.backward(&out.loss).unwrap();
+        let (di, dt) = (
+            grads.get(&vi).unwrap().to_vec(),
+            grads.get(&vt).unwrap().to_vec(),
+        );
+        let dls = grads.get(&vs).unwrap().item().unwrap();
+        let ranks = run_ranks(world, TIMEOUT, |comm| {
+            let r = comm.rank();
+            let p = Param::new("logit_scale", ls.to_device(emu)?);
+            let out = gathered_contrastive_backward(
+                &comm,
+                &rows_of(&img, r, n).to_device(emu)?,
+                &rows_of(&txt, r, n).to_device(emu)?,
+                &p,
+                true,
+                true,
+            )?;
+            let grad = p.grad().unwrap();
+            for (what, t) in [
+                ("loss", &out.loss),
+                ("accuracy", &out.image_to_text_acc),
+                ("d_image", &out.d_image),
+                ("d_text", &out.d_text),
+                ("d logit_scale", &grad),
+            ] {
+                assert_eq!(t.device(), emu, "world {world}: the {what} left the device");
+            }
+            let host = |t: &Tensor| t.to_device(Device::Cpu).map(|t| t.to_vec());
+            Ok((
+                host(&out.loss)?[0],
+                host(&out.d_image)?,
+                host(&out.d_text)?,
+                host(&grad)?[0],
+            ))
+        })
+        .unwrap();
+        let what = format!("Emu ranks, world {world}, n {n}, D {d}, seed {seed}");
+        let joined = |k: usize| -> Vec<f32> {
+            ranks
+                .iter()
+                .flat_map(|r| if k == 0 { r.1.clone() } else { r.2.clone() })
+                .collect()
+        };
+        let (ei, et) = (rel(&joined(0), &di), rel(&joined(1), &dt));
+        println!("{what}: feature gradients rel {ei:.2e} / {et:.2e}");
+        assert!(
+            ei <= 1e-5 && et <= 1e-5,
+            "{what}: images {ei:e}, texts {et:e}"
+        );
+        let loss = ranks.iter().map(|r| r.0 as f64).sum::<f64>() / world as f64;
+        assert!(
+            (loss - full_loss as f64).abs() <= 1e-5 * full_loss.abs() as f64,
+            "{what}: mean loss {loss} vs {full_loss}"
+        );
+        let dl: f64 = ranks.iter().map(|r| r.3 as f64).sum();
+        assert!(
+            (dl - dls as f64).abs() <= 1e-5 * (dls.abs() as f64) + 1e-6,
+            "{what}: d logit_scale {dl} vs {dls}"
+        );
+    }
+}
+
+/// Training on Emu ranks (world 2; the model, the gathered loss and AdamW on the device)
+/// equals one Emu process on the combined batch within the ViT's bounds above, and Cpu ranks
+/// within the bound tests/train_device.rs holds Emu to against the CPU (1e-4).
+#[test]
+fn emu_ranks_train_as_one_emu_process_and_as_cpu_ranks() {
+    let seed = common::fresh_seed();
+    let (cfg, batch, steps, world) = (tiny_vit(), 8, 4, 2);
+    let zero = zero_init(&cfg, seed);
+    let emu = data_parallel_on(&cfg, batch, steps, seed, world, Device::Emu);
+    let one = one_process_on(&cfg, batch, steps, seed, Device::Emu);
+    let cpu = data_parallel_on(&cfg, batch, steps, seed, world, Device::Cpu);
+    for (what, reference, loss_tol, tensor_tol, global) in [
+        ("one Emu process", &one, 1e-5, 1e-4, 1e-5),
+        ("Cpu ranks", &cpu[0], 1e-4, 1e-4, 1e-4),
+    ] {
+        let what = format!("Emu ranks (world {world}) against {what}, seed {seed}");
+        for (s, ((a, ga), (b, gb))) in emu[0].0.iter().zip(&reference.0).enumerate() {
+            let (e, en) = (((a - b) / b).abs(), ((ga - gb) / gb).abs());
+            assert!(
+                e <= loss_tol,
+                "{what}: step {} loss {a} vs {b} ({e:e})",
+                s + 1
+            );
+            assert!(
+                en <= 1e-4,
+                "{what}: step {} norm {ga} vs {gb} ({en:e})",
+                s + 1
+            );
+        }
+        compare_params(
+            &what,
+            &emu[0].1,
+            &reference.1,
+            &zero,
+            &|_| tensor_tol,
+            global,
+        );
+    }
+    assert!(
+        emu[1] == emu[0],
+        "seed {seed}: the Emu ranks' replicas differ"
+    );
+    let init =
+        params_of(&Trainer::new(&cfg, config(batch, steps, seed), DataSpec::Synthetic).unwrap());
+    let moved = init
+        .iter()
+        .zip(&emu[0].1)
+        .map(|((_, a), (_, b))| rel(a, b))
+        .fold(0f64, f64::max);
+    assert!(
+        moved > 1e-3,
+        "seed {seed}: the parameters barely moved ({moved:e})"
+    );
+}
+
 /// The bucketed all-reduce sums every parameter's gradient over ranks, whatever the bucket
 /// size (one element, a few parameters, everything at once), and leaves the others alone.
 #[test]
@@ -591,6 +750,18 @@ fn data_position(checkpoint: &Path) -> u64 {
 
 /// `Trainer::run` on `world` ranks into `out`, fresh or resumed from `resume`.
 fn run_group(world: usize, steps: usize, seed: u64, out: &Path, resume: Option<&Path>) {
+    run_group_with(world, steps, seed, out, resume, false)
+}
+
+/// [`run_group`], with ZeRO-1 when `zero1`.
+fn run_group_with(
+    world: usize,
+    steps: usize,
+    seed: u64,
+    out: &Path,
+    resume: Option<&Path>,
+    zero1: bool,
+) {
     run_ranks(world, TIMEOUT, |comm| {
         let cfg = config(8, steps, seed);
         let mut t = match resume {
@@ -598,10 +769,165 @@ fn run_group(world: usize, steps: usize, seed: u64, out: &Path, resume: Option<&
             None => Trainer::new(&tiny_vit(), cfg, DataSpec::Synthetic)?,
         };
         t.set_communicator(Box::new(comm))?;
+        if zero1 {
+            t.set_zero1()?;
+        }
         t.run(&opts(out))?;
         Ok(())
     })
     .unwrap();
+}
+
+/// Every tensor of two safetensors files, bit for bit (names sorted).
+fn same_bits(a: &Path, b: &Path, what: &str) {
+    let (x, y) = (file_params(a), file_params(b));
+    assert_eq!(x.len(), y.len(), "{what}: tensor count");
+    for ((n, u), (m, v)) in x.iter().zip(&y) {
+        assert_eq!(n, m, "{what}");
+        let bits = |t: &[f32]| t.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert!(bits(u) == bits(v), "{what}: {n} differs");
+    }
+}
+
+/// ZeRO-1 on the in-process communicator equals the unsharded data-parallel run bit for bit
+/// (each element's AdamW update is the same arithmetic on the same all-reduced gradient, made
+/// by its owner instead of by every rank): losses, parameters, and the checkpoint — whose
+/// moments are gathered from their owners, so it is the unsharded checkpoint — at world sizes 2
+/// and 4; a ZeRO-1 checkpoint of 2 ranks resumes unsharded on 4 and with ZeRO-1 on 4, both as
+/// the straight run.
+#[test]
+fn zero1_equals_the_unsharded_run_and_its_checkpoints_resume_anywhere() {
+    let seed = common::fresh_seed();
+    for world in [2, 4] {
+        let (plain, zero) = (tmpdir("plain"), tmpdir("zero1"));
+        run_group_with(world, 6, seed, &plain, None, false);
+        run_group_with(world, 6, seed, &zero, None, true);
+        let what = format!("world {world}, seed {seed}");
+        assert_eq!(
+            losses(&plain.join("metrics.jsonl")),
+            losses(&zero.join("metrics.jsonl")),
+            "{what}: losses"
+        );
+        same_bits(
+            &plain.join("checkpoint.safetensors"),
+            &zero.join("checkpoint.safetensors"),
+            &format!("{what}: checkpoint (parameters and gathered moments)"),
+        );
+        same_bits(
+            &plain.join("model.safetensors"),
+            &zero.join("model.safetensors"),
+            &format!("{what}: model"),
+        );
+        let ckpt = file_params(&zero.join("checkpoint.safetensors"));
+        let moments = ckpt
+            .iter()
+            .filter(|(n, _)| n.ends_with(".exp_avg_sq"))
+            .count();
+        assert!(moments > 10, "{what}: {moments} moments in the checkpoint");
+        assert!(
+            ckpt.iter()
+                .filter(|(n, _)| n.ends_with(".exp_avg_sq"))
+                .all(|(_, v)| v.iter().any(|&x| x > 0.0)),
+            "{what}: a gathered moment is all zeros (not its owner's)"
+        );
+        for d in [plain, zero] {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+    // 3 steps with ZeRO-1 on 2 ranks, then resumed on 4 ranks with and without it
+    let straight = tmpdir("z-straight");
+    run_group_with(2, 6, seed, &straight, None, false);
+    for zero_after in [false, true] {
+        let split = tmpdir("z-split");
+        run_group_with(2, 3, seed, &split, None, true);
+        let ckpt = split.join("checkpoint.safetensors");
+        run_group_with(4, 6, seed, &split, Some(&ckpt), zero_after);
+        let (a, b) = (
+            losses(&straight.join("metrics.jsonl")),
+            losses(&split.join("metrics.jsonl")),
+        );
+        assert_eq!(a.len(), b.len());
+        for ((s, x), (_, y)) in a.iter().zip(&b) {
+            assert!(
+                ((x - y) / x).abs() <= 1e-5,
+                "seed {seed}, resumed with zero1 {zero_after}: step {s}: {x} vs {y}"
+            );
+        }
+        let zero = zero_init(&tiny_vit(), seed);
+        compare_params(
+            &format!("ZeRO-1 resume 2 → 4 (zero1 after: {zero_after}), seed {seed}"),
+            &file_params(&split.join("model.safetensors")),
+            &file_params(&straight.join("model.safetensors")),
+            &zero,
+            &|_| 1e-4,
+            1e-5,
+        );
+        let _ = std::fs::remove_dir_all(split);
+    }
+    let _ = std::fs::remove_dir_all(straight);
+}
+
+/// The shards: contiguous, every parameter owned once, every rank some when there are enough
+/// parameters, and sizes near the mean; ZeRO-1 without ranks, or on Emu, is a clear error.
+#[test]
+fn zero1_shards_and_its_errors() {
+    use clipcu::train::zero1_owners;
+    let seed = common::fresh_seed();
+    let sizes: Vec<usize> = (0..40)
+        .map(|i| 1 + (common::splitmix64(seed ^ i) % 5000) as usize)
+        .collect();
+    let total: usize = sizes.iter().sum();
+    for world in [1, 2, 3, 4, 8] {
+        let o = zero1_owners(&sizes, world);
+        assert_eq!(o.len(), sizes.len());
+        assert!(o.windows(2).all(|w| w[0] <= w[1]), "contiguous: {o:?}");
+        assert!(o.iter().all(|&r| r < world));
+        for r in 0..world {
+            let mine: usize = sizes
+                .iter()
+                .zip(&o)
+                .filter(|(_, &q)| q == r)
+                .map(|(n, _)| n)
+                .sum();
+            // within one largest parameter of the even share
+            assert!(
+                (mine as i64 - (total / world) as i64).unsigned_abs() as usize <= 5000,
+                "world {world}: rank {r} owns {mine} of {total}"
+            );
+        }
+    }
+    // each rank keeps only its share of the moments, and together they are all of them
+    let full = Trainer::new(&tiny_vit(), config(8, 1, 1), DataSpec::Synthetic)
+        .unwrap()
+        .opt
+        .state()
+        .unwrap()
+        .len();
+    let kept = run_ranks(2, TIMEOUT, |comm| {
+        let mut t = Trainer::new(&tiny_vit(), config(8, 1, 1), DataSpec::Synthetic)?;
+        t.set_communicator(Box::new(comm))?;
+        t.set_zero1()?;
+        assert!(t.zero1());
+        Ok(t.opt.state()?.len() - 1) // less `step`
+    })
+    .unwrap();
+    assert!(
+        kept.iter().all(|&k| k > 0 && k < full - 1),
+        "{kept:?} of {full}"
+    );
+    assert_eq!(kept.iter().sum::<usize>(), full - 1, "{kept:?} of {full}");
+    let mut t = Trainer::new(&tiny_vit(), config(8, 1, 1), DataSpec::Synthetic).unwrap();
+    let e = t.set_zero1().unwrap_err().to_string();
+    assert!(
+        e.contains("--zero1") && e.contains("--nproc-per-node"),
+        "{e}"
+    );
+    let mut comms = InProcess::group(2, Duration::from_secs(1));
+    t.to_device(Device::Emu).unwrap();
+    t.set_communicator(Box::new(comms.remove(0))).unwrap();
+    let e = t.set_zero1().unwrap_err().to_string();
+    assert!(e.contains("--zero1") && e.contains("emu"), "{e}");
+    assert!(!t.zero1());
 }
 
 /// A world-size-2 run stopped at step 3 and resumed at world size 4 continues the same data
@@ -692,12 +1018,12 @@ fn write_png(path: &Path, seed: u64) {
     img.save(path).unwrap();
 }
 
-/// `clipcu train --nproc-per-node` as a user runs it, on the synthetic stream and on a CSV
-/// (where every rank keeps its rows of the loader's global batch, augmented): 4 steps on one
-/// process against 2 steps on 2 ranks resumed to 4 steps on 4 ranks — the same losses and final
-/// weights within 1e-5 over the whole model (1e-4 per tensor).
+/// `clipcu train --nproc-per-node` as a user runs it, on the synthetic stream, on a CSV and on
+/// WebDataset shards (each rank reads and decodes only its part of the global batch,
+/// augmented): 4 steps on one process against 2 steps on 2 ranks resumed to 4 steps on 4 ranks
+/// — the same losses and final weights within 1e-5 over the whole model (1e-4 per tensor).
 #[test]
-fn clipcu_train_on_ranks_equals_one_process_on_synthetic_and_csv_data() {
+fn clipcu_train_on_ranks_equals_one_process_on_synthetic_csv_and_webdataset_data() {
     let seed = common::fresh_seed();
     let dir = tmpdir("cli");
     let cfg = dir.join("tiny.json");
@@ -714,6 +1040,26 @@ fn clipcu_train_on_ranks_equals_one_process_on_synthetic_and_csv_data() {
     }
     let csv_path = dir.join("train.csv");
     std::fs::write(&csv_path, csv).unwrap();
+    // the same pairs as WebDataset shards of uneven sizes (9 and 7 samples)
+    for (s, keys) in [(0, 0..9u64), (1, 9..16)] {
+        let mut b =
+            tar::Builder::new(std::fs::File::create(dir.join(format!("s{s}.tar"))).unwrap());
+        for i in keys {
+            let png = std::fs::read(dir.join(format!("{i}.png"))).unwrap();
+            let w = |k: u64| words[(common::splitmix64(seed ^ (i * 8 + k)) % 8) as usize];
+            let txt = format!("a {} {} {}", w(0), w(1), w(2)).into_bytes();
+            for (ext, data) in [("png", png), ("txt", txt)] {
+                let mut h = tar::Header::new_gnu();
+                h.set_size(data.len() as u64);
+                h.set_mode(0o644);
+                h.set_cksum();
+                b.append_data(&mut h, format!("k{i:03}.{ext}"), data.as_slice())
+                    .unwrap();
+            }
+        }
+        b.finish().unwrap();
+    }
+    let shards = format!("{}/s{{0..1}}.tar", dir.display());
     let run = |out: &str, ranks: usize, steps: usize, extra: &[&str]| {
         let o = clipcu()
             .arg("train")
@@ -736,7 +1082,12 @@ fn clipcu_train_on_ranks_equals_one_process_on_synthetic_and_csv_data() {
         );
     };
     let csv_arg = ["--data", csv_path.to_str().unwrap()];
-    for (data, extra) in [("synthetic", &[][..]), ("csv", &csv_arg[..])] {
+    let wds_arg = ["--data", shards.as_str()];
+    for (data, extra) in [
+        ("synthetic", &[][..]),
+        ("csv", &csv_arg[..]),
+        ("webdataset", &wds_arg[..]),
+    ] {
         let (one, ranks) = (format!("one-{data}"), format!("ranks-{data}"));
         run(&one, 1, 4, extra);
         run(&ranks, 2, 2, extra);
@@ -762,5 +1113,53 @@ fn clipcu_train_on_ranks_equals_one_process_on_synthetic_and_csv_data() {
         let what = format!("clipcu train, {data}, seed {seed}");
         compare_params(&what, &pb, &pa, &zero, &|_| 1e-4, 1e-5);
     }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `clipcu train --zero1` through the CLI: on 2 thread ranks the same losses as without it
+/// (exactly); without ranks, an error naming the flag.
+#[test]
+fn clipcu_train_zero1_flag() {
+    let seed = common::fresh_seed() % 1000;
+    let dir = tmpdir("cli-zero1");
+    let cfg = dir.join("tiny.json");
+    std::fs::write(&cfg, tiny_vit().to_json()).unwrap();
+    let run = |out: &str, extra: &[&str]| {
+        clipcu()
+            .arg("train")
+            .arg("--config")
+            .arg(&cfg)
+            .args(["--device", "cpu", "--batch-size", "8", "--eval-every", "0"])
+            .args([
+                "--steps",
+                "3",
+                "--workers",
+                "1",
+                "--seed",
+                &seed.to_string(),
+            ])
+            .arg("--out")
+            .arg(dir.join(out))
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    for (out, extra) in [
+        ("plain", &["--nproc-per-node", "2"][..]),
+        ("zero1", &["--nproc-per-node", "2", "--zero1"][..]),
+    ] {
+        let o = run(out, extra);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    assert_eq!(
+        losses(&dir.join("plain").join("metrics.jsonl")),
+        losses(&dir.join("zero1").join("metrics.jsonl"))
+    );
+    let o = run("alone", &["--zero1"]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && e.contains("--zero1") && e.contains("--nproc-per-node"),
+        "{e}"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -304,3 +304,165 @@ fn nccl_probe_is_an_error_naming_the_library_or_a_new_enough_version() {
         }
     }
 }
+
+// ---- real processes on 127.0.0.1: `clipcu train` as a launcher's ranks ----------------------
+
+/// Whether NCCL loads here (then the NCCL-missing checks do not apply and are reported skipped).
+fn nccl_present() -> bool {
+    clipcu::dist::nccl::probe().is_ok()
+}
+
+/// `clipcu train --device cuda` as one rank of a torchrun-style job (its variables set), tiny
+/// and short; `timeout` seconds for the rendezvous and every collective.
+fn rank_process(rank: usize, world: usize, port: u16, timeout: u64) -> std::process::Child {
+    let out = std::env::temp_dir().join(format!(
+        "clipcu-dist-{}-{port}-{rank}-{world}",
+        std::process::id()
+    ));
+    std::process::Command::new(env!("CARGO_BIN_EXE_clipcu"))
+        .args([
+            "train",
+            "--device",
+            "cuda",
+            "--steps",
+            "1",
+            "--batch-size",
+            "12",
+        ])
+        .args(["--eval-every", "0", "--dist-timeout", &timeout.to_string()])
+        .arg("--out")
+        .arg(out)
+        .env("RANK", rank.to_string())
+        .env("WORLD_SIZE", world.to_string())
+        .env("LOCAL_RANK", "0")
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", port.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for a rank process, at most `limit` (then kills it and fails: a hang); its stderr.
+fn finish(mut child: std::process::Child, limit: Duration, what: &str) -> String {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+            assert!(!status.success(), "{what}: succeeded\n{err}");
+            return err;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}: still running after {limit:?} (a hang)");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Rendezvous errors between real processes, each within its timeout (2 s) and with an error
+/// that says what went wrong: a rank that never arrives, a rank given the wrong port, and
+/// ranks launched with different world sizes. (Without NCCL, rank 0's error also names it.)
+#[test]
+fn rendezvous_errors_between_processes_are_clear_and_timely() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(common::fresh_seed());
+    let limit = Duration::from_secs(15);
+    // rank 1 of 2 never starts
+    let port = free_port(&mut rng);
+    let e = finish(rank_process(0, 2, port, 2), limit, "rank 0 alone");
+    assert!(e.contains("[1]") && e.contains("never arrived"), "{e}");
+    // rank 1 dials another port: rank 0 misses it, and it finds no rank 0
+    let (port, wrong) = (free_port(&mut rng), free_port(&mut rng));
+    let r0 = rank_process(0, 2, port, 2);
+    let r1 = rank_process(1, 2, wrong, 2);
+    let (e0, e1) = (
+        finish(r0, limit, "rank 0"),
+        finish(r1, limit, "rank 1, wrong port"),
+    );
+    assert!(e0.contains("[1]") && e0.contains("never arrived"), "{e0}");
+    assert!(
+        e1.contains("rank 1") && e1.contains("did not answer") && e1.contains(&wrong.to_string()),
+        "{e1}"
+    );
+    // world sizes 2 and 3
+    let port = free_port(&mut rng);
+    let r0 = rank_process(0, 2, port, 3);
+    let r1 = rank_process(1, 3, port, 3);
+    let (e0, e1) = (
+        finish(r0, limit, "rank 0 of 2"),
+        finish(r1, limit, "rank 1 of 3"),
+    );
+    assert!(
+        e0.contains("3 ranks") && e0.contains("rank 0 says 2") && e0.contains("inconsistently"),
+        "{e0}"
+    );
+    assert!(
+        e1.contains("rank 1: rank 0 refused this rank") && e1.contains("inconsistently"),
+        "{e1}"
+    );
+}
+
+/// `clipcu train --nproc-per-node 2 --device cuda` spawns two rank processes that meet at the
+/// rendezvous and reach NCCL: without libnccl every rank exits with the clear NCCL error (rank
+/// 0's own, the other's "rank 0 cannot run NCCL"), promptly, and the launcher fails with the
+/// first failing rank's error.
+#[test]
+fn spawned_ranks_meet_and_fail_clearly_without_nccl() {
+    if nccl_present() {
+        eprintln!("SKIPPED: libnccl loads here; the NCCL-missing path cannot be shown");
+        return;
+    }
+    let out = std::env::temp_dir().join(format!("clipcu-dist-spawn-{}", std::process::id()));
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_clipcu"))
+        .args(["train", "--device", "cuda", "--nproc-per-node", "2"])
+        .args(["--steps", "1", "--batch-size", "4", "--eval-every", "0"])
+        .args(["--dist-timeout", "20", "--out"])
+        .arg(&out)
+        .env_remove("MASTER_PORT")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let e = finish(child, Duration::from_secs(40), "the launcher");
+    for r in 0..2 {
+        let line = e
+            .lines()
+            .find(|l| l.starts_with(&format!("[rank {r}] error:")))
+            .unwrap_or_else(|| panic!("rank {r} reported no error:\n{e}"));
+        assert!(
+            line.contains("libnccl") && line.contains("nvidia-nccl"),
+            "{line}"
+        );
+    }
+    assert!(
+        e.contains("[rank 1] error: rank 1: rank 0 cannot run NCCL"),
+        "rank 1 learnt it from rank 0 at the rendezvous:\n{e}"
+    );
+    let last = e.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: rank") && last.contains("of 2 failed") && last.contains("libnccl"),
+        "{e}"
+    );
+    assert!(!out.join("checkpoint.safetensors").exists());
+}
+
+/// Every entry of the NCCL communicator probes first: without libnccl, connecting (any world
+/// size, rank 0 making the id) and asking for an id are the probe's error, never a panic.
+#[test]
+fn nccl_communicator_entries_are_the_probe_error_without_the_library() {
+    if nccl_present() {
+        eprintln!("SKIPPED: libnccl loads here");
+        return;
+    }
+    let e = clipcu::dist::nccl::unique_id().unwrap_err().to_string();
+    assert!(e.contains("libnccl") && e.contains("nvidia-nccl"), "{e}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(common::fresh_seed());
+    let one = info(0, 1, free_port(&mut rng));
+    let e = clipcu::dist::nccl::Nccl::connect(&one, Duration::from_secs(2))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("libnccl"), "{e}");
+}

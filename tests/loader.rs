@@ -681,3 +681,190 @@ fn augmented_stream_resumes_exactly_and_crops_anew_each_epoch() {
         "{not_centre} of {rows_n} rows differ from the center crop"
     );
 }
+
+/// Rank `rank` of `world`'s loader over `source` (looping, augmented, `workers` threads).
+fn part_loader(
+    source: &Source,
+    batch: usize,
+    rank: usize,
+    world: usize,
+    workers: usize,
+    start: Option<DataPosition>,
+) -> Loader {
+    let c = LoaderConfig {
+        epochs: None,
+        augment: Some(clipcu::data::RandomResizedCrop::open_clip()),
+        part: (world > 1).then_some(clipcu::data::Part { rank, world }),
+        ..cfg(batch, workers)
+    };
+    Loader::new(source.clone(), c, start).unwrap()
+}
+
+/// A global batch as the ranks read it: captions, image bits, token ids (the parts joined in
+/// rank order) and each rank's position after it.
+type GlobalBatch = (Vec<String>, Vec<u32>, Vec<u32>, Vec<DataPosition>);
+
+/// `steps` global batches read by `world` rank loaders: per step, the ranks' parts joined in
+/// rank order (captions, image bits, ids) and every rank's position after it.
+fn global_batches(
+    source: &Source,
+    batch: usize,
+    world: usize,
+    steps: usize,
+    start: Option<DataPosition>,
+) -> Vec<GlobalBatch> {
+    // a different worker count on each rank: nothing may depend on it
+    let mut ranks: Vec<Loader> = (0..world)
+        .map(|r| part_loader(source, batch, r, world, r % 3, start))
+        .collect();
+    (0..steps)
+        .map(|_| {
+            let (mut caps, mut bits, mut ids, mut pos) = (vec![], vec![], vec![], vec![]);
+            for l in ranks.iter_mut() {
+                let b = l.next_batch().unwrap().unwrap();
+                assert_eq!(b.len(), batch / world, "a rank's part");
+                caps.extend(b.captions.clone());
+                bits.extend(b.images.to_vec().iter().map(|v| v.to_bits()));
+                ids.extend(b.ids.clone());
+                pos.push(b.position);
+            }
+            (caps, bits, ids, pos)
+        })
+        .collect()
+}
+
+/// Data parallelism: each rank reads only its part of the global batch (WebDataset shards of
+/// uneven sizes, and a CSV), and the global batches — the ranks' parts in rank order — are
+/// world 1's, sample for sample and bit for bit (augmented crops included), across epoch ends,
+/// at world sizes 2 and 4; positions are global, so a world-2 stream stopped at a batch
+/// boundary resumes on 4 ranks as world 1 continues.
+#[test]
+fn rank_parts_make_the_same_global_batches_whatever_the_world_size() {
+    let dir = tempfile::tempdir().unwrap();
+    for (s, n) in [(0, 7), (1, 9), (2, 5)] {
+        write_tar(
+            &dir.path().join(format!("p{s}.tar")),
+            &shard_entries(&format!("s{s}-"), n, 10 * s as u8),
+        );
+    }
+    let mut rows = String::from("filepath,title\n");
+    for i in 0..13u8 {
+        std::fs::write(dir.path().join(format!("{i}.png")), solid_png(3 * i, 11, 9)).unwrap();
+        rows += &format!("{i}.png,row {i}\n");
+    }
+    let csv = dir.path().join("t.csv");
+    std::fs::write(&csv, rows).unwrap();
+    let sources = [
+        (
+            "webdataset",
+            Source::webdataset(&format!("{}/p{{0..2}}.tar", dir.path().display())).unwrap(),
+            21,
+        ),
+        (
+            "csv",
+            Source::csv(&csv, &CsvOptions::default()).unwrap(),
+            13,
+        ),
+    ];
+    let (batch, steps) = (8, 7); // 56 samples: more than two epochs of either source
+    for (name, source, size) in &sources {
+        let one = global_batches(source, batch, 1, steps, None);
+        // the reference is the plain loader (no part mode)
+        let mut plain = part_loader(source, batch, 0, 1, 2, None);
+        for (k, (caps, bits, _, pos)) in one.iter().enumerate() {
+            let b = plain.next_batch().unwrap().unwrap();
+            assert_eq!(&b.captions, caps, "{name}: batch {k}");
+            assert_eq!(
+                &b.images
+                    .to_vec()
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect::<Vec<_>>(),
+                bits
+            );
+            assert_eq!(pos[0], b.position);
+        }
+        let keys: BTreeSet<String> = one.iter().flat_map(|b| b.0.clone()).collect();
+        // 56 samples: every sample of the source seen, some in two or three epochs
+        assert_eq!(
+            keys.len(),
+            *size,
+            "{name}: the steps saw {} keys",
+            keys.len()
+        );
+        for world in [2, 4] {
+            let got = global_batches(source, batch, world, steps, None);
+            for (k, (a, b)) in got.iter().zip(&one).enumerate() {
+                assert_eq!(a.0, b.0, "{name}, world {world}, step {k}: samples");
+                assert!(a.1 == b.1, "{name}, world {world}, step {k}: image bits");
+                assert_eq!(a.2, b.2, "{name}, world {world}, step {k}: token ids");
+                assert!(
+                    a.3.iter().all(|p| *p == b.3[0]),
+                    "{name}, world {world}, step {k}: positions {:?} vs {:?}",
+                    a.3,
+                    b.3[0]
+                );
+            }
+        }
+        // world 2 for 3 steps, then world 4 from the position it reached
+        let head = global_batches(source, batch, 2, 3, None);
+        let tail = global_batches(source, batch, 4, steps - 3, Some(head[2].3[0]));
+        for (k, (a, b)) in head.iter().chain(&tail).zip(&one).enumerate() {
+            assert_eq!(a.0, b.0, "{name}, resumed 2 → 4, step {k}");
+            assert!(a.1 == b.1, "{name}, resumed 2 → 4, step {k}: image bits");
+        }
+    }
+}
+
+/// A skipped sample in part mode: its slot is filled with the rank's most recent good sample,
+/// the other ranks' parts and every position stay those of the clean windows, and the skip is
+/// counted by the rank that owned it. A rank's part size never varies.
+#[test]
+fn a_skipped_sample_in_a_rank_part_keeps_the_windows() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut e = shard_entries("k", 12, 40);
+    // key k0005's image is corrupt: its slot (5 of the first window of 8) is rank 1's of 2
+    e[5 * 3].1 = b"\x89PNG\r\n\x1a\nbroken".to_vec();
+    write_tar(&dir.path().join("s.tar"), &e);
+    let source = Source::webdataset(&dir.path().join("s.tar").display().to_string()).unwrap();
+    let c = |rank| LoaderConfig {
+        epochs: None,
+        shuffle: false,
+        part: Some(clipcu::data::Part { rank, world: 2 }),
+        ..cfg(8, 1)
+    };
+    let mut r0 = Loader::new(source.clone(), c(0), None).unwrap();
+    let mut r1 = Loader::new(source.clone(), c(1), None).unwrap();
+    let (a0, a1) = (
+        r0.next_batch().unwrap().unwrap(),
+        r1.next_batch().unwrap().unwrap(),
+    );
+    let cap = |k: usize| format!("a photo of k{k:04}");
+    assert_eq!(a0.captions, (0..4).map(cap).collect::<Vec<_>>());
+    // slot 5 filled from this part (no earlier batch): k0004 twice
+    assert_eq!(a1.captions, [cap(4), cap(4), cap(6), cap(7)]);
+    assert_eq!(a0.position, a1.position);
+    assert_eq!(
+        a1.position.sample, 8,
+        "the window of 8 slots, the bad one included"
+    );
+    assert_eq!((r0.skips().corrupt_image, r1.skips().corrupt_image), (0, 1));
+    // the next windows are the clean ones (12 samples: epoch 1 starts at slot 4 of window 2)
+    let (b0, b1) = (
+        r0.next_batch().unwrap().unwrap(),
+        r1.next_batch().unwrap().unwrap(),
+    );
+    assert_eq!(b0.captions, (8..12).map(cap).collect::<Vec<_>>());
+    assert_eq!(b1.captions.len(), 4);
+    assert_eq!(b0.position, b1.position);
+    // a world that does not divide the batch is refused, naming the numbers
+    let bad = LoaderConfig {
+        part: Some(clipcu::data::Part { rank: 0, world: 3 }),
+        ..cfg(8, 1)
+    };
+    let err = Loader::new(source, bad, None).err().unwrap().to_string();
+    assert!(
+        err.contains("3 ranks") && err.contains("batch of 8"),
+        "{err}"
+    );
+}

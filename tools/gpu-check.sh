@@ -153,6 +153,17 @@ else
     part train-cli-cuda 120 "$bin/clipcu" train --config synthetic-tiny --device cuda --steps 40 --checkpoint-every 20 --eval-every 0 --out "$out/train-cuda"
     part train-cli-cpu 120 "$bin/clipcu" train --config synthetic-tiny --device cpu --steps 40 --checkpoint-every 20 --eval-every 0 --out "$out/train-cpu"
 fi
+# issue 19: the multi-process NCCL path at world size 1 (torchrun's variables set: rendezvous,
+# NCCL's id, ncclCommInitRank, the gathered loss's all-gather and reduce-scatter and the statistics'
+# all-reduce through NCCL; a world of 1 skips the gradient buckets), against
+# the one-process run above. On emu (the dry run) the same command line is a one-process run: a
+# world of 1 there has no NCCL.
+sizes=(--steps 40); [ "$quick" = 1 ] && sizes=(--steps 3 --batch-size 8)
+part train-nccl-world1 120 env RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=29531 "$bin/clipcu" train --config synthetic-tiny --device "$device" "${sizes[@]}" --checkpoint-every 20 --eval-every 0 --out "$out/train-nccl1"
+part train-nccl-compare 10 python3 -c 'import json, sys
+ls = [[json.loads(l)["loss"] for l in open(sys.argv[i] + "/metrics.jsonl") if "\"loss\"" in l] for i in (1, 2)]
+rel = max(abs(a - b) / abs(b) for a, b in zip(*ls)) if ls[0] and len(ls[0]) == len(ls[1]) else float("inf")
+print("NCCL world 1 vs one process, %d steps: worst loss rel %.2e" % (len(ls[1]), rel)); sys.exit(0 if rel < 1e-3 else 1)' "$out/train-nccl1" "$out/train-$device"
 part train-cli-compare 10 python3 -c 'import json, sys
 ls = [[json.loads(l)["loss"] for l in open(sys.argv[i] + "/metrics.jsonl") if "\"loss\"" in l] for i in (1, 2)]
 rel = max(abs(a - b) / abs(b) for a, b in zip(*ls)) if ls[0] and len(ls[0]) == len(ls[1]) else float("inf")
@@ -189,7 +200,7 @@ echo
 echo "================ gpu-check summary ($(( $(date +%s) - start )) s of ${budget}, device $device) ================"
 printf '%s\n' "${table[@]}" | tee "$out/summary.txt"
 cat "$out"/bench-kernels.log 2>/dev/null | tee -a "$out/summary.txt"
-grep -hE "GFLOP/s|error|loss rel|MiB|memory" "$out"/bench-gemm.log "$out"/bench-contrastive*.log "$out"/torch-contrastive*.log "$out"/bench-attention.log "$out"/torch-attention.log "$out"/torch-gemm.log "$out"/train-cli-compare.log 2>/dev/null | tee -a "$out/summary.txt"
+grep -hE "GFLOP/s|error|loss rel|MiB|memory" "$out"/bench-gemm.log "$out"/bench-contrastive*.log "$out"/torch-contrastive*.log "$out"/bench-attention.log "$out"/torch-attention.log "$out"/torch-gemm.log "$out"/train-cli-compare.log "$out"/train-nccl-compare.log 2>/dev/null | tee -a "$out/summary.txt"
 echo
 python3 tools/bench_table.py "$results" | tee -a "$out/summary.txt"
 exit "$failed"

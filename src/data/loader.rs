@@ -38,6 +38,19 @@
 //! the sample's place in the stream (epoch, shard slot, sample), so it too is independent of
 //! the workers, the same after a resume, and new every epoch.
 //!
+//! **Ranks.** With [`LoaderConfig::part`] `Some(Part { rank, world })` the loader yields rank
+//! `rank`'s part of each global batch of `batch_size` samples: the stream is planned as a whole
+//! on every rank (cheap: shard indexes and row orders, no pixels), cut into windows of
+//! `batch_size` samples (markers of empty or unreadable shards hold no slot), and this rank
+//! reads and decodes only slots `rank·n..(rank+1)·n` of each window (n = batch_size / world).
+//! So the global batch — the ranks' parts in rank order — is the same samples, in the same
+//! order, whatever the world size, the positions are the global ones (a checkpoint of a run on
+//! 2 ranks resumes on 4), and crops are keyed as in one process. Skips: a skipped sample's slot
+//! is filled with this rank's most recent good sample (from an earlier batch when it has one,
+//! else from this part — then a pair appears twice in the global batch), so that the windows
+//! stay the same on every rank without any communication; only then does the global batch
+//! differ from one process's, which fills a skip with the next sample of the stream.
+//!
 //! **Epochs.** Batches run across epoch boundaries (every batch is full). With
 //! `epochs: Some(n)` the stream ends after `n` epochs and the last, partial batch is returned
 //! unless `drop_last`; with `None` it loops forever. The synthetic source is always infinite.
@@ -170,6 +183,16 @@ pub struct LoaderConfig {
     /// crops as the uninterrupted one and each epoch crops anew. `None` (the default): the
     /// evaluation transform, an exact center crop.
     pub augment: Option<RandomResizedCrop>,
+    /// Data parallelism: yield only this rank's part of each global batch (module docs,
+    /// "Ranks"). `None`: the whole batch.
+    pub part: Option<Part>,
+}
+
+/// One rank's share of the global batch: rank `rank` of `world` (module docs, "Ranks").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Part {
+    pub rank: usize,
+    pub world: usize,
 }
 
 impl LoaderConfig {
@@ -189,6 +212,7 @@ impl LoaderConfig {
             shuffle: true,
             image_limits: ImageLimits::process_default(),
             augment: None,
+            part: None,
         }
     }
 }
@@ -218,6 +242,7 @@ impl Batch {
 }
 
 /// One decoded sample.
+#[derive(Clone)]
 struct Ready {
     image: Vec<f32>,
     ids: Vec<u32>,
@@ -230,6 +255,15 @@ struct Outcome {
     ready: Option<Ready>,
     skips: Vec<Skip>,
     next: DataPosition,
+    /// What slot the item holds: none (a marker), this rank's, another rank's.
+    slot: Slot,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Slot {
+    None,
+    Own,
+    Foreign,
 }
 
 struct Job {
@@ -276,6 +310,10 @@ pub struct Loader {
     /// last usable one, or the start).
     bad_since: DataPosition,
     finished: bool,
+    /// Part mode: samples planned so far (the window slot of the next one is this mod the
+    /// batch size), and this rank's most recent good sample (fills a skipped slot).
+    planned: u64,
+    spare: Option<Ready>,
 }
 
 impl Loader {
@@ -293,6 +331,14 @@ impl Loader {
         }
         if let Some(a) = &cfg.augment {
             a.validate()?;
+        }
+        if let Some(p) = cfg.part {
+            if p.world == 0 || p.rank >= p.world || !cfg.batch_size.is_multiple_of(p.world) {
+                return Err(Error::Msg(format!(
+                    "data loader: rank {} of {} ranks cannot take an equal part of a batch of {}",
+                    p.rank, p.world, cfg.batch_size
+                )));
+            }
         }
         let synthetic = match &source {
             Source::Synthetic { data, split } => Some((Arc::clone(data), *split)),
@@ -351,6 +397,8 @@ impl Loader {
             warned: HashMap::new(),
             bad_since: start,
             finished: false,
+            planned: 0,
+            spare: None,
             cfg,
         })
     }
@@ -376,7 +424,19 @@ impl Loader {
             let mut items = Vec::with_capacity(self.job_size);
             while items.len() < self.job_size {
                 match self.planner.next_item()? {
-                    Some(item) => items.push(item),
+                    Some(mut item) => {
+                        if let Some(p) = self.cfg.part {
+                            if !matches!(item.work, Work::Marker) {
+                                let n = (self.cfg.batch_size / p.world) as u64;
+                                let slot = self.planned % self.cfg.batch_size as u64;
+                                self.planned += 1;
+                                if slot / n != p.rank as u64 {
+                                    item.work = Work::Foreign;
+                                }
+                            }
+                        }
+                        items.push(item)
+                    }
                     None => {
                         self.planner_done = true;
                         break;
@@ -451,10 +511,14 @@ impl Loader {
         }
     }
 
-    /// The next batch, or `None` at the end of a finite stream.
+    /// The next batch, or `None` at the end of a finite stream. In part mode
+    /// ([`LoaderConfig::part`]) this rank's part of the next global batch.
     pub fn next_batch(&mut self) -> Result<Option<Batch>> {
         if self.finished {
             return Ok(None);
+        }
+        if let Some(p) = self.cfg.part {
+            return self.next_part(p);
         }
         self.fill()?;
         let b = self.cfg.batch_size;
@@ -515,6 +579,100 @@ impl Loader {
     }
 }
 
+impl Loader {
+    /// Part mode: the `batch_size` slots of the next window, this rank's decoded (module docs).
+    fn next_part(&mut self, part: Part) -> Result<Option<Batch>> {
+        self.fill()?;
+        let (b, s) = (self.cfg.batch_size, self.cfg.image_size);
+        let n = b / part.world;
+        let mut own: Vec<Option<Ready>> = Vec::with_capacity(n);
+        let (mut slots, mut position) = (0, self.position);
+        while slots < b {
+            let Some(o) = self.next_outcome()? else {
+                self.finished = true;
+                break;
+            };
+            for skip in &o.skips {
+                self.count(skip);
+            }
+            position = o.next;
+            match o.slot {
+                Slot::None => {}
+                Slot::Foreign => {
+                    slots += 1;
+                    self.bad_since = o.next; // another rank's: not known to be bad
+                }
+                Slot::Own => {
+                    slots += 1;
+                    if o.ready.is_some() {
+                        self.bad_since = o.next;
+                    } else {
+                        let bs = self.bad_since;
+                        let at_start = bs.shard == 0 && bs.sample == 0;
+                        if self.cfg.epochs.is_none()
+                            && (o.next.epoch >= bs.epoch + 2
+                                || (at_start && o.next.epoch > bs.epoch))
+                        {
+                            return Err(Error::Msg(format!(
+                                "data loader: rank {} found no usable sample of its part in a \
+                                 whole epoch (skipped so far: {:?})",
+                                part.rank, self.skips
+                            )));
+                        }
+                    }
+                    own.push(o.ready);
+                }
+            }
+        }
+        self.position = position;
+        if own.is_empty() || (slots < b && self.cfg.drop_last) {
+            return Ok(None);
+        }
+        // skipped slots: this rank's last good sample before this batch, else this part's
+        let fill = match self.spare.clone() {
+            Some(r) => Some(r),
+            None => own.iter().flatten().next().cloned(),
+        };
+        if let Some(r) = own.iter().flatten().last() {
+            self.spare = Some(r.clone());
+        }
+        let k = own.len();
+        let mut images = Vec::with_capacity(k * 3 * s * s);
+        let mut ids = Vec::with_capacity(k * self.cfg.context_length);
+        let (mut captions, mut labels) = (Vec::with_capacity(k), Vec::new());
+        for r in own {
+            let Some(r) = r.or_else(|| fill.clone()) else {
+                return Err(Error::Msg(format!(
+                    "data loader: rank {} of {}: no usable sample in its part of the batch \
+                     ending at {position:?}, and none before it to fill the skipped slots \
+                     (skipped so far: {:?})",
+                    part.rank, part.world, self.skips
+                )));
+            };
+            images.extend_from_slice(&r.image);
+            ids.extend_from_slice(&r.ids);
+            captions.push(r.caption);
+            labels.extend(r.label);
+        }
+        Ok(Some(Batch {
+            images: Tensor::from_vec(images, [k, 3, s, s])?,
+            ids,
+            captions,
+            labels,
+            position,
+        }))
+    }
+
+    /// A loader over the same source and settings, from this one's position, that yields
+    /// `part` of each global batch instead (`None`: whole batches). For joining a
+    /// data-parallel group at a batch boundary.
+    pub fn repartitioned(&self, part: Option<Part>) -> Result<Loader> {
+        let mut cfg = self.cfg.clone();
+        cfg.part = part;
+        Loader::new(self.planner.source().clone(), cfg, Some(self.position))
+    }
+}
+
 impl Drop for Loader {
     fn drop(&mut self) {
         self.ctx.stop.store(true, Ordering::Relaxed);
@@ -541,6 +699,11 @@ fn run_job(ctx: &Context, items: Vec<Item>) -> std::result::Result<Vec<Outcome>,
 }
 
 fn run_item(ctx: &Context, item: Item) -> Outcome {
+    let slot = match item.work {
+        Work::Marker => Slot::None,
+        Work::Foreign => Slot::Foreign,
+        _ => Slot::Own,
+    };
     let mut skips = item.notes;
     let ready = match load(ctx, item.work, crop_key(ctx.seed, item.next)) {
         Ok(r) => r,
@@ -553,6 +716,7 @@ fn run_item(ctx: &Context, item: Item) -> Outcome {
         ready,
         skips,
         next: item.next,
+        slot,
     }
 }
 
@@ -587,7 +751,7 @@ fn crop_key(seed: u64, next: DataPosition) -> u64 {
 fn load(ctx: &Context, work: Work, crop_key: u64) -> std::result::Result<Option<Ready>, Skip> {
     let mut label = None;
     let (image, caption, name) = match work {
-        Work::Marker => return Ok(None),
+        Work::Marker | Work::Foreign => return Ok(None),
         Work::Synthetic { index } => {
             let (data, split) = ctx.synthetic.as_ref().expect("a synthetic source");
             let s = data.sample(*split, index);

@@ -34,7 +34,7 @@ pub use augment::{resized_crop, CropBox, RandomResizedCrop};
 pub use decode::{
     decode_image, decode_image_with, load_image, load_image_with, Image, ImageLimits, Mode,
 };
-pub use loader::{Batch, DataPosition, Loader, LoaderConfig, SkipKind, SkipStats};
+pub use loader::{Batch, DataPosition, Loader, LoaderConfig, Part, SkipKind, SkipStats};
 pub use preprocess::{center_crop_offset, resized_size, Preprocess, OPENAI_MEAN, OPENAI_STD};
 pub use resample::{resize, resize_window, Window};
 pub use sources::{expand_braces, CsvOptions, ImageFolder, Source};

@@ -72,6 +72,9 @@ pub(crate) enum Work {
     Synthetic { index: u64 },
     /// Nothing to load: carries only shard-level skips (an empty or unreadable shard).
     Marker,
+    /// A sample of another rank's part of the global batch (data parallelism): it holds a slot
+    /// of the batch but this rank neither reads nor decodes it.
+    Foreign,
 }
 
 /// One item of the stream: the work, shard-level skips to count when it is consumed, and the
@@ -127,6 +130,11 @@ impl Planner {
             current: None,
             epoch_items: 0,
         }
+    }
+
+    /// The source being planned.
+    pub fn source(&self) -> &Source {
+        &self.source
     }
 
     fn next_epoch(&mut self) -> Result<()> {

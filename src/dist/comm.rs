@@ -1,12 +1,12 @@
 //! The collectives a data-parallel step needs, behind one interface with two implementations:
-//! NCCL for GPUs (issue 19, to come), and [`InProcess`] — ranks as threads of one process — used
+//! NCCL for GPUs (`super::nccl::Nccl`), and [`InProcess`] — ranks as threads of one process — used
 //! to test the data-parallel logic on machines without GPUs (Cpu and Emu ranks).
 //!
 //! Semantics (NCCL's, so the two agree): every rank of the group calls the same collectives in
 //! the same order with tensors of the same shape and dtype; `all_reduce_sum` returns Σ over
 //! ranks on every rank; `all_gather` concatenates every rank's tensor along axis 0 in rank order;
 //! `reduce_scatter_sum` sums the ranks' tensors and returns rank r's r-th slice along axis 0;
-//! `broadcast` returns the root's tensor everywhere.
+//! `broadcast` returns the root's tensor everywhere. Results live on the input's device.
 //!
 //! Determinism: the in-process sums add the ranks' values in rank order (f64 accumulation,
 //! rounded once), so every rank gets the same bits and a rerun gives the same bits. (NCCL's ring
@@ -171,6 +171,12 @@ impl InProcess {
     }
 }
 
+/// `values` as a tensor of `shape` on `like`'s device (the in-process transport goes through
+/// host memory; NCCL's results are device tensors from the start).
+fn on_device_of(like: &Tensor, values: Vec<f32>, shape: Vec<usize>) -> Result<Tensor> {
+    Tensor::from_vec(values, shape)?.to_device(like.device())
+}
+
 impl Communicator for InProcess {
     fn rank(&self) -> usize {
         self.rank
@@ -180,7 +186,7 @@ impl Communicator for InProcess {
     }
     fn all_reduce_sum(&self, t: &Tensor) -> Result<Tensor> {
         let all = self.exchange(Kind::AllReduce, t)?;
-        Tensor::from_vec(Self::sum(&all), t.shape().to_vec())
+        on_device_of(t, Self::sum(&all), t.shape().to_vec())
     }
     fn all_gather(&self, t: &Tensor) -> Result<Tensor> {
         if t.rank() == 0 {
@@ -189,7 +195,7 @@ impl Communicator for InProcess {
         let all = self.exchange(Kind::AllGather, t)?;
         let mut shape = t.shape().to_vec();
         shape[0] *= self.world;
-        Tensor::from_vec(all.into_iter().flat_map(|(_, v)| v).collect(), shape)
+        on_device_of(t, all.into_iter().flat_map(|(_, v)| v).collect(), shape)
     }
     fn reduce_scatter_sum(&self, t: &Tensor) -> Result<Tensor> {
         if t.rank() == 0 || !t.shape()[0].is_multiple_of(self.world) {
@@ -204,7 +210,8 @@ impl Communicator for InProcess {
         let part = sum.len() / self.world;
         let mut shape = t.shape().to_vec();
         shape[0] /= self.world;
-        Tensor::from_vec(
+        on_device_of(
+            t,
             sum[self.rank * part..(self.rank + 1) * part].to_vec(),
             shape,
         )
@@ -218,6 +225,6 @@ impl Communicator for InProcess {
         }
         let mut all = self.exchange(Kind::Broadcast(root), t)?;
         let (shape, v) = all.swap_remove(root);
-        Tensor::from_vec(v, shape)
+        on_device_of(t, v, shape)
     }
 }

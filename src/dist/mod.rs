@@ -1,8 +1,8 @@
-//! Data parallelism (issue 19), the parts that need no GPU: ranks from the launcher's
-//! environment ([`env`]), the rendezvous where rank 0 hands out NCCL's id ([`rendezvous`]), and
-//! the collectives interface with its in-process implementation for tests ([`comm`]), and the
-//! NCCL probe ([`nccl`]). NCCL's communicator, the data-parallel step and sharded data come on
-//! top of these.
+//! Data parallelism (issue 19): ranks from the launcher's environment ([`env`]), the rendezvous
+//! where rank 0 hands out NCCL's id ([`rendezvous`]), the collectives interface with its
+//! in-process implementation for tests ([`comm`]), and NCCL — its probe and the communicator on
+//! Cuda tensors ([`nccl`]). The data-parallel step (`train::data_parallel`) is generic over
+//! [`Communicator`].
 
 pub mod comm;
 pub mod env;

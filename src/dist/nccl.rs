@@ -1,7 +1,8 @@
 //! NCCL, the collective engine of multi-GPU training, through cudarc's `nccl` bindings, loaded at
 //! run time like cuBLAS: [`probe`] checks that the library loads and is new enough before any
 //! other NCCL call (cudarc panics on a missing library), and turns every failure into an error
-//! that names the library and how to get it.
+//! that names the library and how to get it. [`Nccl`] is one rank's communicator; every entry
+//! probes first.
 
 use crate::{Error, Result};
 use std::sync::OnceLock;
@@ -61,4 +62,394 @@ pub fn probe() -> Result<i32> {
             device: "nccl".into(),
             reason,
         })
+}
+
+// ---- the communicator -----------------------------------------------------------------------
+
+use super::comm::Communicator;
+use super::env::RankInfo;
+use crate::device::cuda::{CudaBackend, CudaStorage};
+use crate::{DType, Device, Tensor};
+use cudarc::nccl::sys;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The blob rank 0 hands out at the rendezvous: `0` + NCCL's 128-byte unique id, or `1` + why
+/// rank 0 cannot run NCCL (so that every rank fails at once with that reason instead of
+/// waiting for a communicator that will never form).
+fn id_blob(id: std::result::Result<[u8; 128], String>) -> Vec<u8> {
+    match id {
+        Ok(id) => std::iter::once(0u8).chain(id).collect(),
+        Err(why) => std::iter::once(1u8).chain(why.into_bytes()).collect(),
+    }
+}
+
+/// NCCL's unique id for a new communicator (rank 0 makes it). Probes first.
+pub fn unique_id() -> Result<[u8; 128]> {
+    probe()?;
+    let id = cudarc::nccl::result::get_uniqueid()
+        .map_err(|e| Error::Msg(format!("ncclGetUniqueId failed: {}", error_string(e.0))))?;
+    Ok(id.internal.map(|c| c as u8))
+}
+
+/// NCCL's text for a result code (only called once the library is known to load).
+fn error_string(r: sys::ncclResult_t) -> String {
+    let s = std::panic::catch_unwind(|| unsafe {
+        let p = sys::ncclGetErrorString(r);
+        if p.is_null() {
+            None
+        } else {
+            Some(std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned())
+        }
+    });
+    match s {
+        Ok(Some(s)) => format!("{r:?}: {s}"),
+        _ => format!("{r:?}"),
+    }
+}
+
+struct RawComm(sys::ncclComm_t);
+// SAFETY: an NCCL communicator may be used from any thread, one call at a time; `Nccl` is
+// used by one rank's thread (Communicator: Send, not Sync).
+unsafe impl Send for RawComm {}
+
+/// One rank's NCCL communicator on its GPU, implementing [`Communicator`] on Cuda tensors
+/// (f32, f16, bf16; a host tensor goes up and its result comes back), its collectives enqueued on the GPU's stream (the one every kernel runs
+/// on, so they are ordered with the step's compute).
+///
+/// Faults: after enqueuing a collective the host waits for it (an event) while polling
+/// `ncclCommGetAsyncError`; an asynchronous error, or no completion within the timeout (a
+/// peer died or hangs), aborts the communicator (`ncclCommAbort`) and is an error naming this
+/// rank, the collective and its sequence number. Every later call is then an error at once.
+/// The wait on the host costs the overlap of communication with the next kernels; a watchdog
+/// thread that lets the host run ahead is the next step.
+pub struct Nccl {
+    comm: RawComm,
+    rank: usize,
+    world: usize,
+    backend: Arc<CudaBackend>,
+    timeout: Duration,
+    seq: AtomicU64,
+    aborted: AtomicBool,
+}
+
+impl Nccl {
+    /// This rank's communicator: NCCL probed, rank 0's unique id handed out over the TCP
+    /// rendezvous at `MASTER_ADDR:MASTER_PORT` ([`super::rendezvous`]), the GPU `local_rank`
+    /// opened, and `ncclCommInitRank` run — each step bounded by `timeout`. Rank 0 sends its
+    /// NCCL error, if it has one, to the others, so that every rank fails with it.
+    pub fn connect(info: &RankInfo, timeout: Duration) -> Result<Nccl> {
+        let deadline = Instant::now() + timeout;
+        let blob = if info.rank == 0 {
+            let id = unique_id();
+            let sent = id_blob(id.as_ref().map(|x| *x).map_err(|e| e.to_string()));
+            let blob = super::rendezvous(info, Some(&sent), timeout);
+            // rank 0's own NCCL error first (the cause of what the others see), and what the
+            // rendezvous found besides
+            match (id, blob) {
+                (Ok(_), Ok(b)) => b,
+                (Err(e), Ok(_)) => return Err(e),
+                (Ok(_), Err(r)) => return Err(r),
+                (Err(e), Err(r)) => return Err(Error::Msg(format!("{e}; and besides: {r}"))),
+            }
+        } else {
+            super::rendezvous(info, None, timeout)?
+        };
+        let id: [u8; 128] = match blob.split_first() {
+            Some((0, id)) if id.len() == 128 => id.try_into().expect("128 bytes"),
+            Some((1, why)) => {
+                return Err(Error::Msg(format!(
+                    "rank {}: rank 0 cannot run NCCL: {}",
+                    info.rank,
+                    String::from_utf8_lossy(why)
+                )))
+            }
+            _ => {
+                return Err(Error::Msg(format!(
+                    "rank {}: the rendezvous at {}:{} gave {} bytes, not NCCL's id: another \
+                     program answers on that port?",
+                    info.rank,
+                    info.master_addr,
+                    info.master_port,
+                    blob.len()
+                )))
+            }
+        };
+        probe()?;
+        let backend = CudaBackend::get(info.local_rank)?;
+        let (world, rank) = (info.world_size, info.rank);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let ctx = backend.context().clone();
+        // ncclCommInitRank blocks until every rank has called it: on a thread of its own, so
+        // that a rank that died after the rendezvous is a timeout, not a hang
+        std::thread::Builder::new()
+            .name(format!("nccl-init-{rank}"))
+            .spawn(move || {
+                let r = (|| -> std::result::Result<RawComm, String> {
+                    ctx.bind_to_thread().map_err(|e| format!("{e:?}"))?;
+                    let id = sys::ncclUniqueId {
+                        internal: id.map(|b| b as std::ffi::c_char),
+                    };
+                    let mut comm = std::mem::MaybeUninit::uninit();
+                    unsafe {
+                        cudarc::nccl::result::comm_init_rank(
+                            comm.as_mut_ptr(),
+                            world as i32,
+                            id,
+                            rank as i32,
+                        )
+                        .map_err(|e| error_string(e.0))?;
+                        Ok(RawComm(comm.assume_init()))
+                    }
+                })();
+                let _ = tx.send(r);
+            })
+            .map_err(|e| Error::Msg(format!("rank {rank}: cannot start NCCL's init: {e}")))?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let comm = match rx.recv_timeout(left.max(Duration::from_secs(1))) {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                return Err(Error::Msg(format!(
+                    "rank {rank}: ncclCommInitRank ({world} ranks) failed: {e}"
+                )))
+            }
+            Err(_) => {
+                return Err(Error::Msg(format!(
+                    "rank {rank}: ncclCommInitRank ({world} ranks) did not complete within \
+                     {timeout:?}: a rank died or hangs after the rendezvous"
+                )))
+            }
+        };
+        Ok(Nccl {
+            comm,
+            rank,
+            world,
+            backend,
+            timeout,
+            seq: AtomicU64::new(0),
+            aborted: AtomicBool::new(false),
+        })
+    }
+
+    /// The GPU this rank's tensors live on.
+    pub fn device(&self) -> Device {
+        Device::Cuda(self.backend.ordinal())
+    }
+
+    /// `t` as a contiguous Cuda tensor of this rank's GPU: its storage, element offset, dtype.
+    fn operand(&self, name: &str, t: &Tensor) -> Result<(Tensor, sys::ncclDataType_t)> {
+        probe()?;
+        if self.aborted.load(Ordering::Relaxed) {
+            return Err(Error::Msg(format!(
+                "rank {}: {name}: the NCCL communicator was aborted after an earlier failure",
+                self.rank
+            )));
+        }
+        // host tensors (a few flags and scalars, e.g. `all_ok`) go through the GPU: up here, and
+        // the result back down in `result`
+        let t = if t.device() == Device::Cpu {
+            t.to_device(self.device())?
+        } else {
+            t.clone()
+        };
+        if t.device() != self.device() {
+            return Err(Error::Msg(format!(
+                "rank {}: {name}: the NCCL communicator carries tensors on {} (or the host), \
+                 got one on {}",
+                self.rank,
+                self.device(),
+                t.device()
+            )));
+        }
+        let dt = match t.dtype() {
+            DType::F32 => sys::ncclDataType_t::ncclFloat32,
+            DType::F16 => sys::ncclDataType_t::ncclFloat16,
+            DType::BF16 => sys::ncclDataType_t::ncclBfloat16,
+        };
+        Ok((t.try_contiguous()?, dt))
+    }
+
+    /// A collective's result on the device its input came from (the GPU, or the host).
+    fn result(like: &Tensor, out: Tensor) -> Result<Tensor> {
+        if like.device() == Device::Cpu {
+            out.to_device(Device::Cpu)
+        } else {
+            Ok(out)
+        }
+    }
+
+    fn address(t: &Tensor) -> Result<u64> {
+        let (s, off) = t
+            .cuda_storage()
+            .ok_or_else(|| Error::Msg("NCCL: not a Cuda tensor".into()))?;
+        Ok(s.address_at(off))
+    }
+
+    /// A new Cuda tensor of `shape` and `dtype` for a collective's result.
+    fn output(&self, dtype: DType, shape: Vec<usize>) -> Result<Tensor> {
+        let n = shape.iter().product();
+        Tensor::from_cuda(CudaStorage::uninit(&self.backend, dtype, n)?, &shape)
+    }
+
+    /// Enqueues `call` (a collective on the stream), then waits for it with the fault checks.
+    fn run(
+        &self,
+        name: &str,
+        elements: usize,
+        call: impl FnOnce(sys::cudaStream_t) -> sys::ncclResult_t,
+    ) -> Result<()> {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let what = || {
+            format!(
+                "rank {} of {}: NCCL {name} (collective #{seq}, {elements} elements)",
+                self.rank, self.world
+            )
+        };
+        let stream = self.backend.stream();
+        let r = call(stream.cu_stream() as sys::cudaStream_t);
+        if r != sys::ncclResult_t::ncclSuccess {
+            self.abort();
+            return Err(Error::Msg(format!(
+                "{} failed: {}",
+                what(),
+                error_string(r)
+            )));
+        }
+        let event = stream
+            .record_event(None)
+            .map_err(|e| Error::Msg(format!("{}: recording its event: {e:?}", what())))?;
+        let start = Instant::now();
+        loop {
+            match event.try_is_complete() {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(e) => {
+                    self.abort();
+                    return Err(Error::Msg(format!("{}: CUDA error {e:?}", what())));
+                }
+            }
+            let mut async_err = sys::ncclResult_t::ncclSuccess;
+            let q = unsafe { sys::ncclCommGetAsyncError(self.comm.0, &mut async_err) };
+            if q != sys::ncclResult_t::ncclSuccess || async_err != sys::ncclResult_t::ncclSuccess {
+                self.abort();
+                return Err(Error::Msg(format!(
+                    "{} failed asynchronously ({}): a peer rank died or its network failed; \
+                     the communicator was aborted",
+                    what(),
+                    error_string(if q != sys::ncclResult_t::ncclSuccess {
+                        q
+                    } else {
+                        async_err
+                    })
+                )));
+            }
+            if start.elapsed() > self.timeout {
+                self.abort();
+                return Err(Error::Msg(format!(
+                    "{} did not complete within {:?} (--dist-timeout): a peer rank died or \
+                     hangs; the communicator was aborted",
+                    what(),
+                    self.timeout
+                )));
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+
+    fn abort(&self) {
+        if !self.aborted.swap(true, Ordering::Relaxed) {
+            unsafe {
+                let _ = sys::ncclCommAbort(self.comm.0);
+            }
+        }
+    }
+}
+
+impl Drop for Nccl {
+    fn drop(&mut self) {
+        // abort, not destroy: destroy waits for peers that may be gone
+        self.abort();
+    }
+}
+
+impl Communicator for Nccl {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+    fn world_size(&self) -> usize {
+        self.world
+    }
+    fn all_reduce_sum(&self, input: &Tensor) -> Result<Tensor> {
+        let (t, dt) = self.operand("all_reduce", input)?;
+        let out = self.output(t.dtype(), t.shape().to_vec())?;
+        let (src, dst, n) = (Self::address(&t)?, Self::address(&out)?, t.numel());
+        self.run("all_reduce", n, |s| unsafe {
+            sys::ncclAllReduce(
+                src as _,
+                dst as _,
+                n,
+                dt,
+                sys::ncclRedOp_t::ncclSum,
+                self.comm.0,
+                s,
+            )
+        })?;
+        Self::result(input, out)
+    }
+    fn all_gather(&self, input: &Tensor) -> Result<Tensor> {
+        if input.rank() == 0 {
+            return Err(Error::Msg("all_gather: a 0-d tensor has no axis 0".into()));
+        }
+        let (t, dt) = self.operand("all_gather", input)?;
+        let mut shape = t.shape().to_vec();
+        shape[0] *= self.world;
+        let out = self.output(t.dtype(), shape)?;
+        let (src, dst, n) = (Self::address(&t)?, Self::address(&out)?, t.numel());
+        self.run("all_gather", n, |s| unsafe {
+            sys::ncclAllGather(src as _, dst as _, n, dt, self.comm.0, s)
+        })?;
+        Self::result(input, out)
+    }
+    fn reduce_scatter_sum(&self, input: &Tensor) -> Result<Tensor> {
+        if input.rank() == 0 || !input.shape()[0].is_multiple_of(self.world) {
+            return Err(Error::Msg(format!(
+                "reduce_scatter: axis 0 of {:?} does not split into {} equal parts",
+                input.shape(),
+                self.world
+            )));
+        }
+        let (t, dt) = self.operand("reduce_scatter", input)?;
+        let mut shape = t.shape().to_vec();
+        shape[0] /= self.world;
+        let out = self.output(t.dtype(), shape)?;
+        let (src, dst, n) = (Self::address(&t)?, Self::address(&out)?, out.numel());
+        self.run("reduce_scatter", n, |s| unsafe {
+            sys::ncclReduceScatter(
+                src as _,
+                dst as _,
+                n,
+                dt,
+                sys::ncclRedOp_t::ncclSum,
+                self.comm.0,
+                s,
+            )
+        })?;
+        Self::result(input, out)
+    }
+    fn broadcast(&self, input: &Tensor, root: usize) -> Result<Tensor> {
+        if root >= self.world {
+            return Err(Error::Msg(format!(
+                "broadcast: root {root} is not a rank of a world of {}",
+                self.world
+            )));
+        }
+        let (t, dt) = self.operand("broadcast", input)?;
+        let out = self.output(t.dtype(), t.shape().to_vec())?;
+        let (src, dst, n) = (Self::address(&t)?, Self::address(&out)?, t.numel());
+        self.run("broadcast", n, |s| unsafe {
+            sys::ncclBroadcast(src as _, dst as _, n, dt, root as i32, self.comm.0, s)
+        })?;
+        Self::result(input, out)
+    }
 }

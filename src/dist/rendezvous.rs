@@ -5,6 +5,8 @@
 //! Protocol: rank 0 listens; every other rank connects (retrying until the deadline: rank 0 may
 //! start last) and sends `clipcu1` + its rank (u32 LE) + the world size (u32 LE); rank 0 checks
 //! both, and once all `world − 1` ranks are in, sends each the blob's length (u32 LE) and bytes.
+//! A rank that rank 0 refuses (another world size, a rank number taken twice) gets
+//! `u32::MAX` and a length-prefixed reason instead, so that it fails saying why.
 
 use super::env::RankInfo;
 use crate::{Error, Result};
@@ -65,17 +67,30 @@ fn serve(
                 let rank = u32::from_le_bytes(hello[7..11].try_into().expect("4 bytes")) as usize;
                 let their_world =
                     u32::from_le_bytes(hello[11..15].try_into().expect("4 bytes")) as usize;
+                let refuse = |mut s: TcpStream, why: String| -> Error {
+                    let _ = s
+                        .write_all(&u32::MAX.to_le_bytes())
+                        .and_then(|()| s.write_all(&(why.len() as u32).to_le_bytes()))
+                        .and_then(|()| s.write_all(why.as_bytes()));
+                    Error::Msg(why)
+                };
                 if their_world != world {
-                    return Err(Error::Msg(format!(
-                        "rendezvous at {addr}: rank {rank} says the world has {their_world} \
-                         ranks, rank 0 says {world}: the ranks were launched inconsistently"
-                    )));
+                    return Err(refuse(
+                        s,
+                        format!(
+                            "rendezvous at {addr}: rank {rank} says the world has {their_world} \
+                             ranks, rank 0 says {world}: the ranks were launched inconsistently"
+                        ),
+                    ));
                 }
                 if rank == 0 || rank >= world || peers[rank].is_some() {
-                    return Err(Error::Msg(format!(
-                        "rendezvous at {addr}: a second rank {rank} (of {world}) arrived: two \
-                         jobs share this port, or ranks were numbered twice"
-                    )));
+                    return Err(refuse(
+                        s,
+                        format!(
+                            "rendezvous at {addr}: a second rank {rank} (of {world}) arrived: \
+                             two jobs share this port, or ranks were numbered twice"
+                        ),
+                    ));
                 }
                 peers[rank] = Some(s);
             }
@@ -140,6 +155,21 @@ fn join(addr: &str, info: &RankInfo, deadline: Instant, timeout: Duration) -> Re
             info.rank
         ))
     })?;
+    if u32::from_le_bytes(len) == u32::MAX {
+        let mut n = [0u8; 4];
+        stream
+            .read_exact(&mut n)
+            .map_err(|e| io_err("reading rank 0's refusal", addr, e))?;
+        let mut why = vec![0u8; u32::from_le_bytes(n) as usize];
+        stream
+            .read_exact(&mut why)
+            .map_err(|e| io_err("reading rank 0's refusal", addr, e))?;
+        return Err(Error::Msg(format!(
+            "rank {}: rank 0 refused this rank: {}",
+            info.rank,
+            String::from_utf8_lossy(&why)
+        )));
+    }
     let mut blob = vec![0u8; u32::from_le_bytes(len) as usize];
     stream
         .read_exact(&mut blob)

@@ -94,22 +94,28 @@ pub fn gathered_contrastive_backward(
 ) -> Result<GatheredLoss> {
     let (rank, world) = (comm.rank(), comm.world_size());
     let device = image.device();
-    // The local form runs on the CPU only so far: features (N×D, small) go there and their
-    // gradients come back.
-    let cpu = |t: &Tensor| t.to_device(Device::Cpu);
-    let (il, tl) = (cpu(image)?, cpu(text)?);
-    let (ia, ta) = (comm.all_gather(&il)?, comm.all_gather(&tl)?);
+    // Everything stays on the features' device: the gathered features, the local loss (its
+    // kernels on Emu/Cuda), its backward and the reduced column gradients. Only the
+    // communicator's transport may pass through the host (the in-process one does).
+    if logit_scale.value().device() != device || text.device() != device {
+        return Err(Error::Msg(format!(
+            "the data-parallel loss: image features on {device}, text features on {}, \
+             logit_scale on {}: all must be on one device",
+            text.device(),
+            logit_scale.value().device()
+        )));
+    }
+    let (ia, ta) = (comm.all_gather(image)?, comm.all_gather(text)?);
     let lg = Graph::new();
     let (vil, vtl, via, vta) = (
-        lg.leaf(il.clone()),
-        lg.leaf(tl.clone()),
+        lg.leaf(image.clone()),
+        lg.leaf(text.clone()),
         lg.leaf(ia),
         lg.leaf(ta),
     );
-    let ls_device = logit_scale.value().device();
-    let vs = lg.leaf(cpu(&logit_scale.value())?);
+    let vs = lg.leaf(logit_scale.value());
     let (loss, i2t, t2i) = lg.contrastive_local_with_accuracy(&vil, &vtl, &via, &vta, &vs, rank)?;
-    let seed = Tensor::full_on(1.0 / world as f32, loss.shape().to_vec(), Device::Cpu)?;
+    let seed = Tensor::full_on(1.0 / world as f32, loss.shape().to_vec(), device)?;
     let grads = lg.backward_with(&loss, seed)?;
     let grad = |v: &crate::Var| -> Result<Tensor> {
         grads
@@ -118,17 +124,17 @@ pub fn gathered_contrastive_backward(
             .ok_or_else(|| Error::Graph("the local loss did not reach its inputs".into()))
     };
     if logit_scale.requires_grad() {
-        logit_scale.accumulate_grad(grad(&vs)?.to_device(ls_device)?)?;
+        logit_scale.accumulate_grad(grad(&vs)?)?;
     }
     let side = |need: bool, local: &crate::Var, all: &crate::Var| -> Result<Tensor> {
         if !need {
-            return Tensor::zeros(local.shape().to_vec()).to_device(device);
+            return Tensor::full_on(0.0, local.shape().to_vec(), device);
         }
         // the backward of the all-gather: every rank's gradients for my samples, summed
         let mine = comm.reduce_scatter_sum(&grad(all)?)?;
         let mut d = grad(local)?;
         crate::ops::binary::add_assign(&mut d, &mine)?;
-        d.to_device(device)
+        Ok(d)
     };
     let d_image = side(need_image, &vil, &via)?;
     let d_text = side(need_text, &vtl, &vta)?;
@@ -226,28 +232,26 @@ pub fn data_parallel_forward_backward(
     )?;
     backward_micro(parts, &g.d_image, &g.d_text)?;
     all_reduce_gradients(&model.parameters(), comm, BUCKET_ELEMENTS)?;
-    // the full batch's statistics: means of the ranks' (equal row counts)
-    let local = Tensor::from_vec(
-        vec![
-            g.loss.item()?,
-            g.image_to_text_acc.item()?,
-            g.text_to_image_acc.item()?,
+    // the full batch's statistics: means of the ranks' (equal row counts), summed on the
+    // device and read back by the caller with the step's other scalars
+    let one = |t: &Tensor| t.reshape([1]);
+    let local = concat(
+        &[
+            &one(&g.loss)?,
+            &one(&g.image_to_text_acc)?,
+            &one(&g.text_to_image_acc)?,
         ],
-        [3],
+        0,
     )?;
-    let w = comm.world_size() as f32;
-    let v: Vec<f32> = comm
-        .all_reduce_sum(&local)?
-        .to_vec()
-        .iter()
-        .map(|x| x / w)
-        .collect();
-    let device = images.device();
-    let on = |x: f32| Tensor::scalar(x).to_device(device);
+    let mean = crate::ops::unary::scale(
+        &comm.all_reduce_sum(&local)?,
+        1.0 / comm.world_size() as f32,
+    )?;
+    let at = |i: usize| -> Result<Tensor> { mean.narrow(0, i, 1)?.try_contiguous()?.reshape([]) };
     Ok(DeviceStats {
-        loss: on(v[0])?,
-        image_to_text_acc: on(v[1])?,
-        text_to_image_acc: on(v[2])?,
+        loss: at(0)?,
+        image_to_text_acc: at(1)?,
+        text_to_image_acc: at(2)?,
     })
 }
 

@@ -15,8 +15,9 @@ pub use step::{
     StepStats,
 };
 pub use trainer::{
-    existing_run, numbered_checkpoint, numbered_checkpoints, steps_for_epochs, DataSpec,
-    DataStream, RunOptions, RunSummary, StepLog, SyntheticStream, TrainConfig, Trainer, EXPLODED,
+    existing_run, numbered_checkpoint, numbered_checkpoints, steps_for_epochs, zero1_owners,
+    DataSpec, DataStream, RunOptions, RunSummary, StepLog, SyntheticStream, TrainConfig, Trainer,
+    EXPLODED,
 };
 
 use crate::data::synthetic::Sample;

@@ -338,9 +338,9 @@ impl DataStream {
 
     /// Rank `rank`'s part of the next global batch of `n` pairs in a world of `world`: pairs
     /// `rank·n/world..(rank+1)·n/world`, so the global batch is the same samples whatever the
-    /// world size, and the position (what a checkpoint stores) is the global one. The synthetic
-    /// stream makes only this rank's samples; the file loader reads the global batch and keeps
-    /// this rank's rows (every rank decodes the whole batch: simple and exact, not economical).
+    /// world size, and the position (what a checkpoint stores) is the global one. Both streams
+    /// make only this rank's samples: the synthetic one by index, the file loader in its part
+    /// mode (set by [`Trainer::set_communicator`]; `data::loader`'s "Ranks").
     fn next_part(
         &mut self,
         n: usize,
@@ -354,21 +354,24 @@ impl DataStream {
         let local = local_batch(n, world)?;
         match self {
             DataStream::Synthetic(s) => s.next_part(n, ctx, rank * local, local),
-            DataStream::Files(_) => {
+            DataStream::Files(l) => {
+                let part = l.config().part;
+                if part != Some(crate::data::Part { rank, world }) {
+                    return Err(Error::Msg(format!(
+                        "the file loader reads {part:?}, not rank {rank} of {world}: join the \
+                         group with Trainer::set_communicator"
+                    )));
+                }
                 let (images, ids) = self.next_batch(n, ctx)?;
                 let got = images.shape()[0];
-                if got != n || !ids.len().is_multiple_of(n) {
+                if got != local || ids.len() != local * ctx {
                     return Err(Error::Msg(format!(
-                        "the loader gave a batch of {got} pairs ({} token ids) for a global \
-                         batch of {n}",
+                        "the loader gave rank {rank} {got} pairs ({} token ids) for its part of \
+                         {local} of a global batch of {n}",
                         ids.len()
                     )));
                 }
-                let t = ids.len() / n;
-                Ok((
-                    images.narrow(0, rank * local, local)?.try_contiguous()?,
-                    ids[rank * local * t..(rank + 1) * local * t].to_vec(),
-                ))
+                Ok((images, ids))
             }
         }
     }
@@ -492,6 +495,32 @@ pub struct Trainer {
     dist: Option<Box<dyn Communicator>>,
     /// The dynamic loss scale of the f16 precisions (`None` under the others).
     pub scaler: Option<LossScaler>,
+    /// ZeRO-1 ([`Trainer::set_zero1`]): which rank owns each trainable parameter's optimizer
+    /// state; `opt` then holds this rank's parameters only.
+    zero: Option<Zero1>,
+}
+
+/// ZeRO stage 1 on one rank: the trainable parameters (in the optimizer's order) and each one's
+/// owner, the rank that keeps its AdamW moments and computes its update.
+struct Zero1 {
+    params: Vec<crate::Param>,
+    owner: Vec<usize>,
+}
+
+/// The owner of each of `sizes` (elements per parameter, in order) among `world` ranks:
+/// contiguous runs of parameters of about equal total size, parameter i going to the rank
+/// whose share of the total its midpoint falls in.
+pub fn zero1_owners(sizes: &[usize], world: usize) -> Vec<usize> {
+    let total: usize = sizes.iter().sum::<usize>().max(1);
+    let mut before = 0usize;
+    sizes
+        .iter()
+        .map(|&n| {
+            let mid = before as u128 * 2 + n as u128;
+            before += n;
+            ((mid * world as u128 / (2 * total as u128)) as usize).min(world - 1)
+        })
+        .collect()
 }
 
 /// A batch fetched (and its upload started) one step ahead.
@@ -596,6 +625,7 @@ impl Trainer {
             eval_data,
             device: Device::Cpu,
             uploader: BatchUploader::new(Device::Cpu)?,
+            zero: None,
             next: None,
             dist: None,
             scaler: precision.loss_scaling().then(LossScaler::default),
@@ -669,7 +699,122 @@ impl Trainer {
                     .into(),
             ));
         }
+        // file data: from now on this rank reads and decodes only its part of each global
+        // batch (the loader's part mode), from the same global position
+        if let DataStream::Files(l) = &self.data {
+            let part = (comm.world_size() > 1).then(|| crate::data::Part {
+                rank: comm.rank(),
+                world: comm.world_size(),
+            });
+            if l.config().part != part {
+                self.data = DataStream::Files(Box::new(l.repartitioned(part)?));
+            }
+        }
         self.dist = Some(comm);
+        Ok(())
+    }
+
+    /// ZeRO-1 (`--zero1`): from now on this rank keeps the AdamW moments of its share of the
+    /// trainable parameters only ([`zero1_owners`]: contiguous runs of about equal size) and
+    /// updates those; after the update every parameter is broadcast from its owner, so every
+    /// rank again holds the same weights (per-parameter shards: the broadcasts are the
+    /// all-gather of the updated parameters). Clipping uses the global norm of the full,
+    /// all-reduced gradients, as without ZeRO. A checkpoint gathers the moments first (every
+    /// rank takes part), so it is the unsharded checkpoint: it resumes with or without ZeRO at
+    /// any world size. Needs the group ([`Trainer::set_communicator`]) first; Cpu ranks with
+    /// f32 moments only so far.
+    pub fn set_zero1(&mut self) -> Result<()> {
+        let Some(comm) = &self.dist else {
+            return Err(Error::Msg(
+                "--zero1 shards the optimizer state over data-parallel ranks: give \
+                 --nproc-per-node N (or a launcher's ranks)"
+                    .into(),
+            ));
+        };
+        if self.device != Device::Cpu {
+            return Err(Error::Msg(format!(
+                "--zero1 runs on cpu ranks so far, not on {} (the sharded update on a kernel \
+                 device is still to do)",
+                self.device
+            )));
+        }
+        if self.opt.config.moments != crate::optim::MomentPrecision::F32 {
+            return Err(Error::Msg("--zero1 shards f32 moments only so far".into()));
+        }
+        if self.zero.is_some() {
+            return Ok(());
+        }
+        let params: Vec<crate::Param> = self
+            .model
+            .parameters()
+            .into_iter()
+            .filter(|p| p.requires_grad())
+            .collect();
+        let sizes: Vec<usize> = params.iter().map(|p| p.value().numel()).collect();
+        let (rank, world) = (comm.rank(), comm.world_size());
+        let owner = zero1_owners(&sizes, world);
+        let mine: Vec<crate::Param> = params
+            .iter()
+            .zip(&owner)
+            .filter(|(_, &o)| o == rank)
+            .map(|(p, _)| p.clone())
+            .collect();
+        // this rank's share of the state the full optimizer holds (fresh or resumed)
+        let full: std::collections::HashMap<String, Tensor> =
+            self.opt.state()?.into_iter().collect();
+        let mut sharded = AdamW::new(&mine, self.opt.config);
+        sharded.load_state(&full)?;
+        self.opt = sharded;
+        self.zero = Some(Zero1 { params, owner });
+        Ok(())
+    }
+
+    /// Whether this trainer shards its optimizer state (ZeRO-1).
+    pub fn zero1(&self) -> bool {
+        self.zero.is_some()
+    }
+
+    /// The whole optimizer state, for a checkpoint. Under ZeRO-1 a collective: every rank must
+    /// call it at the same point (each parameter's moments are broadcast from their owner).
+    fn optimizer_state(&self) -> Result<Vec<(String, Tensor)>> {
+        let (Some(z), Some(comm)) = (&self.zero, &self.dist) else {
+            return self.opt.state();
+        };
+        let mine: std::collections::HashMap<String, Tensor> =
+            self.opt.state()?.into_iter().collect();
+        let mut out = vec![(
+            "step".to_string(),
+            mine.get("step")
+                .cloned()
+                .unwrap_or_else(|| Tensor::scalar(0.0)),
+        )];
+        for (p, &o) in z.params.iter().zip(&z.owner) {
+            for suffix in ["exp_avg", "exp_avg_sq"] {
+                let key = format!("{}.{suffix}", p.name());
+                let t = match mine.get(&key) {
+                    Some(t) if o == comm.rank() => t.clone(),
+                    _ => Tensor::zeros(p.value().shape().to_vec()),
+                };
+                out.push((key, comm.broadcast(&t, o)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// ZeRO-1's update (after the clip over all the all-reduced gradients): this rank's AdamW step on its
+    /// parameters, the others' gradients dropped, every parameter broadcast from its owner.
+    fn zero1_step(&mut self, lr: f64) -> Result<()> {
+        let (Some(z), Some(comm)) = (&self.zero, &self.dist) else {
+            return Err(Error::Msg("zero1_step without ZeRO-1".into()));
+        };
+        self.opt.step(lr)?;
+        for (p, &o) in z.params.iter().zip(&z.owner) {
+            p.zero_grad();
+            let v = comm.broadcast(&p.value(), o)?;
+            if o != comm.rank() {
+                p.set_value(v)?;
+            }
+        }
         Ok(())
     }
 
@@ -782,14 +927,20 @@ impl Trainer {
         };
         // On a kernel device the clip factor stays in device memory for the step below. With a
         // loss scaler the norm is always taken: it unscales the gradients and tells an
-        // overflowed step.
-        let norm = match (self.config.grad_clip, loss_scale) {
-            (max, Some(s)) => Some(
+        // overflowed step (ZeRO-1 and the scaler never meet: the scaler is refused with
+        // several ranks, ZeRO-1 needs them).
+        let norm = match (self.config.grad_clip, loss_scale, &self.zero) {
+            (max, Some(s), _) => Some(
                 self.opt
                     .unscale_clip_grad_norm(max.unwrap_or(f64::INFINITY), 1.0 / s as f64)?,
             ),
-            (Some(max), None) => Some(self.opt.clip_grad_norm(max)?),
-            (None, None) => None,
+            // ZeRO-1: the optimizer holds this rank's parameters only; the norm is over all
+            // (every rank holds the same all-reduced gradients, so the same norm and factor)
+            (Some(max), None, Some(z)) => Some(Tensor::scalar(crate::optim::clip_grad_norm(
+                &z.params, max,
+            )? as f32)),
+            (Some(max), None, None) => Some(self.opt.clip_grad_norm(max)?),
+            (None, None, _) => None,
         };
         let kernel_device = crate::device::kernel::runs_kernels(self.device);
         if fetch_ahead && kernel_device && self.step + 1 < self.config.steps {
@@ -850,7 +1001,11 @@ impl Trainer {
         // The update writes logit_scale in place: a handle still held here would cost a
         // copy-on-write of it (and a new optimizer table) every step.
         drop(scale);
-        self.opt.step(lr)?;
+        if self.zero.is_some() {
+            self.zero1_step(lr)?;
+        } else {
+            self.opt.step(lr)?;
+        }
         // CLIP clamps the temperature in place after every step: exp(logit_scale) ≤ 100.
         clamp_in_place(&self.model.logit_scale, 0.0, 100f32.ln())?;
         self.uploader.release(&images)?; // every kernel that reads the batch is queued
@@ -965,7 +1120,7 @@ impl Trainer {
             .into_iter()
             .map(|(n, p)| Ok((n, p.value().to_device(Device::Cpu)?)))
             .collect::<Result<Vec<(String, Tensor)>>>()?;
-        let state = self.opt.state()?;
+        let state = self.optimizer_state()?;
         let problem = match params_problem(&params)? {
             Some(p) => Some(p),
             None => moments_problem(&state)?,
@@ -1164,7 +1319,7 @@ impl Trainer {
             )));
         }
         if self.rank() != 0 {
-            return self.run_follower();
+            return self.run_follower(opts);
         }
         std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
         for tmp in st::stale_temp_files(&opts.out)? {
@@ -1362,10 +1517,18 @@ impl Trainer {
 impl Trainer {
     /// [`Trainer::run`] on a rank other than 0 of a data-parallel group: the same steps (their
     /// collectives pair with rank 0's), nothing written — rank 0 writes metrics, evaluations and
-    /// checkpoints for the group (every rank holds the same weights and optimizer state).
-    fn run_follower(&mut self) -> Result<RunSummary> {
+    /// checkpoints for the group (every rank holds the same weights and optimizer state; under
+    /// ZeRO-1 each rank takes part in gathering the moments when rank 0 writes a checkpoint).
+    fn run_follower(&mut self, opts: &RunOptions) -> Result<RunSummary> {
         while self.step < self.config.steps {
             self.train_step()?;
+            let at_end = self.step == self.config.steps;
+            let checkpoint = (opts.checkpoint_every > 0
+                && self.step.is_multiple_of(opts.checkpoint_every))
+                || at_end;
+            if self.zero.is_some() && checkpoint {
+                self.optimizer_state()?;
+            }
         }
         Ok(RunSummary::default())
     }

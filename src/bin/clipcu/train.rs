@@ -127,15 +127,18 @@ pub struct TrainArgs {
     /// keeps its checkpoint's setting.
     #[arg(long)]
     pub no_augment: bool,
-    /// Data-parallel ranks: N > 1 trains on N ranks, here threads on the in-process
-    /// communicator (--device cpu or emu; NCCL across GPUs is not wired yet). --batch-size is the
+    /// Data-parallel ranks: N > 1 trains on N ranks. --device cuda: N processes of this
+    /// program, one per GPU, on NCCL (as torchrun --nproc-per-node would start them); --device
+    /// cpu or emu: N threads on the in-process communicator (for testing). --batch-size is the
     /// global batch, which N must divide; the run's numbers are those of one process on that
-    /// batch (a ResNet's BatchNorm is synchronised on the CPU, per rank on emu). Only rank 0
-    /// writes; a resumed run may use another N.
+    /// batch (a ResNet's BatchNorm is synchronised on the CPU, per rank elsewhere). Only rank 0
+    /// writes; a resumed run may use another N. A process started by torchrun or SLURM (RANK/
+    /// WORLD_SIZE or SLURM_PROCID/SLURM_NTASKS set) runs as that rank on LOCAL_RANK's GPU.
     #[arg(long, default_value_t = 1)]
     pub nproc_per_node: usize,
-    /// Seconds a rank waits in a collective for the others before failing, naming the ranks
-    /// that never arrived.
+    /// Seconds a rank waits for the others — at the rendezvous, in NCCL's init, in each
+    /// collective — before failing with an error naming the rank and the collective (NCCL's
+    /// communicator is then aborted).
     #[arg(long, default_value_t = 600)]
     pub dist_timeout: u64,
     /// Numerics, open_clip's names: fp32, tf32 (cuda: TF32 GEMMs), amp (f16 activations, f32
@@ -144,6 +147,11 @@ pub struct TrainArgs {
     /// fp32, or a resumed checkpoint's (another one converts it on load).
     #[arg(long)]
     pub precision: Option<clipcu::train::Precision>,
+    /// ZeRO stage 1: shard the AdamW moments over the data-parallel ranks (each updates its
+    /// share of the parameters, then every parameter is sent from its owner to all). The same
+    /// numbers as without it; checkpoints hold the whole state. Cpu ranks only so far.
+    #[arg(long)]
+    pub zero1: bool,
 }
 
 /// The shipped config `clipcu train` uses when no --config is given.
@@ -228,7 +236,12 @@ pub fn run(a: &TrainArgs) -> Result<()> {
             "--nproc-per-node 0: give at least 1 rank".into(),
         ));
     }
-    clipcu::train::data_parallel::local_batch(a.batch_size, a.nproc_per_node)?;
+    let launch = launch(a)?;
+    let world = match &launch {
+        Launch::Threads(n) | Launch::Spawn(n) => *n,
+        Launch::Rank(info) => info.world_size,
+    };
+    clipcu::train::data_parallel::local_batch(a.batch_size, world)?;
     let outputs = [
         "checkpoint.safetensors",
         "model.safetensors",
@@ -280,14 +293,31 @@ pub fn run(a: &TrainArgs) -> Result<()> {
             )));
         }
     }
-    let device = crate::pick_device(&a.device)?;
-    if a.nproc_per_node > 1 && matches!(device, clipcu::Device::Cuda(_)) {
-        return Err(clipcu::Error::Msg(format!(
-            "--nproc-per-node {} on {device}: data parallelism across GPUs needs NCCL, which is \
-             not wired into the trainer yet; ranks as threads run on --device cpu or emu",
-            a.nproc_per_node
-        )));
+    let timeout = Duration::from_secs(a.dist_timeout);
+    if let Launch::Spawn(n) = launch {
+        return spawn_ranks(n, timeout);
     }
+    // A rank of a multi-process job: NCCL (probed; rank 0's id over the rendezvous) before
+    // anything is built, so that a job that cannot communicate fails at once on every rank.
+    let nccl = match &launch {
+        Launch::Rank(info) => {
+            eprintln!(
+                "rank {} of {} ({}): cuda:{}, rendezvous at {}:{}",
+                info.rank,
+                info.world_size,
+                info.launcher,
+                info.local_rank,
+                info.master_addr,
+                info.master_port
+            );
+            Some(clipcu::dist::nccl::Nccl::connect(info, timeout)?)
+        }
+        _ => None,
+    };
+    let device = match &nccl {
+        Some(c) => c.device(),
+        None => crate::pick_device(&a.device)?,
+    };
     // Every rank builds its own replica the same way (`lead`: rank 0, which says what it does).
     let make = |lead: bool| -> Result<(Trainer, String)> {
         Ok(match &a.resume {
@@ -359,51 +389,209 @@ pub fn run(a: &TrainArgs) -> Result<()> {
             },
         })
     };
-    if a.nproc_per_node <= 1 {
-        let (mut trainer, model_name) = make(true)?;
-        trainer.to_device(device)?;
-        header(a, &trainer, &model_name, device);
+    // One rank of a group (threads or processes): its replica, then the group's run.
+    let rank_run = |comm: Box<dyn clipcu::dist::Communicator>| {
+        let lead = comm.rank() == 0;
+        let made = make(lead).and_then(|(mut t, name)| {
+            t.to_device(device)?;
+            Ok((t, name))
+        });
+        // a rank that could not start stops the others now, not at the step's timeout
+        let all = clipcu::train::data_parallel::all_ok(comm.as_ref(), made.is_ok());
+        let (mut trainer, model_name) = made?;
+        all?;
+        trainer.set_communicator(comm)?;
+        if a.zero1 {
+            trainer.set_zero1()?;
+        }
+        if lead {
+            header(a, &trainer, &model_name, device);
+        }
         let start_step = trainer.step;
         let start = Instant::now();
         let last = trainer.run(&opts)?;
         let secs = start.elapsed().as_secs_f64();
-        return report(
-            a,
-            &last,
-            start_step,
-            trainer.step,
-            secs,
-            trainer.data.skips(),
-        );
-    }
-    let ranks = clipcu::train::data_parallel::run_ranks(
-        a.nproc_per_node,
-        Duration::from_secs(a.dist_timeout),
-        |comm| {
-            let lead = clipcu::dist::Communicator::rank(&comm) == 0;
-            let made = make(lead).and_then(|(mut t, name)| {
-                t.to_device(device)?;
-                Ok((t, name))
-            });
-            // a rank that could not start stops the others now, not at the step's timeout
-            let all = clipcu::train::data_parallel::all_ok(&comm, made.is_ok());
-            let (mut trainer, model_name) = made?;
-            all?;
-            trainer.set_communicator(Box::new(comm))?;
-            if lead {
-                header(a, &trainer, &model_name, device);
+        Ok(lead.then(|| (last, start_step, trainer.step, secs, trainer.data.skips())))
+    };
+    let lead_result = match (launch, nccl) {
+        (Launch::Rank(_), Some(comm)) => rank_run(Box::new(comm))?,
+        (Launch::Threads(n), _) if n > 1 => {
+            let ranks = clipcu::train::data_parallel::run_ranks(n, timeout, |comm| {
+                rank_run(Box::new(comm))
+            })?;
+            ranks.into_iter().next().flatten()
+        }
+        _ => {
+            let (mut trainer, model_name) = make(true)?;
+            trainer.to_device(device)?;
+            if a.zero1 {
+                trainer.set_zero1()?; // the error: it needs ranks
             }
+            header(a, &trainer, &model_name, device);
             let start_step = trainer.step;
             let start = Instant::now();
             let last = trainer.run(&opts)?;
             let secs = start.elapsed().as_secs_f64();
-            Ok(lead.then(|| (last, start_step, trainer.step, secs, trainer.data.skips())))
-        },
-    )?;
-    let Some(Some((last, start_step, end_step, secs, skips))) = ranks.into_iter().next() else {
-        return Err(clipcu::Error::Msg("rank 0 reported nothing".into()));
+            return report(
+                a,
+                &last,
+                start_step,
+                trainer.step,
+                secs,
+                trainer.data.skips(),
+            );
+        }
     };
-    report(a, &last, start_step, end_step, secs, skips)
+    match lead_result {
+        Some((last, start_step, end_step, secs, skips)) => {
+            report(a, &last, start_step, end_step, secs, skips)
+        }
+        // ranks other than 0 report nothing: rank 0 speaks for the group
+        None => Ok(()),
+    }
+}
+
+/// How this `clipcu train` process runs.
+enum Launch {
+    /// One process (N = 1) or N ranks as threads on the in-process communicator (cpu, emu).
+    Threads(usize),
+    /// The launcher of N rank processes of this program, one per GPU.
+    Spawn(usize),
+    /// One rank of a multi-process job (torchrun, SLURM, or [`Launch::Spawn`]), on NCCL.
+    Rank(clipcu::dist::RankInfo),
+}
+
+/// Whether `--device` names a GPU (`cuda`, `cuda:N`), or `auto` would pick one.
+fn wants_cuda(device: &str) -> bool {
+    match device {
+        "auto" => matches!(clipcu::Device::auto().0, clipcu::Device::Cuda(_)),
+        d => d.starts_with("cuda"),
+    }
+}
+
+fn launch(a: &TrainArgs) -> Result<Launch> {
+    let env = clipcu::dist::RankInfo::from_process_env()?;
+    let cuda = wants_cuda(&a.device);
+    Ok(match env {
+        // a launcher's rank; a world of 1 too when torchrun's variables say so (the same NCCL
+        // path, e.g. the GPU check), but not every single-task SLURM job
+        Some(info) if cuda && (info.world_size > 1 || info.launcher == "torchrun") => {
+            Launch::Rank(info)
+        }
+        Some(info) if info.world_size > 1 => {
+            return Err(clipcu::Error::Msg(format!(
+                "this process is rank {} of {} ({}'s variables are set), but --device {} has no \
+                 NCCL: multi-process ranks run on --device cuda; on cpu or emu, run one process \
+                 with --nproc-per-node {} (ranks as threads)",
+                info.rank, info.world_size, info.launcher, a.device, info.world_size
+            )))
+        }
+        _ if a.nproc_per_node > 1 && cuda => Launch::Spawn(a.nproc_per_node),
+        _ => Launch::Threads(a.nproc_per_node),
+    })
+}
+
+/// `--nproc-per-node N --device cuda`: N processes of this program with the same arguments,
+/// as torchrun starts them (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR=127.0.0.1, MASTER_PORT:
+/// the environment's or a free port). Their stderr comes through prefixed with the rank. When
+/// a rank fails, the others get `timeout` (at most 30 s) to fail on their own — their errors
+/// say what they saw — and are then stopped; the error is the first failing rank's.
+fn spawn_ranks(n: usize, timeout: Duration) -> Result<()> {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let port = match std::env::var("MASTER_PORT") {
+        Ok(p) => p,
+        Err(_) => std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port().to_string())
+            .map_err(|e| clipcu::Error::Msg(format!("no free port for the rendezvous: {e}")))?,
+    };
+    let exe = std::env::current_exe()
+        .map_err(|e| clipcu::Error::Msg(format!("cannot find this program to spawn ranks: {e}")))?;
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    eprintln!("starting {n} ranks (processes, NCCL), rendezvous at 127.0.0.1:{port}");
+    let mut children = Vec::with_capacity(n);
+    let mut readers = Vec::with_capacity(n);
+    let last_error: Vec<std::sync::Arc<std::sync::Mutex<Option<String>>>> =
+        (0..n).map(|_| Default::default()).collect();
+    for (r, slot) in last_error.iter().enumerate() {
+        let child = Command::new(&exe)
+            .args(&args)
+            .env("RANK", r.to_string())
+            .env("WORLD_SIZE", n.to_string())
+            .env("LOCAL_RANK", r.to_string())
+            .env("LOCAL_WORLD_SIZE", n.to_string())
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", &port)
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn();
+        let mut child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                for c in children.iter_mut() {
+                    let _ = std::process::Child::kill(c);
+                    let _ = std::process::Child::wait(c);
+                }
+                return Err(clipcu::Error::Msg(format!("cannot start rank {r}: {e}")));
+            }
+        };
+        let stderr = child.stderr.take().expect("piped");
+        let slot = slot.clone();
+        readers.push(std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(e) = line.strip_prefix("error: ") {
+                    *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                }
+                eprintln!("[rank {r}] {line}");
+            }
+        }));
+        children.push(child);
+    }
+    let mut status: Vec<Option<std::process::ExitStatus>> = vec![None; n];
+    let mut first_failure: Option<(usize, Instant)> = None;
+    let grace = timeout.min(Duration::from_secs(30));
+    while status.iter().any(Option::is_none) {
+        for (r, c) in children.iter_mut().enumerate() {
+            if status[r].is_none() {
+                if let Ok(Some(s)) = c.try_wait() {
+                    status[r] = Some(s);
+                    if !s.success() && first_failure.is_none() {
+                        first_failure = Some((r, Instant::now()));
+                    }
+                }
+            }
+        }
+        if let Some((_, at)) = first_failure {
+            if at.elapsed() > grace {
+                for (r, c) in children.iter_mut().enumerate() {
+                    if status[r].is_none() {
+                        let _ = c.kill();
+                        status[r] = c.wait().ok();
+                    }
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for h in readers {
+        let _ = h.join();
+    }
+    match first_failure {
+        None => Ok(()),
+        Some((r, _)) => {
+            let why = last_error[r]
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+                .unwrap_or_else(|| "no error message (see its output above)".into());
+            Err(clipcu::Error::Msg(format!(
+                "rank {r} of {n} failed ({}): {why}",
+                status[r].map_or("killed".into(), |s| s.to_string())
+            )))
+        }
+    }
 }
 
 /// What a run is about to train, said once (by rank 0).
@@ -411,6 +599,7 @@ fn header(a: &TrainArgs, trainer: &Trainer, model_name: &str, device: clipcu::De
     let m = &trainer.model.config;
     let ranks = match trainer.world_size() {
         1 => String::new(),
+        n if matches!(device, clipcu::Device::Cuda(_)) => format!(" × {n} ranks (NCCL)"),
         n => format!(" × {n} ranks (threads, in-process communicator)"),
     };
     eprintln!(
