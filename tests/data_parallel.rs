@@ -498,6 +498,7 @@ fn reduced_column_gradients_equal_the_full_batch_feature_gradients() {
                 &p,
                 true,
                 true,
+                1.0,
             )?;
             Ok((
                 out.loss.item()?,
@@ -565,6 +566,7 @@ fn the_gathered_loss_runs_on_the_ranks_kernel_device() {
                 &p,
                 true,
                 true,
+                1.0,
             )?;
             let grad = p.grad().unwrap();
             for (what, t) in [

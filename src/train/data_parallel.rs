@@ -80,7 +80,8 @@ pub struct GatheredLoss {
 }
 
 /// Steps 2–4 of the module doc on this rank's features `image`, `text` [n, D]: gather, the local
-/// loss, its backward seeded with 1/world, and the column gradients reduced to their owners.
+/// loss, its backward seeded with `loss_scale`/world (`loss_scale`: the f16 precisions' loss
+/// scaler's factor, 1 otherwise), and the column gradients reduced to their owners.
 /// `logit_scale` receives this rank's share of ∂L/∂logit_scale (the sum over ranks is the full
 /// gradient). `need_image` / `need_text` false (a locked tower) skips that side's reduction;
 /// every rank must pass the same flags, since they decide which collectives run.
@@ -91,6 +92,7 @@ pub fn gathered_contrastive_backward(
     logit_scale: &Param,
     need_image: bool,
     need_text: bool,
+    loss_scale: f32,
 ) -> Result<GatheredLoss> {
     let (rank, world) = (comm.rank(), comm.world_size());
     let device = image.device();
@@ -115,7 +117,8 @@ pub fn gathered_contrastive_backward(
     );
     let vs = lg.leaf(logit_scale.value());
     let (loss, i2t, t2i) = lg.contrastive_local_with_accuracy(&vil, &vtl, &via, &vta, &vs, rank)?;
-    let seed = Tensor::full_on(1.0 / world as f32, loss.shape().to_vec(), device)?;
+    // (the scale is a power of two: the seed is as exact as 1/world)
+    let seed = Tensor::full_on(loss_scale / world as f32, loss.shape().to_vec(), device)?;
     let grads = lg.backward_with(&loss, seed)?;
     let grad = |v: &crate::Var| -> Result<Tensor> {
         grads
@@ -229,6 +232,7 @@ pub fn data_parallel_forward_backward(
         &model.logit_scale,
         need_image,
         need_text,
+        model.step_precision.loss_scale,
     )?;
     backward_micro(parts, &g.d_image, &g.d_text)?;
     all_reduce_gradients(&model.parameters(), comm, BUCKET_ELEMENTS)?;

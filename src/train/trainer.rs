@@ -684,14 +684,6 @@ impl Trainer {
     /// world size does not divide the batch, or once a batch was fetched ahead.
     pub fn set_communicator(&mut self, comm: Box<dyn Communicator>) -> Result<()> {
         local_batch(self.config.batch_size, comm.world_size())?;
-        if self.scaler.is_some() && comm.world_size() > 1 {
-            return Err(Error::Msg(format!(
-                "--precision {} with {} ranks: the data-parallel step does not scale the loss \
-                 yet; use amp_bf16 or pure_bf16 (bf16 needs no loss scaling) or one rank",
-                self.config.precision(),
-                comm.world_size()
-            )));
-        }
         if self.next.is_some() {
             return Err(Error::Msg(
                 "set_communicator: a batch was already fetched for one process; join the group \
@@ -740,6 +732,13 @@ impl Trainer {
         }
         if self.opt.config.moments != crate::optim::MomentPrecision::F32 {
             return Err(Error::Msg("--zero1 shards f32 moments only so far".into()));
+        }
+        if self.scaler.is_some() {
+            return Err(Error::Msg(format!(
+                "--zero1 with --precision {}: the sharded step does not unscale the loss \
+                 scaler's gradients yet; use amp_bf16 (no loss scaling) or leave --zero1 out",
+                self.config.precision()
+            )));
         }
         if self.zero.is_some() {
             return Ok(());
@@ -927,8 +926,8 @@ impl Trainer {
         };
         // On a kernel device the clip factor stays in device memory for the step below. With a
         // loss scaler the norm is always taken: it unscales the gradients and tells an
-        // overflowed step (ZeRO-1 and the scaler never meet: the scaler is refused with
-        // several ranks, ZeRO-1 needs them).
+        // overflowed step (ZeRO-1 and the scaler never meet: `set_zero1` refuses the f16
+        // precisions).
         let norm = match (self.config.grad_clip, loss_scale, &self.zero) {
             (max, Some(s), _) => Some(
                 self.opt
