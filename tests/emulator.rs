@@ -1163,22 +1163,18 @@ fn asan_unary() -> Vec<AsanLaunch> {
         let cfg = LaunchConfig::for_elements(n, 256);
         for t in DTYPES {
             let b = || tbuf(t, n);
-            v.push(launch_of(
-                format!("gelu_fwd_{t}"),
-                cfg,
-                vec![b(), b(), int(n)],
-            ));
-            let bwd = vec![b(), b(), b(), int(n)];
-            v.push(launch_of(format!("gelu_bwd_{t}"), cfg, bwd));
+            for k in ["gelu", "quick_gelu", "relu", "exp", "log", "sigmoid"] {
+                v.push(launch_of(
+                    format!("{k}_fwd_{t}"),
+                    cfg,
+                    vec![b(), b(), int(n)],
+                ));
+                let bwd = vec![b(), b(), b(), int(n)];
+                v.push(launch_of(format!("{k}_bwd_{t}"), cfg, bwd));
+            }
+            let scale = vec![b(), b(), flt(0.5), int(n)];
+            v.push(launch_of(format!("scale_fwd_{t}"), cfg, scale));
         }
-        for k in ["quick_gelu", "relu", "exp", "log", "sigmoid"] {
-            let fwd = vec![fbuf(n), fbuf(n), int(n)];
-            v.push(launch_of(format!("{k}_fwd_f32"), cfg, fwd));
-            let bwd = vec![fbuf(n), fbuf(n), fbuf(n), int(n)];
-            v.push(launch_of(format!("{k}_bwd_f32"), cfg, bwd));
-        }
-        let scale = vec![fbuf(n), fbuf(n), flt(0.5), int(n)];
-        v.push(launch_of("scale_fwd_f32", cfg, scale));
         v.push(launch_of("fill_f32", cfg, vec![fbuf(n), flt(1.0), int(n)]));
     }
     v
@@ -1208,25 +1204,32 @@ fn asan_binary() -> Vec<AsanLaunch> {
         for t in DTYPES {
             let args = vec![tbuf(t, n), tbuf(t, n), tbuf(t, d), int(rows), int(d)];
             v.push(launch_of(format!("add_bias_fwd_{t}"), cfg, args));
-        }
-        let args = vec![fbuf(d), fbuf(n), int(rows), int(d)];
-        v.push(launch_of("bias_bwd_f32", bias_bwd_cfg(d), args));
-        // Each operand the full shape (n) or a repeated trailing block ([d], or a [] scalar).
-        for (na, nb) in [(n, n), (n, d), (d, n), (n, 1), (1, n)] {
-            for k in ["mul", "sub", "div"] {
-                let args = vec![fbuf(n), fbuf(na), fbuf(nb), int(n), int(na), int(nb)];
-                v.push(launch_of(format!("{k}_fwd_f32"), cfg, args));
+            let args = vec![tbuf(t, d), tbuf(t, n), int(rows), int(d)];
+            v.push(launch_of(format!("bias_bwd_{t}"), bias_bwd_cfg(d), args));
+            // Each operand the full shape (n) or a repeated trailing block ([d], or a [] scalar).
+            for (na, nb) in [(n, n), (n, d), (d, n), (n, 1), (1, n)] {
+                for k in ["mul", "sub", "div"] {
+                    let args = vec![
+                        tbuf(t, n),
+                        tbuf(t, na),
+                        tbuf(t, nb),
+                        int(n),
+                        int(na),
+                        int(nb),
+                    ];
+                    v.push(launch_of(format!("{k}_fwd_{t}"), cfg, args));
+                }
+                let args = vec![
+                    tbuf(t, n),
+                    tbuf(t, n),
+                    tbuf(t, na),
+                    tbuf(t, nb),
+                    int(n),
+                    int(na),
+                    int(nb),
+                ];
+                v.push(launch_of(format!("div_bwd_b_{t}"), cfg, args));
             }
-            let args = vec![
-                fbuf(n),
-                fbuf(n),
-                fbuf(na),
-                fbuf(nb),
-                int(n),
-                int(na),
-                int(nb),
-            ];
-            v.push(launch_of("div_bwd_b_f32", cfg, args));
         }
     }
     v
@@ -1255,49 +1258,51 @@ fn asan_layernorm() -> Vec<AsanLaunch> {
             ];
             v.push(launch_of(format!("layernorm_fwd_{t}"), rcfg, args));
         }
-        let args = vec![
-            fbuf(n),
-            fbuf(n),
-            fbuf(rows),
-            fbuf(rows),
-            fbuf(n),
-            fbuf(n),
-            fbuf(d),
-            fbuf(d),
-            int(rows),
-            int(d),
-            flt(1e-5),
-        ];
-        v.push(launch_of("layernorm_residual_fwd_f32", rcfg, args));
-        let args = vec![
-            fbuf(n),
-            fbuf(n),
-            fbuf(n),
-            fbuf(d),
-            fbuf(rows),
-            fbuf(rows),
-            int(rows),
-            int(d),
-        ];
-        v.push(launch_of("layernorm_bwd_f32", rcfg, args));
         let nchunks = rows.div_ceil(CHUNK).max(1);
         let cfg1 = cfg(
             (d.div_ceil(32).max(1) as u32, nchunks as u32, 1),
             (32, 8, 1),
             0,
         );
-        let args = vec![
-            fbuf(nchunks * d),
-            fbuf(nchunks * d),
-            fbuf(n),
-            fbuf(n),
-            fbuf(rows),
-            fbuf(rows),
-            int(rows),
-            int(d),
-            int(CHUNK),
-        ];
-        v.push(launch_of("layernorm_bwd_dwdb_f32", cfg1, args));
+        for t in DTYPES {
+            let args = vec![
+                tbuf(t, n),
+                tbuf(t, n),
+                fbuf(rows),
+                fbuf(rows),
+                tbuf(t, n),
+                tbuf(t, n),
+                fbuf(d),
+                fbuf(d),
+                int(rows),
+                int(d),
+                flt(1e-5),
+            ];
+            v.push(launch_of(format!("layernorm_residual_fwd_{t}"), rcfg, args));
+            let args = vec![
+                tbuf(t, n),
+                tbuf(t, n),
+                tbuf(t, n),
+                fbuf(d),
+                fbuf(rows),
+                fbuf(rows),
+                int(rows),
+                int(d),
+            ];
+            v.push(launch_of(format!("layernorm_bwd_{t}"), rcfg, args));
+            let args = vec![
+                fbuf(nchunks * d),
+                fbuf(nchunks * d),
+                tbuf(t, n),
+                tbuf(t, n),
+                fbuf(rows),
+                fbuf(rows),
+                int(rows),
+                int(d),
+                int(CHUNK),
+            ];
+            v.push(launch_of(format!("layernorm_bwd_dwdb_{t}"), cfg1, args));
+        }
         let args = vec![
             fbuf(d),
             fbuf(d),
@@ -1435,24 +1440,26 @@ fn asan_cross_entropy() -> Vec<AsanLaunch> {
     let mut v = Vec::new();
     for (n, c) in [(0, 5), (7, 50), (13, 77), (40, 3)] {
         let cf = LaunchConfig::warp_per_row(n);
-        let fwd = vec![
-            fbuf(n),
-            fbuf(n * c),
-            fbuf(n * c),
-            ibuf(n, c),
-            int(n),
-            int(c),
-        ];
-        v.push(launch_of("cross_entropy_fwd_f32", cf, fwd));
-        let bwd = vec![
-            fbuf(n * c),
-            fbuf(n * c),
-            ibuf(n, c),
-            fbuf(1),
-            int(n),
-            int(c),
-        ];
-        v.push(launch_of("cross_entropy_bwd_f32", cf, bwd));
+        for t in DTYPES {
+            let fwd = vec![
+                fbuf(n),
+                fbuf(n * c),
+                tbuf(t, n * c),
+                ibuf(n, c),
+                int(n),
+                int(c),
+            ];
+            v.push(launch_of(format!("cross_entropy_fwd_{t}"), cf, fwd));
+            let bwd = vec![
+                tbuf(t, n * c),
+                fbuf(n * c),
+                ibuf(n, c),
+                fbuf(1),
+                int(n),
+                int(c),
+            ];
+            v.push(launch_of(format!("cross_entropy_bwd_{t}"), cf, bwd));
+        }
         // the contrastive accuracies over square logits [n, n], both directions
         if c == 50 || n == 0 {
             for transpose in [0, 1] {
@@ -1806,27 +1813,49 @@ fn embedding_csr(ids: &[i32], vocab: usize) -> (Vec<i32>, Vec<i32>) {
 /// The ids include V − 1 and leave some rows absent (empty CSR ranges).
 fn asan_embedding() -> Vec<AsanLaunch> {
     let mut v = Vec::new();
-    for (vocab, n, d) in [(11, 13, 50), (5, 7, 130), (3, 1, 1), (4, 0, 3)] {
+    for (vocab, n, d) in [
+        (11usize, 13usize, 50usize),
+        (5, 7, 130),
+        (3, 1, 1),
+        (4, 0, 3),
+    ] {
         let ids: Vec<i32> = (0..n)
             .map(|k| (vocab - 1 - (k * k) % vocab) as i32)
             .collect();
-        let fwd = vec![fbuf(n * d), fbuf(vocab * d), ilist(&ids), int(n), int(d)];
-        let c = LaunchConfig::for_elements(n * d, 256);
-        v.push(launch_of("embedding_fwd_f32", c, fwd));
         let (off, pos) = embedding_csr(&ids, vocab);
-        let bwd = vec![
-            fbuf(vocab * d),
-            fbuf(n * d),
-            ilist(&off),
-            ilist(&pos),
-            int(d),
-        ];
-        let c = cfg(
+        let c_bwd = cfg(
             (vocab.max(1) as u32, d.div_ceil(128).max(1) as u32, 1),
             (128, 1, 1),
             0,
         );
-        v.push(launch_of("embedding_bwd_f32", c, bwd));
+        for t in DTYPES {
+            let fwd = vec![
+                tbuf(t, n * d),
+                tbuf(t, vocab * d),
+                ilist(&ids),
+                int(n),
+                int(d),
+            ];
+            let c = LaunchConfig::for_elements(n * d, 256);
+            v.push(launch_of(format!("embedding_fwd_{t}"), c, fwd));
+            // dw in the table's dtype; a 16-bit dy also into an f32 table (`_<t>_f32`)
+            for (w, name) in [
+                (t, format!("embedding_bwd_{t}")),
+                ("f32", format!("embedding_bwd_{t}_f32")),
+            ] {
+                if t == "f32" && name.ends_with("_f32_f32") {
+                    continue;
+                }
+                let bwd = vec![
+                    tbuf(w, vocab * d),
+                    tbuf(t, n * d),
+                    ilist(&off),
+                    ilist(&pos),
+                    int(d),
+                ];
+                v.push(launch_of(name, c_bwd, bwd));
+            }
+        }
     }
     v
 }

@@ -143,7 +143,9 @@ pub fn sum_to_shape(t: &Tensor, target: &[usize]) -> Result<Tensor> {
         }
         return acc.reshape(target.to_vec());
     }
-    let t = cpu_input("sum_to_shape", t)?;
+    // a 16-bit gradient: summed in f32, the result rounded back once to its dtype
+    let dtype = t.dtype();
+    let t = crate::ops::cpu_input_f32("sum_to_shape", t)?;
     let ts = t.f32s("sum_to_shape")?;
     let n: usize = target.iter().product();
     let trimmed: Vec<usize> = target.iter().copied().skip_while(|&d| d == 1).collect();
@@ -178,7 +180,7 @@ pub fn sum_to_shape(t: &Tensor, target: &[usize]) -> Result<Tensor> {
             i += 1;
         });
     }
-    Ok(Tensor::from_f32(out, target))
+    Tensor::from_f32(out, target).try_to_dtype(dtype)
 }
 
 /// Repeat `g` (shape of `in_shape` with `axis` removed) along `axis`, times `scale`.

@@ -1,0 +1,354 @@
+//! The f16/bf16 kernels of the training path beyond tests/kernels_half.rs (issue 14 item 2):
+//! LayerNorm backward and the fused residual + LayerNorm forward, the binary ops (residual and
+//! bias adds, mul, sub, div) with their backward, every unary activation forward/backward, the
+//! embedding lookup and its gradient, and cross-entropy on 16-bit logits.
+//! Each on Emu (normal and reverse lane order; Cuda when present) *and* on the CPU, both given
+//! the same 16-bit tensors, against the f32 CPU reference computed from the same rounded values.
+//!
+//! Bound: tests/kernels_half.rs's per-element `check16`: half an ulp of the output format
+//! relative to the reference (the one rounding of each 16-bit output), plus half f16's smallest
+//! subnormal, plus 1e-5·rms(ref) for the f32 reordering of sums (warp butterflies against the
+//! CPU's sequential loops). Where an output is computed from another 16-bit output (exp's and
+//! sigmoid's backward read the saved, rounded y), the reference is computed from that same
+//! rounded tensor, so each compared value is still one rounding away from its reference. f32
+//! outputs (LayerNorm's dw, db) at the f32 kernels' 1e-5 relative.
+
+mod common;
+use common::half::{check16, rounded};
+use common::on_each_kernel_device as on_each;
+
+use clipcu::ops::binary::{add, binary, BinaryKind};
+use clipcu::ops::layernorm::{layer_norm_backward, layer_norm_residual, layer_norm_stats};
+use clipcu::ops::unary::{unary, unary_backward, UnaryKind};
+use clipcu::{DType, Device, Tensor};
+
+const HALVES: [DType; 2] = [DType::F16, DType::BF16];
+
+/// `f` applied to each value of the f32 tensor `t`, rounded to `dtype`: (that, it in f32).
+fn mapped(t: &Tensor, dtype: DType, f: impl Fn(f32) -> f32) -> (Tensor, Tensor) {
+    let v: Vec<f32> = t.to_vec().into_iter().map(f).collect();
+    let h = Tensor::from_vec(v, t.shape().to_vec())
+        .unwrap()
+        .to_dtype(dtype);
+    let hf = h.to_dtype(DType::F32);
+    (h, hf)
+}
+
+#[test]
+fn layernorm_bwd_and_residual_16bit_match_f32_reference() {
+    on_each(|device, tag| {
+        for dtype in HALVES {
+            // 300 rows: two dw/db chunks of 256, the second partial
+            for (r, d) in [(1, 1), (7, 50), (77, 7), (300, 77), (3, 1000)] {
+                let seed = common::fresh_seed();
+                let (x, xf) = rounded(&[r, d], 1.0, seed, dtype);
+                let (res, resf) = rounded(&[r, d], 1.0, seed + 1, dtype);
+                let (dy, dyf) = rounded(&[r, d], 1.0, seed + 2, dtype);
+                let w = Tensor::randn([d], 1.0, seed + 3);
+                let b = Tensor::randn([d], 1.0, seed + 4);
+                let what = |k: &str| format!("{k} [{r},{d}]");
+
+                // backward, from the statistics of the f32 reference (identical inputs)
+                let (_, m, s) = layer_norm_stats(&xf, &w, &b, 1e-5).unwrap();
+                let (dx_ref, dw_ref, db_ref) = layer_norm_backward(&xf, &w, &m, &s, &dyf).unwrap();
+                for (on, t) in [(device, tag), (Device::Cpu, "cpu")] {
+                    let to = |t: &Tensor| t.to_device(on).unwrap();
+                    let (dx, dw, db) =
+                        layer_norm_backward(&to(&x), &to(&w), &to(&m), &to(&s), &to(&dy)).unwrap();
+                    check16(&what("layernorm_bwd dx"), t, seed, dtype, &dx, &dx_ref);
+                    // the parameters' gradients stay f32
+                    for (name, got, want) in [("dw", &dw, &dw_ref), ("db", &db, &db_ref)] {
+                        assert_eq!(got.dtype(), DType::F32, "{name} dtype on {t}");
+                        common::check_kernel(
+                            &what(&format!("layernorm_bwd_dwdb {dtype} {name}")),
+                            t,
+                            seed,
+                            &got.to_device(Device::Cpu).unwrap(),
+                            want,
+                        );
+                    }
+                }
+
+                // residual forward: s = x + r rounded once, y = LN(s as stored)
+                let s_ref = add(&xf, &resf).unwrap();
+                let s_stored = s_ref.to_dtype(dtype).to_dtype(DType::F32);
+                let (y_ref, m_ref, rs_ref) = layer_norm_stats(&s_stored, &w, &b, 1e-5).unwrap();
+                for (on, t) in [(device, tag), (Device::Cpu, "cpu")] {
+                    let to = |t: &Tensor| t.to_device(on).unwrap();
+                    let (y, sum, mean, rstd) =
+                        layer_norm_residual(&to(&x), &to(&res), &to(&w), &to(&b), 1e-5).unwrap();
+                    check16(&what("layernorm_residual s"), t, seed, dtype, &sum, &s_ref);
+                    check16(&what("layernorm_residual y"), t, seed, dtype, &y, &y_ref);
+                    for (name, got, want) in [("mean", &mean, &m_ref), ("rstd", &rstd, &rs_ref)] {
+                        common::check_kernel(
+                            &what(&format!("layernorm_residual {dtype} {name}")),
+                            t,
+                            seed,
+                            &got.to_device(Device::Cpu).unwrap(),
+                            want,
+                        );
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// `a ∘ b` forward and its gradients through the graph, each once rounded from identical inputs
+/// (so shapes where a gradient is one rounding: mul and div with equal shapes — a broadcast
+/// operand's gradient would sum already-rounded products —, add and sub with a broadcast bias,
+/// whose gradient is a sum of the incoming gradient itself, exactly ±g).
+#[test]
+fn binary_16bit_fwd_bwd_match_f32_reference() {
+    on_each(|device, tag| {
+        for dtype in HALVES {
+            for (kind, a_shape, b_shape) in [
+                (BinaryKind::Add, vec![197, 77], vec![197, 77]),
+                (BinaryKind::Add, vec![3, 50, 33], vec![33]),
+                (BinaryKind::Add, vec![33], vec![7, 33]),
+                (BinaryKind::Sub, vec![7, 50], vec![50]),
+                (BinaryKind::Sub, vec![1], vec![13, 33]),
+                (BinaryKind::Mul, vec![13, 301], vec![13, 301]),
+                (BinaryKind::Div, vec![1000], vec![1000]),
+            ] {
+                let seed = common::fresh_seed();
+                let (a, af) = rounded(&a_shape, 1.0, seed, dtype);
+                let (b, bf) = rounded(&b_shape, 1.0, seed + 1, dtype);
+                // a divisor away from 0, so |a/b| stays in f16's range
+                let (b, bf) = if kind == BinaryKind::Div {
+                    mapped(&bf, dtype, |v| 2.0 + v.abs())
+                } else {
+                    (b, bf)
+                };
+                let want = binary(kind, &af, &bf).unwrap();
+                let (dy, dyf) = rounded(want.shape(), 1.0, seed + 2, dtype);
+                let f = |g: &clipcu::Graph, v: &[clipcu::Var]| match kind {
+                    BinaryKind::Add => g.add(&v[0], &v[1]),
+                    BinaryKind::Sub => g.sub(&v[0], &v[1]),
+                    BinaryKind::Mul => g.mul(&v[0], &v[1]),
+                    BinaryKind::Div => g.div(&v[0], &v[1]),
+                };
+                let (_, want_grads) = common::graph_grads(Device::Cpu, &[af, bf], &dyf, f);
+                for (on, t) in [(device, tag), (Device::Cpu, "cpu")] {
+                    let (out, grads) = common::graph_grads(on, &[a.clone(), b.clone()], &dy, f);
+                    let what = format!("{kind:?} {a_shape:?} {b_shape:?}");
+                    check16(&format!("{what} fwd"), t, seed, dtype, &out, &want);
+                    for (i, (g, w)) in grads.iter().zip(&want_grads).enumerate() {
+                        check16(&format!("{what} grad {i}"), t, seed, dtype, g, w);
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Every activation's forward and backward in 16 bits. Backward from the input (GELU, QuickGELU,
+/// ReLU, log, scale) with `unary_backward`; from the saved output (exp, sigmoid) through the
+/// graph, the reference computed from the kernel's own rounded y (header).
+#[test]
+fn unary_16bit_fwd_bwd_match_f32_reference() {
+    use clipcu::ops::binary::{mul, sub};
+    on_each(|device, tag| {
+        for dtype in HALVES {
+            for kind in [
+                UnaryKind::Gelu,
+                UnaryKind::QuickGelu,
+                UnaryKind::Relu,
+                UnaryKind::Exp,
+                UnaryKind::Log,
+                UnaryKind::Sigmoid,
+                UnaryKind::Scale(-0.37),
+            ] {
+                for n in [1, 7, 257, 1000] {
+                    let seed = common::fresh_seed();
+                    let (x, xf) = rounded(&[n], 2.0, seed, dtype);
+                    // log: positive inputs; exp: |x| ≲ 8 keeps e^x inside f16's range
+                    let (x, xf) = if kind == UnaryKind::Log {
+                        mapped(&xf, dtype, |v| v.abs() + 0.01)
+                    } else {
+                        (x, xf)
+                    };
+                    let (dy, dyf) = rounded(&[n], 1.0, seed + 1, dtype);
+                    let want = unary(kind, &xf).unwrap();
+                    let what = format!("{kind:?} n={n}");
+                    for (on, t) in [(device, tag), (Device::Cpu, "cpu")] {
+                        let to = |t: &Tensor| t.to_device(on).unwrap();
+                        let y = unary(kind, &to(&x)).unwrap();
+                        assert_eq!(y.device(), on);
+                        check16(&format!("{what} fwd"), t, seed, dtype, &y, &want);
+                        let (dx, want_dx) = match kind {
+                            UnaryKind::Exp | UnaryKind::Sigmoid => {
+                                let (y, grads) = common::graph_grads(
+                                    on,
+                                    std::slice::from_ref(&x),
+                                    &dy,
+                                    |g, v| g.unary(kind, &v[0]),
+                                );
+                                let yr = y.to_dtype(DType::F32);
+                                let want = if kind == UnaryKind::Exp {
+                                    mul(&dyf, &yr).unwrap()
+                                } else {
+                                    let one_minus = sub(&Tensor::scalar(1.0), &yr).unwrap();
+                                    mul(&mul(&dyf, &yr).unwrap(), &one_minus).unwrap()
+                                };
+                                (grads[0].clone(), want)
+                            }
+                            _ => (
+                                unary_backward(kind, &to(&x), &to(&dy)).unwrap(),
+                                unary_backward(kind, &xf, &dyf).unwrap(),
+                            ),
+                        };
+                        check16(&format!("{what} bwd"), t, seed, dtype, &dx, &want_dx);
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Operands of different dtypes are errors that name the op and both dtypes, on every device.
+#[test]
+fn mixed_dtypes_of_the_training_ops_are_clear_errors() {
+    for device in [Device::Emu, Device::Cpu] {
+        let h = |shape: &[usize], d: DType| {
+            Tensor::randn(shape.to_vec(), 1.0, 3)
+                .to_dtype(d)
+                .to_device(device)
+                .unwrap()
+        };
+        let (x16, xb) = (h(&[7, 50], DType::F16), h(&[7, 50], DType::BF16));
+        let e = binary(BinaryKind::Mul, &x16, &xb).unwrap_err().to_string();
+        assert!(
+            e.contains("mul") && e.contains("f16") && e.contains("bf16"),
+            "{device}: {e}"
+        );
+        let x32 = h(&[7, 50], DType::F32);
+        let e = add(&x16, &x32).unwrap_err().to_string();
+        assert!(
+            e.contains("add") && e.contains("f16") && e.contains("f32"),
+            "{device}: {e}"
+        );
+        let e = unary_backward(UnaryKind::QuickGelu, &x16, &xb)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unary backward") && e.contains("bf16"),
+            "{device}: {e}"
+        );
+        let (w, m) = (h(&[50], DType::F32), h(&[7], DType::F32));
+        let e = layer_norm_backward(&x16, &w, &m, &m, &xb)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("layer_norm backward") && e.contains("f16") && e.contains("bf16"),
+            "{device}: {e}"
+        );
+        let e = layer_norm_residual(&x16, &xb, &w, &w, 1e-5)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("f16") && e.contains("bf16"), "{device}: {e}");
+    }
+}
+
+/// A 16-bit table's lookup is a copy (bit-identical on every device); its gradient is summed
+/// in f32 in id order and rounded once into a 16-bit table (`check16`), or kept f32 for an f32
+/// table (then the very sums of the f32 reference, in the same order: bit-identical).
+#[test]
+fn embedding_16bit_fwd_bwd_match_f32_reference() {
+    use clipcu::ops::embedding::{embedding, embedding_backward, embedding_backward_as};
+    on_each(|device, tag| {
+        for dtype in HALVES {
+            for (vocab, n, d) in [(11, 13, 50), (5, 77, 130), (3, 1, 1)] {
+                let seed = common::fresh_seed();
+                let (w, wf) = rounded(&[vocab, d], 1.0, seed, dtype);
+                // repeated ids (a row's gradient sums several), and rows no id picks (vocab 3, n 1)
+                let ids: Vec<u32> = (0..n).map(|k| ((k * k + 3 * k) % vocab) as u32).collect();
+                let (dy, dyf) = rounded(&[n, d], 1.0, seed + 1, dtype);
+                let want = embedding(&wf, &ids, &[n]).unwrap().to_dtype(dtype);
+                let dw_ref = embedding_backward(&dyf, &ids, vocab).unwrap();
+                for (on, t) in [(device, tag), (Device::Cpu, "cpu")] {
+                    let to = |t: &Tensor| t.to_device(on).unwrap();
+                    let out = embedding(&to(&w), &ids, &[n]).unwrap();
+                    assert_eq!(out.dtype(), dtype, "embedding fwd dtype on {t}");
+                    assert_eq!(
+                        out.to_device(Device::Cpu)
+                            .unwrap()
+                            .to_dtype(DType::F32)
+                            .to_vec(),
+                        want.to_dtype(DType::F32).to_vec(),
+                        "embedding fwd {dtype} [{vocab},{d}] on {t}: a gather copies exactly"
+                    );
+                    let what = format!("embedding_bwd [{vocab},{d}] n={n}");
+                    let dw = embedding_backward(&to(&dy), &ids, vocab).unwrap();
+                    check16(&what, t, seed, dtype, &dw, &dw_ref);
+                    let dw32 = embedding_backward_as(&to(&dy), &ids, vocab, DType::F32).unwrap();
+                    assert_eq!(dw32.dtype(), DType::F32);
+                    assert_eq!(
+                        dw32.to_device(Device::Cpu).unwrap().to_vec(),
+                        dw_ref.to_vec(),
+                        "{what} {dtype} into an f32 table on {t}, seed={seed}"
+                    );
+                }
+            }
+        }
+    });
+}
+
+/// 16-bit logits: the loss (f32) at the f32 kernels' 1e-5 relative against the reference on the
+/// same rounded logits; the logits' gradient in their dtype through the graph (`check16`).
+#[test]
+fn cross_entropy_16bit_fwd_bwd_match_f32_reference() {
+    use clipcu::ops::cross_entropy::cross_entropy;
+    on_each(|device, tag| {
+        for dtype in HALVES {
+            for (n, c, square) in [
+                (7, 50, false),
+                (13, 0, true),
+                (40, 3, false),
+                (1, 1000, false),
+            ] {
+                let seed = common::fresh_seed();
+                let c = if square { n } else { c };
+                let (z, zf) = rounded(&[n, c], 3.0, seed, dtype);
+                // square logits with targets 0..N (the contrastive labels: no target upload)
+                let targets: Vec<u32> = if square {
+                    (0..n as u32).collect()
+                } else {
+                    (0..n).map(|i| ((i * 7 + 1) % c) as u32).collect()
+                };
+                let want = cross_entropy(&zf, &targets).unwrap();
+                let seed_grad = Tensor::scalar(0.75);
+                let (_, want_g) = common::graph_grads(
+                    Device::Cpu,
+                    std::slice::from_ref(&zf),
+                    &seed_grad,
+                    |g, v| g.cross_entropy(&v[0], &targets),
+                );
+                for (on, t) in [(device, tag), (Device::Cpu, "cpu")] {
+                    let what = format!("cross_entropy {dtype} [{n},{c}]");
+                    let loss = cross_entropy(&z.to_device(on).unwrap(), &targets).unwrap();
+                    assert_eq!(loss.dtype(), DType::F32, "{what}: the loss stays f32");
+                    common::check_kernel(
+                        &format!("{what} loss"),
+                        t,
+                        seed,
+                        &loss.to_device(Device::Cpu).unwrap(),
+                        &want,
+                    );
+                    let (_, g) =
+                        common::graph_grads(on, std::slice::from_ref(&z), &seed_grad, |g, v| {
+                            g.cross_entropy(&v[0], &targets)
+                        });
+                    check16(
+                        &format!("{what} dlogits"),
+                        t,
+                        seed,
+                        dtype,
+                        &g[0],
+                        &want_g[0],
+                    );
+                }
+            }
+        }
+    });
+}
