@@ -1666,58 +1666,61 @@ fn asan_attention() -> Vec<AsanLaunch> {
 /// elements, transpose01 over a·b·c.
 fn asan_layout() -> Vec<AsanLaunch> {
     let mut v = Vec::new();
-    for (outer, lens, inner) in [
-        (2, vec![3, 5, 1], 7),
-        (1, vec![2, 0, 5], 11),
-        (4, vec![1, 1], 1),
-    ] {
-        let total: usize = lens.iter().sum();
-        let mut start = 0;
-        for len in lens {
-            let part = outer * len * inner;
-            let args = vec![
-                fbuf(outer * total * inner),
-                fbuf(part),
-                int(outer),
-                int(len),
-                int(inner),
-                int(total),
-                int(start),
-            ];
+    for t in DTYPES {
+        for (outer, lens, inner) in [
+            (2, vec![3, 5, 1], 7),
+            (1, vec![2, 0, 5], 11),
+            (4, vec![1, 1], 1),
+        ] {
+            let total: usize = lens.iter().sum();
+            let mut start = 0;
+            for len in lens {
+                let part = outer * len * inner;
+                let args = vec![
+                    tbuf(t, outer * total * inner),
+                    tbuf(t, part),
+                    int(outer),
+                    int(len),
+                    int(inner),
+                    int(total),
+                    int(start),
+                ];
+                v.push(launch_of(
+                    format!("concat_fwd_{t}"),
+                    LaunchConfig::for_elements(part, 256),
+                    args,
+                ));
+                start += len;
+            }
+        }
+        for (outer, full, inner, start, len) in [(2, 9, 7, 0, 3), (2, 9, 7, 6, 3), (3, 5, 1, 4, 1)]
+        {
+            let (small, big) = (outer * len * inner, outer * full * inner);
+            let dims = [outer, full, len, inner, start].map(int);
+            let mut fwd = vec![tbuf(t, small), tbuf(t, big)];
+            fwd.extend(dims.iter().cloned());
             v.push(launch_of(
-                "concat_fwd_f32",
-                LaunchConfig::for_elements(part, 256),
+                format!("narrow_fwd_{t}"),
+                LaunchConfig::for_elements(small, 256),
+                fwd,
+            ));
+            let mut bwd = vec![tbuf(t, big), tbuf(t, small)];
+            bwd.extend(dims.iter().cloned());
+            v.push(launch_of(
+                format!("narrow_bwd_{t}"),
+                LaunchConfig::for_elements(big, 256),
+                bwd,
+            ));
+        }
+        for (a, b, c) in [(3, 7, 50), (5, 2, 1), (7, 3, 13)] {
+            let n = a * b * c;
+            let args = vec![tbuf(t, n), tbuf(t, n), int(a), int(b), int(c)];
+            v.push(launch_of(
+                format!("transpose01_{t}"),
+                LaunchConfig::for_elements(n, 256),
                 args,
             ));
-            start += len;
         }
-    }
-    for (outer, full, inner, start, len) in [(2, 9, 7, 0, 3), (2, 9, 7, 6, 3), (3, 5, 1, 4, 1)] {
-        let (small, big) = (outer * len * inner, outer * full * inner);
-        let dims = [outer, full, len, inner, start].map(int);
-        let mut fwd = vec![fbuf(small), fbuf(big)];
-        fwd.extend(dims.iter().cloned());
-        v.push(launch_of(
-            "narrow_fwd_f32",
-            LaunchConfig::for_elements(small, 256),
-            fwd,
-        ));
-        let mut bwd = vec![fbuf(big), fbuf(small)];
-        bwd.extend(dims.iter().cloned());
-        v.push(launch_of(
-            "narrow_bwd_f32",
-            LaunchConfig::for_elements(big, 256),
-            bwd,
-        ));
-    }
-    for (a, b, c) in [(3, 7, 50), (5, 2, 1), (7, 3, 13)] {
-        let n = a * b * c;
-        let args = vec![fbuf(n), fbuf(n), int(a), int(b), int(c)];
-        v.push(launch_of(
-            "transpose01_f32",
-            LaunchConfig::for_elements(n, 256),
-            args,
-        ));
     }
     // strided_copy (mirrors `strided_copy` in src/ops/layout/gpu.rs: grid_stride(n), the view's
     // whole storage in, merged dims outermost first, unused dims 1 with stride 0): a permuted
@@ -1869,47 +1872,25 @@ fn asan_batchnorm() -> Vec<AsanLaunch> {
         let (hw, total) = (h * w, n * c * h * w);
         let per_channel = cfg((c.max(1) as u32, 1, 1), (256, 1, 1), 0);
         let elems = LaunchConfig::for_elements(total, 256);
-        let stats = vec![
-            fbuf(c),
-            fbuf(c),
-            fbuf(c),
-            fbuf(total),
-            int(n),
-            int(c),
-            int(hw),
-            flt(1e-5),
-        ];
-        v.push(launch_of("batchnorm_stats_f32", per_channel, stats));
-        let apply = vec![
-            fbuf(total),
-            fbuf(total),
-            fbuf(c),
-            fbuf(c),
-            fbuf(c),
-            fbuf(c),
-            int(c),
-            int(hw),
-            int(total),
-        ];
-        v.push(launch_of("batchnorm_apply_f32", elems, apply));
-        let sums = vec![
-            fbuf(c),
-            fbuf(c),
-            fbuf(total),
-            fbuf(total),
-            fbuf(c),
-            fbuf(c),
-            int(n),
-            int(c),
-            int(hw),
-        ];
-        v.push(launch_of("batchnorm_bwd_sums_f32", per_channel, sums));
-        for training in [0, 1] {
-            let dx = vec![
-                fbuf(total),
-                fbuf(total),
-                fbuf(total),
+        for t in DTYPES {
+            let stats = vec![
                 fbuf(c),
+                fbuf(c),
+                fbuf(c),
+                tbuf(t, total),
+                int(n),
+                int(c),
+                int(hw),
+                flt(1e-5),
+            ];
+            v.push(launch_of(
+                format!("batchnorm_stats_{t}"),
+                per_channel,
+                stats,
+            ));
+            let apply = vec![
+                tbuf(t, total),
+                tbuf(t, total),
                 fbuf(c),
                 fbuf(c),
                 fbuf(c),
@@ -1917,10 +1898,42 @@ fn asan_batchnorm() -> Vec<AsanLaunch> {
                 int(c),
                 int(hw),
                 int(total),
-                flt(1.0 / (n * hw).max(1) as f32),
-                int(training),
             ];
-            v.push(launch_of("batchnorm_bwd_dx_f32", elems, dx));
+            v.push(launch_of(format!("batchnorm_apply_{t}"), elems, apply));
+            let sums = vec![
+                fbuf(c),
+                fbuf(c),
+                tbuf(t, total),
+                tbuf(t, total),
+                fbuf(c),
+                fbuf(c),
+                int(n),
+                int(c),
+                int(hw),
+            ];
+            v.push(launch_of(
+                format!("batchnorm_bwd_sums_{t}"),
+                per_channel,
+                sums,
+            ));
+            for training in [0, 1] {
+                let dx = vec![
+                    tbuf(t, total),
+                    tbuf(t, total),
+                    tbuf(t, total),
+                    fbuf(c),
+                    fbuf(c),
+                    fbuf(c),
+                    fbuf(c),
+                    fbuf(c),
+                    int(c),
+                    int(hw),
+                    int(total),
+                    flt(1.0 / (n * hw).max(1) as f32),
+                    int(training),
+                ];
+                v.push(launch_of(format!("batchnorm_bwd_dx_{t}"), elems, dx));
+            }
         }
     }
     v
@@ -1940,20 +1953,22 @@ fn asan_conv2d() -> Vec<AsanLaunch> {
         let (oh, ow) = ((h + 2 * pad - kh) / s + 1, (w + 2 * pad - kw) / s + 1);
         let (x, col) = (n * c * h * w, c * kh * kw * n * oh * ow);
         let dims = [n, c, h, w, kh, kw, s, pad, oh, ow].map(int);
-        let mut fwd = vec![fbuf(col), fbuf(x)];
-        fwd.extend(dims.iter().cloned());
-        v.push(launch_of(
-            "im2col_fwd_f32",
-            LaunchConfig::for_elements(col, 256),
-            fwd,
-        ));
-        let mut bwd = vec![fbuf(x), fbuf(col)];
-        bwd.extend(dims.iter().cloned());
-        v.push(launch_of(
-            "col2im_bwd_f32",
-            LaunchConfig::for_elements(x, 256),
-            bwd,
-        ));
+        for t in DTYPES {
+            let mut fwd = vec![tbuf(t, col), tbuf(t, x)];
+            fwd.extend(dims.iter().cloned());
+            v.push(launch_of(
+                format!("im2col_fwd_{t}"),
+                LaunchConfig::for_elements(col, 256),
+                fwd,
+            ));
+            let mut bwd = vec![tbuf(t, x), fbuf(col)];
+            bwd.extend(dims.iter().cloned());
+            v.push(launch_of(
+                format!("col2im_bwd_{t}"),
+                LaunchConfig::for_elements(x, 256),
+                bwd,
+            ));
+        }
     }
     v
 }
@@ -1967,20 +1982,22 @@ fn asan_pool() -> Vec<AsanLaunch> {
         let planes = n * c;
         let (x, y) = (planes * h * w, planes * oh * ow);
         let dims = [planes, h, w, k, s, oh, ow].map(int);
-        let mut fwd = vec![fbuf(y), fbuf(x)];
-        fwd.extend(dims.iter().cloned());
-        v.push(launch_of(
-            "avgpool_fwd_f32",
-            LaunchConfig::for_elements(y, 256),
-            fwd,
-        ));
-        let mut bwd = vec![fbuf(x), fbuf(y)];
-        bwd.extend(dims.iter().cloned());
-        v.push(launch_of(
-            "avgpool_bwd_f32",
-            LaunchConfig::for_elements(x, 256),
-            bwd,
-        ));
+        for t in DTYPES {
+            let mut fwd = vec![tbuf(t, y), tbuf(t, x)];
+            fwd.extend(dims.iter().cloned());
+            v.push(launch_of(
+                format!("avgpool_fwd_{t}"),
+                LaunchConfig::for_elements(y, 256),
+                fwd,
+            ));
+            let mut bwd = vec![tbuf(t, x), tbuf(t, y)];
+            bwd.extend(dims.iter().cloned());
+            v.push(launch_of(
+                format!("avgpool_bwd_{t}"),
+                LaunchConfig::for_elements(x, 256),
+                bwd,
+            ));
+        }
     }
     v
 }

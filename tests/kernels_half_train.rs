@@ -352,3 +352,61 @@ fn cross_entropy_16bit_fwd_bwd_match_f32_reference() {
         }
     });
 }
+
+/// The CPU takes 16-bit activations in the ops whose kernels tests/kernels_half.rs covers
+/// (softmax, L2 normalisation, LayerNorm forward): widened, computed in f32, rounded once — so
+/// within `check16` of the f32 reference on the same rounded values, in the input's dtype.
+#[test]
+fn cpu_ops_take_16bit_activations() {
+    use clipcu::ops::layernorm::layer_norm;
+    use clipcu::ops::normalize::{l2_normalize_backward, l2_normalize_stats};
+    use clipcu::ops::softmax::{softmax, softmax_backward};
+    for dtype in HALVES {
+        for (r, d) in [(1, 1), (7, 50), (3, 1000)] {
+            let seed = common::fresh_seed();
+            let (x, xf) = rounded(&[r, d], 2.0, seed, dtype);
+            let (dy, dyf) = rounded(&[r, d], 1.0, seed + 1, dtype);
+            let what = |k: &str| format!("{k} [{r},{d}]");
+            for causal in [false, d == r] {
+                let y = softmax(&x, causal).unwrap();
+                check16(
+                    &what("softmax"),
+                    "cpu",
+                    seed,
+                    dtype,
+                    &y,
+                    &softmax(&xf, causal).unwrap(),
+                );
+                let yr = y.to_dtype(DType::F32);
+                let dx = softmax_backward(&y, &dy).unwrap();
+                let want = softmax_backward(&yr, &dyf).unwrap();
+                check16(&what("softmax bwd"), "cpu", seed, dtype, &dx, &want);
+            }
+            let (y, norm) = l2_normalize_stats(&x).unwrap();
+            let (yf, normf) = l2_normalize_stats(&xf).unwrap();
+            check16(&what("l2norm"), "cpu", seed, dtype, &y, &yf);
+            assert_eq!(
+                norm.to_vec(),
+                normf.to_vec(),
+                "{}: the norms are f32",
+                what("l2norm")
+            );
+            let dx = l2_normalize_backward(&y, &norm, &dy).unwrap();
+            let want = l2_normalize_backward(&y.to_dtype(DType::F32), &normf, &dyf).unwrap();
+            check16(&what("l2norm bwd"), "cpu", seed, dtype, &dx, &want);
+            let (w, b) = (
+                Tensor::randn([d], 1.0, seed + 2),
+                Tensor::randn([d], 1.0, seed + 3),
+            );
+            let y = layer_norm(&x, &w, &b, 1e-5).unwrap();
+            check16(
+                &what("layernorm"),
+                "cpu",
+                seed,
+                dtype,
+                &y,
+                &layer_norm(&xf, &w, &b, 1e-5).unwrap(),
+            );
+        }
+    }
+}

@@ -26,6 +26,20 @@ pub const F32_PART: f64 = 1e-5;
 
 /// Every element of the 16-bit `out` against the f32 `reference` within the header's bound.
 pub fn check16(what: &str, tag: &str, seed: u64, dtype: DType, out: &Tensor, reference: &Tensor) {
+    check16_tol(what, tag, seed, dtype, out, reference, F32_PART)
+}
+
+/// [`check16`] with another f32 part (relative to the reference's rms), for a kernel whose f32
+/// instantiation is itself held to a looser bound against the CPU (the caller says why).
+pub fn check16_tol(
+    what: &str,
+    tag: &str,
+    seed: u64,
+    dtype: DType,
+    out: &Tensor,
+    reference: &Tensor,
+    f32_part: f64,
+) {
     assert_eq!(out.dtype(), dtype, "{what} on {tag}: output dtype");
     assert_eq!(out.shape(), reference.shape(), "{what} on {tag}: shape");
     let got = out
@@ -43,7 +57,7 @@ pub fn check16(what: &str, tag: &str, seed: u64, dtype: DType, out: &Tensor, ref
     };
     let u = unit(dtype);
     for (i, (&o, &r)) in got.iter().zip(&want).enumerate() {
-        let bound = u * (r as f64).abs() + subnormal + F32_PART * rms;
+        let bound = u * (r as f64).abs() + subnormal + f32_part * rms;
         let diff = (o as f64 - r as f64).abs();
         // `!(<=)`: a NaN fails
         assert!(
