@@ -1367,7 +1367,14 @@ fn asan_normalize() -> Vec<AsanLaunch> {
 
 /// One stage of the full sum: mirrors `one_stage` in src/ops/reduce/gpu.rs (grid ceil(n / chunk)
 /// of 256 threads over n elements); `out` is the size `sum_all` gives its output (nparts, then 1).
-fn reduce_stage(out: usize, n: usize, chunk: usize, square: bool, scale: f32) -> AsanLaunch {
+fn reduce_stage(
+    t: &str,
+    out: usize,
+    n: usize,
+    chunk: usize,
+    square: bool,
+    scale: f32,
+) -> AsanLaunch {
     let blocks = n.div_ceil(chunk.max(1)).max(1);
     assert_eq!(
         out, blocks,
@@ -1375,14 +1382,14 @@ fn reduce_stage(out: usize, n: usize, chunk: usize, square: bool, scale: f32) ->
     );
     let args = vec![
         fbuf(out),
-        fbuf(n),
+        tbuf(t, n),
         int(n),
         int(chunk.max(1)),
         int(square as usize),
         flt(scale),
     ];
     launch_of(
-        "reduce_sum_f32",
+        format!("reduce_sum_{t}"),
         cfg((blocks as u32, 1, 1), (256, 1, 1), 0),
         args,
     )
@@ -1396,39 +1403,54 @@ fn asan_reduce() -> Vec<AsanLaunch> {
     let mut v = Vec::new();
     for (n, square) in [(0usize, false), (5, true), (9000, false)] {
         let nparts = n.div_ceil(CHUNK).max(1);
-        v.push(reduce_stage(nparts, n, CHUNK, square, 1.0));
-        v.push(reduce_stage(1, nparts, nparts, false, 0.25));
+        // stage 1 on the input's dtype, stage 2 on the f32 partials
+        for t in DTYPES {
+            v.push(reduce_stage(t, nparts, n, CHUNK, square, 1.0));
+        }
+        v.push(reduce_stage("f32", 1, nparts, nparts, false, 0.25));
     }
-    for (outer, len, inner) in [(3, 7, 50), (1, 77, 1), (5, 1, 13), (2, 0, 3)] {
-        let (o, l, i) = (int(outer), int(len), int(inner));
-        let args = vec![
-            fbuf(outer * inner),
-            fbuf(outer * len * inner),
-            o.clone(),
-            l.clone(),
-            i.clone(),
-            int(1),
-            flt(1.0 / len.max(1) as f32),
-        ];
-        let c = LaunchConfig::for_elements(outer * inner, 256);
-        v.push(launch_of("sum_axis_f32", c, args));
-        let args = vec![
-            fbuf(outer * len * inner),
-            fbuf(outer * inner),
-            o,
-            l,
-            i,
-            flt(0.5),
-        ];
-        let c = LaunchConfig::for_elements(outer * len * inner, 256);
-        v.push(launch_of("expand_axis_f32", c, args));
+    for t in DTYPES {
+        for (outer, len, inner) in [(3, 7, 50), (1, 77, 1), (5, 1, 13), (2, 0, 3)] {
+            let (o, l, i) = (int(outer), int(len), int(inner));
+            let args = vec![
+                tbuf(t, outer * inner),
+                tbuf(t, outer * len * inner),
+                o.clone(),
+                l.clone(),
+                i.clone(),
+                int(1),
+                flt(1.0 / len.max(1) as f32),
+            ];
+            let c = LaunchConfig::for_elements(outer * inner, 256);
+            v.push(launch_of(format!("sum_axis_{t}"), c, args));
+            let args = vec![
+                tbuf(t, outer * len * inner),
+                tbuf(t, outer * inner),
+                o,
+                l,
+                i,
+                flt(0.5),
+            ];
+            let c = LaunchConfig::for_elements(outer * len * inner, 256);
+            v.push(launch_of(format!("expand_axis_{t}"), c, args));
+        }
     }
-    for [b, t, h, dh, s] in [[2, 7, 3, 5, 3], [3, 5, 2, 4, 1], [1, 77, 1, 33, 3]] {
-        let n = s * b * h * t * dh;
-        let c = LaunchConfig::for_elements(n, 256);
-        for k in ["head_split_fwd_f32", "head_split_bwd_f32"] {
-            let args = vec![fbuf(n), fbuf(n), int(b), int(t), int(h), int(dh), int(s)];
-            v.push(launch_of(k, c, args));
+    for ty in DTYPES {
+        for [b, t, h, dh, s] in [[2, 7, 3, 5, 3], [3, 5, 2, 4, 1], [1, 77, 1, 33, 3]] {
+            let n = s * b * h * t * dh;
+            let c = LaunchConfig::for_elements(n, 256);
+            for k in ["head_split_fwd", "head_split_bwd"] {
+                let args = vec![
+                    tbuf(ty, n),
+                    tbuf(ty, n),
+                    int(b),
+                    int(t),
+                    int(h),
+                    int(dh),
+                    int(s),
+                ];
+                v.push(launch_of(format!("{k}_{ty}"), c, args));
+            }
         }
     }
     v

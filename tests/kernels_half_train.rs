@@ -410,3 +410,102 @@ fn cpu_ops_take_16bit_activations() {
         }
     }
 }
+
+/// One-axis sum/mean and its gradient in the input's dtype (f32 sums, one rounding); the full
+/// sum's result stays f32 (a scalar loss or norm) with its gradient in the input's dtype; the
+/// attention head layouts move 16-bit values bit-exactly.
+#[test]
+fn reductions_and_head_layouts_16bit() {
+    use clipcu::ops::attention::{
+        merge_heads, merge_heads_backward, split_qkv_heads, split_qkv_heads_backward,
+    };
+    use clipcu::ops::reduce::{mean, sum};
+    on_each(|device, tag| {
+        for dtype in HALVES {
+            for (shape, axis) in [
+                (vec![3, 77, 50], 1isize),
+                (vec![7, 33], -1),
+                (vec![1000, 3], 0),
+            ] {
+                let seed = common::fresh_seed();
+                let (x, xf) = rounded(&shape, 1.0, seed, dtype);
+                for is_mean in [false, true] {
+                    let f = |g: &clipcu::Graph, v: &[clipcu::Var]| {
+                        if is_mean {
+                            g.mean(&v[0], Some(axis))
+                        } else {
+                            g.sum(&v[0], Some(axis))
+                        }
+                    };
+                    let want = if is_mean {
+                        mean(&xf, Some(axis))
+                    } else {
+                        sum(&xf, Some(axis))
+                    };
+                    let want = want.unwrap();
+                    let (dy, dyf) = rounded(want.shape(), 1.0, seed + 1, dtype);
+                    let (_, want_g) =
+                        common::graph_grads(Device::Cpu, std::slice::from_ref(&xf), &dyf, f);
+                    for (on, t) in [(device, tag), (Device::Cpu, "cpu")] {
+                        let what = format!(
+                            "{} {shape:?} axis {axis}",
+                            if is_mean { "mean" } else { "sum" }
+                        );
+                        let (out, g) = common::graph_grads(on, std::slice::from_ref(&x), &dy, f);
+                        check16(&format!("{what} fwd"), t, seed, dtype, &out, &want);
+                        check16(&format!("{what} bwd"), t, seed, dtype, &g[0], &want_g[0]);
+                    }
+                }
+                // the full sum: an f32 scalar from f32 sums of the 16-bit values
+                let want = sum(&xf, None).unwrap();
+                for (on, t) in [(device, tag), (Device::Cpu, "cpu")] {
+                    let got = sum(&x.to_device(on).unwrap(), None).unwrap();
+                    assert_eq!(got.dtype(), DType::F32, "full sum dtype on {t}");
+                    common::check_kernel(
+                        &format!("sum {shape:?} {dtype}"),
+                        t,
+                        seed,
+                        &got.to_device(Device::Cpu).unwrap(),
+                        &want,
+                    );
+                    let (_, g) = common::graph_grads(
+                        on,
+                        std::slice::from_ref(&x),
+                        &Tensor::scalar(0.5),
+                        |g, v| g.mean(&v[0], None),
+                    );
+                    assert_eq!(g[0].dtype(), dtype, "full mean's gradient dtype on {t}");
+                }
+            }
+            // [B·T, 3·D] with B = 2, T = 7, H = 3, Dh = 5
+            let seed = common::fresh_seed();
+            let (qkv, _) = rounded(&[14, 45], 1.0, seed, dtype);
+            let split = split_qkv_heads(&qkv, 2, 3).unwrap();
+            let (heads, _) = rounded(&[2, 3, 7, 5], 1.0, seed + 1, dtype);
+            let merged = merge_heads(&heads).unwrap();
+            let to = |t: &Tensor| t.to_device(device).unwrap();
+            let bits = |t: &Tensor| host_f32(t).to_vec();
+            let got = split_qkv_heads(&to(&qkv), 2, 3).unwrap();
+            assert_eq!(got.dtype(), dtype);
+            assert_eq!(bits(&got), bits(&split), "head split {dtype} on {tag}");
+            let back = split_qkv_heads_backward(&got).unwrap();
+            assert_eq!(
+                bits(&back),
+                bits(&qkv),
+                "head split backward {dtype} on {tag}"
+            );
+            let got = merge_heads(&to(&heads)).unwrap();
+            assert_eq!(bits(&got), bits(&merged), "head merge {dtype} on {tag}");
+            let back = merge_heads_backward(&got, 2, 3).unwrap();
+            assert_eq!(
+                bits(&back),
+                bits(&heads),
+                "head merge backward {dtype} on {tag}"
+            );
+        }
+    });
+}
+
+fn host_f32(t: &Tensor) -> Tensor {
+    t.to_device(Device::Cpu).unwrap().to_dtype(DType::F32)
+}
