@@ -21,16 +21,18 @@
 //   div_bwd_b      = −g[i]·a[i mod na] / b[i mod nb]²  (the divisor's gradient before it is
 //                  summed back down to b's shape by bias_bwd)
 //
-// 16-bit variants (_f16, _bf16) of every unary kernel fwd/bwd, scale, add_bias, bias_bwd,
+// 16-bit variants (_f16, _bf16) of every unary kernel fwd/bwd, scale, add, add_bias, bias_bwd,
 // mul/sub/div and div_bwd_b (the activations' ops: MLP activations, residual and bias adds,
 // their gradients): the same templates on the storage type (common.cuh's to_f32 / from_f32):
 // loads widened to f32, f32 arithmetic and accumulation, one rounding of the result. The _f32
-// kernels are the float instantiations, unchanged in their arithmetic. fill, add_fwd, add_inplace
-// and copy stay f32 (seeds and parameter gradients; a 16-bit same-shape add is add_bias with one
-// row of n).
+// kernels are the float instantiations, unchanged in their arithmetic; add_fwd (the same-shape
+// residual add) too. fill, add_inplace and copy stay f32 (seeds and parameter gradients).
 //
 // Pointwise kernels: one thread per element, a 1-D grid of ceil(n / blockDim.x) blocks (the
-// launchers pick 256 threads). Memory-bound: coalesced loads and one store per element.
+// launchers pick 256 threads). Memory-bound: coalesced loads and one store per element. The
+// element index is 64-bit: n fits an int (the launchers check), but blockIdx·blockDim + threadIdx
+// of the last block can pass 2³¹ − 1 when n is near it, and as an int would wrap negative and
+// pass the `i < n` guard.
 // bias_bwd: a block of (32, 8) threads owns 32 adjacent columns (coalesced row reads); thread
 // (x, y) sums rows y, y+8, y+16, … of column x in order, then the 8 partials of a column are
 // combined in shared memory by a fixed tree (4, 2, 1). The order of additions depends only on
@@ -39,7 +41,7 @@
 
 template <class T>
 __device__ __forceinline__ void gelu_fwd(T* __restrict__ out, const T* __restrict__ x, int n) {
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) {
         float v = to_f32(x[i]);
         out[i] = from_f32<T>(0.5f * v * erfcf(-v * 0.70710678118654752f));
@@ -49,7 +51,7 @@ __device__ __forceinline__ void gelu_fwd(T* __restrict__ out, const T* __restric
 template <class T>
 __device__ __forceinline__ void gelu_bwd(T* __restrict__ dx, const T* __restrict__ x, const T* __restrict__ dy,
                                          int n) {
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) {
         float v = to_f32(x[i]);
         float cdf = 0.5f * erfcf(-v * 0.70710678118654752f);
@@ -90,7 +92,7 @@ extern "C" __global__ void gelu_bwd_bf16(__nv_bfloat16* __restrict__ dx, const _
 
 template <class T>
 __device__ __forceinline__ void quick_gelu_fwd(T* __restrict__ out, const T* __restrict__ x, int n) {
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) {
         float v = to_f32(x[i]);
         out[i] = from_f32<T>(v / (1.0f + expf(-1.702f * v)));
@@ -100,7 +102,7 @@ __device__ __forceinline__ void quick_gelu_fwd(T* __restrict__ out, const T* __r
 template <class T>
 __device__ __forceinline__ void quick_gelu_bwd(T* __restrict__ dx, const T* __restrict__ x, const T* __restrict__ dy,
                                                int n) {
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) {
         float v = to_f32(x[i]);
         float s = 1.0f / (1.0f + expf(-1.702f * v));
@@ -110,13 +112,13 @@ __device__ __forceinline__ void quick_gelu_bwd(T* __restrict__ dx, const T* __re
 
 template <class T>
 __device__ __forceinline__ void relu_fwd(T* __restrict__ out, const T* __restrict__ x, int n) {
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) out[i] = from_f32<T>(fmaxf(to_f32(x[i]), 0.0f));
 }
 
 template <class T>
 __device__ __forceinline__ void relu_bwd(T* __restrict__ dx, const T* __restrict__ x, const T* __restrict__ dy, int n) {
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) dx[i] = from_f32<T>(to_f32(x[i]) > 0.0f ? to_f32(dy[i]) : 0.0f);
 }
 
@@ -175,13 +177,13 @@ extern "C" __global__ void relu_bwd_bf16(__nv_bfloat16* __restrict__ dx, const _
 // A constant (the seed gradient 1 of backward, zeros to broadcast into): made on the device, so
 // no host buffer is uploaded for it.
 extern "C" __global__ void fill_f32(float* __restrict__ out, float value, int n) {
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) out[i] = value;
 }
 
 template <class T>
 __device__ __forceinline__ void scale_fwd(T* __restrict__ out, const T* __restrict__ x, float c, int n) {
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) out[i] = from_f32<T>(c * to_f32(x[i]));
 }
 
@@ -198,23 +200,39 @@ extern "C" __global__ void scale_fwd_bf16(__nv_bfloat16* __restrict__ out, const
     scale_fwd(out, x, c, n);
 }
 
+// Same-shape add: the residual adds of a pre-norm block (x + attn(x), x + mlp(x)).
+template <class T>
+__device__ __forceinline__ void add_fwd(T* __restrict__ out, const T* __restrict__ a, const T* __restrict__ b, int n) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = from_f32<T>(to_f32(a[i]) + to_f32(b[i]));
+}
+
 // clipcu: hot
 extern "C" __global__ void add_fwd_f32(float* __restrict__ out, const float* __restrict__ a,
                                        const float* __restrict__ b, int n) {
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) out[i] = a[i] + b[i];
+    add_fwd(out, a, b, n);
+}
+// clipcu: hot
+extern "C" __global__ void add_fwd_f16(__half* __restrict__ out, const __half* __restrict__ a,
+                                       const __half* __restrict__ b, int n) {
+    add_fwd(out, a, b, n);
+}
+// clipcu: hot
+extern "C" __global__ void add_fwd_bf16(__nv_bfloat16* __restrict__ out, const __nv_bfloat16* __restrict__ a,
+                                        const __nv_bfloat16* __restrict__ b, int n) {
+    add_fwd(out, a, b, n);
 }
 
 // acc and g never alias (g is a fresh gradient, acc the parameter's own buffer).
 // clipcu: hot
 extern "C" __global__ void add_inplace_f32(float* __restrict__ acc, const float* __restrict__ g, int n) {
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) acc[i] += g[i];
 }
 
 // clipcu: hot
 extern "C" __global__ void copy_f32(float* __restrict__ out, const float* __restrict__ x, int n) {
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) out[i] = x[i];
 }
 
@@ -272,26 +290,26 @@ extern "C" __global__ void bias_bwd_bf16(__nv_bfloat16* __restrict__ db, const _
 
 template <class T>
 __device__ __forceinline__ void exp_fwd(T* __restrict__ out, const T* __restrict__ x, int n) {
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) out[i] = from_f32<T>(expf(to_f32(x[i])));
 }
 
 // The derivative of exp is its output, which the graph saves: no second exp.
 template <class T>
 __device__ __forceinline__ void exp_bwd(T* __restrict__ dx, const T* __restrict__ y, const T* __restrict__ dy, int n) {
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) dx[i] = from_f32<T>(to_f32(dy[i]) * to_f32(y[i]));
 }
 
 template <class T>
 __device__ __forceinline__ void log_fwd(T* __restrict__ out, const T* __restrict__ x, int n) {
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) out[i] = from_f32<T>(logf(to_f32(x[i])));
 }
 
 template <class T>
 __device__ __forceinline__ void log_bwd(T* __restrict__ dx, const T* __restrict__ x, const T* __restrict__ dy, int n) {
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) dx[i] = from_f32<T>(to_f32(dy[i]) / to_f32(x[i]));
 }
 
@@ -299,14 +317,14 @@ __device__ __forceinline__ void log_bwd(T* __restrict__ dx, const T* __restrict_
 // x → +∞ it is 1. No branch needed.
 template <class T>
 __device__ __forceinline__ void sigmoid_fwd(T* __restrict__ out, const T* __restrict__ x, int n) {
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) out[i] = from_f32<T>(1.0f / (1.0f + expf(-to_f32(x[i]))));
 }
 
 template <class T>
 __device__ __forceinline__ void sigmoid_bwd(T* __restrict__ dx, const T* __restrict__ y, const T* __restrict__ dy,
                                             int n) {
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) {
         float s = to_f32(y[i]);
         dx[i] = from_f32<T>(to_f32(dy[i]) * s * (1.0f - s));

@@ -1192,11 +1192,10 @@ fn asan_binary() -> Vec<AsanLaunch> {
     for (rows, d) in [(0, 5), (7, 50), (13, 33)] {
         let n = rows * d;
         let cfg = LaunchConfig::for_elements(n, 256);
-        v.push(launch_of(
-            "add_fwd_f32",
-            cfg,
-            vec![fbuf(n), fbuf(n), fbuf(n), int(n)],
-        ));
+        for t in DTYPES {
+            let args = vec![tbuf(t, n), tbuf(t, n), tbuf(t, n), int(n)];
+            v.push(launch_of(format!("add_fwd_{t}"), cfg, args));
+        }
         // `write_into`: a gradient added or copied into its own storage
         for k in ["add_inplace_f32", "copy_f32"] {
             v.push(launch_of(k, cfg, vec![fbuf(n), fbuf(n), int(n)]));

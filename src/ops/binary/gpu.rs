@@ -1,5 +1,5 @@
 //! Launchers of the add kernels in `kernels/elementwise.cu`, on Emu or Cuda:
-//! `add_fwd_f32(out, a, b, n)` (same shape), `add_bias_fwd_f32(out, x, bias, rows, d)` (a
+//! `add_fwd_<t>(out, a, b, n)` (same shape: the residual add), `add_bias_fwd_f32(out, x, bias, rows, d)` (a
 //! trailing-dims operand broadcast over leading rows: a [D] bias over [R, D], a residual…), and
 //! `add_bias_fwd_{f16,bf16}` (both operands 16-bit, f32 arithmetic, one rounding: the bias and
 //! residual adds of mixed-precision activations), `bias_bwd_<t>(db, g, rows, d)`, the
@@ -56,15 +56,17 @@ pub(crate) fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     } else {
         (kernel::typed_input(op, a)?, kernel::typed_input(op, b)?)
     };
-    if f32 && a.shape() == b.shape() {
+    if a.shape() == b.shape() && a.dtype() == b.dtype() {
+        // the residual add: f32, or both operands one 16-bit dtype
         let n = kernel::i32_len(op, a.numel())?;
         let mut out = DeviceBuf::like(&a)?;
+        let name = format!("add_fwd_{}", kernel::dtype_suffix(a.dtype()));
         // SAFETY: all three buffers hold n elements; the kernel touches indices < n.
         unsafe {
             kernel::launch(
                 device,
                 MODULE,
-                "add_fwd_f32",
+                &name,
                 LaunchConfig::for_elements(n as usize, THREADS),
                 &mut [
                     KernelArg::Out(&mut out),
