@@ -247,6 +247,30 @@ fn mixed_dtypes_of_the_training_ops_are_clear_errors() {
             .unwrap_err()
             .to_string();
         assert!(e.contains("f16") && e.contains("bf16"), "{device}: {e}");
+        // a 16-bit input with an f32 (master) conv weight: the weight is cast first
+        let (x4, w4) = (h(&[2, 3, 5, 5], DType::F16), h(&[4, 3, 3, 3], DType::F32));
+        let e = clipcu::ops::conv2d::conv2d(&x4, &w4, 1, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("conv2d") && e.contains("f16") && e.contains("f32"),
+            "{device}: {e}"
+        );
+        // an f32 gradient into a 16-bit table
+        let e = clipcu::ops::embedding::embedding_backward_as(&x32, &[0; 7], 9, DType::BF16)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("embedding backward") && e.contains("bf16"),
+            "{device}: {e}"
+        );
+        let e = clipcu::ops::softmax::softmax_backward(&x16, &xb)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("softmax backward") && e.contains("bf16"),
+            "{device}: {e}"
+        );
     }
 }
 
