@@ -97,7 +97,7 @@ fn layernorm_bwd_and_residual_16bit_match_f32_reference() {
 /// `a ∘ b` forward and its gradients through the graph, each once rounded from identical inputs
 /// (so shapes where a gradient is one rounding: mul and div with equal shapes — a broadcast
 /// operand's gradient would sum already-rounded products —, add and sub with a broadcast bias,
-/// whose gradient is a sum of the incoming gradient itself, exactly ±g).
+/// or any other broadcast, whose gradient is a sum of the incoming gradient itself, exactly ±g).
 #[test]
 fn binary_16bit_fwd_bwd_match_f32_reference() {
     on_each(|device, tag| {
@@ -106,6 +106,9 @@ fn binary_16bit_fwd_bwd_match_f32_reference() {
                 (BinaryKind::Add, vec![197, 77], vec![197, 77]),
                 (BinaryKind::Add, vec![3, 50, 33], vec![33]),
                 (BinaryKind::Add, vec![33], vec![7, 33]),
+                // a broadcast the kernels do not repeat: both sides materialised, and a's
+                // gradient summed over two stretched dims, widened and rounded once
+                (BinaryKind::Add, vec![2, 1, 5], vec![3, 2, 7, 5]),
                 (BinaryKind::Sub, vec![7, 50], vec![50]),
                 (BinaryKind::Sub, vec![1], vec![13, 33]),
                 (BinaryKind::Mul, vec![13, 301], vec![13, 301]),

@@ -134,9 +134,11 @@ pub fn sum_to_shape(t: &Tensor, target: &[usize]) -> Result<Tensor> {
         }
         // Any other broadcast (`[B, 1, D]` from `[B, T, D]`, …): one axis sum per stretched
         // dim, innermost first, each keeping the dim as 1. The order of additions differs from
-        // the CPU's single row-major pass below (same sum, other rounding).
+        // the CPU's single row-major pass below (same sum, other rounding). A 16-bit gradient is
+        // widened first and the result rounded back once, not after every axis.
         let pad = t.rank() - target.len();
-        let mut acc = t.clone();
+        let dtype = t.dtype();
+        let mut acc = t.try_to_dtype(crate::DType::F32)?;
         for ax in (0..t.rank()).rev() {
             let own = if ax < pad { 1 } else { target[ax - pad] };
             if own == 1 && t.shape()[ax] != 1 {
@@ -145,7 +147,7 @@ pub fn sum_to_shape(t: &Tensor, target: &[usize]) -> Result<Tensor> {
                 acc = sum(&acc, Some(ax as isize))?.reshape(kept)?;
             }
         }
-        return acc.reshape(target.to_vec());
+        return acc.reshape(target.to_vec())?.try_to_dtype(dtype);
     }
     // a 16-bit gradient: summed in f32, the result rounded back once to its dtype
     let dtype = t.dtype();
