@@ -536,3 +536,33 @@ fn reductions_and_head_layouts_16bit() {
 fn host_f32(t: &Tensor) -> Tensor {
     t.to_device(Device::Cpu).unwrap().to_dtype(DType::F32)
 }
+
+/// LayerNorm with 16-bit gain and bias (weights kept only in 16 bits): the parameters are
+/// widened (exactly) for the f32 arithmetic, and dw, db — f32 sums — rounded once to their dtype.
+#[test]
+fn layernorm_with_16bit_parameters() {
+    on_each(|device, tag| {
+        for dtype in HALVES {
+            for (r, d) in [(7, 50), (300, 77)] {
+                let seed = common::fresh_seed();
+                let (x, xf) = rounded(&[r, d], 1.0, seed, dtype);
+                let (dy, dyf) = rounded(&[r, d], 1.0, seed + 1, dtype);
+                let (w, wf) = rounded(&[d], 1.0, seed + 2, dtype);
+                let (b, bf) = rounded(&[d], 1.0, seed + 3, dtype);
+                let (y_ref, m, s) = layer_norm_stats(&xf, &wf, &bf, 1e-5).unwrap();
+                let (dx_ref, dw_ref, db_ref) = layer_norm_backward(&xf, &wf, &m, &s, &dyf).unwrap();
+                for (on, t) in [(device, tag), (Device::Cpu, "cpu")] {
+                    let to = |t: &Tensor| t.to_device(on).unwrap();
+                    let what = |k: &str| format!("layernorm {k} 16-bit params [{r},{d}]");
+                    let (y, _, _) = layer_norm_stats(&to(&x), &to(&w), &to(&b), 1e-5).unwrap();
+                    check16(&what("y"), t, seed, dtype, &y, &y_ref);
+                    let (dx, dw, db) =
+                        layer_norm_backward(&to(&x), &to(&w), &to(&m), &to(&s), &to(&dy)).unwrap();
+                    check16(&what("dx"), t, seed, dtype, &dx, &dx_ref);
+                    check16(&what("dw"), t, seed, dtype, &dw, &dw_ref);
+                    check16(&what("db"), t, seed, dtype, &db, &db_ref);
+                }
+            }
+        }
+    });
+}
