@@ -253,3 +253,45 @@ fn concat_narrow_16bit_are_exact_copies() {
         }
     });
 }
+
+/// BatchNorm2d with a 16-bit weight and bias (weights kept only in 16 bits): widened exactly for
+/// the f32 arithmetic, dw and db (f32 sums) rounded once to their dtype; dw at the f32 kernel's
+/// own 1e-4 for its f32 part (a sum over the channel that cancels, f32 vs the CPU's f64 stats).
+#[test]
+fn batchnorm_with_16bit_parameters() {
+    on_each(|device, tag| {
+        for dtype in HALVES {
+            let (n, c, h, w) = (2, 5, 14, 14);
+            let seed = common::fresh_seed();
+            let (x, xf) = rounded(&[n, c, h, w], 1.0, seed, dtype);
+            let (dy, dyf) = rounded(&[n, c, h, w], 1.0, seed + 3, dtype);
+            let (wt, wf) = rounded(&[c], 1.0, seed + 1, dtype);
+            let (bt, bf) = rounded(&[c], 1.0, seed + 2, dtype);
+            let want = bn_step(Device::Cpu, true, &xf, &wf, &bf, &dyf, seed);
+            for (on, t) in [(device, tag), (Device::Cpu, "cpu")] {
+                let got = bn_step(on, true, &x, &wt, &bt, &dy, seed);
+                let what = format!("batchnorm {dtype} params");
+                check16(&format!("{what} y"), t, seed, dtype, &got[0], &want[0]);
+                check16_tol(
+                    &format!("{what} dx"),
+                    t,
+                    seed,
+                    dtype,
+                    &got[1],
+                    &want[1],
+                    1e-4,
+                );
+                check16_tol(
+                    &format!("{what} dw"),
+                    t,
+                    seed,
+                    dtype,
+                    &got[2],
+                    &want[2],
+                    1e-4,
+                );
+                check16(&format!("{what} db"), t, seed, dtype, &got[3], &want[3]);
+            }
+        }
+    });
+}

@@ -12,7 +12,8 @@
 //!
 //! Activations (x, y, dy, dx) may be f16/bf16 on every device: statistics, running statistics,
 //! weight, bias and their gradients stay f32, and y and dx are rounded once to the activations'
-//! dtype (kernels: f32 arithmetic; the CPU widens x and dy and computes as for f32).
+//! dtype (kernels: f32 arithmetic; the CPU widens x and dy and computes as for f32). A 16-bit
+//! weight and bias (weights kept only in 16 bits) are widened, dw and db rounded back to them.
 
 pub mod cpu;
 pub(crate) mod gpu;
@@ -31,6 +32,8 @@ pub struct BatchNorm2dOp<'m> {
     group: Option<&'m dyn Communicator>,
     /// The activations' dtype (x, y), that of dx.
     dtype: DType,
+    /// The weight's and bias's dtype, that of dw and db (computed in f32).
+    pdtype: DType,
 }
 
 /// SyncBatchNorm's statistics (CPU): per-channel Σx over every rank's batch, then Σ(x − μ)²
@@ -154,6 +157,7 @@ fn train_forward(
     eps: f32,
 ) -> Result<(Tensor, Vec<f64>, Vec<f64>, Tensor)> {
     let (n, c, hw) = check(x, w, b)?;
+    let (w, b) = (&w.try_to_dtype(DType::F32)?, &b.try_to_dtype(DType::F32)?);
     if n * hw < 2 {
         bail_shape!(
             OP,
@@ -188,6 +192,7 @@ fn eval_forward(
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let (_, _, hw) = check(x, w, b)?;
     check_running(x, rm, rv)?;
+    let (w, b) = (&w.try_to_dtype(DType::F32)?, &b.try_to_dtype(DType::F32)?);
     if runs_kernels(x.device()) {
         // rstd from the running variance as the CPU computes it (f64), then the apply kernel
         let c = rv.numel();
@@ -280,7 +285,14 @@ impl<'m> Graph<'m> {
         momentum: f32,
         eps: f32,
     ) -> Result<Var> {
-        let (xt, wt, bt) = (x.tensor(), weight.tensor(), bias.tensor());
+        // 16-bit weight and bias (weights kept only in 16 bits): widened exactly for the f32
+        // arithmetic, their gradients rounded back in backward
+        let pdtype = weight.tensor().dtype();
+        let (w32, b32) = (
+            weight.tensor().try_to_dtype(DType::F32)?,
+            bias.tensor().try_to_dtype(DType::F32)?,
+        );
+        let (xt, wt, bt) = (x.tensor(), &w32, &b32);
         let (rm, rv) = (running_mean.value(), running_var.value());
         let group = self.batch_stats_group().filter(|_| training);
         if group.is_some() && runs_kernels(xt.device()) {
@@ -378,6 +390,7 @@ impl<'m> Graph<'m> {
                 training,
                 group,
                 dtype,
+                pdtype,
             }),
             &[x, weight, bias],
             saved,
@@ -407,8 +420,8 @@ impl BatchNorm2dOp<'_> {
             let (dx, dw, db) = gpu::backward(x, w, mean, rstd, gout, self.training)?;
             return Ok(vec![
                 needs[0].then_some(dx),
-                needs[1].then_some(dw),
-                needs[2].then_some(db),
+                needs[1].then(|| dw.try_to_dtype(self.pdtype)).transpose()?,
+                needs[2].then(|| db.try_to_dtype(self.pdtype)).transpose()?,
             ]);
         }
         if gout.dtype() != self.dtype {
@@ -482,8 +495,12 @@ impl BatchNorm2dOp<'_> {
         };
         Ok(vec![
             dx,
-            needs[1].then(|| Tensor::from_f32(f32v(&sum_dy_xhat), &[c])),
-            needs[2].then(|| Tensor::from_f32(f32v(&sum_dy), &[c])),
+            needs[1]
+                .then(|| Tensor::from_f32(f32v(&sum_dy_xhat), &[c]).try_to_dtype(self.pdtype))
+                .transpose()?,
+            needs[2]
+                .then(|| Tensor::from_f32(f32v(&sum_dy), &[c]).try_to_dtype(self.pdtype))
+                .transpose()?,
         ])
     }
 }
