@@ -1,4 +1,4 @@
-// layernorm.cu — LayerNorm over the last dim, f32 (forward also f16/bf16 activations)
+// layernorm.cu — LayerNorm over the last dim, on f32, f16 or bf16 activations
 // (src/ops/layernorm/gpu.rs ↔ this file).
 //
 //   forward:  μ = mean(x), σ² = mean((x − μ)²) (biased, two passes), rstd = 1/√(σ² + eps),
@@ -8,10 +8,12 @@
 //   backward: x̂ = (x − μ)·rstd, ĝ = dy·w,
 //             dx = rstd·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)),  dw = Σ_rows dy·x̂,  db = Σ_rows dy.
 //
-// Mixed precision: layernorm_fwd_{f16,bf16} read x and write y in the 16-bit type (the
-// activations), keep w, b (the f32 master parameters), μ and rstd in f32, and do every sum in f32
-// — a 16-bit accumulator would lose the mean of a wide row to rounding (2⁻¹¹ relative per add in
-// f16, 2⁻⁸ in bf16). y is rounded once. Same template as the f32 kernel.
+// Mixed precision: every kernel is a template on the activations' storage type T, instantiated
+// _f32, _f16, _bf16. x, r, s, y, dy and dx are T (the activations and their gradients); w, b (the
+// f32 master parameters), μ, rstd and the dw/db partials are f32, as are dw and db themselves;
+// every sum is f32 — a 16-bit accumulator would lose the mean of a wide row to rounding (2⁻¹¹
+// relative per add in f16, 2⁻⁸ in bf16). Each T output is rounded once (the residual sum s once,
+// and y is the LayerNorm of s as stored). For T = float the code is the f32 kernel's.
 //
 // Row kernels (forward, residual forward, dx): one warp per row, blocks of (32, 8) = 8 rows; lane
 // l handles columns l, l+32, …; row sums are warp_sum shuffles (fixed butterfly order). A warp
@@ -73,34 +75,83 @@ extern "C" __global__ void layernorm_fwd_bf16(__nv_bfloat16* __restrict__ y, flo
     layernorm_fwd(y, mean, rstd, x, w, b, rows, d, eps);
 }
 
-// Launch: grid (ceil(rows / 8)), block (32, 8). Each lane reads back only the s[i] it wrote.
-// clipcu: hot
-extern "C" __global__ void layernorm_residual_fwd_f32(float* __restrict__ y, float* __restrict__ sum,
-                                                      float* __restrict__ mean, float* __restrict__ rstd,
-                                                      const float* __restrict__ x, const float* __restrict__ r,
-                                                      const float* __restrict__ w, const float* __restrict__ b,
-                                                      int rows, int d, float eps) {
+// Each lane reads back only the s[i] it wrote, as stored (rounded to T): y is LN of the sum the
+// graph keeps, as on the CPU (add, then LayerNorm of the stored sum).
+template <class T>
+__device__ __forceinline__ void layernorm_residual_fwd(T* __restrict__ y, T* __restrict__ sum, float* __restrict__ mean,
+                                                       float* __restrict__ rstd, const T* __restrict__ x,
+                                                       const T* __restrict__ r, const float* __restrict__ w,
+                                                       const float* __restrict__ b, int rows, int d, float eps) {
     int row = blockIdx.x * blockDim.y + threadIdx.y;
     int lane = threadIdx.x;
     if (row < rows) {
         long long o = (long long)row * d;
         float s = 0.0f;
         for (int i = lane; i < d; i += 32) {
-            float v = x[o + i] + r[o + i];
+            T v = from_f32<T>(to_f32(x[o + i]) + to_f32(r[o + i]));
             sum[o + i] = v;
-            s += v;
+            s += to_f32(v);
         }
         float mu = warp_sum(s) / d;
         float v = 0.0f;
         for (int i = lane; i < d; i += 32) {
-            float c = sum[o + i] - mu;
+            float c = to_f32(sum[o + i]) - mu;
             v += c * c;
         }
         float rs = rsqrtf(warp_sum(v) / d + eps);
-        for (int i = lane; i < d; i += 32) y[o + i] = (sum[o + i] - mu) * rs * w[i] + b[i];
+        for (int i = lane; i < d; i += 32) y[o + i] = from_f32<T>((to_f32(sum[o + i]) - mu) * rs * w[i] + b[i]);
         if (lane == 0) {
             mean[row] = mu;
             rstd[row] = rs;
+        }
+    }
+}
+
+// Launch: grid (ceil(rows / 8)), block (32, 8).
+// clipcu: hot
+extern "C" __global__ void layernorm_residual_fwd_f32(float* __restrict__ y, float* __restrict__ sum,
+                                                      float* __restrict__ mean, float* __restrict__ rstd,
+                                                      const float* __restrict__ x, const float* __restrict__ r,
+                                                      const float* __restrict__ w, const float* __restrict__ b,
+                                                      int rows, int d, float eps) {
+    layernorm_residual_fwd(y, sum, mean, rstd, x, r, w, b, rows, d, eps);
+}
+// clipcu: hot
+extern "C" __global__ void layernorm_residual_fwd_f16(__half* __restrict__ y, __half* __restrict__ sum,
+                                                      float* __restrict__ mean, float* __restrict__ rstd,
+                                                      const __half* __restrict__ x, const __half* __restrict__ r,
+                                                      const float* __restrict__ w, const float* __restrict__ b,
+                                                      int rows, int d, float eps) {
+    layernorm_residual_fwd(y, sum, mean, rstd, x, r, w, b, rows, d, eps);
+}
+// clipcu: hot
+extern "C" __global__ void layernorm_residual_fwd_bf16(__nv_bfloat16* __restrict__ y, __nv_bfloat16* __restrict__ sum,
+                                                       float* __restrict__ mean, float* __restrict__ rstd,
+                                                       const __nv_bfloat16* __restrict__ x,
+                                                       const __nv_bfloat16* __restrict__ r, const float* __restrict__ w,
+                                                       const float* __restrict__ b, int rows, int d, float eps) {
+    layernorm_residual_fwd(y, sum, mean, rstd, x, r, w, b, rows, d, eps);
+}
+
+template <class T>
+__device__ __forceinline__ void layernorm_bwd(T* __restrict__ dx, const T* __restrict__ dy, const T* __restrict__ x,
+                                              const float* __restrict__ w, const float* __restrict__ mean,
+                                              const float* __restrict__ rstd, int rows, int d) {
+    int row = blockIdx.x * blockDim.y + threadIdx.y;
+    int lane = threadIdx.x;
+    if (row < rows) {
+        long long o = (long long)row * d;
+        float mu = mean[row], rs = rstd[row];
+        float sg = 0.0f, sgx = 0.0f;
+        for (int i = lane; i < d; i += 32) {
+            float gh = to_f32(dy[o + i]) * w[i];
+            sg += gh;
+            sgx += gh * (to_f32(x[o + i]) - mu) * rs;
+        }
+        float mg = warp_sum(sg) / d, mgx = warp_sum(sgx) / d;
+        for (int i = lane; i < d; i += 32) {
+            float xh = (to_f32(x[o + i]) - mu) * rs;
+            dx[o + i] = from_f32<T>(rs * (to_f32(dy[o + i]) * w[i] - mg - xh * mgx));
         }
     }
 }
@@ -111,30 +162,29 @@ extern "C" __global__ void layernorm_bwd_f32(float* __restrict__ dx, const float
                                              const float* __restrict__ x, const float* __restrict__ w,
                                              const float* __restrict__ mean, const float* __restrict__ rstd,
                                              int rows, int d) {
-    int row = blockIdx.x * blockDim.y + threadIdx.y;
-    int lane = threadIdx.x;
-    if (row < rows) {
-        long long o = (long long)row * d;
-        float mu = mean[row], rs = rstd[row];
-        float sg = 0.0f, sgx = 0.0f;
-        for (int i = lane; i < d; i += 32) {
-            float gh = dy[o + i] * w[i];
-            sg += gh;
-            sgx += gh * (x[o + i] - mu) * rs;
-        }
-        float mg = warp_sum(sg) / d, mgx = warp_sum(sgx) / d;
-        for (int i = lane; i < d; i += 32) {
-            float xh = (x[o + i] - mu) * rs;
-            dx[o + i] = rs * (dy[o + i] * w[i] - mg - xh * mgx);
-        }
-    }
+    layernorm_bwd(dx, dy, x, w, mean, rstd, rows, d);
+}
+// clipcu: hot
+extern "C" __global__ void layernorm_bwd_f16(__half* __restrict__ dx, const __half* __restrict__ dy,
+                                             const __half* __restrict__ x, const float* __restrict__ w,
+                                             const float* __restrict__ mean, const float* __restrict__ rstd,
+                                             int rows, int d) {
+    layernorm_bwd(dx, dy, x, w, mean, rstd, rows, d);
+}
+// clipcu: hot
+extern "C" __global__ void layernorm_bwd_bf16(__nv_bfloat16* __restrict__ dx, const __nv_bfloat16* __restrict__ dy,
+                                              const __nv_bfloat16* __restrict__ x, const float* __restrict__ w,
+                                              const float* __restrict__ mean, const float* __restrict__ rstd,
+                                              int rows, int d) {
+    layernorm_bwd(dx, dy, x, w, mean, rstd, rows, d);
 }
 
-// Stage 1 of dw/db. Launch: grid (ceil(d / 32), ceil(rows / chunk)), block (32, 8).
-extern "C" __global__ void layernorm_bwd_dwdb_f32(float* __restrict__ dw_part, float* __restrict__ db_part,
-                                                  const float* __restrict__ dy, const float* __restrict__ x,
-                                                  const float* __restrict__ mean, const float* __restrict__ rstd,
-                                                  int rows, int d, int chunk) {
+// Stage 1 of dw/db: dy, x in T, the partials (and so dw, db: the f32 parameters' gradients) f32.
+template <class T>
+__device__ __forceinline__ void layernorm_bwd_dwdb(float* __restrict__ dw_part, float* __restrict__ db_part,
+                                                   const T* __restrict__ dy, const T* __restrict__ x,
+                                                   const float* __restrict__ mean, const float* __restrict__ rstd,
+                                                   int rows, int d, int chunk) {
     __shared__ float pw[8][32];
     __shared__ float pb[8][32];
     int col = blockIdx.x * 32 + threadIdx.x;
@@ -144,8 +194,8 @@ extern "C" __global__ void layernorm_bwd_dwdb_f32(float* __restrict__ dw_part, f
     if (col < d)
         for (int r = r0 + threadIdx.y; r < r1; r += 8) {
             long long o = (long long)r * d + col;
-            float g = dy[o];
-            aw += g * (x[o] - mean[r]) * rstd[r];
+            float g = to_f32(dy[o]);
+            aw += g * (to_f32(x[o]) - mean[r]) * rstd[r];
             ab += g;
         }
     pw[threadIdx.y][threadIdx.x] = aw;
@@ -162,6 +212,26 @@ extern "C" __global__ void layernorm_bwd_dwdb_f32(float* __restrict__ dw_part, f
         dw_part[(long long)blockIdx.y * d + col] = pw[0][threadIdx.x];
         db_part[(long long)blockIdx.y * d + col] = pb[0][threadIdx.x];
     }
+}
+
+// Launch: grid (ceil(d / 32), ceil(rows / chunk)), block (32, 8).
+extern "C" __global__ void layernorm_bwd_dwdb_f32(float* __restrict__ dw_part, float* __restrict__ db_part,
+                                                  const float* __restrict__ dy, const float* __restrict__ x,
+                                                  const float* __restrict__ mean, const float* __restrict__ rstd,
+                                                  int rows, int d, int chunk) {
+    layernorm_bwd_dwdb(dw_part, db_part, dy, x, mean, rstd, rows, d, chunk);
+}
+extern "C" __global__ void layernorm_bwd_dwdb_f16(float* __restrict__ dw_part, float* __restrict__ db_part,
+                                                  const __half* __restrict__ dy, const __half* __restrict__ x,
+                                                  const float* __restrict__ mean, const float* __restrict__ rstd,
+                                                  int rows, int d, int chunk) {
+    layernorm_bwd_dwdb(dw_part, db_part, dy, x, mean, rstd, rows, d, chunk);
+}
+extern "C" __global__ void layernorm_bwd_dwdb_bf16(float* __restrict__ dw_part, float* __restrict__ db_part,
+                                                   const __nv_bfloat16* __restrict__ dy,
+                                                   const __nv_bfloat16* __restrict__ x, const float* __restrict__ mean,
+                                                   const float* __restrict__ rstd, int rows, int d, int chunk) {
+    layernorm_bwd_dwdb(dw_part, db_part, dy, x, mean, rstd, rows, d, chunk);
 }
 
 // Stage 2 of dw/db. Launch: one thread per column, grid (ceil(d / 256)), block (256).

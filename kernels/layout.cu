@@ -1,6 +1,7 @@
 // layout.cu — data movement of the layout ops (src/ops/layout/gpu.rs, src/ops/conv2d/gpu.rs,
 // Tensor::try_contiguous / try_to_dtype ↔ this file). A tensor seen as [outer, len, inner]
-// around the axis of the op (f32):
+// around the axis of the op (each f32, f16 or bf16 — `_<dtype>`, one template on the storage
+// type: copies, so 16-bit values move bit-exactly):
 //
 //   concat_fwd(out, part, start):  out[o, start + l, i] = part[o, l, i]   (out is [outer, total, inner];
 //                                  one launch per part, each writing only its own slab, so the
@@ -49,9 +50,9 @@
 //                                  *overflow (an integer sum: the total is order-independent).
 #include "common.cuh"
 
-// clipcu: hot
-extern "C" __global__ void concat_fwd_f32(float* __restrict__ out, const float* __restrict__ part, int outer,
-                                          int len, int inner, int total, int start) {
+template <class T>
+__device__ __forceinline__ void concat_fwd(T* __restrict__ out, const T* __restrict__ part, int outer, int len,
+                                           int inner, int total, int start) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     long long slab = (long long)len * inner;
     if (i < (long long)outer * slab) {
@@ -60,9 +61,9 @@ extern "C" __global__ void concat_fwd_f32(float* __restrict__ out, const float* 
     }
 }
 
-// clipcu: hot
-extern "C" __global__ void narrow_fwd_f32(float* __restrict__ out, const float* __restrict__ x, int outer,
-                                          int full, int len, int inner, int start) {
+template <class T>
+__device__ __forceinline__ void narrow_fwd(T* __restrict__ out, const T* __restrict__ x, int outer, int full, int len,
+                                           int inner, int start) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     long long slab = (long long)len * inner;
     if (i < (long long)outer * slab) {
@@ -71,22 +72,21 @@ extern "C" __global__ void narrow_fwd_f32(float* __restrict__ out, const float* 
     }
 }
 
-// clipcu: hot
-extern "C" __global__ void narrow_bwd_f32(float* __restrict__ dx, const float* __restrict__ g, int outer,
-                                          int full, int len, int inner, int start) {
+template <class T>
+__device__ __forceinline__ void narrow_bwd(T* __restrict__ dx, const T* __restrict__ g, int outer, int full, int len,
+                                           int inner, int start) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     long long slab = (long long)full * inner;
     if (i < (long long)outer * slab) {
         long long o = i / slab, r = i % slab;
         int j = (int)(r / inner);
         long long e = r % inner;
-        dx[i] = (j >= start && j < start + len) ? g[(o * len + (j - start)) * inner + e] : 0.0f;
+        dx[i] = (j >= start && j < start + len) ? g[(o * len + (j - start)) * inner + e] : from_f32<T>(0.0f);
     }
 }
 
-// clipcu: hot
-extern "C" __global__ void transpose01_f32(float* __restrict__ out, const float* __restrict__ x, int a, int b,
-                                           int c) {
+template <class T>
+__device__ __forceinline__ void transpose01(T* __restrict__ out, const T* __restrict__ x, int a, int b, int c) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < (long long)a * b * c) {
         long long k = i % c;
@@ -94,6 +94,58 @@ extern "C" __global__ void transpose01_f32(float* __restrict__ out, const float*
         long long ia = r % a, ib = r / a;  // out is [B, A, C]: r = ib·A + ia
         out[i] = x[(ia * b + ib) * c + k];
     }
+}
+
+// clipcu: hot
+extern "C" __global__ void concat_fwd_f32(float* __restrict__ out, const float* __restrict__ part, int outer, int len, int inner, int total, int start) {
+    concat_fwd(out, part, outer, len, inner, total, start);
+}
+// clipcu: hot
+extern "C" __global__ void concat_fwd_f16(__half* __restrict__ out, const __half* __restrict__ part, int outer, int len, int inner, int total, int start) {
+    concat_fwd(out, part, outer, len, inner, total, start);
+}
+// clipcu: hot
+extern "C" __global__ void concat_fwd_bf16(__nv_bfloat16* __restrict__ out, const __nv_bfloat16* __restrict__ part, int outer, int len, int inner, int total, int start) {
+    concat_fwd(out, part, outer, len, inner, total, start);
+}
+
+// clipcu: hot
+extern "C" __global__ void narrow_fwd_f32(float* __restrict__ out, const float* __restrict__ x, int outer, int full, int len, int inner, int start) {
+    narrow_fwd(out, x, outer, full, len, inner, start);
+}
+// clipcu: hot
+extern "C" __global__ void narrow_fwd_f16(__half* __restrict__ out, const __half* __restrict__ x, int outer, int full, int len, int inner, int start) {
+    narrow_fwd(out, x, outer, full, len, inner, start);
+}
+// clipcu: hot
+extern "C" __global__ void narrow_fwd_bf16(__nv_bfloat16* __restrict__ out, const __nv_bfloat16* __restrict__ x, int outer, int full, int len, int inner, int start) {
+    narrow_fwd(out, x, outer, full, len, inner, start);
+}
+
+// clipcu: hot
+extern "C" __global__ void narrow_bwd_f32(float* __restrict__ dx, const float* __restrict__ g, int outer, int full, int len, int inner, int start) {
+    narrow_bwd(dx, g, outer, full, len, inner, start);
+}
+// clipcu: hot
+extern "C" __global__ void narrow_bwd_f16(__half* __restrict__ dx, const __half* __restrict__ g, int outer, int full, int len, int inner, int start) {
+    narrow_bwd(dx, g, outer, full, len, inner, start);
+}
+// clipcu: hot
+extern "C" __global__ void narrow_bwd_bf16(__nv_bfloat16* __restrict__ dx, const __nv_bfloat16* __restrict__ g, int outer, int full, int len, int inner, int start) {
+    narrow_bwd(dx, g, outer, full, len, inner, start);
+}
+
+// clipcu: hot
+extern "C" __global__ void transpose01_f32(float* __restrict__ out, const float* __restrict__ x, int a, int b, int c) {
+    transpose01(out, x, a, b, c);
+}
+// clipcu: hot
+extern "C" __global__ void transpose01_f16(__half* __restrict__ out, const __half* __restrict__ x, int a, int b, int c) {
+    transpose01(out, x, a, b, c);
+}
+// clipcu: hot
+extern "C" __global__ void transpose01_bf16(__nv_bfloat16* __restrict__ out, const __nv_bfloat16* __restrict__ x, int a, int b, int c) {
+    transpose01(out, x, a, b, c);
 }
 
 // ---- any strided view → row-major -------------------------------------------------------------

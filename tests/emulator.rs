@@ -1163,22 +1163,18 @@ fn asan_unary() -> Vec<AsanLaunch> {
         let cfg = LaunchConfig::for_elements(n, 256);
         for t in DTYPES {
             let b = || tbuf(t, n);
-            v.push(launch_of(
-                format!("gelu_fwd_{t}"),
-                cfg,
-                vec![b(), b(), int(n)],
-            ));
-            let bwd = vec![b(), b(), b(), int(n)];
-            v.push(launch_of(format!("gelu_bwd_{t}"), cfg, bwd));
+            for k in ["gelu", "quick_gelu", "relu", "exp", "log", "sigmoid"] {
+                v.push(launch_of(
+                    format!("{k}_fwd_{t}"),
+                    cfg,
+                    vec![b(), b(), int(n)],
+                ));
+                let bwd = vec![b(), b(), b(), int(n)];
+                v.push(launch_of(format!("{k}_bwd_{t}"), cfg, bwd));
+            }
+            let scale = vec![b(), b(), flt(0.5), int(n)];
+            v.push(launch_of(format!("scale_fwd_{t}"), cfg, scale));
         }
-        for k in ["quick_gelu", "relu", "exp", "log", "sigmoid"] {
-            let fwd = vec![fbuf(n), fbuf(n), int(n)];
-            v.push(launch_of(format!("{k}_fwd_f32"), cfg, fwd));
-            let bwd = vec![fbuf(n), fbuf(n), fbuf(n), int(n)];
-            v.push(launch_of(format!("{k}_bwd_f32"), cfg, bwd));
-        }
-        let scale = vec![fbuf(n), fbuf(n), flt(0.5), int(n)];
-        v.push(launch_of("scale_fwd_f32", cfg, scale));
         v.push(launch_of("fill_f32", cfg, vec![fbuf(n), flt(1.0), int(n)]));
     }
     v
@@ -1196,11 +1192,10 @@ fn asan_binary() -> Vec<AsanLaunch> {
     for (rows, d) in [(0, 5), (7, 50), (13, 33)] {
         let n = rows * d;
         let cfg = LaunchConfig::for_elements(n, 256);
-        v.push(launch_of(
-            "add_fwd_f32",
-            cfg,
-            vec![fbuf(n), fbuf(n), fbuf(n), int(n)],
-        ));
+        for t in DTYPES {
+            let args = vec![tbuf(t, n), tbuf(t, n), tbuf(t, n), int(n)];
+            v.push(launch_of(format!("add_fwd_{t}"), cfg, args));
+        }
         // `write_into`: a gradient added or copied into its own storage
         for k in ["add_inplace_f32", "copy_f32"] {
             v.push(launch_of(k, cfg, vec![fbuf(n), fbuf(n), int(n)]));
@@ -1208,25 +1203,32 @@ fn asan_binary() -> Vec<AsanLaunch> {
         for t in DTYPES {
             let args = vec![tbuf(t, n), tbuf(t, n), tbuf(t, d), int(rows), int(d)];
             v.push(launch_of(format!("add_bias_fwd_{t}"), cfg, args));
-        }
-        let args = vec![fbuf(d), fbuf(n), int(rows), int(d)];
-        v.push(launch_of("bias_bwd_f32", bias_bwd_cfg(d), args));
-        // Each operand the full shape (n) or a repeated trailing block ([d], or a [] scalar).
-        for (na, nb) in [(n, n), (n, d), (d, n), (n, 1), (1, n)] {
-            for k in ["mul", "sub", "div"] {
-                let args = vec![fbuf(n), fbuf(na), fbuf(nb), int(n), int(na), int(nb)];
-                v.push(launch_of(format!("{k}_fwd_f32"), cfg, args));
+            let args = vec![tbuf(t, d), tbuf(t, n), int(rows), int(d)];
+            v.push(launch_of(format!("bias_bwd_{t}"), bias_bwd_cfg(d), args));
+            // Each operand the full shape (n) or a repeated trailing block ([d], or a [] scalar).
+            for (na, nb) in [(n, n), (n, d), (d, n), (n, 1), (1, n)] {
+                for k in ["mul", "sub", "div"] {
+                    let args = vec![
+                        tbuf(t, n),
+                        tbuf(t, na),
+                        tbuf(t, nb),
+                        int(n),
+                        int(na),
+                        int(nb),
+                    ];
+                    v.push(launch_of(format!("{k}_fwd_{t}"), cfg, args));
+                }
+                let args = vec![
+                    tbuf(t, n),
+                    tbuf(t, n),
+                    tbuf(t, na),
+                    tbuf(t, nb),
+                    int(n),
+                    int(na),
+                    int(nb),
+                ];
+                v.push(launch_of(format!("div_bwd_b_{t}"), cfg, args));
             }
-            let args = vec![
-                fbuf(n),
-                fbuf(n),
-                fbuf(na),
-                fbuf(nb),
-                int(n),
-                int(na),
-                int(nb),
-            ];
-            v.push(launch_of("div_bwd_b_f32", cfg, args));
         }
     }
     v
@@ -1255,49 +1257,51 @@ fn asan_layernorm() -> Vec<AsanLaunch> {
             ];
             v.push(launch_of(format!("layernorm_fwd_{t}"), rcfg, args));
         }
-        let args = vec![
-            fbuf(n),
-            fbuf(n),
-            fbuf(rows),
-            fbuf(rows),
-            fbuf(n),
-            fbuf(n),
-            fbuf(d),
-            fbuf(d),
-            int(rows),
-            int(d),
-            flt(1e-5),
-        ];
-        v.push(launch_of("layernorm_residual_fwd_f32", rcfg, args));
-        let args = vec![
-            fbuf(n),
-            fbuf(n),
-            fbuf(n),
-            fbuf(d),
-            fbuf(rows),
-            fbuf(rows),
-            int(rows),
-            int(d),
-        ];
-        v.push(launch_of("layernorm_bwd_f32", rcfg, args));
         let nchunks = rows.div_ceil(CHUNK).max(1);
         let cfg1 = cfg(
             (d.div_ceil(32).max(1) as u32, nchunks as u32, 1),
             (32, 8, 1),
             0,
         );
-        let args = vec![
-            fbuf(nchunks * d),
-            fbuf(nchunks * d),
-            fbuf(n),
-            fbuf(n),
-            fbuf(rows),
-            fbuf(rows),
-            int(rows),
-            int(d),
-            int(CHUNK),
-        ];
-        v.push(launch_of("layernorm_bwd_dwdb_f32", cfg1, args));
+        for t in DTYPES {
+            let args = vec![
+                tbuf(t, n),
+                tbuf(t, n),
+                fbuf(rows),
+                fbuf(rows),
+                tbuf(t, n),
+                tbuf(t, n),
+                fbuf(d),
+                fbuf(d),
+                int(rows),
+                int(d),
+                flt(1e-5),
+            ];
+            v.push(launch_of(format!("layernorm_residual_fwd_{t}"), rcfg, args));
+            let args = vec![
+                tbuf(t, n),
+                tbuf(t, n),
+                tbuf(t, n),
+                fbuf(d),
+                fbuf(rows),
+                fbuf(rows),
+                int(rows),
+                int(d),
+            ];
+            v.push(launch_of(format!("layernorm_bwd_{t}"), rcfg, args));
+            let args = vec![
+                fbuf(nchunks * d),
+                fbuf(nchunks * d),
+                tbuf(t, n),
+                tbuf(t, n),
+                fbuf(rows),
+                fbuf(rows),
+                int(rows),
+                int(d),
+                int(CHUNK),
+            ];
+            v.push(launch_of(format!("layernorm_bwd_dwdb_{t}"), cfg1, args));
+        }
         let args = vec![
             fbuf(d),
             fbuf(d),
@@ -1362,7 +1366,14 @@ fn asan_normalize() -> Vec<AsanLaunch> {
 
 /// One stage of the full sum: mirrors `one_stage` in src/ops/reduce/gpu.rs (grid ceil(n / chunk)
 /// of 256 threads over n elements); `out` is the size `sum_all` gives its output (nparts, then 1).
-fn reduce_stage(out: usize, n: usize, chunk: usize, square: bool, scale: f32) -> AsanLaunch {
+fn reduce_stage(
+    t: &str,
+    out: usize,
+    n: usize,
+    chunk: usize,
+    square: bool,
+    scale: f32,
+) -> AsanLaunch {
     let blocks = n.div_ceil(chunk.max(1)).max(1);
     assert_eq!(
         out, blocks,
@@ -1370,14 +1381,14 @@ fn reduce_stage(out: usize, n: usize, chunk: usize, square: bool, scale: f32) ->
     );
     let args = vec![
         fbuf(out),
-        fbuf(n),
+        tbuf(t, n),
         int(n),
         int(chunk.max(1)),
         int(square as usize),
         flt(scale),
     ];
     launch_of(
-        "reduce_sum_f32",
+        format!("reduce_sum_{t}"),
         cfg((blocks as u32, 1, 1), (256, 1, 1), 0),
         args,
     )
@@ -1391,39 +1402,54 @@ fn asan_reduce() -> Vec<AsanLaunch> {
     let mut v = Vec::new();
     for (n, square) in [(0usize, false), (5, true), (9000, false)] {
         let nparts = n.div_ceil(CHUNK).max(1);
-        v.push(reduce_stage(nparts, n, CHUNK, square, 1.0));
-        v.push(reduce_stage(1, nparts, nparts, false, 0.25));
+        // stage 1 on the input's dtype, stage 2 on the f32 partials
+        for t in DTYPES {
+            v.push(reduce_stage(t, nparts, n, CHUNK, square, 1.0));
+        }
+        v.push(reduce_stage("f32", 1, nparts, nparts, false, 0.25));
     }
-    for (outer, len, inner) in [(3, 7, 50), (1, 77, 1), (5, 1, 13), (2, 0, 3)] {
-        let (o, l, i) = (int(outer), int(len), int(inner));
-        let args = vec![
-            fbuf(outer * inner),
-            fbuf(outer * len * inner),
-            o.clone(),
-            l.clone(),
-            i.clone(),
-            int(1),
-            flt(1.0 / len.max(1) as f32),
-        ];
-        let c = LaunchConfig::for_elements(outer * inner, 256);
-        v.push(launch_of("sum_axis_f32", c, args));
-        let args = vec![
-            fbuf(outer * len * inner),
-            fbuf(outer * inner),
-            o,
-            l,
-            i,
-            flt(0.5),
-        ];
-        let c = LaunchConfig::for_elements(outer * len * inner, 256);
-        v.push(launch_of("expand_axis_f32", c, args));
+    for t in DTYPES {
+        for (outer, len, inner) in [(3, 7, 50), (1, 77, 1), (5, 1, 13), (2, 0, 3)] {
+            let (o, l, i) = (int(outer), int(len), int(inner));
+            let args = vec![
+                tbuf(t, outer * inner),
+                tbuf(t, outer * len * inner),
+                o.clone(),
+                l.clone(),
+                i.clone(),
+                int(1),
+                flt(1.0 / len.max(1) as f32),
+            ];
+            let c = LaunchConfig::for_elements(outer * inner, 256);
+            v.push(launch_of(format!("sum_axis_{t}"), c, args));
+            let args = vec![
+                tbuf(t, outer * len * inner),
+                tbuf(t, outer * inner),
+                o,
+                l,
+                i,
+                flt(0.5),
+            ];
+            let c = LaunchConfig::for_elements(outer * len * inner, 256);
+            v.push(launch_of(format!("expand_axis_{t}"), c, args));
+        }
     }
-    for [b, t, h, dh, s] in [[2, 7, 3, 5, 3], [3, 5, 2, 4, 1], [1, 77, 1, 33, 3]] {
-        let n = s * b * h * t * dh;
-        let c = LaunchConfig::for_elements(n, 256);
-        for k in ["head_split_fwd_f32", "head_split_bwd_f32"] {
-            let args = vec![fbuf(n), fbuf(n), int(b), int(t), int(h), int(dh), int(s)];
-            v.push(launch_of(k, c, args));
+    for ty in DTYPES {
+        for [b, t, h, dh, s] in [[2, 7, 3, 5, 3], [3, 5, 2, 4, 1], [1, 77, 1, 33, 3]] {
+            let n = s * b * h * t * dh;
+            let c = LaunchConfig::for_elements(n, 256);
+            for k in ["head_split_fwd", "head_split_bwd"] {
+                let args = vec![
+                    tbuf(ty, n),
+                    tbuf(ty, n),
+                    int(b),
+                    int(t),
+                    int(h),
+                    int(dh),
+                    int(s),
+                ];
+                v.push(launch_of(format!("{k}_{ty}"), c, args));
+            }
         }
     }
     v
@@ -1435,24 +1461,26 @@ fn asan_cross_entropy() -> Vec<AsanLaunch> {
     let mut v = Vec::new();
     for (n, c) in [(0, 5), (7, 50), (13, 77), (40, 3)] {
         let cf = LaunchConfig::warp_per_row(n);
-        let fwd = vec![
-            fbuf(n),
-            fbuf(n * c),
-            fbuf(n * c),
-            ibuf(n, c),
-            int(n),
-            int(c),
-        ];
-        v.push(launch_of("cross_entropy_fwd_f32", cf, fwd));
-        let bwd = vec![
-            fbuf(n * c),
-            fbuf(n * c),
-            ibuf(n, c),
-            fbuf(1),
-            int(n),
-            int(c),
-        ];
-        v.push(launch_of("cross_entropy_bwd_f32", cf, bwd));
+        for t in DTYPES {
+            let fwd = vec![
+                fbuf(n),
+                fbuf(n * c),
+                tbuf(t, n * c),
+                ibuf(n, c),
+                int(n),
+                int(c),
+            ];
+            v.push(launch_of(format!("cross_entropy_fwd_{t}"), cf, fwd));
+            let bwd = vec![
+                tbuf(t, n * c),
+                fbuf(n * c),
+                ibuf(n, c),
+                fbuf(1),
+                int(n),
+                int(c),
+            ];
+            v.push(launch_of(format!("cross_entropy_bwd_{t}"), cf, bwd));
+        }
         // the contrastive accuracies over square logits [n, n], both directions
         if c == 50 || n == 0 {
             for transpose in [0, 1] {
@@ -1659,58 +1687,61 @@ fn asan_attention() -> Vec<AsanLaunch> {
 /// elements, transpose01 over a·b·c.
 fn asan_layout() -> Vec<AsanLaunch> {
     let mut v = Vec::new();
-    for (outer, lens, inner) in [
-        (2, vec![3, 5, 1], 7),
-        (1, vec![2, 0, 5], 11),
-        (4, vec![1, 1], 1),
-    ] {
-        let total: usize = lens.iter().sum();
-        let mut start = 0;
-        for len in lens {
-            let part = outer * len * inner;
-            let args = vec![
-                fbuf(outer * total * inner),
-                fbuf(part),
-                int(outer),
-                int(len),
-                int(inner),
-                int(total),
-                int(start),
-            ];
+    for t in DTYPES {
+        for (outer, lens, inner) in [
+            (2, vec![3, 5, 1], 7),
+            (1, vec![2, 0, 5], 11),
+            (4, vec![1, 1], 1),
+        ] {
+            let total: usize = lens.iter().sum();
+            let mut start = 0;
+            for len in lens {
+                let part = outer * len * inner;
+                let args = vec![
+                    tbuf(t, outer * total * inner),
+                    tbuf(t, part),
+                    int(outer),
+                    int(len),
+                    int(inner),
+                    int(total),
+                    int(start),
+                ];
+                v.push(launch_of(
+                    format!("concat_fwd_{t}"),
+                    LaunchConfig::for_elements(part, 256),
+                    args,
+                ));
+                start += len;
+            }
+        }
+        for (outer, full, inner, start, len) in [(2, 9, 7, 0, 3), (2, 9, 7, 6, 3), (3, 5, 1, 4, 1)]
+        {
+            let (small, big) = (outer * len * inner, outer * full * inner);
+            let dims = [outer, full, len, inner, start].map(int);
+            let mut fwd = vec![tbuf(t, small), tbuf(t, big)];
+            fwd.extend(dims.iter().cloned());
             v.push(launch_of(
-                "concat_fwd_f32",
-                LaunchConfig::for_elements(part, 256),
+                format!("narrow_fwd_{t}"),
+                LaunchConfig::for_elements(small, 256),
+                fwd,
+            ));
+            let mut bwd = vec![tbuf(t, big), tbuf(t, small)];
+            bwd.extend(dims.iter().cloned());
+            v.push(launch_of(
+                format!("narrow_bwd_{t}"),
+                LaunchConfig::for_elements(big, 256),
+                bwd,
+            ));
+        }
+        for (a, b, c) in [(3, 7, 50), (5, 2, 1), (7, 3, 13)] {
+            let n = a * b * c;
+            let args = vec![tbuf(t, n), tbuf(t, n), int(a), int(b), int(c)];
+            v.push(launch_of(
+                format!("transpose01_{t}"),
+                LaunchConfig::for_elements(n, 256),
                 args,
             ));
-            start += len;
         }
-    }
-    for (outer, full, inner, start, len) in [(2, 9, 7, 0, 3), (2, 9, 7, 6, 3), (3, 5, 1, 4, 1)] {
-        let (small, big) = (outer * len * inner, outer * full * inner);
-        let dims = [outer, full, len, inner, start].map(int);
-        let mut fwd = vec![fbuf(small), fbuf(big)];
-        fwd.extend(dims.iter().cloned());
-        v.push(launch_of(
-            "narrow_fwd_f32",
-            LaunchConfig::for_elements(small, 256),
-            fwd,
-        ));
-        let mut bwd = vec![fbuf(big), fbuf(small)];
-        bwd.extend(dims.iter().cloned());
-        v.push(launch_of(
-            "narrow_bwd_f32",
-            LaunchConfig::for_elements(big, 256),
-            bwd,
-        ));
-    }
-    for (a, b, c) in [(3, 7, 50), (5, 2, 1), (7, 3, 13)] {
-        let n = a * b * c;
-        let args = vec![fbuf(n), fbuf(n), int(a), int(b), int(c)];
-        v.push(launch_of(
-            "transpose01_f32",
-            LaunchConfig::for_elements(n, 256),
-            args,
-        ));
     }
     // strided_copy (mirrors `strided_copy` in src/ops/layout/gpu.rs: grid_stride(n), the view's
     // whole storage in, merged dims outermost first, unused dims 1 with stride 0): a permuted
@@ -1806,27 +1837,49 @@ fn embedding_csr(ids: &[i32], vocab: usize) -> (Vec<i32>, Vec<i32>) {
 /// The ids include V − 1 and leave some rows absent (empty CSR ranges).
 fn asan_embedding() -> Vec<AsanLaunch> {
     let mut v = Vec::new();
-    for (vocab, n, d) in [(11, 13, 50), (5, 7, 130), (3, 1, 1), (4, 0, 3)] {
+    for (vocab, n, d) in [
+        (11usize, 13usize, 50usize),
+        (5, 7, 130),
+        (3, 1, 1),
+        (4, 0, 3),
+    ] {
         let ids: Vec<i32> = (0..n)
             .map(|k| (vocab - 1 - (k * k) % vocab) as i32)
             .collect();
-        let fwd = vec![fbuf(n * d), fbuf(vocab * d), ilist(&ids), int(n), int(d)];
-        let c = LaunchConfig::for_elements(n * d, 256);
-        v.push(launch_of("embedding_fwd_f32", c, fwd));
         let (off, pos) = embedding_csr(&ids, vocab);
-        let bwd = vec![
-            fbuf(vocab * d),
-            fbuf(n * d),
-            ilist(&off),
-            ilist(&pos),
-            int(d),
-        ];
-        let c = cfg(
+        let c_bwd = cfg(
             (vocab.max(1) as u32, d.div_ceil(128).max(1) as u32, 1),
             (128, 1, 1),
             0,
         );
-        v.push(launch_of("embedding_bwd_f32", c, bwd));
+        for t in DTYPES {
+            let fwd = vec![
+                tbuf(t, n * d),
+                tbuf(t, vocab * d),
+                ilist(&ids),
+                int(n),
+                int(d),
+            ];
+            let c = LaunchConfig::for_elements(n * d, 256);
+            v.push(launch_of(format!("embedding_fwd_{t}"), c, fwd));
+            // dw in the table's dtype; a 16-bit dy also into an f32 table (`_<t>_f32`)
+            for (w, name) in [
+                (t, format!("embedding_bwd_{t}")),
+                ("f32", format!("embedding_bwd_{t}_f32")),
+            ] {
+                if t == "f32" && name.ends_with("_f32_f32") {
+                    continue;
+                }
+                let bwd = vec![
+                    tbuf(w, vocab * d),
+                    tbuf(t, n * d),
+                    ilist(&off),
+                    ilist(&pos),
+                    int(d),
+                ];
+                v.push(launch_of(name, c_bwd, bwd));
+            }
+        }
     }
     v
 }
@@ -1840,47 +1893,25 @@ fn asan_batchnorm() -> Vec<AsanLaunch> {
         let (hw, total) = (h * w, n * c * h * w);
         let per_channel = cfg((c.max(1) as u32, 1, 1), (256, 1, 1), 0);
         let elems = LaunchConfig::for_elements(total, 256);
-        let stats = vec![
-            fbuf(c),
-            fbuf(c),
-            fbuf(c),
-            fbuf(total),
-            int(n),
-            int(c),
-            int(hw),
-            flt(1e-5),
-        ];
-        v.push(launch_of("batchnorm_stats_f32", per_channel, stats));
-        let apply = vec![
-            fbuf(total),
-            fbuf(total),
-            fbuf(c),
-            fbuf(c),
-            fbuf(c),
-            fbuf(c),
-            int(c),
-            int(hw),
-            int(total),
-        ];
-        v.push(launch_of("batchnorm_apply_f32", elems, apply));
-        let sums = vec![
-            fbuf(c),
-            fbuf(c),
-            fbuf(total),
-            fbuf(total),
-            fbuf(c),
-            fbuf(c),
-            int(n),
-            int(c),
-            int(hw),
-        ];
-        v.push(launch_of("batchnorm_bwd_sums_f32", per_channel, sums));
-        for training in [0, 1] {
-            let dx = vec![
-                fbuf(total),
-                fbuf(total),
-                fbuf(total),
+        for t in DTYPES {
+            let stats = vec![
                 fbuf(c),
+                fbuf(c),
+                fbuf(c),
+                tbuf(t, total),
+                int(n),
+                int(c),
+                int(hw),
+                flt(1e-5),
+            ];
+            v.push(launch_of(
+                format!("batchnorm_stats_{t}"),
+                per_channel,
+                stats,
+            ));
+            let apply = vec![
+                tbuf(t, total),
+                tbuf(t, total),
                 fbuf(c),
                 fbuf(c),
                 fbuf(c),
@@ -1888,10 +1919,42 @@ fn asan_batchnorm() -> Vec<AsanLaunch> {
                 int(c),
                 int(hw),
                 int(total),
-                flt(1.0 / (n * hw).max(1) as f32),
-                int(training),
             ];
-            v.push(launch_of("batchnorm_bwd_dx_f32", elems, dx));
+            v.push(launch_of(format!("batchnorm_apply_{t}"), elems, apply));
+            let sums = vec![
+                fbuf(c),
+                fbuf(c),
+                tbuf(t, total),
+                tbuf(t, total),
+                fbuf(c),
+                fbuf(c),
+                int(n),
+                int(c),
+                int(hw),
+            ];
+            v.push(launch_of(
+                format!("batchnorm_bwd_sums_{t}"),
+                per_channel,
+                sums,
+            ));
+            for training in [0, 1] {
+                let dx = vec![
+                    tbuf(t, total),
+                    tbuf(t, total),
+                    tbuf(t, total),
+                    fbuf(c),
+                    fbuf(c),
+                    fbuf(c),
+                    fbuf(c),
+                    fbuf(c),
+                    int(c),
+                    int(hw),
+                    int(total),
+                    flt(1.0 / (n * hw).max(1) as f32),
+                    int(training),
+                ];
+                v.push(launch_of(format!("batchnorm_bwd_dx_{t}"), elems, dx));
+            }
         }
     }
     v
@@ -1911,20 +1974,22 @@ fn asan_conv2d() -> Vec<AsanLaunch> {
         let (oh, ow) = ((h + 2 * pad - kh) / s + 1, (w + 2 * pad - kw) / s + 1);
         let (x, col) = (n * c * h * w, c * kh * kw * n * oh * ow);
         let dims = [n, c, h, w, kh, kw, s, pad, oh, ow].map(int);
-        let mut fwd = vec![fbuf(col), fbuf(x)];
-        fwd.extend(dims.iter().cloned());
-        v.push(launch_of(
-            "im2col_fwd_f32",
-            LaunchConfig::for_elements(col, 256),
-            fwd,
-        ));
-        let mut bwd = vec![fbuf(x), fbuf(col)];
-        bwd.extend(dims.iter().cloned());
-        v.push(launch_of(
-            "col2im_bwd_f32",
-            LaunchConfig::for_elements(x, 256),
-            bwd,
-        ));
+        for t in DTYPES {
+            let mut fwd = vec![tbuf(t, col), tbuf(t, x)];
+            fwd.extend(dims.iter().cloned());
+            v.push(launch_of(
+                format!("im2col_fwd_{t}"),
+                LaunchConfig::for_elements(col, 256),
+                fwd,
+            ));
+            let mut bwd = vec![tbuf(t, x), fbuf(col)];
+            bwd.extend(dims.iter().cloned());
+            v.push(launch_of(
+                format!("col2im_bwd_{t}"),
+                LaunchConfig::for_elements(x, 256),
+                bwd,
+            ));
+        }
     }
     v
 }
@@ -1938,20 +2003,22 @@ fn asan_pool() -> Vec<AsanLaunch> {
         let planes = n * c;
         let (x, y) = (planes * h * w, planes * oh * ow);
         let dims = [planes, h, w, k, s, oh, ow].map(int);
-        let mut fwd = vec![fbuf(y), fbuf(x)];
-        fwd.extend(dims.iter().cloned());
-        v.push(launch_of(
-            "avgpool_fwd_f32",
-            LaunchConfig::for_elements(y, 256),
-            fwd,
-        ));
-        let mut bwd = vec![fbuf(x), fbuf(y)];
-        bwd.extend(dims.iter().cloned());
-        v.push(launch_of(
-            "avgpool_bwd_f32",
-            LaunchConfig::for_elements(x, 256),
-            bwd,
-        ));
+        for t in DTYPES {
+            let mut fwd = vec![tbuf(t, y), tbuf(t, x)];
+            fwd.extend(dims.iter().cloned());
+            v.push(launch_of(
+                format!("avgpool_fwd_{t}"),
+                LaunchConfig::for_elements(y, 256),
+                fwd,
+            ));
+            let mut bwd = vec![tbuf(t, x), tbuf(t, y)];
+            bwd.extend(dims.iter().cloned());
+            v.push(launch_of(
+                format!("avgpool_bwd_{t}"),
+                LaunchConfig::for_elements(x, 256),
+                bwd,
+            ));
+        }
     }
     v
 }

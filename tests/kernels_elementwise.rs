@@ -203,9 +203,12 @@ fn unsupported_inputs_are_clear_errors() {
         .unwrap();
     let e = add(&x, &y).unwrap_err().to_string();
     assert!(e.contains("add") && e.contains("do not broadcast"), "{e}");
+    // 16-bit activations are supported (tests/kernels_half_train.rs); mixing dtypes is not
     let h = x.to_dtype(clipcu::DType::F16);
-    let e = relu(&h).unwrap_err().to_string();
-    assert!(e.contains("f32"), "{e}");
+    let e = unary_backward(UnaryKind::Relu, &h, &x)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("f16") && e.contains("f32"), "{e}");
 }
 
 #[test]

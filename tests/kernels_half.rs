@@ -15,6 +15,7 @@
 //! by 10% is 200× f16's u), or an unwritten (NaN) element.
 
 mod common;
+use common::half::{check16, rounded};
 use common::on_each_kernel_device as on_each;
 
 use clipcu::ops::binary::add;
@@ -24,54 +25,6 @@ use clipcu::ops::unary::{gelu, unary_backward, UnaryKind};
 use clipcu::{DType, Device, Tensor};
 
 const SIZES: [usize; 6] = [1, 7, 50, 77, 197, 1000];
-
-/// Half an ulp of the format, relative.
-fn unit(dtype: DType) -> f64 {
-    match dtype {
-        DType::F16 => 2f64.powi(-11),
-        DType::BF16 => 2f64.powi(-8),
-        DType::F32 => 2f64.powi(-24),
-    }
-}
-
-/// A fresh random tensor rounded to `dtype`, and the same rounded values in f32.
-fn rounded(shape: &[usize], std: f32, seed: u64, dtype: DType) -> (Tensor, Tensor) {
-    let h = Tensor::randn(shape.to_vec(), std, seed).to_dtype(dtype);
-    let f = h.to_dtype(DType::F32);
-    (h, f)
-}
-
-/// The f32 reordering part of the bound, relative to the reference's rms (see the header).
-const F32_PART: f64 = 1e-5;
-
-/// Every element of the 16-bit `out` against the f32 `reference` within the header's bound.
-fn check16(what: &str, tag: &str, seed: u64, dtype: DType, out: &Tensor, reference: &Tensor) {
-    assert_eq!(out.dtype(), dtype, "{what} on {tag}: output dtype");
-    assert_eq!(out.shape(), reference.shape(), "{what} on {tag}: shape");
-    let got = out
-        .to_device(Device::Cpu)
-        .unwrap()
-        .to_dtype(DType::F32)
-        .to_vec();
-    let want = reference.to_vec();
-    let rms =
-        (want.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / want.len().max(1) as f64).sqrt();
-    let subnormal = if dtype == DType::F16 {
-        2f64.powi(-25)
-    } else {
-        0.0
-    };
-    let u = unit(dtype);
-    for (i, (&o, &r)) in got.iter().zip(&want).enumerate() {
-        let bound = u * (r as f64).abs() + subnormal + F32_PART * rms;
-        let diff = (o as f64 - r as f64).abs();
-        // `!(<=)`: a NaN fails
-        assert!(
-            diff <= bound,
-            "{what} {dtype} on {tag}, seed={seed}: element {i} is {o}, reference {r} (|Δ| {diff:.3e} > bound {bound:.3e})"
-        );
-    }
-}
 
 #[test]
 fn gelu_and_bias_add_16bit_match_f32_reference() {

@@ -20,7 +20,7 @@ pub mod round;
 pub mod softmax;
 pub mod unary;
 
-use crate::{Device, Result, Tensor};
+use crate::{DType, Device, Result, Tensor};
 
 /// An output buffer that parallel tasks fill in disjoint parts (the fused inference kernels:
 /// each task owns its own block of elements), shared as a raw pointer.
@@ -50,6 +50,38 @@ pub(crate) fn cpu_input(op: &'static str, t: &Tensor) -> Result<Tensor> {
         }
         _ => Err(crate::graph::unsupported_device(op, t)),
     }
+}
+
+/// A CPU operand of an op that computes in f32 whatever its operands' storage: contiguous f32
+/// data, a 16-bit tensor widened first (exactly: every f16/bf16 value is an f32). The CPU half
+/// of the mixed-precision ops, which then round their activation outputs back to the input's
+/// dtype once ([`Tensor::try_to_dtype`], round to nearest even), as the 16-bit kernels store
+/// them: the same op name works with 16-bit activations on every device.
+pub(crate) fn cpu_input_f32(op: &'static str, t: &Tensor) -> Result<Tensor> {
+    match t.device() {
+        Device::Cpu => cpu_input(op, &t.try_to_dtype(DType::F32)?),
+        _ => Err(crate::graph::unsupported_device(op, t)),
+    }
+}
+
+/// The one dtype of operands that must share it (an activation and its gradient, the two sides
+/// of a residual add), or an error naming the op and every operand's shape and dtype.
+pub(crate) fn same_dtype(op: &'static str, ts: &[(&str, &Tensor)]) -> Result<DType> {
+    let dtype = ts.first().map(|(_, t)| t.dtype()).unwrap_or(DType::F32);
+    if ts.iter().any(|(_, t)| t.dtype() != dtype) {
+        let all: Vec<String> = ts
+            .iter()
+            .map(|(name, t)| format!("{name} {:?} {}", t.shape(), t.dtype()))
+            .collect();
+        return Err(crate::Error::shape(
+            op,
+            format!(
+                "operands of mixed dtypes ({}): they must share one",
+                all.join(", ")
+            ),
+        ));
+    }
+    Ok(dtype)
 }
 
 /// All operands on one device.

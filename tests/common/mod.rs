@@ -1,6 +1,8 @@
 //! Shared test helpers: the finite-difference gradient check.
 #![allow(dead_code)]
 
+pub mod half;
+
 use clipcu::{Graph, Result, Tensor, Var};
 use rand::{Rng, SeedableRng};
 

@@ -1,5 +1,5 @@
 //! Attention on Emu or Cuda. The head layout kernels of `kernels/reduce.cu` (one thread per
-//! element, blocks of 256): `head_split_fwd_f32` / `head_split_bwd_f32`, see
+//! element, blocks of 256; f32, f16 or bf16 copies): `head_split_{fwd,bwd}_<dtype>`, see
 //! [`super::split_qkv_heads`]. And scaled dot-product attention composed from batched device
 //! GEMMs (cuBLAS on Cuda, the CPU GEMM on Emu) and the kernels of `elementwise.cu` (scale) and
 //! `softmax.cu` (the causal mask is the softmax kernel's), every (batch, head) one problem of the
@@ -21,18 +21,19 @@ use crate::{Result, Tensor};
 const MODULE: &str = "reduce";
 
 /// `(B, T, H, Dh, S)` → one launch of `kernel` reading `x` into an output of `out_shape`.
-fn launch(kernel_name: &str, x: &Tensor, out_shape: &[usize], dims: [usize; 5]) -> Result<Tensor> {
+fn launch(stem: &str, x: &Tensor, out_shape: &[usize], dims: [usize; 5]) -> Result<Tensor> {
     let op = "split_heads";
-    let x = kernel::f32_input(op, x)?;
+    let x = kernel::typed_input(op, x)?;
     let n = kernel::i32_len(op, x.numel())? as usize;
-    let mut out = DeviceBuf::f32(x.device(), out_shape)?;
+    let mut out = DeviceBuf::typed(x.device(), out_shape, x.dtype())?;
+    let kernel_name = format!("{stem}_{}", kernel::dtype_suffix(x.dtype()));
     let [b, t, h, dh, s] = dims;
     // SAFETY: both sides hold S·B·H·T·Dh elements (checked by the callers), indices < that.
     unsafe {
         kernel::launch(
             x.device(),
             MODULE,
-            kernel_name,
+            &kernel_name,
             LaunchConfig::for_elements(n, 256),
             &mut [
                 KernelArg::Out(&mut out),
@@ -51,13 +52,13 @@ fn launch(kernel_name: &str, x: &Tensor, out_shape: &[usize], dims: [usize; 5]) 
 /// `[B·T, S·D]` → `[S, B, H, T, Dh]`.
 pub(crate) fn split(x: &Tensor, dims: [usize; 5]) -> Result<Tensor> {
     let [b, t, h, dh, s] = dims;
-    launch("head_split_fwd_f32", x, &[s, b, h, t, dh], dims)
+    launch("head_split_fwd", x, &[s, b, h, t, dh], dims)
 }
 
 /// `[S, B, H, T, Dh]` → `[B·T, S·D]`.
 pub(crate) fn unsplit(x: &Tensor, dims: [usize; 5]) -> Result<Tensor> {
     let [b, t, h, dh, s] = dims;
-    launch("head_split_bwd_f32", x, &[b * t, s * h * dh], dims)
+    launch("head_split_bwd", x, &[b * t, s * h * dh], dims)
 }
 
 /// (out `[B, H, Tq, Dv]`, P `[B·H, Tq, Tk]`) for q, k, v as `[B·H, T, D]` (shapes checked by the

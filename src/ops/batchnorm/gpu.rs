@@ -1,6 +1,7 @@
 //! Launchers of `kernels/batchnorm.cu` on Emu or Cuda: per-channel reductions with one block of
 //! 256 threads per channel (fixed order, no atomics), elementwise kernels with one thread per
-//! element.
+//! element. Activations (x, y, dy, dx) f32, f16 or bf16 — the kernels named by their dtype —
+//! with the statistics, weight, bias and their gradients f32.
 
 use crate::device::kernel::{self, DeviceBuf, KernelArg};
 use crate::device::LaunchConfig;
@@ -31,17 +32,19 @@ pub(crate) fn apply(
 ) -> Result<Tensor> {
     let op = "batch_norm2d";
     let device = kernel::kernel_device(op, &[x, mean, rstd, w, b])?;
-    let [x, mean, rstd, w, b] = [x, mean, rstd, w, b].map(|t| kernel::f32_input(op, t));
-    let (x, mean, rstd, w, b) = (x?, mean?, rstd?, w?, b?);
+    let x = kernel::typed_input(op, x)?;
+    let [mean, rstd, w, b] = [mean, rstd, w, b].map(|t| kernel::f32_input(op, t));
+    let (mean, rstd, w, b) = (mean?, rstd?, w?, b?);
     let (_, c, hw) = dims(&x);
     let total = kernel::i32_len(op, x.numel())?;
     let mut y = DeviceBuf::like(&x)?;
+    let name = format!("batchnorm_apply_{}", kernel::dtype_suffix(x.dtype()));
     // SAFETY: x, y hold total elements; the [C] operands are indexed by (i / hw) % c < c.
     unsafe {
         kernel::launch(
             device,
             MODULE,
-            "batchnorm_apply_f32",
+            &name,
             LaunchConfig::for_elements(x.numel(), 256),
             &mut [
                 KernelArg::Out(&mut y),
@@ -67,7 +70,7 @@ pub(crate) fn train_forward(
     eps: f32,
 ) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
     let op = "batch_norm2d";
-    let xc = kernel::f32_input(op, x)?;
+    let xc = kernel::typed_input(op, x)?;
     let (n, c, hw) = dims(&xc);
     kernel::i32_len(op, xc.numel())?;
     let device = xc.device();
@@ -79,7 +82,7 @@ pub(crate) fn train_forward(
         kernel::launch(
             device,
             MODULE,
-            "batchnorm_stats_f32",
+            &format!("batchnorm_stats_{}", kernel::dtype_suffix(xc.dtype())),
             per_channel(c),
             &mut [
                 KernelArg::Out(&mut mean),
@@ -109,8 +112,11 @@ pub(crate) fn backward(
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let op = "batch_norm2d backward";
     let device = kernel::kernel_device(op, &[x, w, mean, rstd, dy])?;
-    let [x, w, mean, rstd, dy] = [x, w, mean, rstd, dy].map(|t| kernel::f32_input(op, t));
-    let (x, w, mean, rstd, dy) = (x?, w?, mean?, rstd?, dy?);
+    let t = crate::ops::same_dtype(op, &[("input", x), ("gradient", dy)])?;
+    let (x, dy) = (kernel::typed_input(op, x)?, kernel::typed_input(op, dy)?);
+    let [w, mean, rstd] = [w, mean, rstd].map(|t| kernel::f32_input(op, t));
+    let (w, mean, rstd) = (w?, mean?, rstd?);
+    let suffix = kernel::dtype_suffix(t);
     let (n, c, hw) = dims(&x);
     let total = kernel::i32_len(op, x.numel())?;
     let mut sum_dy = DeviceBuf::f32(device, &[c])?;
@@ -120,7 +126,7 @@ pub(crate) fn backward(
         kernel::launch(
             device,
             MODULE,
-            "batchnorm_bwd_sums_f32",
+            &format!("batchnorm_bwd_sums_{suffix}"),
             per_channel(c),
             &mut [
                 KernelArg::Out(&mut sum_dy),
@@ -141,7 +147,7 @@ pub(crate) fn backward(
         kernel::launch(
             device,
             MODULE,
-            "batchnorm_bwd_dx_f32",
+            &format!("batchnorm_bwd_dx_{suffix}"),
             LaunchConfig::for_elements(x.numel(), 256),
             &mut [
                 KernelArg::Out(&mut dx),

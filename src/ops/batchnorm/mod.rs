@@ -9,6 +9,11 @@
 //! (means and sums per channel over (N, H, W), `x̂ = (x − μ)·rstd`, `rstd = 1/√(σ² + eps)`).
 //! Eval: μ and σ² are the running statistics, the op is a per-channel affine map, and backward is
 //! `dx = w·rstd·dy` with the same weight and bias gradients. Both modes save x, weight, μ, rstd.
+//!
+//! Activations (x, y, dy, dx) may be f16/bf16 on every device: statistics, running statistics,
+//! weight, bias and their gradients stay f32, and y and dx are rounded once to the activations'
+//! dtype (kernels: f32 arithmetic; the CPU widens x and dy and computes as for f32). A 16-bit
+//! weight and bias (weights kept only in 16 bits) are widened, dw and db rounded back to them.
 
 pub mod cpu;
 pub(crate) mod gpu;
@@ -16,8 +21,8 @@ pub(crate) mod gpu;
 use crate::device::kernel::runs_kernels;
 use crate::dist::Communicator;
 use crate::graph::{Graph, Op, Param, Var};
-use crate::ops::{cpu_input, same_device};
-use crate::{bail_shape, Error, Result, Tensor};
+use crate::ops::{cpu_input, cpu_input_f32, same_device};
+use crate::{bail_shape, DType, Error, Result, Tensor};
 
 const OP: &str = "batch_norm2d";
 
@@ -25,6 +30,10 @@ pub struct BatchNorm2dOp<'m> {
     training: bool,
     /// SyncBatchNorm's group (`Graph::sync_batch_norm`): backward sums over every rank.
     group: Option<&'m dyn Communicator>,
+    /// The activations' dtype (x, y), that of dx.
+    dtype: DType,
+    /// The weight's and bias's dtype, that of dw and db (computed in f32).
+    pdtype: DType,
 }
 
 /// SyncBatchNorm's statistics (CPU): per-channel Σx over every rank's batch, then Σ(x − μ)²
@@ -95,8 +104,9 @@ fn f32v(v: &[f64]) -> Vec<f32> {
     v.iter().map(|&x| x as f32).collect()
 }
 
-/// Normalises x with per-channel `mean` and `rstd` (f64) and applies weight/bias; returns
-/// (y, mean, rstd) with the statistics as f32 [C] tensors.
+/// Normalises x (f32: a 16-bit input widened) with per-channel `mean` and `rstd` (f64) and
+/// applies weight/bias; returns (y rounded to `dtype`, mean, rstd) with the statistics as f32
+/// [C] tensors.
 fn apply(
     x: &Tensor,
     w: &Tensor,
@@ -104,6 +114,7 @@ fn apply(
     mean: &[f64],
     rstd: &[f64],
     hw: usize,
+    dtype: DType,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let (wv, bv) = (w.f32s(OP)?, b.f32s(OP)?);
     let scale: Vec<f32> = wv
@@ -115,7 +126,7 @@ fn apply(
     let y = cpu::normalize(x.f32s(OP)?, &mean, &scale, bv, hw);
     let c = mean.len();
     Ok((
-        Tensor::from_f32(y, x.shape()),
+        Tensor::from_f32(y, x.shape()).try_to_dtype(dtype)?,
         Tensor::from_f32(mean, &[c]),
         Tensor::from_f32(rstd, &[c]),
     ))
@@ -146,6 +157,7 @@ fn train_forward(
     eps: f32,
 ) -> Result<(Tensor, Vec<f64>, Vec<f64>, Tensor)> {
     let (n, c, hw) = check(x, w, b)?;
+    let (w, b) = (&w.try_to_dtype(DType::F32)?, &b.try_to_dtype(DType::F32)?);
     if n * hw < 2 {
         bail_shape!(
             OP,
@@ -161,10 +173,11 @@ fn train_forward(
         };
         return Ok((y, f64v(&mean)?, f64v(&var)?, rstd));
     }
-    let (x, w, b) = (cpu_input(OP, x)?, cpu_input(OP, w)?, cpu_input(OP, b)?);
+    let dtype = x.dtype();
+    let (x, w, b) = (cpu_input_f32(OP, x)?, cpu_input(OP, w)?, cpu_input(OP, b)?);
     let (mean, var) = cpu::batch_stats(x.f32s(OP)?, c, hw);
     let rstd: Vec<f64> = var.iter().map(|&v| 1.0 / (v + eps as f64).sqrt()).collect();
-    let (y, _, rstd_t) = apply(&x, &w, &b, &mean, &rstd, hw)?;
+    let (y, _, rstd_t) = apply(&x, &w, &b, &mean, &rstd, hw, dtype)?;
     Ok((y, mean, var, rstd_t))
 }
 
@@ -179,6 +192,7 @@ fn eval_forward(
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let (_, _, hw) = check(x, w, b)?;
     check_running(x, rm, rv)?;
+    let (w, b) = (&w.try_to_dtype(DType::F32)?, &b.try_to_dtype(DType::F32)?);
     if runs_kernels(x.device()) {
         // rstd from the running variance as the CPU computes it (f64), then the apply kernel
         let c = rv.numel();
@@ -191,11 +205,12 @@ fn eval_forward(
         let y = gpu::apply(x, &mean, &rstd, w, b)?;
         return Ok((y, mean, rstd));
     }
-    let (x, w, b) = (cpu_input(OP, x)?, cpu_input(OP, w)?, cpu_input(OP, b)?);
+    let dtype = x.dtype();
+    let (x, w, b) = (cpu_input_f32(OP, x)?, cpu_input(OP, w)?, cpu_input(OP, b)?);
     let (rm, rv) = (cpu_input(OP, rm)?, cpu_input(OP, rv)?);
     let mean: Vec<f64> = rm.f32s(OP)?.iter().map(|&v| v as f64).collect();
     let rstd = running_rstd(rv.f32s(OP)?, eps);
-    apply(&x, &w, &b, &mean, &rstd, hw)
+    apply(&x, &w, &b, &mean, &rstd, hw, dtype)
 }
 
 /// `1/√(running var + eps)` per channel, in f64: what eval mode normalises by, on every device
@@ -270,7 +285,14 @@ impl<'m> Graph<'m> {
         momentum: f32,
         eps: f32,
     ) -> Result<Var> {
-        let (xt, wt, bt) = (x.tensor(), weight.tensor(), bias.tensor());
+        // 16-bit weight and bias (weights kept only in 16 bits): widened exactly for the f32
+        // arithmetic, their gradients rounded back in backward
+        let pdtype = weight.tensor().dtype();
+        let (w32, b32) = (
+            weight.tensor().try_to_dtype(DType::F32)?,
+            bias.tensor().try_to_dtype(DType::F32)?,
+        );
+        let (xt, wt, bt) = (x.tensor(), &w32, &b32);
         let (rm, rv) = (running_mean.value(), running_var.value());
         let group = self.batch_stats_group().filter(|_| training);
         if group.is_some() && runs_kernels(xt.device()) {
@@ -310,12 +332,16 @@ impl<'m> Graph<'m> {
             let s = xt.shape();
             let (y, mean, var, rstd, n) = match self.batch_stats_group() {
                 Some(group) => {
-                    let (x, w, b) = (cpu_input(OP, xt)?, cpu_input(OP, wt)?, cpu_input(OP, bt)?);
+                    let (x, w, b) = (
+                        cpu_input_f32(OP, xt)?,
+                        cpu_input(OP, wt)?,
+                        cpu_input(OP, bt)?,
+                    );
                     let hw = s[2] * s[3];
                     let (mean, var, n) = sync_stats(group, x.f32s(OP)?, s[1], hw)?;
                     let rstd: Vec<f64> =
                         var.iter().map(|&v| 1.0 / (v + eps as f64).sqrt()).collect();
-                    let (y, _, rstd_t) = apply(&x, &w, &b, &mean, &rstd, hw)?;
+                    let (y, _, rstd_t) = apply(&x, &w, &b, &mean, &rstd, hw, xt.dtype())?;
                     (y, mean, var, rstd_t, n)
                 }
                 None => {
@@ -355,10 +381,17 @@ impl<'m> Graph<'m> {
         let saved = if runs_kernels(xt.device()) {
             vec![xt.try_contiguous()?, wt.try_contiguous()?, mean, rstd]
         } else {
-            vec![cpu_input(OP, xt)?, cpu_input(OP, wt)?, mean, rstd]
+            // a 16-bit x saved widened (exactly), dx rounded back in backward
+            vec![cpu_input_f32(OP, xt)?, cpu_input(OP, wt)?, mean, rstd]
         };
+        let dtype = xt.dtype();
         Ok(self.record(
-            Op::BatchNorm2d(BatchNorm2dOp { training, group }),
+            Op::BatchNorm2d(BatchNorm2dOp {
+                training,
+                group,
+                dtype,
+                pdtype,
+            }),
             &[x, weight, bias],
             saved,
             y,
@@ -387,14 +420,23 @@ impl BatchNorm2dOp<'_> {
             let (dx, dw, db) = gpu::backward(x, w, mean, rstd, gout, self.training)?;
             return Ok(vec![
                 needs[0].then_some(dx),
-                needs[1].then_some(dw),
-                needs[2].then_some(db),
+                needs[1].then(|| dw.try_to_dtype(self.pdtype)).transpose()?,
+                needs[2].then(|| db.try_to_dtype(self.pdtype)).transpose()?,
             ]);
+        }
+        if gout.dtype() != self.dtype {
+            bail_shape!(
+                BOP,
+                "output gradient {:?} is {}, the input {}: they must share one dtype",
+                gout.shape(),
+                gout.dtype(),
+                self.dtype
+            );
         }
         let s = x.shape();
         let (c, hw) = (s[1], s[2] * s[3]);
         let mut m = (s[0] * hw) as f64;
-        let g = cpu_input(BOP, gout)?;
+        let g = cpu_input_f32(BOP, gout)?;
         let (xs, gs, ms, rs, ws) = (
             x.f32s(BOP)?,
             g.f32s(BOP)?,
@@ -444,17 +486,21 @@ impl BatchNorm2dOp<'_> {
             } else {
                 (vec![0.0; c], vec![0.0; c])
             };
-            Some(Tensor::from_f32(
-                cpu::input_grad(xs, gs, ms, rs, &f32v(&a), &b, &k, hw),
-                s,
-            ))
+            Some(
+                Tensor::from_f32(cpu::input_grad(xs, gs, ms, rs, &f32v(&a), &b, &k, hw), s)
+                    .try_to_dtype(self.dtype)?,
+            )
         } else {
             None
         };
         Ok(vec![
             dx,
-            needs[1].then(|| Tensor::from_f32(f32v(&sum_dy_xhat), &[c])),
-            needs[2].then(|| Tensor::from_f32(f32v(&sum_dy), &[c])),
+            needs[1]
+                .then(|| Tensor::from_f32(f32v(&sum_dy_xhat), &[c]).try_to_dtype(self.pdtype))
+                .transpose()?,
+            needs[2]
+                .then(|| Tensor::from_f32(f32v(&sum_dy), &[c]).try_to_dtype(self.pdtype))
+                .transpose()?,
         ])
     }
 }

@@ -1,10 +1,12 @@
 //! Launchers of the add kernels in `kernels/elementwise.cu`, on Emu or Cuda:
-//! `add_fwd_f32(out, a, b, n)` (same shape), `add_bias_fwd_f32(out, x, bias, rows, d)` (a
+//! `add_fwd_<t>(out, a, b, n)` (same shape: the residual add), `add_bias_fwd_f32(out, x, bias, rows, d)` (a
 //! trailing-dims operand broadcast over leading rows: a [D] bias over [R, D], a residual…), and
-//! `add_bias_fwd_{f16,bf16}` (both operands 16-bit, f32 arithmetic, one rounding: the bias add
-//! of mixed-precision activations), `bias_bwd_f32(db, g, rows, d)`, the deterministic column sum that is the bias's gradient;
-//! `{mul,sub,div}_fwd_f32(out, a, b, n, na, nb)` (each operand the full shape or a trailing-dims
-//! block repeated over the rows, on either side) and `div_bwd_b_f32(out, g, a, b, n, na, nb)`;
+//! `add_bias_fwd_{f16,bf16}` (both operands 16-bit, f32 arithmetic, one rounding: the bias and
+//! residual adds of mixed-precision activations), `bias_bwd_<t>(db, g, rows, d)`, the
+//! deterministic column sum that is the bias's gradient (f32 sums, db in g's dtype);
+//! `{mul,sub,div}_fwd_<t>(out, a, b, n, na, nb)` (each operand the full shape or a trailing-dims
+//! block repeated over the rows, on either side) and `div_bwd_b_<t>(out, g, a, b, n, na, nb)`,
+//! `<t>` each of f32, f16, bf16 (operands of one dtype; mixed dtypes are an error naming them);
 //! `add_inplace_f32(acc, g, n)` and `copy_f32(out, x, n)`, which write into a tensor's own
 //! storage (gradient accumulation that keeps its buffer, copy-on-write before an in-place
 //! update).
@@ -54,15 +56,17 @@ pub(crate) fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     } else {
         (kernel::typed_input(op, a)?, kernel::typed_input(op, b)?)
     };
-    if f32 && a.shape() == b.shape() {
+    if a.shape() == b.shape() && a.dtype() == b.dtype() {
+        // the residual add: f32, or both operands one 16-bit dtype
         let n = kernel::i32_len(op, a.numel())?;
         let mut out = DeviceBuf::like(&a)?;
+        let name = format!("add_fwd_{}", kernel::dtype_suffix(a.dtype()));
         // SAFETY: all three buffers hold n elements; the kernel touches indices < n.
         unsafe {
             kernel::launch(
                 device,
                 MODULE,
-                "add_fwd_f32",
+                &name,
                 LaunchConfig::for_elements(n as usize, THREADS),
                 &mut [
                     KernelArg::Out(&mut out),
@@ -170,10 +174,12 @@ pub(crate) fn sum_rows_to(g: &Tensor, target: &[usize]) -> Result<Option<Tensor>
     if !is_row_broadcast(g.shape(), target) {
         return Ok(None);
     }
-    let g = kernel::f32_input(op, g)?;
+    // g f32, f16 or bf16: f32 sums, db in g's dtype (rounded once)
+    let g = kernel::typed_input(op, g)?;
     let d: usize = target.iter().product();
     let rows = kernel::rows_of(op, &g, d)?;
-    let mut db = DeviceBuf::f32(g.device(), target)?;
+    let mut db = DeviceBuf::typed(g.device(), target, g.dtype())?;
+    let name = format!("bias_bwd_{}", kernel::dtype_suffix(g.dtype()));
     let cfg = LaunchConfig {
         grid: (d.div_ceil(32).max(1) as u32, 1, 1),
         block: (32, 8, 1),
@@ -184,7 +190,7 @@ pub(crate) fn sum_rows_to(g: &Tensor, target: &[usize]) -> Result<Option<Tensor>
         kernel::launch(
             g.device(),
             MODULE,
-            "bias_bwd_f32",
+            &name,
             cfg,
             &mut [
                 KernelArg::Out(&mut db),
@@ -229,7 +235,8 @@ fn repeat_lens(op: &'static str, a: &Tensor, b: &Tensor) -> Result<Repeat> {
 pub(crate) fn binary(kind: BinaryKind, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let op = kind.name();
     let device = kernel::kernel_device(op, &[a, b])?;
-    let (a, b) = (kernel::f32_input(op, a)?, kernel::f32_input(op, b)?);
+    let dtype = crate::ops::same_dtype(op, &[("a", a), ("b", b)])?;
+    let (a, b) = (kernel::typed_input(op, a)?, kernel::typed_input(op, b)?);
     let Repeat {
         shape,
         a,
@@ -238,19 +245,20 @@ pub(crate) fn binary(kind: BinaryKind, a: &Tensor, b: &Tensor) -> Result<Tensor>
         na,
         nb,
     } = repeat_lens(op, &a, &b)?;
-    let name = match kind {
-        BinaryKind::Mul => "mul_fwd_f32",
-        BinaryKind::Sub => "sub_fwd_f32",
-        BinaryKind::Div => "div_fwd_f32",
+    let stem = match kind {
+        BinaryKind::Mul => "mul",
+        BinaryKind::Sub => "sub",
+        BinaryKind::Div => "div",
         BinaryKind::Add => return add(&a, &b),
     };
-    let mut out = DeviceBuf::f32(device, &shape)?;
+    let name = format!("{stem}_fwd_{}", kernel::dtype_suffix(dtype));
+    let mut out = DeviceBuf::typed(device, &shape, dtype)?;
     // SAFETY: out holds n elements, a na and b nb, and the kernel reads a[i mod na], b[i mod nb].
     unsafe {
         kernel::launch(
             device,
             MODULE,
-            name,
+            &name,
             LaunchConfig::for_elements(n as usize, THREADS),
             &mut [
                 KernelArg::Out(&mut out),
@@ -270,10 +278,11 @@ pub(crate) fn binary(kind: BinaryKind, a: &Tensor, b: &Tensor) -> Result<Tensor>
 pub(crate) fn div_grad_b(g: &Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let op = "div backward";
     let device = kernel::kernel_device(op, &[g, a, b])?;
+    let dtype = crate::ops::same_dtype(op, &[("gradient", g), ("a", a), ("b", b)])?;
     let (g, a, b) = (
-        kernel::f32_input(op, g)?,
-        kernel::f32_input(op, a)?,
-        kernel::f32_input(op, b)?,
+        kernel::typed_input(op, g)?,
+        kernel::typed_input(op, a)?,
+        kernel::typed_input(op, b)?,
     );
     let Repeat {
         shape,
@@ -298,7 +307,7 @@ pub(crate) fn div_grad_b(g: &Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         kernel::launch(
             device,
             MODULE,
-            "div_bwd_b_f32",
+            &format!("div_bwd_b_{}", kernel::dtype_suffix(dtype)),
             LaunchConfig::for_elements(n as usize, THREADS),
             &mut [
                 KernelArg::Out(&mut out),

@@ -1,6 +1,11 @@
 //! Elementwise add, sub, mul and div with numpy broadcasting (a bias `[D]` over `[B, T, D]`, a
 //! scalar over anything). Backward multiplies by the local derivative and sums the gradient back
 //! down to each operand's shape over the stretched dims.
+//!
+//! Operands f32, or both f16 or both bf16 (the residual and bias adds of 16-bit activations),
+//! on every device: f32 arithmetic, the result rounded once to the operands' dtype (the CPU
+//! widens, computes and rounds; the kernels are `kernels/elementwise.cu`'s 16-bit
+//! instantiations). Operands of different dtypes are an error naming both.
 
 pub mod cpu;
 pub(crate) mod gpu;
@@ -8,7 +13,7 @@ pub(crate) mod gpu;
 use crate::device::kernel;
 use crate::graph::{Graph, Op, Var};
 use crate::ops::reduce::sum_to_shape;
-use crate::ops::{cpu_input, same_device};
+use crate::ops::{cpu_input, cpu_input_f32, same_device};
 use crate::{Error, Result, Tensor};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,13 +51,16 @@ pub fn binary(kind: BinaryKind, a: &Tensor, b: &Tensor) -> Result<Tensor> {
             _ => gpu::binary(kind, a, b),
         };
     }
-    let (a, b) = (cpu_input(op, a)?, cpu_input(op, b)?);
+    // 16-bit operands (of one dtype): widened, computed in f32, the result rounded back once
+    let dtype = crate::ops::same_dtype(op, &[("a", a), ("b", b)])?;
+    let (a, b) = (cpu_input_f32(op, a)?, cpu_input_f32(op, b)?);
     match kind {
         BinaryKind::Add => cpu::broadcast_map(op, &a, &b, |x, y| x + y),
         BinaryKind::Sub => cpu::broadcast_map(op, &a, &b, |x, y| x - y),
         BinaryKind::Mul => cpu::broadcast_map(op, &a, &b, |x, y| x * y),
         BinaryKind::Div => cpu::broadcast_map(op, &a, &b, |x, y| x / y),
-    }
+    }?
+    .try_to_dtype(dtype)
 }
 
 pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
@@ -150,13 +158,17 @@ impl BinaryOp {
                 let gb = if needs[1] && kernel::runs_kernels(gout.device()) {
                     Some(gpu::div_grad_b(gout, a, b)?)
                 } else if needs[1] {
+                    // in f32, rounded once to the gradient's dtype (as the kernel)
+                    let op = "div backward";
+                    let dtype =
+                        crate::ops::same_dtype(op, &[("gradient", gout), ("a", a), ("b", b)])?;
                     let t = cpu::broadcast_map(
-                        "div backward",
-                        &cpu_input("div", a)?,
-                        &cpu_input("div", b)?,
+                        op,
+                        &cpu_input_f32(op, a)?,
+                        &cpu_input_f32(op, b)?,
                         |x, y| -x / (y * y),
                     )?;
-                    Some(mul(gout, &t)?)
+                    Some(mul(&cpu_input_f32(op, gout)?, &t)?.try_to_dtype(dtype)?)
                 } else {
                     None
                 };

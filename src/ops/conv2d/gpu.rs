@@ -9,21 +9,24 @@
 //! ```
 //!
 //! One GEMM covers the whole batch (N·P columns) rather than one per image; the transposes
-//! between the GEMM's [O, N, P] and NCHW are `kernels/layout.cu`.
+//! between the GEMM's [O, N, P] and NCHW are `kernels/layout.cu`. x and w f32, or both f16 or
+//! both bf16 (16-bit im2col/col2im and transposes; the GEMM's 16-bit operands accumulate in f32),
+//! the output and gradients in their dtype.
 
 use super::cpu::Geom;
 use crate::device::kernel::{self, DeviceBuf, KernelArg};
 use crate::device::LaunchConfig;
-use crate::{Result, Tensor};
+use crate::{DType, Result, Tensor};
 
 const MODULE: &str = "conv2d";
 
-fn run(name: &str, src: &Tensor, out_shape: &[usize], g: &Geom) -> Result<Tensor> {
+/// One launch of `<stem>_<dtype>(out, src, dims…)`: `out` of `out_shape` in `dtype`.
+fn run(stem: &str, src: &Tensor, out_shape: &[usize], dtype: DType, g: &Geom) -> Result<Tensor> {
     let op = "im2col";
-    let src = kernel::f32_input(op, src)?;
     let total: usize = out_shape.iter().product();
     kernel::i32_len(op, total.max(src.numel()))?;
-    let mut out = DeviceBuf::f32(src.device(), out_shape)?;
+    let mut out = DeviceBuf::typed(src.device(), out_shape, dtype)?;
+    let name = format!("{stem}_{}", kernel::dtype_suffix(dtype));
     let i = |v: usize| KernelArg::I32(v as i32);
     // SAFETY: x holds N·C·H·W elements and col K·N·P; every index formed is in range (the
     // padding taps are tested before reading).
@@ -31,11 +34,11 @@ fn run(name: &str, src: &Tensor, out_shape: &[usize], g: &Geom) -> Result<Tensor
         kernel::launch(
             src.device(),
             MODULE,
-            name,
+            &name,
             LaunchConfig::for_elements(total, 256),
             &mut [
                 KernelArg::Out(&mut out),
-                KernelArg::In(&src),
+                KernelArg::In(src),
                 i(g.n),
                 i(g.c),
                 i(g.h),
@@ -52,12 +55,23 @@ fn run(name: &str, src: &Tensor, out_shape: &[usize], g: &Geom) -> Result<Tensor
     out.into_tensor()
 }
 
+/// col in x's dtype (a copy).
 pub(crate) fn im2col(x: &Tensor, g: &Geom) -> Result<Tensor> {
-    run("im2col_fwd_f32", x, &[g.k(), g.n * g.p()], g)
+    let x = kernel::typed_input("im2col", x)?;
+    run("im2col_fwd", &x, &[g.k(), g.n * g.p()], x.dtype(), g)
 }
 
+/// dx in `dtype` from the columns' gradient; the kernels read f32 columns (a 16-bit `dcol` is
+/// widened first, exactly), so that the conv's own backward hands its GEMM's f32 sums over
+/// unrounded ([`backward`]).
+pub(crate) fn col2im_to(dcol: &Tensor, g: &Geom, dtype: DType) -> Result<Tensor> {
+    let dcol = kernel::typed_input("col2im", &dcol.try_to_dtype(DType::F32)?)?;
+    run("col2im_bwd", &dcol, &[g.n, g.c, g.h, g.w], dtype, g)
+}
+
+/// dx in dcol's dtype.
 pub(crate) fn col2im(dcol: &Tensor, g: &Geom) -> Result<Tensor> {
-    run("col2im_bwd_f32", dcol, &[g.n, g.c, g.h, g.w], g)
+    col2im_to(dcol, g, dcol.dtype())
 }
 
 /// `conv2d(x, w)` on a kernel device; `g` from the caller's shape checks.
@@ -81,8 +95,14 @@ pub(crate) fn backward(
         crate::ops::layout::gpu::transpose01(gout, g.n, g.o, g.p())?.reshape([g.o, g.n * g.p()])?;
     let w2 = w.reshape([g.o, g.k()])?;
     let dx = if needs.0 {
-        let dcol = matmul(&w2, &dy, true, false)?; // [K, N·P]
-        Some(col2im(&dcol, g)?)
+        // [K, N·P], f32 whatever the operands (16-bit operands accumulate in f32): col2im sums
+        // these and rounds dx once
+        let opts = crate::ops::matmul::gpu::GemmOptions {
+            out_dtype: Some(DType::F32),
+            ..Default::default()
+        };
+        let dcol = crate::ops::matmul::gpu::gemm(&w2, &dy, true, false, &opts)?;
+        Some(col2im_to(&dcol, g, gout.dtype())?)
     } else {
         None
     };

@@ -17,7 +17,7 @@ pub mod fused;
 pub(crate) mod gpu;
 
 use crate::graph::{Graph, Op, Var};
-use crate::ops::{cpu_input, same_device};
+use crate::ops::{cpu_input, cpu_input_f32, same_device};
 use crate::{bail_shape, Result, Tensor};
 use cpu::Geom;
 
@@ -85,10 +85,11 @@ pub fn im2col(x: &Tensor, kh: usize, kw: usize, stride: usize, padding: usize) -
     if crate::device::kernel::runs_kernels(x.device()) {
         return gpu::im2col(x, &g);
     }
-    let x = cpu_input("im2col", x)?;
+    let dtype = x.dtype();
+    let x = cpu_input_f32("im2col", x)?;
     let mut col = vec![0f32; g.k() * g.n * g.p()];
     cpu::im2col(x.f32s("im2col")?, g.n, &g, &mut col);
-    Ok(Tensor::from_f32(col, &[g.k(), g.n * g.p()]))
+    Tensor::from_f32(col, &[g.k(), g.n * g.p()]).try_to_dtype(dtype)
 }
 
 /// The adjoint of [`im2col`] (the input gradient): `dcol [C·kh·kw, N·OH·OW]` → `dx` of
@@ -114,23 +115,26 @@ pub fn col2im(
     if crate::device::kernel::runs_kernels(dcol.device()) {
         return gpu::col2im(dcol, &g);
     }
-    let d = cpu_input("col2im", dcol)?;
+    let dtype = dcol.dtype();
+    let d = cpu_input_f32("col2im", dcol)?;
     let mut dx = vec![0f32; g.n * g.c * g.h * g.w];
     cpu::col2im(d.f32s("col2im")?, g.n, &g, &mut dx);
-    Ok(Tensor::from_f32(dx, &in_shape))
+    Tensor::from_f32(dx, &in_shape).try_to_dtype(dtype)
 }
 
 /// `conv2d(x, w)` with the given stride and zero padding (same on both axes); see the module doc.
 pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
     same_device(OP, &[x, w])?;
     let g = geom(x.shape(), w.shape(), stride, padding)?;
+    // x and w f32, or both one 16-bit dtype (the output in it)
+    let dtype = crate::ops::same_dtype(OP, &[("input", x), ("weight", w)])?;
     if crate::device::kernel::runs_kernels(x.device()) {
         crate::device::kernel::i32_len(OP, x.numel().max(g.k() * g.n * g.p()))?;
         return gpu::forward(x, w, &g);
     }
-    let (x, w) = (cpu_input(OP, x)?, cpu_input(OP, w)?);
+    let (x, w) = (cpu_input_f32(OP, x)?, cpu_input_f32(OP, w)?);
     let out = cpu::forward(x.f32s(OP)?, w.f32s(OP)?, &g);
-    Ok(Tensor::from_f32(out, &[g.n, g.o, g.oh, g.ow]))
+    Tensor::from_f32(out, &[g.n, g.o, g.oh, g.ow]).try_to_dtype(dtype)
 }
 
 /// Eval-mode BatchNorm statistics as an affine map per output channel (see
@@ -220,26 +224,25 @@ impl Conv2dOp {
                 g.ow
             );
         }
+        let dtype =
+            crate::ops::same_dtype(BOP, &[("input", x), ("weight", w), ("gradient", gout)])?;
         if crate::device::kernel::runs_kernels(gout.device()) {
             let (dx, dw) = gpu::backward(x, w, gout, &g, (needs[0], needs[1]))?;
             return Ok(vec![dx, dw]);
         }
-        let gout = cpu_input(BOP, gout)?;
+        // 16-bit operands: widened, f32 arithmetic, the gradients rounded back once
+        let gout = cpu_input_f32(BOP, gout)?;
         let dx = if needs[0] {
-            let w = cpu_input(BOP, w)?;
-            Some(Tensor::from_f32(
-                cpu::backward_x(gout.f32s(BOP)?, w.f32s(BOP)?, &g),
-                x.shape(),
-            ))
+            let w = cpu_input_f32(BOP, w)?;
+            let dx = cpu::backward_x(gout.f32s(BOP)?, w.f32s(BOP)?, &g);
+            Some(Tensor::from_f32(dx, x.shape()).try_to_dtype(dtype)?)
         } else {
             None
         };
         let dw = if needs[1] {
-            let x = cpu_input(BOP, x)?;
-            Some(Tensor::from_f32(
-                cpu::backward_w(x.f32s(BOP)?, gout.f32s(BOP)?, &g),
-                w.shape(),
-            ))
+            let x = cpu_input_f32(BOP, x)?;
+            let dw = cpu::backward_w(x.f32s(BOP)?, gout.f32s(BOP)?, &g);
+            Some(Tensor::from_f32(dw, w.shape()).try_to_dtype(dtype)?)
         } else {
             None
         };

@@ -1,6 +1,7 @@
 //! Launchers of `kernels/cross_entropy.cu` on Emu or Cuda, one warp per row
 //! ([`LaunchConfig::warp_per_row`]): `cross_entropy_fwd_f32(loss, probs, logits, targets, rows, c)`
-//! writes each row's loss and softmax; the mean over rows is the fixed-order two-stage sum of
+//! writes each row's loss and softmax (logits f32, f16 or bf16: `_f16`, `_bf16` kernels; loss
+//! and probabilities always f32, the logits' gradient in their dtype); the mean over rows is the fixed-order two-stage sum of
 //! `reduce.cu`. `cross_entropy_bwd_f32(dlogits, probs, targets, dloss, rows, c)` reads the output
 //! gradient from device memory. Targets (checked `< c` by the caller) travel as i32, or not at all
 //! when they are `0..N` (null: row r's target is r). `diagonal_hits_f32` + the fixed-order sum
@@ -29,19 +30,20 @@ fn targets_arg(t: &Option<DeviceBuf>) -> KernelArg<'_> {
 /// (mean loss `[]`, probabilities `[N, C]`) of logits `[N, C]` (shapes checked by the caller).
 pub(crate) fn forward(logits: &Tensor, targets: &[u32]) -> Result<(Tensor, Tensor)> {
     let op = "cross_entropy";
-    let z = kernel::f32_input(op, logits)?;
+    let z = kernel::typed_input(op, logits)?;
     let (n, c) = (z.shape()[0], z.shape()[1]);
     kernel::i32_len(op, z.numel())?;
     let device = z.device();
     let t = targets_buf(device, targets)?;
     let mut loss = DeviceBuf::f32(device, &[n])?;
-    let mut probs = DeviceBuf::like(&z)?;
+    let mut probs = DeviceBuf::f32(device, &[n, c])?;
+    let name = format!("cross_entropy_fwd_{}", kernel::dtype_suffix(z.dtype()));
     // SAFETY: logits and probs hold n·c elements, loss and targets n, and targets are < c.
     unsafe {
         kernel::launch(
             device,
             MODULE,
-            "cross_entropy_fwd_f32",
+            &name,
             LaunchConfig::warp_per_row(n),
             &mut [
                 KernelArg::Out(&mut loss),
@@ -58,8 +60,14 @@ pub(crate) fn forward(logits: &Tensor, targets: &[u32]) -> Result<(Tensor, Tenso
     Ok((mean, probs.into_tensor()?))
 }
 
-/// `dz = (p − onehot(t))·dL/N` from the saved probabilities and the `[]` output gradient.
-pub(crate) fn backward(probs: &Tensor, targets: &[u32], dloss: &Tensor) -> Result<Tensor> {
+/// `dz = (p − onehot(t))·dL/N` in `dtype` (the logits') from the saved f32 probabilities and
+/// the `[]` output gradient.
+pub(crate) fn backward(
+    probs: &Tensor,
+    targets: &[u32],
+    dloss: &Tensor,
+    dtype: crate::DType,
+) -> Result<Tensor> {
     let op = "cross_entropy backward";
     let device = kernel::kernel_device(op, &[probs, dloss])?;
     let (p, dl) = (kernel::f32_input(op, probs)?, kernel::f32_input(op, dloss)?);
@@ -72,13 +80,14 @@ pub(crate) fn backward(probs: &Tensor, targets: &[u32], dloss: &Tensor) -> Resul
     }
     let (n, c) = (p.shape()[0], p.shape()[1]);
     let t = targets_buf(device, targets)?;
-    let mut dz = DeviceBuf::like(&p)?;
+    let mut dz = DeviceBuf::typed(device, p.shape(), dtype)?;
+    let name = format!("cross_entropy_bwd_{}", kernel::dtype_suffix(dtype));
     // SAFETY: probs and dz hold n·c elements, targets n (each < c), dloss one.
     unsafe {
         kernel::launch(
             device,
             MODULE,
-            "cross_entropy_bwd_f32",
+            &name,
             LaunchConfig::warp_per_row(n),
             &mut [
                 KernelArg::Out(&mut dz),

@@ -1,17 +1,20 @@
 //! Mean cross-entropy of logits [N, C] against integer targets: `mean_i(logsumexp(z_i) − z_i[t_i])`.
 //! Saves the softmax probabilities; backward is `(p − onehot(t)) · dL / N`. On Emu and Cuda:
-//! `gpu.rs` (`kernels/cross_entropy.cu`).
+//! `gpu.rs` (`kernels/cross_entropy.cu`). Logits f32, f16 or bf16 on every device: the loss and
+//! the saved probabilities f32, the logits' gradient in their dtype (rounded once).
 
 pub(crate) mod gpu;
 
 use crate::graph::{Graph, Op, Var};
-use crate::ops::cpu_input;
-use crate::{bail_shape, Result, Tensor};
+use crate::ops::cpu_input_f32;
+use crate::{bail_shape, DType, Result, Tensor};
 use rayon::prelude::*;
 use std::sync::Arc;
 
 pub struct CrossEntropyOp {
     targets: Arc<Vec<u32>>,
+    /// The logits' dtype, that of their gradient.
+    dtype: DType,
 }
 
 /// Returns (mean loss, probabilities).
@@ -40,7 +43,8 @@ fn forward(logits: &Tensor, targets: &[u32]) -> Result<(Tensor, Tensor)> {
     if crate::device::kernel::runs_kernels(logits.device()) {
         return gpu::forward(logits, targets);
     }
-    let z = cpu_input("cross_entropy", logits)?;
+    // 16-bit logits: widened (exactly); loss and probabilities f32, as the kernels
+    let z = cpu_input_f32("cross_entropy", logits)?;
     let zs = z.f32s("cross_entropy")?;
     let mut p = vec![0f32; n * c];
     let losses: Vec<f64> = p
@@ -74,6 +78,7 @@ impl<'m> Graph<'m> {
         let (loss, p) = forward(logits.tensor(), targets)?;
         let op = CrossEntropyOp {
             targets: Arc::new(targets.to_vec()),
+            dtype: logits.tensor().dtype(),
         };
         Ok(self.record(Op::CrossEntropy(op), &[logits], vec![p], loss))
     }
@@ -88,7 +93,12 @@ impl CrossEntropyOp {
     ) -> Result<Vec<Option<Tensor>>> {
         let p = &saved[0];
         if crate::device::kernel::runs_kernels(p.device()) {
-            return Ok(vec![Some(gpu::backward(p, &self.targets, gout)?)]);
+            return Ok(vec![Some(gpu::backward(
+                p,
+                &self.targets,
+                gout,
+                self.dtype,
+            )?)]);
         }
         let (n, c) = (p.shape()[0], p.shape()[1]);
         let scale = gout.item()? / n.max(1) as f32;
@@ -97,6 +107,8 @@ impl CrossEntropyOp {
             row[t as usize] -= 1.0;
             row.iter_mut().for_each(|v| *v *= scale);
         }
-        Ok(vec![Some(Tensor::from_f32(dz, &[n, c]))])
+        Ok(vec![Some(
+            Tensor::from_f32(dz, &[n, c]).try_to_dtype(self.dtype)?,
+        )])
     }
 }

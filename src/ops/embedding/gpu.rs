@@ -2,13 +2,14 @@
 //! output element. Backward: deterministic per-vocab-row ownership over a CSR index of the ids
 //! built here on the host by counting sort (`off[V + 1]`, `pos[N]`, positions ascending), so each
 //! `dw` row is summed in id order by one block — no float atomics, bit-identical to the CPU.
+//! Tables (and outputs) f32, f16 or bf16; dw in the table's dtype, summed in f32.
 //!
 //! The ids and their CSR index travel together: one upload per lookup ([`DeviceIndex`], built in
 //! forward and kept by the graph op for backward), the only host→device copy an embedding makes.
 
 use crate::device::kernel::{self, DeviceBuf, KernelArg};
 use crate::device::LaunchConfig;
-use crate::{Error, Result, Tensor};
+use crate::{DType, Error, Result, Tensor};
 
 const MODULE: &str = "embedding";
 
@@ -47,19 +48,20 @@ impl DeviceIndex {
 /// `out[k] = weight[ids[k]]`; ids already range-checked; output shape `ids_shape + [D]`.
 pub(crate) fn forward(weight: &Tensor, index: &DeviceIndex, ids_shape: &[usize]) -> Result<Tensor> {
     let op = "embedding";
-    let w = kernel::f32_input(op, weight)?;
+    let w = kernel::typed_input(op, weight)?;
     let d = w.shape()[1];
     let n = index.n;
     kernel::i32_len(op, n * d)?;
     let mut shape = ids_shape.to_vec();
     shape.push(d);
-    let mut out = DeviceBuf::f32(w.device(), &shape)?;
+    let mut out = DeviceBuf::typed(w.device(), &shape, w.dtype())?;
+    let name = format!("embedding_fwd_{}", kernel::dtype_suffix(w.dtype()));
     // SAFETY: out holds n·d elements, ids n (each < V), w V·d.
     unsafe {
         kernel::launch(
             w.device(),
             MODULE,
-            "embedding_fwd_f32",
+            &name,
             LaunchConfig::for_elements(n * d, 256),
             &mut [
                 KernelArg::Out(&mut out),
@@ -91,17 +93,28 @@ pub(crate) fn csr(ids: &[u32], vocab: usize) -> (Vec<i32>, Vec<i32>) {
     (off, pos)
 }
 
-/// `dw [vocab, D]` from `dy [.., D]` (one row per id of `index`).
-pub(crate) fn backward(dy: &Tensor, index: &DeviceIndex) -> Result<Tensor> {
+/// `dw [vocab, D]` in `dtype` (the table's) from `dy [.., D]` (one row per id of `index`): dy
+/// of the table's dtype, or a 16-bit dy into an f32 table's gradient.
+pub(crate) fn backward(dy: &Tensor, index: &DeviceIndex, dtype: DType) -> Result<Tensor> {
     let op = "embedding backward";
-    let dy = kernel::f32_input(op, dy)?;
+    let dy = kernel::typed_input(op, dy)?;
+    let name = match (dy.dtype(), dtype) {
+        (g, w) if g == w => format!("embedding_bwd_{}", kernel::dtype_suffix(g)),
+        (g, DType::F32) => format!("embedding_bwd_{}_f32", kernel::dtype_suffix(g)),
+        (g, w) => {
+            return Err(Error::shape(
+                op,
+                format!("a {g} gradient {:?} for a {w} table: the gradient must be the table's dtype (or 16-bit into an f32 table)", dy.shape()),
+            ))
+        }
+    };
     let (n, vocab) = (index.n, index.vocab);
     let d = *dy.shape().last().unwrap_or(&0);
     if dy.numel() != n * d {
         crate::bail_shape!(op, "gradient {:?} does not match {n} ids", dy.shape());
     }
     kernel::i32_len(op, (vocab * d).max(n * d))?;
-    let mut dw = DeviceBuf::f32(dy.device(), &[vocab, d])?;
+    let mut dw = DeviceBuf::typed(dy.device(), &[vocab, d], dtype)?;
     let cfg = LaunchConfig {
         grid: (vocab.max(1) as u32, d.div_ceil(128).max(1) as u32, 1),
         block: (128, 1, 1),
@@ -115,7 +128,7 @@ pub(crate) fn backward(dy: &Tensor, index: &DeviceIndex) -> Result<Tensor> {
         kernel::launch(
             dy.device(),
             MODULE,
-            "embedding_bwd_f32",
+            &name,
             cfg,
             &mut [
                 KernelArg::Out(&mut dw),

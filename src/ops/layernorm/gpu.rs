@@ -1,6 +1,8 @@
 //! Launchers of `kernels/layernorm.cu` on Emu or Cuda. Row kernels: one warp per row, blocks of
 //! (32, 8). dw/db: a two-stage fixed-order reduction over row chunks of [`CHUNK`] rows (a
-//! constant, so the sums do not depend on the device), no atomics.
+//! constant, so the sums do not depend on the device), no atomics. Activations (x, the residual,
+//! y, dy, dx) f32, f16 or bf16 — the kernel instantiation named by their dtype — with the
+//! parameters, statistics and dw/db always f32.
 
 use crate::device::kernel::{self, DeviceBuf, KernelArg};
 use crate::device::LaunchConfig;
@@ -68,9 +70,10 @@ pub(crate) fn residual_forward(
 ) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
     let op = "layer_norm_residual";
     let device = kernel::kernel_device(op, &[x, r, w, b])?;
+    crate::ops::same_dtype(op, &[("input", x), ("residual", r)])?;
     let (x, r, w, b) = (
-        kernel::f32_input(op, x)?,
-        kernel::f32_input(op, r)?,
+        kernel::typed_input(op, x)?,
+        kernel::typed_input(op, r)?,
         kernel::f32_input(op, w)?,
         kernel::f32_input(op, b)?,
     );
@@ -80,12 +83,13 @@ pub(crate) fn residual_forward(
     let mut s = DeviceBuf::like(&x)?;
     let mut mean = DeviceBuf::f32(device, &[rows])?;
     let mut rstd = DeviceBuf::f32(device, &[rows])?;
+    let name = format!("layernorm_residual_fwd_{}", kernel::dtype_suffix(x.dtype()));
     // SAFETY: as for `forward`, with r and s of rows·d elements.
     unsafe {
         kernel::launch(
             device,
             MODULE,
-            "layernorm_residual_fwd_f32",
+            &name,
             rows_cfg(rows),
             &mut [
                 KernelArg::Out(&mut y),
@@ -120,13 +124,17 @@ pub(crate) fn backward(
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let op = "layer_norm backward";
     let device: Device = kernel::kernel_device(op, &[x, w, mean, rstd, dy])?;
+    // x and dy are the activations' dtype (f32, f16 or bf16), the rest f32; dx comes back in
+    // the activations' dtype, dw and db f32 (the parameters' gradients).
+    let t = crate::ops::same_dtype(op, &[("input", x), ("gradient", dy)])?;
     let (x, w, mean, rstd, dy) = (
-        kernel::f32_input(op, x)?,
+        kernel::typed_input(op, x)?,
         kernel::f32_input(op, w)?,
         kernel::f32_input(op, mean)?,
         kernel::f32_input(op, rstd)?,
-        kernel::f32_input(op, dy)?,
+        kernel::typed_input(op, dy)?,
     );
+    let suffix = kernel::dtype_suffix(t);
     if dy.shape() != x.shape() {
         crate::bail_shape!(
             op,
@@ -143,7 +151,7 @@ pub(crate) fn backward(
         kernel::launch(
             device,
             MODULE,
-            "layernorm_bwd_f32",
+            &format!("layernorm_bwd_{suffix}"),
             rows_cfg(rows),
             &mut [
                 KernelArg::Out(&mut dx),
@@ -170,7 +178,7 @@ pub(crate) fn backward(
         kernel::launch(
             device,
             MODULE,
-            "layernorm_bwd_dwdb_f32",
+            &format!("layernorm_bwd_dwdb_{suffix}"),
             cfg1,
             &mut [
                 KernelArg::Out(&mut dw_part),

@@ -1,12 +1,17 @@
 //! LayerNorm over the last dim: `y = (x − μ)·rstd·w + b`, `rstd = 1/√(σ² + eps)` with the biased
 //! variance (PyTorch's). Saves x, w and the per-row μ and rstd; backward is the standard
 //! `dx = rstd·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂))` with `ĝ = dy·w`, and `dw = Σ dy·x̂`, `db = Σ dy` over rows.
+//!
+//! Activations may be f16/bf16 on every device (the parameters w, b and the statistics stay f32):
+//! the kernels compute in f32 and round y / dx once; the CPU widens x (and dy), computes in f32
+//! and rounds y / dx back to the activations' dtype. x and dy of different dtypes are an error.
+//! 16-bit w, b (pure 16-bit weights) are widened first and dw, db rounded back to their dtype.
 
 pub mod cpu;
 pub(crate) mod gpu;
 
 use crate::graph::{Graph, Op, Var};
-use crate::ops::{cpu_input, same_device};
+use crate::ops::{cpu_input, cpu_input_f32, same_device};
 use crate::{bail_shape, Result, Tensor};
 
 pub struct LayerNormOp {
@@ -33,6 +38,12 @@ fn check(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<usize> {
     Ok(d)
 }
 
+/// A parameter as the kernels and the CPU code take it: f32 (a 16-bit gain or bias — weights
+/// kept only in 16 bits — widened exactly, a [D] cast on its device).
+fn widened(p: &Tensor) -> Result<Tensor> {
+    p.try_to_dtype(crate::DType::F32)
+}
+
 /// LayerNorm forward; returns (y, mean, rstd) with one mean/rstd per row.
 pub fn layer_norm_stats(
     x: &Tensor,
@@ -41,11 +52,14 @@ pub fn layer_norm_stats(
     eps: f32,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let d = check(x, w, b)?;
+    let (w, b) = (&widened(w)?, &widened(b)?);
     if crate::device::kernel::runs_kernels(x.device()) {
         return gpu::forward(x, w, b, eps);
     }
+    // 16-bit activations: computed in f32 from the widened x, y rounded back to x's dtype
+    let dtype = x.dtype();
     let (x, w, b) = (
-        cpu_input("layer_norm", x)?,
+        cpu_input_f32("layer_norm", x)?,
         cpu_input("layer_norm", w)?,
         cpu_input("layer_norm", b)?,
     );
@@ -58,7 +72,7 @@ pub fn layer_norm_stats(
         eps,
     );
     Ok((
-        Tensor::from_f32(y, x.shape()),
+        Tensor::from_f32(y, x.shape()).try_to_dtype(dtype)?,
         Tensor::from_f32(mean, &[rows]),
         Tensor::from_f32(rstd, &[rows]),
     ))
@@ -88,6 +102,7 @@ pub fn layer_norm_residual(
         );
     }
     if crate::device::kernel::runs_kernels(x.device()) {
+        let (w, b) = (&widened(w)?, &widened(b)?);
         return gpu::residual_forward(x, r, w, b, eps);
     }
     let s = crate::ops::binary::add(x, r)?;
@@ -104,16 +119,22 @@ pub fn layer_norm_backward(
     dy: &Tensor,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     same_device("layer_norm backward", &[x, w, mean, rstd, dy])?;
+    // 16-bit parameters: used widened, their gradients (f32 sums) rounded back once
+    let pdtype = w.dtype();
+    let w = &widened(w)?;
     if crate::device::kernel::runs_kernels(x.device()) {
-        return gpu::backward(x, w, mean, rstd, dy);
+        let (dx, dw, db) = gpu::backward(x, w, mean, rstd, dy)?;
+        return Ok((dx, dw.try_to_dtype(pdtype)?, db.try_to_dtype(pdtype)?));
     }
     let op = "layer_norm backward";
+    // 16-bit x and dy: widened, dx rounded back to their dtype; dw, db stay f32
+    let dtype = crate::ops::same_dtype(op, &[("input", x), ("gradient", dy)])?;
     let (x, w, mean, rstd, g) = (
-        cpu_input(op, x)?,
+        cpu_input_f32(op, x)?,
         cpu_input(op, w)?,
         cpu_input(op, mean)?,
         cpu_input(op, rstd)?,
-        cpu_input(op, dy)?,
+        cpu_input_f32(op, dy)?,
     );
     let d = w.numel();
     let (dx, dw, db) = cpu::backward(
@@ -125,9 +146,9 @@ pub fn layer_norm_backward(
         d,
     );
     Ok((
-        Tensor::from_f32(dx, x.shape()),
-        Tensor::from_f32(dw, &[d]),
-        Tensor::from_f32(db, &[d]),
+        Tensor::from_f32(dx, x.shape()).try_to_dtype(dtype)?,
+        Tensor::from_f32(dw, &[d]).try_to_dtype(pdtype)?,
+        Tensor::from_f32(db, &[d]).try_to_dtype(pdtype)?,
     ))
 }
 

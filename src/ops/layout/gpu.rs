@@ -26,10 +26,14 @@ pub(crate) fn concat(parts: &[&Tensor], axis: usize, out_shape: &[usize]) -> Res
     let device = kernel::kernel_device(op, parts)?;
     let (outer, total, inner) = split3(out_shape, axis);
     kernel::i32_len(op, outer * total * inner)?;
-    let mut out = DeviceBuf::f32(device, out_shape)?;
+    // parts of one dtype (f32, f16 or bf16), the output in it
+    let named: Vec<(&str, &Tensor)> = parts.iter().map(|&p| ("part", p)).collect();
+    let dtype = crate::ops::same_dtype(op, &named)?;
+    let mut out = DeviceBuf::typed(device, out_shape, dtype)?;
+    let name = format!("concat_fwd_{}", kernel::dtype_suffix(dtype));
     let mut start = 0;
     for p in parts {
-        let p = kernel::f32_input(op, p)?;
+        let p = kernel::typed_input(op, p)?;
         let len = p.shape()[axis];
         // SAFETY: the part holds outer·len·inner elements, out outer·total·inner, and
         // start + len ≤ total, so every index formed is in range.
@@ -37,7 +41,7 @@ pub(crate) fn concat(parts: &[&Tensor], axis: usize, out_shape: &[usize]) -> Res
             kernel::launch(
                 device,
                 MODULE,
-                "concat_fwd_f32",
+                &name,
                 LaunchConfig::for_elements(p.numel(), THREADS),
                 &mut [
                     KernelArg::Out(&mut out),
@@ -58,18 +62,18 @@ pub(crate) fn concat(parts: &[&Tensor], axis: usize, out_shape: &[usize]) -> Res
 /// `x.narrow(axis, start, len)` as a new contiguous tensor.
 pub(crate) fn narrow(x: &Tensor, axis: usize, start: usize, len: usize) -> Result<Tensor> {
     let op = "narrow";
-    let x = kernel::f32_input(op, x)?;
+    let x = kernel::typed_input(op, x)?;
     let (outer, full, inner) = split3(x.shape(), axis);
     kernel::i32_len(op, x.numel())?;
     let mut shape = x.shape().to_vec();
     shape[axis] = len;
-    let mut out = DeviceBuf::f32(x.device(), &shape)?;
+    let mut out = DeviceBuf::typed(x.device(), &shape, x.dtype())?;
     // SAFETY: out holds outer·len·inner elements, x outer·full·inner, start + len ≤ full.
     unsafe {
         kernel::launch(
             x.device(),
             MODULE,
-            "narrow_fwd_f32",
+            &format!("narrow_fwd_{}", kernel::dtype_suffix(x.dtype())),
             LaunchConfig::for_elements(outer * len * inner, THREADS),
             &mut [
                 KernelArg::Out(&mut out),
@@ -93,17 +97,17 @@ pub(crate) fn narrow_backward(
     start: usize,
 ) -> Result<Tensor> {
     let op = "narrow backward";
-    let g = kernel::f32_input(op, g)?;
+    let g = kernel::typed_input(op, g)?;
     let (outer, full, inner) = split3(shape, axis);
     let len = g.shape()[axis];
     kernel::i32_len(op, outer * full * inner)?;
-    let mut dx = DeviceBuf::f32(g.device(), shape)?;
+    let mut dx = DeviceBuf::typed(g.device(), shape, g.dtype())?;
     // SAFETY: dx holds outer·full·inner elements, g outer·len·inner, start + len ≤ full.
     unsafe {
         kernel::launch(
             g.device(),
             MODULE,
-            "narrow_bwd_f32",
+            &format!("narrow_bwd_{}", kernel::dtype_suffix(g.dtype())),
             LaunchConfig::for_elements(outer * full * inner, THREADS),
             &mut [
                 KernelArg::Out(&mut dx),
@@ -122,18 +126,18 @@ pub(crate) fn narrow_backward(
 /// `x` seen as `[a, b, c]` (its element count must be a·b·c) → `[b, a, c]`.
 pub(crate) fn transpose01(x: &Tensor, a: usize, b: usize, c: usize) -> Result<Tensor> {
     let op = "transpose01";
-    let x = kernel::f32_input(op, x)?;
+    let x = kernel::typed_input(op, x)?;
     if x.numel() != a * b * c {
         crate::bail_shape!(op, "{:?} is not [{a}, {b}, {c}]", x.shape());
     }
     kernel::i32_len(op, x.numel())?;
-    let mut out = DeviceBuf::f32(x.device(), &[b, a, c])?;
+    let mut out = DeviceBuf::typed(x.device(), &[b, a, c], x.dtype())?;
     // SAFETY: both buffers hold a·b·c elements; indices stay below that.
     unsafe {
         kernel::launch(
             x.device(),
             MODULE,
-            "transpose01_f32",
+            &format!("transpose01_{}", kernel::dtype_suffix(x.dtype())),
             LaunchConfig::for_elements(x.numel(), THREADS),
             &mut [
                 KernelArg::Out(&mut out),

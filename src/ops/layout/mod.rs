@@ -7,7 +7,7 @@
 pub(crate) mod gpu;
 
 use crate::graph::{Graph, Op, Var};
-use crate::ops::cpu_input;
+use crate::ops::cpu_input_f32;
 use crate::ops::reduce::split3;
 use crate::tensor::resolve_axis;
 use crate::{bail_shape, Result, Shape, Tensor};
@@ -53,9 +53,12 @@ pub fn concat(xs: &[&Tensor], axis: isize) -> Result<Tensor> {
     if crate::device::kernel::runs_kernels(first.device()) {
         return gpu::concat(xs, ax, &shape);
     }
+    // 16-bit parts (of one dtype): widened and the result narrowed back, both exact (a copy)
+    let named: Vec<(&str, &Tensor)> = xs.iter().map(|&x| ("part", x)).collect();
+    let dtype = crate::ops::same_dtype("concat", &named)?;
     let parts: Vec<Tensor> = xs
         .iter()
-        .map(|x| cpu_input("concat", x))
+        .map(|x| cpu_input_f32("concat", x))
         .collect::<Result<_>>()?;
     let total: usize = parts.iter().map(|p| p.shape()[ax]).sum();
     let (outer, _, inner) = split3(first.shape(), ax);
@@ -67,7 +70,7 @@ pub fn concat(xs: &[&Tensor], axis: isize) -> Result<Tensor> {
         }
     }
     debug_assert_eq!(shape[ax], total);
-    Ok(Tensor::from_f32(out, &shape))
+    Tensor::from_f32(out, &shape).try_to_dtype(dtype)
 }
 
 /// Zeros of `shape` with `g` written at `start..start+len` along `axis` (the gradient of narrow).
@@ -75,7 +78,8 @@ fn pad_axis(g: &Tensor, shape: &[usize], axis: usize, start: usize) -> Result<Te
     if crate::device::kernel::runs_kernels(g.device()) {
         return gpu::narrow_backward(g, shape, axis, start);
     }
-    let g = cpu_input("narrow backward", g)?;
+    let dtype = g.dtype();
+    let g = cpu_input_f32("narrow backward", g)?;
     let gs = g.f32s("narrow backward")?;
     let (outer, full, inner) = split3(shape, axis);
     let len = g.shape()[axis];
@@ -84,7 +88,7 @@ fn pad_axis(g: &Tensor, shape: &[usize], axis: usize, start: usize) -> Result<Te
         let dst = (o * full + start) * inner;
         out[dst..dst + len * inner].copy_from_slice(&gs[o * len * inner..(o + 1) * len * inner]);
     }
-    Ok(Tensor::from_f32(out, shape))
+    Tensor::from_f32(out, shape).try_to_dtype(dtype)
 }
 
 impl<'m> Graph<'m> {

@@ -73,7 +73,13 @@ pub fn matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
     if kernel::runs_kernels(a.device()) {
         return gpu::matmul(a, b, ta, tb, &d, &gpu::GemmOptions::default());
     }
-    let (a, b) = (cpu_input("matmul", a)?, cpu_input("matmul", b)?);
+    // 16-bit operands (of one dtype): widened, f32 GEMM, the product rounded back once — as the
+    // kernel devices' GEMMs (16-bit operands, f32 accumulation, output in the operands' dtype)
+    let dtype = crate::ops::same_dtype("matmul", &[("a", a), ("b", b)])?;
+    let (a, b) = (
+        crate::ops::cpu_input_f32("matmul", a)?,
+        crate::ops::cpu_input_f32("matmul", b)?,
+    );
     let nb: usize = d.batch.iter().product();
     let mut out = vec![0f32; nb * d.m * d.n];
     let a_step = if d.a_shared { 0 } else { d.m * d.k };
@@ -93,7 +99,7 @@ pub fn matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
     );
     let mut shape = d.batch;
     shape.extend([d.m, d.n]);
-    Ok(Tensor::from_f32(out, &shape))
+    Tensor::from_f32(out, &shape).try_to_dtype(dtype)
 }
 
 /// Flatten a batched row-major [.., r, c] (not transposed) operand to [batch·r, c].

@@ -4,7 +4,7 @@
 pub(crate) mod gpu;
 
 use crate::graph::{Graph, Op, Var};
-use crate::ops::cpu_input;
+use crate::ops::{cpu_input, cpu_input_f32};
 use crate::{bail_shape, Result, Tensor};
 use rayon::prelude::*;
 
@@ -21,7 +21,9 @@ pub fn l2_normalize_stats(x: &Tensor) -> Result<(Tensor, Tensor)> {
     if crate::device::kernel::runs_kernels(x.device()) {
         return gpu::forward(x, L2_EPS);
     }
-    let x = cpu_input("l2_normalize", x)?;
+    // a 16-bit x: widened, y rounded back once (the norms stay f32)
+    let dtype = x.dtype();
+    let x = cpu_input_f32("l2_normalize", x)?;
     let xs = x.f32s("l2_normalize")?;
     let rows = xs.len() / d.max(1);
     let mut y = vec![0f32; xs.len()];
@@ -42,7 +44,7 @@ pub fn l2_normalize_stats(x: &Tensor) -> Result<(Tensor, Tensor)> {
             *n = norm;
         });
     Ok((
-        Tensor::from_f32(y, x.shape()),
+        Tensor::from_f32(y, x.shape()).try_to_dtype(dtype)?,
         Tensor::from_f32(norms, &[rows]),
     ))
 }
@@ -65,15 +67,19 @@ pub fn l2_normalize_backward(y: &Tensor, norms: &Tensor, gout: &Tensor) -> Resul
             y.shape()
         );
     }
+    let dtype = crate::ops::same_dtype(
+        "l2_normalize backward",
+        &[("output", y), ("gradient", gout)],
+    )?;
     let (y_t, norms_t) = (
-        cpu_input("l2_normalize backward", y)?,
+        cpu_input_f32("l2_normalize backward", y)?,
         cpu_input("l2_normalize backward", norms)?,
     );
     let (y, norms) = (
         y_t.f32s("l2_normalize backward")?,
         norms_t.f32s("l2_normalize backward")?,
     );
-    let g = cpu_input("l2_normalize backward", gout)?;
+    let g = cpu_input_f32("l2_normalize backward", gout)?;
     let gs = g.f32s("l2_normalize backward")?;
     let d = *y_t.shape().last().unwrap_or(&1);
     let mut dx = vec![0f32; y.len()];
@@ -90,7 +96,7 @@ pub fn l2_normalize_backward(y: &Tensor, norms: &Tensor, gout: &Tensor) -> Resul
             }
         }
     });
-    Ok(Tensor::from_f32(dx, y_t.shape()))
+    Tensor::from_f32(dx, y_t.shape()).try_to_dtype(dtype)
 }
 
 impl<'m> Graph<'m> {

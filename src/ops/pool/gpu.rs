@@ -1,5 +1,6 @@
 //! Launchers of `kernels/pool.cu` on Emu or Cuda: one thread per output (forward) or input
-//! (backward, a gather over the covering windows — deterministic, no atomics), blocks of 256.
+//! (backward, a gather over the covering windows — deterministic, no atomics), blocks of 256;
+//! f32, f16 or bf16 (the output in the input's dtype).
 
 use super::cpu::Geom;
 use crate::device::kernel::{self, DeviceBuf, KernelArg};
@@ -8,10 +9,11 @@ use crate::{Result, Tensor};
 
 const MODULE: &str = "pool";
 
-fn run(name: &str, src: &Tensor, out_shape: &[usize], planes: usize, g: &Geom) -> Result<Tensor> {
+fn run(stem: &str, src: &Tensor, out_shape: &[usize], planes: usize, g: &Geom) -> Result<Tensor> {
     let op = "avg_pool2d";
-    let src = kernel::f32_input(op, src)?;
-    let mut out = DeviceBuf::f32(src.device(), out_shape)?;
+    let src = kernel::typed_input(op, src)?;
+    let mut out = DeviceBuf::typed(src.device(), out_shape, src.dtype())?;
+    let name = format!("{stem}_{}", kernel::dtype_suffix(src.dtype()));
     let n: usize = out_shape.iter().product();
     kernel::i32_len(op, n.max(src.numel()))?;
     let i = |v: usize| KernelArg::I32(v as i32);
@@ -21,7 +23,7 @@ fn run(name: &str, src: &Tensor, out_shape: &[usize], planes: usize, g: &Geom) -
         kernel::launch(
             src.device(),
             MODULE,
-            name,
+            &name,
             LaunchConfig::for_elements(n, 256),
             &mut [
                 KernelArg::Out(&mut out),
@@ -41,15 +43,9 @@ fn run(name: &str, src: &Tensor, out_shape: &[usize], planes: usize, g: &Geom) -
 
 pub(crate) fn forward(x: &Tensor, g: &Geom) -> Result<Tensor> {
     let (n, c) = (x.shape()[0], x.shape()[1]);
-    run("avgpool_fwd_f32", x, &[n, c, g.oh, g.ow], n * c, g)
+    run("avgpool_fwd", x, &[n, c, g.oh, g.ow], n * c, g)
 }
 
 pub(crate) fn backward(gout: &Tensor, in_shape: &[usize; 4], g: &Geom) -> Result<Tensor> {
-    run(
-        "avgpool_bwd_f32",
-        gout,
-        in_shape,
-        in_shape[0] * in_shape[1],
-        g,
-    )
+    run("avgpool_bwd", gout, in_shape, in_shape[0] * in_shape[1], g)
 }

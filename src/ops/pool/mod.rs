@@ -7,7 +7,7 @@ pub mod cpu;
 pub(crate) mod gpu;
 
 use crate::graph::{Graph, Op, Var};
-use crate::ops::cpu_input;
+use crate::ops::cpu_input_f32;
 use crate::{bail_shape, Result, Tensor};
 
 const OP: &str = "avg_pool2d";
@@ -53,11 +53,10 @@ pub fn avg_pool2d(x: &Tensor, kernel: usize, stride: usize) -> Result<Tensor> {
         return gpu::forward(x, &g);
     }
     let (n, c) = (x.shape()[0], x.shape()[1]);
-    let x = cpu_input(OP, x)?;
-    Ok(Tensor::from_f32(
-        cpu::forward(x.f32s(OP)?, &g),
-        &[n, c, g.oh, g.ow],
-    ))
+    // a 16-bit x: widened, averaged in f32, rounded back once
+    let dtype = x.dtype();
+    let x = cpu_input_f32(OP, x)?;
+    Tensor::from_f32(cpu::forward(x.f32s(OP)?, &g), &[n, c, g.oh, g.ow]).try_to_dtype(dtype)
 }
 
 /// The input gradient of [`avg_pool2d`] for an input of `in_shape` ([N, C, H, W]).
@@ -82,11 +81,9 @@ pub fn avg_pool2d_backward(
     if crate::device::kernel::runs_kernels(gout.device()) {
         return gpu::backward(gout, &in_shape, &g);
     }
-    let gout = cpu_input(BOP, gout)?;
-    Ok(Tensor::from_f32(
-        cpu::backward(gout.f32s(BOP)?, &g),
-        &in_shape,
-    ))
+    let dtype = gout.dtype();
+    let gout = cpu_input_f32(BOP, gout)?;
+    Tensor::from_f32(cpu::backward(gout.f32s(BOP)?, &g), &in_shape).try_to_dtype(dtype)
 }
 
 impl<'m> Graph<'m> {

@@ -14,7 +14,7 @@ const CHUNK: usize = 4096;
 fn one_stage(
     out: &mut DeviceBuf,
     x: KernelArg,
-    device: crate::Device,
+    dtype: crate::DType,
     n: usize,
     chunk: usize,
     square: bool,
@@ -29,9 +29,9 @@ fn one_stage(
     // SAFETY: x holds n elements and out `blocks`; block c reads [c·chunk, min(n, (c+1)·chunk)).
     unsafe {
         kernel::launch(
-            device,
+            out.device(),
             MODULE,
-            "reduce_sum_f32",
+            &format!("reduce_sum_{}", kernel::dtype_suffix(dtype)),
             cfg,
             &mut [
                 KernelArg::Out(out),
@@ -45,21 +45,30 @@ fn one_stage(
     }
 }
 
-/// `scale·Σ x` (or `scale·Σ x²`) over all elements, as a `[]` tensor on x's device.
+/// `scale·Σ x` (or `scale·Σ x²`) over all elements, as an f32 `[]` tensor on x's device (x f32,
+/// f16 or bf16, summed in f32).
 pub(crate) fn sum_all(x: &Tensor, square: bool, scale: f32) -> Result<Tensor> {
     let op = "sum";
-    let x = kernel::f32_input(op, x)?;
+    let x = kernel::typed_input(op, x)?;
     let n = x.numel();
     kernel::i32_len(op, n)?;
     let device = x.device();
     let nparts = n.div_ceil(CHUNK).max(1);
     let mut part = DeviceBuf::f32(device, &[nparts])?;
-    one_stage(&mut part, KernelArg::In(&x), device, n, CHUNK, square, 1.0)?;
+    one_stage(
+        &mut part,
+        KernelArg::In(&x),
+        x.dtype(),
+        n,
+        CHUNK,
+        square,
+        1.0,
+    )?;
     let mut out = DeviceBuf::f32(device, &[])?;
     one_stage(
         &mut out,
         KernelArg::Buf(&part),
-        device,
+        crate::DType::F32,
         nparts,
         nparts,
         false,
@@ -92,16 +101,16 @@ pub(crate) fn sum_axis(
     out_shape: &[usize],
 ) -> Result<Tensor> {
     let op = if mean { "mean" } else { "sum" };
-    let x = kernel::f32_input(op, x)?;
+    let x = kernel::typed_input(op, x)?;
     let [o, l, i] = axis_args(op, outer, len, inner)?;
-    let mut out = DeviceBuf::f32(x.device(), out_shape)?;
+    let mut out = DeviceBuf::typed(x.device(), out_shape, x.dtype())?;
     // SAFETY: x holds outer·len·inner elements and out outer·inner; thread i < outer·inner reads
     // x[o·len·inner + l·inner + e] for l < len.
     unsafe {
         kernel::launch(
             x.device(),
             MODULE,
-            "sum_axis_f32",
+            &format!("sum_axis_{}", kernel::dtype_suffix(x.dtype())),
             LaunchConfig::for_elements(outer * inner, 256),
             &mut [
                 KernelArg::Out(&mut out),
@@ -125,7 +134,7 @@ pub(crate) fn expand_axis(
     out_shape: &[usize],
 ) -> Result<Tensor> {
     let op = "reduce backward";
-    let g = kernel::f32_input(op, g)?;
+    let g = kernel::typed_input(op, g)?;
     if g.numel() != outer * inner {
         crate::bail_shape!(
             op,
@@ -134,13 +143,13 @@ pub(crate) fn expand_axis(
         );
     }
     let [o, l, i] = axis_args(op, outer, len, inner)?;
-    let mut out = DeviceBuf::f32(g.device(), out_shape)?;
+    let mut out = DeviceBuf::typed(g.device(), out_shape, g.dtype())?;
     // SAFETY: out holds outer·len·inner elements and g outer·inner; indices stay below those.
     unsafe {
         kernel::launch(
             g.device(),
             MODULE,
-            "expand_axis_f32",
+            &format!("expand_axis_{}", kernel::dtype_suffix(g.dtype())),
             LaunchConfig::for_elements(outer * len * inner, 256),
             &mut [
                 KernelArg::Out(&mut out),

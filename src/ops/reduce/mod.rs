@@ -5,7 +5,6 @@
 pub(crate) mod gpu;
 
 use crate::graph::{Graph, Op, Var};
-use crate::ops::cpu_input;
 use crate::tensor::{broadcast_shape, broadcast_strides, for_each_offset, resolve_axis};
 use crate::{Error, Result, Tensor};
 use rayon::prelude::*;
@@ -15,6 +14,8 @@ pub struct ReduceOp {
     /// `None` reduces everything to a scalar.
     axis: Option<usize>,
     mean: bool,
+    /// The input's dtype, that of its gradient (a full sum's output is f32 whatever it is).
+    dtype: crate::DType,
 }
 
 /// Sum over `axis` (removed from the shape), or over everything when `axis` is `None` (shape `[]`).
@@ -43,7 +44,10 @@ fn reduce(x: &Tensor, axis: Option<isize>, mean: bool) -> Result<Tensor> {
         shape.remove(ax);
         return gpu::sum_axis(x, split3(x.shape(), ax), mean, &shape);
     }
-    let x = cpu_input(op, x)?;
+    // a 16-bit x: widened; a one-axis sum is rounded back to x's dtype (the full sum, a scalar
+    // — a loss, a norm — stays f32 on every device, as the kernels')
+    let dtype = x.dtype();
+    let x = crate::ops::cpu_input_f32(op, x)?;
     let xs = x.f32s(op)?;
     match axis {
         None => {
@@ -80,7 +84,7 @@ fn reduce(x: &Tensor, axis: Option<isize>, mean: bool) -> Result<Tensor> {
                 });
             let mut shape = x.shape().to_vec();
             shape.remove(ax);
-            Ok(Tensor::from_f32(out, &shape))
+            Tensor::from_f32(out, &shape).try_to_dtype(dtype)
         }
     }
 }
@@ -130,9 +134,11 @@ pub fn sum_to_shape(t: &Tensor, target: &[usize]) -> Result<Tensor> {
         }
         // Any other broadcast (`[B, 1, D]` from `[B, T, D]`, …): one axis sum per stretched
         // dim, innermost first, each keeping the dim as 1. The order of additions differs from
-        // the CPU's single row-major pass below (same sum, other rounding).
+        // the CPU's single row-major pass below (same sum, other rounding). A 16-bit gradient is
+        // widened first and the result rounded back once, not after every axis.
         let pad = t.rank() - target.len();
-        let mut acc = t.clone();
+        let dtype = t.dtype();
+        let mut acc = t.try_to_dtype(crate::DType::F32)?;
         for ax in (0..t.rank()).rev() {
             let own = if ax < pad { 1 } else { target[ax - pad] };
             if own == 1 && t.shape()[ax] != 1 {
@@ -141,9 +147,11 @@ pub fn sum_to_shape(t: &Tensor, target: &[usize]) -> Result<Tensor> {
                 acc = sum(&acc, Some(ax as isize))?.reshape(kept)?;
             }
         }
-        return acc.reshape(target.to_vec());
+        return acc.reshape(target.to_vec())?.try_to_dtype(dtype);
     }
-    let t = cpu_input("sum_to_shape", t)?;
+    // a 16-bit gradient: summed in f32, the result rounded back once to its dtype
+    let dtype = t.dtype();
+    let t = crate::ops::cpu_input_f32("sum_to_shape", t)?;
     let ts = t.f32s("sum_to_shape")?;
     let n: usize = target.iter().product();
     let trimmed: Vec<usize> = target.iter().copied().skip_while(|&d| d == 1).collect();
@@ -178,7 +186,7 @@ pub fn sum_to_shape(t: &Tensor, target: &[usize]) -> Result<Tensor> {
             i += 1;
         });
     }
-    Ok(Tensor::from_f32(out, target))
+    Tensor::from_f32(out, target).try_to_dtype(dtype)
 }
 
 /// Repeat `g` (shape of `in_shape` with `axis` removed) along `axis`, times `scale`.
@@ -186,7 +194,8 @@ fn expand_axis(g: &Tensor, in_shape: &[usize], axis: usize, scale: f32) -> Resul
     if crate::device::kernel::runs_kernels(g.device()) {
         return gpu::expand_axis(g, split3(in_shape, axis), scale, in_shape);
     }
-    let g = cpu_input("reduce backward", g)?;
+    let dtype = g.dtype();
+    let g = crate::ops::cpu_input_f32("reduce backward", g)?;
     let gs = g.f32s("reduce backward")?;
     let (outer, len, inner) = split3(in_shape, axis);
     let mut out = vec![0f32; outer * len * inner];
@@ -199,7 +208,7 @@ fn expand_axis(g: &Tensor, in_shape: &[usize], axis: usize, scale: f32) -> Resul
                 }
             }
         });
-    Ok(Tensor::from_f32(out, in_shape))
+    Tensor::from_f32(out, in_shape).try_to_dtype(dtype)
 }
 
 impl<'m> Graph<'m> {
@@ -220,6 +229,7 @@ impl<'m> Graph<'m> {
             in_shape: x.shape().to_vec(),
             axis,
             mean,
+            dtype: x.tensor().dtype(),
         };
         Ok(self.record(Op::Reduce(op), &[x], vec![], out))
     }
@@ -241,7 +251,9 @@ impl ReduceOp {
                     } else {
                         1.0
                     };
-                Tensor::full(v, self.in_shape.clone()).to_device(gout.device())?
+                Tensor::full(v, self.in_shape.clone())
+                    .try_to_dtype(self.dtype)?
+                    .to_device(gout.device())?
             }
             Some(ax) => {
                 let scale = if self.mean {

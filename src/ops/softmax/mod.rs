@@ -5,7 +5,7 @@
 pub(crate) mod gpu;
 
 use crate::graph::{Graph, Op, Var};
-use crate::ops::cpu_input;
+use crate::ops::cpu_input_f32;
 use crate::{bail_shape, Result, Tensor};
 use rayon::prelude::*;
 
@@ -35,7 +35,9 @@ pub fn softmax(x: &Tensor, causal: bool) -> Result<Tensor> {
     if crate::device::kernel::runs_kernels(x.device()) {
         return gpu::forward(x, causal);
     }
-    let x = cpu_input("softmax", x)?;
+    // a 16-bit x: widened, y rounded back once
+    let dtype = x.dtype();
+    let x = cpu_input_f32("softmax", x)?;
     let xs = x.f32s("softmax")?;
     let mut y = vec![0f32; xs.len()];
     y.par_chunks_mut(n.max(1))
@@ -52,7 +54,7 @@ pub fn softmax(x: &Tensor, causal: bool) -> Result<Tensor> {
             let inv = 1.0 / s;
             y[..v].iter_mut().for_each(|e| *e *= inv);
         });
-    Ok(Tensor::from_f32(y, x.shape()))
+    Tensor::from_f32(y, x.shape()).try_to_dtype(dtype)
 }
 
 /// `dx = y·(dy − Σ dy·y)` row by row (shared with the attention op).
@@ -74,9 +76,10 @@ pub fn softmax_backward(y: &Tensor, dy: &Tensor) -> Result<Tensor> {
         return gpu::backward(y, dy);
     }
     let n = *y.shape().last().unwrap_or(&1);
+    let dtype = crate::ops::same_dtype("softmax backward", &[("output", y), ("gradient", dy)])?;
     let (y, g) = (
-        cpu_input("softmax backward", y)?,
-        cpu_input("softmax backward", dy)?,
+        cpu_input_f32("softmax backward", y)?,
+        cpu_input_f32("softmax backward", dy)?,
     );
     if y.shape() != g.shape() {
         bail_shape!(
@@ -93,7 +96,7 @@ pub fn softmax_backward(y: &Tensor, dy: &Tensor) -> Result<Tensor> {
         &mut dx,
         n,
     );
-    Ok(Tensor::from_f32(dx, y.shape()))
+    Tensor::from_f32(dx, y.shape()).try_to_dtype(dtype)
 }
 
 impl<'m> Graph<'m> {

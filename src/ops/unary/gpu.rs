@@ -4,66 +4,55 @@
 //! `<k>_fwd_f32(out, x, n)` for gelu, quick_gelu, relu, exp, log, sigmoid;
 //! `scale_fwd_f32(out, x, c, n)`; `<k>_bwd_f32(dx, s, dy, n)` where `s` is what the graph saved:
 //! the input x for gelu, quick_gelu, relu and log, the output y for exp and sigmoid (scale's
-//! backward is scale). GELU also in f16/bf16 (`gelu_{fwd,bwd}_{f16,bf16}`, output in the input's
-//! dtype, f32 arithmetic): the activation of a mixed-precision MLP.
+//! backward is scale). Every kernel also in f16/bf16 (`<k>_{fwd,bwd}_{f16,bf16}`, output in the
+//! input's dtype, f32 arithmetic, one rounding): the activations of a mixed-precision model.
 
 use super::UnaryKind;
 use crate::device::kernel::{self, DeviceBuf, KernelArg};
 use crate::device::LaunchConfig;
-use crate::{Device, Error, Result, Tensor};
+use crate::{Result, Tensor};
 
 const THREADS: u32 = 256;
 const MODULE: &str = "elementwise";
 
-/// Whether `kind` has kernels (forward and input-based backward).
-pub(crate) fn has_kernel(kind: UnaryKind) -> bool {
-    matches!(
-        kind,
-        UnaryKind::Gelu
-            | UnaryKind::QuickGelu
-            | UnaryKind::Relu
-            | UnaryKind::Exp
-            | UnaryKind::Log
-            | UnaryKind::Sigmoid
-            | UnaryKind::Scale(_)
-    )
+/// Whether `kind` has kernels (forward and backward): every kind does.
+pub(crate) fn has_kernel(_kind: UnaryKind) -> bool {
+    true
 }
 
-fn no_kernel(op: &'static str, kind: UnaryKind, device: Device) -> Error {
-    Error::Device {
-        op,
-        msg: format!(
-            "no {} kernel (not implemented on device {device})",
-            kind.name()
-        ),
+fn kernel_stem(kind: UnaryKind) -> &'static str {
+    match kind {
+        UnaryKind::Gelu => "gelu",
+        UnaryKind::QuickGelu => "quick_gelu",
+        UnaryKind::Relu => "relu",
+        UnaryKind::Exp => "exp",
+        UnaryKind::Log => "log",
+        UnaryKind::Sigmoid => "sigmoid",
+        UnaryKind::Scale(_) => "scale",
     }
 }
 
-/// `out = f(x)` elementwise.
+/// `out = f(x)` elementwise, in x's dtype (f32, f16 or bf16).
 pub(crate) fn forward(kind: UnaryKind, x: &Tensor) -> Result<Tensor> {
-    let op = "unary";
-    if kind == UnaryKind::Gelu {
-        return gelu_typed(x, None);
+    let op = kind.name();
+    if let UnaryKind::Scale(c) = kind {
+        return scale(x, c);
     }
-    let x = kernel::f32_input(op, x)?;
+    let x = kernel::typed_input(op, x)?;
     let n = kernel::i32_len(op, x.numel())?;
     let mut out = DeviceBuf::like(&x)?;
     let cfg = LaunchConfig::for_elements(n as usize, THREADS);
-    let name = match kind {
-        UnaryKind::QuickGelu => "quick_gelu_fwd_f32",
-        UnaryKind::Relu => "relu_fwd_f32",
-        UnaryKind::Exp => "exp_fwd_f32",
-        UnaryKind::Log => "log_fwd_f32",
-        UnaryKind::Sigmoid => "sigmoid_fwd_f32",
-        UnaryKind::Scale(c) => return scale(&x, c),
-        UnaryKind::Gelu => unreachable!("GELU is launched by gelu_typed above"),
-    };
-    // SAFETY: `out` and `x` hold n elements; the kernel touches indices < n.
+    let name = format!(
+        "{}_fwd_{}",
+        kernel_stem(kind),
+        kernel::dtype_suffix(x.dtype())
+    );
+    // SAFETY: `out` and `x` hold n elements of x's dtype; the kernel touches indices < n.
     unsafe {
         kernel::launch(
             x.device(),
             MODULE,
-            name,
+            &name,
             cfg,
             &mut [
                 KernelArg::Out(&mut out),
@@ -97,18 +86,19 @@ pub(crate) fn fill(device: crate::Device, shape: &[usize], value: f32) -> Result
     out.into_tensor()
 }
 
-/// `c·x`.
+/// `c·x`, in x's dtype.
 pub(crate) fn scale(x: &Tensor, c: f32) -> Result<Tensor> {
     let op = "scale";
-    let x = kernel::f32_input(op, x)?;
+    let x = kernel::typed_input(op, x)?;
     let n = kernel::i32_len(op, x.numel())?;
     let mut out = DeviceBuf::like(&x)?;
-    // SAFETY: `out` and `x` hold n elements; the kernel touches indices < n.
+    let name = format!("scale_fwd_{}", kernel::dtype_suffix(x.dtype()));
+    // SAFETY: `out` and `x` hold n elements of x's dtype; the kernel touches indices < n.
     unsafe {
         kernel::launch(
             x.device(),
             MODULE,
-            "scale_fwd_f32",
+            &name,
             LaunchConfig::for_elements(n as usize, THREADS),
             &mut [
                 KernelArg::Out(&mut out),
@@ -122,17 +112,15 @@ pub(crate) fn scale(x: &Tensor, c: f32) -> Result<Tensor> {
 }
 
 /// `dx = dy·f'(x)` from the saved tensor `x` — the input, or the output y for exp and sigmoid
-/// (shapes and devices checked here too).
+/// (shapes, dtypes and devices checked here too): x and dy of one dtype, dx in it.
 pub(crate) fn backward(kind: UnaryKind, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
     let op = "unary backward";
     if let UnaryKind::Scale(c) = kind {
         return scale(dy, c);
     }
     kernel::kernel_device(op, &[x, dy])?;
-    if kind == UnaryKind::Gelu {
-        return gelu_typed(x, Some(dy));
-    }
-    let (x, dy) = (kernel::f32_input(op, x)?, kernel::f32_input(op, dy)?);
+    crate::ops::same_dtype(op, &[("saved", x), ("gradient", dy)])?;
+    let (x, dy) = (kernel::typed_input(op, x)?, kernel::typed_input(op, dy)?);
     if x.shape() != dy.shape() {
         crate::bail_shape!(
             op,
@@ -142,21 +130,18 @@ pub(crate) fn backward(kind: UnaryKind, x: &Tensor, dy: &Tensor) -> Result<Tenso
         );
     }
     let n = kernel::i32_len(op, x.numel())?;
-    let name = match kind {
-        UnaryKind::QuickGelu => "quick_gelu_bwd_f32",
-        UnaryKind::Relu => "relu_bwd_f32",
-        UnaryKind::Exp => "exp_bwd_f32",
-        UnaryKind::Log => "log_bwd_f32",
-        UnaryKind::Sigmoid => "sigmoid_bwd_f32",
-        k => return Err(no_kernel(op, k, x.device())),
-    };
+    let name = format!(
+        "{}_bwd_{}",
+        kernel_stem(kind),
+        kernel::dtype_suffix(x.dtype())
+    );
     let mut dx = DeviceBuf::like(&x)?;
-    // SAFETY: all three buffers hold n elements; the kernel touches indices < n.
+    // SAFETY: all three buffers hold n elements of one dtype; the kernel touches indices < n.
     unsafe {
         kernel::launch(
             x.device(),
             MODULE,
-            name,
+            &name,
             LaunchConfig::for_elements(n as usize, THREADS),
             &mut [
                 KernelArg::Out(&mut dx),
@@ -167,60 +152,4 @@ pub(crate) fn backward(kind: UnaryKind, x: &Tensor, dy: &Tensor) -> Result<Tenso
         )
     }?;
     dx.into_tensor()
-}
-
-/// Exact GELU forward (`dy = None`) or backward on f32, f16 or bf16 (all operands one dtype).
-fn gelu_typed(x: &Tensor, dy: Option<&Tensor>) -> Result<Tensor> {
-    let op = if dy.is_some() {
-        "gelu backward"
-    } else {
-        "gelu"
-    };
-    let x = kernel::typed_input(op, x)?;
-    let dy = dy.map(|t| kernel::typed_input(op, t)).transpose()?;
-    if let Some(dy) = &dy {
-        if dy.shape() != x.shape() || dy.dtype() != x.dtype() {
-            crate::bail_shape!(
-                op,
-                "gradient {:?} {} does not match input {:?} {}",
-                dy.shape(),
-                dy.dtype(),
-                x.shape(),
-                x.dtype()
-            );
-        }
-    }
-    let n = kernel::i32_len(op, x.numel())?;
-    let mut out = DeviceBuf::like(&x)?;
-    let suffix = kernel::dtype_suffix(x.dtype());
-    let cfg = LaunchConfig::for_elements(n as usize, THREADS);
-    // SAFETY: out, x (and dy) hold n elements of the kernel's type; indices < n.
-    unsafe {
-        match &dy {
-            None => kernel::launch(
-                x.device(),
-                MODULE,
-                &format!("gelu_fwd_{suffix}"),
-                cfg,
-                &mut [
-                    KernelArg::Out(&mut out),
-                    KernelArg::In(&x),
-                    KernelArg::I32(n),
-                ],
-            ),
-            Some(dy) => kernel::launch(
-                x.device(),
-                MODULE,
-                &format!("gelu_bwd_{suffix}"),
-                cfg,
-                &mut [
-                    KernelArg::Out(&mut out),
-                    KernelArg::In(&x),
-                    KernelArg::In(dy),
-                    KernelArg::I32(n),
-                ],
-            ),
-        }
-    }?;
-    out.into_tensor()
 }

@@ -1,13 +1,17 @@
 //! Elementwise functions: exact GELU (erf), QuickGELU `x·σ(1.702x)` (OpenAI CLIP), ReLU, exp,
 //! log, sigmoid and scaling by a constant. Each saves what its derivative needs: the input, or the
 //! output where the derivative is cheaper from it (exp, sigmoid).
+//!
+//! f16/bf16 tensors on every device: f32 arithmetic, the result rounded once to the input's
+//! dtype (kernels: `kernels/elementwise.cu`'s 16-bit instantiations; the CPU widens, computes
+//! and rounds). An input and gradient of different dtypes are an error.
 
 pub mod cpu;
 pub(crate) mod gpu;
 
 use crate::device::kernel;
 use crate::graph::{Graph, Op, Var};
-use crate::ops::{cpu_input, same_device};
+use crate::ops::{cpu_input_f32, same_device};
 use crate::{Result, Tensor};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -48,8 +52,10 @@ pub fn unary(kind: UnaryKind, x: &Tensor) -> Result<Tensor> {
     if kernel::runs_kernels(x.device()) && gpu::has_kernel(kind) {
         return gpu::forward(kind, x);
     }
-    let x = cpu_input(kind.name(), x)?;
-    Ok(cpu::forward(kind, x.f32s(kind.name())?, x.shape()))
+    // 16-bit x: computed in f32 from the widened values, rounded back to x's dtype
+    let dtype = x.dtype();
+    let x = cpu_input_f32(kind.name(), x)?;
+    cpu::forward(kind, x.f32s(kind.name())?, x.shape()).try_to_dtype(dtype)
 }
 
 /// `dx = dy·f'(x)`, the tensor-level form of the rule the graph runs, for the kinds whose
@@ -74,13 +80,14 @@ pub fn unary_backward(kind: UnaryKind, x: &Tensor, dy: &Tensor) -> Result<Tensor
     if kernel::runs_kernels(x.device()) && gpu::has_kernel(kind) {
         return gpu::backward(kind, x, dy);
     }
-    let (x, g) = (cpu_input(op, x)?, cpu_input(op, dy)?);
+    let dtype = crate::ops::same_dtype(op, &[("input", x), ("gradient", dy)])?;
+    let (x, g) = (cpu_input_f32(op, x)?, cpu_input_f32(op, dy)?);
     // Scale's derivative is the constant: it reads no input.
     let saved = match kind {
         UnaryKind::Scale(_) => None,
         _ => Some(x.f32s(op)?),
     };
-    Ok(cpu::backward(kind, saved, g.f32s(op)?, g.shape()))
+    cpu::backward(kind, saved, g.f32s(op)?, g.shape()).try_to_dtype(dtype)
 }
 
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
@@ -148,12 +155,18 @@ impl UnaryOp {
                 k => gpu::backward(k, &saved[0], gout)?,
             })]);
         }
-        let g = cpu_input("unary backward", gout)?;
-        let gs = g.f32s("unary backward")?;
-        let s = saved
-            .first()
-            .map(|t| t.f32s("unary backward"))
-            .transpose()?;
-        Ok(vec![Some(cpu::backward(self.kind, s, gs, gout.shape()))])
+        let op = "unary backward";
+        // 16-bit activations: widened, the gradient rounded back to the output gradient's dtype
+        let dtype = match saved.first() {
+            Some(s) => crate::ops::same_dtype(op, &[("saved", s), ("gradient", gout)])?,
+            None => gout.dtype(),
+        };
+        let g = cpu_input_f32(op, gout)?;
+        let gs = g.f32s(op)?;
+        let s = saved.first().map(|t| cpu_input_f32(op, t)).transpose()?;
+        let s = s.as_ref().map(|t| t.f32s(op)).transpose()?;
+        Ok(vec![Some(
+            cpu::backward(self.kind, s, gs, gout.shape()).try_to_dtype(dtype)?,
+        )])
     }
 }
