@@ -2086,6 +2086,8 @@ fn asan_adamw() -> Vec<AsanLaunch> {
                 format!("f64buf:{}", chunks.max(1)),
                 int(chunks),
                 "f64:1.0".to_string(),
+                // the loss scaler's inverse scale (a power of two)
+                "f64:0.0009765625".to_string(),
             ];
             v.push(launch_of(
                 "adamw_grad_norm_f32",
