@@ -92,13 +92,11 @@ impl InProcess {
             Kind::ReduceScatter => "reduce_scatter",
             Kind::Broadcast(_) => "broadcast",
         };
-        if t.dtype() != DType::F32 {
-            return Err(Error::Msg(format!(
-                "{name}: the in-process communicator carries f32, got {}",
-                t.dtype()
-            )));
-        }
-        let values = t.to_device(crate::Device::Cpu)?.to_vec();
+        // 16-bit tensors travel widened (exact) and come back in their own dtype
+        let values = t
+            .to_device(crate::Device::Cpu)?
+            .try_to_dtype(DType::F32)?
+            .to_vec();
         let deadline = Instant::now() + self.shared.timeout;
         let mut r = self.shared.round.lock().unwrap_or_else(|p| p.into_inner());
         // a previous round still being read: wait until it is cleared
@@ -174,7 +172,9 @@ impl InProcess {
 /// `values` as a tensor of `shape` on `like`'s device (the in-process transport goes through
 /// host memory; NCCL's results are device tensors from the start).
 fn on_device_of(like: &Tensor, values: Vec<f32>, shape: Vec<usize>) -> Result<Tensor> {
-    Tensor::from_vec(values, shape)?.to_device(like.device())
+    Tensor::from_vec(values, shape)?
+        .try_to_dtype(like.dtype())?
+        .to_device(like.device())
 }
 
 impl Communicator for InProcess {

@@ -102,6 +102,9 @@ pub fn add_assign(acc: &mut Tensor, g: &Tensor) -> Result<()> {
 
 impl<'m> Graph<'m> {
     fn binary(&self, kind: BinaryKind, a: &Var, b: &Var) -> Result<Var> {
+        // a 16-bit activation meeting an f32 one (the residual stream, an f32 parameter) is
+        // widened first, as PyTorch's type promotion does
+        let (a, b) = &self.promote(a, b)?;
         let out = binary(kind, a.tensor(), b.tensor())?;
         let saved = match kind {
             BinaryKind::Add | BinaryKind::Sub => vec![],

@@ -119,6 +119,20 @@ impl<'m> Graph<'m> {
         self.permute(x, &axes)
     }
     pub fn concat(&self, xs: &[&Var], axis: isize) -> Result<Var> {
+        // mixed dtypes (a 16-bit activation beside an f32 parameter): all widened to f32
+        let promoted: Vec<Var>;
+        let xs: &[&Var] = if xs
+            .iter()
+            .any(|v| v.tensor().dtype() != xs[0].tensor().dtype())
+        {
+            promoted = xs
+                .iter()
+                .map(|v| self.cast(v, crate::DType::F32))
+                .collect::<Result<_>>()?;
+            &promoted.iter().collect::<Vec<_>>()
+        } else {
+            xs
+        };
         let ts: Vec<&Tensor> = xs.iter().map(|v| v.tensor()).collect();
         let out = concat(&ts, axis)?;
         let ax = resolve_axis("concat", axis, out.rank())?;

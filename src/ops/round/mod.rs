@@ -26,9 +26,12 @@ use crate::{DType, Result, Tensor};
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-/// The recorded rounding: backward rounds the gradient to `dtype`.
+/// The recorded rounding (backward rounds the gradient to `dtype`, kept f32) or cast (backward
+/// casts the gradient back to the input's dtype).
 pub struct RoundOp {
     dtype: DType,
+    /// A real cast ([`Graph::cast`]): the input's dtype, which the gradient is cast back to.
+    cast_from: Option<DType>,
 }
 
 /// `x` (any dtype) as f32 values rounded to `dtype`'s nearest (ties to even); f32 for
@@ -61,11 +64,14 @@ impl RoundOp {
         gout: &Tensor,
         needs: &[bool],
     ) -> Result<Vec<Option<Tensor>>> {
-        Ok(vec![if needs[0] {
-            Some(round_to(gout, self.dtype)?)
-        } else {
-            None
-        }])
+        if !needs[0] {
+            return Ok(vec![None]);
+        }
+        Ok(vec![Some(match self.cast_from {
+            // the gradient of a 16-bit tensor is 16-bit; its cast back to f32 is exact
+            Some(from) => gout.try_to_dtype(self.dtype)?.try_to_dtype(from)?,
+            None => round_to(gout, self.dtype)?,
+        })])
     }
 }
 
@@ -77,13 +83,51 @@ impl<'m> Graph<'m> {
             return Ok(x.clone());
         }
         let y = round_to(x.tensor(), dtype)?;
-        Ok(self.record(Op::Round(RoundOp { dtype }), &[x], vec![], y))
+        let op = RoundOp {
+            dtype,
+            cast_from: None,
+        };
+        Ok(self.record(Op::Round(op), &[x], vec![], y))
+    }
+
+    /// `x` as a `dtype` tensor (round to nearest when it narrows); backward casts the gradient
+    /// back to `x`'s dtype — after rounding it to `dtype`, since the gradient of a `dtype`
+    /// tensor is a `dtype` tensor. The identity when `x` is `dtype` already.
+    pub fn cast(&self, x: &Var, dtype: DType) -> Result<Var> {
+        let from = x.tensor().dtype();
+        if from == dtype {
+            return Ok(x.clone());
+        }
+        let y = x.tensor().try_to_dtype(dtype)?;
+        let op = RoundOp {
+            dtype,
+            cast_from: Some(from),
+        };
+        Ok(self.record(Op::Round(op), &[x], vec![], y))
+    }
+
+    /// `a` and `b` in one dtype, as PyTorch promotes them: a 16-bit operand meeting an f32 one
+    /// is widened (exactly) through [`Graph::cast`]; f16 meeting bf16 both go to f32.
+    pub(crate) fn promote(&self, a: &Var, b: &Var) -> Result<(Var, Var)> {
+        let (da, db) = (a.tensor().dtype(), b.tensor().dtype());
+        if da == db {
+            return Ok((a.clone(), b.clone()));
+        }
+        Ok((self.cast(a, DType::F32)?, self.cast(b, DType::F32)?))
     }
 
     /// [`Graph::round_to`] with this graph's autocast format: a layer's storage point (a GEMM's
     /// input or output, an activation between them). The identity without autocast.
+    ///
+    /// On a kernel device the value becomes a `dtype` tensor ([`Graph::cast`]), so the ops after
+    /// it read and store 16 bits (half the activation bytes, the tensor-core GEMMs); on the CPU
+    /// it stays an f32 tensor holding the rounded values ([`Graph::round_to`]): the same numbers
+    /// up to where the kernels round in between (an op on 16-bit inputs stores a 16-bit output).
     pub fn autocast(&self, x: &Var) -> Result<Var> {
         match self.autocast_dtype() {
+            Some(dt) if crate::device::kernel::runs_kernels(x.tensor().device()) => {
+                self.cast(x, dt)
+            }
             Some(dt) => self.round_to(x, dt),
             None => Ok(x.clone()),
         }
@@ -104,6 +148,10 @@ impl<'m> Graph<'m> {
             return Ok(x);
         }
         let y = x.tensor().try_to_dtype(DType::F32)?;
-        Ok(self.record(Op::Round(RoundOp { dtype }), &[&x], vec![], y))
+        let op = RoundOp {
+            dtype,
+            cast_from: None,
+        };
+        Ok(self.record(Op::Round(op), &[&x], vec![], y))
     }
 }
