@@ -962,65 +962,54 @@ impl Trainer {
         // The f16 scaler: an overflowed gradient (non-finite norm at this scale) skips the
         // update and halves the scale; the step still counts (the schedule moves on), as under
         // torch's GradScaler.
-        let world = self.world_size();
-        if let Some(scaler) = self.scaler.as_mut() {
-            let finite = grad_norm.is_some_and(f64::is_finite);
-            if loss.is_finite() && !scaler.update(finite) {
-                drop(scale);
-                self.opt.skip_step();
-                self.uploader.release(&images)?;
-                self.step += 1;
-                return Ok(StepLog {
-                    step: self.step,
-                    loss,
-                    lr,
-                    logit_scale: logit_scale.exp(),
-                    i2t_acc: v[1],
-                    t2i_acc: v[2],
-                    grad_norm,
-                    pairs_per_s: (images.shape()[0] * world) as f64
-                        / started.elapsed().as_secs_f64(),
-                    loss_scale,
-                    skipped: true,
-                    skipped_steps: Some(scaler.skipped),
-                });
+        let skipped = match self.scaler.as_mut() {
+            Some(scaler) if loss.is_finite() => {
+                !scaler.update(grad_norm.is_some_and(f64::is_finite))
             }
-        }
-        // Checked before the update is applied: a non-finite loss, or a non-finite gradient
-        // norm (which would make the whole update non-finite). The step is named as
-        // metrics.jsonl numbers it (its line would have said `"step": n`).
-        if !loss.is_finite() {
+            _ => false,
+        };
+        if skipped {
             drop(scale);
-            return Err(self.diverged(format!("the loss is {loss}"), &images, lr));
-        }
-        if let Some(g) = grad_norm.filter(|g| !g.is_finite()) {
-            drop(scale);
-            return Err(self.diverged(format!("the gradient norm is {g}"), &images, lr));
-        }
-        // The update writes logit_scale in place: a handle still held here would cost a
-        // copy-on-write of it (and a new optimizer table) every step.
-        drop(scale);
-        if self.zero.is_some() {
-            self.zero1_step(lr)?;
+            self.opt.skip_step();
+            self.uploader.release(&images)?;
+            self.step += 1;
         } else {
-            self.opt.step(lr)?;
-        }
-        // CLIP clamps the temperature in place after every step: exp(logit_scale) ≤ 100.
-        clamp_in_place(&self.model.logit_scale, 0.0, 100f32.ln())?;
-        self.uploader.release(&images)?; // every kernel that reads the batch is queued
-        self.step += 1;
-        // On the CPU the parameters are checked after every update (one pass over them, in
-        // place); on a kernel device that would download them every step, so there they are
-        // checked with the moments before each checkpoint ([`Trainer::check_state`]), and per
-        // step only through the loss and the gradient norm above.
-        if !crate::device::kernel::runs_kernels(self.device) {
-            if let Some(problem) = self.check_params()? {
-                return Err(Error::Msg(format!(
-                    "step {}: after its update (learning rate {lr:.3e}) {problem}; the run \
-                     diverged and nothing of this step was saved; {}",
-                    self.step,
-                    self.likely_cause(lr)
-                )));
+            // Checked before the update is applied: a non-finite loss, or a non-finite gradient
+            // norm (which would make the whole update non-finite). The step is named as
+            // metrics.jsonl numbers it (its line would have said `"step": n`).
+            if !loss.is_finite() {
+                drop(scale);
+                return Err(self.diverged(format!("the loss is {loss}"), &images, lr));
+            }
+            if let Some(g) = grad_norm.filter(|g| !g.is_finite()) {
+                drop(scale);
+                return Err(self.diverged(format!("the gradient norm is {g}"), &images, lr));
+            }
+            // The update writes logit_scale in place: a handle still held here would cost a
+            // copy-on-write of it (and a new optimizer table) every step.
+            drop(scale);
+            if self.zero.is_some() {
+                self.zero1_step(lr)?;
+            } else {
+                self.opt.step(lr)?;
+            }
+            // CLIP clamps the temperature in place after every step: exp(logit_scale) ≤ 100.
+            clamp_in_place(&self.model.logit_scale, 0.0, 100f32.ln())?;
+            self.uploader.release(&images)?; // every kernel that reads the batch is queued
+            self.step += 1;
+            // On the CPU the parameters are checked after every update (one pass over them, in
+            // place); on a kernel device that would download them every step, so there they are
+            // checked with the moments before each checkpoint ([`Trainer::check_state`]), and per
+            // step only through the loss and the gradient norm above.
+            if !crate::device::kernel::runs_kernels(self.device) {
+                if let Some(problem) = self.check_params()? {
+                    return Err(Error::Msg(format!(
+                        "step {}: after its update (learning rate {lr:.3e}) {problem}; the run \
+                         diverged and nothing of this step was saved; {}",
+                        self.step,
+                        self.likely_cause(lr)
+                    )));
+                }
             }
         }
         Ok(StepLog {
@@ -1034,7 +1023,7 @@ impl Trainer {
             pairs_per_s: (images.shape()[0] * self.world_size()) as f64
                 / started.elapsed().as_secs_f64(),
             loss_scale,
-            skipped: false,
+            skipped,
             skipped_steps: self.scaler.map(|s| s.skipped),
         })
     }
