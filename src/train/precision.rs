@@ -95,21 +95,6 @@ impl Precision {
     pub fn loss_scaling(self) -> bool {
         self.autocast() == Some(DType::F16)
     }
-
-    /// Bytes per parameter of weights + gradients + optimizer state under this policy, as the
-    /// trainer stores them: `amp` keeps f32 master weights (and casts them per use), the pure
-    /// policies 16-bit weights with f32 gradient buffers and f16 moments with one f32 scale per
-    /// 256 elements and moment.
-    pub fn bytes_per_param(self) -> f64 {
-        let weights = self.weights().size_in_bytes() as f64;
-        let grads = 4.0;
-        let moments = match self.moments() {
-            MomentPrecision::F32 => 8.0,
-            MomentPrecision::F16Scaled => 4.0 + 8.0 / crate::optim::SCALE_BLOCK as f64,
-            MomentPrecision::Bf16Sr => 4.0,
-        };
-        weights + grads + moments
-    }
 }
 
 impl std::str::FromStr for Precision {
