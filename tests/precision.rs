@@ -758,3 +758,60 @@ fn kernel_devices_store_16_bit_activations() {
         }
     }
 }
+
+/// amp's weight copy on a kernel device: one cast per change of the value (every use within a
+/// step reads the same 16-bit tensor), a new one after the optimizer writes the weight, and
+/// the value itself when it is stored in the format already.
+#[test]
+fn a_master_weight_is_cast_once_per_step() {
+    let mut t = trainer("tiny-vit", Precision::AmpBf16, Device::Emu, 5, 3);
+    let p = t
+        .model
+        .named_params()
+        .into_iter()
+        .find(|(n, _)| n == "visual.proj")
+        .expect("the ViT's projection")
+        .1;
+    let a = p.value_as(DType::BF16).unwrap();
+    let b = p.value_as(DType::BF16).unwrap();
+    assert_eq!(
+        a.storage_id(),
+        b.storage_id(),
+        "cast again without a change"
+    );
+    assert_eq!(
+        a.to_device(Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .to_vec(),
+        p.value()
+            .to_device(Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::BF16)
+            .to_dtype(DType::F32)
+            .to_vec()
+    );
+    let (images, ids) = batch("tiny-vit", 5, 0);
+    t.train_step_on(&images, &ids, Instant::now()).unwrap();
+    let c = p.value_as(DType::BF16).unwrap();
+    assert_ne!(
+        a.storage_id(),
+        c.storage_id(),
+        "the step's update left the old copy"
+    );
+    assert_ne!(
+        a.to_device(Device::Cpu).unwrap().to_vec(),
+        c.to_device(Device::Cpu).unwrap().to_vec()
+    );
+    let bf = Param::new(
+        "w",
+        Tensor::randn([4, 4], 1.0, 3)
+            .to_dtype(DType::BF16)
+            .to_device(Device::Emu)
+            .unwrap(),
+    );
+    assert_eq!(
+        bf.value_as(DType::BF16).unwrap().storage_id(),
+        bf.value().storage_id()
+    );
+}

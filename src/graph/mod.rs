@@ -217,26 +217,32 @@ impl<'m> Graph<'m> {
     /// A 16-bit value (the pure precision policies' weights) enters widened to f32, its gradient
     /// rounded to the parameter's format on the way back (`ops::round`).
     pub fn param(&self, p: &Param) -> Var {
-        let value = p.value();
-        if !self.recording || !p.requires_grad() {
-            return self.constant(match value.dtype() {
-                crate::DType::F32 => value,
+        let v = self.param_unwidened(p);
+        if !v.requires_grad() || v.tensor.dtype() == crate::DType::F32 {
+            return match v.tensor.dtype() {
+                crate::DType::F32 => v,
                 // a failed widening (device lost) surfaces at the op that reads it
-                _ => value.try_to_dtype(crate::DType::F32).unwrap_or(value),
-            });
-        }
-        let id = self.new_id();
-        self.tape.borrow_mut().params.push((id, p.clone()));
-        let v = Var {
-            tensor: value,
-            id: Some(id),
-        };
-        if v.tensor.dtype() == crate::DType::F32 {
-            return v;
+                _ => self.constant(v.tensor.try_to_dtype(crate::DType::F32).unwrap_or(v.tensor)),
+            };
         }
         let widened = self.widen(v.clone());
         // same: the op reading the 16-bit value reports the device's error
         widened.unwrap_or(v)
+    }
+
+    /// [`Graph::param`] with the value as stored (16-bit under the pure policies): for a node
+    /// that reads it in its own format (`Graph::autocast_param`).
+    pub(crate) fn param_unwidened(&self, p: &Param) -> Var {
+        let value = p.value();
+        if !self.recording || !p.requires_grad() {
+            return self.constant(value);
+        }
+        let id = self.new_id();
+        self.tape.borrow_mut().params.push((id, p.clone()));
+        Var {
+            tensor: value,
+            id: Some(id),
+        }
     }
 
     /// Wrap an op's output, recording a node when any input needs a gradient.

@@ -32,6 +32,11 @@ struct ParamInner {
     /// The contiguous transpose of a 2-D value, made on first request and dropped whenever the
     /// value changes (`transposed`).
     transposed: RwLock<Option<Tensor>>,
+    /// The value cast to a 16-bit format (mixed precision's weight copy, [`Param::value_as`]),
+    /// made on first request after each change of the value, dropped with it: so a step casts
+    /// each f32 master weight once, however often it is used; the copy lives from the step's
+    /// first forward use to the optimizer's write (2 bytes per parameter within a step).
+    cast: RwLock<Option<Tensor>>,
 }
 
 impl std::fmt::Debug for Param {
@@ -57,6 +62,7 @@ impl Param {
             grad: RwLock::new(None),
             spare_grad: RwLock::new(None),
             transposed: RwLock::new(None),
+            cast: RwLock::new(None),
         }))
     }
     pub fn name(&self) -> &str {
@@ -102,7 +108,7 @@ impl Param {
             ));
         }
         *v = value;
-        *self.0.transposed.write().expect("param lock") = None;
+        self.drop_derived();
         Ok(())
     }
     /// Move the value to `device` (a copy; nothing when it is there already) and drop the
@@ -110,7 +116,7 @@ impl Param {
     pub fn to_device(&self, device: crate::Device) -> Result<()> {
         let moved = self.value().to_device(device)?;
         *self.0.value.write().expect("param lock") = moved;
-        *self.0.transposed.write().expect("param lock") = None;
+        self.drop_derived();
         self.zero_grad();
         *self.0.spare_grad.write().expect("param lock") = None;
         Ok(())
@@ -122,7 +128,7 @@ impl Param {
     /// the module notes for the copy-on-write rule [`ValueWrite::in_place_addr`] applies.
     pub(crate) fn write_in_place(&self) -> ValueWrite<'_> {
         let value = self.0.value.write().expect("param lock");
-        *self.0.transposed.write().expect("param lock") = None;
+        self.drop_derived();
         ValueWrite { value }
     }
 
@@ -131,7 +137,7 @@ impl Param {
     pub fn update<R>(&self, f: impl FnOnce(&mut Tensor) -> Result<R>) -> Result<R> {
         let mut v = self.0.value.write().expect("param lock");
         let shape = v.shape().to_vec();
-        *self.0.transposed.write().expect("param lock") = None;
+        self.drop_derived();
         let r = f(&mut v)?;
         if v.shape() != shape {
             return Err(Error::shape(
@@ -144,6 +150,29 @@ impl Param {
             ));
         }
         Ok(r)
+    }
+
+    /// The caches derived from the value (transpose, cast), dropped whenever it changes.
+    fn drop_derived(&self) {
+        *self.0.transposed.write().expect("param lock") = None;
+        *self.0.cast.write().expect("param lock") = None;
+    }
+
+    /// The value as a `dtype` tensor: the value itself when it is one, otherwise its cast (round
+    /// to nearest), made once per change of the value and kept (see `ParamInner::cast`).
+    pub fn value_as(&self, dtype: crate::DType) -> Result<Tensor> {
+        let v = self.value();
+        if v.dtype() == dtype {
+            return Ok(v);
+        }
+        if let Some(t) = self.0.cast.read().expect("param lock").as_ref() {
+            if t.dtype() == dtype && t.device() == v.device() {
+                return Ok(t.clone());
+            }
+        }
+        let t = v.try_to_dtype(dtype)?;
+        *self.0.cast.write().expect("param lock") = Some(t.clone());
+        Ok(t)
     }
 
     /// The value of a 2-D parameter transposed, contiguous: `W` [out, in] as `Wᵀ` [in, out], the

@@ -109,7 +109,7 @@ impl TextTransformer {
             .map(|(b, &p)| (b * len + p) as u32)
             .collect();
         let pooled = g.embedding(&g.reshape(&x, [batch * len, width])?, &rows, &[batch])?;
-        g.autocast_matmul(&pooled, &g.param(&self.text_projection))
+        g.autocast_matmul(&pooled, &self.text_projection)
     }
 }
 

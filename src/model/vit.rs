@@ -85,7 +85,7 @@ impl VisionTransformer {
         let x = self.transformer.forward(g, &x, false)?;
         let cls = g.reshape(&g.narrow(&x, 1, 0, 1)?, [b, w])?;
         let cls = self.ln_post.forward(g, &cls)?;
-        g.autocast_matmul(&cls, &g.param(&self.proj))
+        g.autocast_matmul(&cls, &self.proj)
     }
 }
 

@@ -44,13 +44,13 @@ impl Conv2d {
     /// x [N, C, H, W] → [N, O, OH, OW]. Under autocast x, the weight and the bias are rounded
     /// to the 16-bit format as the convolution reads them, and so is its output.
     pub fn forward(&self, g: &Graph<'_>, x: &Var) -> Result<Var> {
-        let w = g.autocast(&g.param(&self.weight))?;
+        let w = g.autocast_param(&self.weight)?;
         let y = g.conv2d(&g.autocast(x)?, &w, self.stride, self.padding)?;
         let y = match &self.bias {
             None => y,
             Some(b) => {
                 let c = b.value().numel();
-                g.add(&y, &g.reshape(&g.autocast(&g.param(b))?, [c, 1, 1])?)?
+                g.add(&y, &g.reshape(&g.autocast_param(b)?, [c, 1, 1])?)?
             }
         };
         g.autocast(&y)

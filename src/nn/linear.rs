@@ -72,7 +72,7 @@ pub(crate) fn project(g: &Graph<'_>, x: &Var, weight: &Param, bias: Option<&Para
         let y = crate::ops::matmul::linear_wt(x.tensor(), &weight.transposed()?, b.as_ref())?;
         return Ok(g.constant(y));
     }
-    let b = bias.map(|b| g.autocast(&g.param(b))).transpose()?;
-    let y = g.linear(&g.autocast(x)?, &g.autocast(&g.param(weight))?, b.as_ref())?;
+    let b = bias.map(|b| g.autocast_param(b)).transpose()?;
+    let y = g.linear(&g.autocast(x)?, &g.autocast_param(weight)?, b.as_ref())?;
     g.autocast(&y)
 }

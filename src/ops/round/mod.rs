@@ -22,7 +22,7 @@
 //! included; storing them in 16 bits on a GPU (half the activation bytes) is the kernels' part.
 
 use crate::graph::{Graph, Op, Var};
-use crate::{DType, Result, Tensor};
+use crate::{DType, Param, Result, Tensor};
 use half::{bf16, f16};
 use rayon::prelude::*;
 
@@ -133,11 +133,32 @@ impl<'m> Graph<'m> {
         }
     }
 
-    /// `a·b` as autocast runs a matmul: both inputs and the product rounded to the autocast
-    /// format; a plain [`Graph::matmul`] without autocast.
-    pub fn autocast_matmul(&self, a: &Var, b: &Var) -> Result<Var> {
-        let y = self.matmul(&self.autocast(a)?, &self.autocast(b)?, false, false)?;
+    /// `a·w` as autocast runs a matmul with a parameter: both inputs and the product in the
+    /// autocast format; a plain [`Graph::matmul`] without autocast.
+    pub fn autocast_matmul(&self, a: &Var, w: &Param) -> Result<Var> {
+        let y = self.matmul(&self.autocast(a)?, &self.autocast_param(w)?, false, false)?;
         self.autocast(&y)
+    }
+
+    /// A parameter as a layer reads it under autocast: [`Graph::param`] at the autocast format.
+    /// On a kernel device the 16-bit copy is the parameter's kept cast ([`Param::value_as`]),
+    /// made once per optimizer step, not once per use, or the value itself when it is stored in
+    /// that format (the pure policies); its gradient is rounded to the format and handed to the
+    /// parameter in f32. On the CPU: [`Graph::autocast`] of the f32 value.
+    pub fn autocast_param(&self, p: &Param) -> Result<Var> {
+        let Some(dt) = self.autocast_dtype() else {
+            return Ok(self.param(p));
+        };
+        if !crate::device::kernel::runs_kernels(p.value().device()) {
+            return self.autocast(&self.param(p));
+        }
+        let stored = p.value_as(dt)?;
+        let raw = self.param_unwidened(p);
+        let op = RoundOp {
+            dtype: dt,
+            cast_from: Some(DType::F32),
+        };
+        Ok(self.record(Op::Round(op), &[&raw], vec![], stored))
     }
 
     /// A 16-bit parameter value widened to f32 (exact), its gradient rounded back to the
