@@ -284,26 +284,41 @@ fn resnet_data_parallel_with_sync_batch_norm_equals_one_process() {
 
 /// SyncBatchNorm on kernel devices: the tiny ModifiedResNet on 2 Emu ranks (statistics'
 /// partial sums computed, all-reduced and applied on the device) equals one Emu process on the
-/// combined batch — one step's gradients within the Cpu ranks' bounds above (fails without the
-/// all-reduce: each rank's statistics would be its own 4 images'), and 3 steps' losses and
-/// parameters within the Cpu test's drift bounds (3 steps: the drift has barely begun).
+/// combined batch, one step's gradients and 3 steps' losses and parameters.
+///
+/// One step: the loss, the text tower's and the attention pool's gradients within the Cpu
+/// ranks' bounds above (1e-5); the vision tower's conv and BatchNorm gradients within 5e-2.
+/// They usually meet the Cpu bounds too (≤ 4.4e-6 on 14 of 15 seeds), but the device's f32
+/// statistics differ between one process and the ranks by more f32 roundings than the CPU's
+/// f64 ones (gpu.rs), so a ReLU kink is crossed more often than on Cpu ranks: seed
+/// 1451716058596440697 crosses one after layer2.0 — every gradient upstream of it off by up to
+/// 1.7e-2, layer3/4 and everything after within 2e-6. Without the backward all-reduce the stem
+/// conv's gradient is off by ~0.5 and without the forward one the loss by ~5e-2 (both checked),
+/// so 5e-2 still fails a broken SyncBatchNorm.
+///
+/// Three steps, before the ReLU-kink drift of the Cpu test above has set in: measured over 15
+/// seeds, losses ≤ 5.9e-7, gradient norms ≤ 4.6e-6, the tower's tensors ≤ 1.5e-4, everything
+/// else ≤ 6e-5; held to the bounds tests/train_device.rs gives the ResNet on Emu against the
+/// CPU for a crossed kink (losses 1e-3, norms 1e-2), the tower 5e-2, the rest and the whole
+/// model 1e-3. (A missing forward all-reduce puts step 1's loss 0.33 off; a missing backward
+/// one moved the norm only 1.9e-3, which the one-step check above catches instead.)
 #[test]
 fn resnet_on_emu_ranks_with_sync_batch_norm_equals_one_emu_process() {
-    one_step_gradients_equal_on("ResNet", &tiny_rn(), Device::Emu, &[2]);
-    let drift = Tolerance {
-        loss: 1e-2,
-        norm: 1e-1,
+    one_step_gradients_equal_on("ResNet", &tiny_rn(), Device::Emu, &[2], Some(5e-2));
+    let early = Tolerance {
+        loss: 1e-3,
+        norm: 1e-2,
         param: |n| {
             let tower = n.starts_with("visual.") && !n.starts_with("visual.attnpool");
             if tower {
-                0.5
+                5e-2
             } else {
-                3e-2
+                1e-3
             }
         },
-        global: 1e-1,
+        global: 1e-3,
     };
-    equals_one_process_on("ResNet", &tiny_rn(), 3, drift, Device::Emu, &[2]);
+    equals_one_process_on("ResNet", &tiny_rn(), 3, early, Device::Emu, &[2]);
 }
 
 /// (y, dx, dw, db, running mean, running var) of one training-mode BatchNorm2d on each of 2
@@ -429,12 +444,19 @@ fn sync_batch_norm_statistics_on_emu_ranks_equal_the_cpu_sync_batch_norm() {
 /// within 1e-5 of its norm — except the key biases, whose true gradient is 0 ([`param_error`]):
 /// theirs is rounding noise, held to 1e-5 of the largest gradient element of the model.
 fn one_step_gradients_equal(model: &str, cfg: &ClipConfig) {
-    one_step_gradients_equal_on(model, cfg, Device::Cpu, &[2, 4]);
+    one_step_gradients_equal_on(model, cfg, Device::Cpu, &[2, 4], None);
 }
 
 /// [`one_step_gradients_equal`] with the model, the images and every rank on `device` (the
-/// reference: one process on that device).
-fn one_step_gradients_equal_on(model: &str, cfg: &ClipConfig, device: Device, worlds: &[usize]) {
+/// reference: one process on that device); with `kink`, the ResNet tower's conv and BatchNorm
+/// gradients (not the attention pool's) are held to it instead.
+fn one_step_gradients_equal_on(
+    model: &str,
+    cfg: &ClipConfig,
+    device: Device,
+    worlds: &[usize],
+    kink: Option<f64>,
+) {
     use clipcu::model::Clip;
     use clipcu::nn::Module;
     use clipcu::train::data_parallel::data_parallel_forward_backward;
@@ -502,7 +524,12 @@ fn one_step_gradients_equal_on(model: &str, cfg: &ClipConfig, device: Device, wo
             // the tower's BatchNorm gains and biases: sums of cancelling terms (each feeds a
             // ReLU → conv → BatchNorm that is nearly invariant to it), measured up to 1.2e-5
             let bn = name.starts_with("visual.") && name.contains(".bn");
-            let limit = if bn { 3e-5 } else { 1e-5 };
+            let tower = name.starts_with("visual.") && !name.starts_with("visual.attnpool");
+            let limit = match kink {
+                Some(k) if tower => k,
+                _ if bn => 3e-5,
+                _ => 1e-5,
+            };
             if std::env::var("DP_REPORT").is_ok() {
                 println!("REPORT {what} grad {name} {e:.2e}");
             } else {
