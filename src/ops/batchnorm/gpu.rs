@@ -252,11 +252,14 @@ pub(crate) fn backward(
     let (sum_dy, sum_dyx) = (sum_dy.into_tensor()?, sum_dyx.into_tensor()?);
     let group = group.filter(|_| training);
     let (g_dy, g_dyx, m) = match group {
-        Some(g) => (
-            kernel::f32_input(op, &g.all_reduce_sum(&sum_dy)?)?,
-            kernel::f32_input(op, &g.all_reduce_sum(&sum_dyx)?)?,
-            n * hw * g.world_size(),
-        ),
+        Some(g) => {
+            // one collective for both sums, as the CPU SyncBatchNorm does ([Σdy; Σdy·x̂])
+            let both = g.all_reduce_sum(&crate::ops::layout::concat(&[&sum_dy, &sum_dyx], 0)?)?;
+            let part = |k: usize| -> Result<Tensor> {
+                kernel::f32_input(op, &both.narrow(0, k * c, c)?.try_contiguous()?)
+            };
+            (part(0)?, part(1)?, n * hw * g.world_size())
+        }
         None => (sum_dy.clone(), sum_dyx.clone(), n * hw),
     };
     let mut dx = DeviceBuf::like(&x)?;
