@@ -7,6 +7,12 @@
 //                     stats, rstd from the running variance)
 //   backward sums:    Σdy_c → db, Σ dy·x̂ → dw   (x̂ = (x − μ)·rstd)
 //   dx:               training: w·rstd·(dy − Σdy/m − x̂·Σdy·x̂/m);  eval: w·rstd·dy
+//   SyncBatchNorm:    the statistics in three steps with all-reduces between (the launcher's):
+//                     sums (Σx_c of this rank's values) → all-reduce → centred sums (μ = Σx/m
+//                     over all ranks' m values, Σ(x − μ)² of this rank's) → all-reduce →
+//                     finish (σ² = Σ/m, rstd); backward sums all-reduced before dx, with the
+//                     global m. The same per-channel loops as stats, so one rank computes what
+//                     stats computes when the all-reduce is the identity.
 //
 // Mixed precision: every kernel is a template on the activations' storage type T (x, y, dy, dx;
 // _f32, _f16, _bf16); the statistics (μ, σ², rstd, the running ones), w, b, the backward sums —
@@ -62,6 +68,73 @@ extern "C" __global__ void batchnorm_stats_f16(float* __restrict__ mean, float* 
 }
 extern "C" __global__ void batchnorm_stats_bf16(float* __restrict__ mean, float* __restrict__ var, float* __restrict__ rstd, const __nv_bfloat16* __restrict__ x, int n, int c, int hw, float eps) {
     batchnorm_stats(mean, var, rstd, x, n, c, hw, eps);
+}
+
+template <class T>
+__device__ __forceinline__ void batchnorm_sums(float* __restrict__ sum, const T* __restrict__ x, int n, int c,
+                                               int hw) {
+    __shared__ float red[8];
+    int ch = blockIdx.x;
+    long long m = (long long)n * hw;
+    float s = 0.0f;
+    for (long long j = threadIdx.x; j < m; j += 256) s += to_f32(x[((j / hw) * c + ch) * hw + j % hw]);
+    float t = block_sum_256(s, red);
+    if (threadIdx.x == 0) sum[ch] = t;
+}
+
+// SyncBatchNorm, step 1: Σx per channel over this rank's values. Launch: grid (C), block (256).
+extern "C" __global__ void batchnorm_sums_f32(float* __restrict__ sum, const float* __restrict__ x, int n, int c, int hw) {
+    batchnorm_sums(sum, x, n, c, hw);
+}
+extern "C" __global__ void batchnorm_sums_f16(float* __restrict__ sum, const __half* __restrict__ x, int n, int c, int hw) {
+    batchnorm_sums(sum, x, n, c, hw);
+}
+extern "C" __global__ void batchnorm_sums_bf16(float* __restrict__ sum, const __nv_bfloat16* __restrict__ x, int n, int c, int hw) {
+    batchnorm_sums(sum, x, n, c, hw);
+}
+
+// μ = Σx/m with Σx over every rank (written by block ch), then this rank's Σ(x − μ)².
+template <class T>
+__device__ __forceinline__ void batchnorm_centred_sums(float* __restrict__ mean, float* __restrict__ sq,
+                                                       const T* __restrict__ x, const float* __restrict__ sum,
+                                                       float m_all, int n, int c, int hw) {
+    __shared__ float red[8];
+    int ch = blockIdx.x;
+    long long m = (long long)n * hw;
+    float mu = sum[ch] / m_all;
+    float v = 0.0f;
+    for (long long j = threadIdx.x; j < m; j += 256) {
+        float d = to_f32(x[((j / hw) * c + ch) * hw + j % hw]) - mu;
+        v += d * d;
+    }
+    float t = block_sum_256(v, red);
+    if (threadIdx.x == 0) {
+        mean[ch] = mu;
+        sq[ch] = t;
+    }
+}
+
+// SyncBatchNorm, step 2 (m_all: the values per channel over every rank). Launch: grid (C),
+// block (256).
+extern "C" __global__ void batchnorm_centred_sums_f32(float* __restrict__ mean, float* __restrict__ sq, const float* __restrict__ x, const float* __restrict__ sum, float m_all, int n, int c, int hw) {
+    batchnorm_centred_sums(mean, sq, x, sum, m_all, n, c, hw);
+}
+extern "C" __global__ void batchnorm_centred_sums_f16(float* __restrict__ mean, float* __restrict__ sq, const __half* __restrict__ x, const float* __restrict__ sum, float m_all, int n, int c, int hw) {
+    batchnorm_centred_sums(mean, sq, x, sum, m_all, n, c, hw);
+}
+extern "C" __global__ void batchnorm_centred_sums_bf16(float* __restrict__ mean, float* __restrict__ sq, const __nv_bfloat16* __restrict__ x, const float* __restrict__ sum, float m_all, int n, int c, int hw) {
+    batchnorm_centred_sums(mean, sq, x, sum, m_all, n, c, hw);
+}
+
+// SyncBatchNorm, step 3: σ² = Σ(x − μ)²/m over every rank, rstd = 1/√(σ² + eps), as stats
+// finishes. One thread per channel: Launch for_elements(C, 256).
+extern "C" __global__ void batchnorm_finish_stats_f32(float* __restrict__ var, float* __restrict__ rstd, const float* __restrict__ sq, float m_all, float eps, int c) {
+    int ch = blockIdx.x * blockDim.x + threadIdx.x;
+    if (ch < c) {
+        float v = sq[ch] / m_all;
+        var[ch] = v;
+        rstd[ch] = rsqrtf(v + eps);
+    }
 }
 
 // 64-bit element index: N·C·H·W of a large batch of feature maps can pass 2^31 − 1 only when the

@@ -1893,6 +1893,19 @@ fn asan_batchnorm() -> Vec<AsanLaunch> {
         let (hw, total) = (h * w, n * c * h * w);
         let per_channel = cfg((c.max(1) as u32, 1, 1), (256, 1, 1), 0);
         let elems = LaunchConfig::for_elements(total, 256);
+        let finish = vec![
+            fbuf(c),
+            fbuf(c),
+            fbuf(c),
+            flt((2 * n * hw) as f32),
+            flt(1e-5),
+            int(c),
+        ];
+        v.push(launch_of(
+            "batchnorm_finish_stats_f32",
+            LaunchConfig::for_elements(c, 256),
+            finish,
+        ));
         for t in DTYPES {
             let stats = vec![
                 fbuf(c),
@@ -1908,6 +1921,24 @@ fn asan_batchnorm() -> Vec<AsanLaunch> {
                 format!("batchnorm_stats_{t}"),
                 per_channel,
                 stats,
+            ));
+            // SyncBatchNorm's statistics in steps (gpu.rs `sync_train_forward`)
+            let sums = vec![fbuf(c), tbuf(t, total), int(n), int(c), int(hw)];
+            v.push(launch_of(format!("batchnorm_sums_{t}"), per_channel, sums));
+            let centred = vec![
+                fbuf(c),
+                fbuf(c),
+                tbuf(t, total),
+                fbuf(c),
+                flt((2 * n * hw) as f32),
+                int(n),
+                int(c),
+                int(hw),
+            ];
+            v.push(launch_of(
+                format!("batchnorm_centred_sums_{t}"),
+                per_channel,
+                centred,
             ));
             let apply = vec![
                 tbuf(t, total),

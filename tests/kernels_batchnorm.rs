@@ -102,3 +102,83 @@ fn batchnorm_train_and_eval_match_cpu() {
         });
     }
 }
+
+/// SyncBatchNorm's kernels (`batchnorm_sums`, `batchnorm_centred_sums`,
+/// `batchnorm_finish_stats`, the backward sums all-reduced before dx) on a group of one rank
+/// give the bits of the one-process kernels: the same per-channel loops and f32 divisions, and
+/// the in-process all-reduce of one rank is exact. f32, f16 and bf16 activations, channels
+/// below and above one 256-thread block, both lane orders on Emu (Cuda when present).
+#[test]
+fn sync_batchnorm_on_one_rank_is_bit_identical_to_batchnorm() {
+    use clipcu::dist::InProcess;
+    use clipcu::DType;
+    for (device, reverse) in runs() {
+        emu::with_reverse(reverse, || {
+            for (n, c, h, w) in [(1, 3, 7, 7), (4, 7, 9, 11)] {
+                for dtype in [DType::F32, DType::F16, DType::BF16] {
+                    let seed = common::fresh_seed();
+                    let shape = [n, c, h, w];
+                    let to = |t: &Tensor| t.try_to_dtype(dtype).unwrap().to_device(device).unwrap();
+                    let x: Vec<f32> = Tensor::randn(shape, 1.5, seed)
+                        .to_vec()
+                        .iter()
+                        .map(|a| a + 2.0)
+                        .collect();
+                    let x = to(&Tensor::from_vec(x, shape).unwrap());
+                    let dy = to(&Tensor::randn(shape, 1.0, seed + 3));
+                    let wt = Tensor::randn([c], 1.0, seed + 1).to_device(device).unwrap();
+                    let bt = Tensor::randn([c], 1.0, seed + 2).to_device(device).unwrap();
+                    let one = InProcess::group(1, std::time::Duration::from_secs(10));
+                    let run = |sync: bool| -> Vec<Vec<f32>> {
+                        let rm = Param::buffer(
+                            "rm",
+                            Tensor::randn([c], 0.5, seed + 10)
+                                .to_device(device)
+                                .unwrap(),
+                        );
+                        let rv = Param::buffer(
+                            "rv",
+                            Tensor::rand_uniform([c], 0.5, 2.0, seed + 11)
+                                .to_device(device)
+                                .unwrap(),
+                        );
+                        let mut g = Graph::new();
+                        if sync {
+                            g.sync_batch_norm(&one[0]);
+                        }
+                        let (xv, wv, bv) =
+                            (g.leaf(x.clone()), g.leaf(wt.clone()), g.leaf(bt.clone()));
+                        let y = g
+                            .batch_norm2d(&xv, &wv, &bv, &rm, &rv, true, 0.1, 1e-5)
+                            .unwrap();
+                        let gr = g.backward_with(&y, dy.clone()).unwrap();
+                        vec![
+                            y.tensor().to_vec(),
+                            gr.get(&xv).unwrap().to_vec(),
+                            gr.get(&wv).unwrap().to_vec(),
+                            gr.get(&bv).unwrap().to_vec(),
+                            rm.value().to_vec(),
+                            rv.value().to_vec(),
+                        ]
+                    };
+                    let (synced, plain) = (run(true), run(false));
+                    for (k, name) in ["y", "dx", "dw", "db", "running mean", "running var"]
+                        .iter()
+                        .enumerate()
+                    {
+                        assert!(
+                            synced[k].iter().all(|v| v.is_finite()),
+                            "{device} {dtype} {shape:?} seed {seed}: {name} not finite"
+                        );
+                        assert_eq!(
+                            synced[k],
+                            plain[k],
+                            "{device}{} {dtype} {shape:?} seed {seed}: {name}",
+                            if reverse { " (reverse)" } else { "" }
+                        );
+                    }
+                }
+            }
+        });
+    }
+}

@@ -146,7 +146,8 @@ impl<'m> Graph<'m> {
     /// SyncBatchNorm: training-mode BatchNorm on this graph normalises by the statistics of the
     /// whole data-parallel batch — every rank of `group` (per-channel sums all-reduced in
     /// forward, the two gradient sums in backward) — as one process on the combined batch
-    /// does. Every rank must run the same BatchNorms in the same order. CPU only so far.
+    /// does. Every rank must run the same BatchNorms in the same order. On every device (Emu
+    /// and Cuda: the sums computed and all-reduced on the device).
     pub fn sync_batch_norm(&mut self, group: &'m dyn crate::dist::Communicator) {
         self.batch_stats_group = Some(group);
     }

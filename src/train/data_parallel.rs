@@ -23,10 +23,10 @@
 //! global-norm clip and AdamW need no further communication and give the same bits on every
 //! rank (the in-process sums are rank-ordered, so every rank receives identical values).
 //!
-//! BatchNorm (ModifiedResNet): on the CPU the step runs SyncBatchNorm (`Graph::sync_batch_norm`:
+//! BatchNorm (ModifiedResNet): the step runs SyncBatchNorm (`Graph::sync_batch_norm`:
 //! statistics over all ranks' samples, so a ResNet equals one process on the combined batch too,
-//! when each rank's micro-batch is its whole part); on a kernel device each rank's statistics
-//! are its own, as DDP without SyncBatchNorm.
+//! when each rank's micro-batch is its whole part) on every device — on Emu/Cuda the partial
+//! sums are computed and all-reduced on the device (src/ops/batchnorm/gpu.rs).
 //!
 //! [`run_ranks`] runs `world` ranks as threads on the in-process communicator; the step itself
 //! is generic over [`Communicator`], so NCCL slots in unchanged.
@@ -37,7 +37,7 @@ use crate::dist::{Communicator, InProcess};
 use crate::model::Clip;
 use crate::nn::Module;
 use crate::ops::layout::concat;
-use crate::{Device, Error, Graph, Param, Result, Tensor};
+use crate::{Error, Graph, Param, Result, Tensor};
 use std::time::Duration;
 
 /// Gradient elements all-reduced together: big enough that a bucket's fixed cost vanishes, small
@@ -212,10 +212,8 @@ pub fn data_parallel_forward_backward(
     micro: usize,
     comm: &dyn Communicator,
 ) -> Result<DeviceStats> {
-    // SyncBatchNorm on the CPU (a ViT has no BatchNorm: nothing changes); on a kernel device
-    // a ResNet's statistics stay each rank's own, as DDP without SyncBatchNorm.
-    let sync_bn = (images.device() == Device::Cpu).then_some(comm);
-    let parts = forward_micro(model, images, ids, micro, sync_bn)?;
+    // SyncBatchNorm on every device (a ViT has no BatchNorm: nothing changes)
+    let parts = forward_micro(model, images, ids, micro, Some(comm))?;
     let join = |f: &dyn Fn(&super::step::Micro) -> Tensor| -> Result<Tensor> {
         let ts: Vec<Tensor> = parts.iter().map(f).collect();
         let refs: Vec<&Tensor> = ts.iter().collect();

@@ -131,7 +131,7 @@ pub struct TrainArgs {
     /// program, one per GPU, on NCCL (as torchrun --nproc-per-node would start them); --device
     /// cpu or emu: N threads on the in-process communicator (for testing). --batch-size is the
     /// global batch, which N must divide; the run's numbers are those of one process on that
-    /// batch (a ResNet's BatchNorm is synchronised on the CPU, per rank elsewhere). Only rank 0
+    /// batch (a ResNet's BatchNorm is synchronised over the ranks: SyncBatchNorm). Only rank 0
     /// writes; a resumed run may use another N. A process started by torchrun or SLURM (RANK/
     /// WORLD_SIZE or SLURM_PROCID/SLURM_NTASKS set) runs as that rank on LOCAL_RANK's GPU.
     #[arg(long, default_value_t = 1)]
@@ -621,17 +621,6 @@ fn header(a: &TrainArgs, trainer: &Trainer, model_name: &str, device: clipcu::De
             .unwrap_or_default(),
         a.out.display()
     );
-    let resnet = matches!(
-        m.vision_cfg.layers,
-        clipcu::model::config::VisionLayers::ResNet(_)
-    );
-    if trainer.world_size() > 1 && resnet && device != clipcu::Device::Cpu {
-        eprintln!(
-            "note: on {device} the ResNet's BatchNorm statistics are each rank's own \
-             (SyncBatchNorm runs on the CPU only so far): the run's numbers differ from one \
-             process on the combined batch"
-        );
-    }
 }
 
 /// The run's summary on stdout.

@@ -14,6 +14,11 @@
 //! weight, bias and their gradients stay f32, and y and dx are rounded once to the activations'
 //! dtype (kernels: f32 arithmetic; the CPU widens x and dy and computes as for f32). A 16-bit
 //! weight and bias (weights kept only in 16 bits) are widened, dw and db rounded back to them.
+//!
+//! SyncBatchNorm (`Graph::sync_batch_norm`, training only): μ and σ² over every rank's values
+//! (per-channel Σx, then Σ(x − μ)², each all-reduced), and dx through Σdy and Σdy·x̂ over every
+//! rank; dw and db stay the rank's own sums. On the CPU in f64 ([`sync_stats`]), on Emu/Cuda with
+//! the batchnorm kernels and the communicator on the device (`gpu::sync_train_forward`).
 
 pub mod cpu;
 pub(crate) mod gpu;
@@ -22,7 +27,7 @@ use crate::device::kernel::runs_kernels;
 use crate::dist::Communicator;
 use crate::graph::{Graph, Op, Param, Var};
 use crate::ops::{cpu_input, cpu_input_f32, same_device};
-use crate::{bail_shape, DType, Error, Result, Tensor};
+use crate::{bail_shape, DType, Result, Tensor};
 
 const OP: &str = "batch_norm2d";
 
@@ -295,12 +300,6 @@ impl<'m> Graph<'m> {
         let (xt, wt, bt) = (x.tensor(), &w32, &b32);
         let (rm, rv) = (running_mean.value(), running_var.value());
         let group = self.batch_stats_group().filter(|_| training);
-        if group.is_some() && runs_kernels(xt.device()) {
-            return Err(Error::Msg(format!(
-                "{OP}: SyncBatchNorm runs on the CPU only so far, the input is on {}",
-                xt.device()
-            )));
-        }
         let (y, mean, rstd) = if training && runs_kernels(xt.device()) {
             check(xt, wt, bt)?;
             check_running(xt, &rm, &rv)?;
@@ -314,12 +313,19 @@ impl<'m> Graph<'m> {
                 );
             }
             // Statistics and the running update stay on the device (f32 arithmetic; the CPU
-            // folds them in f64): rm ← (1 − m)·rm + m·mean, rv ← (1 − m)·rv + m·var·n/(n − 1).
-            let (y, mean, var, rstd) = gpu::train_forward(xt, wt, bt, eps)?;
+            // folds them in f64): rm ← (1 − m)·rm + m·mean, rv ← (1 − m)·rv + m·var·n/(n − 1),
+            // with SyncBatchNorm's statistics and n those of every rank's values.
+            let (y, mean, var, rstd, n) = match group {
+                Some(g) => gpu::sync_train_forward(xt, wt, bt, eps, g)?,
+                None => {
+                    let (y, mean, var, rstd) = gpu::train_forward(xt, wt, bt, eps)?;
+                    (y, mean, var, rstd, n as f64)
+                }
+            };
             if !self.is_recomputing() {
                 use crate::ops::{binary::add, unary::scale};
                 let m = momentum;
-                let unbias = (n as f64 / (n as f64 - 1.0)) as f32;
+                let unbias = (n / (n - 1.0)) as f32;
                 let new_rm = add(&scale(&rm, 1.0 - m)?, &scale(&mean, m)?)?;
                 let new_rv = add(&scale(&rv, 1.0 - m)?, &scale(&var, m * unbias)?)?;
                 running_mean.set_value(new_rm.reshape([c])?)?;
@@ -417,7 +423,10 @@ impl BatchNorm2dOp<'_> {
             );
         }
         if runs_kernels(gout.device()) {
-            let (dx, dw, db) = gpu::backward(x, w, mean, rstd, gout, self.training)?;
+            // SyncBatchNorm: Σdy and Σdy·x̂ all-reduced for dx only when dx is wanted (every
+            // rank of the group records the same graph, so all of them skip it together)
+            let group = self.group.filter(|_| needs[0]);
+            let (dx, dw, db) = gpu::backward(x, w, mean, rstd, gout, self.training, group)?;
             return Ok(vec![
                 needs[0].then_some(dx),
                 needs[1].then(|| dw.try_to_dtype(self.pdtype)).transpose()?,
