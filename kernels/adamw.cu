@@ -46,6 +46,9 @@
 //   order depends only on the tensors' sizes, so the norm is bitwise reproducible on any launch
 //   geometry, and within f64 rounding (≪ f32 resolution) of the reference's sequential sum.
 //
+// ZeRO-1's clip over sharded gradients: adamw_sumsq_as_f32 and adamw_clip_from_sumsq_f32 (at
+// their definitions below).
+//
 // clamp_inplace_f32(x, lo, hi, n): x ← clamp(x, lo, hi) in place (logit_scale to [0, ln 100]
 // after each step), NaN kept as Rust's f32::clamp keeps it. A kernel of its own rather than a
 // per-entry table flag: the clamp is the model's rule applied after the step (open_clip does it
@@ -118,7 +121,7 @@ struct AdamWEntry {
     long long numel;
     long long first_chunk;          // this tensor's first chunk in the launch's numbering
     unsigned int flags;             // ADAMW_DECAY | reserved bits
-    unsigned int tensor_id;         // the optimizer's slot index (for stochastic rounding later)
+    unsigned int tensor_id;         // stochastic rounding's tensor id: the slot's index in the (unsharded) optimizer
     unsigned long long reserved;    // adamw_step_f16s: address of the m scales, then the v scales (f32); else 0
 };
 static_assert(sizeof(AdamWEntry) == 64, "AdamWEntry is 8 words, as src/optim/adamw/gpu.rs packs it");
@@ -335,6 +338,22 @@ extern "C" __global__ void adamw_grad_sumsq_f32(double* __restrict__ partials, c
     }
 }
 
+// The norm of Σ g² (a loss scaler's multiple of the true gradients' squares) and the clip
+// factor the step applies, in f64 as the CPU reference computes them (one thread).
+__device__ __forceinline__ void norm_and_clip(double sum_sq, double max_norm, double inv_grad_scale,
+                              float* __restrict__ norm, float* __restrict__ clip) {
+    // The gradients are the loss scaler's multiple of the true ones (inv_grad_scale = 1 / a
+    // power of two, 1 without a scaler): the norm and the clip are those of the true
+    // gradients, and the factor the step applies also unscales. Products with a power of
+    // two are exact, so inv_grad_scale = 1 gives the unscaled path's bits.
+    const double total = sqrt(sum_sq) * inv_grad_scale;
+    const double coef = max_norm / (total + 1e-6);
+    *norm = (float)total;
+    // torch.nn.utils.clip_grad_norm_: scale by the clamped coefficient (NaN: left as is, as
+    // the CPU reference's `coef < 1` test leaves it).
+    *clip = (float)((coef < 1.0 ? coef : 1.0) * inv_grad_scale);
+}
+
 // Launch: grid (1), block (any, 256 from the launcher).
 extern "C" __global__ void adamw_grad_norm_f32(float* __restrict__ norm, float* __restrict__ clip,
                                                double* __restrict__ sumsq, const double* __restrict__ partials,
@@ -350,17 +369,24 @@ extern "C" __global__ void adamw_grad_norm_f32(float* __restrict__ norm, float* 
     lanes_tree_sum(s);
     if (threadIdx.x == 0) {
         *sumsq = s[0];
-        // The gradients are the loss scaler's multiple of the true ones (inv_grad_scale = 1 / a
-        // power of two, 1 without a scaler): the norm and the clip are those of the true
-        // gradients, and the factor the step applies also unscales. Products with a power of
-        // two are exact, so inv_grad_scale = 1 gives the unscaled path's bits.
-        const double total = sqrt(s[0]) * inv_grad_scale;
-        const double coef = max_norm / (total + 1e-6);
-        *norm = (float)total;
-        // torch.nn.utils.clip_grad_norm_: scale by the clamped coefficient (NaN: left as is, as
-        // the CPU reference's `coef < 1` test leaves it).
-        *clip = (float)((coef < 1.0 ? coef : 1.0) * inv_grad_scale);
+        norm_and_clip(s[0], max_norm, inv_grad_scale, norm, clip);
     }
+}
+
+// ZeRO-1 (src/train/trainer.rs): each rank holds its shard's gradients only, so the global Σ g²
+// is the shards' sums added over the ranks. adamw_grad_norm_f32 above (max_norm = ∞) leaves a
+// shard's Σ in `sumsq`; adamw_sumsq_as_f32 makes it a 1-element f32 tensor the communicator
+// all-reduces (the rounding to f32 costs ≤ 2^-24 of the sum, 2^-25 of the norm); and
+// adamw_clip_from_sumsq_f32 turns the all-reduced Σ into the norm and the factor exactly as a
+// one-process clip would. Launch: grid (1), block (1) each.
+extern "C" __global__ void adamw_sumsq_as_f32(float* __restrict__ out, const double* __restrict__ sumsq) {
+    if (threadIdx.x == 0 && blockIdx.x == 0) *out = (float)*sumsq;
+}
+
+extern "C" __global__ void adamw_clip_from_sumsq_f32(float* __restrict__ norm, float* __restrict__ clip,
+                                                     const float* __restrict__ sum_sq, double max_norm,
+                                                     double inv_grad_scale) {
+    if (threadIdx.x == 0 && blockIdx.x == 0) norm_and_clip((double)*sum_sq, max_norm, inv_grad_scale, norm, clip);
 }
 
 // Launch: LaunchConfig::for_elements(n, 256).

@@ -2127,6 +2127,23 @@ fn asan_adamw() -> Vec<AsanLaunch> {
             ));
         }
     }
+    // ZeRO-1's clip over sharded gradients: one thread each
+    v.push(launch_of(
+        "adamw_sumsq_as_f32",
+        cfg((1, 1, 1), (1, 1, 1), 0),
+        vec![fbuf(1), "f64buf:1".to_string()],
+    ));
+    v.push(launch_of(
+        "adamw_clip_from_sumsq_f32",
+        cfg((1, 1, 1), (1, 1, 1), 0),
+        vec![
+            fbuf(1),
+            fbuf(1),
+            fbuf(1),
+            "f64:1.0".to_string(),
+            "f64:0.0009765625".to_string(),
+        ],
+    ));
     for n in [1, 300] {
         let args = vec![fbuf(n), flt(0.0), flt(4.6), int(n)];
         v.push(launch_of(

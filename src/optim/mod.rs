@@ -6,7 +6,10 @@ mod schedule;
 pub mod sround;
 
 use adamw::gpu::clamp_in_place as clamp_on_device;
-pub use adamw::{clip_grad_norm, decays, AdamW, AdamWConfig, MomentPrecision, SCALE_BLOCK};
+pub use adamw::{
+    clip_grad_norm, decays, unscale_clip_grad_norm, AdamW, AdamWConfig, MomentPrecision,
+    SCALE_BLOCK,
+};
 pub use schedule::LrSchedule;
 
 use crate::{Param, Result, Tensor};

@@ -14,7 +14,9 @@
 //!    its own samples (reduce-scatter — the backward of gather_with_grad's all-gather), added to
 //!    its rows' gradient: now dI_r, dT_r are exactly ∂L/∂I_r, ∂L/∂T_r;
 //! 5. backward through its towers, then the parameter gradients (and `logit_scale`'s) summed
-//!    over ranks in buckets ([`all_reduce_gradients`]): ∂L/∂θ on every rank.
+//!    over ranks in buckets ([`all_reduce_gradients`]): ∂L/∂θ on every rank — or, under ZeRO-1,
+//!    reduce-scattered so that each parameter's sum lands on its owner only
+//!    ([`reduce_gradients_to_owners`]), which updates it and all-gathers it back.
 //!
 //! The scaling: open_clip's per-rank loss is the mean over its n rows, and DDP *averages* the
 //! ranks' gradients (sum / world). Seeding backward with 1/world and *summing* is the same
@@ -151,8 +153,8 @@ pub fn gathered_contrastive_backward(
 }
 
 /// Sums the gradients of the trainable `params` over ranks, in place, `bucket` elements at a
-/// time (parameters in the given order, each bucket one all-reduce of their gradients joined;
-/// a parameter larger than a bucket is a bucket of its own). Every rank must hold gradients for
+/// time (parameters in the given order, each bucket one all-reduce of their gradients joined,
+/// all of one dtype; a parameter larger than a bucket is a bucket of its own). Every rank must hold gradients for
 /// the same parameters (the same model, the same locks). Nothing to do in a world of one.
 pub fn all_reduce_gradients(
     params: &[Param],
@@ -170,7 +172,12 @@ pub fn all_reduce_gradients(
     let mut i = 0;
     while i < with.len() {
         let (mut j, mut elements) = (i, 0);
-        while j < with.len() && (j == i || elements + with[j].1.numel() <= bucket) {
+        // a bucket joins gradients of one dtype (16-bit weights' beside f32 ones travel apart)
+        while j < with.len()
+            && (j == i
+                || (elements + with[j].1.numel() <= bucket
+                    && with[j].1.dtype() == with[i].1.dtype()))
+        {
             elements += with[j].1.numel();
             j += 1;
         }
@@ -201,16 +208,262 @@ pub fn all_reduce_gradients(
     Ok(())
 }
 
+/// ZeRO-1's gradient sum: each trainable parameter's gradient summed over ranks lands on its
+/// owner only (`owner[i]` for `params[i]`: contiguous runs in parameter order, as
+/// `train::zero1_owners` makes them); the other ranks' copies are dropped. One reduce-scatter
+/// per bucket instead of an all-reduce: half the bytes of an all-reduce (ring all-reduce is a
+/// reduce-scatter then an all-gather, and ZeRO-1's own all-gather of the updated parameters
+/// takes the second half's place).
+///
+/// The layout: rank r's shard is its parameters' gradients flattened and joined in order,
+/// zero-padded to the longest shard's length L. Bucket k joins, for every rank in rank order,
+/// elements k·c .. (k+1)·c of that rank's shard, with c = `bucket` / world (at most L); the
+/// reduce-scatter then hands each rank the summed piece of its own shard. Gradients of another
+/// dtype (16-bit weights' gradients beside f32 ones) form their own shards and buckets. The
+/// sums are the all-reduce's (the in-process communicator adds each element over the ranks in
+/// rank order either way), so each owner's gradients are bitwise those of
+/// [`all_reduce_gradients`].
+pub fn reduce_gradients_to_owners(
+    params: &[Param],
+    owner: &[usize],
+    comm: &dyn Communicator,
+    bucket: usize,
+) -> Result<()> {
+    let (rank, world) = (comm.rank(), comm.world_size());
+    if params.len() != owner.len() || owner.iter().any(|&o| o >= world) {
+        return Err(Error::Msg(format!(
+            "ZeRO-1: {} owners for {} parameters in a world of {world}",
+            owner.len(),
+            params.len()
+        )));
+    }
+    if world == 1 {
+        return Ok(());
+    }
+    let with: Vec<(&Param, usize, Tensor)> = params
+        .iter()
+        .zip(owner)
+        .filter(|(p, _)| p.requires_grad())
+        .filter_map(|(p, &o)| p.grad().map(|g| (p, o, g)))
+        .collect();
+    let mut dtypes: Vec<crate::DType> = Vec::new();
+    for (_, _, g) in &with {
+        if !dtypes.contains(&g.dtype()) {
+            dtypes.push(g.dtype());
+        }
+    }
+    for dtype in dtypes {
+        let shard = |r: usize| -> Vec<&(&Param, usize, Tensor)> {
+            with.iter()
+                .filter(|(_, o, g)| *o == r && g.dtype() == dtype)
+                .collect()
+        };
+        let shards: Vec<_> = (0..world).map(shard).collect();
+        let longest = shards
+            .iter()
+            .map(|s| s.iter().map(|(_, _, g)| g.numel()).sum::<usize>())
+            .max()
+            .unwrap_or(0);
+        if longest == 0 {
+            continue;
+        }
+        let device = with[0].2.device();
+        let piece = (bucket / world).clamp(1, longest);
+        let mut mine: Vec<Tensor> = Vec::new();
+        let mut start = 0;
+        while start < longest {
+            let len = piece.min(longest - start);
+            let parts: Vec<Tensor> = shards
+                .iter()
+                .map(|s| {
+                    let grads: Vec<&Tensor> = s.iter().map(|(_, _, g)| g).collect();
+                    flat_range(&grads, start, len, dtype, device)
+                })
+                .collect::<Result<_>>()?;
+            let refs: Vec<&Tensor> = parts.iter().collect();
+            let joined = concat(&refs, 0)?;
+            mine.push(comm.reduce_scatter_sum(&joined)?.to_device(device)?);
+            start += len;
+        }
+        let refs: Vec<&Tensor> = mine.iter().collect();
+        let mine = if refs.len() == 1 {
+            mine[0].clone()
+        } else {
+            concat(&refs, 0)?
+        };
+        let mut off = 0;
+        for (p, _, g) in &shards[rank] {
+            let k = g.numel();
+            let part = mine
+                .narrow(0, off, k)?
+                .try_contiguous()?
+                .reshape(g.shape().to_vec())?;
+            p.zero_grad();
+            p.accumulate_grad(part)?;
+            off += k;
+        }
+    }
+    // the other ranks' parameters: their owners hold the sums now
+    for (p, o, _) in &with {
+        if *o != rank {
+            p.zero_grad();
+        }
+    }
+    Ok(())
+}
+
+/// Elements `start .. start + len` of `grads` flattened and joined in order, zero-padded past
+/// their end: a `[len]` tensor of `dtype` on `device`.
+fn flat_range(
+    grads: &[&Tensor],
+    start: usize,
+    len: usize,
+    dtype: crate::DType,
+    device: crate::Device,
+) -> Result<Tensor> {
+    let mut pieces: Vec<Tensor> = Vec::new();
+    let (mut at, end) = (0usize, start + len);
+    for g in grads {
+        let (lo, hi) = (at, at + g.numel());
+        at = hi;
+        if hi <= start || lo >= end {
+            continue;
+        }
+        let (a, b) = (start.max(lo) - lo, end.min(hi) - lo);
+        pieces.push(
+            g.try_contiguous()?
+                .reshape([g.numel()])?
+                .narrow(0, a, b - a)?
+                .try_contiguous()?,
+        );
+    }
+    let filled: usize = pieces.iter().map(Tensor::numel).sum();
+    if filled < len {
+        pieces.push(Tensor::full_on(0.0, [len - filled], device)?.try_to_dtype(dtype)?);
+    }
+    if pieces.len() == 1 {
+        return Ok(pieces.remove(0));
+    }
+    let refs: Vec<&Tensor> = pieces.iter().collect();
+    concat(&refs, 0)
+}
+
+/// ZeRO-1's second collective: after each owner updated its parameters, every rank receives
+/// every parameter's new value from its owner — the same shard layout as
+/// [`reduce_gradients_to_owners`] (each rank's values flattened and joined, zero-padded to the
+/// longest shard, per value dtype so that 16-bit weights travel as stored), all-gathered `bucket`
+/// elements at a time. The owners' own values are left as they are.
+pub fn all_gather_parameters(
+    params: &[Param],
+    owner: &[usize],
+    comm: &dyn Communicator,
+    bucket: usize,
+) -> Result<()> {
+    let (rank, world) = (comm.rank(), comm.world_size());
+    if params.len() != owner.len() || owner.iter().any(|&o| o >= world) {
+        return Err(Error::Msg(format!(
+            "ZeRO-1: {} owners for {} parameters in a world of {world}",
+            owner.len(),
+            params.len()
+        )));
+    }
+    if world == 1 {
+        return Ok(());
+    }
+    let values: Vec<(&Param, usize, Tensor)> = params
+        .iter()
+        .zip(owner)
+        .map(|(p, &o)| (p, o, p.value()))
+        .collect();
+    let mut dtypes: Vec<crate::DType> = Vec::new();
+    for (_, _, v) in &values {
+        if !dtypes.contains(&v.dtype()) {
+            dtypes.push(v.dtype());
+        }
+    }
+    for dtype in dtypes {
+        let shards: Vec<Vec<&(&Param, usize, Tensor)>> = (0..world)
+            .map(|r| {
+                values
+                    .iter()
+                    .filter(|(_, o, v)| *o == r && v.dtype() == dtype)
+                    .collect()
+            })
+            .collect();
+        let longest = shards
+            .iter()
+            .map(|s| s.iter().map(|(_, _, v)| v.numel()).sum::<usize>())
+            .max()
+            .unwrap_or(0);
+        if longest == 0 {
+            continue;
+        }
+        let device = values[0].2.device();
+        let piece = (bucket / world).clamp(1, longest);
+        let own: Vec<&Tensor> = shards[rank].iter().map(|(_, _, v)| v).collect();
+        // every rank's pieces, in bucket order
+        let mut gathered: Vec<Vec<Tensor>> = vec![Vec::new(); world];
+        let mut start = 0;
+        while start < longest {
+            let len = piece.min(longest - start);
+            let all = comm
+                .all_gather(&flat_range(&own, start, len, dtype, device)?)?
+                .to_device(device)?;
+            for (r, g) in gathered.iter_mut().enumerate() {
+                g.push(all.narrow(0, r * len, len)?.try_contiguous()?);
+            }
+            start += len;
+        }
+        for (r, pieces) in gathered.into_iter().enumerate() {
+            if r == rank {
+                continue;
+            }
+            let refs: Vec<&Tensor> = pieces.iter().collect();
+            let flat = if refs.len() == 1 {
+                pieces[0].clone()
+            } else {
+                concat(&refs, 0)?
+            };
+            let mut off = 0;
+            for (p, _, v) in &shards[r] {
+                let k = v.numel();
+                p.set_value(
+                    flat.narrow(0, off, k)?
+                        .try_contiguous()?
+                        .reshape(v.shape().to_vec())?,
+                )?;
+                off += k;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How [`data_parallel_forward_backward`] sums the parameter gradients over ranks.
+#[derive(Clone, Copy)]
+pub enum GradientSum<'a> {
+    /// Every rank receives every summed gradient ([`all_reduce_gradients`]).
+    Everywhere,
+    /// ZeRO-1: each parameter's summed gradient lands on its owner only
+    /// ([`reduce_gradients_to_owners`]).
+    ToOwners {
+        params: &'a [Param],
+        owner: &'a [usize],
+    },
+}
+
 /// One data-parallel forward + backward (the module doc) on this rank's pairs: `images`
 /// [n, 3, S, S] and token rows `ids` [n, T], in micro-batches of `micro`. Afterwards every
-/// rank's parameters hold ∂L/∂θ of the full batch's loss; the statistics are the full batch's
-/// (means over ranks). The optimizer step is the caller's, the same on every rank.
+/// rank's parameters hold ∂L/∂θ of the full batch's loss (under [`GradientSum::ToOwners`]:
+/// those each rank owns); the statistics are the full batch's (means over ranks). The
+/// optimizer step is the caller's.
 pub fn data_parallel_forward_backward(
     model: &Clip,
     images: &Tensor,
     ids: &[u32],
     micro: usize,
     comm: &dyn Communicator,
+    sum: GradientSum<'_>,
 ) -> Result<DeviceStats> {
     // SyncBatchNorm on every device (a ViT has no BatchNorm: nothing changes)
     let parts = forward_micro(model, images, ids, micro, Some(comm))?;
@@ -233,7 +486,14 @@ pub fn data_parallel_forward_backward(
         model.step_precision.loss_scale,
     )?;
     backward_micro(parts, &g.d_image, &g.d_text)?;
-    all_reduce_gradients(&model.parameters(), comm, BUCKET_ELEMENTS)?;
+    match sum {
+        GradientSum::Everywhere => {
+            all_reduce_gradients(&model.parameters(), comm, BUCKET_ELEMENTS)?
+        }
+        GradientSum::ToOwners { params, owner } => {
+            reduce_gradients_to_owners(params, owner, comm, BUCKET_ELEMENTS)?
+        }
+    }
     // the full batch's statistics: means of the ranks' (equal row counts), summed on the
     // device and read back by the caller with the step's other scalars
     let one = |t: &Tensor| t.reshape([1]);

@@ -4,7 +4,7 @@
 //! bit-exact resume needs (weights, optimizer moments, step, data position), and a PNG plot at the
 //! end.
 
-use super::data_parallel::{data_parallel_forward_backward, local_batch};
+use super::data_parallel::{data_parallel_forward_backward, local_batch, GradientSum};
 use super::eval::{ValidationResult, ValidationSet, ZeroShotResult, ZeroShotSet};
 use super::precision::{LossScaler, Precision};
 use super::{contrastive_forward_backward_deferred, eval, plot, read_scalars, samples_to_tensor};
@@ -708,13 +708,16 @@ impl Trainer {
 
     /// ZeRO-1 (`--zero1`): from now on this rank keeps the AdamW moments of its share of the
     /// trainable parameters only ([`zero1_owners`]: contiguous runs of about equal size) and
-    /// updates those; after the update every parameter is broadcast from its owner, so every
-    /// rank again holds the same weights (per-parameter shards: the broadcasts are the
-    /// all-gather of the updated parameters). Clipping uses the global norm of the full,
-    /// all-reduced gradients, as without ZeRO. A checkpoint gathers the moments first (every
+    /// updates those. The step reduce-scatters the gradients so that each parameter's sum lands
+    /// on its owner only (`data_parallel::reduce_gradients_to_owners`), clips with the global
+    /// norm (the shards' Σ g² all-reduced: `AdamW::sharded_unscale_clip_grad_norm`), updates,
+    /// and all-gathers the updated parameters (`data_parallel::all_gather_parameters`), so
+    /// every rank again holds the same weights. A checkpoint gathers the moments first (every
     /// rank takes part), so it is the unsharded checkpoint: it resumes with or without ZeRO at
-    /// any world size. Needs the group ([`Trainer::set_communicator`]) first; Cpu ranks with
-    /// f32 moments only so far.
+    /// any world size. Needs the group ([`Trainer::set_communicator`]) first. Every device and
+    /// precision: the sharded optimizer keeps its moments where the parameters are, in the
+    /// precision's format, and under a loss scaler the overflow test is the global norm's, so
+    /// every rank skips the same steps.
     pub fn set_zero1(&mut self) -> Result<()> {
         let Some(comm) = &self.dist else {
             return Err(Error::Msg(
@@ -723,23 +726,6 @@ impl Trainer {
                     .into(),
             ));
         };
-        if self.device != Device::Cpu {
-            return Err(Error::Msg(format!(
-                "--zero1 runs on cpu ranks so far, not on {} (the sharded update on a kernel \
-                 device is still to do)",
-                self.device
-            )));
-        }
-        if self.opt.config.moments != crate::optim::MomentPrecision::F32 {
-            return Err(Error::Msg("--zero1 shards f32 moments only so far".into()));
-        }
-        if self.scaler.is_some() {
-            return Err(Error::Msg(format!(
-                "--zero1 with --precision {}: the sharded step does not unscale the loss \
-                 scaler's gradients yet; use amp_bf16 (no loss scaling) or leave --zero1 out",
-                self.config.precision()
-            )));
-        }
         if self.zero.is_some() {
             return Ok(());
         }
@@ -752,16 +738,11 @@ impl Trainer {
         let sizes: Vec<usize> = params.iter().map(|p| p.value().numel()).collect();
         let (rank, world) = (comm.rank(), comm.world_size());
         let owner = zero1_owners(&sizes, world);
-        let mine: Vec<crate::Param> = params
-            .iter()
-            .zip(&owner)
-            .filter(|(_, &o)| o == rank)
-            .map(|(p, _)| p.clone())
-            .collect();
+        let mine: Vec<usize> = (0..params.len()).filter(|&i| owner[i] == rank).collect();
         // this rank's share of the state the full optimizer holds (fresh or resumed)
         let full: std::collections::HashMap<String, Tensor> =
             self.opt.state()?.into_iter().collect();
-        let mut sharded = AdamW::new(&mine, self.opt.config);
+        let mut sharded = AdamW::new_shard(&params, &mine, self.opt.config)?;
         sharded.load_state(&full)?;
         self.opt = sharded;
         self.zero = Some(Zero1 { params, owner });
@@ -788,11 +769,13 @@ impl Trainer {
                 .unwrap_or_else(|| Tensor::scalar(0.0)),
         )];
         for (p, &o) in z.params.iter().zip(&z.owner) {
-            for suffix in ["exp_avg", "exp_avg_sq"] {
-                let key = format!("{}.{suffix}", p.name());
+            // what an optimizer of this parameter alone saves (names, shapes and dtypes of its
+            // moments, and of their block scales under f16 moments), filled by the owner
+            let template = AdamW::new(std::slice::from_ref(p), self.opt.config).state()?;
+            for (key, zeros) in template.into_iter().filter(|(k, _)| k != "step") {
                 let t = match mine.get(&key) {
                     Some(t) if o == comm.rank() => t.clone(),
-                    _ => Tensor::zeros(p.value().shape().to_vec()),
+                    _ => zeros,
                 };
                 out.push((key, comm.broadcast(&t, o)?));
             }
@@ -800,21 +783,21 @@ impl Trainer {
         Ok(out)
     }
 
-    /// ZeRO-1's update (after the clip over all the all-reduced gradients): this rank's AdamW step on its
-    /// parameters, the others' gradients dropped, every parameter broadcast from its owner.
+    /// ZeRO-1's update (after the clip with the global norm): this rank's AdamW step on the
+    /// parameters it owns (it holds only their gradients), then every parameter all-gathered
+    /// from its owner.
     fn zero1_step(&mut self, lr: f64) -> Result<()> {
         let (Some(z), Some(comm)) = (&self.zero, &self.dist) else {
             return Err(Error::Msg("zero1_step without ZeRO-1".into()));
         };
         self.opt.step(lr)?;
-        for (p, &o) in z.params.iter().zip(&z.owner) {
-            p.zero_grad();
-            let v = comm.broadcast(&p.value(), o)?;
-            if o != comm.rank() {
-                p.set_value(v)?;
-            }
-        }
-        Ok(())
+        z.params.iter().for_each(|p| p.zero_grad());
+        super::data_parallel::all_gather_parameters(
+            &z.params,
+            &z.owner,
+            comm.as_ref(),
+            super::data_parallel::BUCKET_ELEMENTS,
+        )
     }
 
     /// This process's rank in its data-parallel group (0 without one).
@@ -920,26 +903,45 @@ impl Trainer {
         // gradient and the clip below sees the global norm.
         let stats = match &self.dist {
             Some(comm) => {
-                data_parallel_forward_backward(&self.model, &images, ids, micro, comm.as_ref())?
+                let sum = match &self.zero {
+                    Some(z) => GradientSum::ToOwners {
+                        params: &z.params,
+                        owner: &z.owner,
+                    },
+                    None => GradientSum::Everywhere,
+                };
+                data_parallel_forward_backward(
+                    &self.model,
+                    &images,
+                    ids,
+                    micro,
+                    comm.as_ref(),
+                    sum,
+                )?
             }
             None => contrastive_forward_backward_deferred(&self.model, &images, ids, micro)?,
         };
         // On a kernel device the clip factor stays in device memory for the step below. With a
         // loss scaler the norm is always taken: it unscales the gradients and tells an
-        // overflowed step (ZeRO-1 and the scaler never meet: `set_zero1` refuses the f16
-        // precisions).
-        let norm = match (self.config.grad_clip, loss_scale, &self.zero) {
-            (max, Some(s), _) => Some(
+        // overflowed step. Under ZeRO-1 each rank holds its shard's gradients only: the norm is
+        // the shards' Σ g² all-reduced, the same on every rank (and so is a skip).
+        let inv_scale = loss_scale.map_or(1.0, |s| 1.0 / s as f64);
+        let max = self.config.grad_clip;
+        let norm = match (&self.zero, &self.dist) {
+            _ if max.is_none() && loss_scale.is_none() => None,
+            (Some(_), Some(comm)) => {
+                let device = self.device;
+                let over_ranks = |t: &Tensor| comm.all_reduce_sum(&t.to_device(device)?);
+                Some(self.opt.sharded_unscale_clip_grad_norm(
+                    max.unwrap_or(f64::INFINITY),
+                    inv_scale,
+                    &over_ranks,
+                )?)
+            }
+            _ => Some(
                 self.opt
-                    .unscale_clip_grad_norm(max.unwrap_or(f64::INFINITY), 1.0 / s as f64)?,
+                    .unscale_clip_grad_norm(max.unwrap_or(f64::INFINITY), inv_scale)?,
             ),
-            // ZeRO-1: the optimizer holds this rank's parameters only; the norm is over all
-            // (every rank holds the same all-reduced gradients, so the same norm and factor)
-            (Some(max), None, Some(z)) => Some(Tensor::scalar(crate::optim::clip_grad_norm(
-                &z.params, max,
-            )? as f32)),
-            (Some(max), None, None) => Some(self.opt.clip_grad_norm(max)?),
-            (None, None, _) => None,
         };
         let kernel_device = crate::device::kernel::runs_kernels(self.device);
         if fetch_ahead && kernel_device && self.step + 1 < self.config.steps {

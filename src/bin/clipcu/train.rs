@@ -147,9 +147,10 @@ pub struct TrainArgs {
     /// fp32, or a resumed checkpoint's (another one converts it on load).
     #[arg(long)]
     pub precision: Option<clipcu::train::Precision>,
-    /// ZeRO stage 1: shard the AdamW moments over the data-parallel ranks (each updates its
-    /// share of the parameters, then every parameter is sent from its owner to all). The same
-    /// numbers as without it; checkpoints hold the whole state. Cpu ranks only so far.
+    /// ZeRO stage 1: shard the AdamW moments over the data-parallel ranks (the gradients are
+    /// reduce-scattered to the parameters' owners, each updates its share, then the updated
+    /// parameters are all-gathered). The same numbers as without it (the clip's norm within an
+    /// f32 rounding); checkpoints hold the whole state. Every device and precision.
     #[arg(long)]
     pub zero1: bool,
 }

@@ -515,6 +515,79 @@ impl DeviceState {
         drop(held);
         norm.into_tensor()
     }
+
+    /// ZeRO-1, first half of the clip: Σ g² over the slots' gradients (this rank's shard) as a
+    /// `[1]` f32 tensor on the device, for the communicator to sum over the ranks. The same two
+    /// reduction kernels as [`DeviceState::clip_grad_norm`] (so the same bits for the shard),
+    /// the second with no clip (its factor is discarded), then one cast to f32.
+    pub(super) fn shard_grad_sumsq(
+        &mut self,
+        slots: &[Slot],
+        launch: NormLaunch,
+    ) -> Result<Tensor> {
+        self.clip_grad_norm(slots, f64::INFINITY, 1.0, launch)?;
+        self.clip_pending = false;
+        let mut out = DeviceBuf::f32(self.device, &[1])?;
+        // SAFETY: one thread reads the f64 word `sumsq` and writes one f32.
+        unsafe {
+            kernel::launch(
+                self.device,
+                MODULE,
+                "adamw_sumsq_as_f32",
+                LaunchConfig {
+                    grid: (1, 1, 1),
+                    block: (1, 1, 1),
+                    shared_bytes: 0,
+                },
+                &mut [KernelArg::Out(&mut out), KernelArg::Buf(&self.sumsq)],
+            )
+        }?;
+        out.into_tensor()
+    }
+
+    /// ZeRO-1, second half: the norm (a `[]` tensor) and the pending clip factor from Σ g² of
+    /// every rank's shard (`sum_sq`, `[1]` f32 on the device), exactly as `clip_grad_norm`
+    /// derives them from its own sum.
+    pub(super) fn clip_from_sumsq(
+        &mut self,
+        sum_sq: &Tensor,
+        max_norm: f64,
+        inv_grad_scale: f64,
+    ) -> Result<Tensor> {
+        let op = "clip_from_sumsq";
+        if sum_sq.numel() != 1 || sum_sq.device() != self.device {
+            return Err(Error::Msg(format!(
+                "{op}: Σ g² must be one f32 on {}, got {:?} on {}",
+                self.device,
+                sum_sq.shape(),
+                sum_sq.device()
+            )));
+        }
+        let sum_sq = kernel::f32_input(op, sum_sq)?;
+        let mut norm = DeviceBuf::f32(self.device, &[])?;
+        // SAFETY: one thread reads one f32 and writes the norm and the factor.
+        unsafe {
+            kernel::launch(
+                self.device,
+                MODULE,
+                "adamw_clip_from_sumsq_f32",
+                LaunchConfig {
+                    grid: (1, 1, 1),
+                    block: (1, 1, 1),
+                    shared_bytes: 0,
+                },
+                &mut [
+                    KernelArg::Out(&mut norm),
+                    KernelArg::Out(&mut self.clip),
+                    KernelArg::In(&sum_sq),
+                    KernelArg::F64(max_norm),
+                    KernelArg::F64(inv_grad_scale),
+                ],
+            )
+        }?;
+        self.clip_pending = true;
+        norm.into_tensor()
+    }
 }
 
 /// Clamp the f32 value of `p` on a kernel device to `[lo, hi]` in place (`clamp_inplace_f32`).
@@ -576,7 +649,7 @@ fn build_table(
             moments + elem * (half as u64 + off),
             n as u64,
             first,
-            flags | (h.slot as u64) << 32,
+            flags | (slots[h.slot].id as u64) << 32,
             reserved,
         ]);
     }

@@ -99,6 +99,10 @@ pub fn decays(name: &str, rank: usize) -> bool {
 struct Slot {
     param: Param,
     decay: bool,
+    /// The tensor id of the stochastic rounding's random bits (sr_key's): the slot's index in
+    /// the optimizer, or in the unsharded optimizer for a ZeRO-1 shard ([`AdamW::new_shard`]),
+    /// so that a weight's rounding never depends on how the parameters were sharded.
+    id: u32,
     /// The host moments (empty while they live on a device: [`AdamW::device`]).
     m: Vec<f32>,
     v: Vec<f32>,
@@ -255,13 +259,39 @@ impl AdamW {
         opt
     }
 
+    /// A ZeRO-1 shard's optimizer: over `params[i]` for each `i` in `shard` (indices into the
+    /// whole list, ascending), each slot's stochastic-rounding tensor id being that index — the
+    /// id it has in `AdamW::new(params, …)` when every one of `params` is trainable, so a
+    /// sharded run rounds its 16-bit weights with the unsharded run's bits.
+    pub fn new_shard(params: &[Param], shard: &[usize], config: AdamWConfig) -> Result<AdamW> {
+        if let Some(&i) = shard.iter().find(|&&i| i >= params.len()) {
+            return Err(Error::Msg(format!(
+                "AdamW::new_shard: index {i} of {} parameters",
+                params.len()
+            )));
+        }
+        let mine: Vec<Param> = shard.iter().map(|&i| params[i].clone()).collect();
+        if mine.iter().any(|p| !p.requires_grad()) {
+            return Err(Error::Msg(
+                "AdamW::new_shard: a shard of trainable parameters only".into(),
+            ));
+        }
+        let mut opt = Self::new(&mine, config);
+        for (s, &i) in opt.slots.iter_mut().zip(shard) {
+            s.id = i as u32;
+        }
+        Ok(opt)
+    }
+
     fn new_on_host(params: &[Param], config: AdamWConfig) -> AdamW {
         let slots = params
             .iter()
             .filter(|p| p.requires_grad())
-            .map(|p| {
+            .enumerate()
+            .map(|(id, p)| {
                 let n = p.value().numel();
                 let mut s = Slot {
+                    id: id as u32,
                     decay: decays(p.name(), p.value().rank()),
                     param: p.clone(),
                     m: Vec::new(),
@@ -378,7 +408,7 @@ impl AdamW {
             b2,
             eps,
         } = StepScalars::new(&c, self.step, lr);
-        for (slot_id, s) in self.slots.iter_mut().enumerate() {
+        for s in self.slots.iter_mut() {
             let Some(g) = s.param.grad() else { continue };
             let p_shape = s.param.value().shape().to_vec();
             if g.shape() != p_shape {
@@ -401,7 +431,7 @@ impl AdamW {
             };
             if c.moments != MomentPrecision::F32 || s.param.value().dtype() != DType::F32 {
                 let sc = StepScalars::new(&c, self.step, lr);
-                let tensor_id = slot_id as u32;
+                let tensor_id = s.id;
                 self.host_overflows +=
                     host_step_16(s, gs, &sc, decay, c.moments, self.step, tensor_id)?;
                 s.param.zero_grad();
@@ -454,6 +484,51 @@ impl AdamW {
             None => {
                 let params: Vec<Param> = self.slots.iter().map(|s| s.param.clone()).collect();
                 let norm = unscale_clip_grad_norm(&params, max_norm, inv_grad_scale)?;
+                Tensor::scalar(norm as f32).to_device(device)
+            }
+        }
+    }
+
+    /// ZeRO-1's [`AdamW::unscale_clip_grad_norm`]: this optimizer holds one rank's shard of the
+    /// parameters and their gradients, so the clip's Σ g² is this shard's, summed over the
+    /// ranks by `sum_over_ranks` (an all-reduce of a `[1]` f32 tensor; it receives it on the
+    /// parameters' device, or the CPU for a rank that owns nothing, and may return it anywhere).
+    /// The norm returned and the factor are then the global ones, the same on every rank, and
+    /// on a kernel device the factor waits in device memory for the next step as after
+    /// `clip_grad_norm`. Every rank must call it (it is a collective). The shard's Σ travels as
+    /// f32: within 2^-25 of the one-process norm, and the same bits on every rank.
+    pub fn sharded_unscale_clip_grad_norm(
+        &mut self,
+        max_norm: f64,
+        inv_grad_scale: f64,
+        sum_over_ranks: &dyn Fn(&Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let device = self.params_device()?;
+        self.to_device(device)?;
+        match self.device.as_mut() {
+            Some(state) => {
+                let mine = state.shard_grad_sumsq(&self.slots, self.norm_launch)?;
+                let all = sum_over_ranks(&mine)?.to_device(device)?;
+                state.clip_from_sumsq(&all, max_norm, inv_grad_scale)
+            }
+            None => {
+                let grads: Vec<(Param, Tensor)> = self
+                    .slots
+                    .iter()
+                    .filter_map(|s| s.param.grad().map(|g| (s.param.clone(), g)))
+                    .collect();
+                let norm = crate::ops::reduce::global_l2_norm(
+                    &grads.iter().map(|(_, g)| g).collect::<Vec<_>>(),
+                )?;
+                let mine = Tensor::from_vec(vec![(norm * norm) as f32], [1])?;
+                let all = sum_over_ranks(&mine)?.to_device(Device::Cpu)?.item()? as f64;
+                let (norm, factor) = norm_and_clip(all.sqrt(), max_norm, inv_grad_scale);
+                if factor != 1.0 {
+                    for (p, g) in grads {
+                        p.zero_grad();
+                        p.accumulate_grad(crate::ops::unary::scale(&g, factor as f32)?)?;
+                    }
+                }
                 Tensor::scalar(norm as f32).to_device(device)
             }
         }
@@ -820,10 +895,8 @@ pub fn unscale_clip_grad_norm(params: &[Param], max_norm: f64, inv_grad_scale: f
         .filter_map(|p| p.grad().map(|g| (p.clone(), g)))
         .collect();
     let norm =
-        crate::ops::reduce::global_l2_norm(&grads.iter().map(|(_, g)| g).collect::<Vec<_>>())?
-            * inv_grad_scale;
-    let coef = max_norm / (norm + 1e-6);
-    let factor = if coef < 1.0 { coef } else { 1.0 } * inv_grad_scale;
+        crate::ops::reduce::global_l2_norm(&grads.iter().map(|(_, g)| g).collect::<Vec<_>>())?;
+    let (norm, factor) = norm_and_clip(norm, max_norm, inv_grad_scale);
     if factor != 1.0 {
         for (p, g) in grads {
             p.zero_grad();
@@ -831,4 +904,13 @@ pub fn unscale_clip_grad_norm(params: &[Param], max_norm: f64, inv_grad_scale: f
         }
     }
     Ok(norm)
+}
+
+/// The norm and the clip factor from √Σ g² of (scaled) gradients: torch's `clip_grad_norm_`
+/// rule on the true gradients, the factor also unscaling — the arithmetic of the kernels'
+/// `norm_and_clip` (kernels/adamw.cu), in f64.
+fn norm_and_clip(root_sum_sq: f64, max_norm: f64, inv_grad_scale: f64) -> (f64, f64) {
+    let norm = root_sum_sq * inv_grad_scale;
+    let coef = max_norm / (norm + 1e-6);
+    (norm, if coef < 1.0 { coef } else { 1.0 } * inv_grad_scale)
 }
