@@ -164,6 +164,17 @@ part train-nccl-compare 10 python3 -c 'import json, sys
 ls = [[json.loads(l)["loss"] for l in open(sys.argv[i] + "/metrics.jsonl") if "\"loss\"" in l] for i in (1, 2)]
 rel = max(abs(a - b) / abs(b) for a, b in zip(*ls)) if ls[0] and len(ls[0]) == len(ls[1]) else float("inf")
 print("NCCL world 1 vs one process, %d steps: worst loss rel %.2e" % (len(ls[1]), rel)); sys.exit(0 if rel < 1e-3 else 1)' "$out/train-nccl1" "$out/train-$device"
+# ZeRO-1 through NCCL at world size 1 under amp (the sharded clip's all-reduce of Σ g² through NCCL,
+# the loss scaler's unscaling in its factor), against the same run without it; on the card only
+# (--zero1 needs ranks, which the emu dry run's one process does not have).
+if [ "$device" = cuda ]; then
+    part train-nccl-zero1 120 env RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=29532 "$bin/clipcu" train --config synthetic-tiny --device cuda "${sizes[@]}" --precision amp --zero1 --checkpoint-every 20 --eval-every 0 --out "$out/train-nccl1-zero1"
+    part train-nccl-amp 120 env RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=29533 "$bin/clipcu" train --config synthetic-tiny --device cuda "${sizes[@]}" --precision amp --checkpoint-every 20 --eval-every 0 --out "$out/train-nccl1-amp"
+    part train-zero1-compare 10 python3 -c 'import json, sys
+ls = [[json.loads(l)["loss"] for l in open(sys.argv[i] + "/metrics.jsonl") if "\"loss\"" in l] for i in (1, 2)]
+rel = max(abs(a - b) / abs(b) for a, b in zip(*ls)) if ls[0] and len(ls[0]) == len(ls[1]) else float("inf")
+print("NCCL world 1, amp: zero1 vs not, %d steps: worst loss rel %.2e" % (len(ls[1]), rel)); sys.exit(0 if rel < 1e-4 else 1)' "$out/train-nccl1-zero1" "$out/train-nccl1-amp"
+fi
 part train-cli-compare 10 python3 -c 'import json, sys
 ls = [[json.loads(l)["loss"] for l in open(sys.argv[i] + "/metrics.jsonl") if "\"loss\"" in l] for i in (1, 2)]
 rel = max(abs(a - b) / abs(b) for a, b in zip(*ls)) if ls[0] and len(ls[0]) == len(ls[1]) else float("inf")
@@ -200,7 +211,7 @@ echo
 echo "================ gpu-check summary ($(( $(date +%s) - start )) s of ${budget}, device $device) ================"
 printf '%s\n' "${table[@]}" | tee "$out/summary.txt"
 cat "$out"/bench-kernels.log 2>/dev/null | tee -a "$out/summary.txt"
-grep -hE "GFLOP/s|error|loss rel|MiB|memory" "$out"/bench-gemm.log "$out"/bench-contrastive*.log "$out"/torch-contrastive*.log "$out"/bench-attention.log "$out"/torch-attention.log "$out"/torch-gemm.log "$out"/train-cli-compare.log "$out"/train-nccl-compare.log 2>/dev/null | tee -a "$out/summary.txt"
+grep -hE "GFLOP/s|error|loss rel|MiB|memory" "$out"/bench-gemm.log "$out"/bench-contrastive*.log "$out"/torch-contrastive*.log "$out"/bench-attention.log "$out"/torch-attention.log "$out"/torch-gemm.log "$out"/train-cli-compare.log "$out"/train-nccl-compare.log "$out"/train-zero1-compare.log 2>/dev/null | tee -a "$out/summary.txt"
 echo
 python3 tools/bench_table.py "$results" | tee -a "$out/summary.txt"
 exit "$failed"
