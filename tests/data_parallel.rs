@@ -1092,6 +1092,102 @@ fn zero1_equals_the_unsharded_run_and_its_checkpoints_resume_anywhere() {
     let _ = std::fs::remove_dir_all(straight);
 }
 
+/// The bucketed all-reduce overlapped with backward (`OverlappedGradientSum`, what the
+/// data-parallel step runs) gives every rank the same sums as the all-reduce after backward,
+/// bit for bit, on Cpu and Emu ranks, for buckets of one parameter's size to everything: buckets
+/// start while backward still runs (some before the last parameter completes) and in the same
+/// order on every rank; with checkpointing (its blocks' parameters unknown to the tape until
+/// backward) they all start at the end, with the same sums.
+#[test]
+fn gradient_buckets_overlapped_with_backward_equal_the_all_reduce_after_it() {
+    use clipcu::nn::{Activation, BlockInit, Module, Transformer};
+    use clipcu::train::data_parallel::OverlappedGradientSum;
+    use rand::SeedableRng;
+    let seed = common::fresh_seed();
+    let world = 2;
+    let model = |checkpointing: bool, device: Device| {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut m = Transformer::new(
+            "t",
+            16,
+            3,
+            2,
+            Activation::Gelu,
+            BlockInit::ClipText,
+            &mut rng,
+        );
+        m.checkpointing = checkpointing;
+        m.to_device(device).unwrap();
+        m
+    };
+    for device in [Device::Cpu, Device::Emu] {
+        for checkpointing in [false, true] {
+            for bucket in [256, 2000, 1 << 22] {
+                let what = format!(
+                    "{device}, checkpointing {checkpointing}, bucket {bucket}, seed {seed}"
+                );
+                let ranks = run_ranks(world, TIMEOUT, |comm| {
+                    let r = comm.rank() as u64;
+                    let x = Tensor::randn([2, 5, 16], 1.0, seed ^ (10 + r)).to_device(device)?;
+                    let dy = Tensor::randn([2, 5, 16], 1.0, seed ^ (20 + r)).to_device(device)?;
+                    let backward = |m: &Transformer,
+                                    ready: &mut dyn FnMut(&Param) -> clipcu::Result<()>|
+                     -> clipcu::Result<()> {
+                        let g = Graph::new();
+                        let xv = g.leaf(x.clone());
+                        let y = m.forward(&g, &xv, false)?;
+                        g.backward_multi_with(&[(&y, dy.clone())], ready)?;
+                        Ok(())
+                    };
+                    // after backward
+                    let plain = model(checkpointing, device);
+                    backward(&plain, &mut |_| Ok(()))?;
+                    all_reduce_gradients(&plain.parameters(), &comm, bucket)?;
+                    // during backward
+                    let overlapped = model(checkpointing, device);
+                    let params = overlapped.parameters();
+                    let mut sum = OverlappedGradientSum::new(&params, &comm, bucket);
+                    let g = Graph::new();
+                    let xv = g.leaf(x.clone());
+                    let y = overlapped.forward(&g, &xv, false)?;
+                    sum.before_last(g.recorded_params().as_deref())?;
+                    let mut started_at_ready = Vec::new();
+                    g.backward_multi_with(&[(&y, dy.clone())], &mut |p| {
+                        started_at_ready.push(sum.started());
+                        sum.ready(p)
+                    })?;
+                    let buckets = sum.buckets();
+                    sum.finish()?;
+                    let bits = |m: &Transformer| -> Vec<Vec<u32>> {
+                        m.parameters()
+                            .iter()
+                            .map(|p| {
+                                let g = p.grad().unwrap().to_device(Device::Cpu).unwrap();
+                                g.to_vec().iter().map(|v| v.to_bits()).collect()
+                            })
+                            .collect()
+                    };
+                    Ok((bits(&plain), bits(&overlapped), started_at_ready, buckets))
+                })
+                .unwrap();
+                for (r, (plain, overlapped, started, buckets)) in ranks.iter().enumerate() {
+                    assert!(plain == overlapped, "{what}: rank {r}: sums differ");
+                    if checkpointing {
+                        assert!(started.is_empty(), "{what}: {started:?}");
+                    } else if *buckets > 1 {
+                        // when the last parameter completed, earlier buckets were in flight
+                        assert!(
+                            started.last().is_some_and(|&s| s > 0),
+                            "{what}: rank {r}: nothing started during backward ({started:?} of {buckets})"
+                        );
+                    }
+                }
+                assert_eq!(ranks[0].0, ranks[1].0, "{what}: ranks differ");
+            }
+        }
+    }
+}
+
 /// ZeRO-1's two collectives, against sums and values made here, on Cpu and Emu ranks, for
 /// bucket sizes from one element to everything, over f32 and bf16 tensors mixed: the gradient
 /// reduce-scatter gives each owner its parameters' sums bitwise equal to the bucketed

@@ -352,3 +352,128 @@ fn param_transpose_cache_follows_the_value() {
     let b = clipcu::Param::new("b", Tensor::zeros([4]));
     assert!(b.transposed().is_err(), "a 1-D value has no transpose");
 }
+
+/// The stack applied twice to `x` (each weight read under two tape ids), with `unused` recorded
+/// but read by nothing.
+fn twice<'m>(g: &Graph<'m>, model: &'m Transformer, x: &Tensor, unused: &Param) -> clipcu::Var {
+    let xv = g.leaf(x.clone());
+    let _ = g.param(unused);
+    let once = model.forward(g, &xv, false).unwrap();
+    model.forward(g, &once, false).unwrap()
+}
+
+/// `backward_multi_with` calls `ready` once per parameter, as soon as that parameter's gradient
+/// is complete: at each call the gradient already equals what the whole backward leaves (bit for
+/// bit, against a plain backward), the last block's parameters come first, and when they do the
+/// first block's have no gradient yet — backward is still running. Each weight is read twice
+/// (the stack applied twice: two tape ids per parameter), and a recorded but unread parameter
+/// completes with no gradient. With checkpointing the blocks' parameters are recorded only by
+/// their recomputation: the tape cannot list them (`recorded_params` is `None`), `ready` is not
+/// called for them, and their gradients are final when backward returns.
+#[test]
+fn parameters_complete_as_soon_as_backward_is_done_with_them() {
+    let seed = fresh_seed();
+    let x = Tensor::randn([2, 5, 16], 1.0, seed ^ 1);
+    let r = Tensor::randn([2, 5, 16], 1.0, seed ^ 2);
+    let unused = Param::new("unused", Tensor::randn([3], 1.0, seed ^ 3));
+    for checkpointing in [false, true] {
+        let mut model = stack(4, 16, seed);
+        model.checkpointing = checkpointing;
+        let model = model;
+        let params = model.parameters();
+        params.iter().for_each(|p| p.zero_grad());
+        let g = Graph::new();
+        let y = twice(&g, &model, &x, &unused);
+        g.backward_with(&y, r.clone()).unwrap();
+        let want: Vec<Vec<u32>> = params
+            .iter()
+            .map(|p| {
+                p.grad()
+                    .unwrap()
+                    .to_vec()
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect()
+            })
+            .collect();
+        params.iter().for_each(|p| p.zero_grad());
+        unused.zero_grad();
+        let first_block: Vec<Param> = params
+            .iter()
+            .filter(|p| p.name().contains("resblocks.0."))
+            .cloned()
+            .collect();
+        assert!(!first_block.is_empty());
+        let mut seen: Vec<(String, Option<Vec<u32>>, bool)> = Vec::new();
+        let g = Graph::new();
+        let y = twice(&g, &model, &x, &unused);
+        // what the tape can say of the parameters its backward adds to
+        match g.recorded_params() {
+            None => assert!(checkpointing, "seed {seed}: no parameters known"),
+            Some(ps) => {
+                assert!(
+                    !checkpointing,
+                    "seed {seed}: checkpointed blocks' parameters listed"
+                );
+                assert_eq!(ps.len(), params.len() + 1, "seed {seed}: each once");
+            }
+        }
+        g.backward_multi_with(&[(&y, r.clone())], &mut |p| {
+            let first_untouched = first_block.iter().all(|q| q.grad().is_none());
+            let bits = p
+                .grad()
+                .map(|t| t.to_vec().iter().map(|v| v.to_bits()).collect());
+            seen.push((p.name().to_string(), bits, first_untouched));
+            Ok(())
+        })
+        .unwrap();
+        let what = format!("checkpointing {checkpointing}, seed {seed}");
+        if checkpointing {
+            // the blocks' parameters are recorded by their recomputation, not on this tape:
+            // complete when backward returns, and only the tape's own parameter is reported
+            assert_eq!(seen.len(), 1, "{what}");
+            assert!(seen[0].0 == "unused" && seen[0].1.is_none(), "{what}");
+            for (p, w) in params.iter().zip(&want) {
+                let got: Vec<u32> = p
+                    .grad()
+                    .unwrap()
+                    .to_vec()
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect();
+                assert_eq!(&got, w, "{what}: {}", p.name());
+            }
+            continue;
+        }
+        assert_eq!(seen.len(), params.len() + 1, "{what}");
+        for (p, w) in params.iter().zip(&want) {
+            let calls: Vec<_> = seen.iter().filter(|(n, _, _)| n == p.name()).collect();
+            assert_eq!(
+                calls.len(),
+                1,
+                "{what}: {} completed {} times",
+                p.name(),
+                calls.len()
+            );
+            assert_eq!(
+                calls[0].1.as_ref(),
+                Some(w),
+                "{what}: {} incomplete",
+                p.name()
+            );
+        }
+        if !checkpointing {
+            let u: Vec<_> = seen.iter().filter(|(n, _, _)| n == "unused").collect();
+            assert!(
+                u.len() == 1 && u[0].1.is_none(),
+                "{what}: the unread parameter"
+            );
+            let pos = |block: &str| seen.iter().position(|(n, _, _)| n.contains(block)).unwrap();
+            assert!(pos("resblocks.3.") < pos("resblocks.0."), "{what}: order");
+            assert!(
+                seen[pos("resblocks.3.")].2,
+                "{what}: the last block completed only after the first had gradients"
+            );
+        }
+    }
+}

@@ -16,6 +16,33 @@ use crate::{DType, Error, Result, Tensor};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+/// A collective started by [`Communicator::all_reduce_sum_start`]: [`PendingCollective::wait`]
+/// returns its result.
+pub struct PendingCollective<'a> {
+    finish: Box<dyn FnOnce() -> Result<Tensor> + 'a>,
+}
+
+impl<'a> PendingCollective<'a> {
+    /// One finished already (a communicator without asynchronous collectives).
+    pub fn done(result: Result<Tensor>) -> PendingCollective<'a> {
+        PendingCollective {
+            finish: Box::new(move || result),
+        }
+    }
+
+    /// One whose result `finish` waits for.
+    pub fn later(finish: impl FnOnce() -> Result<Tensor> + 'a) -> PendingCollective<'a> {
+        PendingCollective {
+            finish: Box::new(finish),
+        }
+    }
+
+    /// Waits for the collective; its result, as the blocking call would have returned it.
+    pub fn wait(self) -> Result<Tensor> {
+        (self.finish)()
+    }
+}
+
 /// One rank's handle on its group.
 pub trait Communicator: Send {
     fn rank(&self) -> usize;
@@ -28,6 +55,15 @@ pub trait Communicator: Send {
     fn reduce_scatter_sum(&self, t: &Tensor) -> Result<Tensor>;
     /// The root rank's tensor, on every rank.
     fn broadcast(&self, t: &Tensor, root: usize) -> Result<Tensor>;
+    /// [`Communicator::all_reduce_sum`] started without waiting for it, so that the caller can
+    /// go on computing (a data-parallel step's gradient buckets while backward runs); the
+    /// handle's `wait` returns the sum. It takes its place in the order of this rank's
+    /// collectives when started, so every rank must start and call its collectives in the same
+    /// order. `t` must not change until then (the caller keeps it). Default: the blocking sum,
+    /// done before returning.
+    fn all_reduce_sum_start(&self, t: &Tensor) -> Result<PendingCollective<'_>> {
+        Ok(PendingCollective::done(self.all_reduce_sum(t)))
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,11 +92,34 @@ struct Shared {
 }
 
 /// A group of ranks in one process: [`InProcess::group`] makes `world` handles, one per thread.
+///
+/// Each handle runs its rank's collectives on a worker thread of its own, one after another in
+/// the order the rank called them: a blocking collective waits for its turn and its result, a
+/// started one (`all_reduce_sum_start`) is in flight while the rank goes on computing — as
+/// NCCL's collectives on their own stream are.
 pub struct InProcess {
+    endpoint: Endpoint,
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+/// The exchange of one rank (what the worker thread needs).
+#[derive(Clone)]
+struct Endpoint {
     rank: usize,
     world: usize,
     shared: Arc<Shared>,
 }
+
+/// Every rank's (shape, values) of one collective, in rank order.
+type Exchanged = Result<Vec<(Vec<usize>, Vec<f32>)>>;
+
+/// A collective for the worker: its kind, this rank's shape and values, where to answer.
+type Job = (
+    Kind,
+    Vec<usize>,
+    Vec<f32>,
+    std::sync::mpsc::Sender<Exchanged>,
+);
 
 impl InProcess {
     /// `world` handles sharing one group; a collective waits at most `timeout` for the others.
@@ -75,28 +134,68 @@ impl InProcess {
             timeout,
         });
         (0..world)
-            .map(|rank| InProcess {
-                rank,
-                world,
-                shared: shared.clone(),
+            .map(|rank| {
+                let endpoint = Endpoint {
+                    rank,
+                    world,
+                    shared: shared.clone(),
+                };
+                let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+                let worker = endpoint.clone();
+                // ends when the handle (the queue's sender) is dropped
+                std::thread::Builder::new()
+                    .name(format!("rank-{rank}-comm"))
+                    .spawn(move || {
+                        for (kind, shape, values, answer) in queue {
+                            let _ = answer.send(worker.exchange(kind, shape, values));
+                        }
+                    })
+                    .expect("spawning a communicator thread");
+                InProcess { endpoint, jobs }
             })
             .collect()
     }
 
+    /// Queues this rank's part of a collective on its worker; the receiver gets every rank's
+    /// values once all have called it. 16-bit tensors travel widened (exact) and come back in
+    /// their own dtype.
+    fn start(&self, kind: Kind, t: &Tensor) -> Result<std::sync::mpsc::Receiver<Exchanged>> {
+        let values = t
+            .to_device(crate::Device::Cpu)?
+            .try_to_dtype(DType::F32)?
+            .to_vec();
+        let (answer, result) = std::sync::mpsc::channel();
+        self.jobs
+            .send((kind, t.shape().to_vec(), values, answer))
+            .map_err(|_| self.worker_gone())?;
+        Ok(result)
+    }
+
+    fn worker_gone(&self) -> Error {
+        Error::Msg(format!(
+            "rank {}: the in-process communicator's thread is gone",
+            self.endpoint.rank
+        ))
+    }
+
+    /// [`InProcess::start`], then its result.
+    fn exchange(&self, kind: Kind, t: &Tensor) -> Exchanged {
+        self.start(kind, t)?
+            .recv()
+            .map_err(|_| self.worker_gone())?
+    }
+}
+
+impl Endpoint {
     /// Deposits this rank's values, waits for every rank's, and returns all of them in rank
     /// order (after checking that every rank called the same collective on the same shape).
-    fn exchange(&self, kind: Kind, t: &Tensor) -> Result<Vec<(Vec<usize>, Vec<f32>)>> {
+    fn exchange(&self, kind: Kind, shape: Vec<usize>, values: Vec<f32>) -> Exchanged {
         let name = match kind {
             Kind::AllReduce => "all_reduce",
             Kind::AllGather => "all_gather",
             Kind::ReduceScatter => "reduce_scatter",
             Kind::Broadcast(_) => "broadcast",
         };
-        // 16-bit tensors travel widened (exact) and come back in their own dtype
-        let values = t
-            .to_device(crate::Device::Cpu)?
-            .try_to_dtype(DType::F32)?
-            .to_vec();
         let deadline = Instant::now() + self.shared.timeout;
         let mut r = self.shared.round.lock().unwrap_or_else(|p| p.into_inner());
         // a previous round still being read: wait until it is cleared
@@ -104,7 +203,7 @@ impl InProcess {
             r = self.wait(r, deadline, name)?;
         }
         let generation = r.generation;
-        r.slots[self.rank] = Some((kind, t.shape().to_vec(), values));
+        r.slots[self.rank] = Some((kind, shape, values));
         self.shared.cv.notify_all();
         while r.generation == generation && r.slots.iter().any(Option::is_none) {
             r = self.wait(r, deadline, name)?;
@@ -160,7 +259,9 @@ impl InProcess {
         }
         Ok(r)
     }
+}
 
+impl InProcess {
     fn sum(all: &[(Vec<usize>, Vec<f32>)]) -> Vec<f32> {
         let n = all[0].1.len();
         (0..n)
@@ -179,14 +280,21 @@ fn on_device_of(like: &Tensor, values: Vec<f32>, shape: Vec<usize>) -> Result<Te
 
 impl Communicator for InProcess {
     fn rank(&self) -> usize {
-        self.rank
+        self.endpoint.rank
     }
     fn world_size(&self) -> usize {
-        self.world
+        self.endpoint.world
     }
     fn all_reduce_sum(&self, t: &Tensor) -> Result<Tensor> {
-        let all = self.exchange(Kind::AllReduce, t)?;
-        on_device_of(t, Self::sum(&all), t.shape().to_vec())
+        self.all_reduce_sum_start(t)?.wait()
+    }
+    fn all_reduce_sum_start(&self, t: &Tensor) -> Result<PendingCollective<'_>> {
+        let result = self.start(Kind::AllReduce, t)?;
+        let like = t.clone();
+        Ok(PendingCollective::later(move || {
+            let all = result.recv().map_err(|_| self.worker_gone())??;
+            on_device_of(&like, Self::sum(&all), like.shape().to_vec())
+        }))
     }
     fn all_gather(&self, t: &Tensor) -> Result<Tensor> {
         if t.rank() == 0 {
@@ -194,33 +302,33 @@ impl Communicator for InProcess {
         }
         let all = self.exchange(Kind::AllGather, t)?;
         let mut shape = t.shape().to_vec();
-        shape[0] *= self.world;
+        shape[0] *= self.endpoint.world;
         on_device_of(t, all.into_iter().flat_map(|(_, v)| v).collect(), shape)
     }
     fn reduce_scatter_sum(&self, t: &Tensor) -> Result<Tensor> {
-        if t.rank() == 0 || !t.shape()[0].is_multiple_of(self.world) {
+        if t.rank() == 0 || !t.shape()[0].is_multiple_of(self.endpoint.world) {
             return Err(Error::Msg(format!(
                 "reduce_scatter: axis 0 of {:?} does not split into {} equal parts",
                 t.shape(),
-                self.world
+                self.endpoint.world
             )));
         }
         let all = self.exchange(Kind::ReduceScatter, t)?;
         let sum = Self::sum(&all);
-        let part = sum.len() / self.world;
+        let part = sum.len() / self.endpoint.world;
         let mut shape = t.shape().to_vec();
-        shape[0] /= self.world;
+        shape[0] /= self.endpoint.world;
         on_device_of(
             t,
-            sum[self.rank * part..(self.rank + 1) * part].to_vec(),
+            sum[self.endpoint.rank * part..(self.endpoint.rank + 1) * part].to_vec(),
             shape,
         )
     }
     fn broadcast(&self, t: &Tensor, root: usize) -> Result<Tensor> {
-        if root >= self.world {
+        if root >= self.endpoint.world {
             return Err(Error::Msg(format!(
                 "broadcast: root {root} is not a rank of a world of {}",
-                self.world
+                self.endpoint.world
             )));
         }
         let mut all = self.exchange(Kind::Broadcast(root), t)?;

@@ -9,6 +9,6 @@ pub mod env;
 pub mod nccl;
 pub mod rendezvous;
 
-pub use comm::{Communicator, InProcess};
+pub use comm::{Communicator, InProcess, PendingCollective};
 pub use env::{first_host, RankInfo};
 pub use rendezvous::rendezvous;

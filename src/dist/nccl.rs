@@ -66,7 +66,7 @@ pub fn probe() -> Result<i32> {
 
 // ---- the communicator -----------------------------------------------------------------------
 
-use super::comm::Communicator;
+use super::comm::{Communicator, PendingCollective};
 use super::env::RankInfo;
 use crate::device::cuda::{CudaBackend, CudaStorage};
 use crate::{DType, Device, Tensor};
@@ -115,20 +115,29 @@ struct RawComm(sys::ncclComm_t);
 unsafe impl Send for RawComm {}
 
 /// One rank's NCCL communicator on its GPU, implementing [`Communicator`] on Cuda tensors
-/// (f32, f16, bf16; a host tensor goes up and its result comes back), its collectives enqueued on the GPU's stream (the one every kernel runs
-/// on, so they are ordered with the step's compute).
+/// (f32, f16, bf16; a host tensor goes up and its result comes back).
 ///
-/// Faults: after enqueuing a collective the host waits for it (an event) while polling
-/// `ncclCommGetAsyncError`; an asynchronous error, or no completion within the timeout (a
-/// peer died or hangs), aborts the communicator (`ncclCommAbort`) and is an error naming this
-/// rank, the collective and its sequence number. Every later call is then an error at once.
-/// The wait on the host costs the overlap of communication with the next kernels; a watchdog
-/// thread that lets the host run ahead is the next step.
+/// Streams: every collective runs on the communicator's own stream, `comm_stream` — one stream
+/// for all of them, so that NCCL sees them in the order every rank issued them (two streams on
+/// one communicator could run two ranks' collectives in different orders and deadlock). Before
+/// each, the comm stream waits for the work queued on the compute stream so far (the operands);
+/// after it, the compute stream waits for the collective before its next kernel. A started
+/// all-reduce (`all_reduce_sum_start`: a data-parallel step's gradient buckets) therefore runs
+/// beside the backward kernels queued after it, and its operand is kept alive until `wait`,
+/// after which the stream-ordered allocator may reuse its memory (its free is queued on the
+/// compute stream behind the wait).
+///
+/// Faults: the host waits for a collective (an event) while polling `ncclCommGetAsyncError` — at
+/// once for the blocking ones, in `wait` for a started one; an asynchronous error, or no
+/// completion within the timeout (a peer died or hangs), aborts the communicator
+/// (`ncclCommAbort`) and is an error naming this rank, the collective and its sequence number.
+/// Every later call is then an error at once.
 pub struct Nccl {
     comm: RawComm,
     rank: usize,
     world: usize,
     backend: Arc<CudaBackend>,
+    comm_stream: Arc<cudarc::driver::CudaStream>,
     timeout: Duration,
     seq: AtomicU64,
     aborted: AtomicBool,
@@ -221,11 +230,16 @@ impl Nccl {
                 )))
             }
         };
+        let comm_stream = backend
+            .context()
+            .new_stream()
+            .map_err(|e| Error::Msg(format!("rank {rank}: creating NCCL's stream: {e:?}")))?;
         Ok(Nccl {
             comm,
             rank,
             world,
             backend,
+            comm_stream,
             timeout,
             seq: AtomicU64::new(0),
             aborted: AtomicBool::new(false),
@@ -292,41 +306,47 @@ impl Nccl {
         Tensor::from_cuda(CudaStorage::uninit(&self.backend, dtype, n)?, &shape)
     }
 
-    /// Enqueues `call` (a collective on the stream), then waits for it with the fault checks.
-    fn run(
+    /// Enqueues `call` (a collective) on the comm stream behind the compute stream's queued
+    /// work, and records its completion event; an error (the communicator aborted) if NCCL
+    /// refuses it. Returns the event and the collective's name for the fault messages.
+    fn enqueue(
         &self,
         name: &str,
         elements: usize,
         call: impl FnOnce(sys::cudaStream_t) -> sys::ncclResult_t,
-    ) -> Result<()> {
+    ) -> Result<(cudarc::driver::CudaEvent, String)> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        let what = || {
-            format!(
-                "rank {} of {}: NCCL {name} (collective #{seq}, {elements} elements)",
-                self.rank, self.world
-            )
-        };
-        let stream = self.backend.stream();
-        let r = call(stream.cu_stream() as sys::cudaStream_t);
+        let what = format!(
+            "rank {} of {}: NCCL {name} (collective #{seq}, {elements} elements)",
+            self.rank, self.world
+        );
+        let compute = self.backend.stream();
+        self.comm_stream
+            .join(&compute)
+            .map_err(|e| Error::Msg(format!("{what}: ordering it after the compute: {e:?}")))?;
+        let r = call(self.comm_stream.cu_stream() as sys::cudaStream_t);
         if r != sys::ncclResult_t::ncclSuccess {
             self.abort();
-            return Err(Error::Msg(format!(
-                "{} failed: {}",
-                what(),
-                error_string(r)
-            )));
+            return Err(Error::Msg(format!("{what} failed: {}", error_string(r))));
         }
-        let event = stream
+        let event = self
+            .comm_stream
             .record_event(None)
-            .map_err(|e| Error::Msg(format!("{}: recording its event: {e:?}", what())))?;
+            .map_err(|e| Error::Msg(format!("{what}: recording its event: {e:?}")))?;
+        Ok((event, what))
+    }
+
+    /// Waits on the host for a collective's `event` with the fault checks, then orders the
+    /// compute stream after it.
+    fn finish(&self, event: &cudarc::driver::CudaEvent, what: &str) -> Result<()> {
         let start = Instant::now();
         loop {
             match event.try_is_complete() {
-                Ok(true) => return Ok(()),
+                Ok(true) => break,
                 Ok(false) => {}
                 Err(e) => {
                     self.abort();
-                    return Err(Error::Msg(format!("{}: CUDA error {e:?}", what())));
+                    return Err(Error::Msg(format!("{what}: CUDA error {e:?}")));
                 }
             }
             let mut async_err = sys::ncclResult_t::ncclSuccess;
@@ -334,9 +354,8 @@ impl Nccl {
             if q != sys::ncclResult_t::ncclSuccess || async_err != sys::ncclResult_t::ncclSuccess {
                 self.abort();
                 return Err(Error::Msg(format!(
-                    "{} failed asynchronously ({}): a peer rank died or its network failed; \
+                    "{what} failed asynchronously ({}): a peer rank died or its network failed; \
                      the communicator was aborted",
-                    what(),
                     error_string(if q != sys::ncclResult_t::ncclSuccess {
                         q
                     } else {
@@ -347,14 +366,28 @@ impl Nccl {
             if start.elapsed() > self.timeout {
                 self.abort();
                 return Err(Error::Msg(format!(
-                    "{} did not complete within {:?} (--dist-timeout): a peer rank died or \
+                    "{what} did not complete within {:?} (--dist-timeout): a peer rank died or \
                      hangs; the communicator was aborted",
-                    what(),
                     self.timeout
                 )));
             }
             std::thread::sleep(Duration::from_micros(50));
         }
+        self.backend
+            .stream()
+            .wait(event)
+            .map_err(|e| Error::Msg(format!("{what}: ordering the compute after it: {e:?}")))
+    }
+
+    /// Enqueues `call` (a collective), then waits for it with the fault checks.
+    fn run(
+        &self,
+        name: &str,
+        elements: usize,
+        call: impl FnOnce(sys::cudaStream_t) -> sys::ncclResult_t,
+    ) -> Result<()> {
+        let (event, what) = self.enqueue(name, elements, call)?;
+        self.finish(&event, &what)
     }
 
     fn abort(&self) {
@@ -396,6 +429,33 @@ impl Communicator for Nccl {
             )
         })?;
         Self::result(input, out)
+    }
+    fn all_reduce_sum_start(&self, input: &Tensor) -> Result<PendingCollective<'_>> {
+        let (t, dt) = self.operand("all_reduce", input)?;
+        let out = self.output(t.dtype(), t.shape().to_vec())?;
+        let (src, dst, n) = (Self::address(&t)?, Self::address(&out)?, t.numel());
+        let (event, what) = self.enqueue("all_reduce", n, |s| unsafe {
+            sys::ncclAllReduce(
+                src as _,
+                dst as _,
+                n,
+                dt,
+                sys::ncclRedOp_t::ncclSum,
+                self.comm.0,
+                s,
+            )
+        })?;
+        let on_host = input.device() == Device::Cpu;
+        Ok(PendingCollective::later(move || {
+            self.finish(&event, &what)?;
+            // the operand's memory is free for reuse only now (its free queues behind the wait)
+            drop(t);
+            if on_host {
+                out.to_device(Device::Cpu)
+            } else {
+                Ok(out)
+            }
+        }))
     }
     fn all_gather(&self, input: &Tensor) -> Result<Tensor> {
         if input.rank() == 0 {

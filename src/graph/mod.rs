@@ -304,6 +304,27 @@ impl<'m> Graph<'m> {
         bytes
     }
 
+    /// The parameters recorded so far (each once, in first-use order): all those whose
+    /// gradients this graph's backward will add to — or `None` when a checkpointed block was
+    /// recorded, whose parameters only its recomputation in backward records.
+    pub fn recorded_params(&self) -> Option<Vec<Param>> {
+        let tape = self.tape.borrow();
+        if tape
+            .nodes
+            .iter()
+            .any(|n| matches!(n.op, op::Op::Checkpoint(_)))
+        {
+            return None;
+        }
+        let mut out: Vec<Param> = Vec::new();
+        for (_, p) in &tape.params {
+            if !out.iter().any(|q| q.ptr_eq(p)) {
+                out.push(p.clone());
+            }
+        }
+        Some(out)
+    }
+
     /// Number of recorded nodes.
     pub fn num_nodes(&self) -> usize {
         self.tape.borrow().nodes.len()
@@ -330,6 +351,23 @@ impl<'m> Graph<'m> {
     /// Backward from several values at once (e.g. the image and text features of one
     /// micro-batch), each with its output gradient; contributions add up.
     pub fn backward_multi(&self, roots: &[(&Var, Tensor)]) -> Result<Grads> {
+        self.backward_multi_with(roots, &mut |_| Ok(()))
+    }
+
+    /// [`Graph::backward_multi`] that calls `ready(p)` for each parameter `p` on this graph's
+    /// tape as soon as this backward has added everything it will add to `p`'s gradient (its
+    /// last reader, in backward order, has run; its gradient is in `p.grad()` from then on,
+    /// `None` if nothing reached it), once per parameter — so that a data-parallel step can
+    /// start reducing a bucket of gradients while the rest of backward still runs. The
+    /// parameters a checkpointed block reads are recorded by its recomputation, not on this
+    /// tape: `ready` is never called for them (their gradients are complete when this returns),
+    /// and a graph holding such a block calls it for its tape's parameters at the end only
+    /// ([`Graph::recorded_params`] is then `None`).
+    pub fn backward_multi_with(
+        &self,
+        roots: &[(&Var, Tensor)],
+        ready: &mut dyn FnMut(&Param) -> Result<()>,
+    ) -> Result<Grads> {
         let mut seeds = Vec::with_capacity(roots.len());
         for (root, seed) in roots {
             if seed.shape() != root.shape() {
@@ -359,10 +397,58 @@ impl<'m> Graph<'m> {
                 Some(acc) => crate::ops::binary::add_assign(acc, &seed)?,
             }
         }
+        // Each parameter (a Param may sit on the tape under several ids, one per `param` call)
+        // is complete after the earliest node that reads any of its ids has run backward.
+        let checkpointed = tape
+            .nodes
+            .iter()
+            .any(|n| matches!(n.op, op::Op::Checkpoint(_)));
+        let mut groups: Vec<(Param, Vec<VarId>)> = Vec::new();
+        for (id, p) in &tape.params {
+            match groups.iter_mut().find(|(q, _)| q.ptr_eq(p)) {
+                Some((_, ids)) => ids.push(*id),
+                None => groups.push((p.clone(), vec![*id])),
+            }
+        }
+        let mut group_of: Vec<Option<usize>> = vec![None; tape.next_id];
+        for (g, (_, ids)) in groups.iter().enumerate() {
+            ids.iter().for_each(|&id| group_of[id] = Some(g));
+        }
+        // complete_after[k]: the groups whose earliest reader is node k
+        let mut complete_after: Vec<Vec<usize>> = vec![Vec::new(); tape.nodes.len()];
+        if !checkpointed {
+            let mut first_reader: Vec<Option<usize>> = vec![None; groups.len()];
+            for (k, n) in tape.nodes.iter().enumerate() {
+                for g in n.inputs.iter().flatten().filter_map(|&id| group_of[id]) {
+                    first_reader[g].get_or_insert(k);
+                }
+            }
+            for (g, k) in first_reader.iter().enumerate() {
+                if let Some(k) = k {
+                    complete_after[*k].push(g);
+                }
+            }
+        }
+        let mut done = vec![false; groups.len()];
+        let mut complete = |g: usize, grads: &mut Vec<Option<Tensor>>| -> Result<()> {
+            let (p, ids) = &groups[g];
+            for &id in ids {
+                if let Some(t) = grads[id].take() {
+                    p.accumulate_grad(t)?;
+                }
+            }
+            ready(p)
+        };
         let mut nodes = tape.nodes;
         while let Some(node) = nodes.pop() {
+            let k = nodes.len();
             let Some(gout) = grads[node.out].take() else {
-                continue; // no gradient reaches this node; dropping it frees its saved tensors
+                // no gradient reaches this node; dropping it frees its saved tensors
+                for &g in &complete_after[k] {
+                    complete(g, &mut grads)?;
+                    done[g] = true;
+                }
+                continue;
             };
             let needs: Vec<bool> = node.inputs.iter().map(|i| i.is_some()).collect();
             let gins = op::backward(&node.op, &node.saved, &gout, &needs)?;
@@ -377,10 +463,16 @@ impl<'m> Graph<'m> {
                     }
                 }
             }
+            for &g in &complete_after[k] {
+                complete(g, &mut grads)?;
+                done[g] = true;
+            }
         }
-        for (id, p) in tape.params {
-            if let Some(g) = grads[id].take() {
-                p.accumulate_grad(g)?;
+        // parameters read by no node that ran (or all of them, under checkpointing)
+        for g in 0..groups.len() {
+            if !done[g] {
+                complete(g, &mut grads)?;
+                done[g] = true;
             }
         }
         let mut out = Grads::default();

@@ -13,8 +13,9 @@
 //!    `logit_scale`; the column gradients are summed over ranks and each rank keeps the slice of
 //!    its own samples (reduce-scatter — the backward of gather_with_grad's all-gather), added to
 //!    its rows' gradient: now dI_r, dT_r are exactly ∂L/∂I_r, ∂L/∂T_r;
-//! 5. backward through its towers, then the parameter gradients (and `logit_scale`'s) summed
-//!    over ranks in buckets ([`all_reduce_gradients`]): ∂L/∂θ on every rank — or, under ZeRO-1,
+//! 5. backward through its towers, the parameter gradients (and `logit_scale`'s) summed over
+//!    ranks in buckets started while that backward runs ([`OverlappedGradientSum`]; the same
+//!    sums as [`all_reduce_gradients`] after it): ∂L/∂θ on every rank — or, under ZeRO-1,
 //!    reduce-scattered so that each parameter's sum lands on its owner only
 //!    ([`reduce_gradients_to_owners`]), which updates it and all-gathers it back.
 //!
@@ -33,7 +34,7 @@
 //! [`run_ranks`] runs `world` ranks as threads on the in-process communicator; the step itself
 //! is generic over [`Communicator`], so NCCL slots in unchanged.
 
-use super::step::{backward_micro, forward_micro};
+use super::step::{backward_micro, backward_micro_with, forward_micro};
 use super::DeviceStats;
 use crate::dist::{Communicator, InProcess};
 use crate::model::Clip;
@@ -154,8 +155,9 @@ pub fn gathered_contrastive_backward(
 
 /// Sums the gradients of the trainable `params` over ranks, in place, `bucket` elements at a
 /// time (parameters in the given order, each bucket one all-reduce of their gradients joined,
-/// all of one dtype; a parameter larger than a bucket is a bucket of its own). Every rank must hold gradients for
-/// the same parameters (the same model, the same locks). Nothing to do in a world of one.
+/// all of one dtype; a parameter larger than a bucket is a bucket of its own). Every rank must
+/// hold gradients for the same parameters (the same model, the same locks). Nothing to do in a
+/// world of one.
 pub fn all_reduce_gradients(
     params: &[Param],
     comm: &dyn Communicator,
@@ -206,6 +208,168 @@ pub fn all_reduce_gradients(
         i = j;
     }
     Ok(())
+}
+
+/// The bucketed all-reduce of [`all_reduce_gradients`] overlapped with backward, as DDP does it:
+/// the trainable parameters are cut into buckets of about `bucket` elements in *reverse*
+/// parameter order (backward completes the last layers' gradients first); when every gradient
+/// of the next bucket is complete (`ready`, called by `Graph::backward_multi_with`), its
+/// all-reduce is started (`Communicator::all_reduce_sum_start`) and backward goes on while it
+/// runs (NCCL: on the communicator's stream beside the backward kernels; in-process: on the
+/// rank's communicator thread). Buckets start strictly in order, so every rank issues the same
+/// collectives in the same order (the SyncBatchNorm collectives of backward included: backward
+/// runs the same graph on every rank). [`OverlappedGradientSum::finish`] starts whatever is
+/// left, waits for every bucket and writes the sums back. Each element's sum is the same as
+/// [`all_reduce_gradients`]'s (a bucket's grouping changes no element's sum over ranks), and a
+/// bucket joins gradients of one dtype.
+pub struct OverlappedGradientSum<'c> {
+    comm: &'c dyn Communicator,
+    /// In start order.
+    buckets: Vec<Vec<Param>>,
+    /// Per bucket: its parameters whose gradients are not complete yet.
+    waiting: Vec<usize>,
+    /// The next bucket to start.
+    next: usize,
+    in_flight: Vec<InFlight<'c>>,
+}
+
+/// One started all-reduce: the parameters whose gradients it joined (shapes as they were), its
+/// operand (kept unchanged until the wait) and the pending sum.
+struct InFlight<'c> {
+    grads: Vec<(Param, Vec<usize>)>,
+    operand: Tensor,
+    sum: crate::dist::PendingCollective<'c>,
+}
+
+impl<'c> OverlappedGradientSum<'c> {
+    /// Buckets over the trainable `params` (each rank must pass the same list).
+    pub fn new(params: &[Param], comm: &'c dyn Communicator, bucket: usize) -> Self {
+        let mut buckets: Vec<Vec<Param>> = Vec::new();
+        let mut elements = 0;
+        for p in params.iter().rev().filter(|p| p.requires_grad()) {
+            let n = p.value().numel();
+            match buckets.last_mut() {
+                Some(b) if elements + n <= bucket => b.push(p.clone()),
+                _ => {
+                    buckets.push(vec![p.clone()]);
+                    elements = 0;
+                }
+            }
+            elements += n;
+        }
+        let waiting = buckets.iter().map(Vec::len).collect();
+        OverlappedGradientSum {
+            comm,
+            buckets,
+            waiting,
+            next: 0,
+            in_flight: Vec::new(),
+        }
+    }
+
+    /// Right before the last backward: every parameter it will not touch (not in `read`) is
+    /// complete. `None`: unknown (a checkpointed graph records its blocks' parameters only
+    /// during backward), so nothing is taken as complete before [`Self::finish`].
+    pub fn before_last(&mut self, read: Option<&[Param]>) -> Result<()> {
+        let Some(read) = read else {
+            return Ok(());
+        };
+        let done: Vec<Param> = self
+            .buckets
+            .iter()
+            .flatten()
+            .filter(|p| !read.iter().any(|q| q.ptr_eq(p)))
+            .cloned()
+            .collect();
+        for p in &done {
+            self.ready(p)?;
+        }
+        Ok(())
+    }
+
+    /// Buckets whose all-reduce has started so far (of [`Self::buckets`]).
+    pub fn started(&self) -> usize {
+        self.next
+    }
+
+    /// The number of buckets.
+    pub fn buckets(&self) -> usize {
+        self.buckets.len()
+    }
+
+    /// `p`'s gradient is complete: start every bucket that is complete now, in order.
+    pub fn ready(&mut self, p: &Param) -> Result<()> {
+        let Some(b) = self
+            .buckets
+            .iter()
+            .position(|b| b.iter().any(|q| q.ptr_eq(p)))
+        else {
+            return Ok(()); // not a trainable parameter of this model
+        };
+        self.waiting[b] = self.waiting[b].saturating_sub(1);
+        while self.next < self.buckets.len() && self.waiting[self.next] == 0 {
+            self.start(self.next)?;
+            self.next += 1;
+        }
+        Ok(())
+    }
+
+    /// Starts bucket `b`'s all-reduce(s): its gradients joined, one per run of equal dtype.
+    fn start(&mut self, b: usize) -> Result<()> {
+        let with: Vec<(Param, Tensor)> = self.buckets[b]
+            .iter()
+            .filter_map(|p| p.grad().map(|g| (p.clone(), g)))
+            .collect();
+        let mut i = 0;
+        while i < with.len() {
+            let mut j = i + 1;
+            while j < with.len() && with[j].1.dtype() == with[i].1.dtype() {
+                j += 1;
+            }
+            let flat: Vec<Tensor> = with[i..j]
+                .iter()
+                .map(|(_, g)| g.try_contiguous()?.reshape([g.numel()]))
+                .collect::<Result<_>>()?;
+            let refs: Vec<&Tensor> = flat.iter().collect();
+            let joined = if refs.len() == 1 {
+                flat[0].clone()
+            } else {
+                concat(&refs, 0)?
+            };
+            let sum = self.comm.all_reduce_sum_start(&joined)?;
+            self.in_flight.push(InFlight {
+                grads: with[i..j]
+                    .iter()
+                    .map(|(p, g)| (p.clone(), g.shape().to_vec()))
+                    .collect(),
+                operand: joined,
+                sum,
+            });
+            i = j;
+        }
+        Ok(())
+    }
+
+    /// Starts the buckets not started yet (parameters no backward reached), waits for every
+    /// bucket in start order and puts the sums in the parameters' gradients.
+    pub fn finish(mut self) -> Result<()> {
+        for b in self.next..self.buckets.len() {
+            self.start(b)?;
+        }
+        for f in self.in_flight {
+            let device = f.operand.device();
+            let sum = f.sum.wait()?.to_device(device)?;
+            let mut off = 0;
+            for (p, shape) in f.grads {
+                let k: usize = shape.iter().product();
+                let part = sum.narrow(0, off, k)?.try_contiguous()?.reshape(shape)?;
+                p.zero_grad();
+                p.accumulate_grad(part)?;
+                off += k;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// ZeRO-1's gradient sum: each trainable parameter's gradient summed over ranks lands on its
@@ -485,12 +649,26 @@ pub fn data_parallel_forward_backward(
         need_text,
         model.step_precision.loss_scale,
     )?;
-    backward_micro(parts, &g.d_image, &g.d_text)?;
     match sum {
-        GradientSum::Everywhere => {
-            all_reduce_gradients(&model.parameters(), comm, BUCKET_ELEMENTS)?
+        // the buckets' all-reduces start during the last micro-batch's backward
+        GradientSum::Everywhere if comm.world_size() > 1 => {
+            let overlap = std::cell::RefCell::new(OverlappedGradientSum::new(
+                &model.parameters(),
+                comm,
+                BUCKET_ELEMENTS,
+            ));
+            backward_micro_with(
+                parts,
+                &g.d_image,
+                &g.d_text,
+                &mut |read| overlap.borrow_mut().before_last(read),
+                &mut |p| overlap.borrow_mut().ready(p),
+            )?;
+            overlap.into_inner().finish()?;
         }
+        GradientSum::Everywhere => backward_micro(parts, &g.d_image, &g.d_text)?,
         GradientSum::ToOwners { params, owner } => {
+            backward_micro(parts, &g.d_image, &g.d_text)?;
             reduce_gradients_to_owners(params, owner, comm, BUCKET_ELEMENTS)?
         }
     }

@@ -136,8 +136,24 @@ pub(super) fn forward_micro<'m>(
 /// Feeds the gradients `gi`, `gt` of the joined features [N, D] (micro-batches in order) into
 /// each micro-batch's graph; parameter gradients accumulate in the parameters.
 pub(super) fn backward_micro(parts: Vec<Micro<'_>>, gi: &Tensor, gt: &Tensor) -> Result<()> {
+    backward_micro_with(parts, gi, gt, &mut |_| Ok(()), &mut |_| Ok(()))
+}
+
+/// [`backward_micro`] that tells when each parameter's gradient is complete: `before_last(read)`
+/// right before the last micro-batch's backward, with the parameters its graph records (empty
+/// when it has nothing to backpropagate; `None` when it cannot tell, under checkpointing) —
+/// every other parameter's gradient is complete then — and `ready(p)` during that backward as
+/// each of `read` completes (`Graph::backward_multi_with`).
+pub(super) fn backward_micro_with(
+    parts: Vec<Micro<'_>>,
+    gi: &Tensor,
+    gt: &Tensor,
+    before_last: &mut dyn FnMut(Option<&[crate::Param]>) -> Result<()>,
+    ready: &mut dyn FnMut(&crate::Param) -> Result<()>,
+) -> Result<()> {
     let mut start = 0;
-    for p in parts {
+    let last = parts.len().saturating_sub(1);
+    for (k, p) in parts.into_iter().enumerate() {
         let len = p.image.shape()[0];
         // A locked tower's features depend on no trainable weight: nothing to backpropagate.
         let mut seeds = Vec::with_capacity(2);
@@ -146,8 +162,15 @@ pub(super) fn backward_micro(parts: Vec<Micro<'_>>, gi: &Tensor, gt: &Tensor) ->
                 seeds.push((f, g.narrow(0, start, len)?.try_contiguous()?));
             }
         }
-        if !seeds.is_empty() {
-            p.graph.backward_multi(&seeds)?;
+        if k < last {
+            if !seeds.is_empty() {
+                p.graph.backward_multi(&seeds)?;
+            }
+        } else if seeds.is_empty() {
+            before_last(Some(&[]))?;
+        } else {
+            before_last(p.graph.recorded_params().as_deref())?;
+            p.graph.backward_multi_with(&seeds, ready)?;
         }
         start += len;
     }
