@@ -414,21 +414,7 @@ impl Communicator for Nccl {
         self.world
     }
     fn all_reduce_sum(&self, input: &Tensor) -> Result<Tensor> {
-        let (t, dt) = self.operand("all_reduce", input)?;
-        let out = self.output(t.dtype(), t.shape().to_vec())?;
-        let (src, dst, n) = (Self::address(&t)?, Self::address(&out)?, t.numel());
-        self.run("all_reduce", n, |s| unsafe {
-            sys::ncclAllReduce(
-                src as _,
-                dst as _,
-                n,
-                dt,
-                sys::ncclRedOp_t::ncclSum,
-                self.comm.0,
-                s,
-            )
-        })?;
-        Self::result(input, out)
+        self.all_reduce_sum_start(input)?.wait()
     }
     fn all_reduce_sum_start(&self, input: &Tensor) -> Result<PendingCollective<'_>> {
         let (t, dt) = self.operand("all_reduce", input)?;

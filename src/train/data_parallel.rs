@@ -372,6 +372,62 @@ impl<'c> OverlappedGradientSum<'c> {
     }
 }
 
+/// A parameter, its ZeRO-1 owner, and one tensor of it (its gradient or its value).
+type Owned<'p> = (&'p Param, usize, Tensor);
+
+/// ZeRO-1's shards of one dtype: each rank's items in parameter order, and the longest shard's
+/// total length (every shard is zero-padded to it).
+struct Shards<'i, 'p> {
+    dtype: crate::DType,
+    per_rank: Vec<Vec<&'i Owned<'p>>>,
+    longest: usize,
+}
+
+/// `items` cut into ZeRO-1 shards, one set per dtype (in first-seen order), over `world` ranks.
+fn shards<'i, 'p>(items: &'i [Owned<'p>], world: usize) -> Vec<Shards<'i, 'p>> {
+    let mut dtypes: Vec<crate::DType> = Vec::new();
+    for (_, _, t) in items {
+        if !dtypes.contains(&t.dtype()) {
+            dtypes.push(t.dtype());
+        }
+    }
+    dtypes
+        .into_iter()
+        .map(|dtype| {
+            let per_rank: Vec<Vec<&Owned>> = (0..world)
+                .map(|r| {
+                    items
+                        .iter()
+                        .filter(|(_, o, t)| *o == r && t.dtype() == dtype)
+                        .collect()
+                })
+                .collect();
+            let longest = per_rank
+                .iter()
+                .map(|s| s.iter().map(|(_, _, t)| t.numel()).sum::<usize>())
+                .max()
+                .unwrap_or(0);
+            Shards {
+                dtype,
+                per_rank,
+                longest,
+            }
+        })
+        .collect()
+}
+
+/// An error unless `owner` gives each of `params` a rank of the world.
+fn check_owners(params: &[Param], owner: &[usize], world: usize) -> Result<()> {
+    if params.len() != owner.len() || owner.iter().any(|&o| o >= world) {
+        return Err(Error::Msg(format!(
+            "ZeRO-1: {} owners for {} parameters in a world of {world}",
+            owner.len(),
+            params.len()
+        )));
+    }
+    Ok(())
+}
+
 /// ZeRO-1's gradient sum: each trainable parameter's gradient summed over ranks lands on its
 /// owner only (`owner[i]` for `params[i]`: contiguous runs in parameter order, as
 /// `train::zero1_owners` makes them); the other ranks' copies are dropped. One reduce-scatter
@@ -394,40 +450,22 @@ pub fn reduce_gradients_to_owners(
     bucket: usize,
 ) -> Result<()> {
     let (rank, world) = (comm.rank(), comm.world_size());
-    if params.len() != owner.len() || owner.iter().any(|&o| o >= world) {
-        return Err(Error::Msg(format!(
-            "ZeRO-1: {} owners for {} parameters in a world of {world}",
-            owner.len(),
-            params.len()
-        )));
-    }
+    check_owners(params, owner, world)?;
     if world == 1 {
         return Ok(());
     }
-    let with: Vec<(&Param, usize, Tensor)> = params
+    let with: Vec<Owned> = params
         .iter()
         .zip(owner)
         .filter(|(p, _)| p.requires_grad())
         .filter_map(|(p, &o)| p.grad().map(|g| (p, o, g)))
         .collect();
-    let mut dtypes: Vec<crate::DType> = Vec::new();
-    for (_, _, g) in &with {
-        if !dtypes.contains(&g.dtype()) {
-            dtypes.push(g.dtype());
-        }
-    }
-    for dtype in dtypes {
-        let shard = |r: usize| -> Vec<&(&Param, usize, Tensor)> {
-            with.iter()
-                .filter(|(_, o, g)| *o == r && g.dtype() == dtype)
-                .collect()
-        };
-        let shards: Vec<_> = (0..world).map(shard).collect();
-        let longest = shards
-            .iter()
-            .map(|s| s.iter().map(|(_, _, g)| g.numel()).sum::<usize>())
-            .max()
-            .unwrap_or(0);
+    for Shards {
+        dtype,
+        per_rank: shards,
+        longest,
+    } in shards(&with, world)
+    {
         if longest == 0 {
             continue;
         }
@@ -524,41 +562,21 @@ pub fn all_gather_parameters(
     bucket: usize,
 ) -> Result<()> {
     let (rank, world) = (comm.rank(), comm.world_size());
-    if params.len() != owner.len() || owner.iter().any(|&o| o >= world) {
-        return Err(Error::Msg(format!(
-            "ZeRO-1: {} owners for {} parameters in a world of {world}",
-            owner.len(),
-            params.len()
-        )));
-    }
+    check_owners(params, owner, world)?;
     if world == 1 {
         return Ok(());
     }
-    let values: Vec<(&Param, usize, Tensor)> = params
+    let values: Vec<Owned> = params
         .iter()
         .zip(owner)
         .map(|(p, &o)| (p, o, p.value()))
         .collect();
-    let mut dtypes: Vec<crate::DType> = Vec::new();
-    for (_, _, v) in &values {
-        if !dtypes.contains(&v.dtype()) {
-            dtypes.push(v.dtype());
-        }
-    }
-    for dtype in dtypes {
-        let shards: Vec<Vec<&(&Param, usize, Tensor)>> = (0..world)
-            .map(|r| {
-                values
-                    .iter()
-                    .filter(|(_, o, v)| *o == r && v.dtype() == dtype)
-                    .collect()
-            })
-            .collect();
-        let longest = shards
-            .iter()
-            .map(|s| s.iter().map(|(_, _, v)| v.numel()).sum::<usize>())
-            .max()
-            .unwrap_or(0);
+    for Shards {
+        dtype,
+        per_rank: shards,
+        longest,
+    } in shards(&values, world)
+    {
         if longest == 0 {
             continue;
         }
