@@ -466,3 +466,134 @@ fn nccl_communicator_entries_are_the_probe_error_without_the_library() {
         .to_string();
     assert!(e.contains("libnccl"), "{e}");
 }
+
+/// The watchdog's logic with flags for a collective's completion and the communicator's health
+/// (what NCCL's events and `ncclCommGetAsyncError` are on a GPU): completed collectives leave
+/// its queue with no failure; one that never completes fails after the timeout, an asynchronous
+/// error or a device error at once — each naming the collective, aborting the communicator
+/// exactly once and making every later `watch` and `check` that error; and when the rank's
+/// thread does not see a failure within the grace period, `on_stuck` runs with it.
+#[test]
+fn the_watchdog_fails_a_stuck_or_broken_collective_once_and_for_all() {
+    use clipcu::dist::watchdog::{Completion, Health, WatchTimes, Watchdog};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    struct Flag(Arc<AtomicBool>, Option<String>);
+    impl Completion for Flag {
+        fn is_complete(&self) -> Result<bool, String> {
+            match &self.1 {
+                Some(e) => Err(e.clone()),
+                None => Ok(self.0.load(Ordering::SeqCst)),
+            }
+        }
+    }
+    #[derive(Default)]
+    struct Comm {
+        error: Mutex<Option<String>>,
+        aborts: AtomicUsize,
+    }
+    impl Health for Comm {
+        fn async_error(&self) -> Option<String> {
+            self.error.lock().unwrap().clone()
+        }
+        fn abort(&self) {
+            self.aborts.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let times = |timeout_ms: u64, grace_ms: u64| WatchTimes {
+        timeout: Duration::from_millis(timeout_ms),
+        poll: Duration::from_millis(1),
+        grace: Duration::from_millis(grace_ms),
+    };
+    let wait_until = |what: &str, f: &dyn Fn() -> bool| {
+        let start = std::time::Instant::now();
+        while !f() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{what}: never happened"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    };
+    let stuck_calls = Arc::new(Mutex::new(Vec::<String>::new()));
+    let start = |comm: &Arc<Comm>, t: WatchTimes| {
+        let calls = stuck_calls.clone();
+        Watchdog::start(
+            comm.clone(),
+            t,
+            Box::new(move |f: &str| calls.lock().unwrap().push(f.to_string())),
+        )
+        .unwrap()
+    };
+
+    // completed collectives leave the queue; nothing fails
+    let comm = Arc::new(Comm::default());
+    let w = start(&comm, times(10_000, 10_000));
+    let flags: Vec<Arc<AtomicBool>> = (0..5).map(|_| Arc::new(AtomicBool::new(false))).collect();
+    for (i, f) in flags.iter().enumerate() {
+        w.watch(Box::new(Flag(f.clone(), None)), format!("all_reduce #{i}"))
+            .unwrap();
+    }
+    assert_eq!(w.in_flight(), 5);
+    flags.iter().for_each(|f| f.store(true, Ordering::SeqCst));
+    wait_until("the queue drains", &|| w.in_flight() == 0);
+    assert!(w.check().is_ok());
+    drop(w);
+    assert_eq!(comm.aborts.load(Ordering::SeqCst), 0);
+
+    // a hung collective: the timeout; an asynchronous error; a device error
+    for (case, timeout_ms) in [("hang", 50), ("async", 60_000), ("device", 60_000)] {
+        let comm = Arc::new(Comm::default());
+        let w = start(&comm, times(timeout_ms, 60_000));
+        let done = Arc::new(AtomicBool::new(false));
+        let device_error = (case == "device").then(|| "CUDA_ERROR_LAUNCH_FAILED".to_string());
+        w.watch(
+            Box::new(Flag(done.clone(), device_error)),
+            "rank 1 of 2: NCCL all_gather (collective #7, 64 elements)".into(),
+        )
+        .unwrap();
+        if case == "async" {
+            *comm.error.lock().unwrap() = Some("ncclRemoteError".into());
+        }
+        wait_until(case, &|| w.check().is_err());
+        let e = w.check().unwrap_err().to_string();
+        assert!(e.contains("NCCL all_gather (collective #7"), "{case}: {e}");
+        let expected = match case {
+            "hang" => "did not complete within 50ms",
+            "async" => "failed asynchronously (ncclRemoteError)",
+            _ => "CUDA error CUDA_ERROR_LAUNCH_FAILED",
+        };
+        assert!(e.contains(expected), "{case}: {e}");
+        let later = w
+            .watch(Box::new(Flag(done.clone(), None)), "later".into())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(later, e, "{case}: a later collective");
+        assert_eq!(w.in_flight(), 0, "{case}: the queue after the failure");
+        drop(w);
+        assert_eq!(comm.aborts.load(Ordering::SeqCst), 1, "{case}: aborts");
+    }
+    assert!(
+        stuck_calls.lock().unwrap().is_empty(),
+        "on_stuck ran though the failure was seen"
+    );
+
+    // nobody looks: after the grace period, on_stuck gets the failure
+    let comm = Arc::new(Comm::default());
+    let w = start(&comm, times(20, 100));
+    w.watch(
+        Box::new(Flag(Arc::new(AtomicBool::new(false)), None)),
+        "rank 0 of 2: NCCL all_reduce (collective #3, 8 elements)".into(),
+    )
+    .unwrap();
+    wait_until("on_stuck", &|| !stuck_calls.lock().unwrap().is_empty());
+    let calls = stuck_calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 1);
+    assert!(
+        calls[0].contains("NCCL all_reduce (collective #3")
+            && calls[0].contains("did not complete")
+    );
+    drop(w);
+    assert_eq!(comm.aborts.load(Ordering::SeqCst), 1);
+}

@@ -68,6 +68,7 @@ pub fn probe() -> Result<i32> {
 
 use super::comm::{Communicator, PendingCollective};
 use super::env::RankInfo;
+use super::watchdog::{Completion, Health, WatchTimes, Watchdog};
 use crate::device::cuda::{CudaBackend, CudaStorage};
 use crate::{DType, Device, Tensor};
 use cudarc::nccl::sys;
@@ -110,9 +111,62 @@ fn error_string(r: sys::ncclResult_t) -> String {
 }
 
 struct RawComm(sys::ncclComm_t);
-// SAFETY: an NCCL communicator may be used from any thread, one call at a time; `Nccl` is
-// used by one rank's thread (Communicator: Send, not Sync).
+// SAFETY: an NCCL communicator may be used from any thread; the rank's thread issues the
+// collectives, and the watchdog's thread only asks for the asynchronous error and aborts (what
+// PyTorch's watchdog does from its own thread too). After the abort nothing touches it again:
+// every call checks the watchdog's failure first, and the watchdog's thread is stopped before
+// `Nccl`'s drop aborts.
 unsafe impl Send for RawComm {}
+unsafe impl Sync for RawComm {}
+
+/// The communicator as the watchdog sees it: its asynchronous error, and the abort (once).
+struct NcclHealth {
+    comm: RawComm,
+    aborted: AtomicBool,
+    ctx: Arc<cudarc::driver::CudaContext>,
+}
+
+impl NcclHealth {
+    fn abort_once(&self) {
+        if !self.aborted.swap(true, Ordering::SeqCst) {
+            unsafe {
+                let _ = sys::ncclCommAbort(self.comm.0);
+            }
+        }
+    }
+}
+
+impl Health for NcclHealth {
+    fn on_thread_start(&self) {
+        let _ = self.ctx.bind_to_thread();
+    }
+    fn async_error(&self) -> Option<String> {
+        if self.aborted.load(Ordering::SeqCst) {
+            return None;
+        }
+        let mut async_err = sys::ncclResult_t::ncclSuccess;
+        let q = unsafe { sys::ncclCommGetAsyncError(self.comm.0, &mut async_err) };
+        if q != sys::ncclResult_t::ncclSuccess {
+            Some(error_string(q))
+        } else if async_err != sys::ncclResult_t::ncclSuccess {
+            Some(error_string(async_err))
+        } else {
+            None
+        }
+    }
+    fn abort(&self) {
+        self.abort_once();
+    }
+}
+
+/// A collective's completion event, for the watchdog.
+struct EventDone(Arc<cudarc::driver::CudaEvent>);
+
+impl Completion for EventDone {
+    fn is_complete(&self) -> std::result::Result<bool, String> {
+        self.0.try_is_complete().map_err(|e| format!("{e:?}"))
+    }
+}
 
 /// One rank's NCCL communicator on its GPU, implementing [`Communicator`] on Cuda tensors
 /// (f32, f16, bf16; a host tensor goes up and its result comes back).
@@ -127,20 +181,24 @@ unsafe impl Send for RawComm {}
 /// after which the stream-ordered allocator may reuse its memory (its free is queued on the
 /// compute stream behind the wait).
 ///
-/// Faults: the host waits for a collective (an event) while polling `ncclCommGetAsyncError` — at
-/// once for the blocking ones, in `wait` for a started one; an asynchronous error, or no
-/// completion within the timeout (a peer died or hangs), aborts the communicator
-/// (`ncclCommAbort`) and is an error naming this rank, the collective and its sequence number.
-/// Every later call is then an error at once.
+/// The host never waits for a collective: the compute stream does (a blocking collective's
+/// result is waited for by the next kernel that reads it, a started one's from its `wait` on).
+///
+/// Faults: the watchdog's thread ([`super::watchdog`]) follows every collective's completion
+/// event and `ncclCommGetAsyncError`; an asynchronous error, or no completion within the timeout
+/// (a peer died or hangs), aborts the communicator (`ncclCommAbort`, which also ends the stuck
+/// kernels) and is the error of every later call, naming this rank, the collective and its
+/// sequence number. If the rank's thread has not seen it within a minute, the watchdog prints it
+/// and exits the process (one rank per process: the launcher reports it).
 pub struct Nccl {
-    comm: RawComm,
+    health: Arc<NcclHealth>,
+    /// Stopped (joined) before the drop's abort: `Option` so that `drop` can take it first.
+    watchdog: Option<Watchdog>,
     rank: usize,
     world: usize,
     backend: Arc<CudaBackend>,
     comm_stream: Arc<cudarc::driver::CudaStream>,
-    timeout: Duration,
     seq: AtomicU64,
-    aborted: AtomicBool,
 }
 
 impl Nccl {
@@ -234,15 +292,31 @@ impl Nccl {
             .context()
             .new_stream()
             .map_err(|e| Error::Msg(format!("rank {rank}: creating NCCL's stream: {e:?}")))?;
-        Ok(Nccl {
+        let health = Arc::new(NcclHealth {
             comm,
+            aborted: AtomicBool::new(false),
+            ctx: backend.context().clone(),
+        });
+        let watchdog = Watchdog::start(
+            health.clone(),
+            WatchTimes {
+                timeout,
+                poll: Duration::from_millis(1),
+                grace: Duration::from_secs(60),
+            },
+            Box::new(|failure: &str| {
+                eprintln!("clipcu: {failure}; exiting (the rank could not be stopped otherwise)");
+                std::process::exit(1);
+            }),
+        )?;
+        Ok(Nccl {
+            health,
+            watchdog: Some(watchdog),
             rank,
             world,
             backend,
             comm_stream,
-            timeout,
             seq: AtomicU64::new(0),
-            aborted: AtomicBool::new(false),
         })
     }
 
@@ -254,7 +328,8 @@ impl Nccl {
     /// `t` as a contiguous Cuda tensor of this rank's GPU: its storage, element offset, dtype.
     fn operand(&self, name: &str, t: &Tensor) -> Result<(Tensor, sys::ncclDataType_t)> {
         probe()?;
-        if self.aborted.load(Ordering::Relaxed) {
+        self.watchdog().check()?;
+        if self.health.aborted.load(Ordering::SeqCst) {
             return Err(Error::Msg(format!(
                 "rank {}: {name}: the NCCL communicator was aborted after an earlier failure",
                 self.rank
@@ -306,102 +381,77 @@ impl Nccl {
         Tensor::from_cuda(CudaStorage::uninit(&self.backend, dtype, n)?, &shape)
     }
 
+    fn watchdog(&self) -> &Watchdog {
+        self.watchdog
+            .as_ref()
+            .expect("the watchdog runs until the drop")
+    }
+
     /// Enqueues `call` (a collective) on the comm stream behind the compute stream's queued
-    /// work, and records its completion event; an error (the communicator aborted) if NCCL
-    /// refuses it. Returns the event and the collective's name for the fault messages.
+    /// work, records its completion event and hands it to the watchdog; an error (the
+    /// communicator aborted) if NCCL refuses it or has failed before.
     fn enqueue(
         &self,
         name: &str,
         elements: usize,
         call: impl FnOnce(sys::cudaStream_t) -> sys::ncclResult_t,
-    ) -> Result<(cudarc::driver::CudaEvent, String)> {
+    ) -> Result<Arc<cudarc::driver::CudaEvent>> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let what = format!(
             "rank {} of {}: NCCL {name} (collective #{seq}, {elements} elements)",
             self.rank, self.world
         );
+        self.watchdog().check()?;
         let compute = self.backend.stream();
         self.comm_stream
-            .join(&compute)
+            .join(compute)
             .map_err(|e| Error::Msg(format!("{what}: ordering it after the compute: {e:?}")))?;
         let r = call(self.comm_stream.cu_stream() as sys::cudaStream_t);
         if r != sys::ncclResult_t::ncclSuccess {
             self.abort();
             return Err(Error::Msg(format!("{what} failed: {}", error_string(r))));
         }
-        let event = self
-            .comm_stream
-            .record_event(None)
-            .map_err(|e| Error::Msg(format!("{what}: recording its event: {e:?}")))?;
-        Ok((event, what))
+        let event = Arc::new(
+            self.comm_stream
+                .record_event(None)
+                .map_err(|e| Error::Msg(format!("{what}: recording its event: {e:?}")))?,
+        );
+        self.watchdog()
+            .watch(Box::new(EventDone(event.clone())), what)?;
+        Ok(event)
     }
 
-    /// Waits on the host for a collective's `event` with the fault checks, then orders the
-    /// compute stream after it.
-    fn finish(&self, event: &cudarc::driver::CudaEvent, what: &str) -> Result<()> {
-        let start = Instant::now();
-        loop {
-            match event.try_is_complete() {
-                Ok(true) => break,
-                Ok(false) => {}
-                Err(e) => {
-                    self.abort();
-                    return Err(Error::Msg(format!("{what}: CUDA error {e:?}")));
-                }
-            }
-            let mut async_err = sys::ncclResult_t::ncclSuccess;
-            let q = unsafe { sys::ncclCommGetAsyncError(self.comm.0, &mut async_err) };
-            if q != sys::ncclResult_t::ncclSuccess || async_err != sys::ncclResult_t::ncclSuccess {
-                self.abort();
-                return Err(Error::Msg(format!(
-                    "{what} failed asynchronously ({}): a peer rank died or its network failed; \
-                     the communicator was aborted",
-                    error_string(if q != sys::ncclResult_t::ncclSuccess {
-                        q
-                    } else {
-                        async_err
-                    })
-                )));
-            }
-            if start.elapsed() > self.timeout {
-                self.abort();
-                return Err(Error::Msg(format!(
-                    "{what} did not complete within {:?} (--dist-timeout): a peer rank died or \
-                     hangs; the communicator was aborted",
-                    self.timeout
-                )));
-            }
-            std::thread::sleep(Duration::from_micros(50));
-        }
-        self.backend
-            .stream()
-            .wait(event)
-            .map_err(|e| Error::Msg(format!("{what}: ordering the compute after it: {e:?}")))
+    /// Orders the compute stream after a collective's `event` (no host wait).
+    fn after(&self, event: &cudarc::driver::CudaEvent, name: &str) -> Result<()> {
+        self.backend.stream().wait(event).map_err(|e| {
+            Error::Msg(format!(
+                "rank {}: ordering the compute after NCCL {name}: {e:?}",
+                self.rank
+            ))
+        })
     }
 
-    /// Enqueues `call` (a collective), then waits for it with the fault checks.
+    /// Enqueues `call` (a collective) with the compute stream ordered after it.
     fn run(
         &self,
         name: &str,
         elements: usize,
         call: impl FnOnce(sys::cudaStream_t) -> sys::ncclResult_t,
     ) -> Result<()> {
-        let (event, what) = self.enqueue(name, elements, call)?;
-        self.finish(&event, &what)
+        let event = self.enqueue(name, elements, call)?;
+        self.after(&event, name)
     }
 
     fn abort(&self) {
-        if !self.aborted.swap(true, Ordering::Relaxed) {
-            unsafe {
-                let _ = sys::ncclCommAbort(self.comm.0);
-            }
-        }
+        self.health.abort_once();
     }
 }
 
 impl Drop for Nccl {
     fn drop(&mut self) {
+        // the watchdog's thread first (it must not touch the communicator once aborted), then
         // abort, not destroy: destroy waits for peers that may be gone
+        drop(self.watchdog.take());
         self.abort();
     }
 }
@@ -420,20 +470,21 @@ impl Communicator for Nccl {
         let (t, dt) = self.operand("all_reduce", input)?;
         let out = self.output(t.dtype(), t.shape().to_vec())?;
         let (src, dst, n) = (Self::address(&t)?, Self::address(&out)?, t.numel());
-        let (event, what) = self.enqueue("all_reduce", n, |s| unsafe {
+        let event = self.enqueue("all_reduce", n, |s| unsafe {
             sys::ncclAllReduce(
                 src as _,
                 dst as _,
                 n,
                 dt,
                 sys::ncclRedOp_t::ncclSum,
-                self.comm.0,
+                self.health.comm.0,
                 s,
             )
         })?;
         let on_host = input.device() == Device::Cpu;
         Ok(PendingCollective::later(move || {
-            self.finish(&event, &what)?;
+            self.watchdog().check()?;
+            self.after(&event, "all_reduce")?;
             // the operand's memory is free for reuse only now (its free queues behind the wait)
             drop(t);
             if on_host {
@@ -453,7 +504,7 @@ impl Communicator for Nccl {
         let out = self.output(t.dtype(), shape)?;
         let (src, dst, n) = (Self::address(&t)?, Self::address(&out)?, t.numel());
         self.run("all_gather", n, |s| unsafe {
-            sys::ncclAllGather(src as _, dst as _, n, dt, self.comm.0, s)
+            sys::ncclAllGather(src as _, dst as _, n, dt, self.health.comm.0, s)
         })?;
         Self::result(input, out)
     }
@@ -477,7 +528,7 @@ impl Communicator for Nccl {
                 n,
                 dt,
                 sys::ncclRedOp_t::ncclSum,
-                self.comm.0,
+                self.health.comm.0,
                 s,
             )
         })?;
@@ -494,7 +545,15 @@ impl Communicator for Nccl {
         let out = self.output(t.dtype(), t.shape().to_vec())?;
         let (src, dst, n) = (Self::address(&t)?, Self::address(&out)?, t.numel());
         self.run("broadcast", n, |s| unsafe {
-            sys::ncclBroadcast(src as _, dst as _, n, dt, root as i32, self.comm.0, s)
+            sys::ncclBroadcast(
+                src as _,
+                dst as _,
+                n,
+                dt,
+                root as i32,
+                self.health.comm.0,
+                s,
+            )
         })?;
         Self::result(input, out)
     }

@@ -469,10 +469,10 @@ impl<'m> Graph<'m> {
             }
         }
         // parameters read by no node that ran (or all of them, under checkpointing)
-        for g in 0..groups.len() {
-            if !done[g] {
+        for (g, d) in done.iter_mut().enumerate() {
+            if !*d {
                 complete(g, &mut grads)?;
-                done[g] = true;
+                *d = true;
             }
         }
         let mut out = Grads::default();
