@@ -64,6 +64,12 @@ pub trait Communicator: Send {
     fn all_reduce_sum_start(&self, t: &Tensor) -> Result<PendingCollective<'_>> {
         Ok(PendingCollective::done(self.all_reduce_sum(t)))
     }
+    /// The communicator's failure, if an earlier collective failed after its call returned
+    /// (NCCL's watchdog found it dead or hung): a caller that read values produced with it
+    /// checks this before trusting them. Default: none (every failure is the call's own error).
+    fn check(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

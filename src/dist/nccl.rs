@@ -360,9 +360,13 @@ impl Nccl {
     }
 
     /// A collective's result on the device its input came from (the GPU, or the host).
-    fn result(like: &Tensor, out: Tensor) -> Result<Tensor> {
+    /// A host result waits for the collective (the copy follows it on the compute stream), so
+    /// the watchdog's verdict is known then: a failure is the error, not the aborted values.
+    fn result(&self, like: &Tensor, out: Tensor) -> Result<Tensor> {
         if like.device() == Device::Cpu {
-            out.to_device(Device::Cpu)
+            let host = out.to_device(Device::Cpu)?;
+            self.watchdog().check()?;
+            Ok(host)
         } else {
             Ok(out)
         }
@@ -457,6 +461,9 @@ impl Drop for Nccl {
 }
 
 impl Communicator for Nccl {
+    fn check(&self) -> Result<()> {
+        self.watchdog().check()
+    }
     fn rank(&self) -> usize {
         self.rank
     }
@@ -488,7 +495,9 @@ impl Communicator for Nccl {
             // the operand's memory is free for reuse only now (its free queues behind the wait)
             drop(t);
             if on_host {
-                out.to_device(Device::Cpu)
+                let host = out.to_device(Device::Cpu)?;
+                self.watchdog().check()?;
+                Ok(host)
             } else {
                 Ok(out)
             }
@@ -506,7 +515,7 @@ impl Communicator for Nccl {
         self.run("all_gather", n, |s| unsafe {
             sys::ncclAllGather(src as _, dst as _, n, dt, self.health.comm.0, s)
         })?;
-        Self::result(input, out)
+        self.result(input, out)
     }
     fn reduce_scatter_sum(&self, input: &Tensor) -> Result<Tensor> {
         if input.rank() == 0 || !input.shape()[0].is_multiple_of(self.world) {
@@ -532,7 +541,7 @@ impl Communicator for Nccl {
                 s,
             )
         })?;
-        Self::result(input, out)
+        self.result(input, out)
     }
     fn broadcast(&self, input: &Tensor, root: usize) -> Result<Tensor> {
         if root >= self.world {
@@ -555,6 +564,6 @@ impl Communicator for Nccl {
                 s,
             )
         })?;
-        Self::result(input, out)
+        self.result(input, out)
     }
 }

@@ -958,6 +958,11 @@ impl Trainer {
         ];
         scalars.extend(norm.as_ref());
         let v = read_scalars(&scalars)?;
+        // values computed with a collective that failed meanwhile (NCCL's watchdog aborted it)
+        // are not this step's: the communicator's error is the step's
+        if let Some(comm) = &self.dist {
+            comm.check()?;
+        }
         let (loss, logit_scale) = (v[0], v[3]);
         let grad_norm = norm.map(|_| v[4] as f64);
         let lr = self.schedule().lr(self.step);
