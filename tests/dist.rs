@@ -539,6 +539,16 @@ fn the_watchdog_fails_a_stuck_or_broken_collective_once_and_for_all() {
     flags.iter().for_each(|f| f.store(true, Ordering::SeqCst));
     wait_until("the queue drains", &|| w.in_flight() == 0);
     assert!(w.check().is_ok());
+    // a failure the rank's thread met itself is every later call's error too
+    w.fail("rank 0 of 2: NCCL broadcast (collective #5, 3 elements) failed: invalid usage".into());
+    let e = w.check().unwrap_err().to_string();
+    assert!(
+        e.contains("collective #5") && e.contains("invalid usage"),
+        "{e}"
+    );
+    assert!(w
+        .watch(Box::new(Flag(flags[0].clone(), None)), "later".into())
+        .is_err());
     drop(w);
     assert_eq!(comm.aborts.load(Ordering::SeqCst), 0);
 

@@ -7,7 +7,7 @@
 use crate::{Error, Result};
 use std::sync::OnceLock;
 
-/// The oldest NCCL this build uses (2.18: `ncclCommInitRankConfig`, CUDA 13-era fixes), in
+/// The oldest NCCL this build uses (`ncclCommFinalize` needs 2.14; 2.18 for CUDA 13-era fixes), in
 /// NCCL's `major·10000 + minor·100 + patch` form.
 pub const MIN_NCCL_VERSION: i32 = 21800;
 
@@ -120,27 +120,75 @@ unsafe impl Send for RawComm {}
 unsafe impl Sync for RawComm {}
 
 /// The communicator as the watchdog sees it: its asynchronous error, and the abort (once).
+///
+/// `calls` is held around every use of the raw communicator — each collective the rank's thread
+/// issues (with its `aborted` check), each asynchronous-error query, the abort and the final
+/// destroy — because the abort frees the communicator: without the lock the watchdog could free
+/// it between the rank's check and its call. A call that never returns (NCCL's queue full
+/// behind a hung peer) keeps the lock; the watchdog then gives up the abort after the grace
+/// period and `on_stuck` ends the process.
 struct NcclHealth {
     comm: RawComm,
+    calls: std::sync::Mutex<()>,
     aborted: AtomicBool,
     ctx: Arc<cudarc::driver::CudaContext>,
+    grace: Duration,
 }
 
 impl NcclHealth {
-    fn abort_once(&self) {
-        if !self.aborted.swap(true, Ordering::SeqCst) {
-            unsafe {
-                let _ = sys::ncclCommAbort(self.comm.0);
+    /// Abort unless done already; with the call lock, waiting at most `patience` for it.
+    fn abort_within(&self, patience: Duration) {
+        let start = Instant::now();
+        loop {
+            match self.calls.try_lock() {
+                Ok(_held) => {
+                    if !self.aborted.swap(true, Ordering::SeqCst) {
+                        unsafe {
+                            let _ = sys::ncclCommAbort(self.comm.0);
+                        }
+                    }
+                    return;
+                }
+                Err(std::sync::TryLockError::Poisoned(p)) => {
+                    let _held = p.into_inner();
+                    if !self.aborted.swap(true, Ordering::SeqCst) {
+                        unsafe {
+                            let _ = sys::ncclCommAbort(self.comm.0);
+                        }
+                    }
+                    return;
+                }
+                Err(std::sync::TryLockError::WouldBlock) if start.elapsed() < patience => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(std::sync::TryLockError::WouldBlock) => return,
             }
         }
+    }
+
+    /// Run `f` on the raw communicator with the call lock held; an error once it is aborted.
+    fn with_comm<T>(&self, what: &str, f: impl FnOnce(sys::ncclComm_t) -> T) -> Result<T> {
+        let _held = self.calls.lock().unwrap_or_else(|p| p.into_inner());
+        if self.aborted.load(Ordering::SeqCst) {
+            return Err(Error::Msg(format!(
+                "{what}: the NCCL communicator was aborted after an earlier failure"
+            )));
+        }
+        Ok(f(self.comm.0))
     }
 }
 
 impl Health for NcclHealth {
     fn on_thread_start(&self) {
-        let _ = self.ctx.bind_to_thread();
+        // set the context current without cudarc's bind_to_thread, which would also take (and
+        // so hide from the rank's thread) an error the context has recorded
+        if let Err(e) = unsafe { cudarc::driver::result::ctx::set_current(self.ctx.cu_ctx()) } {
+            eprintln!("clipcu: the NCCL watchdog could not set the CUDA context current: {e:?}");
+        }
     }
     fn async_error(&self) -> Option<String> {
+        // the rank's thread is inside an NCCL call: ask at the next poll
+        let _held = self.calls.try_lock().ok()?;
         if self.aborted.load(Ordering::SeqCst) {
             return None;
         }
@@ -155,7 +203,22 @@ impl Health for NcclHealth {
         }
     }
     fn abort(&self) {
-        self.abort_once();
+        self.abort_within(self.grace);
+    }
+}
+
+/// A started collective's operand and output, held until the compute stream is ordered after
+/// the collective (in `wait`, or here when the pending collective is dropped unwaited).
+struct InFlight {
+    compute: Arc<cudarc::driver::CudaStream>,
+    event: Arc<cudarc::driver::CudaEvent>,
+    _operand: Tensor,
+    output: Option<Tensor>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let _ = self.compute.wait(&self.event);
     }
 }
 
@@ -198,6 +261,8 @@ pub struct Nccl {
     world: usize,
     backend: Arc<CudaBackend>,
     comm_stream: Arc<cudarc::driver::CudaStream>,
+    /// `--dist-timeout`, also the bound of the drop's wait for the last collectives.
+    timeout: Duration,
     seq: AtomicU64,
 }
 
@@ -292,21 +357,28 @@ impl Nccl {
             .context()
             .new_stream()
             .map_err(|e| Error::Msg(format!("rank {rank}: creating NCCL's stream: {e:?}")))?;
+        let grace = Duration::from_secs(60);
         let health = Arc::new(NcclHealth {
             comm,
+            calls: std::sync::Mutex::new(()),
             aborted: AtomicBool::new(false),
             ctx: backend.context().clone(),
+            grace,
         });
         let watchdog = Watchdog::start(
             health.clone(),
             WatchTimes {
                 timeout,
                 poll: Duration::from_millis(1),
-                grace: Duration::from_secs(60),
+                grace,
             },
             Box::new(|failure: &str| {
-                eprintln!("clipcu: {failure}; exiting (the rank could not be stopped otherwise)");
-                std::process::exit(1);
+                use std::io::Write;
+                eprintln!("clipcu: {failure}; the rank could not be stopped otherwise: aborting");
+                let _ = std::io::stderr().flush();
+                // not `exit`: its teardown would run CUDA's and NCCL's exit handlers while the
+                // rank's thread is inside the driver
+                std::process::abort();
             }),
         )?;
         Ok(Nccl {
@@ -316,6 +388,7 @@ impl Nccl {
             world,
             backend,
             comm_stream,
+            timeout,
             seq: AtomicU64::new(0),
         })
     }
@@ -398,7 +471,7 @@ impl Nccl {
         &self,
         name: &str,
         elements: usize,
-        call: impl FnOnce(sys::cudaStream_t) -> sys::ncclResult_t,
+        call: impl FnOnce(sys::ncclComm_t, sys::cudaStream_t) -> sys::ncclResult_t,
     ) -> Result<Arc<cudarc::driver::CudaEvent>> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let what = format!(
@@ -410,18 +483,27 @@ impl Nccl {
         self.comm_stream
             .join(compute)
             .map_err(|e| Error::Msg(format!("{what}: ordering it after the compute: {e:?}")))?;
-        let r = call(self.comm_stream.cu_stream() as sys::cudaStream_t);
+        let stream = self.comm_stream.cu_stream() as sys::cudaStream_t;
+        let r = self.health.with_comm(&what, |comm| call(comm, stream))?;
         if r != sys::ncclResult_t::ncclSuccess {
+            let failure = format!("{what} failed: {}", error_string(r));
+            self.watchdog().fail(failure.clone());
             self.abort();
-            return Err(Error::Msg(format!("{what} failed: {}", error_string(r))));
+            return Err(Error::Msg(failure));
         }
         let event = Arc::new(
             self.comm_stream
                 .record_event(None)
                 .map_err(|e| Error::Msg(format!("{what}: recording its event: {e:?}")))?,
         );
-        self.watchdog()
-            .watch(Box::new(EventDone(event.clone())), what)?;
+        if let Err(e) = self
+            .watchdog()
+            .watch(Box::new(EventDone(event.clone())), what)
+        {
+            // enqueued all the same: nothing the caller frees may be reused before it ends
+            let _ = self.after(&event, name);
+            return Err(e);
+        }
         Ok(event)
     }
 
@@ -440,23 +522,60 @@ impl Nccl {
         &self,
         name: &str,
         elements: usize,
-        call: impl FnOnce(sys::cudaStream_t) -> sys::ncclResult_t,
+        call: impl FnOnce(sys::ncclComm_t, sys::cudaStream_t) -> sys::ncclResult_t,
     ) -> Result<()> {
         let event = self.enqueue(name, elements, call)?;
         self.after(&event, name)
     }
 
     fn abort(&self) {
-        self.health.abort_once();
+        self.health.abort_within(self.health.grace);
+    }
+
+    /// Waits (on the host, at most the timeout) for everything queued on the comm stream so far;
+    /// whether it all completed without the watchdog seeing a failure.
+    fn drain(&self) -> bool {
+        let Ok(last) = self.comm_stream.record_event(None) else {
+            return false;
+        };
+        let start = Instant::now();
+        loop {
+            if self.watchdog().check().is_err() {
+                return false;
+            }
+            match last.try_is_complete() {
+                Ok(true) => return true,
+                Ok(false) if start.elapsed() < self.timeout => {
+                    std::thread::sleep(Duration::from_micros(200))
+                }
+                _ => return false,
+            }
+        }
     }
 }
 
 impl Drop for Nccl {
     fn drop(&mut self) {
-        // the watchdog's thread first (it must not touch the communicator once aborted), then
-        // abort, not destroy: destroy waits for peers that may be gone
+        // A clean end: this rank's last collectives (a follower's final parameter all-gather,
+        // a checkpoint's broadcasts, with nothing read back on its host) finish first, and
+        // ncclCommFinalize flushes what it still sends to its peers, so that rank 0 is not left
+        // waiting for a peer that aborted. After a failure, or when that wait times out: abort
+        // (destroy would wait for peers that may be gone). The watchdog's thread stops before
+        // either, so nothing touches the communicator after it is freed.
+        let clean = self.watchdog.is_some() && self.drain();
         drop(self.watchdog.take());
-        self.abort();
+        let _held = self.health.calls.lock().unwrap_or_else(|p| p.into_inner());
+        if self.health.aborted.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        unsafe {
+            if clean && sys::ncclCommFinalize(self.health.comm.0) == sys::ncclResult_t::ncclSuccess
+            {
+                let _ = sys::ncclCommDestroy(self.health.comm.0);
+            } else {
+                let _ = sys::ncclCommAbort(self.health.comm.0);
+            }
+        }
     }
 }
 
@@ -477,23 +596,31 @@ impl Communicator for Nccl {
         let (t, dt) = self.operand("all_reduce", input)?;
         let out = self.output(t.dtype(), t.shape().to_vec())?;
         let (src, dst, n) = (Self::address(&t)?, Self::address(&out)?, t.numel());
-        let event = self.enqueue("all_reduce", n, |s| unsafe {
+        let event = self.enqueue("all_reduce", n, |comm, s| unsafe {
             sys::ncclAllReduce(
                 src as _,
                 dst as _,
                 n,
                 dt,
                 sys::ncclRedOp_t::ncclSum,
-                self.health.comm.0,
+                comm,
                 s,
             )
         })?;
         let on_host = input.device() == Device::Cpu;
+        // dropped unwaited (an error in backward), the guard still orders the compute stream
+        // after the all-reduce before the operand and the output can be freed and reused
+        let mut guard = InFlight {
+            compute: self.backend.stream().clone(),
+            event: event.clone(),
+            _operand: t,
+            output: Some(out),
+        };
         Ok(PendingCollective::later(move || {
-            self.watchdog().check()?;
             self.after(&event, "all_reduce")?;
-            // the operand's memory is free for reuse only now (its free queues behind the wait)
-            drop(t);
+            let out = guard.output.take().expect("the output until the wait");
+            drop(guard);
+            self.watchdog().check()?;
             if on_host {
                 let host = out.to_device(Device::Cpu)?;
                 self.watchdog().check()?;
@@ -512,8 +639,8 @@ impl Communicator for Nccl {
         shape[0] *= self.world;
         let out = self.output(t.dtype(), shape)?;
         let (src, dst, n) = (Self::address(&t)?, Self::address(&out)?, t.numel());
-        self.run("all_gather", n, |s| unsafe {
-            sys::ncclAllGather(src as _, dst as _, n, dt, self.health.comm.0, s)
+        self.run("all_gather", n, |comm, s| unsafe {
+            sys::ncclAllGather(src as _, dst as _, n, dt, comm, s)
         })?;
         self.result(input, out)
     }
@@ -530,14 +657,14 @@ impl Communicator for Nccl {
         shape[0] /= self.world;
         let out = self.output(t.dtype(), shape)?;
         let (src, dst, n) = (Self::address(&t)?, Self::address(&out)?, out.numel());
-        self.run("reduce_scatter", n, |s| unsafe {
+        self.run("reduce_scatter", n, |comm, s| unsafe {
             sys::ncclReduceScatter(
                 src as _,
                 dst as _,
                 n,
                 dt,
                 sys::ncclRedOp_t::ncclSum,
-                self.health.comm.0,
+                comm,
                 s,
             )
         })?;
@@ -553,16 +680,8 @@ impl Communicator for Nccl {
         let (t, dt) = self.operand("broadcast", input)?;
         let out = self.output(t.dtype(), t.shape().to_vec())?;
         let (src, dst, n) = (Self::address(&t)?, Self::address(&out)?, t.numel());
-        self.run("broadcast", n, |s| unsafe {
-            sys::ncclBroadcast(
-                src as _,
-                dst as _,
-                n,
-                dt,
-                root as i32,
-                self.health.comm.0,
-                s,
-            )
+        self.run("broadcast", n, |comm, s| unsafe {
+            sys::ncclBroadcast(src as _, dst as _, n, dt, root as i32, comm, s)
         })?;
         self.result(input, out)
     }

@@ -35,7 +35,9 @@ pub trait Health: Send + Sync {
     fn on_thread_start(&self) {}
     /// An asynchronous error of the communicator, if it has one.
     fn async_error(&self) -> Option<String>;
-    /// Abort the communicator (called once, from the watchdog's thread).
+    /// Abort the communicator (called once, from the watchdog's thread). It may give up (a call
+    /// of the rank's thread holds the communicator and does not return): `on_stuck` follows
+    /// after the grace period then.
     fn abort(&self);
 }
 
@@ -109,6 +111,20 @@ impl Watchdog {
         });
         self.shared.cv.notify_all();
         Ok(())
+    }
+
+    /// Record a failure the rank's thread met itself (NCCL refused a call), unless one is
+    /// recorded already: every later call and `check` is then that error.
+    pub fn fail(&self, failure: String) {
+        let mut f = self
+            .shared
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if f.is_none() {
+            *f = Some(failure);
+        }
+        self.shared.seen.store(true, Ordering::SeqCst);
     }
 
     /// The communicator's failure, if it has failed.
@@ -193,7 +209,10 @@ fn watch_loop(
         // Record the failure before aborting, so that whatever the abort releases sees it.
         q.clear();
         drop(q);
-        *s.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(failure.clone());
+        let failure = {
+            let mut f = s.failure.lock().unwrap_or_else(|p| p.into_inner());
+            f.get_or_insert(failure).clone()
+        };
         health.abort();
         let failed_at = Instant::now();
         while failed_at.elapsed() < times.grace {
