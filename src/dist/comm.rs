@@ -148,15 +148,15 @@ impl InProcess {
                 };
                 let (jobs, queue) = std::sync::mpsc::channel::<Job>();
                 let worker = endpoint.clone();
-                // ends when the handle (the queue's sender) is dropped
-                std::thread::Builder::new()
+                // ends when the handle (the queue's sender) is dropped; one that cannot start
+                // drops the queue with it, and the rank's first collective says so
+                let _ = std::thread::Builder::new()
                     .name(format!("rank-{rank}-comm"))
                     .spawn(move || {
                         for (kind, shape, values, answer) in queue {
                             let _ = answer.send(worker.exchange(kind, shape, values));
                         }
-                    })
-                    .expect("spawning a communicator thread");
+                    });
                 InProcess { endpoint, jobs }
             })
             .collect()
@@ -179,7 +179,8 @@ impl InProcess {
 
     fn worker_gone(&self) -> Error {
         Error::Msg(format!(
-            "rank {}: the in-process communicator's thread is gone",
+            "rank {}: the in-process communicator's thread is gone (it could not start, or \
+             it ended)",
             self.endpoint.rank
         ))
     }

@@ -67,6 +67,15 @@ struct Tape<'m> {
     leaves: Vec<VarId>,
 }
 
+impl Tape<'_> {
+    /// Whether a checkpointed block was recorded (its parameters are not on this tape).
+    fn has_checkpoint(&self) -> bool {
+        self.nodes
+            .iter()
+            .any(|n| matches!(n.op, op::Op::Checkpoint(_)))
+    }
+}
+
 /// Records forward ops for one backward pass (or none, in inference mode). `'m` is the lifetime
 /// of what checkpointed closures borrow (usually the model).
 pub struct Graph<'m> {
@@ -309,11 +318,7 @@ impl<'m> Graph<'m> {
     /// recorded, whose parameters only its recomputation in backward records.
     pub fn recorded_params(&self) -> Option<Vec<Param>> {
         let tape = self.tape.borrow();
-        if tape
-            .nodes
-            .iter()
-            .any(|n| matches!(n.op, op::Op::Checkpoint(_)))
-        {
+        if tape.has_checkpoint() {
             return None;
         }
         let mut out: Vec<Param> = Vec::new();
@@ -399,10 +404,7 @@ impl<'m> Graph<'m> {
         }
         // Each parameter (a Param may sit on the tape under several ids, one per `param` call)
         // is complete after the earliest node that reads any of its ids has run backward.
-        let checkpointed = tape
-            .nodes
-            .iter()
-            .any(|n| matches!(n.op, op::Op::Checkpoint(_)));
+        let checkpointed = tape.has_checkpoint();
         let mut groups: Vec<(Param, Vec<VarId>)> = Vec::new();
         for (id, p) in &tape.params {
             match groups.iter_mut().find(|(q, _)| q.ptr_eq(p)) {
@@ -442,24 +444,19 @@ impl<'m> Graph<'m> {
         let mut nodes = tape.nodes;
         while let Some(node) = nodes.pop() {
             let k = nodes.len();
-            let Some(gout) = grads[node.out].take() else {
-                // no gradient reaches this node; dropping it frees its saved tensors
-                for &g in &complete_after[k] {
-                    complete(g, &mut grads)?;
-                    done[g] = true;
-                }
-                continue;
-            };
-            let needs: Vec<bool> = node.inputs.iter().map(|i| i.is_some()).collect();
-            let gins = op::backward(&node.op, &node.saved, &gout, &needs)?;
-            let inputs = node.inputs;
-            drop(node.saved); // activations go as soon as their rule has used them
-            drop(gout);
-            for (inp, gin) in inputs.into_iter().zip(gins) {
-                if let (Some(id), Some(g)) = (inp, gin) {
-                    match grads[id].as_mut() {
-                        None => grads[id] = Some(g),
-                        Some(acc) => crate::ops::binary::add_assign(acc, &g)?,
+            // no gradient reaching a node: dropping it frees its saved tensors
+            if let Some(gout) = grads[node.out].take() {
+                let needs: Vec<bool> = node.inputs.iter().map(|i| i.is_some()).collect();
+                let gins = op::backward(&node.op, &node.saved, &gout, &needs)?;
+                let inputs = node.inputs;
+                drop(node.saved); // activations go as soon as their rule has used them
+                drop(gout);
+                for (inp, gin) in inputs.into_iter().zip(gins) {
+                    if let (Some(id), Some(g)) = (inp, gin) {
+                        match grads[id].as_mut() {
+                            None => grads[id] = Some(g),
+                            Some(acc) => crate::ops::binary::add_assign(acc, &g)?,
+                        }
                     }
                 }
             }
