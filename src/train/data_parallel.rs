@@ -153,6 +153,45 @@ pub fn gathered_contrastive_backward(
     })
 }
 
+/// `parts` flattened and joined in order into one `[Σ numel]` tensor (one part: itself,
+/// flattened, no copy when contiguous).
+fn join(parts: &[&Tensor]) -> Result<Tensor> {
+    let mut flat: Vec<Tensor> = parts
+        .iter()
+        .map(|t| t.try_contiguous()?.reshape([t.numel()]))
+        .collect::<Result<_>>()?;
+    if flat.len() == 1 {
+        return Ok(flat.swap_remove(0));
+    }
+    concat(&flat.iter().collect::<Vec<_>>(), 0)
+}
+
+/// [`join`]'s inverse: consecutive pieces of the flat `t`, one per shape, as contiguous tensors.
+fn split<'s>(t: &Tensor, shapes: impl IntoIterator<Item = &'s [usize]>) -> Result<Vec<Tensor>> {
+    let mut off = 0;
+    shapes
+        .into_iter()
+        .map(|shape| {
+            let k: usize = shape.iter().product();
+            let part = t
+                .narrow(0, off, k)?
+                .try_contiguous()?
+                .reshape(shape.to_vec());
+            off += k;
+            part
+        })
+        .collect()
+}
+
+/// Replaces each parameter's gradient with its summed piece.
+fn set_grads(params: impl IntoIterator<Item = Param>, sums: Vec<Tensor>) -> Result<()> {
+    for (p, g) in params.into_iter().zip(sums) {
+        p.zero_grad();
+        p.accumulate_grad(g)?;
+    }
+    Ok(())
+}
+
 /// Sums the gradients of the trainable `params` over ranks, in place, `bucket` elements at a
 /// time (parameters in the given order, each bucket one all-reduce of their gradients joined,
 /// all of one dtype; a parameter larger than a bucket is a bucket of its own). Every rank must
@@ -183,28 +222,11 @@ pub fn all_reduce_gradients(
             elements += with[j].1.numel();
             j += 1;
         }
-        let flat: Vec<Tensor> = with[i..j]
-            .iter()
-            .map(|(_, g)| g.try_contiguous()?.reshape([g.numel()]))
-            .collect::<Result<_>>()?;
-        let refs: Vec<&Tensor> = flat.iter().collect();
-        let joined = if refs.len() == 1 {
-            flat[0].clone()
-        } else {
-            concat(&refs, 0)?
-        };
+        let bucket = &with[i..j];
+        let joined = join(&bucket.iter().map(|(_, g)| g).collect::<Vec<_>>())?;
         let sum = comm.all_reduce_sum(&joined)?.to_device(joined.device())?;
-        let mut off = 0;
-        for (p, g) in &with[i..j] {
-            let k = g.numel();
-            let part = sum
-                .narrow(0, off, k)?
-                .try_contiguous()?
-                .reshape(g.shape().to_vec())?;
-            p.zero_grad();
-            p.accumulate_grad(part)?;
-            off += k;
-        }
+        let sums = split(&sum, bucket.iter().map(|(_, g)| g.shape()))?;
+        set_grads(bucket.iter().map(|(p, _)| (*p).clone()), sums)?;
         i = j;
     }
     Ok(())
@@ -326,16 +348,7 @@ impl<'c> OverlappedGradientSum<'c> {
             while j < with.len() && with[j].1.dtype() == with[i].1.dtype() {
                 j += 1;
             }
-            let flat: Vec<Tensor> = with[i..j]
-                .iter()
-                .map(|(_, g)| g.try_contiguous()?.reshape([g.numel()]))
-                .collect::<Result<_>>()?;
-            let refs: Vec<&Tensor> = flat.iter().collect();
-            let joined = if refs.len() == 1 {
-                flat[0].clone()
-            } else {
-                concat(&refs, 0)?
-            };
+            let joined = join(&with[i..j].iter().map(|(_, g)| g).collect::<Vec<_>>())?;
             let sum = self.comm.all_reduce_sum_start(&joined)?;
             self.in_flight.push(InFlight {
                 grads: with[i..j]
@@ -359,14 +372,8 @@ impl<'c> OverlappedGradientSum<'c> {
         for f in self.in_flight {
             let device = f.operand.device();
             let sum = f.sum.wait()?.to_device(device)?;
-            let mut off = 0;
-            for (p, shape) in f.grads {
-                let k: usize = shape.iter().product();
-                let part = sum.narrow(0, off, k)?.try_contiguous()?.reshape(shape)?;
-                p.zero_grad();
-                p.accumulate_grad(part)?;
-                off += k;
-            }
+            let sums = split(&sum, f.grads.iter().map(|(_, shape)| shape.as_slice()))?;
+            set_grads(f.grads.into_iter().map(|(p, _)| p), sums)?;
         }
         Ok(())
     }
@@ -482,28 +489,13 @@ pub fn reduce_gradients_to_owners(
                     flat_range(&grads, start, len, dtype, device)
                 })
                 .collect::<Result<_>>()?;
-            let refs: Vec<&Tensor> = parts.iter().collect();
-            let joined = concat(&refs, 0)?;
+            let joined = join(&parts.iter().collect::<Vec<_>>())?;
             mine.push(comm.reduce_scatter_sum(&joined)?.to_device(device)?);
             start += len;
         }
-        let refs: Vec<&Tensor> = mine.iter().collect();
-        let mine = if refs.len() == 1 {
-            mine[0].clone()
-        } else {
-            concat(&refs, 0)?
-        };
-        let mut off = 0;
-        for (p, _, g) in &shards[rank] {
-            let k = g.numel();
-            let part = mine
-                .narrow(0, off, k)?
-                .try_contiguous()?
-                .reshape(g.shape().to_vec())?;
-            p.zero_grad();
-            p.accumulate_grad(part)?;
-            off += k;
-        }
+        let mine = join(&mine.iter().collect::<Vec<_>>())?;
+        let sums = split(&mine, shards[rank].iter().map(|(_, _, g)| g.shape()))?;
+        set_grads(shards[rank].iter().map(|(p, _, _)| (*p).clone()), sums)?;
     }
     // the other ranks' parameters: their owners hold the sums now
     for (p, o, _) in &with {
@@ -543,11 +535,7 @@ fn flat_range(
     if filled < len {
         pieces.push(Tensor::full_on(0.0, [len - filled], device)?.try_to_dtype(dtype)?);
     }
-    if pieces.len() == 1 {
-        return Ok(pieces.remove(0));
-    }
-    let refs: Vec<&Tensor> = pieces.iter().collect();
-    concat(&refs, 0)
+    join(&pieces.iter().collect::<Vec<_>>())
 }
 
 /// ZeRO-1's second collective: after each owner updated its parameters, every rank receives
@@ -600,21 +588,10 @@ pub fn all_gather_parameters(
             if r == rank {
                 continue;
             }
-            let refs: Vec<&Tensor> = pieces.iter().collect();
-            let flat = if refs.len() == 1 {
-                pieces[0].clone()
-            } else {
-                concat(&refs, 0)?
-            };
-            let mut off = 0;
-            for (p, _, v) in &shards[r] {
-                let k = v.numel();
-                p.set_value(
-                    flat.narrow(0, off, k)?
-                        .try_contiguous()?
-                        .reshape(v.shape().to_vec())?,
-                )?;
-                off += k;
+            let flat = join(&pieces.iter().collect::<Vec<_>>())?;
+            let values = split(&flat, shards[r].iter().map(|(_, _, v)| v.shape()))?;
+            for ((p, _, _), v) in shards[r].iter().zip(values) {
+                p.set_value(v)?;
             }
         }
     }
