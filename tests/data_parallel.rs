@@ -1294,7 +1294,7 @@ fn zero1_gradient_reduce_scatter_and_parameter_all_gather() {
 
 /// ZeRO-1's clip on Cpu and Emu ranks: each rank's optimizer holds its shard of the parameters
 /// and their gradients only (as after the reduce-scatter); the norm it returns is the global
-/// one — within 2^-24 of `optim::unscale_clip_grad_norm` over all the gradients at once, the
+/// one — within 1.5·2^-24 of `optim::unscale_clip_grad_norm` over all the gradients at once, the
 /// same bits on every rank — and the update it makes is the unsharded optimizer's (within an
 /// f32 ulp of the clip factor, 1e-6 relative), with a loss scaler's unscaling; an inf in one
 /// rank's shard makes every rank's norm non-finite (all skip the step together).
@@ -1389,8 +1389,10 @@ fn zero1_clip_takes_the_global_norm_on_every_rank() {
                 );
                 continue;
             }
+            // the f32 norm's own rounding (half an ulp: up to 2^-24) plus the shards' Σ g²
+            // carried as f32 (2^-25 of the norm); 1.03·2^-24 was seen
             assert!(
-                ((got[0].0 as f64 - want) / want).abs() <= 2f64.powi(-24),
+                ((got[0].0 as f64 - want) / want).abs() <= 1.5 * 2f64.powi(-24),
                 "{what}: norm {} vs {want}",
                 got[0].0
             );
