@@ -997,10 +997,10 @@ fn same_bits(a: &Path, b: &Path, what: &str) {
 /// ZeRO-1 on the in-process communicator equals the unsharded data-parallel run at world sizes
 /// 2 and 4. Each owner's reduce-scattered gradient is bitwise the all-reduce's and its AdamW
 /// update the same arithmetic; what differs is the clip's global norm, whose Σ g² travels
-/// between ranks as f32 (2^-25 of the norm), so the clip factor may move by an f32 ulp. Hence:
+/// between ranks as f32 (world·2^-25 of the norm), so the clip factor may move by an f32 ulp. Hence:
 /// without clipping, losses, parameters and the checkpoint (its moments gathered from their
 /// owners, so the unsharded checkpoint) bit for bit; with clipping at 1.0 (active on these
-/// runs: the gradient norms are above it), losses within 1e-6 and the checkpoint within 1e-6
+/// runs: the gradient norms are above it on most steps), losses within 1e-6 and the checkpoint within 1e-6
 /// over the whole model. A ZeRO-1 checkpoint of 2 ranks resumes unsharded on 4 and with ZeRO-1
 /// on 4, both as the straight run.
 #[test]
@@ -1035,10 +1035,14 @@ fn zero1_equals_the_unsharded_run_and_its_checkpoints_resume_anywhere() {
             for ((s, x), (_, y)) in a.iter().zip(&b) {
                 assert!(((x - y) / x).abs() <= 1e-6, "{what}: step {s}: {x} vs {y}");
             }
+            // the clip must act on most steps for this comparison to test it (the last steps
+            // of a run may fall under the threshold: one seed ended at 0.84)
             let norms = grad_norms(&plain.join("metrics.jsonl"));
+            let clipped = norms.iter().filter(|&&n| n > 1.0).count();
             assert!(
-                norms.iter().all(|&n| n > 1.0),
-                "{what}: the clip never acts: {norms:?}"
+                2 * clipped >= norms.len(),
+                "{what}: the clip acts on {clipped} of {} steps: {norms:?}",
+                norms.len()
             );
             let (x, y) = (ckpt(&zero), ckpt(&plain));
             compare_params(&what, &x, &y, &Default::default(), &|_| 1e-5, 1e-6);
@@ -1294,7 +1298,7 @@ fn zero1_gradient_reduce_scatter_and_parameter_all_gather() {
 
 /// ZeRO-1's clip on Cpu and Emu ranks: each rank's optimizer holds its shard of the parameters
 /// and their gradients only (as after the reduce-scatter); the norm it returns is the global
-/// one — within 1.5·2^-24 of `optim::unscale_clip_grad_norm` over all the gradients at once, the
+/// one — within (1 + world/2)·2^-24 of `optim::unscale_clip_grad_norm` over all the gradients at once, the
 /// same bits on every rank — and the update it makes is the unsharded optimizer's (within an
 /// f32 ulp of the clip factor, 1e-6 relative), with a loss scaler's unscaling; an inf in one
 /// rank's shard makes every rank's norm non-finite (all skip the step together).
@@ -1389,10 +1393,13 @@ fn zero1_clip_takes_the_global_norm_on_every_rank() {
                 );
                 continue;
             }
-            // the f32 norm's own rounding (half an ulp: up to 2^-24) plus the shards' Σ g²
-            // carried as f32 (2^-25 of the norm); 1.03·2^-24 was seen
+            // with u = 2^-24 (f32's half ulp): each shard's Σ g² rounded to f32 (≤ u of the
+            // whole Σ together) and summed over the ranks in f32 (world − 1 additions, ≤ u
+            // each) is within world·u of the exact Σ, so its square root is within world·u/2,
+            // and the norm's own rounding to f32 adds u: (1 + world/2)·u in all (1.03·u seen)
+            let bound = (1.0 + world as f64 / 2.0) * 2f64.powi(-24);
             assert!(
-                ((got[0].0 as f64 - want) / want).abs() <= 1.5 * 2f64.powi(-24),
+                ((got[0].0 as f64 - want) / want).abs() <= bound,
                 "{what}: norm {} vs {want}",
                 got[0].0
             );

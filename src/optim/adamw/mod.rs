@@ -496,7 +496,9 @@ impl AdamW {
     /// The norm returned and the factor are then the global ones, the same on every rank, and
     /// on a kernel device the factor waits in device memory for the next step as after
     /// `clip_grad_norm`. Every rank must call it (it is a collective). The shard's Σ travels as
-    /// f32: within 2^-25 of the one-process norm, and the same bits on every rank.
+    /// f32: each shard's rounding and each f32 addition over the ranks cost ≤ 2^-24 of Σ, half
+    /// that of the norm (which is then rounded to f32 as a one-process clip rounds it), and the
+    /// result has the same bits on every rank.
     pub fn sharded_unscale_clip_grad_norm(
         &mut self,
         max_norm: f64,
