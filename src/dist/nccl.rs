@@ -140,29 +140,21 @@ impl NcclHealth {
     fn abort_within(&self, patience: Duration) {
         let start = Instant::now();
         loop {
-            match self.calls.try_lock() {
-                Ok(_held) => {
-                    if !self.aborted.swap(true, Ordering::SeqCst) {
-                        unsafe {
-                            let _ = sys::ncclCommAbort(self.comm.0);
-                        }
-                    }
-                    return;
-                }
-                Err(std::sync::TryLockError::Poisoned(p)) => {
-                    let _held = p.into_inner();
-                    if !self.aborted.swap(true, Ordering::SeqCst) {
-                        unsafe {
-                            let _ = sys::ncclCommAbort(self.comm.0);
-                        }
-                    }
-                    return;
-                }
+            let _held = match self.calls.try_lock() {
+                Ok(held) => held,
+                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
                 Err(std::sync::TryLockError::WouldBlock) if start.elapsed() < patience => {
                     std::thread::sleep(Duration::from_millis(1));
+                    continue;
                 }
                 Err(std::sync::TryLockError::WouldBlock) => return,
+            };
+            if !self.aborted.swap(true, Ordering::SeqCst) {
+                unsafe {
+                    let _ = sys::ncclCommAbort(self.comm.0);
+                }
             }
+            return;
         }
     }
 
@@ -434,9 +426,9 @@ impl Nccl {
 
     /// A collective's result on the device its input came from (the GPU, or the host).
     /// A host result waits for the collective (the copy follows it on the compute stream), so
-    /// the watchdog's verdict is known then: a failure is the error, not the aborted values.
-    fn result(&self, like: &Tensor, out: Tensor) -> Result<Tensor> {
-        if like.device() == Device::Cpu {
+    /// the watchdog's verdict is known then: a failure is the error, not the aborted values. `on_host`: the operand came from the host, so the result goes back there.
+    fn result(&self, on_host: bool, out: Tensor) -> Result<Tensor> {
+        if on_host {
             let host = out.to_device(Device::Cpu)?;
             self.watchdog().check()?;
             Ok(host)
@@ -621,13 +613,7 @@ impl Communicator for Nccl {
             let out = guard.output.take().expect("the output until the wait");
             drop(guard);
             self.watchdog().check()?;
-            if on_host {
-                let host = out.to_device(Device::Cpu)?;
-                self.watchdog().check()?;
-                Ok(host)
-            } else {
-                Ok(out)
-            }
+            self.result(on_host, out)
         }))
     }
     fn all_gather(&self, input: &Tensor) -> Result<Tensor> {
@@ -642,7 +628,7 @@ impl Communicator for Nccl {
         self.run("all_gather", n, |comm, s| unsafe {
             sys::ncclAllGather(src as _, dst as _, n, dt, comm, s)
         })?;
-        self.result(input, out)
+        self.result(input.device() == Device::Cpu, out)
     }
     fn reduce_scatter_sum(&self, input: &Tensor) -> Result<Tensor> {
         if input.rank() == 0 || !input.shape()[0].is_multiple_of(self.world) {
@@ -668,7 +654,7 @@ impl Communicator for Nccl {
                 s,
             )
         })?;
-        self.result(input, out)
+        self.result(input.device() == Device::Cpu, out)
     }
     fn broadcast(&self, input: &Tensor, root: usize) -> Result<Tensor> {
         if root >= self.world {
@@ -683,6 +669,6 @@ impl Communicator for Nccl {
         self.run("broadcast", n, |comm, s| unsafe {
             sys::ncclBroadcast(src as _, dst as _, n, dt, root as i32, comm, s)
         })?;
-        self.result(input, out)
+        self.result(input.device() == Device::Cpu, out)
     }
 }
